@@ -1,0 +1,51 @@
+"""X-API-Key authentication with scopes, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from typing import Annotated, Literal
+
+from fastapi import Depends, HTTPException, Security, status
+from fastapi.security import APIKeyHeader
+
+from api.deps import SettingsDep
+
+Scope = Literal["query", "sync", "admin"]
+
+_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+
+def scope_of(key: str, configured: dict[str, str]) -> str | None:
+    """The scope of `key`, or None; configured keys may be plain or "sha256:<hex digest>"."""
+    digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    found: str | None = None
+    for candidate, scope in configured.items():
+        # Compare against every key so timing does not tell which (or whether one) matched.
+        match = candidate.startswith("sha256:") and secrets.compare_digest(candidate.encode(), digest.encode())
+        match |= secrets.compare_digest(candidate.encode(), key.encode())
+        if match:
+            found = scope
+    return found
+
+
+def require(*allowed: Scope):  # type: ignore[no-untyped-def]
+    """A dependency admitting keys whose scope is one of `allowed` (admin is always admitted)."""
+
+    def check(settings: SettingsDep, key: Annotated[str | None, Security(_header)]) -> str:
+        if not key:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header")
+        scope = scope_of(key, settings.api_keys)
+        if scope is None:
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
+        if scope != "admin" and scope not in allowed:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this key's scope {scope!r} does not allow this")
+        return scope
+
+    return check
+
+
+AdminKey = Annotated[str, Depends(require("admin"))]
+AnyKey = Annotated[str, Depends(require("query", "sync", "admin"))]
+QueryKey = Annotated[str, Depends(require("query"))]
+SyncKey = Annotated[str, Depends(require("sync"))]

@@ -1,0 +1,56 @@
+"""Entrypoint of the API image: `python -m api.main` (uvicorn on port 7001)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import uvicorn
+from fastapi import FastAPI, Request, Response
+
+from api import errors
+from api.routers import health, tasks
+from ragcore.celery_app import create_app as create_celery_app
+from ragcore.db import create_schema
+from ragcore.logging import configure_logging, request_id_var
+from ragcore.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        create_schema()
+        yield
+
+    app = FastAPI(title="ragcore", version="0.1.0", debug=False, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.celery = create_celery_app("api", settings)
+    errors.install(app)
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        token = request_id_var.set(rid)
+        try:
+            response = await call_next(request)
+        finally:
+            request_id_var.reset(token)
+        response.headers["X-Request-ID"] = rid
+        return response
+
+    for router in (health.router, tasks.router):
+        app.include_router(router)
+    return app
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging("api", settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None)
+
+
+if __name__ == "__main__":
+    main()

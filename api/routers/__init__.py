@@ -1,0 +1,1 @@
+"""Routers per resource, gathered in `api.main`."""

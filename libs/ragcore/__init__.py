@@ -1,0 +1,1 @@
+"""ragcore: what every deployable shares — settings, contracts, Celery, storage and neighbours."""

@@ -1,0 +1,113 @@
+"""The one Celery app factory that every deployable uses, and the way a worker defines a task."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Reject
+from celery.signals import setup_logging
+from kombu import Queue as KombuQueue
+from pydantic import ValidationError
+
+from ragcore import contracts
+from ragcore.contracts import Queue, TaskContract
+from ragcore.http import is_retryable
+from ragcore.logging import configure_logging
+from ragcore.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class PermanentTaskError(Exception):
+    """A failure that retrying cannot fix (bad arguments, a 4xx from a neighbour)."""
+
+
+def create_app(service: str, settings: Settings | None = None, queues: tuple[Queue, ...] = ()) -> Celery:
+    """A Celery app with our reliability defaults; a worker passes the queues it consumes."""
+    settings = settings or get_settings()
+    if settings.visibility_timeout_seconds <= contracts.longest_time_limit():
+        raise RuntimeError(
+            f"visibility timeout ({settings.visibility_timeout_seconds}s) must exceed the longest task "
+            f"time limit ({contracts.longest_time_limit()}s), or Redis redelivers tasks still running"
+        )
+    app = Celery(service, set_as_current=True)
+    transport = {"visibility_timeout": settings.visibility_timeout_seconds}
+    app.conf.update(
+        broker_url=settings.broker,
+        result_backend=settings.result_backend,
+        broker_transport_options=transport,
+        result_backend_transport_options=transport,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        result_expires=settings.result_expires_seconds,
+        result_extended=True,  # status answers carry the task's name and queue
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_track_started=True,
+        task_send_sent_event=True,
+        worker_send_task_events=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        timezone=settings.timezone,
+        enable_utc=True,
+        task_routes={c.name: {"queue": c.queue.value} for c in contracts.BY_NAME.values()},
+        task_queues=[KombuQueue(q.value, routing_key=q.value) for q in (queues or tuple(Queue))],
+        task_default_queue=(queues[0] if queues else Queue.SYNC).value,
+    )
+    return app
+
+
+@setup_logging.connect
+def _json_logging(**_: Any) -> None:
+    # Celery calls this in every worker/beat process instead of installing its own handlers.
+    settings = get_settings()
+    configure_logging(service="celery", level=settings.log_level)
+
+
+def define_task(app: Celery, contract: TaskContract, **options: Any) -> Callable[[Callable[..., Any]], Task]:
+    """Register `fn` under its contract: name, limits, validated arguments, narrow retries.
+
+    Network errors and 5xx are retried with exponential backoff and jitter up to the contract's
+    limit; bad arguments and 4xx fail at once. `fn` receives the validated argument model.
+    """
+
+    def decorator(fn: Callable[..., Any]) -> Task:
+        def run(self: Task, **kwargs: Any) -> Any:
+            try:
+                args = contract.args.model_validate(kwargs)
+            except ValidationError as exc:
+                raise PermanentTaskError(f"invalid arguments for {contract.name}: {exc}") from None
+            try:
+                return fn(self, args)
+            except Reject:
+                raise
+            except Exception as exc:
+                if is_retryable(exc) and self.request.retries < contract.retry.max_retries:
+                    countdown = contract.retry.countdown(self.request.retries, random.random())
+                    log.warning("retrying %s in %.1fs: %s", contract.name, countdown, exc)
+                    raise self.retry(exc=exc, countdown=countdown, max_retries=contract.retry.max_retries)
+                raise
+
+        run.__name__ = fn.__name__
+        run.__doc__ = fn.__doc__
+        return app.task(
+            run,
+            bind=True,
+            name=contract.name,
+            queue=contract.queue.value,
+            soft_time_limit=contract.soft_time_limit,
+            time_limit=contract.time_limit,
+            ignore_result=not contract.store_result,
+            acks_late=True,
+            **options,
+        )
+
+    return decorator

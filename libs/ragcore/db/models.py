@@ -1,0 +1,165 @@
+"""The database tables of RAG Core (SQLAlchemy 2, PostgreSQL in production, SQLite locally)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware in and out, on SQLite (which forgets the zone) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class SyncState(Base):
+    """High-water marks of incremental syncs, by name."""
+
+    __tablename__ = "sync_state"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    high_water_mark: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class SyncEvent(Base):
+    """The durable sync queue: document changes reported by Ingest, drained by process_sync_queue."""
+
+    __tablename__ = "sync_events"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    document_id: Mapped[str] = mapped_column(String(512))
+    action: Mapped[str] = mapped_column(String(16))
+    occurred_at: Mapped[datetime]
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done
+    attempts: Mapped[int] = mapped_column(default=0)
+    available_at: Mapped[datetime] = mapped_column(default=utcnow)  # retry later after a failure
+    last_error: Mapped[str | None] = mapped_column(Text)
+    __table_args__ = (Index("ix_sync_events_pending", "status", "available_at"),)
+
+
+class User(Base):
+    __tablename__ = "users"
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    tier: Mapped[str] = mapped_column(String(32))
+    daily_limit: Mapped[int]
+    queries_today: Mapped[int] = mapped_column(default=0)
+    limit_reset_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UserStatistics(Base):
+    __tablename__ = "user_statistics"
+    user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
+    total_queries: Mapped[int] = mapped_column(default=0)
+    total_tokens: Mapped[int] = mapped_column(default=0)
+    avg_processing_time_ms: Mapped[float] = mapped_column(default=0.0)
+    last_query_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Conversation(Base):
+    __tablename__ = "conversations"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(256), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    archived_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
+    user_id: Mapped[str] = mapped_column(String(256), index=True)
+    query: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    sources: Mapped[list[Any]]
+    tokens_used: Mapped[int]
+    processing_time_ms: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    archived_at: Mapped[datetime | None]
+
+
+class QueryCacheEntry(Base):
+    """The durable record of cached answers; Redis holds the hot copies with a TTL."""
+
+    __tablename__ = "query_cache"
+    cache_key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    data_version: Mapped[int]
+    query: Mapped[str] = mapped_column(Text)
+    response: Mapped[dict[str, Any]]
+    hits: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class OutboxEntry(Base):
+    """A task to send, written in the transaction of the change that calls for it."""
+
+    __tablename__ = "task_outbox"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(64), unique=True)
+    task_name: Mapped[str] = mapped_column(String(128))
+    kwargs: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class FailedDelivery(Base):
+    """A delivery to a neighbour that exhausted its retries; an operator can re-drive it."""
+
+    __tablename__ = "failed_deliveries"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(128))
+    task_id: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    error: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16), default="failed")  # failed | redriven
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    redriven_at: Mapped[datetime | None]
+    redrive_task_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class TaskRecord(Base):
+    """The task ledger: every task sent through the contracts and its lifecycle."""
+
+    __tablename__ = "task_ledger"
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    queue: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    kwargs: Mapped[dict[str, Any]]
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    worker: Mapped[str | None] = mapped_column(String(256))
+    retries: Mapped[int] = mapped_column(default=0)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    revoked: Mapped[bool] = mapped_column(default=False)

@@ -1,0 +1,39 @@
+"""The httpx client every neighbour client shares, and which of its errors are worth retrying."""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+
+from ragcore.settings import Settings
+
+# One worker process talks to a handful of neighbours; a small pool is plenty and caps fan-out.
+_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
+
+_process_client: tuple[int, httpx.Client] | None = None
+
+
+def make_http_client(settings: Settings) -> httpx.Client:
+    """Build a pooled HTTP/1.1 client with the configured timeout."""
+    return httpx.Client(timeout=httpx.Timeout(settings.http_timeout_seconds), limits=_LIMITS, http1=True, http2=False)
+
+
+def shared_http_client(settings: Settings) -> httpx.Client:
+    """Return this process's client, building it on first use.
+
+    Keyed by pid: a Celery prefork child must not reuse the sockets of the parent it was forked from.
+    """
+    global _process_client
+    pid = os.getpid()
+    if _process_client is None or _process_client[0] != pid:
+        _process_client = (pid, make_http_client(settings))
+    return _process_client[1]
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """True for failures a later attempt may not see: timeouts, network errors and 5xx answers."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code >= 500
+    # RemoteProtocolError is a peer dropping the connection mid-answer; other protocol errors are ours.
+    return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))

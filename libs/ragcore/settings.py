@@ -1,0 +1,114 @@
+"""Every setting of every deployable, read once from `RAGCORE_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Keys that only make sense on a developer's machine; refused outside `environment=dev`.
+DEV_API_KEYS = {"dev-admin-key": "admin", "dev-query-key": "query", "dev-sync-key": "sync"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAGCORE_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Literal["dev", "test", "prod"] = "dev"
+    log_level: str = "INFO"
+    timezone: str = "UTC"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 7001
+
+    # Redis: broker, result backend and cache may be separate databases or servers.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None
+    result_backend_url: str | None = None
+    cache_url: str | None = None
+    cache_prefix: str = "ragcore:cache:"
+    cache_ttl_seconds: int = Field(3600, gt=0)
+    result_expires_seconds: int = Field(24 * 3600, gt=0)
+    # Must exceed the longest task time limit (full sync: 1 h), or Redis redelivers running tasks.
+    visibility_timeout_seconds: int = Field(2 * 3600, gt=0)
+
+    database_url: str = "sqlite:///./.local/ragcore.db"
+
+    # Qdrant: a server URL (production, or the local stand-in), else an in-process local folder.
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    qdrant_path: str = "./.local/qdrant"
+    qdrant_collection: str = "ragcore_chunks"
+    vector_size: int = Field(384, gt=0)
+    distance: Literal["Cosine", "Dot", "Euclid"] = "Cosine"
+
+    # Neighbours (SPEC §5).
+    ingest_url: str = "http://127.0.0.1:7101"
+    ingest_token: str | None = None
+    users_url: str = "http://127.0.0.1:7102"
+    users_token: str | None = None
+    http_timeout_seconds: float = Field(10.0, gt=0)
+
+    # Query embedding and answer generation: OpenAI-compatible endpoints when set, local otherwise.
+    embedding_url: str | None = None
+    embedding_model: str = "ragcore-hash-384"
+    embedding_token: str | None = None
+    chat_url: str | None = None
+    chat_model: str = "gpt-4o-mini"
+    chat_token: str | None = None
+
+    # API keys: key (or "sha256:<hex>") -> scope ("query", "sync", "admin").
+    api_keys: dict[str, Literal["query", "sync", "admin"]] = Field(default_factory=lambda: dict(DEV_API_KEYS))
+
+    # Per-user limits: tier -> daily query limit, and the 30-day query count that reaches a tier.
+    tier_daily_limits: dict[str, int] = Field(default_factory=lambda: {"free": 100, "pro": 1000, "enterprise": 10000})
+    tier_thresholds: dict[str, int] = Field(default_factory=lambda: {"free": 0, "pro": 500, "enterprise": 5000})
+    default_tier: str = "free"
+
+    # Worker processes per queue (prefork); each queue's image scales on its own.
+    worker_concurrency: dict[str, int] = Field(
+        default_factory=lambda: {"sync": 2, "notifications": 4, "cleanup": 1, "user": 2}
+    )
+
+    # Beat: task name -> when it runs: a 5-field crontab ("0 2 * * *") or an interval in seconds.
+    beat_schedule: dict[str, str] = Field(
+        default_factory=lambda: {
+            "reset_all_daily_limits": "0 0 * * *",
+            "cleanup_old_cache": "0 */6 * * *",
+            "cleanup_query_cache": "0 2 * * *",
+            "process_sync_queue": "*/5 * * * *",
+            "send_usage_statistics": "0 * * * *",
+        }
+    )
+
+    sync_batch_size: int = Field(256, ge=1, le=500)
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def result_backend(self) -> str:
+        return self.result_backend_url or self.redis_url
+
+    @property
+    def cache(self) -> str:
+        return self.cache_url or self.redis_url
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_defaults(self) -> Settings:
+        if self.environment == "prod":
+            dev_keys = set(DEV_API_KEYS) & set(self.api_keys)
+            if dev_keys:
+                raise ValueError(f"development API keys are not allowed in prod: {sorted(dev_keys)}")
+        if self.default_tier not in self.tier_daily_limits:
+            raise ValueError(f"default_tier {self.default_tier!r} has no entry in tier_daily_limits")
+        if set(self.tier_thresholds) != set(self.tier_daily_limits):
+            raise ValueError("tier_thresholds and tier_daily_limits must name the same tiers")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

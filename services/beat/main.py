@@ -1,0 +1,33 @@
+"""Entrypoint of the Beat image: `python -m services.beat.main` or `celery -A services.beat.main beat`.
+
+RedBeat keeps the schedule and each entry's last run in Redis behind a leader lock: a second Beat
+started by mistake waits for the lock instead of doubling the schedule, and a restarted Beat resumes
+from the stored last runs instead of re-firing or skipping what was due.
+"""
+
+import sys
+
+from ragcore import ledger
+from ragcore.celery_app import create_app
+from ragcore.settings import get_settings
+from services.beat import schedule
+
+settings = get_settings()
+app = create_app("beat")
+app.conf.update(
+    beat_schedule=schedule.build(settings),
+    beat_scheduler="redbeat.RedBeatScheduler",
+    redbeat_redis_url=settings.broker,
+    redbeat_key_prefix="ragcore:redbeat:",
+    redbeat_lock_timeout=30,  # a crashed leader's lock frees within this many seconds
+    beat_max_loop_interval=5,  # the leader renews its lock (and checks due entries) this often
+)
+ledger.connect_publisher_signals()
+
+
+def main() -> None:
+    app.start(["beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()

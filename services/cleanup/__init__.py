@@ -1,0 +1,1 @@
+"""The `cleanup` worker: consumes the `cleanup` queue and nothing else."""

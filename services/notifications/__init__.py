@@ -1,0 +1,1 @@
+"""The `notifications` worker: consumes the `notifications` queue and nothing else."""

@@ -1,0 +1,1 @@
+"""The `sync` worker: consumes the `sync` queue and nothing else."""

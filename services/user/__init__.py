@@ -1,0 +1,1 @@
+"""The `user` worker: consumes the `user` queue and nothing else."""

@@ -1,0 +1,7 @@
+"""Tasks of the `user` queue."""
+
+from celery import Celery
+
+
+def register(app: Celery) -> None:
+    """Register this queue's tasks on `app`."""

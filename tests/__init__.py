@@ -1,0 +1,1 @@
+"""Integration, end-to-end and reliability tests, and the stand-in neighbours they run against."""

@@ -1,0 +1,1 @@
+"""The deployables as shipped: pex files started as their images start them."""

@@ -1,0 +1,75 @@
+"""Each packaged pex starts as its image starts it; each worker pex consumes only its own queue."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragcore import dispatch
+from ragcore.contracts import CANARIES, Queue
+from tests.support.processes import Deployable, wait_http_ok, wait_until
+from tests.support.servers import free_port
+from tests.support.stack import Stack
+
+PEXES = {
+    **{q: Path(f"services.{q.value}/worker.pex") for q in Queue},
+    "beat": Path("services.beat/scheduler.pex"),
+    "api": Path("api/server.pex"),
+}
+
+
+def _pex(key: object) -> Path:
+    path = PEXES[key]  # type: ignore[index]
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run under `./pants test` (it builds the pex files)")
+    return path
+
+
+class PexDeployable(Deployable):
+    def __init__(self, pex: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
+        super().__init__(pex.stem, env, args)
+        self.pex = pex
+
+    def start(self) -> "PexDeployable":
+        log = self.log_path.open("ab")
+        # As the Dockerfile's ENTRYPOINT does; the pex carries its own code and dependencies only.
+        env = {k: v for k, v in self.env.items() if k != "PYTHONPATH"}
+        self.process = subprocess.Popen([sys.executable, str(self.pex), *self.args], env=env,
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        return self
+
+
+@pytest.mark.parametrize("queue", list(Queue))
+def test_worker_pex_consumes_its_queue_and_no_other(stack: Stack, queue: Queue) -> None:
+    hostname = f"pex-{queue.value}@test"
+    worker = PexDeployable(_pex(queue), stack.env(), (f"--hostname={hostname}",)).start()
+    stack.deployables.append(worker)
+    stack.wait_consuming(hostname, worker, timeout=120)
+
+    others = [q for q in Queue if q != queue]
+    foreign = [dispatch.send(stack.producer, CANARIES[q]) for q in others]
+    own = dispatch.send(stack.producer, CANARIES[queue], {"echo": "pex"})
+    assert stack.producer.AsyncResult(own).get(timeout=60)["queue"] == queue.value
+    assert [stack.producer.AsyncResult(t).state for t in foreign] == ["PENDING"] * len(others)
+    registered = stack.producer.control.inspect(destination=[hostname], timeout=5).registered()[hostname]
+    assert CANARIES[queue].name in registered
+    assert not any(CANARIES[q].name in registered for q in others)
+    worker.stop()
+    stack.redis_client().flushdb()  # the foreign canaries would otherwise reach the next worker
+
+
+def test_api_pex_serves_health(stack: Stack) -> None:
+    port = free_port()
+    api = PexDeployable(_pex("api"), stack.env(api_port=str(port))).start()
+    stack.deployables.append(api)
+    wait_http_ok(f"http://127.0.0.1:{port}/healthz", 120, api)
+
+
+def test_beat_pex_starts_and_sends_a_due_task(stack: Stack) -> None:
+    beat = PexDeployable(_pex("beat"), stack.env(beat_schedule='{"cleanup_old_cache": "1"}')).start()
+    stack.deployables.append(beat)
+    client = stack.redis_client()
+    wait_until(lambda: client.llen(Queue.CLEANUP.value) > 0, 120, "beat to send cleanup_old_cache")
+    beat.stop()

@@ -1,0 +1,1 @@
+"""Tests against real Redis, PostgreSQL and worker processes."""

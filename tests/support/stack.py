@@ -1,0 +1,117 @@
+"""A running RAG Core for tests: private Redis, a fresh database, and deployables on demand."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+import httpx
+import redis
+from celery import Celery
+
+from ragcore.celery_app import create_app
+from ragcore.contracts import Queue
+from ragcore.db import create_schema, get_engine
+from ragcore.settings import get_settings
+from tests.support.processes import Deployable, deployable_env, wait_http_ok, wait_until
+from tests.support.servers import RedisServer, free_port, postgres_database, redis_server
+
+ADMIN_KEY, QUERY_KEY, SYNC_KEY = "test-admin-key", "test-query-key", "test-sync-key"
+API_KEYS = f'{{"{ADMIN_KEY}": "admin", "{QUERY_KEY}": "query", "{SYNC_KEY}": "sync"}}'
+
+
+class Stack:
+    def __init__(self, redis_server: RedisServer, database_url: str, settings: dict[str, str]) -> None:
+        self.redis = redis_server
+        self.database_url = database_url
+        self.settings = settings
+        self.deployables: list[Deployable] = []
+        self.producer: Celery = create_app("tests", get_settings())
+        self.api_url: str | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return deployable_env(**{**self.settings, **extra})
+
+    def start_worker(self, queue: Queue, *args: str, name: str | None = None, **settings: str) -> Deployable:
+        """Start `services.<queue>.worker` and wait until it consumes its queue."""
+        hostname = f"{name or queue.value}@test"
+        worker = Deployable(f"services.{queue.value}.worker", self.env(**settings), (f"--hostname={hostname}", *args))
+        self.deployables.append(worker.start())
+        self.wait_consuming(hostname, worker)
+        return worker
+
+    def wait_consuming(self, hostname: str, worker: Deployable, timeout: float = 60) -> None:
+        def ready() -> bool:
+            if not worker.running:
+                raise RuntimeError(f"worker {hostname} exited:\n{worker.logs()[-4000:]}")
+            replies = self.producer.control.ping(destination=[hostname], timeout=0.5)
+            return any(hostname in r for r in replies)
+
+        wait_until(ready, timeout, f"worker {hostname}")
+
+    def start_api(self, **settings: str) -> str:
+        port = free_port()
+        api = Deployable("api.main", self.env(api_port=str(port), **settings))
+        self.deployables.append(api.start())
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_http_ok(f"{self.api_url}/healthz", 60, api)
+        return self.api_url
+
+    def start(self, module: str, *args: str, **settings: str) -> Deployable:
+        deployable = Deployable(module, self.env(**settings), args)
+        self.deployables.append(deployable.start())
+        return deployable
+
+    def api(self, key: str | None = ADMIN_KEY) -> httpx.Client:
+        assert self.api_url, "start_api() first"
+        return httpx.Client(base_url=self.api_url, headers={"X-API-Key": key} if key else {}, timeout=30)
+
+    def redis_client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis.url)
+
+    def close(self) -> None:
+        for deployable in reversed(self.deployables):
+            deployable.stop()
+        self.producer.close()
+
+
+@contextmanager
+def running_stack(**extra: str) -> Iterator[Stack]:
+    """Private Redis + fresh PostgreSQL database; the test process reads the same settings."""
+    with ExitStack() as stack:
+        server = stack.enter_context(redis_server())
+        database_url = stack.enter_context(postgres_database())
+        settings = {
+            "environment": "test",
+            "redis_url": server.url,
+            "database_url": database_url,
+            "api_keys": API_KEYS,
+            "log_level": "INFO",
+            **extra,
+        }
+        saved = {k: os.environ.get(k) for k in (f"RAGCORE_{k.upper()}" for k in settings)}
+        os.environ.update({f"RAGCORE_{k.upper()}": v for k, v in settings.items()})
+        _reset_cached_settings()
+        create_schema()
+        running = Stack(server, database_url, settings)
+        try:
+            yield running
+        finally:
+            running.close()
+            get_engine().dispose()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            _reset_cached_settings()
+
+
+def _reset_cached_settings() -> None:
+    from ragcore.db import session as db_session
+
+    get_settings.cache_clear()
+    db_session.get_engine.cache_clear()
+    db_session._factory.cache_clear()
+
