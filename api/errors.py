@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 
 from ragcore.logging import request_id_var
 
@@ -23,6 +24,13 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(status_code=422, content={"detail": f"invalid request: {message}", "errors": errors})
 
 
+async def _invalid_arguments(_: Request, exc: ValidationError) -> JSONResponse:
+    # Task arguments are validated again against their contract when a task is sent.
+    errors = [{"field": _location(e["loc"]), "message": e["msg"]} for e in exc.errors()]
+    message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return JSONResponse(status_code=422, content={"detail": f"invalid task arguments: {message}", "errors": errors})
+
+
 async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error")
     return JSONResponse(
@@ -32,4 +40,5 @@ async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(ValidationError, _invalid_arguments)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)

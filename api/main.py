@@ -10,10 +10,11 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from api import errors
-from api.routers import health, tasks
+from api.routers import deliveries, health, query, sync, tasks
 from ragcore.celery_app import create_app as create_celery_app
 from ragcore.db import create_schema
 from ragcore.logging import configure_logging, request_id_var
+from ragcore.outbox import Relay
 from ragcore.settings import Settings, get_settings
 
 
@@ -23,7 +24,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_schema()
+        relay = Relay(app.state.celery)  # publishes the outbox (the reports of each query)
+        app.state.relay = relay
+        relay.start()
         yield
+        relay.stop()
 
     app = FastAPI(title="ragcore", version="0.1.0", debug=False, lifespan=lifespan)
     app.state.settings = settings
@@ -41,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["X-Request-ID"] = rid
         return response
 
-    for router in (health.router, tasks.router):
+    for router in (health.router, query.router, sync.router, tasks.router, deliveries.router):
         app.include_router(router)
     return app
 

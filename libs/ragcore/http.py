@@ -36,4 +36,12 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code >= 500
     # RemoteProtocolError is a peer dropping the connection mid-answer; other protocol errors are ours.
-    return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))
+    if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
+        return True
+    # qdrant-client's REST errors, recognised by shape so that workers without qdrant-client can import
+    # this module: UnexpectedResponse carries the status, ResponseHandlingException the error it wraps.
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status >= 500
+    source = getattr(exc, "source", None)
+    return isinstance(source, BaseException) and is_retryable(source)

@@ -79,6 +79,8 @@ class VectorStore:
             self.client = QdrantClient(path=settings.qdrant_path)
         self._ready = False
 
+    point_id = staticmethod(point_id)
+
     def close(self) -> None:
         """Close the client if this store built it (local mode holds a lock on its folder)."""
         if self._owns_client:
@@ -106,7 +108,10 @@ class VectorStore:
                 f"collection {self.collection!r} holds {vectors.size}-dim {vectors.distance.value} vectors, but the "
                 f"settings say {self.vector_size}-dim {self.distance.value}: re-create it or fix RAGCORE_VECTOR_SIZE"
             )
-        if "document_id" not in info.payload_schema:
+        options = self.client.init_options
+        # Local mode has no payload indexes (and warns if asked); a server filters deletions by this one.
+        local = options.get("path") is not None or options.get("location") == ":memory:"
+        if not local and "document_id" not in info.payload_schema:
             self.client.create_payload_index(
                 self.collection, "document_id", field_schema=models.PayloadSchemaType.KEYWORD, wait=True
             )

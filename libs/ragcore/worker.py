@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from ragcore import ledger
+from ragcore import ledger, recovery
 from ragcore.celery_app import create_app, define_task
 from ragcore.contracts import CANARIES, CanaryArgs, Queue
 from ragcore.db import create_schema
@@ -19,6 +19,7 @@ def create_worker_app(queue: Queue) -> Celery:
     """The app of the worker that consumes `queue` (and only it)."""
     app = create_app(f"worker-{queue.value}", queues=(queue,))
     ledger.connect_worker_signals()
+    recovery.connect()
 
     @define_task(app, CANARIES[queue])
     def canary(self: Task, args: CanaryArgs) -> dict[str, Any]:

@@ -1,7 +1,66 @@
-"""Tasks of the `cleanup` queue."""
+"""Tasks of the `cleanup` queue: keep Redis and the database from growing without bound."""
 
-from celery import Celery
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from functools import lru_cache
+from typing import Any
+
+import redis
+from celery import Celery, Task
+
+from ragcore import contracts
+from ragcore.cache import HotCache, data_version
+from ragcore.celery_app import define_task
+from ragcore.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs, TaskContract
+from ragcore.db import session_scope, utcnow
+from ragcore.locks import lock_client, periodic_lock
+from ragcore.settings import get_settings
+from services.cleanup import redis_purge, retention
+
+#: What a periodic task returns when another run of it holds the lock.
+SKIPPED = {"skipped": "already running"}
+
+
+@lru_cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+
+
+def _lock(task: TaskContract) -> AbstractContextManager[bool]:
+    # Held at most for the task's hard time limit: a killed run's lock frees itself by then.
+    return periodic_lock(lock_client(), task.name, ttl=task.time_limit)
 
 
 def register(app: Celery) -> None:
     """Register this queue's tasks on `app`."""
+
+    @define_task(app, contracts.CLEANUP_OLD_CACHE)
+    def cleanup_old_cache(self: Task, args: NoArgs) -> dict[str, Any]:
+        """Remove hot query-cache entries of older data versions from Redis: they can never be served."""
+        with _lock(contracts.CLEANUP_OLD_CACHE) as acquired:
+            if not acquired:
+                return SKIPPED
+            settings = get_settings()
+            with session_scope() as session:
+                version = data_version(session)
+            cache = HotCache(_redis(settings.cache), settings.cache_prefix, settings.cache_ttl_seconds)
+            return redis_purge.purge_stale_cache(cache, version)
+
+    @define_task(app, contracts.CLEANUP_QUERY_CACHE)
+    def cleanup_query_cache(self: Task, args: CleanupQueryCacheArgs) -> dict[str, Any]:
+        """Delete `query_cache` rows older than `days`, a bounded batch per transaction."""
+        with _lock(contracts.CLEANUP_QUERY_CACHE) as acquired:
+            if not acquired:
+                return SKIPPED
+            return retention.delete_old_query_cache(session_scope, utcnow(), args.days)
+
+    @define_task(app, contracts.CLEANUP_OLD_CONVERSATIONS)
+    def cleanup_old_conversations(self: Task, args: CleanupConversationsArgs) -> dict[str, Any]:
+        """Archive conversations idle for `days` with their messages; nothing is deleted."""
+        return retention.archive_old_conversations(session_scope, utcnow(), args.days)
+
+    @define_task(app, contracts.CLEANUP_FAILED_TASKS)
+    def cleanup_failed_tasks(self: Task, args: NoArgs) -> dict[str, Any]:
+        """Remove results of failed tasks from the result backend; the task ledger keeps the failures."""
+        return redis_purge.purge_failed_results(_redis(get_settings().result_backend))

@@ -176,9 +176,10 @@ class Corpus:
         self._clock = max(time.time_ns() // 1000, self._clock + 1)
         return self._clock
 
-    @property
     def documents(self) -> dict[str, Document]:
-        return dict(self._docs)
+        """A snapshot of the documents by id."""
+        with self._lock:
+            return dict(self._docs)
 
     def chunk_count(self) -> int:
         return len(self._keys)
@@ -289,7 +290,7 @@ class IngestApp(App):
         return json_response({"items": items_json(rows), "next_cursor": encode_cursor(last) if last else None})
 
     def document_embeddings(self, request: Request) -> Response:
-        doc = self.corpus.documents.get(request.params["document_id"])
+        doc = self.corpus.documents().get(request.params["document_id"])
         if doc is None:
             raise HTTPError(404, f"document {request.params['document_id']!r} not found")
         return json_response({"items": items_json([(doc, j) for j in range(len(doc.chunk_ids))])})
@@ -313,7 +314,7 @@ class IngestApp(App):
         )
 
     def control_corpus(self, _: Request) -> Response:
-        return json_response({"documents": len(self.corpus.documents), "chunks": self.corpus.chunk_count()})
+        return json_response({"documents": len(self.corpus.documents()), "chunks": self.corpus.chunk_count()})
 
     def control_reset(self, request: Request) -> Response:
         spec = request.json() or {}
@@ -323,7 +324,7 @@ class IngestApp(App):
         return self.control_corpus(request)
 
     def control_get_document(self, request: Request) -> Response:
-        doc = self.corpus.documents.get(request.params["document_id"])
+        doc = self.corpus.documents().get(request.params["document_id"])
         if doc is None:
             raise HTTPError(404, "no such document")
         return json_response(doc.summary())

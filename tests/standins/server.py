@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import orjson
 
@@ -344,6 +345,12 @@ class StandInServer(ThreadingHTTPServer):
             with self._lock:
                 self._connections.pop(threading.current_thread(), None)
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (timeout) or a connection cut by stop() is expected, not a stand-in bug.
+        if self.app.stopping.is_set() or isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
     def stop(self) -> None:
         """Stop accepting, end open connections (idle keep-alives, delays, hangs) and wait for them."""
         self.app.stopping.set()
@@ -394,6 +401,27 @@ def start_in_thread(app: A, host: str = "127.0.0.1", port: int = 0) -> Running[A
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"{app.name}-server", daemon=True)
     thread.start()
     return Running(app, server, thread)
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now, for a stand-in started as a separate process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_up(url: str, timeout: float = 30.0) -> None:
+    """Wait until `url`'s port accepts connections (a stand-in binds only once it is ready)."""
+    parts = urlsplit(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((parts.hostname, parts.port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listening at {url} after {timeout}s") from None
+            time.sleep(0.05)
 
 
 def run_until_signalled(app: App, host: str, port: int) -> None:

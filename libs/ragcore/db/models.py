@@ -35,11 +35,14 @@ class Base(DeclarativeBase):
 
 
 class SyncState(Base):
-    """High-water marks of incremental syncs, by name."""
+    """Sync bookkeeping by key: incremental high-water marks, and the data version ("data")."""
 
     __tablename__ = "sync_state"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     high_water_mark: Mapped[datetime | None]
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    #: Chunk ids already copied at exactly `high_water_mark` (`since` is inclusive).
+    mark_ids: Mapped[list[Any] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
@@ -52,9 +55,11 @@ class SyncEvent(Base):
     action: Mapped[str] = mapped_column(String(16))
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | done
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | claimed | done | failed
     attempts: Mapped[int] = mapped_column(default=0)
     available_at: Mapped[datetime] = mapped_column(default=utcnow)  # retry later after a failure
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_until: Mapped[datetime | None]  # a claim of a crashed run expires
     last_error: Mapped[str | None] = mapped_column(Text)
     __table_args__ = (Index("ix_sync_events_pending", "status", "available_at"),)
 

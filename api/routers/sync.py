@@ -1,0 +1,46 @@
+"""Sync endpoints: start syncs, delete a document's embeddings, receive Ingest's change events."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, status
+from pydantic import BaseModel
+
+from api.auth import AdminKey, SyncKey
+from api.deps import CeleryDep, SessionDep
+from ragcore import contracts, dispatch, sync_queue
+from ragcore.contracts import SyncEmbeddingsArgs
+
+router = APIRouter(prefix="/api/v1/sync", tags=["sync"])
+
+
+class TaskAccepted(BaseModel):
+    task_id: str
+
+
+class EventsAccepted(BaseModel):
+    stored: int
+
+
+@router.post("/trigger-full-sync", status_code=status.HTTP_202_ACCEPTED)
+def trigger_full_sync(_: AdminKey, celery: CeleryDep) -> TaskAccepted:
+    """Re-copy everything from Ingest and drop what it no longer has."""
+    return TaskAccepted(task_id=dispatch.send(celery, contracts.TRIGGER_FULL_SYNC))
+
+
+@router.post("/trigger-sync", status_code=status.HTTP_202_ACCEPTED)
+def trigger_sync(_: AdminKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None = None) -> TaskAccepted:
+    """Copy what changed since `since` (default: since the last successful incremental sync)."""
+    kwargs = body.model_dump(mode="json", exclude_none=True) if body else {}
+    return TaskAccepted(task_id=dispatch.send(celery, contracts.SYNC_EMBEDDINGS, kwargs))
+
+
+@router.delete("/document/{document_id}", status_code=status.HTTP_202_ACCEPTED)
+def delete_document(document_id: str, _: AdminKey, celery: CeleryDep) -> TaskAccepted:
+    """Remove every point of one document from Qdrant."""
+    return TaskAccepted(task_id=dispatch.send(celery, contracts.DELETE_DOCUMENT_EMBEDDINGS, {"document_id": document_id}))
+
+
+@router.post("/events", status_code=status.HTTP_202_ACCEPTED)
+def receive_events(body: sync_queue.ChangeEvents, _: SyncKey, session: SessionDep) -> EventsAccepted:
+    """Store Ingest's change events in the durable sync queue (all or nothing)."""
+    return EventsAccepted(stored=sync_queue.store(session, body.events))

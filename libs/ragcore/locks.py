@@ -1,0 +1,49 @@
+"""Non-blocking Redis locks that keep two runs of one periodic task from overlapping.
+
+`SET key token NX EX ttl` takes the lock or fails at once (a second run skips, it never waits);
+only the run holding the token releases it, so a run that outlived its TTL cannot free the lock
+of the run that took over. A crashed holder's lock frees itself after `ttl` seconds: pass at
+least the task's hard time limit, so a lock never expires under a run still going.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import lru_cache
+
+import redis
+
+from ragcore.settings import Settings, get_settings
+
+PREFIX = "ragcore:lock:"
+
+# Delete the key only if it still holds our token (atomic compare-and-delete).
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+
+
+def lock_key(name: str) -> str:
+    return PREFIX + name
+
+
+@contextmanager
+def periodic_lock(client: redis.Redis, name: str, ttl: int) -> Iterator[bool]:
+    """`with periodic_lock(r, "cleanup_old_cache", 600) as acquired:` — False means another run holds it."""
+    key, token = lock_key(name), uuid.uuid4().hex
+    acquired = bool(client.set(key, token, nx=True, ex=ttl))
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            client.eval(_RELEASE, 1, key, token)
+
+
+def lock_client(settings: Settings | None = None) -> redis.Redis:
+    """The Redis that holds locks: the broker's, which must never evict keys (a cache Redis may)."""
+    return _client((settings or get_settings()).broker)
+
+
+@lru_cache
+def _client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)

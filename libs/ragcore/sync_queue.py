@@ -1,0 +1,31 @@
+"""The durable sync queue: Ingest's change events (SPEC §5), stored by the API, drained by `sync`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+from ragcore.db.models import SyncEvent
+
+
+class ChangeEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    document_id: str = Field(min_length=1, max_length=512)
+    action: Literal["upsert", "delete"]
+    occurred_at: AwareDatetime
+
+
+class ChangeEvents(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[ChangeEvent] = Field(min_length=1, max_length=10_000)
+
+
+def store(session: Session, events: list[ChangeEvent]) -> int:
+    """Append events to the queue in the caller's transaction; returns how many were stored."""
+    session.execute(insert(SyncEvent), [e.model_dump() for e in events])
+    return len(events)

@@ -1,0 +1,204 @@
+"""The sync worker keeps Qdrant equal to Ingest: incremental, full, by document, and from events."""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ragcore import contracts, dispatch
+from ragcore.contracts import Queue
+from ragcore.db import session_scope
+from ragcore.db.models import SyncEvent
+from ragcore.settings import get_settings
+from ragcore.vectorstore import VectorStore, point_id
+from tests.standins.ingest import IngestApp, start_ingest
+from tests.standins.qdrant import start_qdrant
+from tests.standins.server import Running
+from tests.support.processes import Deployable, wait_until
+from tests.support.stack import ADMIN_KEY, SYNC_KEY, Stack, running_stack
+
+
+@dataclass
+class SyncRig:
+    stack: Stack
+    ingest: Running[IngestApp]
+    store: VectorStore
+    worker: Deployable
+
+    def run(self, contract: contracts.TaskContract, kwargs: dict | None = None, timeout: float = 120) -> dict:
+        task_id = dispatch.send(self.stack.producer, contract, kwargs)
+        return self.stack.producer.AsyncResult(task_id).get(timeout=timeout)
+
+    def ingest_point_ids(self) -> set[str]:
+        return {point_id(cid) for doc in self.ingest.app.corpus.documents().values() for cid in doc.chunk_ids}
+
+    def qdrant_point_ids(self) -> set[str]:
+        return set(self.store.iter_point_ids())
+
+
+@pytest.fixture(scope="module")
+def rig() -> Iterator[SyncRig]:
+    with start_ingest(documents=12, chunks=4) as ingest, start_qdrant(tempfile.mkdtemp(prefix="qdrant-")) as qdrant:
+        with running_stack(ingest_url=ingest.url, qdrant_url=qdrant.url, qdrant_collection="sync_test") as stack:
+            store = VectorStore(get_settings())
+            store.ensure_collection()
+            worker = stack.start_worker(Queue.SYNC)
+            stack.start_api()
+            yield SyncRig(stack, ingest, store, worker)
+            store.close()
+
+
+@pytest.fixture(autouse=True)
+def healthy_ingest(rig: SyncRig) -> Iterator[None]:
+    yield
+    rig.ingest.app.faults.clear()
+
+
+def test_incremental_sync_copies_only_what_changed_and_then_nothing(rig: SyncRig) -> None:
+    first = rig.run(contracts.SYNC_EMBEDDINGS, {"batch_size": 7})
+    assert first["copied"] == rig.ingest.app.corpus.chunk_count() == 48
+    assert rig.store.count() == 48
+
+    changed = rig.ingest.app.corpus.put_document(next(iter(rig.ingest.app.corpus.documents())))
+    second = rig.run(contracts.SYNC_EMBEDDINGS, {"batch_size": 7})
+    assert second["copied"] == len(changed.chunk_ids) == 4
+
+    third = rig.run(contracts.SYNC_EMBEDDINGS)
+    assert third["copied"] == 0
+    assert rig.store.count() == 48
+
+
+def test_explicit_since_copies_from_that_moment(rig: SyncRig) -> None:
+    future = (datetime.now(timezone.utc) + timedelta(days=1)).isoformat()
+    assert rig.run(contracts.SYNC_EMBEDDINGS, {"since": future})["copied"] == 0
+    assert rig.run(contracts.SYNC_EMBEDDINGS, {"since": "2000-01-01T00:00:00Z"})["copied"] == rig.ingest.app.corpus.chunk_count()
+
+
+def test_full_sync_leaves_exactly_ingests_chunks_and_reports_progress(rig: SyncRig) -> None:
+    corpus = rig.ingest.app.corpus
+    for doc_id in list(corpus.documents())[:3]:
+        corpus.delete_document(doc_id)
+    corpus.put_document()  # a new one
+    result = rig.run(contracts.TRIGGER_FULL_SYNC)
+    assert result["removed"] == 12
+    assert rig.qdrant_point_ids() == rig.ingest_point_ids()
+
+    again = rig.run(contracts.TRIGGER_FULL_SYNC)  # idempotent: nothing to remove, same count
+    assert again["removed"] == 0 and again["points"] == result["points"] == corpus.chunk_count()
+
+
+def test_full_sync_progress_is_visible_in_task_status(rig: SyncRig) -> None:
+    rig.ingest.app.faults.set_delay(0.3)
+    get_settings()  # batch size comes from the worker's settings (256): make pages small by corpus size
+    task_id = dispatch.send(rig.stack.producer, contracts.TRIGGER_FULL_SYNC)
+    with rig.stack.api(ADMIN_KEY) as api:
+        final = wait_until(lambda: (b := api.get(f"/api/v1/tasks/status/{task_id}").json())["status"] == "SUCCESS" and b, 60, "full sync")
+    assert final["progress"]["done"] == final["progress"]["total"] == rig.ingest.app.corpus.chunk_count()
+
+
+def test_worker_killed_mid_full_sync_finishes_on_restart_with_exact_count(rig: SyncRig) -> None:
+    corpus = rig.ingest.app.corpus
+    corpus.reset(documents=60, chunks=10)  # 600 chunks, 3 pages of 256
+    rig.ingest.app.faults.set_delay(1.0)  # each page takes a second: room to kill mid-sync
+    task_id = dispatch.send(rig.stack.producer, contracts.TRIGGER_FULL_SYNC)
+    wait_until(lambda: len(rig.ingest.app.log.entries("/api/v1/embeddings")) > 0 and
+               rig.stack.producer.AsyncResult(task_id).state in ("STARTED", "PROGRESS"), 60, "full sync to start")
+    rig.worker.signal(signal.SIGKILL)  # the whole process group: parent and pool
+    rig.worker.kill()
+    rig.ingest.app.faults.clear()
+
+    rig.worker = rig.stack.start_worker(Queue.SYNC)  # same node name: it re-queues what it was running
+    result = rig.stack.producer.AsyncResult(task_id).get(timeout=120)
+    assert result["points"] == corpus.chunk_count() == 600
+    assert rig.qdrant_point_ids() == rig.ingest_point_ids()
+
+
+def test_ingest_500_twice_then_200_is_retried_to_success(rig: SyncRig) -> None:
+    rig.ingest.app.faults.fail(500, times=2, path="/api/v1/embeddings")
+    task_id = dispatch.send(rig.stack.producer, contracts.SYNC_EMBEDDINGS, {"since": "2000-01-01T00:00:00Z"})
+    result = rig.stack.producer.AsyncResult(task_id).get(timeout=60)
+    assert result["copied"] == rig.ingest.app.corpus.chunk_count()
+    with rig.stack.api(ADMIN_KEY) as api:
+        assert api.get(f"/api/v1/tasks/status/{task_id}").json()["retries"] == 2
+
+
+def test_ingest_404_fails_at_once_with_a_clear_error(rig: SyncRig) -> None:
+    rig.ingest.app.faults.fail(404, times=1, path="/api/v1/embeddings")
+    task_id = dispatch.send(rig.stack.producer, contracts.SYNC_EMBEDDINGS, {"since": "2000-01-01T00:00:00Z"})
+    with rig.stack.api(ADMIN_KEY) as api:
+        body = wait_until(lambda: (b := api.get(f"/api/v1/tasks/status/{task_id}").json())["status"] == "FAILURE" and b, 30, "failure")
+    assert "404" in body["error"]
+    assert body["retries"] == 0
+
+
+def test_delete_document_endpoint_removes_its_points_and_twice_is_fine(rig: SyncRig) -> None:
+    rig.run(contracts.TRIGGER_FULL_SYNC)
+    doc_id, doc = next(iter(rig.ingest.app.corpus.documents().items()))
+    before = rig.store.count()
+    with rig.stack.api(ADMIN_KEY) as api:
+        ids = [api.delete(f"/api/v1/sync/document/{doc_id}").json()["task_id"] for _ in range(2)]
+    for task_id in ids:
+        assert rig.stack.producer.AsyncResult(task_id).get(timeout=30)["deleted"] is True
+    assert rig.store.count() == before - len(doc.chunk_ids)
+
+
+def _events(*pairs: tuple[str, str]) -> dict:
+    now = datetime.now(timezone.utc)
+    return {"events": [{"document_id": d, "action": a, "occurred_at": (now + timedelta(milliseconds=i)).isoformat()}
+                       for i, (d, a) in enumerate(pairs)]}
+
+
+def _pending_events() -> int:
+    with session_scope() as session:
+        return session.query(SyncEvent).filter(SyncEvent.status != "done").count()
+
+
+def test_malformed_events_get_422_and_nothing_is_stored(rig: SyncRig) -> None:
+    before = _pending_events()
+    with rig.stack.api(SYNC_KEY) as api:
+        bad_action = api.post("/api/v1/sync/events", json=_events(("doc", "rename")))
+        naive_time = api.post("/api/v1/sync/events", json={"events": [
+            {"document_id": "a", "action": "upsert", "occurred_at": "2024-01-01T00:00:00Z"},
+            {"document_id": "b", "action": "upsert", "occurred_at": "2024-01-01T00:00:00"}]})
+        empty = api.post("/api/v1/sync/events", json={"events": []})
+    assert [r.status_code for r in (bad_action, naive_time, empty)] == [422, 422, 422]
+    assert "action" in bad_action.json()["detail"]
+    assert _pending_events() == before
+
+
+def test_duplicate_events_coalesce_into_one_action_per_document(rig: SyncRig) -> None:
+    rig.run(contracts.TRIGGER_FULL_SYNC)
+    docs = list(rig.ingest.app.corpus.documents())
+    keep, drop = docs[0], docs[1]
+    rig.ingest.app.corpus.put_document(keep)
+    rig.ingest.app.corpus.delete_document(drop)
+    with rig.stack.api(SYNC_KEY) as api:
+        response = api.post("/api/v1/sync/events", json=_events((keep, "upsert"), (keep, "upsert"), (keep, "upsert"),
+                                                                  (drop, "upsert"), (drop, "delete")))
+    assert response.status_code == 202 and response.json() == {"stored": 5}
+    rig.ingest.app.log.clear()
+    result = rig.run(contracts.PROCESS_SYNC_QUEUE)
+    assert result == {"claimed": 5, "documents": 2, "applied": 2, "failed": 0}
+    assert len(rig.ingest.app.log.entries(f"/api/v1/documents/{keep}/")) == 1  # three events, one fetch
+    assert rig.qdrant_point_ids() == rig.ingest_point_ids()
+
+
+def test_two_workers_draining_together_process_each_event_once(rig: SyncRig) -> None:
+    second = rig.stack.start_worker(Queue.SYNC, name="sync-second")
+    docs = list(rig.ingest.app.corpus.documents())
+    with rig.stack.api(SYNC_KEY) as api:
+        assert api.post("/api/v1/sync/events", json=_events(*[(d, "upsert") for d in docs])).status_code == 202
+    rig.ingest.app.log.clear()
+    rig.ingest.app.faults.set_delay(0.05)
+    ids = [dispatch.send(rig.stack.producer, contracts.PROCESS_SYNC_QUEUE) for _ in range(2)]
+    results = [rig.stack.producer.AsyncResult(t).get(timeout=60) for t in ids]
+    assert sum(r["applied"] for r in results) == len(docs)
+    fetched = [e["path"] for e in rig.ingest.app.log.entries("/api/v1/documents/")]
+    assert sorted(fetched) == sorted(set(fetched)) and len(fetched) == len(docs)
+    assert _pending_events() == 0
+    second.stop()
