@@ -10,7 +10,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from api import errors
-from api.routers import deliveries, health, query, sync, tasks
+from api.routers import deliveries, health, metrics, query, sync, tasks
 from ragcore.celery_app import create_app as create_celery_app
 from ragcore.db import create_schema
 from ragcore.logging import configure_logging, request_id_var
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response.headers["X-Request-ID"] = rid
         return response
 
-    for router in (health.router, query.router, sync.router, tasks.router, deliveries.router):
+    for router in (health.router, query.router, sync.router, tasks.router, deliveries.router, metrics.router):
         app.include_router(router)
     return app
 

@@ -1,5 +1,74 @@
-"""The query endpoint: answer from Qdrant, then report in the background."""
+"""The query endpoint: answer from Qdrant, then report in the background (through the outbox)."""
 
-from fastapi import APIRouter
+from __future__ import annotations
+
+import math
+import threading
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi.responses import JSONResponse
+
+from api.auth import QueryKey
+from ragcore.db import utcnow
+from ragcore.query import (
+    ConversationNotFound,
+    LimitExceeded,
+    QueryAnswer,
+    QueryRequest,
+    QueryService,
+    UpstreamUnavailable,
+    build_service,
+)
 
 router = APIRouter(prefix="/api/v1/query", tags=["query"])
+
+_build_lock = threading.Lock()
+
+
+def get_service(request: Request) -> QueryService:
+    """The process's query service, built on first use (its Qdrant client, embedder, hot cache)."""
+    state = request.app.state
+    service = getattr(state, "query_service", None)
+    if service is None:
+        with _build_lock:
+            service = getattr(state, "query_service", None)
+            if service is None:
+                service = state.query_service = build_service(state.settings, on_commit=lambda: _wake_relay(state))
+    return service
+
+
+def _wake_relay(state: object) -> None:
+    # The relay publishes at once when woken; without it (no lifespan) the reports wait in the outbox.
+    relay = getattr(state, "relay", None)
+    if relay is not None:
+        relay.wake()
+
+
+ServiceDep = Annotated[QueryService, Depends(get_service)]
+
+_RESPONSES: dict[int | str, dict[str, object]] = {
+    404: {"description": "unknown conversation"},
+    422: {"description": "invalid request"},
+    429: {"description": "daily limit reached; `resets_at` and Retry-After say when it resets"},
+    503: {"description": "a dependency of the answer (embedder, Qdrant, chat endpoint) is unavailable"},
+}
+
+
+@router.post("/", response_model=QueryAnswer, responses=_RESPONSES)
+@router.post("", response_model=QueryAnswer, include_in_schema=False)
+def answer_query(body: QueryRequest, _: QueryKey, service: ServiceDep) -> QueryAnswer | JSONResponse:
+    """Answer a question from the synced documents; its reports to Users follow in the background."""
+    try:
+        return service.answer(body)
+    except LimitExceeded as exc:
+        retry_after = max(1, math.ceil((exc.resets_at - utcnow()).total_seconds()))
+        return JSONResponse(
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            content={"detail": str(exc), "daily_limit": exc.daily_limit, "resets_at": exc.resets_at.isoformat()},
+            headers={"Retry-After": str(retry_after)},
+        )
+    except ConversationNotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except UpstreamUnavailable as exc:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None

@@ -1,20 +1,91 @@
-"""Task management: status of any task sent through the contracts (SPEC §3)."""
+"""Task management (SPEC §3): status, history, workers, queues, revocation and the manual triggers.
+
+Status and history answer from the durable task ledger as well as Redis, so they outlive Redis
+results; list and workers ask the workers themselves with a bounded wait; queues read the broker.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, contextmanager
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Literal
 
+import redis
+from celery import Celery
 from celery.result import AsyncResult
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, status
+from kombu.exceptions import OperationalError
+from pydantic import AwareDatetime, BaseModel
 
-from api.auth import AnyKey
-from api.deps import CeleryDep, SessionDep
-from ragcore import ledger
+from api.auth import AdminKey, AnyKey
+from api.deps import CeleryDep, SessionDep, SettingsDep
+from ragcore import contracts, dispatch, invariants, ledger, queues
+from ragcore.contracts import TaskContract
+from ragcore.db.models import TaskRecord
+from ragcore.settings import Settings
 
-router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+log = logging.getLogger(__name__)
 
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: str
+    errors: list[FieldError] = []
+
+
+#: Every route here may answer these (see api.auth and api.errors); documented so clients and
+#: schema-driven tests know them.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "Missing or unknown X-API-Key"},
+    403: {"model": ErrorBody, "description": "The key's scope does not allow this"},
+    422: {"model": ValidationErrorBody, "description": "Invalid request"},
+}
+_NOT_FOUND = {404: {"model": ErrorBody, "description": "No task with this id was ever sent"}}
+_BROKER_DOWN = {503: {"model": ErrorBody, "description": "The broker is unreachable"}}
+
+
+@asynccontextmanager
+async def _refuse_unsafe_start(app: FastAPI) -> AsyncIterator[None]:
+    # The API's start-up invariants; FastAPI merges an included router's lifespan into the app's.
+    settings: Settings = app.state.settings
+    try:
+        invariants.check(settings, queues.broker_client(settings.broker), service="api", api=True)
+    except invariants.InvariantError as exc:
+        log.critical("%s", exc)
+        raise
+    yield
+
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"], responses=ERROR_RESPONSES, lifespan=_refuse_unsafe_start)
+
+TaskId = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")]
+TaskName = Enum("TaskName", {name: name for name in contracts.BY_NAME}, type=str)  # type: ignore[misc]
+TaskState = Literal["PENDING", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+
+
+@contextmanager
+def _broker() -> Iterator[None]:
+    """Broker outages become a 503 with a message, not an internal error."""
+    try:
+        yield
+    except (redis.RedisError, OperationalError, ConnectionError, TimeoutError) as exc:
+        log.warning("broker unreachable: %s", exc)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the broker (Redis) is unreachable; try again") from None
+
+
+# -- status -------------------------------------------------------------------------------------
 
 class TaskStatus(BaseModel):
     task_id: str
@@ -30,38 +101,320 @@ class TaskStatus(BaseModel):
     finished_at: datetime | None = None
     worker: str | None = None
     retries: int = 0
+    revoked: bool = False
 
 
-@router.get("/status/{task_id}", response_model=TaskStatus)
-def task_status(task_id: str, scope: AnyKey, celery: CeleryDep, session: SessionDep) -> TaskStatus:
+def _ledger_result(record: TaskRecord) -> Any:
+    # Non-dict results are stored as {"value": ...} (see ledger's success signal).
+    if record.result is not None and set(record.result) == {"value"}:
+        return record.result["value"]
+    return record.result
+
+
+def _ledger_state(record: TaskRecord) -> str:
+    return "PROGRESS" if record.state == "STARTED" and record.progress else record.state
+
+
+@router.get("/status/{task_id}", responses=_NOT_FOUND)
+def task_status(task_id: TaskId, scope: AnyKey, celery: CeleryDep, session: SessionDep) -> TaskStatus:
     """Live state from the result backend, completed by the ledger; 404 for ids never sent."""
+    live: AsyncResult | None = AsyncResult(task_id, app=celery)
+    try:
+        state = live.state  # type: ignore[union-attr]
+    except Exception as exc:  # Redis down: the ledger still answers
+        log.warning("result backend unreachable, answering from the ledger: %s", exc)
+        live, state = None, "PENDING"
+    # Read after the live state: the ledger then holds at least what the worker wrote before it.
     record = ledger.get(session, task_id)
-    live = AsyncResult(task_id, app=celery)
-    state = live.state
     if record is None and state == "PENDING":
         raise HTTPException(404, f"no task with id {task_id!r} was ever sent")
-    status = TaskStatus(task_id=task_id, status=state)
+    answer = TaskStatus(task_id=task_id, status=state)
     if record is not None:
-        status = TaskStatus(
+        answer = TaskStatus(
             task_id=task_id, status=state, name=record.name, queue=record.queue, progress=record.progress,
             sent_at=record.sent_at, started_at=record.started_at, finished_at=record.finished_at,
-            worker=record.worker, retries=record.retries,
+            worker=record.worker, retries=record.retries, revoked=record.revoked,
         )
         if state == "PENDING" and record.state != "PENDING":
-            # The Redis result expired or was flushed: the ledger still knows the outcome.
-            status.status = record.state
-            status.result = record.result.get("value", record.result) if record.result and set(record.result) == {"value"} else record.result
-            status.error = record.error
-            status.traceback = record.traceback
-    if state == "PROGRESS" and isinstance(live.info, dict):
-        status.progress = live.info
-    elif state == "SUCCESS":
-        status.result = live.result
-    elif state in ("FAILURE", "RETRY", "REVOKED"):
-        status.error = f"{type(live.result).__name__}: {live.result}" if isinstance(live.result, BaseException) else str(live.result)
-        status.traceback = live.traceback
-    if status.name is None:
-        status.name, status.queue = getattr(live, "name", None), getattr(live, "queue", None)
+            # The Redis result expired or was flushed (or was never written): the ledger knows.
+            answer.status = _ledger_state(record)
+            answer.result = _ledger_result(record)
+            answer.error = record.error
+            answer.traceback = record.traceback
+    if live is not None:
+        if state == "PROGRESS" and isinstance(live.info, dict):
+            answer.progress = live.info
+        elif state == "SUCCESS":
+            answer.result = live.result
+        elif state in ("FAILURE", "RETRY", "REVOKED"):
+            error = live.result
+            answer.error = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+            answer.traceback = live.traceback
+        if answer.name is None:
+            answer.name, answer.queue = getattr(live, "name", None), getattr(live, "queue", None)
     if scope != "admin":
-        status.traceback = None
-    return status
+        answer.traceback = None  # internals are for operators only
+    return answer
+
+
+# -- history ------------------------------------------------------------------------------------
+
+class HistoryItem(BaseModel):
+    task_id: str
+    name: str
+    queue: str
+    status: str
+    sent_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    retries: int
+    revoked: bool
+    progress: dict[str, Any] | None
+    error: str | None
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryItem]
+    #: Pass as `cursor` for the next (older) page; null on the last page.
+    next_cursor: str | None
+
+
+@router.get("/history")
+def task_history(
+    _: AdminKey,
+    session: SessionDep,
+    name: Annotated[TaskName | None, Query(description="Only tasks of this name")] = None,
+    state: Annotated[TaskState | None, Query(alias="status", description="Only tasks in this state")] = None,
+    since: Annotated[AwareDatetime | None, Query(description="Only tasks sent at or after this time")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=256, description="next_cursor of the previous page")] = None,
+) -> HistoryPage:
+    """The ledger, newest first, a page at a time."""
+    if since is not None:
+        try:
+            since = since.astimezone(timezone.utc)
+        except OverflowError:
+            raise HTTPException(422, "invalid request: since: out of range") from None
+    try:
+        rows, next_cursor = ledger.history(session, name=name.value if name else None, state=state, since=since,
+                                           limit=limit, cursor=cursor)
+    except ValueError as exc:
+        raise HTTPException(422, f"invalid request: cursor: {exc}") from None
+    items = [
+        HistoryItem(task_id=r.task_id, name=r.name, queue=r.queue, status=_ledger_state(r), sent_at=r.sent_at,
+                    started_at=r.started_at, finished_at=r.finished_at, worker=r.worker, retries=r.retries,
+                    revoked=r.revoked, progress=r.progress, error=r.error)
+        for r in rows
+    ]
+    return HistoryPage(items=items, next_cursor=next_cursor)
+
+
+# -- what the workers hold ----------------------------------------------------------------------
+
+def _inspect(celery: Celery, settings: Settings, *methods: str) -> list[dict[str, Any]]:
+    """Ask every worker, all `methods` at once; stop waiting once each worker with a current
+    heartbeat answered, or after the timeout. One dict (worker -> reply) per method."""
+    try:
+        expected = len(queues.live_workers(queues.broker_client(settings.broker),
+                                           queues.heartbeat_ttl(settings.worker_heartbeat_seconds)))
+    except redis.RedisError:
+        expected = 0
+    inspect = celery.control.inspect(timeout=settings.inspect_timeout_seconds, limit=expected or None)
+    # In parallel: the wait for silent workers is paid once, not per method (kombu's reply queue is
+    # per thread, so the answers do not mix).
+    with ThreadPoolExecutor(max_workers=len(methods)) as pool:
+        return [reply or {} for reply in pool.map(lambda method: getattr(inspect, method)(), methods)]
+
+
+class TaskSummary(BaseModel):
+    task_id: str
+    name: str | None = None
+    worker: str
+    args: list[Any] | None = None
+    kwargs: dict[str, Any] | None = None
+    #: When it started (active tasks), epoch seconds.
+    time_start: float | None = None
+    #: When it is due (scheduled tasks, e.g. a retry's countdown).
+    eta: str | None = None
+    #: The pool process running it (active tasks on a prefork pool).
+    worker_pid: int | None = None
+
+
+class TaskList(BaseModel):
+    active: list[TaskSummary]
+    scheduled: list[TaskSummary]
+    reserved: list[TaskSummary]
+    #: The workers that answered within the timeout.
+    workers: list[str]
+    timeout_seconds: float
+
+
+def _summary(worker: str, info: dict[str, Any], eta: str | None = None) -> TaskSummary:
+    args, kwargs = info.get("args"), info.get("kwargs")
+    return TaskSummary(
+        task_id=str(info.get("id")), name=info.get("name"), worker=worker,
+        args=list(args) if isinstance(args, (list, tuple)) else None,
+        kwargs=kwargs if isinstance(kwargs, dict) else None,
+        time_start=info.get("time_start"), eta=eta,
+        worker_pid=info.get("worker_pid") if isinstance(info.get("worker_pid"), int) else None,
+    )
+
+
+@router.get("/list", responses=_BROKER_DOWN)
+def list_tasks(_: AdminKey, celery: CeleryDep, settings: SettingsDep) -> TaskList:
+    """Running, scheduled (eta) and reserved (prefetched) tasks, as the workers report them."""
+    with _broker():
+        active, scheduled, reserved = _inspect(celery, settings, "active", "scheduled", "reserved")
+    return TaskList(
+        active=[_summary(w, t) for w, tasks in active.items() for t in tasks],
+        scheduled=[_summary(w, t.get("request", {}), eta=t.get("eta")) for w, tasks in scheduled.items() for t in tasks],
+        reserved=[_summary(w, t) for w, tasks in reserved.items() for t in tasks],
+        workers=sorted({*active, *scheduled, *reserved}),
+        timeout_seconds=settings.inspect_timeout_seconds,
+    )
+
+
+class WorkerInfo(BaseModel):
+    name: str
+    stats: dict[str, Any]
+    queues: list[str]
+    registered_tasks: list[str]
+
+
+class WorkersResponse(BaseModel):
+    status: Literal["success"] = "success"
+    workers: list[WorkerInfo]
+    total_workers: int
+
+
+@router.get("/workers", responses=_BROKER_DOWN)
+def list_workers(_: AdminKey, celery: CeleryDep, settings: SettingsDep) -> WorkersResponse:
+    """Every worker that answers within the timeout: its statistics, queues and tasks."""
+    with _broker():
+        stats, active_queues, registered = _inspect(celery, settings, "stats", "active_queues", "registered")
+    workers = [
+        WorkerInfo(name=name, stats=stats.get(name, {}),
+                   queues=sorted(q["name"] for q in active_queues.get(name, [])),
+                   registered_tasks=sorted(registered.get(name, [])))
+        for name in sorted({*stats, *active_queues, *registered})
+    ]
+    return WorkersResponse(workers=workers, total_workers=len(workers))
+
+
+# -- queues -------------------------------------------------------------------------------------
+
+class QueueInfo(BaseModel):
+    name: str
+    depth: int
+    #: Age of the oldest waiting task; null when the queue is empty.
+    oldest_task_age_seconds: float | None
+    consumers: int
+    workers: list[str]
+    #: True when no worker consumes this queue: its tasks wait until one starts.
+    flagged: bool
+    warning: str | None = None
+
+
+class QueuesResponse(BaseModel):
+    queues: list[QueueInfo]
+
+
+@router.get("/queues", responses=_BROKER_DOWN)
+def list_queues(_: AdminKey, settings: SettingsDep) -> QueuesResponse:
+    """Depth, oldest waiting task and consumers of each of the four queues, from the broker."""
+    with _broker():
+        stats = queues.all_queue_stats(queues.broker_client(settings.broker),
+                                       queues.heartbeat_ttl(settings.worker_heartbeat_seconds))
+    return QueuesResponse(queues=[
+        QueueInfo(name=s.name, depth=s.depth, oldest_task_age_seconds=s.oldest_age_seconds,
+                  consumers=len(s.consumers), workers=s.consumers, flagged=s.unconsumed,
+                  warning="no worker consumes this queue" if s.unconsumed else None)
+        for s in stats
+    ])
+
+
+# -- revoke -------------------------------------------------------------------------------------
+
+class RevokeResult(BaseModel):
+    task_id: str
+    revoked: bool
+    #: Whether a running task was told to stop (terminate=true on a task that was running).
+    terminated: bool
+    status: str
+    detail: str
+
+
+@router.post("/revoke/{task_id}", responses={
+    **_NOT_FOUND, **_BROKER_DOWN,
+    409: {"model": ErrorBody, "description": "Already finished, or its worker's pool cannot terminate it"},
+})
+def revoke_task(
+    task_id: TaskId, _: AdminKey, celery: CeleryDep, session: SessionDep, settings: SettingsDep,
+    terminate: Annotated[bool, Query(description="Also stop the task if it is running")] = False,
+) -> RevokeResult:
+    """Revoke a task for good: recorded in the ledger, so a worker started later skips it too."""
+    record = ledger.get(session, task_id)
+    if record is None:
+        raise HTTPException(404, f"no task with id {task_id!r} was ever sent")
+    if record.state in ("SUCCESS", "FAILURE"):
+        raise HTTPException(409, f"task {task_id} already finished ({record.state}); there is nothing to revoke")
+    with _broker():
+        client = queues.broker_client(settings.broker)
+        try:
+            live_state = AsyncResult(task_id, app=celery).state
+        except Exception:
+            live_state = record.state
+        running = record.state == "STARTED" or live_state in ("STARTED", "PROGRESS")
+        if terminate and running and record.worker:
+            worker = queues.worker_record(client, record.worker)
+            if worker is not None and not worker.get("can_terminate", True):
+                raise HTTPException(409, (
+                    f"task {task_id} runs on {record.worker}, whose pool ({worker.get('pool')}) cannot terminate a "
+                    "running task; revoke without terminate to keep it from running again, or restart that worker"
+                ))
+        ledger.mark_revoked(record)
+        session.commit()  # durable before any worker hears of it
+        queues.publish_revocation(client, task_id)
+        celery.control.revoke(task_id, terminate=terminate and running, signal="SIGTERM")
+    if terminate and running:
+        detail = "revoked; the running task is being terminated"
+    elif running:
+        detail = "revoked; the running task finishes, but will never run again"
+    else:
+        detail = "revoked; it will not run"
+    return RevokeResult(task_id=task_id, revoked=True, terminated=terminate and running,
+                        status=_ledger_state(record), detail=detail)
+
+
+# -- manual triggers ----------------------------------------------------------------------------
+
+class TriggeredTask(BaseModel):
+    task_id: str
+    name: str
+
+
+def _trigger(celery: Celery, contract: TaskContract) -> TriggeredTask:
+    with _broker():
+        return TriggeredTask(task_id=dispatch.send(celery, contract), name=contract.name)
+
+
+_TRIGGER = {"status_code": status.HTTP_202_ACCEPTED, "responses": _BROKER_DOWN}
+
+
+@router.post("/trigger/cleanup-cache", **_TRIGGER)
+def trigger_cleanup_cache(_: AdminKey, celery: CeleryDep) -> TriggeredTask:
+    """Purge stale query-cache entries from Redis now."""
+    return _trigger(celery, contracts.CLEANUP_OLD_CACHE)
+
+
+@router.post("/trigger/reset-daily-limits", **_TRIGGER)
+def trigger_reset_daily_limits(_: AdminKey, celery: CeleryDep) -> TriggeredTask:
+    """Reset every user's daily quota now."""
+    return _trigger(celery, contracts.RESET_ALL_DAILY_LIMITS)
+
+
+@router.post("/trigger/send-statistics", **_TRIGGER)
+def trigger_send_statistics(_: AdminKey, celery: CeleryDep) -> TriggeredTask:
+    """Report usage statistics to the Users system now."""
+    return _trigger(celery, contracts.SEND_USAGE_STATISTICS)

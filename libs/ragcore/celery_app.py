@@ -21,6 +21,9 @@ from ragcore.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
+#: Publishing retries: enough for a blip, short enough that a caller never hangs on a dead broker.
+_FAIL_FAST = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
 
 class PermanentTaskError(Exception):
     """A failure that retrying cannot fix (bad arguments, a 4xx from a neighbour)."""
@@ -40,8 +43,13 @@ def create_app(service: str, settings: Settings | None = None, queues: tuple[Que
         broker_url=settings.broker,
         result_backend=settings.result_backend,
         broker_transport_options=transport,
-        result_backend_transport_options=transport,
+        # The Redis backend subscribes to each sent task's result before publishing; its default
+        # policy retries that 20 times, a second apart, when Redis is down. Bounded, a publisher (the
+        # outbox relay, an API request) fails in well under a second and tries again later.
+        result_backend_transport_options={**transport, "retry_policy": _FAIL_FAST},
         broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2.0,
+        task_publish_retry_policy=_FAIL_FAST,
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -72,6 +80,11 @@ def _json_logging(**_: Any) -> None:
     configure_logging(service="celery", level=settings.log_level)
 
 
+def will_retry(task: Task, contract: TaskContract, exc: BaseException) -> bool:
+    """Whether `define_task` retries the attempt of `task` that raised `exc` (False: it is the last)."""
+    return is_retryable(exc) and task.request.retries < contract.retry.max_retries
+
+
 def define_task(app: Celery, contract: TaskContract, **options: Any) -> Callable[[Callable[..., Any]], Task]:
     """Register `fn` under its contract: name, limits, validated arguments, narrow retries.
 
@@ -90,7 +103,7 @@ def define_task(app: Celery, contract: TaskContract, **options: Any) -> Callable
             except Reject:
                 raise
             except Exception as exc:
-                if is_retryable(exc) and self.request.retries < contract.retry.max_retries:
+                if will_retry(self, contract, exc):
                     countdown = contract.retry.countdown(self.request.retries, random.random())
                     log.warning("retrying %s in %.1fs: %s", contract.name, countdown, exc)
                     raise self.retry(exc=exc, countdown=countdown, max_retries=contract.retry.max_retries)

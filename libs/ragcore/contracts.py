@@ -68,6 +68,12 @@ class SystemNotificationArgs(Args):
     idempotency_key: str | None = None
 
 
+class UsageStatisticsArgs(Args):
+    #: The hour to report (its start); by default the last complete hour. Pinned on retries and
+    #: re-drives, so a report that fails is sent again for the same period under the same key.
+    period_start: AwareDatetime | None = None
+
+
 class DaysArgs(Args):
     days: int = Field(ge=1, le=3650)
 
@@ -86,6 +92,10 @@ class UserArgs(Args):
 
 class CanaryArgs(Args):
     echo: str = "ok"
+    #: Test-only: run this long, reporting progress (capped below the canary's soft time limit).
+    sleep_seconds: float = Field(0, ge=0, le=8)
+    #: Test-only: fail permanently (a traceback to show, or hide).
+    fail: bool = False
 
 
 @dataclass(frozen=True)
@@ -129,7 +139,7 @@ TRIGGER_FULL_SYNC = _c("trigger_full_sync_task", Queue.SYNC, NoArgs, RetryPolicy
 DELETE_DOCUMENT_EMBEDDINGS = _c("delete_document_embeddings_task", Queue.SYNC, DocumentArgs, _NET, 110, 120)
 
 SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryResultArgs, _NET, 50, 60)
-SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, NoArgs, _NET, 280, 300)
+SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, UsageStatisticsArgs, _NET, 280, 300)
 SEND_SYSTEM_NOTIFICATION = _c("send_system_notification", Queue.NOTIFICATIONS, SystemNotificationArgs, _NET, 50, 60)
 
 CLEANUP_OLD_CACHE = _c("cleanup_old_cache", Queue.CLEANUP, NoArgs, _NONE, 540, 600)

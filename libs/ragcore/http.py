@@ -9,14 +9,14 @@ import httpx
 from ragcore.settings import Settings
 
 # One worker process talks to a handful of neighbours; a small pool is plenty and caps fan-out.
-_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
+POOL_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
 
 _process_client: tuple[int, httpx.Client] | None = None
 
 
 def make_http_client(settings: Settings) -> httpx.Client:
     """Build a pooled HTTP/1.1 client with the configured timeout."""
-    return httpx.Client(timeout=httpx.Timeout(settings.http_timeout_seconds), limits=_LIMITS, http1=True, http2=False)
+    return httpx.Client(timeout=httpx.Timeout(settings.http_timeout_seconds), limits=POOL_LIMITS, http1=True, http2=False)
 
 
 def shared_http_client(settings: Settings) -> httpx.Client:

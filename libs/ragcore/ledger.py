@@ -4,19 +4,29 @@ workers' signals, so status outlives Redis results and unknown ids are told apar
 
 from __future__ import annotations
 
+import base64
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
-from celery import signals
-from sqlalchemy import update
+from celery import Task, signals
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ragcore import contracts
+from ragcore import contracts, queues
 from ragcore.contracts import TaskContract
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import TaskRecord
 
 log = logging.getLogger(__name__)
+
+#: States after which a task never runs again.
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+STATES = ("PENDING", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
+#: Celery keeps this many revoked ids in a worker's memory; a starting worker loads as many.
+MAX_REVOKED_IDS = 50_000
 
 
 def record_sent(session: Session, task_id: str, contract: TaskContract, kwargs: dict[str, Any]) -> None:
@@ -38,7 +48,132 @@ def _update(task_id: str | None, **values: Any) -> None:
 
 
 def set_progress(task_id: str, progress: dict[str, Any]) -> None:
+    # The state stays STARTED: orphan recovery looks for STARTED tasks; status shows PROGRESS.
     _update(task_id, progress=progress)
+
+
+def report_progress(task: Task, done: int, total: int, **extra: Any) -> None:
+    """Progress where status reads it: the result backend (live) and the ledger (durable)."""
+    meta = {"done": done, "total": total, **extra}
+    task.update_state(state="PROGRESS", meta=meta)
+    set_progress(task.request.id, meta)
+
+
+# -- revocation ---------------------------------------------------------------------------------
+
+def mark_revoked(record: TaskRecord) -> None:
+    """Persist a revocation: a waiting task is revoked now; a running one keeps its state until it ends."""
+    record.revoked = True
+    if record.state in ("PENDING", "RETRY"):
+        record.state = "REVOKED"
+        record.finished_at = utcnow()
+
+
+def revoked_ids(session: Session, limit: int = MAX_REVOKED_IDS) -> list[str]:
+    """The most recently sent revoked tasks that may still wait in a queue (for a starting worker)."""
+    query = (
+        select(TaskRecord.task_id)
+        .where(TaskRecord.revoked.is_(True), TaskRecord.state.not_in(("SUCCESS", "FAILURE")))
+        .order_by(TaskRecord.sent_at.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+# -- history ------------------------------------------------------------------------------------
+
+def encode_cursor(record: TaskRecord) -> str:
+    return base64.urlsafe_b64encode(f"{record.sent_at.isoformat()}|{record.task_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (sent_at, task_id) a cursor points after; ValueError for anything else."""
+    try:
+        sent_at, _, task_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+        when = datetime.fromisoformat(sent_at)
+        if when.tzinfo is None:
+            raise ValueError("naive time")
+        when = when.astimezone(timezone.utc)
+    except (ValueError, UnicodeError, OverflowError) as exc:
+        raise ValueError("invalid cursor") from exc
+    # Only what encode_cursor writes: the database refuses NUL, ids are at most 64 characters.
+    if not task_id or len(task_id) > 64 or "\x00" in task_id:
+        raise ValueError("invalid cursor")
+    return when, task_id
+
+
+def history(
+    session: Session, *, name: str | None = None, state: str | None = None, since: datetime | None = None,
+    limit: int = 50, cursor: str | None = None,
+) -> tuple[list[TaskRecord], str | None]:
+    """Tasks newest first, filtered; the cursor of the next page, or None on the last one."""
+    query = select(TaskRecord)
+    if name is not None:
+        query = query.where(TaskRecord.name == name)
+    if state is not None:
+        query = query.where(TaskRecord.state == state)
+    if since is not None:
+        query = query.where(TaskRecord.sent_at >= since)
+    if cursor is not None:
+        sent_at, task_id = decode_cursor(cursor)
+        query = query.where(or_(TaskRecord.sent_at < sent_at, and_(TaskRecord.sent_at == sent_at, TaskRecord.task_id < task_id)))
+    rows = list(session.scalars(query.order_by(TaskRecord.sent_at.desc(), TaskRecord.task_id.desc()).limit(limit + 1)))
+    next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+# -- aggregates for metrics ---------------------------------------------------------------------
+
+def counts(session: Session, since: datetime) -> list[tuple[str, str, int]]:
+    """(name, state, how many) of the tasks sent since `since`."""
+    query = (
+        select(TaskRecord.name, TaskRecord.state, func.count())
+        .where(TaskRecord.sent_at >= since)
+        .group_by(TaskRecord.name, TaskRecord.state)
+    )
+    return [(n, s, int(c)) for n, s, c in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class Durations:
+    """How long the finished tasks of one name ran: cumulative counts per upper bound, sum, count."""
+
+    name: str
+    buckets: list[tuple[float, int]]
+    total_seconds: float
+    count: int
+
+
+def _seconds(session: Session, start: Any, end: Any) -> ColumnElement[float]:
+    if session.get_bind().dialect.name == "sqlite":
+        return (func.julianday(end) - func.julianday(start)) * 86400.0
+    return func.extract("epoch", end - start)
+
+
+def durations(session: Session, since: datetime, bounds: Sequence[float]) -> list[Durations]:
+    """Run time (last start to finish) of the tasks sent since `since` that succeeded or failed."""
+    seconds = _seconds(session, TaskRecord.started_at, TaskRecord.finished_at)
+    columns = [func.sum(case((seconds <= b, 1), else_=0)) for b in bounds]
+    query = (
+        select(TaskRecord.name, func.count(), func.coalesce(func.sum(seconds), 0.0), *columns)
+        .where(TaskRecord.sent_at >= since, TaskRecord.state.in_(("SUCCESS", "FAILURE")),
+               TaskRecord.started_at.is_not(None), TaskRecord.finished_at.is_not(None))
+        .group_by(TaskRecord.name)
+    )
+    return [
+        Durations(name, [(b, int(c or 0)) for b, c in zip(bounds, cumulative)], float(total), int(count))
+        for name, count, total, *cumulative in session.execute(query)
+    ]
+
+
+# -- signals ------------------------------------------------------------------------------------
+
+@signals.before_task_publish.connect(weak=False, dispatch_uid="ledger.stamp_sent_at")
+def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    # Every publisher of contract tasks imports this module (dispatch, outbox, Beat, workers): the
+    # publish time in the message is what the oldest-waiting-task age of a queue is measured from.
+    if headers is not None:
+        queues.stamp_sent_at(headers)
 
 
 def connect_worker_signals() -> None:

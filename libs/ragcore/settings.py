@@ -84,6 +84,17 @@ class Settings(BaseSettings):
 
     sync_batch_size: int = Field(256, ge=1, le=500)
 
+    # Task management: how long the API waits for workers to answer a broadcast (list, workers).
+    inspect_timeout_seconds: float = Field(1.0, gt=0, le=30)
+    # GET /metrics without a key (for scrapers that cannot send X-API-Key); admin key otherwise.
+    metrics_public: bool = False
+    # Task counts and durations in /metrics cover the tasks sent within this window.
+    metrics_window_seconds: int = Field(3600, gt=0)
+    # Workers record a heartbeat (and their last dequeue) in the broker's Redis this often.
+    worker_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
+    # Health: a worker with waiting tasks that dequeued nothing for this long is not consuming.
+    worker_dequeue_window_seconds: float = Field(120.0, gt=0)
+
     @property
     def broker(self) -> str:
         return self.broker_url or self.redis_url

@@ -11,13 +11,12 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
+from ragcore.http import POOL_LIMITS
 from ragcore.ingest_client import Chunk
 from ragcore.settings import Settings
 
 # Fixed forever: changing it would orphan every point already written.
 POINT_NAMESPACE = uuid.UUID("6f1c2a4e-8d3b-5e7a-9c10-2b4d6f8a0c1e")
-
-_SCROLL_PAGE = 1000
 
 
 class CollectionMismatch(RuntimeError):
@@ -69,11 +68,13 @@ class VectorStore:
             self.client = client
         elif settings.qdrant_url:
             # The server's version banner is not needed, and a stand-in need not serve the exact version.
+            # Explicit limits: for a 127.0.0.1 URL the client would otherwise open a connection per call.
             self.client = QdrantClient(
                 url=settings.qdrant_url,
                 api_key=settings.qdrant_api_key,
                 timeout=math.ceil(settings.http_timeout_seconds),
                 check_compatibility=False,
+                limits=POOL_LIMITS,
             )
         else:
             self.client = QdrantClient(path=settings.qdrant_path)
@@ -106,7 +107,7 @@ class VectorStore:
         if vectors.size != self.vector_size or vectors.distance != self.distance:
             raise CollectionMismatch(
                 f"collection {self.collection!r} holds {vectors.size}-dim {vectors.distance.value} vectors, but the "
-                f"settings say {self.vector_size}-dim {self.distance.value}: re-create it or fix RAGCORE_VECTOR_SIZE"
+                f"settings say {self.vector_size}-dim {self.distance.value}: re-create it or fix RAGCORE_VECTOR_SIZE/RAGCORE_DISTANCE"
             )
         options = self.client.init_options
         # Local mode has no payload indexes (and warns if asked); a server filters deletions by this one.
@@ -182,12 +183,12 @@ class VectorStore:
         """Exact number of points."""
         return self.client.count(self.collection, exact=True).count
 
-    def iter_point_ids(self) -> Iterator[str]:
+    def iter_point_ids(self, page_size: int = 1000) -> Iterator[str]:
         """Every point id, by scroll, without payloads or vectors."""
         offset: models.ExtendedPointId | None = None
         while True:
             points, offset = self.client.scroll(
-                self.collection, limit=_SCROLL_PAGE, offset=offset, with_payload=False, with_vectors=False
+                self.collection, limit=page_size, offset=offset, with_payload=False, with_vectors=False
             )
             for point in points:
                 yield str(point.id)

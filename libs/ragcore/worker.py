@@ -1,18 +1,29 @@
-"""What every worker deployable shares: its app, its canary, and how it starts."""
+"""What every worker deployable shares: its app, its canary, its heartbeat, and how it starts."""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import math
 import os
 import socket
+import sys
+import threading
+import time
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, signals
+from celery.concurrency.base import BasePool
+from celery.utils.nodenames import host_format
+from celery.worker import state as worker_state
 
-from ragcore import ledger, recovery
-from ragcore.celery_app import create_app, define_task
+from ragcore import health, invariants, ledger, queues, recovery
+from ragcore.celery_app import PermanentTaskError, create_app, define_task
 from ragcore.contracts import CANARIES, CanaryArgs, Queue
-from ragcore.db import create_schema
+from ragcore.db import create_schema, get_engine, session_scope
 from ragcore.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 def create_worker_app(queue: Queue) -> Celery:
@@ -20,18 +31,142 @@ def create_worker_app(queue: Queue) -> Celery:
     app = create_app(f"worker-{queue.value}", queues=(queue,))
     ledger.connect_worker_signals()
     recovery.connect()
+    _connect_monitor(_Monitor(queue))
 
     @define_task(app, CANARIES[queue])
     def canary(self: Task, args: CanaryArgs) -> dict[str, Any]:
         """Proves this worker consumes its queue: answers with who ran it."""
+        if args.sleep_seconds:
+            steps = max(1, math.ceil(args.sleep_seconds / 0.25))
+            ledger.report_progress(self, 0, steps)
+            for done in range(1, steps + 1):
+                time.sleep(args.sleep_seconds / steps)
+                ledger.report_progress(self, done, steps)
+        if args.fail:
+            raise PermanentTaskError("the canary was asked to fail")
         return {"echo": args.echo, "queue": queue.value, "hostname": socket.gethostname(), "pid": os.getpid()}
 
     return app
 
 
+class _Monitor:
+    """The worker's main-process companion: heartbeat and last dequeue in Redis, revocations in memory.
+
+    Celery keeps revoked ids in each worker's memory only. A worker loads the ledger's revocations
+    before it consumes (and again once its broadcast mailbox listens, closing the gap between the
+    two), then polls the revocation feed, so a revocation broadcast it missed still reaches it.
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self.started_at = time.time()
+        self.last_dequeue: float | None = None
+        self._revocations_since = self.started_at - 300  # tolerates clock skew with the API's host
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._hostname = ""
+        self._static: dict[str, Any] = {}
+
+    def load_revocations(self) -> None:
+        try:
+            with session_scope() as session:
+                ids = ledger.revoked_ids(session)
+            worker_state.revoked.update(ids)
+            if ids:
+                log.info("loaded %d revoked task id(s) from the ledger", len(ids))
+        except Exception:
+            log.exception("could not load revoked task ids from the ledger")
+
+    def start(self, consumer: Any) -> None:
+        pool = consumer.pool
+        self._hostname = consumer.hostname
+        self._static = {
+            "queue": self.queue.value,
+            "pid": os.getpid(),
+            "pool": type(pool).__module__,
+            # solo and threads pools cannot stop a running task (they keep the base class's method);
+            # prefork (which binds its process pool's method at start) and the green pools can.
+            "can_terminate": getattr(pool.terminate_job, "__func__", None) is not BasePool.terminate_job,
+            "concurrency": int(consumer.controller.concurrency or 1),
+            "started_at": self.started_at,
+        }
+        self.load_revocations()
+        self._thread = threading.Thread(target=self._run, name="ragcore-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            try:
+                queues.forget_worker(self._client(), self._hostname, [self.queue.value])
+            except Exception:
+                log.warning("could not remove this worker's heartbeat", exc_info=True)
+
+    def _client(self) -> Any:
+        return queues.broker_client(get_settings().broker)
+
+    def beat(self) -> None:
+        settings = get_settings()
+        client = self._client()
+        fields = {**self._static, "active": len(worker_state.active_requests), "last_dequeue": self.last_dequeue}
+        queues.record_worker(client, self._hostname, [self.queue.value], fields,
+                             queues.heartbeat_ttl(settings.worker_heartbeat_seconds))
+        ids, self._revocations_since = queues.revocations_since(client, self._revocations_since)
+        # Adding from this thread is safe: membership is a dict lookup, and only new ids are added.
+        new = [task_id for task_id in ids if task_id not in worker_state.revoked]
+        if new:
+            worker_state.revoked.update(new)
+            log.info("revoked through the feed: %s", new)
+
+    def _run(self) -> None:
+        interval = get_settings().worker_heartbeat_seconds
+        while True:
+            try:
+                self.beat()
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+            if self._stop.wait(interval):
+                return
+
+
+def _connect_monitor(monitor: _Monitor) -> None:
+    @signals.worker_init.connect(weak=False, dispatch_uid="worker.load_revocations")
+    def _init(**_: Any) -> None:
+        monitor.load_revocations()
+
+    @signals.worker_ready.connect(weak=False, dispatch_uid="worker.heartbeat_start")
+    def _ready(sender: Any, **_: Any) -> None:
+        monitor.start(sender)
+
+    @signals.task_received.connect(weak=False, dispatch_uid="worker.dequeued")
+    def _received(**_: Any) -> None:
+        monitor.last_dequeue = time.time()
+
+    @signals.worker_shutdown.connect(weak=False, dispatch_uid="worker.heartbeat_stop")
+    def _shutdown(**_: Any) -> None:
+        monitor.stop()
+
+    @signals.worker_process_init.connect(weak=False, dispatch_uid="worker.fresh_db_pool")
+    def _child(**_: Any) -> None:
+        # A forked pool process must not share the parent's pooled database connections.
+        get_engine().dispose(close=False)
+
+
 def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
-    """Start consuming `queue`; extra command-line arguments go to `celery worker`."""
+    """Start consuming `queue`; extra command-line arguments go to `celery worker`.
+
+    `--healthcheck [--hostname=NAME]` instead checks that the worker NAME (default: this host's worker
+    of `queue`) is consuming, and exits 0 if so, 1 if not: each worker image's liveness probe.
+    """
     settings = get_settings()
+    if "--healthcheck" in argv:
+        sys.exit(healthcheck(app, queue, argv))
+    try:
+        invariants.check(settings, queues.broker_client(settings.broker), service=f"worker {queue.value}")
+    except invariants.InvariantError as exc:
+        log.critical("%s", exc)
+        sys.exit(str(exc))
     create_schema()
     app.worker_main(
         [
@@ -43,3 +178,17 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
             *argv,
         ]
     )
+
+
+def healthcheck(app: Celery, queue: Queue, argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="worker --healthcheck")
+    parser.add_argument("--healthcheck", action="store_true")
+    parser.add_argument("-n", "--hostname", default=f"{queue.value}@%h")
+    options, _ = parser.parse_known_args(argv)
+    hostname = host_format(options.hostname)
+    try:
+        verdict = health.check(app, get_settings(), hostname, queue.value)
+    except Exception as exc:  # the broker is unreachable: this worker cannot consume either
+        verdict = health.Health(False, f"check failed: {type(exc).__name__}: {exc}")
+    print(f"{hostname}: {'healthy' if verdict.healthy else 'UNHEALTHY'}: {verdict.reason}")
+    return 0 if verdict.healthy else 1

@@ -9,6 +9,7 @@ import sys
 
 from ragcore import ledger
 from ragcore.celery_app import create_app
+from ragcore.db import create_schema
 from ragcore.settings import get_settings
 from services.beat import schedule
 
@@ -18,6 +19,8 @@ app.conf.update(
     beat_schedule=schedule.build(settings),
     beat_scheduler="redbeat.RedBeatScheduler",
     redbeat_redis_url=settings.broker,
+    # The broker's transport options are not RedBeat's (RedBeat 2.5 stops reading them): say so.
+    redbeat_redis_options={},
     redbeat_key_prefix="ragcore:redbeat:",
     redbeat_lock_timeout=30,  # a crashed leader's lock frees within this many seconds
     beat_max_loop_interval=5,  # the leader renews its lock (and checks due entries) this often
@@ -26,6 +29,7 @@ ledger.connect_publisher_signals()
 
 
 def main() -> None:
+    create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
     app.start(["beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
 
 

@@ -29,9 +29,8 @@ def delete_old_query_cache(sessions: Sessions, now: datetime, days: int, batch_s
             ).all()
             if keys:
                 # The age is checked again: a row refreshed since the SELECT stays.
-                deleted += session.execute(
-                    delete(QueryCacheEntry).where(QueryCacheEntry.cache_key.in_(keys), QueryCacheEntry.created_at < cutoff)
-                ).rowcount
+                old = (QueryCacheEntry.cache_key.in_(keys), QueryCacheEntry.created_at < cutoff)
+                deleted += session.execute(delete(QueryCacheEntry).where(*old)).rowcount
         if len(keys) < batch_size:
             return {"deleted": deleted}
 
@@ -48,12 +47,11 @@ def archive_old_conversations(sessions: Sessions, now: datetime, days: int, batc
     conversations = messages = 0
     while True:
         with sessions() as session:
-            ids = session.scalars(select(Conversation.id).where(*idle).order_by(Conversation.id).limit(batch_size)).all()
+            ids = session.scalars(select(Conversation.id).where(*idle).limit(batch_size)).all()
             if ids:
                 # Idleness is checked again in the UPDATE; only what it archived takes its messages along.
-                archived = session.scalars(
-                    update(Conversation).where(Conversation.id.in_(ids), *idle).values(archived_at=now).returning(Conversation.id)
-                ).all()
+                archive = update(Conversation).where(Conversation.id.in_(ids), *idle).values(archived_at=now)
+                archived = session.scalars(archive.returning(Conversation.id)).all()
                 conversations += len(archived)
                 if archived:
                     messages += session.execute(

@@ -40,7 +40,7 @@ def register(app: Celery) -> None:
         """Remove hot query-cache entries of older data versions from Redis: they can never be served."""
         with _lock(contracts.CLEANUP_OLD_CACHE) as acquired:
             if not acquired:
-                return SKIPPED
+                return dict(SKIPPED)
             settings = get_settings()
             with session_scope() as session:
                 version = data_version(session)
@@ -52,7 +52,7 @@ def register(app: Celery) -> None:
         """Delete `query_cache` rows older than `days`, a bounded batch per transaction."""
         with _lock(contracts.CLEANUP_QUERY_CACHE) as acquired:
             if not acquired:
-                return SKIPPED
+                return dict(SKIPPED)
             return retention.delete_old_query_cache(session_scope, utcnow(), args.days)
 
     @define_task(app, contracts.CLEANUP_OLD_CONVERSATIONS)

@@ -1,7 +1,59 @@
-"""Tasks of the `user` queue."""
+"""Tasks of the `user` queue: daily limits, statistics and tiers (SPEC §2)."""
 
-from celery import Celery
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+
+from ragcore import contracts
+from ragcore.celery_app import define_task
+from ragcore.contracts import NoArgs, UserArgs
+from ragcore.db import session_scope, utcnow
+from ragcore.locks import lock_client, periodic_lock
+from ragcore.query import limits
+from ragcore.settings import get_settings
+from services.user import stats, tiers
+
+#: What a periodic run returns when another run holds the lock.
+SKIPPED = {"skipped": "already running"}
+
+
+def reset_user_daily_limit(self: Task, args: UserArgs) -> dict[str, Any]:
+    """Give one user a fresh daily window."""
+    with session_scope() as session:
+        reset = limits.reset_user(session, args.user_id, get_settings(), utcnow())
+    return {"user_id": args.user_id, "reset": reset}
+
+
+def reset_all_daily_limits(self: Task, args: NoArgs) -> dict[str, Any]:
+    """Give every user a fresh daily window: one set-based UPDATE."""
+    task = contracts.RESET_ALL_DAILY_LIMITS
+    with periodic_lock(lock_client(), task.name, ttl=task.time_limit) as acquired:
+        if not acquired:
+            return SKIPPED
+        with session_scope() as session:
+            return {"reset": limits.reset_all(session, get_settings(), utcnow())}
+
+
+def update_user_statistics(self: Task, args: UserArgs) -> dict[str, Any]:
+    """Recompute the user's statistics from their messages (idempotent), and the tier they reach."""
+    with session_scope() as session:
+        result = stats.recompute(session, args.user_id)
+        # The tier follows the 30-day count, which just changed: keep it current as queries come in.
+        result["tier"] = tiers.apply_tier(session, args.user_id, get_settings(), utcnow())["tier"]
+    return result
+
+
+def calculate_user_tier(self: Task, args: UserArgs) -> dict[str, Any]:
+    """Compute the user's tier from the settings' thresholds and store it with its daily limit."""
+    with session_scope() as session:
+        return tiers.apply_tier(session, args.user_id, get_settings(), utcnow())
 
 
 def register(app: Celery) -> None:
     """Register this queue's tasks on `app`."""
+    define_task(app, contracts.RESET_USER_DAILY_LIMIT)(reset_user_daily_limit)
+    define_task(app, contracts.RESET_ALL_DAILY_LIMITS)(reset_all_daily_limits)
+    define_task(app, contracts.UPDATE_USER_STATISTICS)(update_user_statistics)
+    define_task(app, contracts.CALCULATE_USER_TIER)(calculate_user_tier)

@@ -103,10 +103,10 @@ def aspect(index: int) -> str:
     return word if index < len(ASPECTS) else f"{word}{index // len(ASPECTS)}"
 
 
-def chunk_text(topic: tuple[str, str], aspect: str, revision: int) -> str:
+def chunk_text(topic: tuple[str, str], word: str, revision: int) -> str:
     a, b = topic
     return (
-        f"{a.title()} and {b}: {aspect}. This part of the {a} {b} dossier covers the {aspect} of {a} {b} "
+        f"{a.title()} and {b}: {word}. This part of the {a} {b} dossier covers the {word} of {a} {b} "
         f"(revision {revision})."
     )
 
@@ -138,6 +138,7 @@ class Corpus:
             self._docs: dict[str, Document] = docs
             self._chunks = chunks
             self._unused_topics = unused
+            self._added = itertools.count(1)
             self._clock = base + len(topics) * 1_000_000
             self._rebuild()
 
@@ -195,7 +196,7 @@ class Corpus:
             else:
                 topic = self._unused_topics.pop()
                 category, chunks, revision = CATEGORIES[len(self._docs) % len(CATEGORIES)], self._chunks, 0
-                doc_id = doc_id or f"doc-{len(self._docs):05d}-{topic[0]}"
+                doc_id = doc_id or f"doc-added-{next(self._added):05d}"
             assert doc_id is not None
             doc = self._build(doc_id, topic, category, chunks, self._tick(), revision, texts, metadata)
             self._docs[doc_id] = doc

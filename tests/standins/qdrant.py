@@ -35,6 +35,7 @@ from tests.standins.server import App, HTTPError, Request, Response, Running, js
 _NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.]*")
 _DISTANCES = {d: getattr(qe.Distance, d) for d in ("Cosine", "Euclid", "Dot", "Manhattan")}
 _SCHEMA_TYPES = {t.lower(): getattr(qe.PayloadSchemaType, t) for t in ("Keyword", "Integer", "Float", "Geo", "Text", "Bool", "Datetime", "Uuid")}
+_SCHEMA_NAMES = {schema: name for name, schema in _SCHEMA_TYPES.items()}
 
 
 class Collection:
@@ -100,7 +101,7 @@ class Collection:
                 "wal_config": {"wal_capacity_mb": 32, "wal_segments_ahead": 0},
             },
             "payload_schema": {
-                field: {"data_type": index.data_type.name.lower(), "points": index.points}
+                field: {"data_type": _SCHEMA_NAMES[index.data_type], "points": index.points}
                 for field, index in info.payload_schema.items()
             },
             "created_at": self.created_at,
@@ -122,9 +123,11 @@ class Collection:
 # --- REST JSON -> qdrant_edge ---------------------------------------------------------------------
 
 
-def to_filter(spec: Any) -> qe.Filter | None:
-    if spec is None:
-        return None
+def maybe_filter(spec: Any) -> qe.Filter | None:
+    return None if spec is None else to_filter(spec)
+
+
+def to_filter(spec: Any) -> qe.Filter:
     if not isinstance(spec, dict):
         raise HTTPError(400, "Wrong input: a filter must be an object")
     min_should = spec.get("min_should")
@@ -391,7 +394,7 @@ class QdrantApp(App):
                 limit=int(body.get("limit") or default_limit),
                 offset=body.get("offset"),
                 query=qe.Query.Nearest(collection.check_vector(vector)),
-                filter=to_filter(body.get("filter")),
+                filter=maybe_filter(body.get("filter")),
                 score_threshold=body.get("score_threshold"),
                 with_payload=_with_payload(body.get("with_payload"), False),
                 with_vector=_with_vector(body.get("with_vector")),
@@ -431,7 +434,7 @@ class QdrantApp(App):
             qe.ScrollRequest(
                 offset=body.get("offset"),
                 limit=int(body.get("limit") or 10),
-                filter=to_filter(body.get("filter")),
+                filter=maybe_filter(body.get("filter")),
                 with_payload=_with_payload(body.get("with_payload"), True),
                 with_vector=_with_vector(body.get("with_vector")),
             )
@@ -443,7 +446,7 @@ class QdrantApp(App):
         started = time.perf_counter()
         collection = self._get(request.params["name"])
         body = self._body(request)
-        count = collection.shard.count(qe.CountRequest(exact=body.get("exact", True), filter=to_filter(body.get("filter"))))
+        count = collection.shard.count(qe.CountRequest(exact=body.get("exact", True), filter=maybe_filter(body.get("filter"))))
         return self._ok({"count": count}, started)
 
     def control_optimize(self, request: Request) -> Response:

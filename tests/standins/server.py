@@ -8,6 +8,7 @@ the test's own API: they skip auth, faults and the log. Start one with `start_in
 from __future__ import annotations
 
 import collections
+import os
 import re
 import signal
 import socket
@@ -321,18 +322,27 @@ class StandInServer(ThreadingHTTPServer):
 
     def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0) -> None:
         self.app = app
+        self.host = host
         self._lock = threading.Lock()
         self._connections: dict[threading.Thread, socket.socket] = {}
         super().__init__((host, port), _Handler)
 
     @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def name(self) -> str:
+        """Prefix of this server's thread names, e.g. `ingest:7101`."""
+        return f"{self.app.name}:{self.port}"
 
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(
-            target=self._serve_connection, args=(request, client_address), name=f"{self.app.name}-conn", daemon=True
+            target=self._serve_connection, args=(request, client_address), name=f"{self.name}-conn", daemon=True
         )
         with self._lock:
             self._connections[thread] = request
@@ -398,7 +408,7 @@ class Running(Generic[A]):
 def start_in_thread(app: A, host: str = "127.0.0.1", port: int = 0) -> Running[A]:
     """Serve `app` on a background thread; port 0 picks a free port."""
     server = StandInServer(app, host, port)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"{app.name}-server", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"{server.name}-server", daemon=True)
     thread.start()
     return Running(app, server, thread)
 
@@ -408,6 +418,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def subprocess_env() -> dict[str, str]:
+    """Our environment plus this process's import path, for `python -m tests.standins.<name>`.
+
+    Under Pants the sources and dependencies are on sys.path, not installed.
+    """
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p)}
 
 
 def wait_until_up(url: str, timeout: float = 30.0) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from alembic import context
-from sqlalchemy import TypeDecorator
+from sqlalchemy import TypeDecorator, create_engine
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from ragcore.db.models import Base
-from ragcore.db.session import get_engine
 from ragcore.settings import get_settings
 
 config = context.config
@@ -42,12 +43,18 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    url = config.get_main_option("sqlalchemy.url") or get_settings().database_url
-    # The same engine setup as the deployables (psycopg 3 for postgresql://, SQLite pragmas).
-    with get_engine(url).connect() as connection:
-        context.configure(connection=connection, **_options())
-        with context.begin_transaction():
-            context.run_migrations()
+    url = make_url(config.get_main_option("sqlalchemy.url") or get_settings().database_url)
+    if url.drivername == "postgresql":  # as ragcore.db.session: psycopg 3 is the installed driver
+        url = url.set(drivername="postgresql+psycopg")
+    # One short-lived connection, not the deployables' pool: a migration runs once and exits.
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            context.configure(connection=connection, **_options())
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:
+        engine.dispose()
 
 
 if context.is_offline_mode():

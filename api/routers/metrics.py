@@ -1,0 +1,111 @@
+"""GET /metrics: Prometheus text for autoscalers (KEDA) and alerts.
+
+Queues (depth, oldest waiting task, consumers) come from the broker; task counts and durations from
+the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
+histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
+
+Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then
+keep the port private to the cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Annotated
+
+import redis
+from fastapi import APIRouter, Depends, HTTPException, Response, Security
+from fastapi.security import APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session
+
+from api.auth import require
+from api.deps import SessionDep, SettingsDep
+from api.routers.tasks import ERROR_RESPONSES, ErrorBody
+from ragcore import ledger, queues
+from ragcore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Upper bounds (seconds) of the task duration buckets: sub-second notifications to hour-long syncs.
+DURATION_BOUNDS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
+
+_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+_admin = require("admin")
+
+
+def metrics_access(settings: SettingsDep, key: Annotated[str | None, Security(_key)]) -> None:
+    """Admin key required unless metrics are public."""
+    if not settings.metrics_public:
+        _admin(settings, key)
+
+
+router = APIRouter(tags=["metrics"], responses={k: v for k, v in ERROR_RESPONSES.items() if k != 422})
+
+
+class _Snapshot(Collector):
+    """The metric families computed for one scrape."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
+
+
+def _queue_families(stats: Iterable[queues.QueueStats]) -> list[Metric]:
+    depth = GaugeMetricFamily("ragcore_queue_depth", "Tasks waiting in the queue", labels=["queue"])
+    age = GaugeMetricFamily("ragcore_queue_oldest_task_age_seconds",
+                            "Age of the oldest waiting task (0 when the queue is empty)", labels=["queue"])
+    consumers = GaugeMetricFamily("ragcore_queue_consumers", "Workers consuming the queue", labels=["queue"])
+    for s in stats:
+        depth.add_metric([s.name], s.depth)
+        age.add_metric([s.name], s.oldest_age_seconds or 0.0)
+        consumers.add_metric([s.name], len(s.consumers))
+    return [depth, age, consumers]
+
+
+def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
+    since = datetime.now(timezone.utc) - timedelta(seconds=settings.metrics_window_seconds)
+    tasks = GaugeMetricFamily("ragcore_tasks", f"Tasks sent in the last {settings.metrics_window_seconds}s, by name "
+                              "and current state (from the task ledger)", labels=["name", "state"])
+    for name, state, count in ledger.counts(session, since):
+        tasks.add_metric([name, state], count)
+    duration = GaugeHistogramMetricFamily(
+        "ragcore_task_duration_seconds",
+        f"Run time of the tasks sent in the last {settings.metrics_window_seconds}s that finished", labels=["name"])
+    for d in ledger.durations(session, since, DURATION_BOUNDS):
+        buckets = [(str(bound), count) for bound, count in d.buckets] + [("+Inf", d.count)]
+        duration.add_metric([d.name], buckets, gsum_value=d.total_seconds)
+    return [tasks, duration]
+
+
+@router.get(
+    "/metrics",
+    dependencies=[Depends(metrics_access)],
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+        503: {"model": ErrorBody, "description": "The broker is unreachable"},
+    },
+)
+def metrics(settings: SettingsDep, session: SessionDep) -> Response:
+    """Queue and task metrics in the Prometheus text format."""
+    started = time.monotonic()
+    try:
+        stats = queues.all_queue_stats(queues.broker_client(settings.broker),
+                                       queues.heartbeat_ttl(settings.worker_heartbeat_seconds))
+    except redis.RedisError as exc:
+        log.warning("broker unreachable for metrics: %s", exc)
+        raise HTTPException(503, "the broker (Redis) is unreachable; try again") from None
+    scrape = GaugeMetricFamily("ragcore_metrics_scrape_seconds", "Time taken to compute these metrics")
+    families = _queue_families(stats) + _ledger_families(settings, session)
+    scrape.add_metric([], time.monotonic() - started)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot([*families, scrape]))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,50 @@
+"""Start-up invariants: each failure is refused with a message that says what to fix."""
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from ragcore import contracts, invariants
+from ragcore.settings import Settings
+from tests.support.servers import redis_server
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[redis.Redis]:
+    with redis_server() as server:
+        yield redis.Redis.from_url(server.url)
+
+
+def test_a_broker_that_evicts_any_key_is_refused(client: redis.Redis) -> None:
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    try:
+        with pytest.raises(invariants.InvariantError, match="maxmemory-policy=allkeys-lru.*noeviction") as caught:
+            invariants.check(Settings(), client, service="worker sync")
+        assert str(caught.value).startswith("worker sync refuses to start")
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+
+
+@pytest.mark.parametrize("policy", ["noeviction", "volatile-lru"])
+def test_a_broker_that_never_evicts_its_lists_passes(client: redis.Redis, policy: str) -> None:
+    client.config_set("maxmemory-policy", policy)
+    try:
+        invariants.check(Settings(), client, service="api", api=True)
+    finally:
+        client.config_set("maxmemory-policy", "noeviction")
+
+
+def test_an_unreachable_broker_is_not_judged() -> None:
+    down = redis.Redis(port=1, socket_connect_timeout=0.2)
+    assert invariants.eviction_problem(down) is None
+
+
+def test_a_visibility_timeout_not_above_the_longest_time_limit_is_refused() -> None:
+    settings = Settings(visibility_timeout_seconds=contracts.longest_time_limit())
+    assert "must exceed the longest task time limit" in (invariants.visibility_timeout_problem(settings) or "")
+    assert invariants.visibility_timeout_problem(Settings()) is None
+
+
+def test_every_queue_has_a_contract() -> None:
+    assert invariants.queue_contract_problems() == []

@@ -1,0 +1,92 @@
+"""The ledger's queries: history pages, revocations, and the aggregates behind /metrics (SQLite here;
+PostgreSQL in the integration tests)."""
+
+import base64
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from ragcore import ledger
+from ragcore.db.models import Base, TaskRecord
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture()
+def session() -> Iterator[Session]:
+    engine = create_engine("sqlite://")
+    Base.metadata.create_all(engine)
+    with Session(engine) as session:
+        yield session
+    engine.dispose()
+
+
+def _task(session: Session, n: int, name: str = "cleanup_old_cache", state: str = "SUCCESS", run: float | None = None,
+          **values: object) -> TaskRecord:
+    sent = T0 + timedelta(minutes=n)
+    record = TaskRecord(task_id=f"t{n:03d}", name=name, queue="cleanup", state=state, kwargs={}, sent_at=sent, **values)
+    if run is not None:
+        record.started_at, record.finished_at = sent, sent + timedelta(seconds=run)
+    session.add(record)
+    return record
+
+
+def test_history_pages_newest_first_without_gaps_or_repeats(session: Session) -> None:
+    for n in range(7):
+        _task(session, n)
+    session.flush()
+    seen, cursor = [], None
+    while True:
+        rows, cursor = ledger.history(session, limit=3, cursor=cursor)
+        seen += [r.task_id for r in rows]
+        if cursor is None:
+            break
+    assert seen == [f"t{n:03d}" for n in reversed(range(7))]
+
+
+def test_history_filters_by_name_state_and_time(session: Session) -> None:
+    _task(session, 1, state="FAILURE")
+    _task(session, 2, name="reset_all_daily_limits", state="FAILURE")
+    _task(session, 3, state="FAILURE")
+    _task(session, 4)
+    session.flush()
+    rows, cursor = ledger.history(session, name="cleanup_old_cache", state="FAILURE", since=T0 + timedelta(minutes=2))
+    assert [r.task_id for r in rows] == ["t003"] and cursor is None
+
+
+@pytest.mark.parametrize("decoded", ["not-a-cursor", "2026-01-01T00:00:00|t1", "0001-01-01T00:00:00+14:00|t1",
+                                     "2026-01-01T00:00:00+00:00|\x00", "2026-01-01T00:00:00+00:00|"])
+def test_a_forged_cursor_is_refused(decoded: str) -> None:
+    with pytest.raises(ValueError, match="invalid cursor"):
+        ledger.decode_cursor(base64.urlsafe_b64encode(decoded.encode()).decode())
+
+
+def test_revoking_a_waiting_task_ends_it_but_a_running_one_keeps_running(session: Session) -> None:
+    waiting, running = _task(session, 1, state="PENDING"), _task(session, 2, state="STARTED")
+    finished = _task(session, 3, state="SUCCESS", revoked=True)
+    ledger.mark_revoked(waiting)
+    ledger.mark_revoked(running)
+    session.flush()
+    assert (waiting.state, waiting.revoked, waiting.finished_at is not None) == ("REVOKED", True, True)
+    assert (running.state, running.revoked) == ("STARTED", True)
+    assert ledger.revoked_ids(session) == ["t002", "t001"]  # finished ones can never run again
+    assert finished.task_id not in ledger.revoked_ids(session)
+
+
+def test_counts_and_durations_cover_the_window(session: Session) -> None:
+    _task(session, 0, run=100.0)  # sent before the window
+    _task(session, 10, run=0.3)
+    _task(session, 11, run=4.0)
+    _task(session, 12, state="FAILURE", run=20.0)
+    _task(session, 13, state="STARTED")
+    session.flush()
+    since = T0 + timedelta(minutes=5)
+    assert sorted(ledger.counts(session, since)) == [
+        ("cleanup_old_cache", "FAILURE", 1), ("cleanup_old_cache", "STARTED", 1), ("cleanup_old_cache", "SUCCESS", 2),
+    ]
+    [d] = ledger.durations(session, since, (1.0, 5.0, 60.0))
+    assert (d.name, d.count, d.buckets) == ("cleanup_old_cache", 3, [(1.0, 1), (5.0, 2), (60.0, 3)])
+    assert d.total_seconds == pytest.approx(24.3, abs=0.01)

@@ -1,0 +1,60 @@
+"""The query's request and answer (SPEC §3), shared by the API and the benchmarks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ragcore.contracts import Source
+
+#: Qdrant matches exact keyword, integer and boolean values.
+FilterValue = str | int | bool
+
+
+class QueryRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str = Field(min_length=1, max_length=256)
+    query: str = Field(min_length=1, max_length=4000)
+    conversation_id: str | None = Field(None, min_length=1, max_length=64)
+    top_k: int = Field(5, ge=1, le=50)
+    filters: dict[str, FilterValue] | None = Field(None, max_length=16)
+
+    @field_validator("query")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query must contain a non-whitespace character")
+        return value
+
+    @field_validator("filters")
+    @classmethod
+    def _field_names(cls, value: dict[str, FilterValue] | None) -> dict[str, FilterValue] | None:
+        for name in value or {}:
+            if not name or len(name) > 128:
+                raise ValueError("filter field names must be 1 to 128 characters")
+        return value
+
+
+class QueryAnswer(BaseModel):
+    answer: str
+    sources: list[Source]
+    conversation_id: str
+    message_id: str
+    tokens_used: int
+    processing_time_ms: float
+    cached: bool
+
+    def report(self, user_id: str, query: str) -> dict[str, Any]:
+        """The 8 fields of `send_query_result_to_users`."""
+        return {
+            "user_id": user_id,
+            "conversation_id": self.conversation_id,
+            "message_id": self.message_id,
+            "query": query,
+            "answer": self.answer,
+            "sources": [s.model_dump(mode="json") for s in self.sources],
+            "tokens_used": self.tokens_used,
+            "processing_time_ms": self.processing_time_ms,
+        }

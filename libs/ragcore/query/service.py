@@ -1,0 +1,255 @@
+"""The query path: limit, cache, embed, search, generate, then one transaction for everything kept.
+
+That transaction counts the query against the user's limit, stores the conversation and message,
+records the cached answer, and writes the two reports (`send_query_result_to_users`,
+`update_user_statistics`) to the outbox. The reports therefore exist exactly when the message does,
+and cost the answer two row inserts; the outbox relay publishes them after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+import redis
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from ragcore import contracts, outbox
+from ragcore.cache import HotCache, cache_key, data_version
+from ragcore.contracts import Source
+from ragcore.db import session_scope, utcnow
+from ragcore.db.models import Conversation, Message, QueryCacheEntry
+from ragcore.embedder import Embedder
+from ragcore.query import limits
+from ragcore.query.generator import Generator
+from ragcore.query.schema import QueryAnswer, QueryRequest
+from ragcore.settings import Settings
+from ragcore.vectorstore import Hit
+
+log = logging.getLogger(__name__)
+
+Sessions = Callable[[], AbstractContextManager[Session]]
+
+
+class ConversationNotFound(Exception):
+    """The conversation does not exist, belongs to another user, or was archived."""
+
+
+class UpstreamUnavailable(Exception):
+    """A dependency of the answer (embedder, vector store, chat endpoint) failed."""
+
+    def __init__(self, what: str, cause: BaseException) -> None:
+        super().__init__(f"{what} unavailable: {type(cause).__name__}: {cause}")
+        self.what = what
+
+
+class Searcher(Protocol):
+    def ensure_collection(self) -> None: ...
+
+    def search(self, vector: list[float], top_k: int, filters: dict[str, Any] | None = None) -> list[Hit]: ...
+
+
+class TolerantHotCache:
+    """The Redis copy of the query cache, which a Redis outage turns into misses, not errors.
+
+    After a failure Redis is left alone for `pause` seconds, so a dead or hung Redis costs one
+    timeout now and then rather than one per query; the database keeps serving cached answers.
+    """
+
+    def __init__(self, cache: HotCache, pause: float = 5.0) -> None:
+        self._cache = cache
+        self._pause = pause
+        self._down_until = 0.0
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._call(lambda: self._cache.get(key))
+
+    def put(self, key: str, value: dict[str, Any]) -> None:
+        self._call(lambda: self._cache.put(key, value))
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            return fn()
+        except redis.RedisError as exc:
+            self._down_until = time.monotonic() + self._pause
+            log.warning("hot query cache unavailable for %.0fs: %s", self._pause, exc)
+            return None
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    key: str
+    version: int
+    cached: dict[str, Any] | None
+    from_hot: bool
+
+
+def _insert(session: Session):  # type: ignore[no-untyped-def]
+    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+class QueryService:
+    """Answers queries; one per process, shared by its threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Searcher,
+        embedder: Embedder,
+        generator: Generator,
+        hot: TolerantHotCache | None = None,
+        sessions: Sessions = session_scope,
+        on_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._embedder = embedder
+        self._generator = generator
+        self._hot = hot
+        self._sessions = sessions
+        self._on_commit = on_commit
+        self._store_ready = False
+        self._ready_lock = threading.Lock()
+
+    def answer(self, request: QueryRequest, reports: bool = True) -> QueryAnswer:
+        """Answer `request` and store it; `reports=False` skips the two reports (benchmarks only)."""
+        started = time.perf_counter()
+        now = utcnow()
+        with self._sessions() as session:
+            limits.check(session, request.user_id, self._settings, now)
+            if request.conversation_id is not None:
+                self._require_conversation(session, request.user_id, request.conversation_id)
+            lookup = self._lookup(session, request)
+        result = lookup.cached if lookup.cached is not None else self._compute(request)
+        cached = lookup.cached is not None
+        answer = QueryAnswer(
+            answer=result["answer"],
+            sources=[Source.model_validate(s) for s in result["sources"]],
+            conversation_id=request.conversation_id or str(uuid.uuid4()),
+            message_id=str(uuid.uuid4()),
+            # A cached answer spent no tokens: usage counts generation, and there was none.
+            tokens_used=0 if cached else result["tokens_used"],
+            processing_time_ms=round((time.perf_counter() - started) * 1000, 3),
+            cached=cached,
+        )
+        with self._sessions() as session:
+            self._store_answer(session, request, answer, lookup, result, now, reports)
+        if reports and self._on_commit is not None:
+            self._on_commit()
+        if self._hot is not None and not lookup.from_hot:
+            self._hot.put(lookup.key, result)
+        return answer
+
+    def _require_conversation(self, session: Session, user_id: str, conversation_id: str) -> None:
+        found = session.scalar(
+            select(Conversation.id).where(
+                Conversation.id == conversation_id, Conversation.user_id == user_id, Conversation.archived_at.is_(None)
+            )
+        )
+        if found is None:
+            raise ConversationNotFound(f"no open conversation {conversation_id!r} for user {user_id!r}")
+
+    def _lookup(self, session: Session, request: QueryRequest) -> _Lookup:
+        version = data_version(session)
+        key = cache_key(version, request.query, request.top_k, request.filters)
+        if self._hot is not None:
+            hot = self._hot.get(key)
+            if hot is not None:
+                return _Lookup(key, version, hot, True)
+        row = session.scalar(select(QueryCacheEntry.response).where(QueryCacheEntry.cache_key == key))
+        return _Lookup(key, version, row, False)
+
+    def _compute(self, request: QueryRequest) -> dict[str, Any]:
+        vector = self._call("embedder", lambda: self._embedder.embed([request.query])[0])
+        hits: Sequence[Hit] = self._call("vector store", lambda: self._search(vector, request))
+        generated = self._call("answer generator", lambda: self._generator.generate(request.query, hits))
+        sources = [
+            {"document_id": h.document_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text, "metadata": h.metadata}
+            for h in hits
+        ]
+        return {"answer": generated.answer, "sources": sources, "tokens_used": generated.tokens_used}
+
+    def _search(self, vector: list[float], request: QueryRequest) -> list[Hit]:
+        if not self._store_ready:
+            with self._ready_lock:
+                # Before the first sync there is no collection: create it empty rather than fail.
+                self._store.ensure_collection()
+                self._store_ready = True
+        return self._store.search(vector, request.top_k, request.filters)
+
+    @staticmethod
+    def _call(what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            log.exception("%s failed", what)
+            raise UpstreamUnavailable(what, exc) from exc
+
+    def _store_answer(
+        self,
+        session: Session,
+        request: QueryRequest,
+        answer: QueryAnswer,
+        lookup: _Lookup,
+        result: dict[str, Any],
+        now: datetime,
+        reports: bool,
+    ) -> None:
+        limits.consume(session, request.user_id, self._settings, now)
+        if request.conversation_id is None:
+            session.add(Conversation(id=answer.conversation_id, user_id=request.user_id, created_at=now, updated_at=now))
+            session.flush()  # the message's foreign key needs the row
+        else:
+            touched = session.execute(
+                update(Conversation)
+                .where(
+                    Conversation.id == answer.conversation_id,
+                    Conversation.user_id == request.user_id,
+                    Conversation.archived_at.is_(None),
+                )
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if touched == 0:  # archived since the first look
+                raise ConversationNotFound(f"no open conversation {answer.conversation_id!r} for user {request.user_id!r}")
+        session.add(
+            Message(
+                id=answer.message_id,
+                conversation_id=answer.conversation_id,
+                user_id=request.user_id,
+                query=request.query,
+                answer=answer.answer,
+                sources=[s.model_dump(mode="json") for s in answer.sources],
+                tokens_used=answer.tokens_used,
+                processing_time_ms=answer.processing_time_ms,
+                created_at=now,
+            )
+        )
+        if answer.cached:
+            session.execute(
+                update(QueryCacheEntry)
+                .where(QueryCacheEntry.cache_key == lookup.key)
+                .values(hits=QueryCacheEntry.hits + 1)
+                .execution_options(synchronize_session=False)
+            )
+        else:
+            session.execute(
+                _insert(session)(QueryCacheEntry)
+                .values(cache_key=lookup.key, data_version=lookup.version, query=request.query, response=result, hits=0, created_at=now)
+                .on_conflict_do_nothing(index_elements=["cache_key"])
+            )
+        if reports:
+            outbox.add(session, contracts.SEND_QUERY_RESULT, answer.report(request.user_id, request.query))
+            outbox.add(session, contracts.UPDATE_USER_STATISTICS, {"user_id": request.user_id})

@@ -1,0 +1,155 @@
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import pytest
+import redis
+from sqlalchemy import func, select
+
+from ragcore.cache import HotCache, bump_data_version
+from ragcore.db import create_schema, get_engine, session_scope
+from ragcore.db.models import Conversation, Message, OutboxEntry, QueryCacheEntry, User
+from ragcore.embedder import HashingEmbedder
+from ragcore.query import ConversationNotFound, ExtractiveGenerator, LimitExceeded, QueryRequest, QueryService, UpstreamUnavailable
+from ragcore.query.service import TolerantHotCache
+from ragcore.settings import Settings
+from ragcore.vectorstore import Hit
+
+SETTINGS = Settings(vector_size=64, tier_daily_limits={"free": 3}, tier_thresholds={"free": 0}, default_tier="free")
+
+
+class Store:
+    """A stand-in vector store: returns fixed hits and counts searches."""
+
+    def __init__(self, hits: list[Hit]) -> None:
+        self.hits = hits
+        self.searches = 0
+        self.fail = False
+
+    def ensure_collection(self) -> None:
+        pass
+
+    def search(self, vector: list[float], top_k: int, filters: dict[str, Any] | None = None) -> list[Hit]:
+        if self.fail:
+            raise ConnectionError("qdrant down")
+        self.searches += 1
+        return self.hits[:top_k]
+
+
+class DictRedis:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.down = False
+
+    def get(self, key: str) -> bytes | None:
+        if self.down:
+            raise redis.ConnectionError("down")
+        return self.data.get(key)
+
+    def set(self, key: str, value: bytes, ex: int) -> None:
+        if self.down:
+            raise redis.ConnectionError("down")
+        self.data[key] = value
+
+
+@pytest.fixture
+def sessions(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path}/query.db"
+    create_schema(url)
+    yield partial(session_scope, url)
+    get_engine(url).dispose()
+
+
+@pytest.fixture
+def store() -> Store:
+    return Store([Hit("doc-1", "doc-1/c0", 0.9, "Harbor safety is checked daily. Cranes are old.", {"category": "x"})])
+
+
+@pytest.fixture
+def hot() -> DictRedis:
+    return DictRedis()
+
+
+@pytest.fixture
+def service(sessions, store, hot) -> QueryService:  # type: ignore[no-untyped-def]
+    woken: list[int] = []
+    svc = QueryService(
+        SETTINGS, store, HashingEmbedder(64), ExtractiveGenerator(),
+        TolerantHotCache(HotCache(hot, "t:", 60), pause=0.0), sessions=sessions, on_commit=lambda: woken.append(1),
+    )
+    svc.woken = woken  # type: ignore[attr-defined]
+    return svc
+
+
+def count(sessions, model) -> int:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_an_answer_is_stored_with_its_two_reports_and_wakes_the_relay(service, sessions) -> None:  # type: ignore[no-untyped-def]
+    answer = service.answer(QueryRequest(user_id="u", query="harbor safety"))
+    assert answer.answer == "Harbor safety is checked daily. [1]"
+    assert [s.chunk_id for s in answer.sources] == ["doc-1/c0"] and not answer.cached
+    with sessions() as session:
+        message = session.get(Message, answer.message_id)
+        assert message.conversation_id == answer.conversation_id and message.tokens_used == answer.tokens_used
+        entries = session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)).all()
+    assert [e.task_name for e in entries] == ["send_query_result_to_users", "update_user_statistics"]
+    assert entries[0].kwargs["message_id"] == answer.message_id and set(entries[0].kwargs) == {
+        "user_id", "conversation_id", "message_id", "query", "answer", "sources", "tokens_used", "processing_time_ms"}
+    assert service.woken == [1]
+
+
+def test_a_repeated_query_is_cached_until_the_data_version_changes(service, sessions, store, hot) -> None:  # type: ignore[no-untyped-def]
+    first = service.answer(QueryRequest(user_id="u", query="harbor safety"))
+    again = service.answer(QueryRequest(user_id="u", query="  Harbor   SAFETY "))
+    assert again.cached and again.answer == first.answer and again.tokens_used == 0
+    assert store.searches == 1
+    hot.data.clear()  # the database record serves when Redis lost its copy
+    assert service.answer(QueryRequest(user_id="u2", query="harbor safety")).cached
+    with sessions() as session:
+        bump_data_version(session)
+    assert not service.answer(QueryRequest(user_id="u2", query="harbor safety")).cached
+    assert store.searches == 2
+    with sessions() as session:
+        assert sorted(session.scalars(select(QueryCacheEntry.hits))) == [0, 2]
+
+
+def test_a_conversation_continues_and_an_unknown_one_is_refused_before_any_work(service, sessions, store) -> None:  # type: ignore[no-untyped-def]
+    first = service.answer(QueryRequest(user_id="u", query="harbor"))
+    second = service.answer(QueryRequest(user_id="u", query="cranes", conversation_id=first.conversation_id))
+    assert second.conversation_id == first.conversation_id
+    searches = store.searches
+    for user, conversation in (("u", "nope"), ("other-user", first.conversation_id)):
+        with pytest.raises(ConversationNotFound):
+            service.answer(QueryRequest(user_id=user, query="cranes", conversation_id=conversation))
+    assert store.searches == searches
+    assert count(sessions, Conversation) == 1 and count(sessions, Message) == 2
+
+
+def test_over_the_limit_nothing_is_stored_or_reported(service, sessions) -> None:  # type: ignore[no-untyped-def]
+    for i in range(3):
+        service.answer(QueryRequest(user_id="u", query=f"q{i}"))
+    with pytest.raises(LimitExceeded):
+        service.answer(QueryRequest(user_id="u", query="one more"))
+    assert count(sessions, Message) == 3 and count(sessions, OutboxEntry) == 6
+    with sessions() as session:
+        assert session.get(User, "u").queries_today == 3
+
+
+def test_without_reports_nothing_goes_to_the_outbox(service, sessions) -> None:  # type: ignore[no-untyped-def]
+    service.answer(QueryRequest(user_id="u", query="harbor"), reports=False)
+    assert count(sessions, Message) == 1 and count(sessions, OutboxEntry) == 0 and service.woken == []
+
+
+def test_a_vector_store_failure_is_an_upstream_error_and_stores_nothing(service, sessions, store) -> None:  # type: ignore[no-untyped-def]
+    store.fail = True
+    with pytest.raises(UpstreamUnavailable, match="vector store"):
+        service.answer(QueryRequest(user_id="u", query="harbor"))
+    assert count(sessions, Message) == 0
+
+
+def test_a_redis_outage_only_costs_the_hot_cache(service, hot) -> None:  # type: ignore[no-untyped-def]
+    hot.down = True
+    service.answer(QueryRequest(user_id="u", query="harbor"))
+    assert service.answer(QueryRequest(user_id="u", query="harbor")).cached  # from the database record

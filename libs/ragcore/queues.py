@@ -1,0 +1,149 @@
+"""The broker seen from outside: what waits in each queue, since when, and which workers consume it.
+
+Celery's Redis transport keeps a queue as Redis lists: one named after the queue, and one per higher
+priority step (`<queue>\\x06\\x16<step>`). A message is pushed on the left and taken from the right,
+so the oldest waiting message is the rightmost; its headers carry the publish time that
+`stamp_sent_at` adds to every task this code base publishes. Which workers consume a queue is their
+heartbeat, kept here by each worker (see ragcore.health), so no broadcast is needed to count them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import redis
+
+from ragcore.contracts import Queue
+
+SENT_AT_HEADER = "sent_at"
+#: kombu's Redis transport: separator and priority steps (0 is the bare queue name).
+_PRIORITY_SEP = "\x06\x16"
+_PRIORITY_STEPS = (3, 6, 9)
+
+_WORKER_KEY = "ragcore:worker:{hostname}"
+_CONSUMERS_KEY = "ragcore:consumers:{queue}"
+REVOKED_KEY = "ragcore:revoked"
+
+
+@lru_cache
+def broker_client(url: str) -> redis.Redis:
+    """One client (and connection pool) per broker URL per process, with short timeouts."""
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def stamp_sent_at(headers: dict[str, Any]) -> None:
+    """Mark a message with its publish time (epoch seconds); a retry is a new publish."""
+    headers[SENT_AT_HEADER] = time.time()
+
+
+def list_names(queue: str) -> list[str]:
+    return [queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)]
+
+
+def message_sent_at(raw: bytes | str | None) -> float | None:
+    """The publish time stamped in a transport message, or None (unstamped, or not JSON)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)["headers"][SENT_AT_HEADER]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    name: str
+    depth: int
+    #: Age of the oldest waiting message, None when the queue is empty (or it was not stamped).
+    oldest_age_seconds: float | None
+    consumers: list[str] = field(default_factory=list)
+
+    @property
+    def unconsumed(self) -> bool:
+        return not self.consumers
+
+
+def queue_stats(client: redis.Redis, queue: str, heartbeat_ttl: float, now: float | None = None) -> QueueStats:
+    now = time.time() if now is None else now
+    pipe = client.pipeline(transaction=False)
+    for name in list_names(queue):
+        pipe.llen(name)
+        pipe.lindex(name, -1)
+    pipe.zrangebyscore(_CONSUMERS_KEY.format(queue=queue), now - heartbeat_ttl, "+inf")
+    *replies, consumers = pipe.execute()
+    depth = sum(int(n) for n in replies[0::2])
+    stamps = [t for t in (message_sent_at(raw) for raw in replies[1::2]) if t is not None]
+    oldest = max(0.0, now - min(stamps)) if depth and stamps else None
+    return QueueStats(queue, depth, oldest, sorted(c.decode() for c in consumers))
+
+
+def all_queue_stats(client: redis.Redis, heartbeat_ttl: float) -> list[QueueStats]:
+    now = time.time()
+    return [queue_stats(client, q.value, heartbeat_ttl, now) for q in Queue]
+
+
+def heartbeat_ttl(interval_seconds: float) -> float:
+    """How long a heartbeat counts: three missed beats (at least 15 s) and a worker is gone."""
+    return max(3 * interval_seconds, 15.0)
+
+
+def record_worker(client: redis.Redis, hostname: str, queues: Iterable[str], fields: Mapping[str, Any],
+                  ttl: float, now: float | None = None) -> None:
+    """A worker's heartbeat: its record (with a TTL) and its place among each queue's consumers."""
+    now = time.time() if now is None else now
+    key = _WORKER_KEY.format(hostname=hostname)
+    pipe = client.pipeline(transaction=False)
+    pipe.hset(key, mapping={**{k: json.dumps(v) for k, v in fields.items()}, "heartbeat": json.dumps(now)})
+    pipe.expire(key, int(ttl) + 1)
+    for queue in queues:
+        consumers = _CONSUMERS_KEY.format(queue=queue)
+        pipe.zadd(consumers, {hostname: now})
+        pipe.zremrangebyscore(consumers, "-inf", now - ttl)  # forget workers that died without a goodbye
+    pipe.execute()
+
+
+def forget_worker(client: redis.Redis, hostname: str, queues: Iterable[str]) -> None:
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(_WORKER_KEY.format(hostname=hostname))
+    for queue in queues:
+        pipe.zrem(_CONSUMERS_KEY.format(queue=queue), hostname)
+    pipe.execute()
+
+
+def worker_record(client: redis.Redis, hostname: str) -> dict[str, Any] | None:
+    raw = client.hgetall(_WORKER_KEY.format(hostname=hostname))
+    if not raw:
+        return None
+    return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+
+def live_workers(client: redis.Redis, heartbeat_ttl: float) -> set[str]:
+    """Hostnames of every worker whose heartbeat is current, on any queue."""
+    now = time.time()
+    pipe = client.pipeline(transaction=False)
+    for q in Queue:
+        pipe.zrangebyscore(_CONSUMERS_KEY.format(queue=q.value), now - heartbeat_ttl, "+inf")
+    return {h.decode() for hosts in pipe.execute() for h in hosts}
+
+
+def publish_revocation(client: redis.Redis, task_id: str, now: float | None = None) -> None:
+    """Tell running workers, through a feed they poll, that `task_id` is revoked (the ledger keeps it)."""
+    now = time.time() if now is None else now
+    pipe = client.pipeline(transaction=False)
+    pipe.zadd(REVOKED_KEY, {task_id: now})
+    pipe.zremrangebyscore(REVOKED_KEY, "-inf", now - 7 * 24 * 3600)  # a starting worker reads the ledger
+    pipe.execute()
+
+
+def revocations_since(client: redis.Redis, since: float) -> tuple[list[str], float]:
+    """Task ids revoked at or after `since`, and the time to ask from next."""
+    rows = client.zrangebyscore(REVOKED_KEY, since, "+inf", withscores=True)
+    ids = [member.decode() for member, _ in rows]
+    latest = max((score for _, score in rows), default=since)
+    return ids, latest

@@ -1,0 +1,37 @@
+"""A user's statistics, recomputed from the messages table: running twice counts each message once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from ragcore.db import utcnow
+from ragcore.db.models import Message, UserStatistics
+
+
+def recompute(session: Session, user_id: str) -> dict[str, Any]:
+    """Aggregate the user's messages and upsert the result (archived messages count: they happened)."""
+    queries, tokens, avg_ms, last = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(Message.tokens_used), 0),
+            func.coalesce(func.avg(Message.processing_time_ms), 0.0),
+            func.max(Message.created_at),
+        ).where(Message.user_id == user_id)
+    ).one()
+    values = {
+        "total_queries": int(queries),
+        "total_tokens": int(tokens),
+        "avg_processing_time_ms": round(float(avg_ms), 3),
+        "last_query_at": last,
+        "updated_at": utcnow(),
+    }
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    session.execute(
+        insert(UserStatistics).values(user_id=user_id, **values).on_conflict_do_update(index_elements=["user_id"], set_=values)
+    )
+    return {"user_id": user_id, **values, "last_query_at": last.isoformat() if last else None, "updated_at": values["updated_at"].isoformat()}

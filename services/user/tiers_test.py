@@ -1,0 +1,59 @@
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from functools import partial
+
+import pytest
+
+from ragcore.db import create_schema, get_engine, session_scope
+from ragcore.db.models import Conversation, Message, User, UserStatistics
+from ragcore.settings import Settings
+from services.user import stats, tiers
+
+NOW = datetime(2024, 5, 10, 12, tzinfo=timezone.utc)
+SETTINGS = Settings(tier_daily_limits={"free": 10, "pro": 100, "enterprise": 1000}, tier_thresholds={"free": 0, "pro": 2, "enterprise": 50})
+
+
+@pytest.fixture
+def sessions(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path}/user.db"
+    create_schema(url)
+    yield partial(session_scope, url)
+    get_engine(url).dispose()
+
+
+def add_messages(sessions, user: str, *ages: timedelta) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        if session.get(Conversation, f"c-{user}") is None:
+            session.add(Conversation(id=f"c-{user}", user_id=user))
+        for age in ages:
+            session.add(Message(id=f"{user}-{age.total_seconds()}", conversation_id=f"c-{user}", user_id=user, query="q",
+                                answer="a", sources=[], tokens_used=5, processing_time_ms=10.0, created_at=NOW - age))
+
+
+def test_tier_for_picks_the_highest_threshold_reached() -> None:
+    thresholds = SETTINGS.tier_thresholds
+    assert [tiers.tier_for(n, thresholds) for n in (0, 1, 2, 49, 50, 10**6)] == ["free", "free", "pro", "pro", "enterprise", "enterprise"]
+
+
+def test_crossing_a_threshold_changes_the_tier_and_its_daily_limit(sessions) -> None:  # type: ignore[no-untyped-def]
+    add_messages(sessions, "u", timedelta(days=1), timedelta(days=31))  # the old one is outside the window
+    with sessions() as session:
+        assert tiers.apply_tier(session, "u", SETTINGS, NOW)["tier"] == "free"
+    add_messages(sessions, "u", timedelta(hours=1))
+    with sessions() as session:
+        result = tiers.apply_tier(session, "u", SETTINGS, NOW)
+    assert (result["tier"], result["previous_tier"], result["queries_30d"], result["daily_limit"]) == ("pro", "free", 2, 100)
+    with sessions() as session:
+        user = session.get(User, "u")
+        assert (user.tier, user.daily_limit) == ("pro", 100)
+
+
+def test_recomputing_statistics_twice_counts_each_message_once(sessions) -> None:  # type: ignore[no-untyped-def]
+    add_messages(sessions, "u", timedelta(hours=2), timedelta(hours=1))
+    for _ in range(2):
+        with sessions() as session:
+            stats.recompute(session, "u")
+    with sessions() as session:
+        row = session.get(UserStatistics, "u")
+        assert (row.total_queries, row.total_tokens, row.avg_processing_time_ms) == (2, 10, 10.0)
+        assert row.last_query_at == NOW - timedelta(hours=1)

@@ -1,0 +1,1 @@
+"""Benchmarks: runnable modules (`python -m tests.benchmarks.<name>`), never collected as tests."""

@@ -1,0 +1,24 @@
+"""What the benchmarks share: percentiles, and the Ingest stand-in's corpus written into Qdrant."""
+
+from __future__ import annotations
+
+from ragcore.ingest_client import Chunk
+from ragcore.vectorstore import VectorStore
+from tests.standins.ingest import Corpus, from_micros
+
+
+def percentile(samples: list[float], q: float) -> float:
+    """Nearest-rank percentile, q in [0, 1]."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def load_corpus(store: VectorStore, corpus: Corpus) -> int:
+    """Upsert every chunk of `corpus` (the vectors the Ingest stand-in serves) into `store`."""
+    chunks = [
+        Chunk(cid, doc.id, doc.texts[j], doc.vectors[j].astype(float).tolist(), doc.metadata[j], from_micros(doc.updated_at))
+        for doc in corpus.documents().values()
+        for j, cid in enumerate(doc.chunk_ids)
+    ]
+    store.ensure_collection()
+    return store.upsert(chunks)

@@ -1,0 +1,177 @@
+"""The cleanup worker, started from its entrypoint, on seeded Redis and PostgreSQL data: each task
+removes or archives exactly what it should, and nothing of the broker, other results or other keys.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import insert, select
+
+from ragcore import contracts, dispatch, ledger
+from ragcore.cache import HotCache, bump_data_version
+from ragcore.contracts import CANARIES, Queue, TaskContract
+from ragcore.db import session_scope, utcnow
+from ragcore.db.models import Conversation, Message, QueryCacheEntry
+from ragcore.locks import lock_client, periodic_lock
+from ragcore.settings import get_settings
+from tests.support.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def worker(stack: Stack) -> Iterator[None]:
+    stack.start_worker(Queue.CLEANUP)
+    yield
+
+
+def _run(stack: Stack, task: TaskContract, kwargs: dict[str, Any] | None = None) -> Any:
+    task_id = dispatch.send(stack.producer, task, kwargs)
+    return stack.producer.AsyncResult(task_id).get(timeout=60)
+
+
+def _keys(stack: Stack) -> set[str]:
+    return {k.decode() for k in stack.redis_client().scan_iter(count=1000)}
+
+
+def test_cleanup_old_cache_removes_entries_of_older_data_versions_and_no_other_key(stack: Stack, worker: None) -> None:
+    settings = get_settings()
+    r = stack.redis_client()
+    cache = HotCache(r, settings.cache_prefix, 3600)
+    with session_scope() as session:
+        for _ in range(3):
+            bump_data_version(session)  # the data version is now 3
+    for version, count in ((1, 700), (2, 40), (3, 25)):  # 740 stale keys: several SCAN batches
+        with r.pipeline() as pipe:
+            for n in range(count):
+                pipe.set(f"{settings.cache_prefix}v{version}:{n:064x}", b"{}", ex=3600)
+            pipe.execute()
+    lookalikes = [
+        f"{settings.cache_prefix}stats",  # under our prefix but not a versioned entry
+        settings.cache_prefix.rstrip(":") + "-archive:v1:abc",
+        f"other:{settings.cache_prefix}v1:abc",
+    ]
+    for key in lookalikes:
+        r.set(key, "keep")
+    succeeded = dispatch.send(stack.producer, CANARIES[Queue.CLEANUP])
+    stack.producer.AsyncResult(succeeded).get(timeout=30)
+    pending = dispatch.send(stack.producer, CANARIES[Queue.USER])  # no user worker: stays queued
+    not_ours_before = {k for k in _keys(stack) if cache.version_of(k) is None}
+
+    result = _run(stack, contracts.CLEANUP_OLD_CACHE)
+
+    assert result == {"scanned": 765, "removed": 740, "data_version": 3}
+    after = _keys(stack)
+    assert {cache.version_of(k) for k in after} - {None} == {3}
+    assert sum(1 for k in after if cache.version_of(k) == 3) == 25
+    # Every key that is not a versioned cache entry is still there: lookalikes, broker, results.
+    assert not_ours_before <= after
+    assert set(lookalikes) | {"_kombu.binding.cleanup", "user", f"celery-task-meta-{succeeded}"} <= after
+    assert r.llen(Queue.USER.value) == 1 and stack.producer.AsyncResult(pending).state == "PENDING"
+    assert 0 < r.ttl(f"{settings.cache_prefix}v3:{0:064x}") <= 3600  # current entries keep their TTL
+
+
+def test_cleanup_query_cache_deletes_only_rows_older_than_days(stack: Stack, worker: None) -> None:
+    now = utcnow()
+    ages = {"old": (2500, 31), "edge-new": (5, 29.9), "fresh": (20, 0.5)}
+    with session_scope() as session:
+        session.execute(
+            insert(QueryCacheEntry),
+            [
+                {"cache_key": f"{label}-{n}", "data_version": 1, "query": "q", "response": {"a": n},
+                 "created_at": now - timedelta(days=days)}
+                for label, (count, days) in ages.items()
+                for n in range(count)
+            ],
+        )
+
+    assert _run(stack, contracts.CLEANUP_QUERY_CACHE, {"days": 30}) == {"deleted": 2500}
+
+    with session_scope() as session:
+        kept = set(session.scalars(select(QueryCacheEntry.cache_key)))
+    assert kept == {f"{label}-{n}" for label in ("edge-new", "fresh") for n in range(ages[label][0])}
+    assert _run(stack, contracts.CLEANUP_QUERY_CACHE, {"days": 1}) == {"deleted": 5}  # 29.9 days > 1 day
+    assert _run(stack, contracts.CLEANUP_QUERY_CACHE) == {"deleted": 0}  # default 30 days: nothing left
+
+
+def test_cleanup_old_conversations_archives_idle_ones_with_their_messages_and_deletes_nothing(
+    stack: Stack, worker: None
+) -> None:
+    now = utcnow()
+
+    def conversation(cid: str, idle_days: float, message_days: list[float]) -> None:
+        with session_scope() as session:
+            at = now - timedelta(days=idle_days)
+            session.add(Conversation(id=cid, user_id="u1", created_at=at, updated_at=at))
+            session.flush()
+            for n, days in enumerate(message_days):
+                session.add(Message(id=f"{cid}-{n}", conversation_id=cid, user_id="u1", query="q", answer="a",
+                                    sources=[], tokens_used=3, processing_time_ms=1.0,
+                                    created_at=now - timedelta(days=days)))
+
+    for n in range(30):
+        conversation(f"idle-{n}", 120, [130, 121])
+    conversation("active", 1, [1])
+    conversation("old-but-recent-message", 100, [100, 2])
+
+    result = _run(stack, contracts.CLEANUP_OLD_CONVERSATIONS, {"days": 90})
+
+    assert result == {"archived_conversations": 30, "archived_messages": 60}
+    with session_scope() as session:
+        conversations = dict(session.execute(select(Conversation.id, Conversation.archived_at)).all())
+        messages = dict(session.execute(select(Message.id, Message.archived_at)).all())
+    assert len(conversations) == 32 and len(messages) == 63  # nothing deleted
+    assert {cid for cid, at in conversations.items() if at is not None} == {f"idle-{n}" for n in range(30)}
+    assert {mid for mid, at in messages.items() if at is not None} == {
+        f"idle-{n}-{m}" for n in range(30) for m in range(2)
+    }
+    assert _run(stack, contracts.CLEANUP_OLD_CONVERSATIONS) == {"archived_conversations": 0, "archived_messages": 0}
+
+
+def test_cleanup_failed_tasks_removes_failed_results_only_and_the_ledger_keeps_the_failure(
+    stack: Stack, worker: None
+) -> None:
+    backend = stack.producer.backend
+    # A task that really failed in the worker (arguments its contract refuses), recorded in the ledger.
+    failed_for_real = str(uuid.uuid4())
+    with session_scope() as session:
+        ledger.record_sent(session, failed_for_real, contracts.CLEANUP_QUERY_CACHE, {"days": 0})
+    stack.producer.send_task(contracts.CLEANUP_QUERY_CACHE.name, kwargs={"days": 0}, queue="cleanup",
+                             task_id=failed_for_real)
+    with pytest.raises(Exception, match="invalid arguments"):
+        stack.producer.AsyncResult(failed_for_real).get(timeout=30)
+    seeded_failures = [str(uuid.uuid4()) for _ in range(30)]
+    for task_id in seeded_failures:
+        backend.store_result(task_id, ValueError("boom"), "FAILURE")
+    kept = {state: str(uuid.uuid4()) for state in ("SUCCESS", "STARTED", "RETRY", "REVOKED")}
+    for state, task_id in kept.items():
+        backend.store_result(task_id, {"ok": True} if state == "SUCCESS" else None, state)
+    succeeded = dispatch.send(stack.producer, CANARIES[Queue.CLEANUP])
+    stack.producer.AsyncResult(succeeded).get(timeout=30)
+    pending = dispatch.send(stack.producer, CANARIES[Queue.USER])  # never runs: no user worker
+    r = stack.redis_client()
+    queued = r.llen(Queue.USER.value)
+
+    result = _run(stack, contracts.CLEANUP_FAILED_TASKS)
+
+    assert result["removed"] == 31
+    after = _keys(stack)
+    assert not {f"celery-task-meta-{t}" for t in [failed_for_real, *seeded_failures]} & after
+    for state, task_id in kept.items():
+        assert stack.producer.AsyncResult(task_id).state == state
+    assert stack.producer.AsyncResult(succeeded).result["queue"] == "cleanup"
+    assert stack.producer.AsyncResult(pending).state == "PENDING" and r.llen(Queue.USER.value) == queued
+    with session_scope() as session:
+        record = ledger.get(session, failed_for_real)
+        assert record is not None and record.state == "FAILURE" and "invalid arguments" in (record.error or "")
+
+
+@pytest.mark.parametrize("task", [contracts.CLEANUP_OLD_CACHE, contracts.CLEANUP_QUERY_CACHE], ids=lambda t: t.name)
+def test_a_periodic_cleanup_skips_while_another_run_holds_its_lock(stack: Stack, worker: None, task: TaskContract) -> None:
+    with periodic_lock(lock_client(), task.name, ttl=60) as held:
+        assert held
+        assert _run(stack, task) == {"skipped": "already running"}
+    assert "skipped" not in _run(stack, task)  # the lock is free again once its holder ends
