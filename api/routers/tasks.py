@@ -45,15 +45,16 @@ class ValidationErrorBody(BaseModel):
     errors: list[FieldError] = []
 
 
+Responses = dict[int | str, dict[str, Any]]
 #: Every route here may answer these (see api.auth and api.errors); documented so clients and
 #: schema-driven tests know them.
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+ERROR_RESPONSES: Responses = {
     401: {"model": ErrorBody, "description": "Missing or unknown X-API-Key"},
     403: {"model": ErrorBody, "description": "The key's scope does not allow this"},
     422: {"model": ValidationErrorBody, "description": "Invalid request"},
 }
-_NOT_FOUND = {404: {"model": ErrorBody, "description": "No task with this id was ever sent"}}
-_BROKER_DOWN = {503: {"model": ErrorBody, "description": "The broker is unreachable"}}
+_NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No task with this id was ever sent"}}
+_BROKER_DOWN: Responses = {503: {"model": ErrorBody, "description": "The broker is unreachable"}}
 
 
 @asynccontextmanager
@@ -399,22 +400,19 @@ def _trigger(celery: Celery, contract: TaskContract) -> TriggeredTask:
         return TriggeredTask(task_id=dispatch.send(celery, contract), name=contract.name)
 
 
-_TRIGGER = {"status_code": status.HTTP_202_ACCEPTED, "responses": _BROKER_DOWN}
-
-
-@router.post("/trigger/cleanup-cache", **_TRIGGER)
+@router.post("/trigger/cleanup-cache", status_code=status.HTTP_202_ACCEPTED, responses=_BROKER_DOWN)
 def trigger_cleanup_cache(_: AdminKey, celery: CeleryDep) -> TriggeredTask:
     """Purge stale query-cache entries from Redis now."""
     return _trigger(celery, contracts.CLEANUP_OLD_CACHE)
 
 
-@router.post("/trigger/reset-daily-limits", **_TRIGGER)
+@router.post("/trigger/reset-daily-limits", status_code=status.HTTP_202_ACCEPTED, responses=_BROKER_DOWN)
 def trigger_reset_daily_limits(_: AdminKey, celery: CeleryDep) -> TriggeredTask:
     """Reset every user's daily quota now."""
     return _trigger(celery, contracts.RESET_ALL_DAILY_LIMITS)
 
 
-@router.post("/trigger/send-statistics", **_TRIGGER)
+@router.post("/trigger/send-statistics", status_code=status.HTTP_202_ACCEPTED, responses=_BROKER_DOWN)
 def trigger_send_statistics(_: AdminKey, celery: CeleryDep) -> TriggeredTask:
     """Report usage statistics to the Users system now."""
     return _trigger(celery, contracts.SEND_USAGE_STATISTICS)

@@ -22,9 +22,6 @@ from ragcore.db.models import TaskRecord
 
 log = logging.getLogger(__name__)
 
-#: States after which a task never runs again.
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
-STATES = ("PENDING", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
 #: Celery keeps this many revoked ids in a worker's memory; a starting worker loads as many.
 MAX_REVOKED_IDS = 50_000
 
@@ -110,7 +107,9 @@ def history(
     query = select(TaskRecord)
     if name is not None:
         query = query.where(TaskRecord.name == name)
-    if state is not None:
+    if state == "PROGRESS":  # the ledger keeps STARTED (see set_progress) and the progress itself
+        query = query.where(TaskRecord.state == "STARTED", TaskRecord.progress.is_not(None))
+    elif state is not None:
         query = query.where(TaskRecord.state == state)
     if since is not None:
         query = query.where(TaskRecord.sent_at >= since)
@@ -147,7 +146,7 @@ class Durations:
 def _seconds(session: Session, start: Any, end: Any) -> ColumnElement[float]:
     if session.get_bind().dialect.name == "sqlite":
         return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return func.extract("epoch", end - start)
+    return func.extract("epoch", end - start)  # type: ignore[return-value]
 
 
 def durations(session: Session, since: datetime, bounds: Sequence[float]) -> list[Durations]:

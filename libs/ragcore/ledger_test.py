@@ -52,9 +52,12 @@ def test_history_filters_by_name_state_and_time(session: Session) -> None:
     _task(session, 2, name="reset_all_daily_limits", state="FAILURE")
     _task(session, 3, state="FAILURE")
     _task(session, 4)
+    _task(session, 5, state="STARTED", progress={"done": 1, "total": 2})
+    _task(session, 6, state="STARTED")
     session.flush()
     rows, cursor = ledger.history(session, name="cleanup_old_cache", state="FAILURE", since=T0 + timedelta(minutes=2))
     assert [r.task_id for r in rows] == ["t003"] and cursor is None
+    assert [r.task_id for r in ledger.history(session, state="PROGRESS")[0]] == ["t005"]
 
 
 @pytest.mark.parametrize("decoded", ["not-a-cursor", "2026-01-01T00:00:00|t1", "0001-01-01T00:00:00+14:00|t1",

@@ -117,7 +117,7 @@ def forget_worker(client: redis.Redis, hostname: str, queues: Iterable[str]) -> 
 
 
 def worker_record(client: redis.Redis, hostname: str) -> dict[str, Any] | None:
-    raw = client.hgetall(_WORKER_KEY.format(hostname=hostname))
+    raw: dict[bytes, bytes] = client.hgetall(_WORKER_KEY.format(hostname=hostname))  # type: ignore[assignment]
     if not raw:
         return None
     return {k.decode(): json.loads(v) for k, v in raw.items()}
@@ -143,7 +143,7 @@ def publish_revocation(client: redis.Redis, task_id: str, now: float | None = No
 
 def revocations_since(client: redis.Redis, since: float) -> tuple[list[str], float]:
     """Task ids revoked at or after `since`, and the time to ask from next."""
-    rows = client.zrangebyscore(REVOKED_KEY, since, "+inf", withscores=True)
+    rows: list[tuple[bytes, float]] = client.zrangebyscore(REVOKED_KEY, since, "+inf", withscores=True)  # type: ignore[assignment]
     ids = [member.decode() for member, _ in rows]
-    latest = max((score for _, score in rows), default=since)
+    latest = max((float(score) for _, score in rows), default=since)
     return ids, latest

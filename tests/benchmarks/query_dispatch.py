@@ -1,20 +1,21 @@
 """Benchmark: query latency with the post-query reports vs without them, same run, same data.
 
-    PYTHONPATH=libs:. python -m tests.benchmarks.query_dispatch [--blocks 12 --block-size 25]
+    PYTHONPATH=libs:. python -m tests.benchmarks.query_dispatch [--rounds 12 --block-size 25]
 
 The query service runs in this process exactly as the API's endpoint calls it; PostgreSQL, a private
-Redis (broker and hot cache) and the Qdrant stand-in (a separate process) are real. Three modes,
-interleaved in blocks whose order rotates (so drift in the machine's load falls on all three):
+Redis (broker and hot cache) and the Qdrant stand-in (a separate process) are real. No worker
+consumes the tasks (in a deployment they run elsewhere). Every query is new: a cache miss that
+embeds, searches, generates and stores. Each round runs one block of every mode of its phase, in an
+order that rotates, so drift in the machine's load falls on all modes.
 
+Phase 1, the outbox relay as api/main.py runs it (a thread of the API process, woken on commit):
 - none:     `reports=False` — no outbox rows, nothing published (the baseline);
-- recorded: the two reports are written to the outbox in the answer's transaction, and nothing is
-            published while a block runs (between blocks, untimed, they are marked published):
-            the cost of recording the intent alone;
-- relay:    recorded, and the outbox relay — a thread of this process, woken after each commit, as
-            api/main.py runs it — publishes them to Redis at once: the configuration as deployed.
-
-No worker consumes the tasks (in a deployment they run elsewhere). Every query is new: a cache miss
-that embeds, searches, generates and stores.
+- recorded: the two reports written to the outbox in the answer's transaction, nothing published
+            during the block (between blocks, untimed, the rows are marked published): the cost of
+            recording the intent alone;
+- relay:    recorded, and published at once by the woken relay thread: as deployed.
+Phase 2, the same relay in a process of its own (tests.benchmarks.relay_process, polling every 50 ms):
+- none, and relay-process: recorded and published by that process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import redis
 from sqlalchemy import update
@@ -31,23 +33,21 @@ from ragcore.celery_app import create_app
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import OutboxEntry
 from ragcore.outbox import Relay
-from ragcore.query import QueryRequest, build_service
+from ragcore.query import QueryRequest, QueryService, build_service
 from ragcore.settings import get_settings
 from ragcore.vectorstore import VectorStore
 from tests.benchmarks.common import load_corpus, percentile
-from tests.standins.ingest import Corpus
+from tests.standins.ingest import Corpus, Document
 from tests.support.processes import Deployable, deployable_env, wait_http_ok, wait_until
 from tests.support.servers import free_port
-from tests.support.stack import running_stack
-
-MODES = ("none", "recorded", "relay")
+from tests.support.stack import Stack, running_stack
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--documents", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=5)
-    parser.add_argument("--blocks", type=int, default=12, help="blocks per mode")
+    parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--block-size", type=int, default=25)
     args = parser.parse_args()
 
@@ -58,66 +58,94 @@ def main() -> None:
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", 60, qdrant)
         unlimited = '{"free": 1000000000, "pro": 1000000000, "enterprise": 1000000000}'
         with running_stack(qdrant_url=f"http://127.0.0.1:{port}", qdrant_collection="bench", log_level="WARNING",
-                           tier_daily_limits=unlimited):
-            run(args)
+                           tier_daily_limits=unlimited) as stack:
+            run(stack, args)
     finally:
         qdrant.stop()
 
 
-def run(args: argparse.Namespace) -> None:
+class Bench:
+    """Fresh questions over the corpus, timed around the service call the endpoint makes, in blocks."""
+
+    def __init__(self, service: QueryService, docs: list[Document], args: argparse.Namespace, broker: redis.Redis) -> None:
+        self.service, self.docs, self.args, self.broker = service, docs, args, broker
+        self.count = 0
+        self.published = 0
+
+    def ask(self, reports: bool) -> float:
+        self.count += 1
+        doc = self.docs[self.count % len(self.docs)]
+        # The trailing word makes every question new (a cache miss) without moving it off its chunk.
+        query = f"{doc.query(self.count % self.args.chunks)} q{self.count}"
+        request = QueryRequest(user_id=f"user-{self.count % 50}", query=query)
+        started = time.perf_counter()
+        self.service.answer(request, reports=reports)
+        return (time.perf_counter() - started) * 1000
+
+    def block(self, mode: str) -> list[float]:
+        before = int(self.broker.llen("notifications"))
+        timings = [self.ask(mode != "none") for _ in range(self.args.block_size)]
+        if mode.startswith("relay"):  # every report of the block is published before the next block
+            wait_until(lambda: int(self.broker.llen("notifications")) - before >= self.args.block_size, 60, "the block's reports")
+            self.published += int(self.broker.llen("notifications")) - before
+        elif mode == "recorded":
+            with session_scope() as session:  # untimed: keep these rows away from the relay's blocks
+                session.execute(update(OutboxEntry).where(OutboxEntry.published_at.is_(None)).values(published_at=utcnow()))
+        return timings
+
+    def rounds(self, modes: tuple[str, ...], before_block: Callable[[str], None]) -> dict[str, list[list[float]]]:
+        blocks: dict[str, list[list[float]]] = {mode: [] for mode in modes}
+        for r in range(-1, self.args.rounds):  # round -1 warms every mode up and is not kept
+            for i in range(len(modes)):
+                mode = modes[(r + i) % len(modes)]
+                before_block(mode)
+                timings = self.block(mode)
+                if r >= 0:
+                    blocks[mode].append(timings)
+        return blocks
+
+
+def summarize(title: str, blocks: dict[str, list[list[float]]]) -> None:
+    print(title)
+    base = [t for b in blocks["none"] for t in b]
+    for mode, mode_blocks in blocks.items():
+        s = [t for b in mode_blocks for t in b]
+        p50, p99 = percentile(s, 0.5), percentile(s, 0.99)
+        # Paired per round: robust to the machine's load drifting between rounds.
+        paired = statistics.median(percentile(b, 0.5) / percentile(n, 0.5) for b, n in zip(mode_blocks, blocks["none"]))
+        print(f"  {mode:>14}: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  mean {statistics.fmean(s):6.2f} ms  "
+              f"p50/none {p50 / percentile(base, 0.5):.3f}  p99/none {p99 / percentile(base, 0.99):.3f}  "
+              f"median per-round p50 ratio {paired:.3f}")
+
+
+def run(stack: Stack, args: argparse.Namespace) -> None:
     settings = get_settings()
     corpus = Corpus(args.documents, args.chunks, dim=settings.vector_size)
     store = VectorStore(settings)
-    print(f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; {args.blocks} blocks x {args.block_size} queries per mode")
+    print(f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; {args.rounds} rounds of {args.block_size} queries per mode")
     store.close()
     docs = list(corpus.documents().values())
+    broker = redis.Redis.from_url(settings.broker)
 
     celery = create_app("bench-api", settings)
-    # The relay only runs when woken (the interval is longer than the run): "recorded" blocks stay unpublished.
+    # Runs only when woken (its interval outlasts the run), and is woken only in "relay" blocks.
     relay = Relay(celery, interval=3600)
     relay.start()
     waking = {"on": False}
-    service = build_service(settings, on_commit=lambda: relay.wake() if waking["on"] else None)
-    count = 0
-
-    def ask(mode: str) -> float:
-        nonlocal count
-        count += 1
-        doc = docs[count % len(docs)]
-        # The trailing word makes every question new (a cache miss) without moving it off its chunk.
-        request = QueryRequest(user_id=f"user-{count % 50}", query=f"{doc.query(count % args.chunks)} q{count}")
-        started = time.perf_counter()
-        service.answer(request, reports=mode != "none")
-        return (time.perf_counter() - started) * 1000
-
-    broker = redis.Redis.from_url(settings.broker)
-    samples: dict[str, list[float]] = {mode: [] for mode in MODES}
-    published_by_relay = 0
-    for block in range(-1, args.blocks):  # block -1 warms up every mode and is not kept
-        for i in range(len(MODES)):
-            mode = MODES[(block + i) % len(MODES)]
-            waking["on"] = mode == "relay"
-            before = int(broker.llen("notifications"))
-            timings = [ask(mode) for _ in range(args.block_size)]
-            if mode == "relay":
-                wait_until(lambda: int(broker.llen("notifications")) - before >= args.block_size, 60, "the block's reports")
-                published_by_relay += int(broker.llen("notifications")) - before
-            elif mode == "recorded":
-                with session_scope() as session:  # untimed: keep them away from the relay's blocks
-                    session.execute(update(OutboxEntry).where(OutboxEntry.published_at.is_(None)).values(published_at=utcnow()))
-            if block >= 0:
-                samples[mode].extend(timings)
+    phase1 = Bench(build_service(settings, on_commit=lambda: relay.wake() if waking["on"] else None), docs, args, broker)
+    thread_blocks = phase1.rounds(("none", "recorded", "relay"), lambda mode: waking.update(on=mode == "relay"))
     relay.stop()
     celery.close()
 
-    print(f"query results published by the relay during its blocks: {published_by_relay}")
-    base = percentile(samples["none"], 0.5), percentile(samples["none"], 0.99)
-    for mode in MODES:
-        s = samples[mode]
-        p50, p99 = percentile(s, 0.5), percentile(s, 0.99)
-        print(f"{mode:>9}: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  mean {statistics.fmean(s):6.2f} ms"
-              f"   ratio to none: p50 {p50 / base[0]:.3f}  p99 {p99 / base[1]:.3f}")
-    print("target: p50 ratio <= 1.02 (relay, as deployed)")
+    relay_process = stack.start("tests.benchmarks.relay_process", "--interval", "0.05")
+    phase2 = Bench(build_service(settings), docs, args, broker)
+    process_blocks = phase2.rounds(("none", "relay-process"), lambda mode: None)
+    relay_process.stop()
+
+    print(f"reports published during relay blocks: {phase1.published} (thread), {phase2.published} (process)")
+    summarize("phase 1: relay thread in the API process (as deployed)", thread_blocks)
+    summarize("phase 2: relay in its own process", process_blocks)
+    print("target: p50 with reports / without <= 1.02")
 
 
 if __name__ == "__main__":
