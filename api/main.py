@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -16,6 +18,8 @@ from ragcore.db import create_schema
 from ragcore.logging import configure_logging, request_id_var
 from ragcore.outbox import Relay
 from ragcore.settings import Settings, get_settings
+
+access_log = logging.getLogger("ragcore.access")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -39,8 +43,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         token = request_id_var.set(rid)
+        started = time.perf_counter()
         try:
             response = await call_next(request)
+            # One access line per request, inside the request's context (uvicorn's own is off).
+            access_log.info("%s %s %d", request.method, request.url.path, response.status_code,
+                            extra={"status": response.status_code, "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
         finally:
             request_id_var.reset(token)
         response.headers["X-Request-ID"] = rid
@@ -54,7 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def main() -> None:
     settings = get_settings()
     configure_logging("api", settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False)
 
 
 if __name__ == "__main__":

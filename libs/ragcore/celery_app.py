@@ -7,7 +7,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery, Task
+from celery import Celery, Task, current_app
 from celery.exceptions import Reject
 from celery.signals import setup_logging
 from kombu import Queue as KombuQueue
@@ -76,8 +76,7 @@ def create_app(service: str, settings: Settings | None = None, queues: tuple[Que
 @setup_logging.connect
 def _json_logging(**_: Any) -> None:
     # Celery calls this in every worker/beat process instead of installing its own handlers.
-    settings = get_settings()
-    configure_logging(service="celery", level=settings.log_level)
+    configure_logging(service=current_app.main or "celery", level=get_settings().log_level)
 
 
 def will_retry(task: Task, contract: TaskContract, exc: BaseException) -> bool:

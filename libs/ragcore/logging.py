@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextvars
+import io
 import logging
 import sys
+from typing import TextIO
 from datetime import datetime, timezone
 
 import orjson
 
 #: Set by the API's middleware for the duration of one request.
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+_real_stderr: TextIO | None = None  # where JSON lines go once stdout/stderr are wrapped
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -48,13 +52,39 @@ def _task_context() -> dict[str, str]:
     return {}
 
 
+class _LinesAsJson(io.TextIOBase):
+    """A text stream that logs each line written to it: libraries that print (Celery's shutdown
+    notices, tracebacks of dying threads) still produce one JSON object per line."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._pending = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self._logger.info(line.rstrip())
+        return len(text)
+
+
 def configure_logging(service: str, level: str = "INFO") -> None:
-    """Route every logger (ours, Celery's, uvicorn's) through one JSON handler on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Route every logger (ours, Celery's, uvicorn's) and stray prints through one JSON handler."""
+    global _real_stderr
+    if _real_stderr is None:
+        _real_stderr = sys.__stderr__
+        sys.stdout = sys.__stdout__ = _LinesAsJson(logging.getLogger("stdout"))  # type: ignore[misc]
+        sys.stderr = sys.__stderr__ = _LinesAsJson(logging.getLogger("stderr"))  # type: ignore[misc]
+    handler = logging.StreamHandler(_real_stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # warnings too become JSON lines, not raw stderr text
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -21,6 +21,7 @@ from ragcore import health, invariants, ledger, queues, recovery
 from ragcore.celery_app import PermanentTaskError, create_app, define_task
 from ragcore.contracts import CANARIES, CanaryArgs, Queue
 from ragcore.db import create_schema, get_engine, session_scope
+from ragcore.logging import configure_logging
 from ragcore.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     of `queue`) is consuming, and exits 0 if so, 1 if not: each worker image's liveness probe.
     """
     settings = get_settings()
+    configure_logging(f"worker-{queue.value}", settings.log_level)
     if "--healthcheck" in argv:
         sys.exit(healthcheck(app, queue, argv))
     try:
@@ -170,6 +172,7 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     create_schema()
     app.worker_main(
         [
+            "--quiet",  # no banner on stdout: every line a deployable writes is JSON
             "worker",
             f"--queues={queue.value}",
             f"--hostname={queue.value}@%h",

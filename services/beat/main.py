@@ -9,6 +9,7 @@ import sys
 
 from ragcore import ledger
 from ragcore.celery_app import create_app
+from ragcore.logging import configure_logging
 from ragcore.db import create_schema
 from ragcore.settings import get_settings
 from services.beat import schedule
@@ -29,8 +30,9 @@ ledger.connect_publisher_signals()
 
 
 def main() -> None:
+    configure_logging("beat", settings.log_level)
     create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
-    app.start(["beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
+    app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -52,10 +52,11 @@ class Deployable:
             os.killpg(self.process.pid, sig)
 
     def stop(self, timeout: float = 30) -> None:
-        """Warm shutdown (SIGTERM), then SIGKILL of the whole group if it lingers."""
+        """Warm shutdown (SIGTERM to the main process, which stops its children), then SIGKILL of the group."""
         if self.process is None:
             return
-        self.signal(signal.SIGTERM)
+        if self.running:
+            self.process.terminate()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -1,0 +1,36 @@
+"""Every deployable logs one JSON object per line, with the task or request it belongs to."""
+
+import json
+
+from ragcore import dispatch
+from ragcore.contracts import CANARIES, Queue
+from tests.support.stack import Stack
+
+
+def _json_lines(text: str) -> list[dict]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return [json.loads(line) for line in lines]  # fails on any line that is not JSON
+
+
+def test_worker_log_lines_are_json_and_carry_the_task_id_and_name(stack: Stack) -> None:
+    worker = stack.start_worker(Queue.USER)
+    task_id = dispatch.send(stack.producer, CANARIES[Queue.USER])
+    stack.producer.AsyncResult(task_id).get(timeout=30)
+    worker.stop()
+    entries = _json_lines(worker.logs())
+    in_task = [e for e in entries if e.get("task_id") == task_id]
+    assert in_task, "no log line inside the task carried its id"
+    assert {e["task_name"] for e in in_task} == {CANARIES[Queue.USER].name}
+    assert {e["service"] for e in entries} == {"worker-user"}
+
+
+def test_api_log_lines_are_json_and_carry_the_request_id(stack: Stack) -> None:
+    stack.start_api()
+    with stack.api() as api:
+        response = api.get("/api/v1/tasks/status/nope", headers={"X-Request-ID": "req-123"})
+    assert response.status_code == 404 and response.headers["X-Request-ID"] == "req-123"
+    api_process = stack.deployables[-1]
+    api_process.stop()
+    entries = _json_lines(api_process.logs())
+    access = [e for e in entries if e.get("request_id") == "req-123"]
+    assert access and access[0]["status"] == 404 and access[0]["logger"] == "ragcore.access"
