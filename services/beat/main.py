@@ -9,8 +9,8 @@ import sys
 
 from ragcore import ledger
 from ragcore.celery_app import create_app
-from ragcore.logging import configure_logging
 from ragcore.db import create_schema
+from ragcore.logging import configure_logging
 from ragcore.settings import get_settings
 from services.beat import schedule
 
