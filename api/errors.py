@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ragcore.logging import request_id_var
 
 log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    detail: str
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: str
+    errors: list[FieldError] = []
+
+
+Responses = dict[int | str, dict[str, Any]]
+#: Every authenticated route may answer these; documented so clients and schema-driven tests know them.
+ERROR_RESPONSES: Responses = {
+    401: {"model": ErrorBody, "description": "Missing or unknown X-API-Key"},
+    403: {"model": ErrorBody, "description": "The key's scope does not allow this"},
+    422: {"model": ValidationErrorBody, "description": "Invalid request"},
+}
 
 
 def _location(loc: tuple[object, ...]) -> str:
@@ -31,11 +55,11 @@ async def _invalid_arguments(_: Request, exc: ValidationError) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": f"invalid task arguments: {message}", "errors": errors})
 
 
-async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error")
-    return JSONResponse(
-        status_code=500, content={"detail": "internal error", "request_id": request_id_var.get()}
-    )
+    # The request-id middleware has already exited here: its id travels on request.state.
+    request_id = getattr(request.state, "request_id", None) or request_id_var.get()
+    return JSONResponse(status_code=500, content={"detail": "internal error", "request_id": request_id})
 
 
 def install(app: FastAPI) -> None:

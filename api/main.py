@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         token = request_id_var.set(rid)
+        request.state.request_id = rid
         started = time.perf_counter()
         try:
             response = await call_next(request)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
-from api.routers.tasks import ERROR_RESPONSES, ErrorBody
+from api.errors import ERROR_RESPONSES, ErrorBody
 from ragcore import ledger, queues
 from ragcore.settings import Settings
 

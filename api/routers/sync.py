@@ -7,10 +7,11 @@ from pydantic import BaseModel
 
 from api.auth import AdminKey, SyncKey
 from api.deps import CeleryDep, SessionDep
+from api.errors import ERROR_RESPONSES
 from ragcore import contracts, dispatch, sync_queue
 from ragcore.contracts import SyncEmbeddingsArgs
 
-router = APIRouter(prefix="/api/v1/sync", tags=["sync"])
+router = APIRouter(prefix="/api/v1/sync", tags=["sync"], responses=ERROR_RESPONSES)
 
 
 class TaskAccepted(BaseModel):

@@ -23,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from api.auth import AdminKey, AnyKey
 from api.deps import CeleryDep, SessionDep, SettingsDep
+from api.errors import ERROR_RESPONSES, ErrorBody, Responses
 from ragcore import contracts, dispatch, invariants, ledger, queues
 from ragcore.contracts import TaskContract
 from ragcore.db.models import TaskRecord
@@ -31,28 +32,6 @@ from ragcore.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class ErrorBody(BaseModel):
-    detail: str
-
-
-class FieldError(BaseModel):
-    field: str
-    message: str
-
-
-class ValidationErrorBody(BaseModel):
-    detail: str
-    errors: list[FieldError] = []
-
-
-Responses = dict[int | str, dict[str, Any]]
-#: Every route here may answer these (see api.auth and api.errors); documented so clients and
-#: schema-driven tests know them.
-ERROR_RESPONSES: Responses = {
-    401: {"model": ErrorBody, "description": "Missing or unknown X-API-Key"},
-    403: {"model": ErrorBody, "description": "The key's scope does not allow this"},
-    422: {"model": ValidationErrorBody, "description": "Invalid request"},
-}
 _NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No task with this id was ever sent"}}
 _BROKER_DOWN: Responses = {503: {"model": ErrorBody, "description": "The broker is unreachable"}}
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 
 class Queue(str, Enum):
@@ -20,10 +20,28 @@ class Queue(str, Enum):
     USER = "user"
 
 
+def _reject_nul(value: Any) -> Any:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("text must not contain NUL characters")  # PostgreSQL cannot store them
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_nul(key)
+            _reject_nul(item)
+    elif isinstance(value, list):
+        for item in value:
+            _reject_nul(item)
+    return value
+
+
 class Args(BaseModel):
     """Base of every argument model: unknown fields are refused, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        return _reject_nul(data)
 
 
 class NoArgs(Args):

@@ -4,24 +4,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, Field
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from ragcore.contracts import Args
 from ragcore.db.models import SyncEvent
 
 
-class ChangeEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ChangeEvent(Args):
     document_id: str = Field(min_length=1, max_length=512)
     action: Literal["upsert", "delete"]
     occurred_at: AwareDatetime
 
 
-class ChangeEvents(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ChangeEvents(Args):
     events: list[ChangeEvent] = Field(min_length=1, max_length=10_000)
 
 

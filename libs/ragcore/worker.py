@@ -193,5 +193,7 @@ def healthcheck(app: Celery, queue: Queue, argv: list[str]) -> int:
         verdict = health.check(app, get_settings(), hostname, queue.value)
     except Exception as exc:  # the broker is unreachable: this worker cannot consume either
         verdict = health.Health(False, f"check failed: {type(exc).__name__}: {exc}")
-    print(f"{hostname}: {'healthy' if verdict.healthy else 'UNHEALTHY'}: {verdict.reason}")
+    # A JSON line like every other line a deployable writes (the orchestrator keeps it with the probe).
+    log.log(logging.INFO if verdict.healthy else logging.ERROR, "%s: %s: %s", hostname,
+            "healthy" if verdict.healthy else "UNHEALTHY", verdict.reason)
     return 0 if verdict.healthy else 1

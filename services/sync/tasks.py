@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
@@ -24,6 +25,10 @@ from services.sync.copier import CopyReport, copy_pages
 from services.sync.drain import DocumentBusy, drain
 
 INCREMENTAL = "incremental"
+#: A full sync reports progress at most this often (and once at the end).
+PROGRESS_SECONDS = 1.0
+#: Stale point ids removed per request.
+DELETE_BATCH = 1000
 
 
 @lru_cache
@@ -80,8 +85,13 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     store = _store()
     before = store.count()
     task_id = self.request.id
+    reported = [-PROGRESS_SECONDS]
 
     def progress(report: CopyReport) -> None:
+        # A ledger commit and a backend write take milliseconds; per page they would slow a large sync.
+        if time.monotonic() - reported[0] < PROGRESS_SECONDS:
+            return
+        reported[0] = time.monotonic()
         # Ingest does not tell the total up front: the collection's size is the estimate until the end.
         meta = {"done": report.copied, "total": max(before, report.copied), "total_is_estimate": True, "stage": "copying"}
         self.update_state(state="PROGRESS", meta=meta)
@@ -89,11 +99,15 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
 
     seen: set[str] = set()
     started = time.perf_counter()
-    report = copy_pages(_ingest().iter_pages(limit=get_settings().sync_batch_size), store, on_page=progress, seen=seen)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-scan") as scan:
+        # Only points present before the copy can be stale (the copy writes seen ones); listing them
+        # while the copy runs hides the scan. An empty collection has nothing to list.
+        existing = scan.submit(lambda: set(store.iter_point_ids()) if before else set())
+        report = copy_pages(_ingest().iter_pages(limit=get_settings().sync_batch_size), store, on_page=progress, seen=seen)
+        stale = sorted(existing.result() - seen)
     copied = time.perf_counter()
-    stale = [pid for pid in store.iter_point_ids() if pid not in seen]
-    for start in range(0, len(stale), 1000):
-        store.delete_points(stale[start : start + 1000])
+    for start in range(0, len(stale), DELETE_BATCH):
+        store.delete_points(stale[start : start + DELETE_BATCH])
     removed = time.perf_counter()
     _save_mark(report, changed=True)
     final = {"done": report.copied, "total": report.copied, "total_is_estimate": False, "stage": "done"}

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ragcore import contracts, dispatch
+from ragcore import contracts, dispatch, ledger, queues
 from ragcore.contracts import CANARIES, Queue
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
@@ -165,6 +165,24 @@ def test_a_revoked_queued_task_never_runs_even_after_a_worker_restart(stack: Sta
     assert (record.state, record.started_at) == ("REVOKED", None)  # ...and discarded it unrun
     assert "Discarding revoked task" in second.logs()
     second.stop()
+
+
+def test_a_worker_that_missed_the_revoke_broadcast_learns_it_from_the_feed(stack: Stack, api: httpx.Client) -> None:
+    worker = stack.start_worker(Queue.USER, "--concurrency=1", name="user-feed", worker_heartbeat_seconds="0.3")
+    busy = _canary(stack, Queue.USER, sleep_seconds=3)
+    _wait_status(api, busy, "PROGRESS")
+    target = _canary(stack, Queue.USER, echo="must not run")
+    # What the revoke endpoint does, minus the broadcast (as if this worker was disconnected then).
+    with session_scope() as session:
+        ledger.mark_revoked(session.get(TaskRecord, target))  # type: ignore[arg-type]
+    queues.publish_revocation(stack.redis_client(), target)
+
+    _wait_status(api, busy, "SUCCESS")
+    wait_until(lambda: _queued_ids(stack, Queue.USER) == [], 30, "the worker to take the revoked task")
+    record = _ledger(target)
+    assert (record.state, record.started_at) == ("REVOKED", None)
+    assert "revoked through the feed" in worker.logs() and "Discarding revoked task" in worker.logs()
+    worker.stop()
 
 
 def test_triggers_send_their_tasks_and_answer_202(stack: Stack, api: httpx.Client, cleanup_worker: Deployable) -> None:

@@ -1,0 +1,137 @@
+"""The copier writes every page once, keeps a bounded number of waited writes in flight, and stops on failure."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import cast
+
+import pytest
+
+from ragcore.ingest_client import Chunk, Page
+from ragcore.vectorstore import VectorStore, point_id
+from services.sync.copier import copy_pages
+
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+
+
+def feed(pages: int, size: int = 3) -> list[Page]:
+    """`pages` pages of `size` chunks, updated_at rising by page (the last page shares one moment)."""
+    return [
+        Page([Chunk(f"p{p}-c{i}", f"doc-{p}", "text", [0.0], {}, T0 + timedelta(seconds=p)) for i in range(size)],
+             None if p == pages - 1 else f"cursor-{p}")
+        for p in range(pages)
+    ]
+
+
+class RecordingStore:
+    """Stands in for VectorStore.upsert: records calls and the most writes ever in flight."""
+
+    def __init__(self, fail_on_call: int | None = None, hold: threading.Event | None = None, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls: list[tuple[list[str], bool]] = []
+        self.fail_on_call = fail_on_call
+        self.hold = hold
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self.max_in_flight = 0
+
+    def upsert(self, chunks: Iterable[Chunk], wait: bool = True) -> int:
+        batch = list(chunks)
+        with self._lock:
+            self.calls.append(([c.id for c in batch], wait))
+            number = len(self.calls)
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        try:
+            if self.hold is not None:
+                self.hold.wait(5)
+            time.sleep(self.delay)
+            if number == self.fail_on_call:
+                raise RuntimeError("qdrant said no")
+            return len(batch)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+
+def as_store(store: RecordingStore) -> VectorStore:
+    return cast(VectorStore, store)
+
+
+def test_every_chunk_is_written_once_with_wait_and_reported() -> None:
+    pages = feed(5)
+    store = RecordingStore()
+    seen: set[str] = set()
+    progress: list[int] = []
+    report = copy_pages(iter(pages), as_store(store), seen=seen, on_page=lambda r: progress.append(r.pages))
+
+    written = [cid for ids, _ in store.calls for cid in ids]
+    assert sorted(written) == sorted(c.id for p in pages for c in p.items)
+    assert all(wait for _, wait in store.calls)
+    assert report.copied == 15 and report.pages == 5 and progress == [1, 2, 3, 4, 5]
+    assert seen == {point_id(c.id) for p in pages for c in p.items}
+    assert report.latest == T0 + timedelta(seconds=4) and report.latest_ids == {c.id for c in pages[-1].items}
+
+
+def test_skipped_chunks_are_not_written_but_still_seen() -> None:
+    pages = feed(2)
+    store = RecordingStore()
+    seen: set[str] = set()
+    report = copy_pages(iter(pages), as_store(store), skip=lambda c: c.document_id == "doc-0", seen=seen)
+    assert [ids for ids, _ in store.calls] == [[c.id for c in pages[1].items]]
+    assert report.copied == 3 and len(seen) == 6
+
+
+def test_no_more_writes_than_writers_are_in_flight_and_that_many_are() -> None:
+    store = RecordingStore(delay=0.02)  # slow writes: every page is fetched long before its write ends
+    assert copy_pages(iter(feed(12)), as_store(store), writers=3).copied == 36
+    assert store.max_in_flight == 3
+
+
+def test_a_failed_write_is_raised_and_stops_the_copy() -> None:
+    store = RecordingStore(fail_on_call=2)
+    read: list[int] = []
+
+    def pages() -> Iterator[Page]:
+        for number, page in enumerate(feed(50)):
+            read.append(number)
+            yield page
+
+    with pytest.raises(RuntimeError, match="qdrant said no"):
+        copy_pages(pages(), as_store(store), writers=1)
+    assert len(store.calls) == 2  # nothing written after the failure
+    assert len(read) < 50  # and the reader stopped early
+
+
+def test_a_failed_fetch_is_raised() -> None:
+    def pages() -> Iterator[Page]:
+        yield from feed(3)
+        raise ConnectionError("ingest went away")
+
+    store = RecordingStore()
+    with pytest.raises(ConnectionError, match="ingest went away"):
+        copy_pages(pages(), as_store(store))
+    assert len(store.calls) <= 3
+
+
+def test_pages_are_fetched_while_a_write_is_in_flight() -> None:
+    release = threading.Event()
+    fetched = threading.Event()
+
+    def pages() -> Iterator[Page]:
+        first, *rest = feed(4)
+        yield first
+        for page in rest:
+            yield page
+        fetched.set()
+
+    store = RecordingStore(hold=release)
+    worker = threading.Thread(target=lambda: copy_pages(pages(), as_store(store), writers=1))
+    worker.start()
+    assert fetched.wait(5), "the reader should fetch ahead while the first write is held"
+    release.set()
+    worker.join(5)
+    assert not worker.is_alive()
