@@ -36,7 +36,7 @@ from ragcore.settings import Settings
 PORTS = {"redis": 6390, "qdrant": 6333, "ingest": 7101, "users": 7102, "api": 7001, "flower": 5555}
 ADMIN_KEY = "dev-admin-key"
 LOCAL_SYNC_QUEUE_SECONDS = 30
-#: Parts that others need stop last: Redis, the database's neighbours and the stand-ins.
+#: Stop order: the deployables first, then what they talk to (Redis, the stand-ins).
 INFRASTRUCTURE, DEPLOYABLE = 0, 1
 STOP_TIMEOUT = 30.0
 
@@ -158,14 +158,18 @@ def wait_http(url: str, part: Part, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not part.running:
-            raise StackError(f"{part.name} exited; see {part.log}")
+            raise StackError(f"{part.name} exited; the end of {part.log}:\n{_tail(part.log)}")
         try:
             if httpx.get(url, timeout=2).status_code < 500:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise StackError(f"{part.name} did not answer {url} within {timeout:.0f}s; see {part.log}")
+    raise StackError(f"{part.name} did not answer {url} within {timeout:.0f}s; the end of {part.log}:\n{_tail(part.log)}")
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
 
 
 def port_in_use(port: int) -> bool:
@@ -224,7 +228,7 @@ def child_env(root: Path) -> dict[str, str]:
     # A pex reads PEX_* variables meant for the one that started us (e.g. a sandbox-relative
     # PEX_ROOT under a test runner, which would unpack every pex again), and PYTHONPATH would mix
     # a checkout's sources into the packaged ones.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PEX_") and k != "PYTHONPATH"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PEX_", "__PEX_")) and k != "PYTHONPATH"}
     env.setdefault("RAGCORE_ENVIRONMENT", "dev")
     env.setdefault("RAGCORE_DATABASE_URL", f"sqlite:///{root}/ragcore.db")
     if "RAGCORE_BEAT_SCHEDULE" not in env:
@@ -248,7 +252,9 @@ def start_all(stack: LocalStack, port_offset: int, documents: int) -> dict[str, 
     if busy:
         raise StackError(f"port(s) in use: {', '.join(busy)}. Is a stack already running? Stop it, or start "
                          f"this one elsewhere: deploy/local/up --port-offset 100 --root .local-2")
-    standin = [sys.executable, "-m"]  # the stand-ins are in this pex, next to this module
+    # The stand-ins are in this pex, next to this module; -I keeps a `tests` folder in the current
+    # directory (a checkout, a test sandbox) from shadowing them.
+    standin = [sys.executable, "-I", "-m"]
     waits: list[tuple[str, Part]] = []
     if "redis" in started:
         (stack.root / "redis").mkdir(exist_ok=True)
@@ -370,6 +376,8 @@ def main() -> None:
         sync_task = None
         if not args.no_initial_sync:
             response = httpx.post(f"{urls['api']}/api/v1/sync/trigger-full-sync", headers={"X-API-Key": ADMIN_KEY}, timeout=10)
+            if response.status_code != 202:
+                raise StackError(f"the initial full sync was refused: {response.status_code} {response.text}")
             sync_task = response.json()["task_id"]
             print(f"initial full sync: task {sync_task}", flush=True)
         print(banner(stack, urls, args.documents), flush=True)

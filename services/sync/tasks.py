@@ -97,14 +97,20 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
         self.update_state(state="PROGRESS", meta=meta)
         ledger.set_progress(task_id, meta)
 
+    def list_existing() -> tuple[set[str], float]:
+        listing = time.perf_counter()
+        ids = set(store.iter_point_ids()) if before else set()  # an empty collection has nothing to list
+        return ids, time.perf_counter() - listing
+
     seen: set[str] = set()
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-scan") as scan:
-        # Only points present before the copy can be stale (the copy writes seen ones); listing them
-        # while the copy runs hides the scan. An empty collection has nothing to list.
-        existing = scan.submit(lambda: set(store.iter_point_ids()) if before else set())
+        # Only points present before the copy can be stale (the copy writes the ones it sees), so they
+        # are listed while the copy runs: the scan's time hides behind the copy's.
+        existing = scan.submit(list_existing)
         report = copy_pages(_ingest().iter_pages(limit=get_settings().sync_batch_size), store, on_page=progress, seen=seen)
-        stale = sorted(existing.result() - seen)
+        candidates, scanned = existing.result()
+    stale = sorted(candidates - seen)
     copied = time.perf_counter()
     for start in range(0, len(stale), DELETE_BATCH):
         store.delete_points(stale[start : start + DELETE_BATCH])
@@ -113,7 +119,7 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     final = {"done": report.copied, "total": report.copied, "total_is_estimate": False, "stage": "done"}
     ledger.set_progress(task_id, final)
     return {"copied": report.copied, "pages": report.pages, "removed": len(stale), "points": store.count(),
-            "seconds": {"copy": round(copied - started, 3), "remove": round(removed - copied, 3)}}
+            "seconds": {"copy": round(copied - started, 3), "scan": round(scanned, 3), "remove": round(removed - copied, 3)}}
 
 
 def _apply_document(document_id: str, action: str) -> None:

@@ -97,7 +97,7 @@ def _process_groups(groups: set[int]) -> list[int]:
 def _env() -> dict[str, str]:
     # As a developer's shell: no test settings, no sandbox import path, no pex variables of the runner.
     return {k: v for k, v in os.environ.items()
-            if not k.startswith(("RAGCORE_", "PEX_")) and k != "PYTHONPATH"}
+            if not k.startswith(("RAGCORE_", "PEX_", "__PEX_")) and k != "PYTHONPATH"}
 
 
 @pytest.fixture(scope="module")
