@@ -99,18 +99,18 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
 
     def list_existing() -> tuple[set[str], float]:
         listing = time.perf_counter()
-        ids = set(store.iter_point_ids()) if before else set()  # an empty collection has nothing to list
-        return ids, time.perf_counter() - listing
+        return set(store.iter_point_ids()), time.perf_counter() - listing
 
-    seen: set[str] = set()
+    # Only points present before the copy can be stale (the copy writes the ones it sees), so they are
+    # listed while the copy runs: the scan's time hides behind the copy's. A collection that was empty
+    # has nothing stale: no scan, and no need to note the ids the copy sees.
+    seen: set[str] | None = set() if before else None
     started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-scan") as scan:
-        # Only points present before the copy can be stale (the copy writes the ones it sees), so they
-        # are listed while the copy runs: the scan's time hides behind the copy's.
-        existing = scan.submit(list_existing)
+        existing = scan.submit(list_existing) if before else None
         report = copy_pages(_ingest().iter_pages(limit=get_settings().sync_batch_size), store, on_page=progress, seen=seen)
-        candidates, scanned = existing.result()
-    stale = sorted(candidates - seen)
+        candidates, scanned = existing.result() if existing else (set(), 0.0)
+    stale = sorted(candidates - (seen or set()))
     copied = time.perf_counter()
     for start in range(0, len(stale), DELETE_BATCH):
         store.delete_points(stale[start : start + DELETE_BATCH])

@@ -1,10 +1,12 @@
 """Benchmark: a full sync against its two stages alone, in the same run (issue 3's Benchmark).
 
-    PYTHONPATH=libs:. python -m tests.benchmarks.full_sync [--documents 10000 --chunks 5 --stale 0 --rounds 1]
+    PYTHONPATH=libs:. python -m tests.benchmarks.full_sync [--documents 10000 --chunks 5 --stale 0 --rounds 3]
 
 Everything is a separate process, as deployed locally: the Ingest stand-in serving documents × chunks
 384-dim vectors over HTTP, the Qdrant stand-in (the local stack's Qdrant), a private Redis, a fresh
-PostgreSQL database, and a real sync worker started from its entrypoint. Per round:
+PostgreSQL database, and a real sync worker started from its entrypoint. Per round (after the fetch,
+which feeds the upserts, the other three run in an order that rotates from round to round, so drift
+in the machine's load does not always fall on the same one):
 
 - fetch alone:  every page through IngestClient.iter_pages (the settings' batch size), nothing written;
 - upsert alone: the pages fetched above written into a fresh collection through the same VectorStore
@@ -97,7 +99,8 @@ def stale_chunks(n: int, dim: int) -> list[Chunk]:
     return [Chunk(f"stale-{i}", "stale-doc", "gone", vectors[i], {}, at) for i in range(n)]
 
 
-def run_round(stack: Stack, meter: Meter, settings: Settings, args: argparse.Namespace, n: int) -> dict[str, Any]:
+def run_round(stack: Stack, meter: Meter, settings: Settings, args: argparse.Namespace, n: int, turn: int) -> dict[str, Any]:
+    """Fetch alone (its pages feed the upserts), then the other three in an order that rotates by `turn`."""
     batch = settings.sync_batch_size
     http = make_http_client(settings)
     ingest = IngestClient(http, settings.ingest_url, settings.ingest_token)
@@ -109,38 +112,41 @@ def run_round(stack: Stack, meter: Meter, settings: Settings, args: argparse.Nam
     figures["fetch"] = (total / seconds, seconds, cpu)
     expected_ids = {point_id(c.id) for page in pages for c in page.items}
 
-    def plain(store: VectorStore) -> int:
-        return sum(store.upsert(page.items, wait=True) for page in pages)
+    def upsert_plain() -> None:
+        store = fresh_store(settings, "bench_upsert_plain")
+        copied, seconds, cpu = meter.run(lambda: sum(store.upsert(page.items, wait=True) for page in pages))
+        assert copied == total == store.count()
+        figures["upsert_plain"] = (total / seconds, seconds, cpu)
+        store.client.delete_collection(store.collection)
+        store.close()
 
-    store = fresh_store(settings, "bench_upsert_plain")
-    copied, seconds, cpu = meter.run(lambda: plain(store))
-    assert copied == total == store.count()
-    figures["upsert_plain"] = (total / seconds, seconds, cpu)
-    store.client.delete_collection(store.collection)
-    store.close()
+    def upsert_copier() -> None:
+        store = fresh_store(settings, "bench_upsert_copier")
+        report, seconds, cpu = meter.run(lambda: copy_pages(iter(pages), store))  # the copier's writers, fed from memory
+        assert report.copied == total == store.count()
+        figures["upsert_copier"] = (total / seconds, seconds, cpu)
+        store.client.delete_collection(store.collection)
+        store.close()
 
-    store = fresh_store(settings, "bench_upsert_copier")
-    report, seconds, cpu = meter.run(lambda: copy_pages(iter(pages), store))  # the copier's writers, fed from memory
-    assert report.copied == total == store.count()
-    figures["upsert_copier"] = (total / seconds, seconds, cpu)
-    store.client.delete_collection(store.collection)
-    store.close()
-    del pages
+    def full() -> None:
+        # The worker's collection, emptied (and seeded with stale points); the worker's store object stays valid.
+        store = fresh_store(settings, settings.qdrant_collection)
+        store.upsert(stale_chunks(args.stale, settings.vector_size))
 
-    # The worker's collection: emptied and seeded with stale points (its store object stays valid).
-    store = fresh_store(settings, settings.qdrant_collection)
-    store.upsert(stale_chunks(args.stale, settings.vector_size))
+        def full_sync() -> dict[str, Any]:
+            task_id = dispatch.send(stack.producer, contracts.TRIGGER_FULL_SYNC)
+            return stack.producer.AsyncResult(task_id).get(timeout=3600, interval=0.01)  # type: ignore[no-any-return]
 
-    def full_sync() -> dict[str, Any]:
-        task_id = dispatch.send(stack.producer, contracts.TRIGGER_FULL_SYNC)
-        return stack.producer.AsyncResult(task_id).get(timeout=3600, interval=0.01)  # type: ignore[no-any-return]
+        result, seconds, cpu = meter.run(full_sync)
+        assert result["copied"] == total and result["removed"] == args.stale, result
+        assert result["points"] == total and set(store.iter_point_ids(page_size=10_000)) == expected_ids, "Qdrant != Ingest"
+        figures["full"] = (total / seconds, seconds, cpu)
+        figures["full_task"] = result["seconds"]
+        store.close()
 
-    result, seconds, cpu = meter.run(full_sync)
-    assert result["copied"] == total and result["removed"] == args.stale, result
-    assert result["points"] == total and set(store.iter_point_ids(page_size=10_000)) == expected_ids, "Qdrant != Ingest"
-    figures["full"] = (total / seconds, seconds, cpu)
-    figures["full_task"] = result["seconds"]
-    store.close()
+    stages = [upsert_plain, upsert_copier, full]
+    for stage in stages[turn % 3 :] + stages[: turn % 3]:
+        stage()
     http.close()
     return figures
 
@@ -166,7 +172,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=10_000)
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--stale", type=int, default=0, help="points in Qdrant beforehand that Ingest does not have")
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="the machine is shared: report the median round")
     args = parser.parse_args()
     n = args.documents * args.chunks
 
@@ -196,7 +202,7 @@ def main() -> None:
                   f"{args.stale:,} stale points; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
             rounds = []
             for r in range(args.rounds):
-                figures = run_round(stack, meter, settings, args, n)
+                figures = run_round(stack, meter, settings, args, n, r)
                 rounds.append(figures)
                 print(f"round {r + 1}: ratio full / slower stage {ratio(figures):.2f}")
                 print_round(figures)

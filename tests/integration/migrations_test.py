@@ -7,7 +7,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, inspect
+from sqlalchemy import Engine, create_engine, inspect, text
 
 from ragcore.db import Base
 from ragcore.db import migrate
@@ -53,5 +53,31 @@ def test_the_migration_command_defaults_to_upgrade_head(empty_database: str) -> 
     try:
         with engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+    finally:
+        engine.dispose()
+
+
+def test_a_schema_made_by_a_deployable_before_the_migration_job_is_adopted_at_head(empty_database: str) -> None:
+    engine = _engine(empty_database)
+    try:
+        Base.metadata.create_all(engine)  # what create_schema() does when a worker starts first
+        migrate.upgrade(empty_database)
+        head = ScriptDirectory.from_config(migrate.alembic_config(empty_database)).get_current_head()
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() == head
+    finally:
+        engine.dispose()
+
+
+def test_an_unversioned_schema_that_differs_from_the_models_is_refused_not_stamped(empty_database: str) -> None:
+    engine = _engine(empty_database)
+    try:
+        Base.metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(text("DROP TABLE failed_deliveries"))
+        with pytest.raises(migrate.SchemaMismatch, match="failed_deliveries"):
+            migrate.upgrade(empty_database)
+        with engine.connect() as conn:
+            assert MigrationContext.configure(conn).get_current_revision() is None
     finally:
         engine.dispose()

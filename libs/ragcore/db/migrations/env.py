@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from alembic import context
-from sqlalchemy import TypeDecorator, create_engine
-from sqlalchemy.engine import make_url
-from sqlalchemy.pool import NullPool
+from sqlalchemy import TypeDecorator
 
+from ragcore.db.migrate import COMPARE_OPTIONS, database_url, migration_engine
 from ragcore.db.models import Base
-from ragcore.settings import get_settings
 
 config = context.config
 target_metadata = Base.metadata
@@ -27,8 +25,7 @@ def _options() -> dict[str, Any]:
     return {
         "target_metadata": target_metadata,
         "render_item": render_item,
-        "compare_type": True,
-        "compare_server_default": True,
+        **COMPARE_OPTIONS,
         # SQLite cannot ALTER most things; batch mode copies the table instead.
         "render_as_batch": True,
     }
@@ -36,18 +33,13 @@ def _options() -> dict[str, Any]:
 
 def run_offline() -> None:
     """Emit SQL to stdout (`upgrade head --sql`) instead of connecting."""
-    context.configure(url=config.get_main_option("sqlalchemy.url") or get_settings().database_url,
-                      literal_binds=True, **_options())
+    context.configure(url=database_url(config), literal_binds=True, **_options())
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_online() -> None:
-    url = make_url(config.get_main_option("sqlalchemy.url") or get_settings().database_url)
-    if url.drivername == "postgresql":  # as ragcore.db.session: psycopg 3 is the installed driver
-        url = url.set(drivername="postgresql+psycopg")
-    # One short-lived connection, not the deployables' pool: a migration runs once and exits.
-    engine = create_engine(url, poolclass=NullPool)
+    engine = migration_engine(database_url(config))
     try:
         with engine.connect() as connection:
             context.configure(connection=connection, **_options())

@@ -2,14 +2,14 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-28 13:43:11.359538
+Create Date: 2026-11-28 14:47:10.115057
 """
 
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-import sqlalchemy as sa
+
 
 revision: str = '0001'
 down_revision: str | None = None
