@@ -165,7 +165,8 @@ def wait_http(url: str, part: Part, timeout: float = 120) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise StackError(f"{part.name} did not answer {url} within {timeout:.0f}s; the end of {part.log}:\n{_tail(part.log)}")
+    raise StackError(f"{part.name} did not answer {url} within {timeout:.0f}s; the end of {part.log}:\n"
+                     f"{_tail(part.log)}")
 
 
 def _tail(log: Path, lines: int = 15) -> str:
@@ -375,7 +376,8 @@ def main() -> None:
         urls = start_all(stack, args.port_offset, args.documents)
         sync_task = None
         if not args.no_initial_sync:
-            response = httpx.post(f"{urls['api']}/api/v1/sync/trigger-full-sync", headers={"X-API-Key": ADMIN_KEY}, timeout=10)
+            response = httpx.post(f"{urls['api']}/api/v1/sync/trigger-full-sync", headers={"X-API-Key": ADMIN_KEY},
+                                  timeout=10)
             if response.status_code != 202:
                 raise StackError(f"the initial full sync was refused: {response.status_code} {response.text}")
             sync_task = response.json()["task_id"]

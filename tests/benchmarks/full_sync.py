@@ -1,6 +1,6 @@
 """Benchmark: a full sync against its two stages alone, in the same run (issue 3's Benchmark).
 
-    PYTHONPATH=libs:. python -m tests.benchmarks.full_sync [--documents 10000 --chunks 5 --stale 0 --rounds 3]
+    PYTHONPATH=libs:. python -m tests.benchmarks.full_sync [--documents 10000 --chunks 5 --stale 0 --resync --rounds 3]
 
 Everything is a separate process, as deployed locally: the Ingest stand-in serving documents × chunks
 384-dim vectors over HTTP, the Qdrant stand-in (the local stack's Qdrant), a private Redis, a fresh
@@ -13,9 +13,10 @@ in the machine's load does not always fall on the same one):
                 and batch size, twice: a plain loop (one `upsert(wait=True)` after another), and the
                 copier itself fed from memory (its writers alone, no fetching);
 - full sync:    `trigger_full_sync_task` sent to the worker, timed from dispatch to its stored result,
-                into a fresh collection (with `--stale N`: seeded with N points Ingest does not have,
-                so the final step has ids to list and remove). The task reports its copy and its
-                removal of stale points separately; both are in the total.
+                into a fresh collection (`--stale N`: seeded with N points Ingest does not have, so
+                the final step has ids to remove; `--resync`: already holding the corpus, so every
+                point is rewritten and listed). The task reports its copy, its listing of existing
+                ids (alongside the copy) and its removal of stale points; all are in the total.
 
 The ratio is full sync ÷ the slower stage, where the upsert stage counts at the faster of its two
 ways (the stricter baseline). Target: >= 0.8 (the stages overlap instead of adding up).
@@ -129,9 +130,12 @@ def run_round(stack: Stack, meter: Meter, settings: Settings, args: argparse.Nam
         store.close()
 
     def full() -> None:
-        # The worker's collection, emptied (and seeded with stale points); the worker's store object stays valid.
+        # The worker's collection, emptied (and seeded); the worker's store object stays valid.
         store = fresh_store(settings, settings.qdrant_collection)
         store.upsert(stale_chunks(args.stale, settings.vector_size))
+        if args.resync:
+            for page in pages:
+                store.upsert(page.items)
 
         def full_sync() -> dict[str, Any]:
             task_id = dispatch.send(stack.producer, contracts.TRIGGER_FULL_SYNC)
@@ -172,6 +176,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=10_000)
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--stale", type=int, default=0, help="points in Qdrant beforehand that Ingest does not have")
+    parser.add_argument("--resync", action="store_true", help="the collection already holds the corpus (a periodic re-sync)")
     parser.add_argument("--rounds", type=int, default=3, help="the machine is shared: report the median round")
     args = parser.parse_args()
     n = args.documents * args.chunks
@@ -199,7 +204,7 @@ def main() -> None:
             stack.producer.AsyncResult(warm).get(timeout=120)
             meter = Meter({"ingest": ingest, "qdrant": qdrant, "worker": worker})
             print(f"corpus: {n:,} chunks of {settings.vector_size} dims; batch size {settings.sync_batch_size}; "
-                  f"{args.stale:,} stale points; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+                  f"{args.stale:,} stale points{'; a re-sync' if args.resync else ''}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
             rounds = []
             for r in range(args.rounds):
                 figures = run_round(stack, meter, settings, args, n, r)

@@ -11,6 +11,9 @@ process. Measured in the same run:
 - fresh:   the same task from the same entrypoint with a new httpx client per task (the baseline,
            tests.benchmarks.fresh_client_worker).
 
+With `--diagnose`, also no-op and shared-client throughput of the worker without parts of its
+per-task bookkeeping (tests.benchmarks.lean_worker): what a delivery costs beside them.
+
 Each phase publishes its tasks while the worker's consumer is cancelled, then re-adds the consumer
 and times until the last task's result is stored (one process consumes FIFO, so the last is last).
 """
@@ -68,6 +71,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=1000, help="tasks per no-op and shared-client phase")
     parser.add_argument("--fresh-tasks", type=int, default=200, help="tasks of the new-client-per-task phase")
+    parser.add_argument("--diagnose", action="store_true", help="also measure the worker without the ledger, events")
     args = parser.parse_args()
 
     with start_users() as users, running_stack(users_url=users.url) as stack:
@@ -90,8 +94,18 @@ def main() -> None:
         fresh = timed_drain(producer, "fresh@bench", args.fresh_tasks, delivery)
         baseline.stop()
 
+        lean: list[tuple[str, float, float]] = []
+        if args.diagnose:
+            for label, extra in (("without the ledger's task signals", ()), ("also without task events, track_started", ("--no-events",))):
+                worker = stack.start("tests.benchmarks.lean_worker", f"--hostname=lean{len(lean)}@bench", "--concurrency=1", *extra)
+                stack.wait_consuming(f"lean{len(lean)}@bench", worker)
+                timed_drain(producer, f"lean{len(lean)}@bench", 100, delivery)
+                hostname = f"lean{len(lean)}@bench"
+                lean.append((label, timed_drain(producer, hostname, args.tasks, canary), timed_drain(producer, hostname, args.tasks, delivery)))
+                worker.stop()
+
         delivered = len(users.app.deliveries("query-results"))
-        expected = 100 + 2 * args.tasks + 20 + args.fresh_tasks
+        expected = 100 + 2 * args.tasks + 20 + args.fresh_tasks + len(lean) * (100 + args.tasks)
         assert delivered == expected, f"Users recorded {delivered} deliveries, {expected} were sent"
         print(f"deliveries recorded by Users: {delivered} (all sent, none twice: {users.app.duplicates['query-results']} duplicates)")
         best_noop, best_shared = max(noop), max(shared)
@@ -99,6 +113,8 @@ def main() -> None:
         print(f"deliveries, shared:      {' / '.join(f'{x:7.1f}' for x in shared)} tasks/s")
         print(f"deliveries, fresh/task:  {fresh:7.1f} tasks/s")
         print(f"shared / fresh = {best_shared / fresh:.1f} (target >= 10); shared / no-op = {best_shared / best_noop:.2f} (target >= 0.5)")
+        for label, noop_rate, delivery_rate in lean:
+            print(f"diagnosis, {label}: no-op {noop_rate:7.1f} tasks/s, deliveries {delivery_rate:7.1f} tasks/s")
 
 
 if __name__ == "__main__":

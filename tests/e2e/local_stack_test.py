@@ -59,7 +59,9 @@ class RunningStack:
                 raise RuntimeError(f"the stack exited with {self.process.returncode}:\n{self.output()[-4000:]}")
             return re.search(pattern, self.output())
 
-        return wait_until(found, timeout, f"{pattern!r} in the stack's output", interval=0.2)  # type: ignore[return-value]
+        match = wait_until(found, timeout, f"{pattern!r} in the stack's output", interval=0.2)
+        assert isinstance(match, re.Match)
+        return match
 
     def pid(self, part: str) -> int | None:
         path = self.root / "pids" / f"{part}.pid"
@@ -107,7 +109,7 @@ def local() -> Iterator[RunningStack]:
     if shutil.which("redis-server") is None:
         unavailable("redis-server")
     root = Path(tempfile.mkdtemp(prefix="ragcore-local-"))
-    output = root.parent / f"{root.name}.out"
+    output = root / "stack.out"
     offset = _free_offset()
     with output.open("wb") as out:
         process = subprocess.Popen(
@@ -130,7 +132,6 @@ def local() -> Iterator[RunningStack]:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
         shutil.rmtree(root, ignore_errors=True)
-        output.unlink(missing_ok=True)
 
 
 def _wait_task(api: httpx.Client, task_id: str, timeout: float = 60) -> dict[str, Any]:
@@ -138,7 +139,9 @@ def _wait_task(api: httpx.Client, task_id: str, timeout: float = 60) -> dict[str
         status = api.get(f"/api/v1/tasks/status/{task_id}").json()
         return status if status["status"] in ("SUCCESS", "FAILURE", "REVOKED") else None
 
-    return wait_until(finished, timeout, f"task {task_id}", interval=0.2)  # type: ignore[return-value]
+    status = wait_until(finished, timeout, f"task {task_id}", interval=0.2)
+    assert isinstance(status, dict)
+    return status
 
 
 def _query_for_chunk(stack: RunningStack, document_id: str, chunk: int) -> str:
@@ -170,7 +173,8 @@ def test_stack_answers_readyz_completes_the_initial_sync_and_answers_a_query(loc
 def test_flower_lists_the_four_workers_each_with_its_own_queue(local: RunningStack) -> None:
     def queues_by_worker() -> dict[str, list[str]] | None:
         workers = httpx.get(f"{local.url('flower')}/api/workers", params={"refresh": "1"}, timeout=30).json()
-        seen = {name.split("@")[0]: sorted(q["name"] for q in info.get("active_queues") or []) for name, info in workers.items()}
+        seen = {name.split("@")[0]: sorted(q["name"] for q in info.get("active_queues") or [])
+                for name, info in workers.items()}
         return seen if len(seen) == len(Queue) and all(seen.values()) else None
 
     seen = wait_until(queues_by_worker, 60, "Flower to see four workers", interval=1)
@@ -191,7 +195,9 @@ def test_celery_inspect_from_another_process_shows_one_queue_per_worker(local: R
     }
 
 
-def test_a_stopped_notifications_worker_delays_only_its_own_tasks_which_run_when_it_returns(local: RunningStack) -> None:
+def test_a_stopped_notifications_worker_delays_only_its_own_tasks_which_run_when_it_returns(
+    local: RunningStack,
+) -> None:
     deliveries = f"{local.url('users')}/_control/deliveries"
 
     def reports() -> int:
@@ -209,7 +215,8 @@ def test_a_stopped_notifications_worker_delays_only_its_own_tasks_which_run_when
         local.wait_output(r"worker-notifications exited with 0", 60)
 
         for chunk in range(3):
-            answer = query_api.post("/api/v1/query/", json={"user_id": "e2e-outage", "query": _query_for_chunk(local, "doc-00005", chunk)})
+            question = {"user_id": "e2e-outage", "query": _query_for_chunk(local, "doc-00005", chunk)}
+            answer = query_api.post("/api/v1/query/", json=question)
             assert answer.status_code == 200, answer.text
             assert answer.json()["sources"][0]["chunk_id"] == f"doc-00005/chunk-{chunk:03d}"
         # The other three queues keep working.
@@ -220,8 +227,9 @@ def test_a_stopped_notifications_worker_delays_only_its_own_tasks_which_run_when
         ]
         assert [_wait_task(admin, t)["status"] for t in triggered] == ["SUCCESS"] * 3
         # The reports of the three answers wait in their queue, which says no worker consumes it.
-        waiting = wait_until(lambda: (q := queue(admin, "notifications"))["depth"] >= 3 and q, 30, "reports to queue up")
-        assert waiting["flagged"] and waiting["consumers"] == 0, waiting  # type: ignore[index]
+        wait_until(lambda: queue(admin, "notifications")["depth"] >= 3, 30, "the reports to queue up")
+        waiting = queue(admin, "notifications")
+        assert waiting["flagged"] and waiting["consumers"] == 0, waiting
         assert reports() == before
 
         assert local.pid("stack") == local.process.pid
