@@ -90,15 +90,19 @@ def copy_pages(
     Returns once every write is applied; the first failed write (or fetch) is raised.
     """
     report = CopyReport()
-    in_flight: deque[Future[int]] = deque()
+    in_flight: deque[tuple[Future[int], set[str]]] = deque()
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="qdrant-writer") as pool:
         try:
             for page in prefetch(pages):
                 chunks = [c for c in page.items if not skip(c)]
                 if chunks:
-                    while len(in_flight) >= writers:
-                        report.copied += in_flight.popleft().result()
-                    in_flight.append(pool.submit(store.upsert, chunks, True))
+                    ids = {c.id for c in chunks}
+                    # A chunk updated while the sync runs comes again later in the feed: its newer version
+                    # must not race its older one, so it waits until the writes in flight are applied.
+                    overlaps = any(not ids.isdisjoint(pending) for _, pending in in_flight)
+                    while in_flight and (overlaps or len(in_flight) >= writers):
+                        report.copied += in_flight.popleft()[0].result()
+                    in_flight.append((pool.submit(store.upsert, chunks, True), ids))
                 report.pages += 1
                 for chunk in page.items:
                     if report.latest is None or chunk.updated_at > report.latest:
@@ -109,8 +113,8 @@ def copy_pages(
                     seen.update(point_id(c.id) for c in page.items)
                 on_page(report)
             while in_flight:
-                report.copied += in_flight.popleft().result()
+                report.copied += in_flight.popleft()[0].result()
         finally:
-            for pending in in_flight:  # after a failure: send nothing more; the pool waits for the rest
-                pending.cancel()
+            for future, _ in in_flight:  # after a failure: send nothing more; the pool waits for the rest
+                future.cancel()
     return report

@@ -29,8 +29,11 @@ def feed(pages: int, size: int = 3) -> list[Page]:
 class RecordingStore:
     """Stands in for VectorStore.upsert: records calls and the most writes ever in flight."""
 
-    def __init__(self, fail_on_call: int | None = None, hold: threading.Event | None = None, delay: float = 0.0) -> None:
+    def __init__(self, fail_on_call: int | None = None, hold: threading.Event | None = None, delay: float = 0.0,
+                 delays: dict[int, float] | None = None) -> None:
         self.delay = delay
+        self.delays = delays or {}
+        self.events: list[tuple[str, int]] = []
         self.calls: list[tuple[list[str], bool]] = []
         self.fail_on_call = fail_on_call
         self.hold = hold
@@ -43,18 +46,20 @@ class RecordingStore:
         with self._lock:
             self.calls.append(([c.id for c in batch], wait))
             number = len(self.calls)
+            self.events.append(("start", number))
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
             if self.hold is not None:
                 self.hold.wait(5)
-            time.sleep(self.delay)
+            time.sleep(self.delays.get(number, self.delay))
             if number == self.fail_on_call:
                 raise RuntimeError("qdrant said no")
             return len(batch)
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self.events.append(("end", number))
 
 
 def as_store(store: RecordingStore) -> VectorStore:
@@ -89,6 +94,15 @@ def test_no_more_writes_than_writers_are_in_flight_and_that_many_are() -> None:
     store = RecordingStore(delay=0.02)  # slow writes: every page is fetched long before its write ends
     assert copy_pages(iter(feed(12)), as_store(store), writers=3).copied == 36
     assert store.max_in_flight == 3
+
+
+def test_a_chunk_seen_twice_has_its_newer_version_written_after_the_older_one_is_applied() -> None:
+    older, newer = feed(2)
+    changed = Chunk(older.items[0].id, "doc-0", "new text", [1.0], {}, T0 + timedelta(hours=1))
+    pages = [older, Page([*newer.items, changed], None)]
+    store = RecordingStore(delays={1: 0.05})  # the older version is slow to apply
+    copy_pages(iter(pages), as_store(store), writers=2)
+    assert store.events.index(("end", 1)) < store.events.index(("start", 2))
 
 
 def test_a_failed_write_is_raised_and_stops_the_copy() -> None:

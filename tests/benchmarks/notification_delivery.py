@@ -1,35 +1,38 @@
 """Benchmark: notification deliveries/s of one worker process against the Users stand-in.
 
-    PYTHONPATH=libs:. python -m tests.benchmarks.notification_delivery [--tasks 1000 --fresh-tasks 200]
+    PYTHONPATH=libs:. python -m tests.benchmarks.notification_delivery [--rounds 5 --tasks 400 --fresh-tasks 80] [--diagnose]
 
-One worker process (`--concurrency=1`) started from the shipped entrypoint, a private Redis, a fresh
-PostgreSQL database (the task ledger is written per task, as deployed), the Users stand-in in this
-process. Measured in the same run:
+Worker processes (`--concurrency=1`) started from entrypoints, a private Redis, a fresh PostgreSQL
+database (the task ledger is written per task, as deployed), the Users stand-in in this process.
+Measured in the same run, in rounds whose order rotates (so drift in the machine's load falls on all):
 
-- no-op:   the same worker's canary task (validation, ledger, result; no HTTP) — its ceiling;
-- shared:  `send_query_result_to_users` with the process's one httpx client (as shipped);
+- no-op:   the shipped worker's canary task (validation, ledger, result; no HTTP) — its ceiling;
+- shared:  `send_query_result_to_users` on the shipped worker, one httpx client per process;
 - fresh:   the same task from the same entrypoint with a new httpx client per task (the baseline,
-           tests.benchmarks.fresh_client_worker).
+           tests.benchmarks.fresh_client_worker), in a second worker process.
 
-With `--diagnose`, also no-op and shared-client throughput of the worker without parts of its
-per-task bookkeeping (tests.benchmarks.lean_worker): what a delivery costs beside them.
+With `--diagnose`, also no-op and deliveries of the worker without parts of its per-task
+bookkeeping (tests.benchmarks.lean_worker): what a delivery costs beside them.
 
-Each phase publishes its tasks while the worker's consumer is cancelled, then re-adds the consumer
-and times until the last task's result is stored (one process consumes FIFO, so the last is last).
+All workers run throughout with their consumer cancelled; a measurement queues its tasks, re-adds
+one worker's consumer, and times until the last task's result is stored (one process consumes FIFO,
+so the last is last), then cancels the consumer again.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from celery import Celery
 
 from ragcore.contracts import CANARIES, SEND_QUERY_RESULT, Queue
 from tests.standins.users import start_users
-from tests.support.processes import Deployable, wait_until
+from tests.support.processes import wait_until
 from tests.support.stack import Stack, running_stack
 
 QUEUE = Queue.NOTIFICATIONS.value
@@ -48,29 +51,38 @@ def report(i: int) -> dict[str, object]:
     }
 
 
+@dataclass
+class Phase:
+    name: str
+    hostname: str
+    tasks: int
+    publish: Callable[[int], str]
+
+
 def timed_drain(producer: Celery, hostname: str, n: int, publish: Callable[[int], str]) -> float:
-    """Tasks per second for `n` tasks queued up front and drained by the worker `hostname`."""
-    producer.control.cancel_consumer(QUEUE, destination=[hostname], reply=True)
+    """Tasks per second for `n` tasks queued up front and drained by the worker `hostname` alone."""
     last = [publish(i) for i in range(n)][-1]
     started = time.perf_counter()
     producer.control.add_consumer(QUEUE, destination=[hostname], reply=True)
     result = producer.AsyncResult(last)
     wait_until(result.ready, 600, f"{n} tasks", interval=0.005)
     elapsed = time.perf_counter() - started
+    producer.control.cancel_consumer(QUEUE, destination=[hostname], reply=True)
     assert result.successful(), result.result
     return n / elapsed
 
 
-def start_worker(stack: Stack, module: str, hostname: str) -> Deployable:
-    worker = stack.start(module, f"--hostname={hostname}", "--concurrency=1")
+def start_idle_worker(stack: Stack, module: str, hostname: str, *args: str) -> None:
+    worker = stack.start(module, f"--hostname={hostname}", "--concurrency=1", *args)
     stack.wait_consuming(hostname, worker)
-    return worker
+    stack.producer.control.cancel_consumer(QUEUE, destination=[hostname], reply=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", type=int, default=1000, help="tasks per no-op and shared-client phase")
-    parser.add_argument("--fresh-tasks", type=int, default=200, help="tasks of the new-client-per-task phase")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=400, help="tasks per no-op and shared-client measurement")
+    parser.add_argument("--fresh-tasks", type=int, default=80, help="tasks per new-client-per-task measurement")
     parser.add_argument("--diagnose", action="store_true", help="also measure the worker without the ledger, events")
     args = parser.parse_args()
 
@@ -83,38 +95,43 @@ def main() -> None:
         def delivery(i: int) -> str:
             return producer.send_task(SEND_QUERY_RESULT.name, kwargs=report(i), queue=QUEUE).id
 
-        shipped = start_worker(stack, "services.notifications.worker", "shared@bench")
-        timed_drain(producer, "shared@bench", 100, delivery)  # warm up: the child's client, pools, imports
-        noop = [timed_drain(producer, "shared@bench", args.tasks, canary) for _ in range(2)]
-        shared = [timed_drain(producer, "shared@bench", args.tasks, delivery) for _ in range(2)]
-        shipped.stop()
-
-        baseline = start_worker(stack, "tests.benchmarks.fresh_client_worker", "fresh@bench")
-        timed_drain(producer, "fresh@bench", 20, delivery)
-        fresh = timed_drain(producer, "fresh@bench", args.fresh_tasks, delivery)
-        baseline.stop()
-
-        lean: list[tuple[str, float, float]] = []
+        start_idle_worker(stack, "services.notifications.worker", "shared@bench")
+        start_idle_worker(stack, "tests.benchmarks.fresh_client_worker", "fresh@bench")
+        phases = [
+            Phase("no-op", "shared@bench", args.tasks, canary),
+            Phase("shared", "shared@bench", args.tasks, delivery),
+            Phase("fresh", "fresh@bench", args.fresh_tasks, delivery),
+        ]
         if args.diagnose:
-            for label, extra in (("without the ledger's task signals", ()), ("also without task events, track_started", ("--no-events",))):
-                worker = stack.start("tests.benchmarks.lean_worker", f"--hostname=lean{len(lean)}@bench", "--concurrency=1", *extra)
-                stack.wait_consuming(f"lean{len(lean)}@bench", worker)
-                timed_drain(producer, f"lean{len(lean)}@bench", 100, delivery)
-                hostname = f"lean{len(lean)}@bench"
-                lean.append((label, timed_drain(producer, hostname, args.tasks, canary), timed_drain(producer, hostname, args.tasks, delivery)))
-                worker.stop()
+            start_idle_worker(stack, "tests.benchmarks.lean_worker", "lean@bench")
+            start_idle_worker(stack, "tests.benchmarks.lean_worker", "leaner@bench", "--no-events")
+            phases += [
+                Phase("no-op, no ledger", "lean@bench", args.tasks, canary),
+                Phase("shared, no ledger", "lean@bench", args.tasks, delivery),
+                Phase("no-op, no ledger/events/started", "leaner@bench", args.tasks, canary),
+                Phase("shared, no ledger/events/started", "leaner@bench", args.tasks, delivery),
+            ]
+        sent = 0
+        for hostname in sorted({p.hostname for p in phases}):  # warm up: the child's client, pools, imports
+            timed_drain(producer, hostname, 50, delivery)
+            sent += 50
+        rates: dict[str, list[float]] = {p.name: [] for p in phases}
+        for r in range(args.rounds):
+            for i in range(len(phases)):
+                phase = phases[(r + i) % len(phases)]
+                rates[phase.name].append(timed_drain(producer, phase.hostname, phase.tasks, phase.publish))
+                sent += phase.tasks if phase.publish is delivery else 0
 
         delivered = len(users.app.deliveries("query-results"))
-        expected = 100 + 2 * args.tasks + 20 + args.fresh_tasks + len(lean) * (100 + args.tasks)
-        assert delivered == expected, f"Users recorded {delivered} deliveries, {expected} were sent"
-        print(f"deliveries recorded by Users: {delivered} (all sent, none twice: {users.app.duplicates['query-results']} duplicates)")
-        best_noop, best_shared = max(noop), max(shared)
-        print(f"no-op canary:            {' / '.join(f'{x:7.1f}' for x in noop)} tasks/s")
-        print(f"deliveries, shared:      {' / '.join(f'{x:7.1f}' for x in shared)} tasks/s")
-        print(f"deliveries, fresh/task:  {fresh:7.1f} tasks/s")
-        print(f"shared / fresh = {best_shared / fresh:.1f} (target >= 10); shared / no-op = {best_shared / best_noop:.2f} (target >= 0.5)")
-        for label, noop_rate, delivery_rate in lean:
-            print(f"diagnosis, {label}: no-op {noop_rate:7.1f} tasks/s, deliveries {delivery_rate:7.1f} tasks/s")
+        assert delivered == sent, f"Users recorded {delivered} deliveries, {sent} were sent"
+        print(f"deliveries recorded by Users: {delivered} of {sent} sent; duplicates: {users.app.duplicates['query-results']}")
+        for name, values in rates.items():
+            print(f"{name:>34}: median {statistics.median(values):7.1f} tasks/s   runs {' '.join(f'{v:.0f}' for v in values)}")
+        median = {name: statistics.median(values) for name, values in rates.items()}
+        # Paired by round: both measured minutes apart at most, under the same load.
+        per_round = statistics.median(s / f for s, f in zip(rates["shared"], rates["fresh"]))
+        print(f"shared / fresh = {median['shared'] / median['fresh']:.1f} (median per round {per_round:.1f}; target >= 10)")
+        print(f"shared / no-op = {median['shared'] / median['no-op']:.2f} (target >= 0.5)")
 
 
 if __name__ == "__main__":
