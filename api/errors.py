@@ -32,6 +32,7 @@ class ValidationErrorBody(BaseModel):
 Responses = dict[int | str, dict[str, Any]]
 #: Every authenticated route may answer these; documented so clients and schema-driven tests know them.
 ERROR_RESPONSES: Responses = {
+    400: {"model": ErrorBody, "description": "The body is not parseable JSON"},
     401: {"model": ErrorBody, "description": "Missing or unknown X-API-Key"},
     403: {"model": ErrorBody, "description": "The key's scope does not allow this"},
     422: {"model": ValidationErrorBody, "description": "Invalid request"},

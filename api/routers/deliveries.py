@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from api.auth import AdminKey
 from api.deps import CeleryDep, SessionDep
+from api.errors import ERROR_RESPONSES, ErrorBody, Responses
 from ragcore import dispatch
 from ragcore.contracts import BY_NAME
 from ragcore.db import utcnow
@@ -19,7 +20,18 @@ from ragcore.db.models import FailedDelivery
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/api/v1/deliveries", tags=["deliveries"])
+router = APIRouter(prefix="/api/v1/deliveries", tags=["deliveries"], responses=ERROR_RESPONSES)
+
+_RETRY_RESPONSES: Responses = {
+    404: {"model": ErrorBody, "description": "No failed delivery with this id"},
+    409: {"model": ErrorBody, "description": "Already re-driven"},
+    503: {"model": ErrorBody, "description": "The broker (Redis) is unreachable; nothing was marked"},
+}
+
+
+#: Ids are PostgreSQL bigints: a larger number is a 422, not a database error.
+_MAX_ID = 2**63 - 1
+DeliveryId = Annotated[int, Path(ge=1, le=_MAX_ID)]
 
 
 class FailedDeliveryOut(BaseModel):
@@ -52,7 +64,7 @@ def list_failed(
     session: SessionDep,
     state: Literal["failed", "redriven", "all"] = Query("failed", alias="status"),
     limit: int = Query(100, ge=1, le=500),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=_MAX_ID),
 ) -> FailedDeliveries:
     """Deliveries that exhausted their retries or were refused (4xx), newest first."""
     where = [] if state == "all" else [FailedDelivery.status == state]
@@ -63,8 +75,8 @@ def list_failed(
     return FailedDeliveries(deliveries=[FailedDeliveryOut.model_validate(r, from_attributes=True) for r in rows], total=total)
 
 
-@router.post("/{delivery_id}/retry", status_code=status.HTTP_202_ACCEPTED)
-def retry(delivery_id: int, _: AdminKey, session: SessionDep, celery: CeleryDep) -> Redriven:
+@router.post("/{delivery_id}/retry", status_code=status.HTTP_202_ACCEPTED, responses=_RETRY_RESPONSES)
+def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: CeleryDep) -> Redriven:
     """Send the delivery's task again with its recorded payload (same idempotency key); mark it re-driven."""
     # Locked, so two operators re-driving at once send it once.
     row = session.scalar(select(FailedDelivery).where(FailedDelivery.id == delivery_id).with_for_update())

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import threading
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.auth import QueryKey
+from api.errors import ERROR_RESPONSES, ErrorBody, Responses
 from ragcore.db import utcnow
 from ragcore.query import (
     ConversationNotFound,
@@ -21,7 +24,7 @@ from ragcore.query import (
     build_service,
 )
 
-router = APIRouter(prefix="/api/v1/query", tags=["query"])
+router = APIRouter(prefix="/api/v1/query", tags=["query"], responses=ERROR_RESPONSES)
 
 _build_lock = threading.Lock()
 
@@ -47,11 +50,16 @@ def _wake_relay(state: object) -> None:
 
 ServiceDep = Annotated[QueryService, Depends(get_service)]
 
-_RESPONSES: dict[int | str, dict[str, object]] = {
-    404: {"description": "unknown conversation"},
-    422: {"description": "invalid request"},
-    429: {"description": "daily limit reached; `resets_at` and Retry-After say when it resets"},
-    503: {"description": "a dependency of the answer (embedder, Qdrant, chat endpoint) is unavailable"},
+class LimitReached(BaseModel):
+    detail: str
+    daily_limit: int
+    resets_at: datetime
+
+
+_RESPONSES: Responses = {
+    404: {"model": ErrorBody, "description": "Unknown conversation (or another user's, or archived)"},
+    429: {"model": LimitReached, "description": "Daily limit reached; `resets_at` and Retry-After say when it resets"},
+    503: {"model": ErrorBody, "description": "A dependency of the answer (embedder, Qdrant, chat endpoint) is unavailable"},
 }
 
 

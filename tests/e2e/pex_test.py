@@ -8,7 +8,7 @@ import pytest
 
 from ragcore import dispatch
 from ragcore.contracts import CANARIES, Queue
-from tests.support.processes import Deployable, wait_http_ok, wait_until
+from tests.support.processes import Deployable, die_with_parent, wait_http_ok, wait_until
 from tests.support.servers import free_port
 from tests.support.stack import Stack
 
@@ -36,7 +36,8 @@ class PexDeployable(Deployable):
         # As the Dockerfile's ENTRYPOINT does; the pex carries its own code and dependencies only.
         env = {k: v for k, v in self.env.items() if k != "PYTHONPATH"}
         self.process = subprocess.Popen([sys.executable, str(self.pex), *self.args], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=die_with_parent)
         log.close()
         return self
 

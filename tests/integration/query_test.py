@@ -181,6 +181,8 @@ def test_a_repeated_query_is_cached_until_a_sync_changes_the_data(rig: Rig) -> N
         ({"user_id": "u", "query": "x", "top_k": 51}, "top_k"),
         ({"user_id": "u", "query": "x", "filters": {"category": 1.5}}, "filters"),
         ({"user_id": "u", "query": "x", "unexpected": 1}, "unexpected"),
+        ({"user_id": "u", "query": "x", "filters": {"a b": "c"}}, "filters"),
+        ({"user_id": "u\u0000", "query": "x"}, "NUL"),
     ],
 )
 def test_invalid_input_is_422_with_a_message_naming_the_field(rig: Rig, body: dict[str, Any], field: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -23,6 +24,12 @@ def deployable_env(**settings: str) -> dict[str, str]:
     return env
 
 
+def die_with_parent() -> None:
+    # Runs in the child before exec: if the test process dies (a timeout kills pytest), so does it.
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Deployable:
     """One deployable (`python -m <module>`), its own process group, its log in a file."""
 
@@ -38,6 +45,7 @@ class Deployable:
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         log.close()
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -88,6 +89,8 @@ def running_stack(**extra: str) -> Iterator[Stack]:
             "database_url": database_url,
             "api_keys": API_KEYS,
             "log_level": "INFO",
+            # Deployables without a Qdrant URL open a local folder: never the developer's own.
+            "qdrant_path": tempfile.mkdtemp(prefix="ragcore-qdrant-"),
             **extra,
         }
         saved = {k: os.environ.get(k) for k in (f"RAGCORE_{k.upper()}" for k in settings)}

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from ragcore.contracts import Source
+from ragcore.contracts import Args, Source
 
 #: Qdrant matches exact keyword, integer and boolean values.
 FilterValue = str | int | bool
+#: A payload field: `document_id`, or a metadata field such as `category` or `chunk_index`.
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
 
-class QueryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class QueryRequest(Args):
+    """Unknown fields and NUL characters are refused (Args), like every other request body."""
 
     user_id: str = Field(min_length=1, max_length=256)
     query: str = Field(min_length=1, max_length=4000)
@@ -32,8 +35,8 @@ class QueryRequest(BaseModel):
     @classmethod
     def _field_names(cls, value: dict[str, FilterValue] | None) -> dict[str, FilterValue] | None:
         for name in value or {}:
-            if not name or len(name) > 128:
-                raise ValueError("filter field names must be 1 to 128 characters")
+            if not _FIELD.match(name):
+                raise ValueError(f"filter field {name!r} is not a field name (letters, digits, _; at most 128)")
         return value
 
 
