@@ -27,7 +27,7 @@ MAX_REVOKED_IDS = 50_000
 
 
 def record_sent(session: Session, task_id: str, contract: TaskContract, kwargs: dict[str, Any]) -> None:
-    session.merge(TaskRecord(task_id=task_id, name=contract.name, queue=contract.queue.value, state="PENDING", kwargs=kwargs))
+    session.add(TaskRecord(task_id=task_id, name=contract.name, queue=contract.queue.value, state="PENDING", kwargs=kwargs))
 
 
 def get(session: Session, task_id: str) -> TaskRecord | None:
