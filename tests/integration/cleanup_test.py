@@ -59,7 +59,8 @@ def test_cleanup_old_cache_removes_entries_of_older_data_versions_and_no_other_k
     succeeded = dispatch.send(stack.producer, CANARIES[Queue.CLEANUP])
     stack.producer.AsyncResult(succeeded).get(timeout=30)
     pending = dispatch.send(stack.producer, CANARIES[Queue.USER])  # no user worker: stays queued
-    not_ours_before = {k for k in _keys(stack) if cache.version_of(k) is None}
+    # The transport's own bookkeeping of in-flight messages comes and goes with them.
+    not_ours_before = {k for k in _keys(stack) if cache.version_of(k) is None and not k.startswith("unacked")}
 
     result = _run(stack, contracts.CLEANUP_OLD_CACHE)
 

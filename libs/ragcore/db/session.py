@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,7 +28,27 @@ def get_engine(url: str | None = None) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
+    _never_across_processes(engine)
+    return engine
+
+
+def _never_across_processes(engine: Engine) -> None:
+    """A pooled connection inherited through fork (Celery's prefork pool) is never used by the child.
+
+    Two processes on one socket corrupt each other's protocol state ("server closed the connection
+    unexpectedly"); SQLAlchemy's recipe: remember the pid per connection, refuse it elsewhere.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _remember_pid(dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+        record.info["pid"] = os.getpid()
+
+    @event.listens_for(engine, "checkout")
+    def _refuse_foreign(dbapi_connection, record, proxy) -> None:  # type: ignore[no-untyped-def]
+        if record.info.get("pid") != os.getpid():
+            record.dbapi_connection = proxy.dbapi_connection = None
+            raise exc.DisconnectionError(f"connection made in process {record.info.get('pid')}, not {os.getpid()}")
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
