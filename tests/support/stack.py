@@ -13,7 +13,7 @@ from celery import Celery
 
 from ragcore.celery_app import create_app
 from ragcore.contracts import Queue
-from ragcore.db import create_schema, get_engine
+from ragcore.db import create_schema, reset_engines
 from ragcore.settings import get_settings
 from tests.support.processes import Deployable, deployable_env, wait_http_ok, wait_until
 from tests.support.servers import RedisServer, free_port, postgres_database, redis_server
@@ -102,7 +102,6 @@ def running_stack(**extra: str) -> Iterator[Stack]:
             yield running
         finally:
             running.close()
-            get_engine().dispose()
             for key, value in saved.items():
                 if value is None:
                     os.environ.pop(key, None)
@@ -112,9 +111,6 @@ def running_stack(**extra: str) -> Iterator[Stack]:
 
 
 def _reset_cached_settings() -> None:
-    from ragcore.db import session as db_session
-
     get_settings.cache_clear()
-    db_session.get_engine.cache_clear()
-    db_session._factory.cache_clear()
+    reset_engines()
 

@@ -16,9 +16,19 @@ from ragcore.db.models import Base
 from ragcore.settings import get_settings
 
 
-@lru_cache
+_engines: dict[str, Engine] = {}
+
+
 def get_engine(url: str | None = None) -> Engine:
+    """This process's engine for `url` (default: the configured database)."""
     url = url or get_settings().database_url
+    engine = _engines.get(url)
+    if engine is None:
+        engine = _engines.setdefault(url, _create_engine(url))
+    return engine
+
+
+def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
@@ -59,9 +69,21 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-@lru_cache
 def _factory(url: str | None) -> sessionmaker[Session]:
+    return _sessionmaker(url or get_settings().database_url)
+
+
+@lru_cache
+def _sessionmaker(url: str) -> sessionmaker[Session]:
     return sessionmaker(get_engine(url), expire_on_commit=False)
+
+
+def reset_engines() -> None:
+    """Dispose of every engine (a test switching databases or settings)."""
+    for engine in list(_engines.values()):
+        engine.dispose()
+    _engines.clear()
+    _sessionmaker.cache_clear()
 
 
 @contextmanager
