@@ -9,13 +9,12 @@ from typing import Any, TypeVar
 
 import httpx
 from celery import Task
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from ragcore.celery_app import will_retry
 from ragcore.contracts import TaskContract
 from ragcore.db import session_scope
 from ragcore.db.models import FailedDelivery
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 

@@ -1,23 +1,12 @@
-from collections.abc import Iterator
-from functools import partial
 from types import SimpleNamespace
 
 import httpx
 import pytest
+from ragcore.contracts import SEND_QUERY_RESULT
+from ragcore.db.models import FailedDelivery
 from sqlalchemy import select
 
-from ragcore.contracts import SEND_QUERY_RESULT
-from ragcore.db import create_schema, get_engine, session_scope
-from ragcore.db.models import FailedDelivery
 from services.notifications.failures import deliver
-
-
-@pytest.fixture
-def sessions(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path}/failures.db"
-    create_schema(url)
-    yield partial(session_scope, url)
-    get_engine(url).dispose()
 
 
 def task(retries: int, task_id: str = "t-1") -> SimpleNamespace:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from ragcore.db.models import Message
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
-
-from ragcore.db.models import Message
 
 HOUR = timedelta(hours=1)
 

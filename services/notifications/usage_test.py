@@ -1,22 +1,11 @@
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from functools import partial
 
-import pytest
-
-from ragcore.db import create_schema, get_engine, session_scope
 from ragcore.db.models import Conversation, Message
+
 from services.notifications.usage import last_complete_hour, usage_report
 
 START = datetime(2024, 5, 10, 14, tzinfo=timezone.utc)
 
-
-@pytest.fixture
-def sessions(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path}/usage.db"
-    create_schema(url)
-    yield partial(session_scope, url)
-    get_engine(url).dispose()
 
 
 def test_the_last_complete_hour_ends_where_the_current_one_starts() -> None:

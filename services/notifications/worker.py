@@ -4,6 +4,7 @@ import sys
 
 from ragcore.contracts import Queue
 from ragcore.worker import create_worker_app, run_worker
+
 from services.notifications import tasks
 
 app = create_worker_app(Queue.NOTIFICATIONS)

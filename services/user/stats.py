@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from ragcore.db import utcnow
+from ragcore.db.models import Message, UserStatistics
 from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
-
-from ragcore.db import utcnow
-from ragcore.db.models import Message, UserStatistics
 
 
 def recompute(session: Session, user_id: str) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
-
 from ragcore import contracts
 from ragcore.celery_app import define_task
 from ragcore.contracts import NoArgs, UserArgs
@@ -13,6 +12,7 @@ from ragcore.db import session_scope, utcnow
 from ragcore.locks import lock_client, periodic_lock
 from ragcore.query import limits
 from ragcore.settings import get_settings
+
 from services.user import stats, tiers
 
 #: What a periodic run returns when another run holds the lock.

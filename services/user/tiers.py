@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
 from ragcore.db.models import Message, User
 from ragcore.query.limits import ensure_user
 from ragcore.settings import Settings
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 WINDOW = timedelta(days=30)
 

@@ -1,24 +1,13 @@
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from functools import partial
 
-import pytest
-
-from ragcore.db import create_schema, get_engine, session_scope
 from ragcore.db.models import Conversation, Message, User, UserStatistics
 from ragcore.settings import Settings
+
 from services.user import stats, tiers
 
 NOW = datetime(2024, 5, 10, 12, tzinfo=timezone.utc)
 SETTINGS = Settings(tier_daily_limits={"free": 10, "pro": 100, "enterprise": 1000}, tier_thresholds={"free": 0, "pro": 2, "enterprise": 50})
 
-
-@pytest.fixture
-def sessions(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path}/user.db"
-    create_schema(url)
-    yield partial(session_scope, url)
-    get_engine(url).dispose()
 
 
 def add_messages(sessions, user: str, *ages: timedelta) -> None:  # type: ignore[no-untyped-def]

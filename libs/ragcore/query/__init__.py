@@ -4,7 +4,11 @@ from ragcore.query.build import build_service
 from ragcore.query.generator import ChatGenerator, ExtractiveGenerator, Generated
 from ragcore.query.limits import LimitExceeded
 from ragcore.query.schema import QueryAnswer, QueryRequest
-from ragcore.query.service import ConversationNotFound, QueryService, UpstreamUnavailable
+from ragcore.query.service import (
+    ConversationNotFound,
+    QueryService,
+    UpstreamUnavailable,
+)
 
 __all__ = [
     "ChatGenerator",

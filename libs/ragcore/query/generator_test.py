@@ -3,7 +3,12 @@ import json
 import httpx
 import pytest
 
-from ragcore.query.generator import NO_PASSAGES, ChatGenerator, ExtractiveGenerator, word_count
+from ragcore.query.generator import (
+    NO_PASSAGES,
+    ChatGenerator,
+    ExtractiveGenerator,
+    word_count,
+)
 from ragcore.vectorstore import Hit
 
 

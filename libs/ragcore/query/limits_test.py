@@ -1,24 +1,15 @@
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from functools import partial
 
 import pytest
 from sqlalchemy import event
 
-from ragcore.db import create_schema, get_engine, session_scope
+from ragcore.db import get_engine
 from ragcore.db.models import User
 from ragcore.query import limits
 from ragcore.settings import Settings
 
 NOW = datetime(2024, 5, 10, 15, 30, tzinfo=timezone.utc)
 
-
-@pytest.fixture
-def sessions(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path}/limits.db"
-    create_schema(url)
-    yield partial(session_scope, url)
-    get_engine(url).dispose()
 
 
 def settings(**overrides: object) -> Settings:
@@ -69,7 +60,7 @@ def test_reset_all_is_one_update_statement_for_every_user(sessions, tmp_path) ->
         with sessions() as session:
             limits.consume(session, user, settings(), NOW)
     statements: list[str] = []
-    engine = get_engine(f"sqlite:///{tmp_path}/limits.db")
+    engine = get_engine(f"sqlite:///{tmp_path}/unit.db")  # the database of the `sessions` fixture
     listener = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
     event.listen(engine, "before_cursor_execute", listener)
     try:

@@ -1,5 +1,3 @@
-from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import pytest
@@ -7,10 +5,16 @@ import redis
 from sqlalchemy import func, select
 
 from ragcore.cache import HotCache, bump_data_version
-from ragcore.db import create_schema, get_engine, session_scope
 from ragcore.db.models import Conversation, Message, OutboxEntry, QueryCacheEntry, User
 from ragcore.embedder import HashingEmbedder
-from ragcore.query import ConversationNotFound, ExtractiveGenerator, LimitExceeded, QueryRequest, QueryService, UpstreamUnavailable
+from ragcore.query import (
+    ConversationNotFound,
+    ExtractiveGenerator,
+    LimitExceeded,
+    QueryRequest,
+    QueryService,
+    UpstreamUnavailable,
+)
 from ragcore.query.service import TolerantHotCache
 from ragcore.settings import Settings
 from ragcore.vectorstore import Hit
@@ -51,13 +55,6 @@ class DictRedis:
             raise redis.ConnectionError("down")
         self.data[key] = value
 
-
-@pytest.fixture
-def sessions(tmp_path) -> Iterator:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path}/query.db"
-    create_schema(url)
-    yield partial(session_scope, url)
-    get_engine(url).dispose()
 
 
 @pytest.fixture
