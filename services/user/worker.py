@@ -4,7 +4,6 @@ import sys
 
 from ragcore.contracts import Queue
 from ragcore.worker import create_worker_app, run_worker
-
 from services.user import tasks
 
 app = create_worker_app(Queue.USER)
