@@ -84,7 +84,6 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     """Copy everything, then remove points whose chunks Ingest no longer has."""
     store = _store()
     before = store.count()
-    task_id = self.request.id
     reported = [-PROGRESS_SECONDS]
 
     def progress(report: CopyReport) -> None:
@@ -93,9 +92,7 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
             return
         reported[0] = time.monotonic()
         # Ingest does not tell the total up front: the collection's size is the estimate until the end.
-        meta = {"done": report.copied, "total": max(before, report.copied), "total_is_estimate": True, "stage": "copying"}
-        self.update_state(state="PROGRESS", meta=meta)
-        ledger.set_progress(task_id, meta)
+        ledger.report_progress(self, report.copied, max(before, report.copied), total_is_estimate=True, stage="copying")
 
     def list_existing() -> tuple[set[str], float]:
         listing = time.perf_counter()
@@ -117,7 +114,7 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     removed = time.perf_counter()
     _save_mark(report, changed=True)
     final = {"done": report.copied, "total": report.copied, "total_is_estimate": False, "stage": "done"}
-    ledger.set_progress(task_id, final)
+    ledger.set_progress(self.request.id, final)
     return {"copied": report.copied, "pages": report.pages, "removed": len(stale), "points": store.count(),
             "seconds": {"copy": round(copied - started, 3), "scan": round(scanned, 3), "remove": round(removed - copied, 3)}}
 
