@@ -16,7 +16,6 @@ from api.routers import deliveries, health, metrics, query, sync, tasks
 from ragcore.celery_app import create_app as create_celery_app
 from ragcore.db import create_schema
 from ragcore.logging import configure_logging, request_id_var
-from ragcore.outbox import Relay
 from ragcore.settings import Settings, get_settings
 
 access_log = logging.getLogger("ragcore.access")
@@ -28,11 +27,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_schema()
-        relay = Relay(app.state.celery)  # publishes the outbox (the reports of each query)
-        app.state.relay = relay
-        relay.start()
         yield
-        relay.stop()
 
     app = FastAPI(title="ragcore", version="0.1.0", debug=False, lifespan=lifespan)
     app.state.settings = settings

@@ -1,4 +1,4 @@
-"""The query endpoint: answer from Qdrant, then report in the background (through the outbox)."""
+"""The query endpoint: answer from Qdrant; the report relay sends its reports in the background."""
 
 from __future__ import annotations
 
@@ -37,15 +37,8 @@ def get_service(request: Request) -> QueryService:
         with _build_lock:
             service = getattr(state, "query_service", None)
             if service is None:
-                service = state.query_service = build_service(state.settings, on_commit=lambda: _wake_relay(state))
+                service = state.query_service = build_service(state.settings)
     return service
-
-
-def _wake_relay(state: object) -> None:
-    # The relay publishes at once when woken; without it (no lifespan) the reports wait in the outbox.
-    relay = getattr(state, "relay", None)
-    if relay is not None:
-        relay.wake()
 
 
 ServiceDep = Annotated[QueryService, Depends(get_service)]

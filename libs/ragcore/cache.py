@@ -14,10 +14,9 @@ from typing import Any
 import orjson
 import redis
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from ragcore.db import insert_for
 from ragcore.db.models import SyncState
 
 DATA_VERSION_KEY = "data"
@@ -29,7 +28,7 @@ def data_version(session: Session) -> int:
 
 def bump_data_version(session: Session) -> None:
     """Called in the transaction of every sync that changed what Qdrant holds."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = insert_for(session)
     session.execute(insert(SyncState).values(key=DATA_VERSION_KEY, version=0).on_conflict_do_nothing())
     session.execute(update(SyncState).where(SyncState.key == DATA_VERSION_KEY).values(version=SyncState.version + 1))
 

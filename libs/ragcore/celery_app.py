@@ -76,7 +76,8 @@ def create_app(service: str, settings: Settings | None = None, queues: tuple[Que
 @setup_logging.connect
 def _json_logging(**_: Any) -> None:
     # Celery calls this in every worker/beat process instead of installing its own handlers.
-    configure_logging(service=current_app.main or "celery", level=get_settings().log_level)
+    settings = get_settings()
+    configure_logging(current_app.main or "celery", settings.log_level, settings.log_task_lifecycle)
 
 
 def will_retry(task: Task, contract: TaskContract, exc: BaseException) -> bool:
@@ -118,6 +119,7 @@ def define_task(app: Celery, contract: TaskContract, **options: Any) -> Callable
             soft_time_limit=contract.soft_time_limit,
             time_limit=contract.time_limit,
             ignore_result=not contract.store_result,
+            track_started=contract.store_result,
             acks_late=True,
             **options,
         )

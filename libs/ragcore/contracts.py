@@ -135,7 +135,9 @@ class TaskContract:
     retry: RetryPolicy
     soft_time_limit: int
     time_limit: int
-    #: Whether the result is worth a Redis write (it costs 25–35 % of a no-op task's throughput).
+    #: Whether the result backend holds the task's live state (STARTED) and result. Without it (tasks
+    #: sent per query, which nobody polls) the ledger alone does: status answers from it; each
+    #: backend write costs a short task a sizeable share of its throughput.
     store_result: bool = True
 
     def validate(self, kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -156,7 +158,7 @@ PROCESS_SYNC_QUEUE = _c("process_sync_queue", Queue.SYNC, NoArgs, _NONE, 280, 30
 TRIGGER_FULL_SYNC = _c("trigger_full_sync_task", Queue.SYNC, NoArgs, RetryPolicy(max_retries=1), 3540, 3600)
 DELETE_DOCUMENT_EMBEDDINGS = _c("delete_document_embeddings_task", Queue.SYNC, DocumentArgs, _NET, 110, 120)
 
-SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryResultArgs, _NET, 50, 60)
+SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryResultArgs, _NET, 50, 60, store=False)
 SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, UsageStatisticsArgs, _NET, 280, 300)
 SEND_SYSTEM_NOTIFICATION = _c("send_system_notification", Queue.NOTIFICATIONS, SystemNotificationArgs, _NET, 50, 60)
 

@@ -6,42 +6,132 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
+import queue
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 from celery import Task, signals
-from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ragcore import contracts, queues
 from ragcore.contracts import TaskContract
-from ragcore.db import session_scope, utcnow
+from ragcore.db import insert_for, session_scope, utcnow
 from ragcore.db.models import TaskRecord
 
 log = logging.getLogger(__name__)
 
 #: Celery keeps this many revoked ids in a worker's memory; a starting worker loads as many.
 MAX_REVOKED_IDS = 50_000
+#: A message header of publishers that recorded their tasks themselves (the publisher signal skips them).
+RECORDED_HEADER = "ragcore_recorded"
 
 
 def record_sent(session: Session, task_id: str, contract: TaskContract, kwargs: dict[str, Any]) -> None:
     session.add(TaskRecord(task_id=task_id, name=contract.name, queue=contract.queue.value, state="PENDING", kwargs=kwargs))
 
 
+def record_sent_many(session: Session, tasks: Sequence[tuple[str, TaskContract, dict[str, Any]]]) -> None:
+    """Record tasks about to be sent in one statement; an id already recorded (sent again) is kept as it is."""
+    rows = [{"task_id": task_id, "name": c.name, "queue": c.queue.value, "state": "PENDING", "kwargs": kwargs, "sent_at": utcnow()}
+            for task_id, c, kwargs in tasks]
+    session.execute(insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), rows)
+
+
 def get(session: Session, task_id: str) -> TaskRecord | None:
     return session.get(TaskRecord, task_id)
 
 
-def _update(task_id: str | None, **values: Any) -> None:
-    if not task_id:
-        return
+class _Writer:
+    """A worker process's ledger updates, written by one thread in batches.
+
+    A task's bookkeeping must not cost it database round trips: the signal receivers queue their
+    update and return, and the thread writes what queued within `linger` seconds of the first
+    update, merged per task (a short task's STARTED and SUCCESS become one row update), in one
+    transaction. One queue and one thread keep each task's updates in order. A process flushes
+    before it exits; a SIGKILL loses at most the last `linger` seconds of updates.
+    """
+
+    def __init__(self, linger: float = 0.05) -> None:
+        self._linger = linger
+        self._hurry = threading.Event()  # set by flush(): write without lingering
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event] = queue.SimpleQueue()
+
+    def put(self, task_id: str | None, values: dict[str, Any]) -> None:
+        if task_id:
+            self._started().put((task_id, values))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until what was queued before the call is written."""
+        if self._pid != os.getpid():
+            return  # nothing queued in this process
+        done = threading.Event()
+        self._queue.put(done)
+        self._hurry.set()
+        done.wait(timeout)
+
+    def _started(self) -> queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event]:
+        if self._pid != os.getpid():  # first use in this process (a prefork child inherits no thread)
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._queue = queue.SimpleQueue()
+                    self._hurry = threading.Event()
+                    threading.Thread(target=self._run, name="ledger-writer", daemon=True).start()
+                    self._pid = os.getpid()
+        return self._queue
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            # One wait for the whole batch, not a wake-up per update (each would take the GIL from the task).
+            self._hurry.wait(self._linger)
+            self._hurry.clear()
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            updates = [item for item in items if not isinstance(item, threading.Event)]
+            if updates:
+                _write(updates)
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()
+
+
+def _write(updates: list[tuple[str, dict[str, Any]]]) -> None:
+    merged: dict[str, dict[str, Any]] = {}
+    for task_id, values in updates:
+        merged.setdefault(task_id, {}).update(values)
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for task_id, values in merged.items():
+        shapes.setdefault(tuple(sorted(values)), []).append({"_task_id": task_id, **values})
+    table = TaskRecord.__table__
     try:
         with session_scope() as session:
-            session.execute(update(TaskRecord).where(TaskRecord.task_id == task_id).values(**values))
+            for columns, rows in shapes.items():  # one executemany per set of columns
+                statement = update(table).where(table.c.task_id == bindparam("_task_id")).values({c: bindparam(c) for c in columns})
+                session.execute(statement, rows)
     except Exception:  # the ledger must never fail a task; the result backend still has the outcome
-        log.exception("task ledger update failed", extra={"ledger_task_id": task_id})
+        log.exception("task ledger update failed", extra={"ledger_task_ids": list(merged)[:20]})
+
+
+_writer = _Writer()
+
+
+def _update(task_id: str | None, **values: Any) -> None:
+    _writer.put(task_id, values)
+
+
+def flush() -> None:
+    """Write this process's queued ledger updates now (before it exits; tests)."""
+    _writer.flush()
 
 
 def set_progress(task_id: str, progress: dict[str, Any]) -> None:
@@ -200,6 +290,11 @@ def connect_worker_signals() -> None:
     def _revoked(request: Any, **_: Any) -> None:
         _update(request.id, state="REVOKED", finished_at=utcnow(), revoked=True)
 
+    @signals.worker_process_shutdown.connect(weak=False, dispatch_uid="ledger.worker_process_shutdown")
+    @signals.worker_shutdown.connect(weak=False, dispatch_uid="ledger.worker_shutdown")
+    def _flush(**_: Any) -> None:
+        flush()
+
 
 def connect_publisher_signals() -> None:
     """Record in the ledger every contract task this process publishes (Beat sends without `dispatch`)."""
@@ -207,7 +302,7 @@ def connect_publisher_signals() -> None:
     @signals.before_task_publish.connect(weak=False, dispatch_uid="ledger.before_task_publish")
     def _sent(headers: dict[str, Any], body: Any, **_: Any) -> None:
         task = contracts.BY_NAME.get(headers.get("task", ""))
-        if task is None:
+        if task is None or headers.get(RECORDED_HEADER):
             return
         kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else {}
         try:

@@ -10,7 +10,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from ragcore import ledger
+from ragcore.db import create_schema, reset_engines, session_scope
 from ragcore.db.models import Base, TaskRecord
+from ragcore.settings import get_settings
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -93,3 +95,28 @@ def test_counts_and_durations_cover_the_window(session: Session) -> None:
     [d] = ledger.durations(session, since, (1.0, 5.0, 60.0))
     assert (d.name, d.count, d.buckets) == ("cleanup_old_cache", 3, [(1.0, 1), (5.0, 2), (60.0, 3)])
     assert d.total_seconds == pytest.approx(24.3, abs=0.01)
+
+
+def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    get_settings.cache_clear()
+    try:
+        create_schema()
+        with session_scope() as s:
+            s.add_all(TaskRecord(task_id=f"t{i}", name="n", queue="user", state="PENDING", kwargs={}) for i in range(3))
+        writer = ledger._Writer()
+        writer.put("t0", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
+        writer.put("t1", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
+        writer.put("t0", {"progress": {"done": 1, "total": 2}})
+        writer.put("t0", {"state": "SUCCESS", "finished_at": T0 + timedelta(seconds=2), "result": {"ok": True}, "error": None})
+        writer.put("t1", {"state": "RETRY", "retries": 1, "error": "boom"})
+        writer.flush()
+        with session_scope() as s:
+            rows = {r.task_id: r for r in s.query(TaskRecord)}
+        assert (rows["t0"].state, rows["t0"].worker, rows["t0"].result, rows["t0"].progress) == ("SUCCESS", "w@h", {"ok": True}, {"done": 1, "total": 2})
+        assert rows["t0"].finished_at - rows["t0"].started_at == timedelta(seconds=2)
+        assert (rows["t1"].state, rows["t1"].retries, rows["t1"].error) == ("RETRY", 1, "boom")
+        assert rows["t2"].state == "PENDING"
+    finally:
+        get_settings.cache_clear()
+        reset_engines()

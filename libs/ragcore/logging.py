@@ -72,8 +72,11 @@ class _LinesAsJson(io.TextIOBase):
         return len(text)
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """Route every logger (ours, Celery's, uvicorn's) and stray prints through one JSON handler."""
+def configure_logging(service: str, level: str = "INFO", task_lifecycle: bool = True) -> None:
+    """Route every logger (ours, Celery's, uvicorn's) and stray prints through one JSON handler.
+
+    `task_lifecycle=False` keeps Celery's per-task "received"/"succeeded" lines out (failures stay).
+    """
     global _real_stderr
     if _real_stderr is None:
         _real_stderr = sys.__stderr__
@@ -88,3 +91,5 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "celery", "celery.task"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(name).setLevel(logging.NOTSET if task_lifecycle else logging.WARNING)

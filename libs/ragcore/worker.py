@@ -161,7 +161,7 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     of `queue`) is consuming, and exits 0 if so, 1 if not: each worker image's liveness probe.
     """
     settings = get_settings()
-    configure_logging(f"worker-{queue.value}", settings.log_level)
+    configure_logging(f"worker-{queue.value}", settings.log_level, settings.log_task_lifecycle)
     if "--healthcheck" in argv:
         sys.exit(healthcheck(app, queue, argv))
     try:

@@ -3,11 +3,15 @@
 RedBeat keeps the schedule and each entry's last run in Redis behind a leader lock: a second Beat
 started by mistake waits for the lock instead of doubling the schedule, and a restarted Beat resumes
 from the stored last runs instead of re-firing or skipping what was due.
+
+Beat also runs the report relay (`ragcore.reports`): the one publisher of the query reports, in the
+one process that publishes on a timer anyway, and off the API's cores. Started by the entrypoint only.
 """
 
 import sys
 
 from ragcore import ledger
+from ragcore.reports import ReportRelay
 from ragcore.celery_app import create_app
 from ragcore.db import create_schema
 from ragcore.logging import configure_logging
@@ -32,7 +36,12 @@ ledger.connect_publisher_signals()
 def main() -> None:
     configure_logging("beat", settings.log_level)
     create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
-    app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
+    relay = ReportRelay(app, settings.report_relay_seconds)
+    relay.start()
+    try:
+        app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
+    finally:
+        relay.stop()
 
 
 if __name__ == "__main__":

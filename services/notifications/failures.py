@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import httpx
 from celery import Task
 from ragcore.celery_app import will_retry
 from ragcore.contracts import TaskContract
-from ragcore.db import session_scope
+from ragcore.db import Sessions, session_scope
 from ragcore.db.models import FailedDelivery
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Sessions = Callable[[], AbstractContextManager[Session]]
 
 #: Enough of a neighbour's error body to tell why it refused, not a whole page.
 _BODY_EXCERPT = 500

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ragcore.db import utcnow
+from ragcore.db import insert_for, utcnow
 from ragcore.db.models import Message, UserStatistics
 from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 
@@ -29,7 +27,7 @@ def recompute(session: Session, user_id: str) -> dict[str, Any]:
         "last_query_at": last,
         "updated_at": utcnow(),
     }
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = insert_for(session)
     session.execute(
         insert(UserStatistics).values(user_id=user_id, **values).on_conflict_do_update(index_elements=["user_id"], set_=values)
     )

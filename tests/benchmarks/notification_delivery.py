@@ -3,7 +3,7 @@
     PYTHONPATH=libs:. python -m tests.benchmarks.notification_delivery [--rounds 5 --tasks 400 --fresh-tasks 80] [--diagnose]
 
 Worker processes (`--concurrency=1`) started from entrypoints, a private Redis, a fresh PostgreSQL
-database (the task ledger is written per task, as deployed), the Users stand-in in this process.
+database (the task ledger, kept by each worker as deployed), the Users stand-in in this process.
 Measured in the same run, in rounds whose order rotates (so drift in the machine's load falls on all):
 
 - no-op:   the shipped worker's canary task (validation, ledger, result; no HTTP) — its ceiling;
@@ -15,8 +15,9 @@ With `--diagnose`, also no-op and deliveries of the worker without parts of its 
 bookkeeping (tests.benchmarks.lean_worker): what a delivery costs beside them.
 
 All workers run throughout with their consumer cancelled; a measurement queues its tasks, re-adds
-one worker's consumer, and times until the last task's result is stored (one process consumes FIFO,
-so the last is last), then cancels the consumer again.
+one worker's consumer, and times until the last canary's result is stored (one process consumes
+FIFO, so the last is last) or until Users has recorded every delivery (a delivery keeps no result
+in Redis, the ledger has it), then cancels the consumer again.
 """
 
 from __future__ import annotations
@@ -59,17 +60,15 @@ class Phase:
     publish: Callable[[int], str]
 
 
-def timed_drain(producer: Celery, hostname: str, n: int, publish: Callable[[int], str]) -> float:
-    """Tasks per second for `n` tasks queued up front and drained by the worker `hostname` alone."""
-    last = [publish(i) for i in range(n)][-1]
+def timed_drain(producer: Celery, phase: Phase, done: Callable[[Phase, str], bool]) -> float:
+    """Tasks per second for the phase's tasks queued up front and drained by its worker alone."""
+    last = [phase.publish(i) for i in range(phase.tasks)][-1]
     started = time.perf_counter()
-    producer.control.add_consumer(QUEUE, destination=[hostname], reply=True)
-    result = producer.AsyncResult(last)
-    wait_until(result.ready, 600, f"{n} tasks", interval=0.005)
+    producer.control.add_consumer(QUEUE, destination=[phase.hostname], reply=True)
+    wait_until(lambda: done(phase, last), 600, f"{phase.tasks} tasks", interval=0.005)
     elapsed = time.perf_counter() - started
-    producer.control.cancel_consumer(QUEUE, destination=[hostname], reply=True)
-    assert result.successful(), result.result
-    return n / elapsed
+    producer.control.cancel_consumer(QUEUE, destination=[phase.hostname], reply=True)
+    return phase.tasks / elapsed
 
 
 def start_idle_worker(stack: Stack, module: str, hostname: str, *args: str) -> None:
@@ -95,6 +94,14 @@ def main() -> None:
         def delivery(i: int) -> str:
             return producer.send_task(SEND_QUERY_RESULT.name, kwargs=report(i), queue=QUEUE).id
 
+        sent = 0
+
+        def done(phase: Phase, last: str) -> bool:
+            # A canary's result is stored; a delivery keeps none (the ledger has it): Users counts those.
+            if phase.publish is canary:
+                return producer.AsyncResult(last).ready()
+            return users.app.count("query-results") >= sent
+
         start_idle_worker(stack, "services.notifications.worker", "shared@bench")
         start_idle_worker(stack, "tests.benchmarks.fresh_client_worker", "fresh@bench")
         phases = [
@@ -111,16 +118,15 @@ def main() -> None:
                 Phase("no-op, no ledger/events/started", "leaner@bench", args.tasks, canary),
                 Phase("shared, no ledger/events/started", "leaner@bench", args.tasks, delivery),
             ]
-        sent = 0
         for hostname in sorted({p.hostname for p in phases}):  # warm up: the child's client, pools, imports
-            timed_drain(producer, hostname, 50, delivery)
             sent += 50
+            timed_drain(producer, Phase("warm-up", hostname, 50, delivery), done)
         rates: dict[str, list[float]] = {p.name: [] for p in phases}
         for r in range(args.rounds):
             for i in range(len(phases)):
                 phase = phases[(r + i) % len(phases)]
-                rates[phase.name].append(timed_drain(producer, phase.hostname, phase.tasks, phase.publish))
                 sent += phase.tasks if phase.publish is delivery else 0
+                rates[phase.name].append(timed_drain(producer, phase, done))
 
         delivered = len(users.app.deliveries("query-results"))
         assert delivered == sent, f"Users recorded {delivered} deliveries, {sent} were sent"

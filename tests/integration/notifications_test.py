@@ -60,8 +60,13 @@ def deliveries_of(users: Running[UsersApp], kind: str, key: str) -> list[dict[st
 
 
 def finished(stack: Stack, task_id: str) -> str:
-    return str(wait_until(lambda: stack.producer.AsyncResult(task_id).state in ("SUCCESS", "FAILURE")
-                          and stack.producer.AsyncResult(task_id).state, 30, f"task {task_id}"))
+    """The final state the task API reports (deliveries keep no Redis result: the ledger answers)."""
+    def state() -> str | None:
+        with stack.api() as api:
+            status = api.get(f"/api/v1/tasks/status/{task_id}").json()["status"]
+        return status if status in ("SUCCESS", "FAILURE") else None
+
+    return str(wait_until(state, 30, f"task {task_id}"))
 
 
 def test_a_query_result_reaches_users_once_with_the_eight_fields_keyed_by_message_id(stack: Stack, users: Running[UsersApp]) -> None:

@@ -43,6 +43,7 @@ class UsersApp(App):
         self._deliveries: list[dict[str, Any]] = []
         self._keys: set[tuple[str, str]] = set()
         self.duplicates: dict[str, int] = {kind: 0 for kind in REQUIRED_FIELDS}
+        self._counts: dict[str, int] = {kind: 0 for kind in REQUIRED_FIELDS}
         for kind in REQUIRED_FIELDS:
             self.route("POST", f"/api/v1/rag/{kind}", self.receive)
         self.route("GET", "/_control/deliveries", self.control_deliveries)
@@ -72,6 +73,7 @@ class UsersApp(App):
                 "received_at": datetime.now(timezone.utc).isoformat(),
             }
             self._deliveries.append(delivery)
+            self._counts[kind] += 1
         return json_response({"id": delivery["id"], "status": "recorded"}, 201)
 
     def deliveries(self, kind: str | None = None) -> list[dict[str, Any]]:
@@ -79,12 +81,17 @@ class UsersApp(App):
         with self._lock:
             return [d for d in self._deliveries if kind is None or d["kind"] == kind]
 
+    def count(self, kind: str) -> int:
+        """How many deliveries of `kind` were recorded (cheap enough to poll while they arrive)."""
+        return self._counts[kind]
+
     def reset(self) -> None:
         """Forget deliveries and keys; clear faults and the request log."""
         with self._lock:
             self._deliveries.clear()
             self._keys.clear()
             self.duplicates = {kind: 0 for kind in REQUIRED_FIELDS}
+            self._counts = {kind: 0 for kind in REQUIRED_FIELDS}
         self.faults.clear()
         self.log.clear()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -94,7 +94,14 @@ class Conversation(Base):
 
 
 class Message(Base):
+    """A query and its answer; also the intent of its two reports until the relay sets `reported_at`."""
+
     __tablename__ = "messages"
+    # The report relay's work list: only unreported messages, so it stays small however many there are.
+    __table_args__ = (
+        Index("ix_messages_unreported", "created_at",
+              postgresql_where=text("reported_at IS NULL"), sqlite_where=text("reported_at IS NULL")),
+    )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
     user_id: Mapped[str] = mapped_column(String(256), index=True)
@@ -105,6 +112,7 @@ class Message(Base):
     processing_time_ms: Mapped[float]
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     archived_at: Mapped[datetime | None]
+    reported_at: Mapped[datetime | None]
 
 
 class QueryCacheEntry(Base):
@@ -117,20 +125,6 @@ class QueryCacheEntry(Base):
     response: Mapped[dict[str, Any]]
     hits: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-
-
-class OutboxEntry(Base):
-    """A task to send, written in the transaction of the change that calls for it."""
-
-    __tablename__ = "task_outbox"
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
-    task_id: Mapped[str] = mapped_column(String(64), unique=True)
-    task_name: Mapped[str] = mapped_column(String(128))
-    kwargs: Mapped[dict[str, Any]]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    published_at: Mapped[datetime | None] = mapped_column(index=True)
-    attempts: Mapped[int] = mapped_column(default=0)
-    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class FailedDelivery(Base):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from pathlib import Path
 
+from typing import Any
+
 from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,6 +20,9 @@ from ragcore.settings import get_settings
 
 
 _engines: dict[str, Engine] = {}
+
+#: What opens a session: `session_scope` in deployables, one on a test database in unit tests.
+Sessions = Callable[[], AbstractContextManager[Session]]
 
 
 def get_engine(url: str | None = None) -> Engine:
@@ -98,6 +104,11 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+def insert_for(session: Session) -> Any:
+    """The INSERT of the session's dialect: PostgreSQL's and SQLite's both have ON CONFLICT."""
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
 def create_schema(url: str | None = None) -> None:

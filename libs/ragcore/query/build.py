@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import redis
 
 from ragcore.cache import HotCache
@@ -32,9 +30,9 @@ def make_generator(settings: Settings) -> Generator:
     return ExtractiveGenerator()
 
 
-def build_service(settings: Settings, on_commit: Callable[[], None] | None = None) -> QueryService:
+def build_service(settings: Settings) -> QueryService:
     client = redis.Redis.from_url(
         settings.cache, socket_timeout=HOT_CACHE_TIMEOUT_SECONDS, socket_connect_timeout=HOT_CACHE_TIMEOUT_SECONDS
     )
     hot = TolerantHotCache(HotCache(client, settings.cache_prefix, settings.cache_ttl_seconds))
-    return QueryService(settings, VectorStore(settings), make_embedder(settings), make_generator(settings), hot, on_commit=on_commit)
+    return QueryService(settings, VectorStore(settings), make_embedder(settings), make_generator(settings), hot)

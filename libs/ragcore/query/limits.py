@@ -12,10 +12,9 @@ from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import case, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
+from ragcore.db import insert_for
 from ragcore.db.models import User
 from ragcore.settings import Settings
 
@@ -66,7 +65,7 @@ def check(session: Session, user_id: str, settings: Settings, now: datetime) -> 
 
 def ensure_user(session: Session, user_id: str, settings: Settings) -> None:
     """Create the user in the default tier with that tier's limit, unless it exists."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    insert = insert_for(session)
     tier = settings.default_tier
     session.execute(
         insert(User)

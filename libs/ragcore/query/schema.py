@@ -48,16 +48,3 @@ class QueryAnswer(BaseModel):
     tokens_used: int
     processing_time_ms: float
     cached: bool
-
-    def report(self, user_id: str, query: str) -> dict[str, Any]:
-        """The 8 fields of `send_query_result_to_users`."""
-        return {
-            "user_id": user_id,
-            "conversation_id": self.conversation_id,
-            "message_id": self.message_id,
-            "query": query,
-            "answer": self.answer,
-            "sources": [s.model_dump(mode="json") for s in self.sources],
-            "tokens_used": self.tokens_used,
-            "processing_time_ms": self.processing_time_ms,
-        }

@@ -1,9 +1,10 @@
 """The query path: limit, cache, embed, search, generate, then one transaction for everything kept.
 
 That transaction counts the query against the user's limit, stores the conversation and message,
-records the cached answer, and writes the two reports (`send_query_result_to_users`,
-`update_user_statistics`) to the outbox. The reports therefore exist exactly when the message does,
-and cost the answer two row inserts; the outbox relay publishes them after the commit.
+and records the cached answer. The message row is also the intent of its two reports
+(`send_query_result_to_users`, `update_user_statistics`): stored unreported, it is published by the
+report relay (`ragcore.reports`) outside the API, so the reports exist exactly when the message does
+and cost the answer nothing.
 """
 
 from __future__ import annotations
@@ -13,21 +14,17 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 import redis
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from ragcore import contracts, outbox
 from ragcore.cache import HotCache, cache_key, data_version
 from ragcore.contracts import Source
-from ragcore.db import session_scope, utcnow
+from ragcore.db import Sessions, insert_for, session_scope, utcnow
 from ragcore.db.models import Conversation, Message, QueryCacheEntry
 from ragcore.embedder import Embedder
 from ragcore.query import limits
@@ -37,9 +34,6 @@ from ragcore.settings import Settings
 from ragcore.vectorstore import Hit
 
 log = logging.getLogger(__name__)
-
-Sessions = Callable[[], AbstractContextManager[Session]]
-
 
 class ConversationNotFound(Exception):
     """The conversation does not exist, belongs to another user, or was archived."""
@@ -96,10 +90,6 @@ class _Lookup:
     from_hot: bool
 
 
-def _insert(session: Session):  # type: ignore[no-untyped-def]
-    return pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-
-
 class QueryService:
     """Answers queries; one per process, shared by its threads."""
 
@@ -111,7 +101,6 @@ class QueryService:
         generator: Generator,
         hot: TolerantHotCache | None = None,
         sessions: Sessions = session_scope,
-        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -119,12 +108,11 @@ class QueryService:
         self._generator = generator
         self._hot = hot
         self._sessions = sessions
-        self._on_commit = on_commit
         self._store_ready = False
         self._ready_lock = threading.Lock()
 
     def answer(self, request: QueryRequest, reports: bool = True) -> QueryAnswer:
-        """Answer `request` and store it; `reports=False` skips the two reports (benchmarks only)."""
+        """Answer `request` and store it; `reports=False` stores it as reported already (benchmarks only)."""
         started = time.perf_counter()
         now = utcnow()
         with self._sessions() as session:
@@ -146,8 +134,6 @@ class QueryService:
         )
         with self._sessions() as session:
             self._store_answer(session, request, answer, lookup, result, now, reports)
-        if reports and self._on_commit is not None:
-            self._on_commit()
         if self._hot is not None and not lookup.from_hot:
             self._hot.put(lookup.key, result)
         return answer
@@ -235,6 +221,7 @@ class QueryService:
                 tokens_used=answer.tokens_used,
                 processing_time_ms=answer.processing_time_ms,
                 created_at=now,
+                reported_at=None if reports else now,
             )
         )
         if answer.cached:
@@ -246,10 +233,7 @@ class QueryService:
             )
         else:
             session.execute(
-                _insert(session)(QueryCacheEntry)
+                insert_for(session)(QueryCacheEntry)
                 .values(cache_key=lookup.key, data_version=lookup.version, query=request.query, response=result, hits=0, created_at=now)
                 .on_conflict_do_nothing(index_elements=["cache_key"])
             )
-        if reports:
-            outbox.add(session, contracts.SEND_QUERY_RESULT, answer.report(request.user_id, request.query))
-            outbox.add(session, contracts.UPDATE_USER_STATISTICS, {"user_id": request.user_id})

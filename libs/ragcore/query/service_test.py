@@ -5,7 +5,7 @@ import redis
 from sqlalchemy import func, select
 
 from ragcore.cache import HotCache, bump_data_version
-from ragcore.db.models import Conversation, Message, OutboxEntry, QueryCacheEntry, User
+from ragcore.db.models import Conversation, Message, QueryCacheEntry, User
 from ragcore.embedder import HashingEmbedder
 from ragcore.query import (
     ConversationNotFound,
@@ -69,13 +69,10 @@ def hot() -> DictRedis:
 
 @pytest.fixture
 def service(sessions, store, hot) -> QueryService:  # type: ignore[no-untyped-def]
-    woken: list[int] = []
-    svc = QueryService(
+    return QueryService(
         SETTINGS, store, HashingEmbedder(64), ExtractiveGenerator(),
-        TolerantHotCache(HotCache(hot, "t:", 60), pause=0.0), sessions=sessions, on_commit=lambda: woken.append(1),
+        TolerantHotCache(HotCache(hot, "t:", 60), pause=0.0), sessions=sessions,
     )
-    svc.woken = woken  # type: ignore[attr-defined]
-    return svc
 
 
 def count(sessions, model) -> int:  # type: ignore[no-untyped-def]
@@ -83,18 +80,20 @@ def count(sessions, model) -> int:  # type: ignore[no-untyped-def]
         return session.scalar(select(func.count()).select_from(model))
 
 
-def test_an_answer_is_stored_with_its_two_reports_and_wakes_the_relay(service, sessions) -> None:  # type: ignore[no-untyped-def]
+def unreported(sessions) -> int:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(Message).where(Message.reported_at.is_(None)))
+
+
+def test_an_answer_is_stored_as_a_message_whose_reports_are_pending(service, sessions) -> None:  # type: ignore[no-untyped-def]
     answer = service.answer(QueryRequest(user_id="u", query="harbor safety"))
     assert answer.answer == "Harbor safety is checked daily. [1]"
     assert [s.chunk_id for s in answer.sources] == ["doc-1/c0"] and not answer.cached
     with sessions() as session:
         message = session.get(Message, answer.message_id)
         assert message.conversation_id == answer.conversation_id and message.tokens_used == answer.tokens_used
-        entries = session.scalars(select(OutboxEntry).order_by(OutboxEntry.id)).all()
-    assert [e.task_name for e in entries] == ["send_query_result_to_users", "update_user_statistics"]
-    assert entries[0].kwargs["message_id"] == answer.message_id and set(entries[0].kwargs) == {
-        "user_id", "conversation_id", "message_id", "query", "answer", "sources", "tokens_used", "processing_time_ms"}
-    assert service.woken == [1]
+        assert message.processing_time_ms == answer.processing_time_ms and message.reported_at is None
+        assert message.sources == [s.model_dump(mode="json") for s in answer.sources]
 
 
 def test_a_repeated_query_is_cached_until_the_data_version_changes(service, sessions, store, hot) -> None:  # type: ignore[no-untyped-def]
@@ -129,14 +128,14 @@ def test_over_the_limit_nothing_is_stored_or_reported(service, sessions) -> None
         service.answer(QueryRequest(user_id="u", query=f"q{i}"))
     with pytest.raises(LimitExceeded):
         service.answer(QueryRequest(user_id="u", query="one more"))
-    assert count(sessions, Message) == 3 and count(sessions, OutboxEntry) == 6
+    assert count(sessions, Message) == 3 and unreported(sessions) == 3
     with sessions() as session:
         assert session.get(User, "u").queries_today == 3
 
 
-def test_without_reports_nothing_goes_to_the_outbox(service, sessions) -> None:  # type: ignore[no-untyped-def]
+def test_without_reports_the_message_is_stored_as_reported(service, sessions) -> None:  # type: ignore[no-untyped-def]
     service.answer(QueryRequest(user_id="u", query="harbor"), reports=False)
-    assert count(sessions, Message) == 1 and count(sessions, OutboxEntry) == 0 and service.woken == []
+    assert count(sessions, Message) == 1 and unreported(sessions) == 0
 
 
 def test_a_vector_store_failure_is_an_upstream_error_and_stores_nothing(service, sessions, store) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,116 @@
+"""A query's two reports: the message row is the intent, a relay outside the API publishes them.
+
+The answer's transaction stores the message with `reported_at` NULL and nothing more, so a report
+exists exactly when its message does and recording it costs the answer nothing. The relay (a thread
+of the Beat process, off the API's cores) polls for unreported messages, records their tasks in the
+ledger, publishes `send_query_result_to_users` per message and `update_user_statistics` once per
+user, then marks the messages reported. A broker outage leaves them unreported until it returns.
+
+Task ids derive from the message ids: a publish repeated after a crash between publishing and
+marking (or by a second relay: two Beats) is the same task again, and both consumers count a
+message once (Users by its idempotency key, the statistics by message).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+from sqlalchemy import Row, select, update
+
+from ragcore import contracts, ledger
+from ragcore.contracts import TaskContract
+from ragcore.db import Sessions, session_scope, utcnow
+from ragcore.db.models import Message
+
+log = logging.getLogger(__name__)
+
+_TASK_IDS = uuid.UUID("6f1d3c2e-8a41-4c55-9b0e-2d7f0a9c5e11")
+_COLUMNS = (Message.id, Message.user_id, Message.conversation_id, Message.query, Message.answer, Message.sources,
+            Message.tokens_used, Message.processing_time_ms)
+
+
+@dataclass(frozen=True)
+class Report:
+    task_id: str
+    contract: TaskContract
+    kwargs: dict[str, Any]
+    message_ids: tuple[str, ...]
+
+
+def task_id(contract: TaskContract, message_id: str) -> str:
+    return str(uuid.uuid5(_TASK_IDS, f"{contract.name}:{message_id}"))
+
+
+def _reports(rows: list[Row[Any]]) -> list[Report]:
+    """One result per message; one statistics update per user, named after its last message."""
+    out: list[Report] = []
+    per_user: dict[str, list[str]] = {}
+    for m in rows:
+        fields = {"user_id": m.user_id, "conversation_id": m.conversation_id, "message_id": m.id, "query": m.query,
+                  "answer": m.answer, "sources": m.sources, "tokens_used": m.tokens_used,
+                  "processing_time_ms": m.processing_time_ms}
+        out.append(Report(task_id(contracts.SEND_QUERY_RESULT, m.id), contracts.SEND_QUERY_RESULT, fields, (m.id,)))
+        per_user.setdefault(m.user_id, []).append(m.id)
+    for user_id, ids in per_user.items():
+        stats = contracts.UPDATE_USER_STATISTICS
+        out.append(Report(task_id(stats, ids[-1]), stats, {"user_id": user_id}, tuple(ids)))
+    return out
+
+
+def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_scope) -> int:
+    """Publish the reports of up to `limit` unreported messages, oldest first; returns how many messages."""
+    with sessions() as session:
+        rows = list(session.execute(
+            select(*_COLUMNS).where(Message.reported_at.is_(None)).order_by(Message.created_at).limit(limit)
+            .with_for_update(skip_locked=True)
+        ))
+        if not rows:
+            return 0
+        reports = _reports(rows)
+        # Committed before publishing: a worker that starts the task finds its ledger row.
+        ledger.record_sent_many(session, [(r.task_id, r.contract, r.kwargs) for r in reports])
+    unpublished: set[str] = set()
+    for i, report in enumerate(reports):
+        try:
+            app.send_task(report.contract.name, kwargs=report.kwargs, queue=report.contract.queue.value,
+                          task_id=report.task_id, headers={ledger.RECORDED_HEADER: True})
+        except Exception as exc:  # the broker is down: these messages wait for the next round
+            log.warning("report publish failed, will retry: %s", exc)
+            unpublished = {m for r in reports[i:] for m in r.message_ids}
+            break
+    done = [m.id for m in rows if m.id not in unpublished]
+    if done:
+        with sessions() as session:
+            session.execute(update(Message).where(Message.id.in_(done)).values(reported_at=utcnow())
+                            .execution_options(synchronize_session=False))
+    return len(done)
+
+
+class ReportRelay:
+    """Publishes pending reports from a background thread every `interval` seconds, in batches."""
+
+    def __init__(self, app: Celery, interval: float) -> None:
+        self._app = app
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="report-relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                while publish_pending(self._app) and not self._stop.is_set():
+                    pass
+            except Exception:
+                log.exception("report relay round failed")

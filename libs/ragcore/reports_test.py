@@ -1,0 +1,77 @@
+"""The report relay publishes each unreported message's reports once, records them first, and keeps
+what the broker refused for the next round. (Integration: tests/integration/query_test.py.)"""
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from ragcore import contracts, reports
+from ragcore.db import utcnow
+from ragcore.db.models import Conversation, Message, TaskRecord
+
+
+class Broker:
+    """Stands in for the Celery app's publish: records what was sent, refuses after `fail_after`."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.fail_after = fail_after
+
+    def send_task(self, name: str, kwargs: dict[str, Any], queue: str, task_id: str, headers: dict[str, Any]) -> None:
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            raise ConnectionError("broker down")
+        self.sent.append({"name": name, "kwargs": kwargs, "queue": queue, "task_id": task_id, "headers": headers})
+
+
+@pytest.fixture
+def messages(sessions):  # type: ignore[no-untyped-def]
+    """Three unreported messages (two users) and one reported long ago."""
+    now = utcnow()
+    with sessions() as session:
+        session.add(Conversation(id="c", user_id="alice", created_at=now, updated_at=now))
+        session.flush()
+        for i, (user, reported) in enumerate((("alice", None), ("bob", None), ("alice", None), ("alice", now))):
+            session.add(Message(id=f"m{i}", conversation_id="c", user_id=user, query=f"q{i}", answer=f"a{i}",
+                                sources=[{"document_id": "d", "chunk_id": "d/0", "score": 0.5, "text": "t", "metadata": {}}],
+                                tokens_used=i, processing_time_ms=1.5, created_at=now + timedelta(seconds=i), reported_at=reported))
+    return ["m0", "m1", "m2"]
+
+
+def unreported(sessions) -> list[str]:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        return list(session.scalars(select(Message.id).where(Message.reported_at.is_(None)).order_by(Message.id)))
+
+
+def test_each_message_gets_its_result_and_each_user_one_statistics_update(sessions, messages) -> None:  # type: ignore[no-untyped-def]
+    broker = Broker()
+    assert reports.publish_pending(broker, sessions=sessions) == 3  # type: ignore[arg-type]
+    results = [s for s in broker.sent if s["name"] == "send_query_result_to_users"]
+    stats = [s for s in broker.sent if s["name"] == "update_user_statistics"]
+    assert [r["kwargs"]["message_id"] for r in results] == messages
+    assert set(results[0]["kwargs"]) == {"user_id", "conversation_id", "message_id", "query", "answer", "sources",
+                                         "tokens_used", "processing_time_ms"}
+    contracts.SEND_QUERY_RESULT.validate(results[1]["kwargs"])  # what the worker will accept
+    assert sorted(s["kwargs"]["user_id"] for s in stats) == ["alice", "bob"]
+    assert {s["queue"] for s in results} == {"notifications"} and {s["queue"] for s in stats} == {"user"}
+    assert unreported(sessions) == []
+    with sessions() as session:  # recorded in the ledger (before publishing), so the publisher signal skips them
+        recorded = {r.task_id: r.state for r in session.scalars(select(TaskRecord))}
+    assert recorded == {s["task_id"]: "PENDING" for s in broker.sent}
+    assert all(s["headers"] == {reports.ledger.RECORDED_HEADER: True} for s in broker.sent)
+    assert reports.publish_pending(broker, sessions=sessions) == 0 and len(broker.sent) == 5  # type: ignore[arg-type]
+
+
+def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_task_ids(sessions, messages) -> None:  # type: ignore[no-untyped-def]
+    down = Broker(fail_after=1)
+    assert reports.publish_pending(down, sessions=sessions) == 0  # type: ignore[arg-type]
+    assert [s["kwargs"]["message_id"] for s in down.sent] == ["m0"]
+    # m0's result went out but its user's statistics update did not: m0 stays unreported with the rest.
+    assert unreported(sessions) == messages
+    back = Broker()
+    assert reports.publish_pending(back, sessions=sessions) == 3  # type: ignore[arg-type]
+    assert back.sent[0]["task_id"] == down.sent[0]["task_id"]  # the same task again: Users counts it once
+    assert unreported(sessions) == []
+    with sessions() as session:
+        assert session.query(TaskRecord).count() == 5  # recorded once each, though sent in two rounds
