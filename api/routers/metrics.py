@@ -1,7 +1,7 @@
 """GET /metrics: Prometheus text for autoscalers (KEDA) and alerts.
 
-Queues (depth, oldest waiting task, consumers) come from the broker; task counts and durations from
-the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
+Queues (depth, oldest waiting task, consumers) come from the broker; the reports still to publish
+from the messages; task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
 histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
 
 Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import ERROR_RESPONSES, ErrorBody
-from ragcore import ledger, queues
+from ragcore import ledger, queues, reports
 from ragcore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,16 @@ def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
     return [tasks, duration]
 
 
+def _report_families(session: Session) -> list[Metric]:
+    count, oldest = reports.backlog(session)
+    waiting = GaugeMetricFamily("ragcore_reports_unreported", "Answered queries whose reports to Users are not published yet")
+    waiting.add_metric([], count)
+    age = GaugeMetricFamily("ragcore_reports_oldest_unreported_age_seconds",
+                            "How long the oldest of them has waited (0 when none): Beat's relay or the broker is down")
+    age.add_metric([], (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0.0)
+    return [waiting, age]
+
+
 @router.get(
     "/metrics",
     dependencies=[Depends(metrics_access)],
@@ -104,7 +114,7 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
         log.warning("broker unreachable for metrics: %s", exc)
         raise HTTPException(503, "the broker (Redis) is unreachable; try again") from None
     scrape = GaugeMetricFamily("ragcore_metrics_scrape_seconds", "Time taken to compute these metrics")
-    families = _queue_families(stats) + _ledger_families(settings, session)
+    families = _queue_families(stats) + _ledger_families(settings, session) + _report_families(session)
     scrape.add_metric([], time.monotonic() - started)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot([*families, scrape]))

@@ -45,7 +45,7 @@ def create_app(service: str, settings: Settings | None = None, queues: tuple[Que
         broker_transport_options=transport,
         # The Redis backend subscribes to each sent task's result before publishing; its default
         # policy retries that 20 times, a second apart, when Redis is down. Bounded, a publisher (the
-        # outbox relay, an API request) fails in well under a second and tries again later.
+        # report relay, an API request) fails in well under a second and tries again later.
         result_backend_transport_options={**transport, "retry_policy": _FAIL_FAST},
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,

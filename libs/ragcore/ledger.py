@@ -47,13 +47,16 @@ def get(session: Session, task_id: str) -> TaskRecord | None:
 
 
 class _Writer:
-    """A worker process's ledger updates, written by one thread in batches.
+    """A worker process's ledger updates of the tasks that keep no result in Redis, written by one
+    thread in batches.
 
-    A task's bookkeeping must not cost it database round trips: the signal receivers queue their
-    update and return, and the thread writes what queued within `linger` seconds of the first
-    update, merged per task (a short task's STARTED and SUCCESS become one row update), in one
-    transaction. One queue and one thread keep each task's updates in order. A process flushes
-    before it exits; a SIGKILL loses at most the last `linger` seconds of updates.
+    Such a task (a delivery, sent per query) is short and frequent: its bookkeeping must not cost it
+    database round trips. The signal receivers queue the update and return; the thread writes what
+    queued within `linger` seconds of the first update, merged per task (STARTED and SUCCESS become
+    one row update), in one transaction. One queue and one thread keep each task's updates in order.
+    A process flushes before it exits; a SIGKILL loses at most the last `linger` seconds of updates
+    (then a task the worker was running is redelivered by the broker's visibility timeout, not at
+    the worker's restart).
     """
 
     def __init__(self, linger: float = 0.05) -> None:
@@ -125,8 +128,14 @@ def _write(updates: list[tuple[str, dict[str, Any]]]) -> None:
 _writer = _Writer()
 
 
-def _update(task_id: str | None, **values: Any) -> None:
-    _writer.put(task_id, values)
+def _update(task: Any, task_id: str | None, **values: Any) -> None:
+    """Batched for tasks that keep no result in Redis; written at once for the others, so that what
+    the result backend shows (STARTED, SUCCESS...) the ledger shows too (status reads both)."""
+    contract = contracts.BY_NAME.get(getattr(task, "name", None) or "")
+    if contract is not None and not contract.store_result:
+        _writer.put(task_id, values)
+    elif task_id:
+        _write([(task_id, values)])
 
 
 def flush() -> None:
@@ -136,7 +145,7 @@ def flush() -> None:
 
 def set_progress(task_id: str, progress: dict[str, Any]) -> None:
     # The state stays STARTED: orphan recovery looks for STARTED tasks; status shows PROGRESS.
-    _update(task_id, progress=progress)
+    _write([(task_id, {"progress": progress})])
 
 
 def report_progress(task: Task, done: int, total: int, **extra: Any) -> None:
@@ -259,7 +268,7 @@ def durations(session: Session, since: datetime, bounds: Sequence[float]) -> lis
 
 @signals.before_task_publish.connect(weak=False, dispatch_uid="ledger.stamp_sent_at")
 def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
-    # Every publisher of contract tasks imports this module (dispatch, outbox, Beat, workers): the
+    # Every publisher of contract tasks imports this module (dispatch, reports, Beat, workers): the
     # publish time in the message is what the oldest-waiting-task age of a queue is measured from.
     if headers is not None:
         queues.stamp_sent_at(headers)
@@ -270,25 +279,25 @@ def connect_worker_signals() -> None:
 
     @signals.task_prerun.connect(weak=False, dispatch_uid="ledger.task_prerun")
     def _started(task_id: str, task: Any, **_: Any) -> None:
-        _update(task_id, state="STARTED", started_at=utcnow(), worker=task.request.hostname)
+        _update(task, task_id, state="STARTED", started_at=utcnow(), worker=task.request.hostname)
 
     @signals.task_retry.connect(weak=False, dispatch_uid="ledger.task_retry")
-    def _retried(request: Any, reason: Any, **_: Any) -> None:
-        _update(request.id, state="RETRY", retries=request.retries + 1, error=str(reason))
+    def _retried(sender: Any, request: Any, reason: Any, **_: Any) -> None:
+        _update(sender, request.id, state="RETRY", retries=request.retries + 1, error=str(reason))
 
     @signals.task_success.connect(weak=False, dispatch_uid="ledger.task_success")
     def _succeeded(sender: Any, result: Any, **_: Any) -> None:
         stored = result if isinstance(result, dict) else {"value": result}
-        _update(sender.request.id, state="SUCCESS", finished_at=utcnow(), result=stored, error=None)
+        _update(sender, sender.request.id, state="SUCCESS", finished_at=utcnow(), result=stored, error=None)
 
     @signals.task_failure.connect(weak=False, dispatch_uid="ledger.task_failure")
-    def _failed(task_id: str, exception: BaseException, einfo: Any, **_: Any) -> None:
-        _update(task_id, state="FAILURE", finished_at=utcnow(), error=f"{type(exception).__name__}: {exception}",
+    def _failed(sender: Any, task_id: str, exception: BaseException, einfo: Any, **_: Any) -> None:
+        _update(sender, task_id, state="FAILURE", finished_at=utcnow(), error=f"{type(exception).__name__}: {exception}",
                 traceback=str(einfo))
 
     @signals.task_revoked.connect(weak=False, dispatch_uid="ledger.task_revoked")
-    def _revoked(request: Any, **_: Any) -> None:
-        _update(request.id, state="REVOKED", finished_at=utcnow(), revoked=True)
+    def _revoked(sender: Any, request: Any, **_: Any) -> None:
+        _update(sender, request.id, state="REVOKED", finished_at=utcnow(), revoked=True)
 
     @signals.worker_process_shutdown.connect(weak=False, dispatch_uid="ledger.worker_process_shutdown")
     @signals.worker_shutdown.connect(weak=False, dispatch_uid="ledger.worker_shutdown")

@@ -17,10 +17,12 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.orm import Session
 
 from ragcore import contracts, ledger
 from ragcore.contracts import TaskContract
@@ -89,6 +91,14 @@ def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_
             session.execute(update(Message).where(Message.id.in_(done)).values(reported_at=utcnow())
                             .execution_options(synchronize_session=False))
     return len(done)
+
+
+def backlog(session: Session) -> tuple[int, datetime | None]:
+    """How many messages wait for their reports, and since when (the relay or the broker is down)."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(Message.created_at)).where(Message.reported_at.is_(None))
+    ).one()
+    return int(count), oldest
 
 
 class ReportRelay:

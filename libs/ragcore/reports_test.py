@@ -56,6 +56,8 @@ def test_each_message_gets_its_result_and_each_user_one_statistics_update(sessio
     assert sorted(s["kwargs"]["user_id"] for s in stats) == ["alice", "bob"]
     assert {s["queue"] for s in results} == {"notifications"} and {s["queue"] for s in stats} == {"user"}
     assert unreported(sessions) == []
+    with sessions() as session:
+        assert reports.backlog(session) == (0, None)
     with sessions() as session:  # recorded in the ledger (before publishing), so the publisher signal skips them
         recorded = {r.task_id: r.state for r in session.scalars(select(TaskRecord))}
     assert recorded == {s["task_id"]: "PENDING" for s in broker.sent}
@@ -69,6 +71,9 @@ def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_tas
     assert [s["kwargs"]["message_id"] for s in down.sent] == ["m0"]
     # m0's result went out but its user's statistics update did not: m0 stays unreported with the rest.
     assert unreported(sessions) == messages
+    with sessions() as session:
+        count, oldest = reports.backlog(session)
+        assert count == 3 and oldest is not None and (utcnow() - oldest).total_seconds() < 60
     back = Broker()
     assert reports.publish_pending(back, sessions=sessions) == 3  # type: ignore[arg-type]
     assert back.sent[0]["task_id"] == down.sent[0]["task_id"]  # the same task again: Users counts it once

@@ -153,6 +153,16 @@ class VectorStore:
         """Remove every point of one document; a document with no points is not an error."""
         self.client.delete(self.collection, points_selector=models.FilterSelector(filter=_document_filter(document_id)))
 
+    def replace_document(self, document_id: str, chunks: list[Chunk]) -> None:
+        """Make the document's points exactly `chunks`: write them first, then remove the ones not
+        rewritten, so a search in between finds the old or the new version, never neither."""
+        self.upsert(chunks, wait=True)
+        kept: list[models.ExtendedPointId] = [point_id(c.id) for c in chunks]
+        stale = _document_filter(document_id)
+        if kept:
+            stale.must_not = [models.HasIdCondition(has_id=kept)]
+        self.client.delete(self.collection, points_selector=models.FilterSelector(filter=stale))
+
     def delete_points(self, ids: Iterable[str]) -> None:
         """Remove points by id; unknown ids are ignored."""
         points: list[models.ExtendedPointId] = list(ids)

@@ -125,6 +125,20 @@ def test_delete_document_removes_only_its_points_and_twice_is_fine(filled: Vecto
     assert filled.search(EMBEDDER.embed([doc.query(0)])[0], 10, {"document_id": doc.id}) == []
 
 
+def test_replace_document_leaves_exactly_the_new_chunks_and_touches_no_other_document(filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
+    chunks = corpus[0]
+    doc_id = chunks[0].document_id
+    old = [c for c in chunks if c.document_id == doc_id]
+    new = [replace(old[0], text="rewritten"), replace(old[1], id=f"{doc_id}/new-chunk")]  # 4 chunks become 2
+    filled.replace_document(doc_id, new)
+    own = filled.search(new[0].vector, 10, {"document_id": doc_id})
+    assert sorted(h.chunk_id for h in own) == sorted(c.id for c in new)
+    assert next(h.text for h in own if h.chunk_id == old[0].id) == "rewritten"
+    assert filled.count() == 96 - 4 + 2
+    filled.replace_document(doc_id, [])
+    assert filled.search(new[0].vector, 10, {"document_id": doc_id}) == [] and filled.count() == 92
+
+
 def test_iter_point_ids_lists_every_point_across_scroll_pages(filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
     ids = list(filled.iter_point_ids(page_size=10))
     assert len(ids) == 96

@@ -131,8 +131,7 @@ def _apply_document(document_id: str, action: str) -> None:
                 chunks = _ingest().document_embeddings(document_id)
             except DocumentNotFound:
                 chunks = []  # deleted in Ingest since the event: converge on its current state
-        store.delete_document(document_id)
-        store.upsert(chunks, wait=True)
+        store.replace_document(document_id, chunks)
         with session_scope() as session:
             bump_data_version(session)
 

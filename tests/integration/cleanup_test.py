@@ -19,7 +19,7 @@ from ragcore.db import session_scope, utcnow
 from ragcore.db.models import Conversation, Message, QueryCacheEntry
 from ragcore.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
-from tests.support.stack import Stack
+from tests.support.stack import Stack, ledger_record
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +165,7 @@ def test_cleanup_failed_tasks_removes_failed_results_only_and_the_ledger_keeps_t
         assert stack.producer.AsyncResult(task_id).state == state
     assert stack.producer.AsyncResult(succeeded).result["queue"] == "cleanup"
     assert stack.producer.AsyncResult(pending).state == "PENDING" and r.llen(Queue.USER.value) == queued
-    with session_scope() as session:
-        record = ledger.get(session, failed_for_real)
-        assert record is not None and record.state == "FAILURE" and "invalid arguments" in (record.error or "")
+    assert "invalid arguments" in (ledger_record(failed_for_real, "FAILURE").error or "")
 
 
 @pytest.mark.parametrize("task", [contracts.CLEANUP_OLD_CACHE, contracts.CLEANUP_QUERY_CACHE], ids=lambda t: t.name)

@@ -84,3 +84,14 @@ def test_metrics_need_an_admin_key_unless_made_public(stack: Stack) -> None:
     with stack.api(key=None) as anonymous:
         response = anonymous.get("/metrics")
     assert response.status_code == 200 and "ragcore_queue_depth" in response.text
+
+
+def test_metrics_show_answered_queries_whose_reports_wait_for_the_relay(stack: Stack, api: httpx.Client) -> None:
+    # No Beat runs here, so nothing publishes the reports: they wait, counted, with their age.
+    before = _samples(api)[("ragcore_reports_unreported", ())]
+    with stack.api(QUERY_KEY) as client:
+        for n in range(2):
+            assert client.post("/api/v1/query/", json={"user_id": "metrics-user", "query": f"anything {n}"}).status_code == 200
+    samples = _samples(api)
+    assert samples[("ragcore_reports_unreported", ())] == before + 2
+    assert samples[("ragcore_reports_oldest_unreported_age_seconds", ())] > 0

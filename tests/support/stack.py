@@ -13,7 +13,8 @@ from celery import Celery
 
 from ragcore.celery_app import create_app
 from ragcore.contracts import Queue
-from ragcore.db import create_schema, reset_engines
+from ragcore.db import create_schema, reset_engines, session_scope
+from ragcore.db.models import TaskRecord
 from ragcore.settings import get_settings
 from tests.support.processes import Deployable, deployable_env, wait_http_ok, wait_until
 from tests.support.servers import RedisServer, free_port, postgres_database, redis_server
@@ -108,6 +109,16 @@ def running_stack(**extra: str) -> Iterator[Stack]:
                 else:
                     os.environ[key] = value
             _reset_cached_settings()
+
+
+def ledger_record(task_id: str, *states: str, timeout: float = 10) -> TaskRecord:
+    """The task's ledger row once it reaches one of `states` (workers write the ledger in batches)."""
+    def reached() -> TaskRecord | None:
+        with session_scope() as session:
+            record = session.get(TaskRecord, task_id)
+        return record if record is not None and record.state in states else None
+
+    return wait_until(reached, timeout, f"task {task_id} in the ledger as {'/'.join(states)}")  # type: ignore[no-any-return]
 
 
 def _reset_cached_settings() -> None:
