@@ -59,7 +59,7 @@ class _Writer:
     the worker's restart).
     """
 
-    def __init__(self, linger: float = 0.05) -> None:
+    def __init__(self, linger: float = 0.2) -> None:
         self._linger = linger
         self._hurry = threading.Event()  # set by flush(): write without lingering
         self._pid: int | None = None
