@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
+from ragcore.dispatch import PublishFailed
 from ragcore.logging import request_id_var
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ ERROR_RESPONSES: Responses = {
 }
 
 
+#: Routes that use the broker answer this while it is down (a task they would send is not recorded).
+BROKER_DOWN: Responses = {503: {"model": ErrorBody, "description": "The broker (Redis) is unreachable"}}
+
+
 def _location(loc: tuple[object, ...]) -> str:
     return ".".join(str(p) for p in loc if p != "body") or "body"
 
@@ -56,6 +61,11 @@ async def _invalid_arguments(_: Request, exc: ValidationError) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": f"invalid task arguments: {message}", "errors": errors})
 
 
+async def _publish_failed(_: Request, exc: PublishFailed) -> JSONResponse:
+    log.warning("%s", exc)
+    return JSONResponse(status_code=503, content={"detail": "the broker (Redis) is unreachable; try again"})
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error")
     # The request-id middleware has already exited here: its id travels on request.state.
@@ -66,4 +76,5 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ValidationError, _invalid_arguments)  # type: ignore[arg-type]
+    app.add_exception_handler(PublishFailed, _publish_failed)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from api.auth import AdminKey, SyncKey
 from api.deps import CeleryDep, SessionDep
-from api.errors import ERROR_RESPONSES
+from api.errors import BROKER_DOWN, ERROR_RESPONSES
 from ragcore import contracts, dispatch, sync_queue
 from ragcore.contracts import SyncEmbeddingsArgs
 
@@ -22,20 +22,20 @@ class EventsAccepted(BaseModel):
     stored: int
 
 
-@router.post("/trigger-full-sync", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/trigger-full-sync", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
 def trigger_full_sync(_: AdminKey, celery: CeleryDep) -> TaskAccepted:
     """Re-copy everything from Ingest and drop what it no longer has."""
     return TaskAccepted(task_id=dispatch.send(celery, contracts.TRIGGER_FULL_SYNC))
 
 
-@router.post("/trigger-sync", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/trigger-sync", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
 def trigger_sync(_: AdminKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None = None) -> TaskAccepted:
     """Copy what changed since `since` (default: since the last successful incremental sync)."""
     kwargs = body.model_dump(mode="json", exclude_none=True) if body else {}
     return TaskAccepted(task_id=dispatch.send(celery, contracts.SYNC_EMBEDDINGS, kwargs))
 
 
-@router.delete("/document/{document_id}", status_code=status.HTTP_202_ACCEPTED)
+@router.delete("/document/{document_id}", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
 def delete_document(document_id: str, _: AdminKey, celery: CeleryDep) -> TaskAccepted:
     """Remove every point of one document from Qdrant."""
     return TaskAccepted(task_id=dispatch.send(celery, contracts.DELETE_DOCUMENT_EMBEDDINGS, {"document_id": document_id}))

@@ -23,7 +23,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from api.auth import AdminKey, AnyKey
 from api.deps import CeleryDep, SessionDep, SettingsDep
-from api.errors import ERROR_RESPONSES, ErrorBody, Responses
+from api.errors import BROKER_DOWN, ERROR_RESPONSES, ErrorBody, Responses
 from ragcore import contracts, dispatch, invariants, ledger, queues
 from ragcore.contracts import TaskContract
 from ragcore.db.models import TaskRecord
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 
 _NOT_FOUND: Responses = {404: {"model": ErrorBody, "description": "No task with this id was ever sent"}}
-_BROKER_DOWN: Responses = {503: {"model": ErrorBody, "description": "The broker is unreachable"}}
 
 
 @asynccontextmanager
@@ -241,7 +240,7 @@ def _summary(worker: str, info: dict[str, Any], eta: str | None = None) -> TaskS
     )
 
 
-@router.get("/list", responses=_BROKER_DOWN)
+@router.get("/list", responses=BROKER_DOWN)
 def list_tasks(_: AdminKey, celery: CeleryDep, settings: SettingsDep) -> TaskList:
     """Running, scheduled (eta) and reserved (prefetched) tasks, as the workers report them."""
     with _broker():
@@ -268,7 +267,7 @@ class WorkersResponse(BaseModel):
     total_workers: int
 
 
-@router.get("/workers", responses=_BROKER_DOWN)
+@router.get("/workers", responses=BROKER_DOWN)
 def list_workers(_: AdminKey, celery: CeleryDep, settings: SettingsDep) -> WorkersResponse:
     """Every worker that answers within the timeout: its statistics, queues and tasks."""
     with _broker():
@@ -300,7 +299,7 @@ class QueuesResponse(BaseModel):
     queues: list[QueueInfo]
 
 
-@router.get("/queues", responses=_BROKER_DOWN)
+@router.get("/queues", responses=BROKER_DOWN)
 def list_queues(_: AdminKey, settings: SettingsDep) -> QueuesResponse:
     """Depth, oldest waiting task and consumers of each of the four queues, from the broker."""
     with _broker():
@@ -326,7 +325,7 @@ class RevokeResult(BaseModel):
 
 
 @router.post("/revoke/{task_id}", responses={
-    **_NOT_FOUND, **_BROKER_DOWN,
+    **_NOT_FOUND, **BROKER_DOWN,
     409: {"model": ErrorBody, "description": "Already finished, or its worker's pool cannot terminate it"},
 })
 def revoke_task(
@@ -379,19 +378,19 @@ def _trigger(celery: Celery, contract: TaskContract) -> TriggeredTask:
         return TriggeredTask(task_id=dispatch.send(celery, contract), name=contract.name)
 
 
-@router.post("/trigger/cleanup-cache", status_code=status.HTTP_202_ACCEPTED, responses=_BROKER_DOWN)
+@router.post("/trigger/cleanup-cache", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
 def trigger_cleanup_cache(_: AdminKey, celery: CeleryDep) -> TriggeredTask:
     """Purge stale query-cache entries from Redis now."""
     return _trigger(celery, contracts.CLEANUP_OLD_CACHE)
 
 
-@router.post("/trigger/reset-daily-limits", status_code=status.HTTP_202_ACCEPTED, responses=_BROKER_DOWN)
+@router.post("/trigger/reset-daily-limits", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
 def trigger_reset_daily_limits(_: AdminKey, celery: CeleryDep) -> TriggeredTask:
     """Reset every user's daily quota now."""
     return _trigger(celery, contracts.RESET_ALL_DAILY_LIMITS)
 
 
-@router.post("/trigger/send-statistics", status_code=status.HTTP_202_ACCEPTED, responses=_BROKER_DOWN)
+@router.post("/trigger/send-statistics", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
 def trigger_send_statistics(_: AdminKey, celery: CeleryDep) -> TriggeredTask:
     """Report usage statistics to the Users system now."""
     return _trigger(celery, contracts.SEND_USAGE_STATISTICS)

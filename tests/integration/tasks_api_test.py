@@ -243,3 +243,21 @@ def test_the_ledger_answers_status_and_history_after_redis_is_flushed(
     assert listed[:3] == list(reversed(task_ids)) and len(listed) == len(set(listed))
     assert all(len(page) <= 2 for page in pages) and len(pages) >= 2
     assert api.get("/api/v1/tasks/history", params={"cursor": "forged"}).status_code == 422
+
+
+def test_a_trigger_with_the_broker_down_is_503_and_leaves_no_task_in_the_ledger(stack: Stack, api: httpx.Client) -> None:
+    def recorded() -> int:
+        with session_scope() as session:
+            return session.query(TaskRecord).filter(TaskRecord.name == contracts.CLEANUP_OLD_CACHE.name).count()
+
+    before = recorded()
+    stack.redis.stop()
+    try:
+        response = api.post("/api/v1/tasks/trigger/cleanup-cache")
+    finally:
+        stack.redis.start()
+    assert response.status_code == 503 and "unreachable" in response.json()["detail"]
+    assert recorded() == before  # never sent, so never shown as waiting
+    # The broker is back: the same API process publishes again.
+    again = wait_until(lambda: (r := api.post("/api/v1/tasks/trigger/cleanup-cache")).status_code == 202 and r, 30, "a trigger")
+    assert recorded() == before + 1 and _ledger(again.json()["task_id"]).name == contracts.CLEANUP_OLD_CACHE.name  # type: ignore[union-attr]
