@@ -3,8 +3,8 @@
 The answer's transaction stores the message with `reported_at` NULL and nothing more, so a report
 exists exactly when its message does and recording it costs the answer nothing. The relay (a thread
 of the Beat process, off the API's cores) polls for unreported messages, records their tasks in the
-ledger, publishes `send_query_result_to_users` per message and `update_user_statistics` once per
-user, then marks the messages reported. A broker outage leaves them unreported until it returns.
+ledger, publishes `send_query_result_to_users` and `update_user_statistics` for each, then marks
+them reported. A broker outage leaves them unreported until it returns.
 
 Task ids derive from the message ids: a publish repeated after a crash between publishing and
 marking (or by a second relay: two Beats) is the same task again, and both consumers count a
@@ -41,7 +41,7 @@ class Report:
     task_id: str
     contract: TaskContract
     kwargs: dict[str, Any]
-    message_ids: tuple[str, ...]
+    message_id: str
 
 
 def task_id(contract: TaskContract, message_id: str) -> str:
@@ -49,19 +49,16 @@ def task_id(contract: TaskContract, message_id: str) -> str:
 
 
 def _reports(rows: list[Row[Any]]) -> list[Report]:
-    """One result per message; one statistics update per user, named after its last message."""
-    out: list[Report] = []
-    per_user: dict[str, list[str]] = {}
+    """Both reports of each message (SPEC §2: each is sent after every query), results first."""
+    results, statistics = [], []
     for m in rows:
         fields = {"user_id": m.user_id, "conversation_id": m.conversation_id, "message_id": m.id, "query": m.query,
                   "answer": m.answer, "sources": m.sources, "tokens_used": m.tokens_used,
                   "processing_time_ms": m.processing_time_ms}
-        out.append(Report(task_id(contracts.SEND_QUERY_RESULT, m.id), contracts.SEND_QUERY_RESULT, fields, (m.id,)))
-        per_user.setdefault(m.user_id, []).append(m.id)
-    for user_id, ids in per_user.items():
+        results.append(Report(task_id(contracts.SEND_QUERY_RESULT, m.id), contracts.SEND_QUERY_RESULT, fields, m.id))
         stats = contracts.UPDATE_USER_STATISTICS
-        out.append(Report(task_id(stats, ids[-1]), stats, {"user_id": user_id}, tuple(ids)))
-    return out
+        statistics.append(Report(task_id(stats, m.id), stats, {"user_id": m.user_id}, m.id))
+    return results + statistics
 
 
 def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_scope) -> int:
@@ -83,7 +80,7 @@ def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_
                           task_id=report.task_id, headers={ledger.RECORDED_HEADER: True})
         except Exception as exc:  # the broker is down: these messages wait for the next round
             log.warning("report publish failed, will retry: %s", exc)
-            unpublished = {m for r in reports[i:] for m in r.message_ids}
+            unpublished = {r.message_id for r in reports[i:]}
             break
     done = [m.id for m in rows if m.id not in unpublished]
     if done:

@@ -44,7 +44,7 @@ def unreported(sessions) -> list[str]:  # type: ignore[no-untyped-def]
         return list(session.scalars(select(Message.id).where(Message.reported_at.is_(None)).order_by(Message.id)))
 
 
-def test_each_message_gets_its_result_and_each_user_one_statistics_update(sessions, messages) -> None:  # type: ignore[no-untyped-def]
+def test_each_message_gets_both_reports_recorded_in_the_ledger_before_they_are_published(sessions, messages) -> None:  # type: ignore[no-untyped-def]
     broker = Broker()
     assert reports.publish_pending(broker, sessions=sessions) == 3  # type: ignore[arg-type]
     results = [s for s in broker.sent if s["name"] == "send_query_result_to_users"]
@@ -53,7 +53,7 @@ def test_each_message_gets_its_result_and_each_user_one_statistics_update(sessio
     assert set(results[0]["kwargs"]) == {"user_id", "conversation_id", "message_id", "query", "answer", "sources",
                                          "tokens_used", "processing_time_ms"}
     contracts.SEND_QUERY_RESULT.validate(results[1]["kwargs"])  # what the worker will accept
-    assert sorted(s["kwargs"]["user_id"] for s in stats) == ["alice", "bob"]
+    assert [s["kwargs"]["user_id"] for s in stats] == ["alice", "bob", "alice"]
     assert {s["queue"] for s in results} == {"notifications"} and {s["queue"] for s in stats} == {"user"}
     assert unreported(sessions) == []
     with sessions() as session:
@@ -62,14 +62,14 @@ def test_each_message_gets_its_result_and_each_user_one_statistics_update(sessio
         recorded = {r.task_id: r.state for r in session.scalars(select(TaskRecord))}
     assert recorded == {s["task_id"]: "PENDING" for s in broker.sent}
     assert all(s["headers"] == {reports.ledger.RECORDED_HEADER: True} for s in broker.sent)
-    assert reports.publish_pending(broker, sessions=sessions) == 0 and len(broker.sent) == 5  # type: ignore[arg-type]
+    assert reports.publish_pending(broker, sessions=sessions) == 0 and len(broker.sent) == 6  # type: ignore[arg-type]
 
 
 def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_task_ids(sessions, messages) -> None:  # type: ignore[no-untyped-def]
     down = Broker(fail_after=1)
     assert reports.publish_pending(down, sessions=sessions) == 0  # type: ignore[arg-type]
     assert [s["kwargs"]["message_id"] for s in down.sent] == ["m0"]
-    # m0's result went out but its user's statistics update did not: m0 stays unreported with the rest.
+    # m0's result went out but its statistics update did not: m0 stays unreported with the rest.
     assert unreported(sessions) == messages
     with sessions() as session:
         count, oldest = reports.backlog(session)
@@ -79,4 +79,4 @@ def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_tas
     assert back.sent[0]["task_id"] == down.sent[0]["task_id"]  # the same task again: Users counts it once
     assert unreported(sessions) == []
     with sessions() as session:
-        assert session.query(TaskRecord).count() == 5  # recorded once each, though sent in two rounds
+        assert session.query(TaskRecord).count() == 6  # recorded once each, though sent in two rounds
