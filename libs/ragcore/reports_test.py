@@ -1,6 +1,8 @@
 """The report relay publishes each unreported message's reports once, records them first, and keeps
 what the broker refused for the next round. (Integration: tests/integration/query_test.py.)"""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +21,11 @@ class Broker:
         self.sent: list[dict[str, Any]] = []
         self.fail_after = fail_after
 
-    def send_task(self, name: str, kwargs: dict[str, Any], queue: str, task_id: str, headers: dict[str, Any]) -> None:
+    @contextmanager
+    def producer_or_acquire(self) -> Iterator[None]:
+        yield None
+
+    def send_task(self, name: str, kwargs: dict[str, Any], queue: str, task_id: str, headers: dict[str, Any], producer: None) -> None:
         if self.fail_after is not None and len(self.sent) >= self.fail_after:
             raise ConnectionError("broker down")
         self.sent.append({"name": name, "kwargs": kwargs, "queue": queue, "task_id": task_id, "headers": headers})
