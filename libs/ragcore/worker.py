@@ -177,6 +177,7 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
             f"--queues={queue.value}",
             f"--hostname={queue.value}@%h",
             f"--concurrency={settings.worker_concurrency.get(queue.value, 1)}",
+            f"--prefetch-multiplier={settings.worker_prefetch.get(queue.value, 1)}",
             f"--loglevel={settings.log_level}",
             *argv,
         ]
