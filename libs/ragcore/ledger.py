@@ -121,7 +121,7 @@ def _write(updates: list[tuple[str, dict[str, Any]]]) -> None:
             for columns, rows in shapes.items():  # one executemany per set of columns
                 statement = update(table).where(table.c.task_id == bindparam("_task_id")).values({c: bindparam(c) for c in columns})
                 session.execute(statement, rows)
-    except Exception:  # the ledger must never fail a task; the result backend still has the outcome
+    except Exception:  # the ledger must never fail a task (nor stop the writer thread)
         log.exception("task ledger update failed", extra={"ledger_task_ids": list(merged)[:20]})
 
 
@@ -139,7 +139,7 @@ def _update(task: Any, task_id: str | None, **values: Any) -> None:
 
 
 def flush() -> None:
-    """Write this process's queued ledger updates now (before it exits; tests)."""
+    """Write this process's queued ledger updates now (before it exits)."""
     _writer.flush()
 
 

@@ -45,7 +45,7 @@ class Report:
     message_id: str
 
 
-def task_id(contract: TaskContract, message_id: str) -> str:
+def _task_id(contract: TaskContract, message_id: str) -> str:
     return str(uuid.uuid5(_TASK_IDS, f"{contract.name}:{message_id}"))
 
 
@@ -56,9 +56,9 @@ def _reports(rows: list[Row[Any]]) -> list[Report]:
         fields = {"user_id": m.user_id, "conversation_id": m.conversation_id, "message_id": m.id, "query": m.query,
                   "answer": m.answer, "sources": m.sources, "tokens_used": m.tokens_used,
                   "processing_time_ms": m.processing_time_ms}
-        results.append(Report(task_id(contracts.SEND_QUERY_RESULT, m.id), contracts.SEND_QUERY_RESULT, fields, m.id))
+        results.append(Report(_task_id(contracts.SEND_QUERY_RESULT, m.id), contracts.SEND_QUERY_RESULT, fields, m.id))
         stats = contracts.UPDATE_USER_STATISTICS
-        statistics.append(Report(task_id(stats, m.id), stats, {"user_id": m.user_id}, m.id))
+        statistics.append(Report(_task_id(stats, m.id), stats, {"user_id": m.user_id}, m.id))
     return results + statistics
 
 
