@@ -26,6 +26,9 @@ from ragcore.settings import get_settings
 
 log = logging.getLogger(__name__)
 
+#: How often the monitor notes the tasks this worker holds, for recovery after a hard kill.
+RESERVED_NOTE_SECONDS = 0.5
+
 
 def create_worker_app(queue: Queue) -> Celery:
     """The app of the worker that consumes `queue` (and only it)."""
@@ -67,6 +70,7 @@ class _Monitor:
         self._thread: threading.Thread | None = None
         self._hostname = ""
         self._static: dict[str, Any] = {}
+        self._noted: list[str] = []
 
     def load_revocations(self) -> None:
         try:
@@ -101,6 +105,8 @@ class _Monitor:
             self._thread.join(timeout=5)
             try:
                 queues.forget_worker(self._client(), self._hostname, [self.queue.value])
+                # A warm shutdown hands its reserved messages back itself: nothing for the next life.
+                recovery.note_reserved(self._client(), self._hostname, [], 1)
             except Exception:
                 log.warning("could not remove this worker's heartbeat", exc_info=True)
 
@@ -120,14 +126,28 @@ class _Monitor:
             worker_state.revoked.update(new)
             log.info("revoked through the feed: %s", new)
 
+    def note_reserved(self) -> None:
+        """Note in Redis the tasks this worker holds, when they changed (see ragcore.recovery)."""
+        try:
+            held = sorted(request.id for request in list(worker_state.reserved_requests))  # running ones included
+        except RuntimeError:  # the consumer changed the set meanwhile: next tick
+            return
+        if held != self._noted:
+            recovery.note_reserved(self._client(), self._hostname, held, get_settings().visibility_timeout_seconds)
+            self._noted = held
+
     def _run(self) -> None:
         interval = get_settings().worker_heartbeat_seconds
+        next_beat = 0.0
         while True:
             try:
-                self.beat()
+                if time.monotonic() >= next_beat:
+                    self.beat()
+                    next_beat = time.monotonic() + interval
+                self.note_reserved()
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
-            if self._stop.wait(interval):
+            if self._stop.wait(min(interval, RESERVED_NOTE_SECONDS)):
                 return
 
 

@@ -1,9 +1,14 @@
-"""Each worker, started from its image's entrypoint, consumes its own queue and only it."""
+"""Each worker, started from its image's entrypoint, consumes its own queue and only it, and after a
+hard kill its next life re-queues what its previous one held."""
+
+import signal
+import uuid
 
 import pytest
 
-from ragcore import dispatch
+from ragcore import contracts, dispatch, recovery
 from ragcore.contracts import CANARIES, Queue
+from tests.standins.users import start_users
 from tests.support.processes import wait_until
 from tests.support.stack import Stack
 
@@ -39,3 +44,26 @@ def test_a_task_waits_for_its_own_queues_worker(stack: Stack) -> None:
     assert result["queue"] == "user"
     sync_worker.stop()
     user_worker.stop()
+
+
+def test_a_worker_killed_while_holding_deliveries_hands_them_all_over_when_it_restarts(stack: Stack) -> None:
+    with start_users() as users:
+        users.app.faults.set_delay(0.4)  # each delivery takes a while: the worker holds the rest reserved
+        settings = {"users_url": users.url, "http_timeout_seconds": "5"}
+        worker = stack.start_worker(Queue.NOTIFICATIONS, "--concurrency=1", name="held", **settings)
+        message_ids = [str(uuid.uuid4()) for _ in range(6)]
+        for message_id in message_ids:
+            dispatch.send(stack.producer, contracts.SEND_QUERY_RESULT, {
+                "user_id": "u", "conversation_id": "c", "message_id": message_id, "query": "q", "answer": "a",
+                "sources": [], "tokens_used": 1, "processing_time_ms": 1.0})
+        client = stack.redis_client()
+        wait_until(lambda: len(recovery.reserved_by(client, "held@test")) >= 4, 30, "the worker to hold several deliveries")
+        worker.signal(signal.SIGKILL)  # the whole process group: no warm shutdown hands anything back
+        worker.kill()
+        users.app.faults.clear()
+
+        # Unacknowledged, they would wait for the visibility timeout (hours); the next life re-queues them.
+        stack.start_worker(Queue.NOTIFICATIONS, "--concurrency=1", name="held", **settings)
+        delivered = lambda: {d["idempotency_key"] for d in users.app.deliveries("query-results")}  # noqa: E731
+        wait_until(lambda: delivered() == set(message_ids), 30, "every delivery after the restart")
+        assert users.app.count("query-results") == 6  # each once (one sent before the kill may be refused as a duplicate)
