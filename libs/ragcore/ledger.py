@@ -55,8 +55,7 @@ class _Writer:
     queued within `linger` seconds of the first update, merged per task (STARTED and SUCCESS become
     one row update), in one transaction. One queue and one thread keep each task's updates in order.
     A process flushes before it exits; a SIGKILL loses at most the last `linger` seconds of updates
-    (then a task the worker was running is redelivered by the broker's visibility timeout, not at
-    the worker's restart).
+    (the worker's next life still re-queues what it was running: see ragcore.recovery).
     """
 
     def __init__(self, linger: float = 0.2) -> None:

@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     )
     # Messages each worker process reserves ahead. The deliveries (short, one per query) reserve a
     # few, so the worker fetches, acknowledges and sends events while its process runs the previous
-    # one (measured: a third more deliveries/s); the other queues' tasks run long or rarely. A warm shutdown returns reserved
-    # messages at once; after a hard kill they return when the visibility timeout expires.
+    # one (measured: a third more deliveries/s); the other queues' tasks run long or rarely. A warm
+    # shutdown hands reserved messages back; after a hard kill the worker's next life re-queues them.
     worker_prefetch: dict[str, int] = Field(
         default_factory=lambda: {"sync": 1, "notifications": 4, "cleanup": 1, "user": 1}
     )
