@@ -40,6 +40,8 @@ ERROR_RESPONSES: Responses = {
 }
 
 
+#: What a route that needs the broker answers (503) while it is down.
+BROKER_UNREACHABLE = "the broker (Redis) is unreachable; try again"
 #: Routes that use the broker answer this while it is down (a task they would send is not recorded).
 BROKER_DOWN: Responses = {503: {"model": ErrorBody, "description": "The broker (Redis) is unreachable"}}
 
@@ -63,7 +65,7 @@ async def _invalid_arguments(_: Request, exc: ValidationError) -> JSONResponse:
 
 async def _publish_failed(_: Request, exc: PublishFailed) -> JSONResponse:
     log.warning("%s", exc)
-    return JSONResponse(status_code=503, content={"detail": "the broker (Redis) is unreachable; try again"})
+    return JSONResponse(status_code=503, content={"detail": BROKER_UNREACHABLE})
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
-from api.errors import ERROR_RESPONSES, ErrorBody
+from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody
 from ragcore import ledger, queues, reports
 from ragcore.settings import Settings
 
@@ -112,7 +112,7 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
                                        queues.heartbeat_ttl(settings.worker_heartbeat_seconds))
     except redis.RedisError as exc:
         log.warning("broker unreachable for metrics: %s", exc)
-        raise HTTPException(503, "the broker (Redis) is unreachable; try again") from None
+        raise HTTPException(503, BROKER_UNREACHABLE) from None
     scrape = GaugeMetricFamily("ragcore_metrics_scrape_seconds", "Time taken to compute these metrics")
     families = _queue_families(stats) + _ledger_families(settings, session) + _report_families(session)
     scrape.add_metric([], time.monotonic() - started)

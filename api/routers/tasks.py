@@ -23,7 +23,7 @@ from pydantic import AwareDatetime, BaseModel
 
 from api.auth import AdminKey, AnyKey
 from api.deps import CeleryDep, SessionDep, SettingsDep
-from api.errors import BROKER_DOWN, ERROR_RESPONSES, ErrorBody, Responses
+from api.errors import BROKER_DOWN, BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody, Responses
 from ragcore import contracts, dispatch, invariants, ledger, queues
 from ragcore.contracts import TaskContract
 from ragcore.db.models import TaskRecord
@@ -61,7 +61,7 @@ def _broker() -> Iterator[None]:
         yield
     except (redis.RedisError, OperationalError, ConnectionError, TimeoutError) as exc:
         log.warning("broker unreachable: %s", exc)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the broker (Redis) is unreachable; try again") from None
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, BROKER_UNREACHABLE) from None
 
 
 # -- status -------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def record_sent(session: Session, task_id: str, contract: TaskContract, kwargs: 
 
 def record_sent_many(session: Session, tasks: Sequence[tuple[str, TaskContract, dict[str, Any]]]) -> None:
     """Record tasks about to be sent in one statement; an id already recorded (sent again) is kept as it is."""
-    rows = [{"task_id": task_id, "name": c.name, "queue": c.queue.value, "state": "PENDING", "kwargs": kwargs, "sent_at": utcnow()}
+    rows = [{"task_id": task_id, "name": c.name, "queue": c.queue.value, "state": "PENDING", "kwargs": kwargs}
             for task_id, c, kwargs in tasks]
     session.execute(insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), rows)
 
