@@ -10,8 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from ragcore.dispatch import PublishFailed
-from ragcore.logging import request_id_var
+from ragcore.tasks.dispatch import PublishFailed
+from ragcore.logs import request_id_var
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ from fastapi import FastAPI, Request, Response
 
 from api import errors
 from api.routers import deliveries, health, metrics, query, sync, tasks
-from ragcore.celery_app import create_app as create_celery_app
+from ragcore.tasks.app import create_app as create_celery_app
 from ragcore.db import create_schema
-from ragcore.logging import configure_logging, request_id_var
+from ragcore.logs import configure_logging, request_id_var
 from ragcore.settings import Settings, get_settings
 
 access_log = logging.getLogger("ragcore.access")

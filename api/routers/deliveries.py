@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from api.auth import AdminKey
 from api.deps import CeleryDep, SessionDep
 from api.errors import ERROR_RESPONSES, ErrorBody, Responses
-from ragcore import dispatch
-from ragcore.contracts import BY_NAME
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import BY_NAME
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
 

@@ -27,7 +27,9 @@ from sqlalchemy.orm import Session
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody
-from ragcore import ledger, queues, reports
+from ragcore.tasks import ledger
+from ragcore.broker import queue_stats as queues
+from ragcore.query import reports
 from ragcore.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,8 +8,10 @@ from pydantic import BaseModel
 from api.auth import AdminKey, SyncKey
 from api.deps import CeleryDep, SessionDep
 from api.errors import BROKER_DOWN, ERROR_RESPONSES
-from ragcore import contracts, dispatch, sync_queue
-from ragcore.contracts import SyncEmbeddingsArgs
+from ragcore import sync_events as sync_queue
+from ragcore.tasks import contracts
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import SyncEmbeddingsArgs
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"], responses=ERROR_RESPONSES)
 

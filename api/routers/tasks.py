@@ -24,8 +24,12 @@ from pydantic import AwareDatetime, BaseModel
 from api.auth import AdminKey, AnyKey
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.errors import BROKER_DOWN, BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody, Responses
-from ragcore import contracts, dispatch, invariants, ledger, queues
-from ragcore.contracts import TaskContract
+from ragcore import invariants
+from ragcore.tasks import contracts
+from ragcore.tasks import dispatch
+from ragcore.tasks import ledger
+from ragcore.broker import queue_stats as queues
+from ragcore.tasks.contracts import TaskContract
 from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings
 

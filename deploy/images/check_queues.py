@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 import time
 
-from ragcore.celery_app import create_app
-from ragcore.contracts import BY_NAME, CANARIES, Queue
+from ragcore.tasks.app import create_app
+from ragcore.tasks.contracts import BY_NAME, CANARIES, Queue
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from ragcore.contracts import Queue
+from ragcore.tasks.contracts import Queue
 from ragcore.settings import Settings
 
 #: Default ports; `--port-offset N` shifts them all (a second stack, a test).
@@ -265,17 +265,17 @@ def start_all(stack: LocalStack, port_offset: int, documents: int) -> dict[str, 
                               "--maxmemory-policy", "noeviction"], env, INFRASTRUCTURE)
         env["RAGCORE_REDIS_URL"] = f"redis://127.0.0.1:{ports['redis']}/0"
     if "qdrant" in started:
-        qdrant = stack.start("qdrant", [*standin, "tests.standins.qdrant", "--port", str(ports["qdrant"]),
+        qdrant = stack.start("qdrant", [*standin, "ragcore_dev.standins.qdrant", "--port", str(ports["qdrant"]),
                                         "--data", str(stack.root / "qdrant")], env, INFRASTRUCTURE)
         env["RAGCORE_QDRANT_URL"] = f"http://127.0.0.1:{ports['qdrant']}"
         waits.append((f"{env['RAGCORE_QDRANT_URL']}/readyz", qdrant))
     if "ingest" in started:
-        ingest = stack.start("ingest", [*standin, "tests.standins.ingest", "--port", str(ports["ingest"]),
+        ingest = stack.start("ingest", [*standin, "ragcore_dev.standins.ingest", "--port", str(ports["ingest"]),
                                         "--documents", str(documents)], env, INFRASTRUCTURE)
         env["RAGCORE_INGEST_URL"] = f"http://127.0.0.1:{ports['ingest']}"
         waits.append((f"{env['RAGCORE_INGEST_URL']}/_control/corpus", ingest))
     if "users" in started:
-        users = stack.start("users", [*standin, "tests.standins.users", "--port", str(ports["users"])], env,
+        users = stack.start("users", [*standin, "ragcore_dev.standins.users", "--port", str(ports["users"])], env,
                             INFRASTRUCTURE)
         env["RAGCORE_USERS_URL"] = f"http://127.0.0.1:{ports['users']}"
         waits.append((f"{env['RAGCORE_USERS_URL']}/_control/deliveries", users))

@@ -6,8 +6,8 @@ import logging
 
 import redis
 
-from ragcore import contracts
-from ragcore.contracts import Queue
+from ragcore.tasks import contracts
+from ragcore.tasks.contracts import Queue
 from ragcore.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ragcore import contracts, invariants
+from ragcore import invariants
+
+from ragcore.tasks import contracts
 from ragcore.settings import Settings
-from tests.support.servers import redis_server
+from ragcore_dev.servers import redis_server
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,17 @@ RedBeat keeps the schedule and each entry's last run in Redis behind a leader lo
 started by mistake waits for the lock instead of doubling the schedule, and a restarted Beat resumes
 from the stored last runs instead of re-firing or skipping what was due.
 
-Beat also runs the report relay (`ragcore.reports`): the one publisher of the query reports, in the
+Beat also runs the report relay (`ragcore.query.reports`): the one publisher of the query reports, in the
 one process that publishes on a timer anyway, and off the API's cores. Started by the entrypoint only.
 """
 
 import sys
 
-from ragcore import ledger
-from ragcore.reports import ReportRelay
-from ragcore.celery_app import create_app
+from ragcore.tasks import ledger
+from ragcore.query.reports import ReportRelay
+from ragcore.tasks.app import create_app
 from ragcore.db import create_schema
-from ragcore.logging import configure_logging
+from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
 from services.beat import schedule
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery.schedules import crontab, schedule
 
-from ragcore.contracts import contract
+from ragcore.tasks.contracts import contract
 from ragcore.settings import Settings
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import redis
 
-from ragcore.cache import HotCache
+from ragcore.query.cache import HotCache
 
 #: Celery's Redis result backend stores a task's result under this prefix (groups use another).
 RESULT_PREFIX = "celery-task-meta-"

@@ -6,9 +6,9 @@ import orjson
 import pytest
 import redis
 
-from ragcore.cache import HotCache
+from ragcore.query.cache import HotCache
 from services.cleanup.redis_purge import glob_escape, purge_failed_results, purge_stale_cache
-from tests.support.servers import redis_server
+from ragcore_dev.servers import redis_server
 
 
 @pytest.fixture(scope="module")

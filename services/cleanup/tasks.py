@@ -9,12 +9,12 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from ragcore import contracts
-from ragcore.cache import HotCache, data_version
-from ragcore.celery_app import define_task
-from ragcore.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs, TaskContract
+from ragcore.tasks import contracts
+from ragcore.query.cache import HotCache, data_version
+from ragcore.tasks.app import define_task
+from ragcore.tasks.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs, TaskContract
 from ragcore.db import session_scope, utcnow
-from ragcore.locks import lock_client, periodic_lock
+from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
 from services.cleanup import redis_purge, retention
 

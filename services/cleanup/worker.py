@@ -2,8 +2,8 @@
 
 import sys
 
-from ragcore.contracts import Queue
-from ragcore.worker import create_worker_app, run_worker
+from ragcore.tasks.contracts import Queue
+from ragcore.worker.runtime import create_worker_app, run_worker
 from services.cleanup import tasks
 
 app = create_worker_app(Queue.CLEANUP)

@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import httpx
 from celery import Task
-from ragcore.celery_app import will_retry
-from ragcore.contracts import TaskContract
+from ragcore.tasks.app import will_retry
+from ragcore.tasks.contracts import TaskContract
 from ragcore.db import Sessions, session_scope
 from ragcore.db.models import FailedDelivery
 from sqlalchemy import select

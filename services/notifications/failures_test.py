@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from ragcore.contracts import SEND_QUERY_RESULT
+from ragcore.tasks.contracts import SEND_QUERY_RESULT
 from ragcore.db.models import FailedDelivery
 from sqlalchemy import select
 

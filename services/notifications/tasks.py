@@ -12,18 +12,18 @@ from typing import Any
 
 import httpx
 from celery import Celery, Task
-from ragcore import contracts
-from ragcore.celery_app import PermanentTaskError, define_task
-from ragcore.contracts import (
+from ragcore.tasks import contracts
+from ragcore.tasks.app import PermanentTaskError, define_task
+from ragcore.tasks.contracts import (
     QueryResultArgs,
     SystemNotificationArgs,
     UsageStatisticsArgs,
 )
 from ragcore.db import session_scope, utcnow
-from ragcore.http import shared_http_client
-from ragcore.locks import lock_client, periodic_lock
+from ragcore.clients.transport import shared_http_client
+from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
-from ragcore.users_client import UsersClient
+from ragcore.clients.users import UsersClient
 
 from services.notifications import usage
 from services.notifications.failures import deliver

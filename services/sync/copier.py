@@ -21,8 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ragcore.ingest_client import Chunk, Page
-from ragcore.vectorstore import VectorStore, point_id
+from ragcore.clients.ingest import Chunk, Page
+from ragcore.clients.vectorstore import VectorStore, point_id
 
 _END = object()
 

@@ -10,8 +10,8 @@ from typing import cast
 
 import pytest
 
-from ragcore.ingest_client import Chunk, Page
-from ragcore.vectorstore import VectorStore, point_id
+from ragcore.clients.ingest import Chunk, Page
+from ragcore.clients.vectorstore import VectorStore, point_id
 from services.sync.copier import copy_pages
 
 T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)

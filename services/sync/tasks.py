@@ -10,17 +10,19 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from ragcore import contracts, ledger
-from ragcore.cache import bump_data_version
-from ragcore.celery_app import define_task
-from ragcore.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
+from ragcore.tasks import contracts
+
+from ragcore.tasks import ledger
+from ragcore.query.cache import bump_data_version
+from ragcore.tasks.app import define_task
+from ragcore.tasks.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
 from ragcore.db import session_scope
 from ragcore.db.models import SyncState
-from ragcore.http import shared_http_client
-from ragcore.ingest_client import DocumentNotFound, IngestClient
-from ragcore.locks import periodic_lock
+from ragcore.clients.transport import shared_http_client
+from ragcore.clients.ingest import DocumentNotFound, IngestClient
+from ragcore.tasks.locks import periodic_lock
 from ragcore.settings import get_settings
-from ragcore.vectorstore import VectorStore
+from ragcore.clients.vectorstore import VectorStore
 from services.sync.copier import CopyReport, copy_pages
 from services.sync.drain import DocumentBusy, drain
 

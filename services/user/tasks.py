@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
-from ragcore import contracts
-from ragcore.celery_app import define_task
-from ragcore.contracts import NoArgs, UserArgs
+from ragcore.tasks import contracts
+from ragcore.tasks.app import define_task
+from ragcore.tasks.contracts import NoArgs, UserArgs
 from ragcore.db import session_scope, utcnow
-from ragcore.locks import lock_client, periodic_lock
+from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.query import limits
 from ragcore.settings import get_settings
 

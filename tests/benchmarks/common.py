@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ragcore.ingest_client import Chunk
-from ragcore.vectorstore import VectorStore
-from tests.standins.ingest import Corpus, from_micros
+from ragcore.clients.ingest import Chunk
+from ragcore.clients.vectorstore import VectorStore
+from ragcore_dev.standins.ingest import Corpus, from_micros
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import httpx
 
-from ragcore.http import make_http_client
+from ragcore.clients.transport import make_http_client
 from ragcore.settings import get_settings
 from services.notifications import tasks, worker
 

@@ -36,15 +36,17 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ragcore import contracts, dispatch
-from ragcore.contracts import Queue
-from ragcore.http import make_http_client
-from ragcore.ingest_client import Chunk, IngestClient
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import Queue
+from ragcore.clients.transport import make_http_client
+from ragcore.clients.ingest import Chunk, IngestClient
 from ragcore.settings import Settings, get_settings
-from ragcore.vectorstore import VectorStore, point_id
+from ragcore.clients.vectorstore import VectorStore, point_id
 from services.sync.copier import copy_pages
-from tests.standins.server import free_port, wait_until_up
-from tests.support.processes import Deployable, deployable_env, wait_http_ok
+from ragcore_dev.standins.server import free_port, wait_until_up
+from ragcore_dev.processes import Deployable, deployable_env, wait_http_ok
 from tests.support.stack import Stack, running_stack
 
 T = TypeVar("T")
@@ -183,8 +185,8 @@ def main() -> None:
 
     ingest_port, qdrant_port = free_port(), free_port()
     env = deployable_env()
-    ingest = Deployable("tests.standins.ingest", env, ("--port", str(ingest_port), "--documents", str(args.documents), "--chunks", str(args.chunks)))
-    qdrant = Deployable("tests.standins.qdrant", env, ("--port", str(qdrant_port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-")))
+    ingest = Deployable("ragcore_dev.standins.ingest", env, ("--port", str(ingest_port), "--documents", str(args.documents), "--chunks", str(args.chunks)))
+    qdrant = Deployable("ragcore_dev.standins.qdrant", env, ("--port", str(qdrant_port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-")))
     ingest.start()
     qdrant.start()
     try:

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 
 from celery import Celery
 
-from ragcore.contracts import CANARIES, SEND_QUERY_RESULT, Queue
-from tests.standins.users import start_users
-from tests.support.processes import wait_until
+from ragcore.tasks.contracts import CANARIES, SEND_QUERY_RESULT, Queue
+from ragcore_dev.standins.users import start_users
+from ragcore_dev.processes import wait_until
 from tests.support.stack import Stack, running_stack
 
 QUEUE = Queue.NOTIFICATIONS.value

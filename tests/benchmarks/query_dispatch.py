@@ -27,11 +27,11 @@ import redis
 
 from ragcore.query import QueryRequest, QueryService, build_service
 from ragcore.settings import get_settings
-from ragcore.vectorstore import VectorStore
+from ragcore.clients.vectorstore import VectorStore
 from tests.benchmarks.common import load_corpus, percentile
-from tests.standins.ingest import Corpus, Document
-from tests.support.processes import Deployable, deployable_env, wait_http_ok, wait_until
-from tests.support.servers import free_port
+from ragcore_dev.standins.ingest import Corpus, Document
+from ragcore_dev.processes import Deployable, deployable_env, wait_http_ok, wait_until
+from ragcore_dev.servers import free_port
 from tests.support.stack import Stack, running_stack
 
 MODES = ("none", "reports")
@@ -46,7 +46,7 @@ def main() -> None:
     args = parser.parse_args()
 
     port = free_port()
-    qdrant = Deployable("tests.standins.qdrant", deployable_env(), ("--port", str(port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-")))
+    qdrant = Deployable("ragcore_dev.standins.qdrant", deployable_env(), ("--port", str(port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-")))
     qdrant.start()
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", 60, qdrant)

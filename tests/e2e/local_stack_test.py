@@ -24,9 +24,9 @@ import httpx
 import pytest
 
 from deploy.local.stack import PORTS, port_in_use
-from ragcore.contracts import Queue
-from tests.support.processes import wait_until
-from tests.support.servers import unavailable
+from ragcore.tasks.contracts import Queue
+from ragcore_dev.processes import wait_until
+from ragcore_dev.servers import unavailable
 
 ADMIN = {"X-API-Key": "dev-admin-key"}
 QUERY = {"X-API-Key": "dev-query-key"}
@@ -145,7 +145,7 @@ def _wait_task(api: httpx.Client, task_id: str, timeout: float = 60) -> dict[str
 
 
 def _query_for_chunk(stack: RunningStack, document_id: str, chunk: int) -> str:
-    """The stand-in corpus's words for one chunk (see tests.standins.ingest.Document.query)."""
+    """The stand-in corpus's words for one chunk (see ragcore_dev.standins.ingest.Document.query)."""
     doc = httpx.get(f"{stack.url('ingest')}/_control/documents/{document_id}").json()
     text = doc["texts"][chunk]  # "Topic and word: aspect. ..."
     aspect = text.split(": ", 1)[1].split(".", 1)[0]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from ragcore import dispatch
-from ragcore.contracts import CANARIES, Queue
-from tests.support.processes import Deployable, die_with_parent, wait_http_ok, wait_until
-from tests.support.servers import free_port
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import CANARIES, Queue
+from ragcore_dev.processes import Deployable, die_with_parent, wait_http_ok, wait_until
+from ragcore_dev.servers import free_port
 from tests.support.stack import Stack
 
 PEXES = {

@@ -16,14 +16,16 @@ from typing import Any, cast
 
 from sqlalchemy import select
 
-from ragcore import contracts, dispatch
-from ragcore.cache import HotCache, bump_data_version
-from ragcore.contracts import Queue
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
+from ragcore.query.cache import HotCache, bump_data_version
+from ragcore.tasks.contracts import Queue
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.settings import get_settings
 from services.beat import schedule
-from tests.support.processes import Deployable, wait_until
+from ragcore_dev.processes import Deployable, wait_until
 from tests.support.stack import Stack, running_stack
 
 PERIODIC = ("reset_all_daily_limits", "cleanup_old_cache", "cleanup_query_cache", "process_sync_queue",

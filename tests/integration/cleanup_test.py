@@ -12,12 +12,16 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
-from ragcore import contracts, dispatch, ledger
-from ragcore.cache import HotCache, bump_data_version
-from ragcore.contracts import CANARIES, Queue, TaskContract
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
+
+from ragcore.tasks import ledger
+from ragcore.query.cache import HotCache, bump_data_version
+from ragcore.tasks.contracts import CANARIES, Queue, TaskContract
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import Conversation, Message, QueryCacheEntry
-from ragcore.locks import lock_client, periodic_lock
+from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
 from tests.support.stack import Stack, ledger_record
 

@@ -2,8 +2,8 @@
 
 import json
 
-from ragcore import dispatch
-from ragcore.contracts import CANARIES, Queue
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import CANARIES, Queue
 from tests.support.stack import Stack
 
 

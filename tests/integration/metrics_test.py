@@ -8,9 +8,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ragcore import dispatch
-from ragcore.contracts import CANARIES, Queue
-from tests.support.processes import wait_until
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import CANARIES, Queue
+from ragcore_dev.processes import wait_until
 from tests.support.stack import ADMIN_KEY, QUERY_KEY, Stack
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

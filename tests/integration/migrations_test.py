@@ -11,7 +11,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 
 from ragcore.db import Base
 from ragcore.db import migrate
-from tests.support.servers import postgres_database
+from ragcore_dev.servers import postgres_database
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

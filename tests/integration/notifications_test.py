@@ -10,13 +10,15 @@ from typing import Any
 
 import pytest
 
-from ragcore import contracts, dispatch
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import Conversation, Message
 from services.notifications.usage import last_complete_hour
-from tests.standins.server import Running
-from tests.standins.users import UsersApp, start_users
-from tests.support.processes import wait_until
+from ragcore_dev.standins.server import Running
+from ragcore_dev.standins.users import UsersApp, start_users
+from ragcore_dev.processes import wait_until
 from tests.support.stack import QUERY_KEY, Stack
 
 QUERY_RESULTS = "/api/v1/rag/query-results"

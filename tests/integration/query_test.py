@@ -16,16 +16,18 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from ragcore import contracts, dispatch
-from ragcore.contracts import Queue
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import Queue
 from ragcore.db import session_scope
 from ragcore.db.models import Message, UserStatistics
 from ragcore.query.generator import word_count
-from tests.standins.ingest import IngestApp, start_ingest
-from tests.standins.qdrant import start_qdrant
-from tests.standins.server import Running
-from tests.standins.users import UsersApp, start_users
-from tests.support.processes import Deployable, wait_until
+from ragcore_dev.standins.ingest import IngestApp, start_ingest
+from ragcore_dev.standins.qdrant import start_qdrant
+from ragcore_dev.standins.server import Running
+from ragcore_dev.standins.users import UsersApp, start_users
+from ragcore_dev.processes import Deployable, wait_until
 from tests.support.stack import QUERY_KEY, SYNC_KEY, Stack, running_stack
 
 DAILY_LIMIT = 3

@@ -10,16 +10,18 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ragcore import contracts, dispatch
-from ragcore.contracts import Queue
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import Queue
 from ragcore.db import session_scope
 from ragcore.db.models import SyncEvent
 from ragcore.settings import get_settings
-from ragcore.vectorstore import VectorStore, point_id
-from tests.standins.ingest import IngestApp, start_ingest
-from tests.standins.qdrant import start_qdrant
-from tests.standins.server import Running
-from tests.support.processes import Deployable, wait_until
+from ragcore.clients.vectorstore import VectorStore, point_id
+from ragcore_dev.standins.ingest import IngestApp, start_ingest
+from ragcore_dev.standins.qdrant import start_qdrant
+from ragcore_dev.standins.server import Running
+from ragcore_dev.processes import Deployable, wait_until
 from tests.support.stack import ADMIN_KEY, SYNC_KEY, Stack, running_stack
 
 

@@ -11,11 +11,17 @@ from typing import Any
 import httpx
 import pytest
 
-from ragcore import contracts, dispatch, ledger, queues
-from ragcore.contracts import CANARIES, Queue
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
+
+from ragcore.tasks import ledger
+
+from ragcore.broker import queue_stats as queues
+from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
-from tests.support.processes import Deployable, wait_until
+from ragcore_dev.processes import Deployable, wait_until
 from tests.support.stack import ADMIN_KEY, QUERY_KEY, Stack
 
 CLEANUP_WORKER = "cleanup-a@test"

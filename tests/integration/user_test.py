@@ -8,11 +8,15 @@ from typing import Any
 
 import pytest
 
-from ragcore import contracts, dispatch, ledger
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
+
+from ragcore.tasks import ledger
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import Conversation, Message, TaskRecord, User, UserStatistics
-from ragcore.locks import lock_client, periodic_lock
-from tests.support.processes import wait_until
+from ragcore.tasks.locks import lock_client, periodic_lock
+from ragcore_dev.processes import wait_until
 from tests.support.stack import Stack
 
 TIERS = {"tier_thresholds": '{"free": 0, "pro": 2, "enterprise": 100}',

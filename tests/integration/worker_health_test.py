@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from ragcore import dispatch
-from ragcore.contracts import CANARIES, Queue
-from tests.support.processes import wait_until
-from tests.support.servers import free_port
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import CANARIES, Queue
+from ragcore_dev.processes import wait_until
+from ragcore_dev.servers import free_port
 from tests.support.stack import Stack
 
 HOSTNAME = "cleanup-health@test"

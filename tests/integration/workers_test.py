@@ -6,10 +6,14 @@ import uuid
 
 import pytest
 
-from ragcore import contracts, dispatch, recovery
-from ragcore.contracts import CANARIES, Queue
-from tests.standins.users import start_users
-from tests.support.processes import wait_until
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
+
+from ragcore.worker import recovery
+from ragcore.tasks.contracts import CANARIES, Queue
+from ragcore_dev.standins.users import start_users
+from ragcore_dev.processes import wait_until
 from tests.support.stack import Stack
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.pool import NullPool
 
 from ragcore.db.migrations import SCRIPT_LOCATION
 from ragcore.db.models import Base
-from ragcore.logging import configure_logging
+from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
 
 log = logging.getLogger(__name__)

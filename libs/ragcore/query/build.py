@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import redis
 
-from ragcore.cache import HotCache
-from ragcore.embedder import Embedder, HashingEmbedder, OpenAIEmbedder
-from ragcore.http import shared_http_client
+from ragcore.query.cache import HotCache
+from ragcore.clients.embedder import Embedder, HashingEmbedder, OpenAIEmbedder
+from ragcore.clients.transport import shared_http_client
 from ragcore.query.generator import ChatGenerator, ExtractiveGenerator, Generator
 from ragcore.query.service import QueryService, TolerantHotCache
 from ragcore.settings import Settings
-from ragcore.vectorstore import VectorStore
+from ragcore.clients.vectorstore import VectorStore
 
 #: The hot cache is an optimisation: never let a slow Redis hold a query longer than this.
 HOT_CACHE_TIMEOUT_SECONDS = 0.5

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import httpx
 
-from ragcore.vectorstore import Hit
+from ragcore.clients.vectorstore import Hit
 
 NO_PASSAGES = "No passage in the knowledge base matches this question."
 #: Sentences of the extractive answer; passages sent to the chat model (in rank order).

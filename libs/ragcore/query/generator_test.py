@@ -9,7 +9,7 @@ from ragcore.query.generator import (
     ExtractiveGenerator,
     word_count,
 )
-from ragcore.vectorstore import Hit
+from ragcore.clients.vectorstore import Hit
 
 
 def hit(text: str, chunk: str = "c") -> Hit:

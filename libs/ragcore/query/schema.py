@@ -6,7 +6,7 @@ import re
 
 from pydantic import BaseModel, Field, field_validator
 
-from ragcore.contracts import Args, Source
+from ragcore.tasks.contracts import Args, Source
 
 #: Qdrant matches exact keyword, integer and boolean values.
 FilterValue = str | int | bool

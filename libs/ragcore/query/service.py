@@ -3,7 +3,7 @@
 That transaction counts the query against the user's limit, stores the conversation and message,
 and records the cached answer. The message row is also the intent of its two reports
 (`send_query_result_to_users`, `update_user_statistics`): stored unreported, it is published by the
-report relay (`ragcore.reports`) outside the API, so the reports exist exactly when the message does
+report relay (`ragcore.query.reports`) outside the API, so the reports exist exactly when the message does
 and cost the answer nothing.
 """
 
@@ -22,16 +22,16 @@ import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from ragcore.cache import HotCache, cache_key, data_version
-from ragcore.contracts import Source
+from ragcore.query.cache import HotCache, cache_key, data_version
+from ragcore.tasks.contracts import Source
 from ragcore.db import Sessions, insert_for, session_scope, utcnow
 from ragcore.db.models import Conversation, Message, QueryCacheEntry
-from ragcore.embedder import Embedder
+from ragcore.clients.embedder import Embedder
 from ragcore.query import limits
 from ragcore.query.generator import Generator
 from ragcore.query.schema import QueryAnswer, QueryRequest
 from ragcore.settings import Settings
-from ragcore.vectorstore import Hit
+from ragcore.clients.vectorstore import Hit
 
 log = logging.getLogger(__name__)
 

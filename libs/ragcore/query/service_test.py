@@ -4,9 +4,9 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from ragcore.cache import HotCache, bump_data_version
+from ragcore.query.cache import HotCache, bump_data_version
 from ragcore.db.models import Conversation, Message, QueryCacheEntry, User
-from ragcore.embedder import HashingEmbedder
+from ragcore.clients.embedder import HashingEmbedder
 from ragcore.query import (
     ConversationNotFound,
     ExtractiveGenerator,
@@ -17,7 +17,7 @@ from ragcore.query import (
 )
 from ragcore.query.service import TolerantHotCache
 from ragcore.settings import Settings
-from ragcore.vectorstore import Hit
+from ragcore.clients.vectorstore import Hit
 
 SETTINGS = Settings(vector_size=64, tier_daily_limits={"free": 3}, tier_thresholds={"free": 0}, default_tier="free")
 

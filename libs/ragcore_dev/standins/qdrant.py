@@ -4,7 +4,7 @@ It lets several processes (API, sync worker) share one persisted collection on a
 Qdrant server. Each collection is an EdgeShard under DATA/collections/<name>/. Production runs real
 Qdrant through the same VectorStore code.
 
-    python -m tests.standins.qdrant --port 6333 --data DIR [--api-key KEY]
+    python -m ragcore_dev.standins.qdrant --port 6333 --data DIR [--api-key KEY]
 
 Served: GET /, /healthz, /readyz, /livez; GET /collections; GET|PUT|DELETE /collections/{name};
 GET /collections/{name}/exists; PUT /collections/{name}/index, DELETE .../index/{field};
@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 import qdrant_edge as qe
 
-from tests.standins.server import App, HTTPError, Request, Response, Running, json_response, run_until_signalled, start_in_thread
+from ragcore_dev.standins.server import App, HTTPError, Request, Response, Running, json_response, run_until_signalled, start_in_thread
 
 _NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.]*")
 _DISTANCES = {d: getattr(qe.Distance, d) for d in ("Cosine", "Euclid", "Dot", "Manhattan")}

@@ -3,11 +3,11 @@
 Every document has a distinct pair of topic words and every chunk an aspect word, so a query such as
 "glacier harbor safety" targets one chunk; vectors come from HashingEmbedder, as the query side's do.
 
-    python -m tests.standins.ingest --port 7101 --documents 20 --chunks 5
+    python -m ragcore_dev.standins.ingest --port 7101 --documents 20 --chunks 5
 
 Control API (no auth, no faults): GET /_control/corpus, POST /_control/reset {documents, chunks, seed},
 GET|PUT|DELETE /_control/documents/{id} (PUT body: {"texts"?, "metadata"?}), and the shared
-/_control/faults and /_control/requests of tests.standins.server.
+/_control/faults and /_control/requests of ragcore_dev.standins.server.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ragcore.embedder import HashingEmbedder
-from tests.standins.server import App, HTTPError, Request, Response, Running, json_response, run_until_signalled, start_in_thread
+from ragcore.clients.embedder import HashingEmbedder
+from ragcore_dev.standins.server import App, HTTPError, Request, Response, Running, json_response, run_until_signalled, start_in_thread
 
 WORDS = (
     "amber anchor apple arrow atlas aurora badger bamboo banner basalt beacon birch bison bridge bronze cactus "

@@ -4,7 +4,7 @@ Celery's Redis transport keeps a queue as Redis lists: one named after the queue
 priority step (`<queue>\\x06\\x16<step>`). A message is pushed on the left and taken from the right,
 so the oldest waiting message is the rightmost; its headers carry the publish time that
 `stamp_sent_at` adds to every task this code base publishes. Which workers consume a queue is their
-heartbeat, kept here by each worker (see ragcore.health), so no broadcast is needed to count them.
+heartbeat, kept here by each worker (see ragcore.worker.health), so no broadcast is needed to count them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-from ragcore.contracts import Queue
+from ragcore.tasks.contracts import Queue
 
 SENT_AT_HEADER = "sent_at"
 #: kombu's Redis transport: separator and priority steps (0 is the bare queue name).

@@ -8,7 +8,7 @@ from pydantic import AwareDatetime, Field
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from ragcore.contracts import Args
+from ragcore.tasks.contracts import Args
 from ragcore.db.models import SyncEvent
 
 

@@ -17,11 +17,19 @@ from celery.concurrency.base import BasePool
 from celery.utils.nodenames import host_format
 from celery.worker import state as worker_state
 
-from ragcore import health, invariants, ledger, queues, recovery
-from ragcore.celery_app import PermanentTaskError, create_app, define_task
-from ragcore.contracts import CANARIES, CanaryArgs, Queue
+from ragcore import invariants
+
+from ragcore.worker import health
+
+from ragcore.tasks import ledger
+
+from ragcore.broker import queue_stats as queues
+
+from ragcore.worker import recovery
+from ragcore.tasks.app import PermanentTaskError, create_app, define_task
+from ragcore.tasks.contracts import CANARIES, CanaryArgs, Queue
 from ragcore.db import create_schema, get_engine, session_scope
-from ragcore.logging import configure_logging
+from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -127,7 +135,7 @@ class _Monitor:
             log.info("revoked through the feed: %s", new)
 
     def note_reserved(self) -> None:
-        """Note in Redis the tasks this worker holds, when they changed (see ragcore.recovery)."""
+        """Note in Redis the tasks this worker holds, when they changed (see ragcore.worker.recovery)."""
         try:
             held = sorted(request.id for request in list(worker_state.reserved_requests))  # running ones included
         except RuntimeError:  # the consumer changed the set meanwhile: next tick

@@ -9,12 +9,12 @@ from datetime import datetime, timedelta, timezone
 import httpx
 import pytest
 
-from ragcore.embedder import HashingEmbedder
-from ragcore.http import is_retryable, make_http_client, shared_http_client
-from ragcore.ingest_client import DocumentNotFound, IngestClient, format_timestamp
+from ragcore.clients.embedder import HashingEmbedder
+from ragcore.clients.transport import is_retryable, make_http_client, shared_http_client
+from ragcore.clients.ingest import DocumentNotFound, IngestClient, format_timestamp
 from ragcore.settings import Settings
-from tests.standins.ingest import IngestApp, start_ingest
-from tests.standins.server import Running, free_port
+from ragcore_dev.standins.ingest import IngestApp, start_ingest
+from ragcore_dev.standins.server import Running, free_port
 
 TOKEN = "ingest-secret"
 

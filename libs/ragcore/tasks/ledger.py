@@ -18,8 +18,10 @@ from celery import Task, signals
 from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from ragcore import contracts, queues
-from ragcore.contracts import TaskContract
+from ragcore.tasks import contracts
+
+from ragcore.broker import queue_stats as queues
+from ragcore.tasks.contracts import TaskContract
 from ragcore.db import insert_for, session_scope, utcnow
 from ragcore.db.models import TaskRecord
 
@@ -55,7 +57,7 @@ class _Writer:
     queued within `linger` seconds of the first update, merged per task (STARTED and SUCCESS become
     one row update), in one transaction. One queue and one thread keep each task's updates in order.
     A process flushes before it exits; a SIGKILL loses at most the last `linger` seconds of updates
-    (the worker's next life still re-queues what it was running: see ragcore.recovery).
+    (the worker's next life still re-queues what it was running: see ragcore.worker.recovery).
     """
 
     def __init__(self, linger: float = 0.2) -> None:

@@ -5,8 +5,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from ragcore.locks import lock_key, periodic_lock
-from tests.support.servers import redis_server
+from ragcore.tasks.locks import lock_key, periodic_lock
+from ragcore_dev.servers import redis_server
 
 
 @pytest.fixture(scope="module")

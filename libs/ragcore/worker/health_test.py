@@ -1,6 +1,6 @@
 """The consuming-health verdict for every case a probe meets."""
 
-from ragcore.health import evaluate
+from ragcore.worker.health import evaluate
 
 NOW = 1_000_000.0
 

@@ -25,8 +25,10 @@ from celery import Celery
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
-from ragcore import contracts, ledger
-from ragcore.contracts import TaskContract
+from ragcore.tasks import contracts
+
+from ragcore.tasks import ledger
+from ragcore.tasks.contracts import TaskContract
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import Message
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ragcore.embedder import HashingEmbedder
-from ragcore.ingest_client import Chunk, IngestClient
+from ragcore.clients.embedder import HashingEmbedder
+from ragcore.clients.ingest import Chunk, IngestClient
 from ragcore.settings import Settings
-from ragcore.vectorstore import CollectionMismatch, VectorStore, point_id
-from tests.standins.ingest import Document, start_ingest
-from tests.standins.qdrant import start_qdrant
+from ragcore.clients.vectorstore import CollectionMismatch, VectorStore, point_id
+from ragcore_dev.standins.ingest import Document, start_ingest
+from ragcore_dev.standins.qdrant import start_qdrant
 
 EMBEDDER = HashingEmbedder(384)
 

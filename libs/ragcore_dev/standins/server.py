@@ -2,7 +2,7 @@
 
 A stand-in is an `App` (routes over JSON) served by `StandInServer`. Requests under `/_control` are
 the test's own API: they skip auth, faults and the log. Start one with `start_in_thread` (tests) or
-`run_until_signalled` (the `python -m tests.standins.<name>` entrypoints).
+`run_until_signalled` (the `python -m ragcore_dev.standins.<name>` entrypoints).
 """
 
 from __future__ import annotations
@@ -421,7 +421,7 @@ def free_port() -> int:
 
 
 def subprocess_env() -> dict[str, str]:
-    """Our environment plus this process's import path, for `python -m tests.standins.<name>`.
+    """Our environment plus this process's import path, for `python -m ragcore_dev.standins.<name>`.
 
     Under Pants the sources and dependencies are on sys.path, not installed.
     """

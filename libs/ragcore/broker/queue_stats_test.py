@@ -8,8 +8,10 @@ import pytest
 import redis
 from celery import Celery
 
-from ragcore import ledger, queues  # noqa: F401  (ledger stamps every publish with its time)
-from tests.support.servers import redis_server
+from ragcore.tasks import ledger  # noqa: F401  (ledger stamps every publish with its time)
+
+from ragcore.broker import queue_stats as queues  # noqa: F401  (ledger stamps every publish with its time)
+from ragcore_dev.servers import redis_server
 
 
 @pytest.fixture(scope="module")

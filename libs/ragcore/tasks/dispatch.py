@@ -8,8 +8,8 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import delete
 
-from ragcore import ledger
-from ragcore.contracts import TaskContract
+from ragcore.tasks import ledger
+from ragcore.tasks.contracts import TaskContract
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
 

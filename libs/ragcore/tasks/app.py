@@ -13,10 +13,10 @@ from celery.signals import setup_logging
 from kombu import Queue as KombuQueue
 from pydantic import ValidationError
 
-from ragcore import contracts
-from ragcore.contracts import Queue, TaskContract
-from ragcore.http import is_retryable
-from ragcore.logging import configure_logging
+from ragcore.tasks import contracts
+from ragcore.tasks.contracts import Queue, TaskContract
+from ragcore.clients.transport import is_retryable
+from ragcore.logs import configure_logging
 from ragcore.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

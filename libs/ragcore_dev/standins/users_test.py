@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from ragcore.http import is_retryable
-from ragcore.users_client import UsersClient
-from tests.standins.server import Running, free_port, subprocess_env, wait_until_up
-from tests.standins.users import UsersApp, start_users
+from ragcore.clients.transport import is_retryable
+from ragcore.clients.users import UsersClient
+from ragcore_dev.standins.server import Running, free_port, subprocess_env, wait_until_up
+from ragcore_dev.standins.users import UsersApp, start_users
 
 TOKEN = "users-secret"
 
@@ -147,7 +147,7 @@ def test_hang_after_recording_times_out_then_retry_counts_once(users: Running[Us
 def test_runs_as_a_process_and_exits_cleanly_on_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.standins.users", "--port", str(port), "--token", "t"], env=subprocess_env()
+        [sys.executable, "-m", "ragcore_dev.standins.users", "--port", str(port), "--token", "t"], env=subprocess_env()
     )
     try:
         url = f"http://127.0.0.1:{port}"

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from ragcore import contracts, reports
+from ragcore.tasks import contracts
+
+from ragcore.query import reports
 from ragcore.db import utcnow
 from ragcore.db.models import Conversation, Message, TaskRecord
 

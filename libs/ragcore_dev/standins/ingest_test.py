@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
-from ragcore.embedder import HashingEmbedder
-from tests.standins.ingest import IngestApp, start_ingest
-from tests.standins.server import Running, free_port, subprocess_env, wait_until_up
+from ragcore.clients.embedder import HashingEmbedder
+from ragcore_dev.standins.ingest import IngestApp, start_ingest
+from ragcore_dev.standins.server import Running, free_port, subprocess_env, wait_until_up
 
 
 
@@ -230,7 +230,7 @@ def test_stop_ends_idle_and_hanging_connections_and_leaves_no_threads() -> None:
 def test_runs_as_a_process_and_exits_cleanly_on_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.standins.ingest", "--port", str(port), "--documents", "3", "--chunks", "2"],
+        [sys.executable, "-m", "ragcore_dev.standins.ingest", "--port", str(port), "--documents", "3", "--chunks", "2"],
         env=subprocess_env(),
         stdout=subprocess.PIPE,
         text=True,

@@ -1,6 +1,6 @@
 """Benchmark: Ingest feed → VectorStore → Qdrant stand-in, each against the bare engine in the same run.
 
-    PYTHONPATH=libs:. python -m tests.standins.bench --documents 10000 --chunks 5
+    python -m tests.benchmarks.standins --documents 10000 --chunks 5
 
 Both stand-ins run as separate processes, as in a deployment. Baselines: the Ingest stand-in's own
 page building and serialisation (no HTTP, no client), and qdrant_edge driven directly in this process
@@ -23,12 +23,12 @@ import httpx
 import orjson
 import qdrant_edge as qe
 
-from ragcore.embedder import HashingEmbedder
-from ragcore.ingest_client import Chunk, IngestClient
+from ragcore.clients.embedder import HashingEmbedder
+from ragcore.clients.ingest import Chunk, IngestClient
 from ragcore.settings import Settings
-from ragcore.vectorstore import VectorStore, point_id
-from tests.standins.ingest import Corpus, aspect, items_json
-from tests.standins.server import free_port, subprocess_env, wait_until_up
+from ragcore.clients.vectorstore import VectorStore, point_id
+from ragcore_dev.standins.ingest import Corpus, aspect, items_json
+from ragcore_dev.standins.server import free_port, subprocess_env, wait_until_up
 
 PAGE = 500
 BATCH = 256
@@ -36,10 +36,10 @@ BATCH = 256
 
 @contextmanager
 def standin(module: str, *args: str) -> Iterator[str]:
-    """Run `python -m tests.standins.<module>` on a free port; yield its URL."""
+    """Run `python -m ragcore_dev.standins.<module>` on a free port; yield its URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", f"tests.standins.{module}", "--port", str(port), *args], env=subprocess_env(), stdout=subprocess.DEVNULL
+        [sys.executable, "-m", f"ragcore_dev.standins.{module}", "--port", str(port), *args], env=subprocess_env(), stdout=subprocess.DEVNULL
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}", timeout=600)

@@ -11,8 +11,8 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from ragcore.http import POOL_LIMITS
-from ragcore.ingest_client import Chunk
+from ragcore.clients.transport import POOL_LIMITS
+from ragcore.clients.ingest import Chunk
 from ragcore.settings import Settings
 
 # Fixed forever: changing it would orphan every point already written.

@@ -14,9 +14,9 @@ import pytest
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from ragcore.http import is_retryable
-from tests.standins.qdrant import QdrantApp, start_qdrant
-from tests.standins.server import Running, free_port, subprocess_env, wait_until_up
+from ragcore.clients.transport import is_retryable
+from ragcore_dev.standins.qdrant import QdrantApp, start_qdrant
+from ragcore_dev.standins.server import Running, free_port, subprocess_env, wait_until_up
 
 DIM = 8
 
@@ -218,7 +218,7 @@ def test_data_survives_a_restart(tmp_path: Path) -> None:
 def test_processes_share_one_collection_and_it_survives_sigterm_and_restart(tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "tests.standins.qdrant", "--port", str(port), "--data", str(tmp_path)]
+    command = [sys.executable, "-m", "ragcore_dev.standins.qdrant", "--port", str(port), "--data", str(tmp_path)]
 
     def start() -> subprocess.Popen[bytes]:
         process = subprocess.Popen(command, env=subprocess_env())

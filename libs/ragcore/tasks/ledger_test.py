@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from ragcore import ledger
+from ragcore.tasks import ledger
 from ragcore.db import create_schema, reset_engines, session_scope
 from ragcore.db.models import Base, TaskRecord
 from ragcore.settings import get_settings

@@ -2,10 +2,10 @@
 
 A first delivery of a key answers 201 and is recorded; a repeat answers 409 and is only counted.
 
-    python -m tests.standins.users --port 7102 [--token T]
+    python -m ragcore_dev.standins.users --port 7102 [--token T]
 
 Control API (no auth, no faults): GET /_control/deliveries?kind=query-results|usage-statistics|notifications,
-POST /_control/reset, and the shared /_control/faults and /_control/requests of tests.standins.server.
+POST /_control/reset, and the shared /_control/faults and /_control/requests of ragcore_dev.standins.server.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
-from tests.standins.server import App, HTTPError, Request, Response, Running, json_response, run_until_signalled, start_in_thread
+from ragcore_dev.standins.server import App, HTTPError, Request, Response, Running, json_response, run_until_signalled, start_in_thread
 
 #: kind (the last path segment) -> fields the body must carry.
 REQUIRED_FIELDS = {

@@ -1,0 +1,1 @@
+"""The broker seen from outside: queue depths, oldest waiting task, consumers."""

@@ -1,0 +1,1 @@
+"""Clients of the neighbours: the shared httpx transport, Ingest, Users, the embedder, Qdrant."""
