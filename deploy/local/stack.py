@@ -14,7 +14,6 @@ starts every stopped part again.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import importlib
 import json
 import os
@@ -31,6 +30,7 @@ import httpx
 
 from ragcore.tasks.contracts import Queue
 from ragcore.settings import Settings
+from ragcore_dev.processes import die_with_parent, signal_group
 
 #: Default ports; `--port-offset N` shifts them all (a second stack, a test).
 PORTS = {"redis": 6390, "qdrant": 6333, "ingest": 7101, "users": 7102, "api": 7001, "flower": 5555}
@@ -59,20 +59,6 @@ class Part:
         return self.process is not None and self.process.poll() is None
 
 
-#: prctl(2), looked up before any fork: the child may only make the call.
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    # Runs in the child before exec: if the stack is killed outright (SIGKILL, a crash), its parts
-    # get SIGTERM instead of living on.
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # the stack died before the call
-            os._exit(1)
-
-
 @dataclass
 class LocalStack:
     root: Path
@@ -90,12 +76,12 @@ class LocalStack:
 
     def launch(self, part: Part) -> None:
         part.log.parent.mkdir(parents=True, exist_ok=True)
-        parent = os.getpid()
         with part.log.open("ab") as out:
             # Its own session: Ctrl-C reaches only the stack, which stops the parts in order.
             part.process = subprocess.Popen(
                 part.argv, env=part.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=lambda: _die_with_parent(parent),
+                # If the stack is killed outright (SIGKILL, a crash), its parts get SIGTERM.
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         self.pid_file(part).write_text(f"{part.process.pid}\n")
 
@@ -131,7 +117,7 @@ class LocalStack:
         for tier in (DEPLOYABLE, INFRASTRUCTURE):
             parts = [p for p in self.parts if p.tier == tier and p.process is not None]
             for part in parts:
-                _signal_group(part, signal.SIGTERM)
+                signal_group(part.process, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
             for part in parts:
                 assert part.process is not None
@@ -140,18 +126,10 @@ class LocalStack:
                 except subprocess.TimeoutExpired:
                     print(f"{part.name} did not stop within {STOP_TIMEOUT:.0f}s: killing it", flush=True)
                 # Whatever is left in its group (a pool process of a killed worker) goes too.
-                _signal_group(part, signal.SIGKILL)
+                signal_group(part.process, signal.SIGKILL)
                 part.process.wait()
                 part.process = None
                 self.pid_file(part).unlink(missing_ok=True)
-
-
-def _signal_group(part: Part, sig: int) -> None:
-    assert part.process is not None
-    try:
-        os.killpg(part.process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already empty
 
 
 def wait_http(url: str, part: Part, timeout: float = 120) -> None:

@@ -1,33 +1,63 @@
-"""Deployables as separate processes, started from the same entrypoints their images run."""
+"""Processes for the local stack and the tests: deployables started from the entrypoints their images
+run, their environment, free ports, and waiting for them — the one copy of these helpers."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+
+#: prctl(2), looked up before any fork: the child may only make the call.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now, for a server started as a separate process."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def deployable_env(**settings: str) -> dict[str, str]:
     """The environment of a deployable: ours, the test's import path, and `RAGCORE_*` settings."""
     env = dict(os.environ)
     # Under Pants the sources live in the sandbox on sys.path, not in an installed package.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
     env.update({f"RAGCORE_{k.upper()}": v for k, v in settings.items()})
     return env
 
 
-def die_with_parent() -> None:
-    # Runs in the child before exec: if the test process dies (a timeout kills pytest), so does it.
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A `preexec_fn`: the child gets `sig` when the process that started it dies (a killed pytest or
+    stack leaves nothing behind)."""
+    parent = os.getpid()
+
+    def arrange() -> None:
+        if _PRCTL is not None:
+            _PRCTL(_PR_SET_PDEATHSIG, sig)
+            if os.getppid() != parent:  # the parent died before the call
+                os._exit(1)
+
+    return arrange
+
+
+def signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    """`sig` to the process's whole group (its pool children too); an empty group is no error."""
+    try:
+        os.killpg(process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 class Deployable:
@@ -45,7 +75,7 @@ class Deployable:
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent(),
         )
         log.close()
         return self
@@ -57,7 +87,7 @@ class Deployable:
     def signal(self, sig: int) -> None:
         if self.running:
             assert self.process is not None
-            os.killpg(self.process.pid, sig)
+            signal_group(self.process, sig)
 
     def stop(self, timeout: float = 30) -> None:
         """Warm shutdown (SIGTERM to the main process, which stops its children), then SIGKILL of the group."""
@@ -74,10 +104,7 @@ class Deployable:
     def kill(self) -> None:
         """SIGKILL the process and its children (a crashed machine, not a shutdown)."""
         if self.process is not None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            signal_group(self.process, signal.SIGKILL)
             self.process.wait(10)
             self.process = None
 
@@ -106,3 +133,17 @@ def wait_http_ok(url: str, timeout: float, deployable: Deployable) -> None:
             return False
 
     wait_until(ok, timeout, url)
+
+
+def wait_until_up(url: str, timeout: float = 30.0) -> None:
+    """Wait until `url`'s port accepts connections (a stand-in binds only once it is ready)."""
+    parts = urlsplit(url)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((parts.hostname, parts.port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listening at {url} after {timeout}s") from None
+            time.sleep(0.05)

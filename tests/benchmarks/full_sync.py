@@ -45,7 +45,7 @@ from ragcore.clients.ingest import Chunk, IngestClient
 from ragcore.settings import Settings, get_settings
 from ragcore.clients.vectorstore import VectorStore, point_id
 from services.sync.copier import copy_pages
-from ragcore_dev.standins.server import free_port, wait_until_up
+from ragcore_dev.processes import free_port, wait_until_up
 from ragcore_dev.processes import Deployable, deployable_env, wait_http_ok
 from tests.support.stack import Stack, running_stack
 

@@ -31,7 +31,7 @@ from ragcore.clients.vectorstore import VectorStore
 from tests.benchmarks.common import load_corpus, percentile
 from ragcore_dev.standins.ingest import Corpus, Document
 from ragcore_dev.processes import Deployable, deployable_env, wait_http_ok, wait_until
-from ragcore_dev.servers import free_port
+from ragcore_dev.processes import free_port
 from tests.support.stack import Stack, running_stack
 
 MODES = ("none", "reports")

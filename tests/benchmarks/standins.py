@@ -28,7 +28,7 @@ from ragcore.clients.ingest import Chunk, IngestClient
 from ragcore.settings import Settings
 from ragcore.clients.vectorstore import VectorStore, point_id
 from ragcore_dev.standins.ingest import Corpus, aspect, items_json
-from ragcore_dev.standins.server import free_port, subprocess_env, wait_until_up
+from ragcore_dev.processes import deployable_env, free_port, wait_until_up
 
 PAGE = 500
 BATCH = 256
@@ -39,7 +39,7 @@ def standin(module: str, *args: str) -> Iterator[str]:
     """Run `python -m ragcore_dev.standins.<module>` on a free port; yield its URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", f"ragcore_dev.standins.{module}", "--port", str(port), *args], env=subprocess_env(), stdout=subprocess.DEVNULL
+        [sys.executable, "-m", f"ragcore_dev.standins.{module}", "--port", str(port), *args], env=deployable_env(), stdout=subprocess.DEVNULL
     )
     try:
         wait_until_up(f"http://127.0.0.1:{port}", timeout=600)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore_dev.processes import Deployable, die_with_parent, wait_http_ok, wait_until
-from ragcore_dev.servers import free_port
+from ragcore_dev.processes import free_port
 from tests.support.stack import Stack
 
 PEXES = {
@@ -37,9 +38,28 @@ class PexDeployable(Deployable):
         env = {k: v for k, v in self.env.items() if k != "PYTHONPATH"}
         self.process = subprocess.Popen([sys.executable, str(self.pex), *self.args], env=env,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=die_with_parent)
+                                        preexec_fn=die_with_parent())
         log.close()
         return self
+
+
+def _pex_contents(pex: Path) -> list[str]:
+    """Every file a pex carries: a packed pex is a directory of files and zips (code, each wheel)."""
+    names = []
+    for path in pex.rglob("*") if pex.is_dir() else [pex]:
+        if zipfile.is_zipfile(path):
+            names += [f"{path.relative_to(pex)}!{name}" for name in zipfile.ZipFile(path).namelist()]
+        elif path.is_file():
+            names.append(str(path.relative_to(pex)))
+    return names
+
+
+@pytest.mark.parametrize("key", list(PEXES), ids=str)
+def test_deployable_pex_carries_no_dev_or_test_code(key: object) -> None:
+    # Our sources sit at the pex's top level; third-party wheels (with their own tests/) under .deps/.
+    ours = [name.split("!")[-1] for name in _pex_contents(_pex(key)) if not name.startswith((".deps/", ".bootstrap/"))]
+    assert "ragcore/settings.py" in ours, "the shared libs are in the pex"
+    assert [name for name in ours if name.startswith(("ragcore_dev/", "tests/"))] == []
 
 
 @pytest.mark.parametrize("queue", list(Queue))

@@ -9,7 +9,7 @@ import sys
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore_dev.processes import wait_until
-from ragcore_dev.servers import free_port
+from ragcore_dev.processes import free_port
 from tests.support.stack import Stack
 
 HOSTNAME = "cleanup-health@test"

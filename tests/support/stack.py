@@ -17,7 +17,8 @@ from ragcore.db import create_schema, reset_engines, session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.settings import get_settings
 from ragcore_dev.processes import Deployable, deployable_env, wait_http_ok, wait_until
-from ragcore_dev.servers import RedisServer, free_port, postgres_database, redis_server
+from ragcore_dev.servers import RedisServer, postgres_database, redis_server
+from ragcore_dev.processes import free_port
 
 ADMIN_KEY, QUERY_KEY, SYNC_KEY = "test-admin-key", "test-query-key", "test-sync-key"
 API_KEYS = f'{{"{ADMIN_KEY}": "admin", "{QUERY_KEY}": "query", "{SYNC_KEY}": "sync"}}'

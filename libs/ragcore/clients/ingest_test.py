@@ -14,7 +14,8 @@ from ragcore.clients.transport import is_retryable, make_http_client, shared_htt
 from ragcore.clients.ingest import DocumentNotFound, IngestClient, format_timestamp
 from ragcore.settings import Settings
 from ragcore_dev.standins.ingest import IngestApp, start_ingest
-from ragcore_dev.standins.server import Running, free_port
+from ragcore_dev.standins.server import Running
+from ragcore_dev.processes import free_port
 
 TOKEN = "ingest-secret"
 

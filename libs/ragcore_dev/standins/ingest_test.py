@@ -17,7 +17,8 @@ import pytest
 
 from ragcore.clients.embedder import HashingEmbedder
 from ragcore_dev.standins.ingest import IngestApp, start_ingest
-from ragcore_dev.standins.server import Running, free_port, subprocess_env, wait_until_up
+from ragcore_dev.standins.server import Running
+from ragcore_dev.processes import deployable_env, free_port, wait_until_up
 
 
 
@@ -231,7 +232,7 @@ def test_runs_as_a_process_and_exits_cleanly_on_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "ragcore_dev.standins.ingest", "--port", str(port), "--documents", "3", "--chunks", "2"],
-        env=subprocess_env(),
+        env=deployable_env(),
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -16,7 +16,8 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from ragcore.clients.transport import is_retryable
 from ragcore_dev.standins.qdrant import QdrantApp, start_qdrant
-from ragcore_dev.standins.server import Running, free_port, subprocess_env, wait_until_up
+from ragcore_dev.standins.server import Running
+from ragcore_dev.processes import deployable_env, free_port, wait_until_up
 
 DIM = 8
 
@@ -221,13 +222,13 @@ def test_processes_share_one_collection_and_it_survives_sigterm_and_restart(tmp_
     command = [sys.executable, "-m", "ragcore_dev.standins.qdrant", "--port", str(port), "--data", str(tmp_path)]
 
     def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(command, env=subprocess_env())
+        process = subprocess.Popen(command, env=deployable_env())
         wait_until_up(url)
         return process
 
     def count_in_another_process() -> int:
         code = f"from qdrant_client import QdrantClient; print(QdrantClient(url={url!r}, check_compatibility=False).count('shared').count)"
-        return int(subprocess.run([sys.executable, "-c", code], env=subprocess_env(), check=True, capture_output=True, text=True).stdout)
+        return int(subprocess.run([sys.executable, "-c", code], env=deployable_env(), check=True, capture_output=True, text=True).stdout)
 
     process = start()
     try:

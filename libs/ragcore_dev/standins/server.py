@@ -413,35 +413,6 @@ def start_in_thread(app: A, host: str = "127.0.0.1", port: int = 0) -> Running[A
     return Running(app, server, thread)
 
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now, for a stand-in started as a separate process."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def subprocess_env() -> dict[str, str]:
-    """Our environment plus this process's import path, for `python -m ragcore_dev.standins.<name>`.
-
-    Under Pants the sources and dependencies are on sys.path, not installed.
-    """
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path if p)}
-
-
-def wait_until_up(url: str, timeout: float = 30.0) -> None:
-    """Wait until `url`'s port accepts connections (a stand-in binds only once it is ready)."""
-    parts = urlsplit(url)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((parts.hostname, parts.port), timeout=1):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listening at {url} after {timeout}s") from None
-            time.sleep(0.05)
-
-
 def run_until_signalled(app: App, host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM, then stop cleanly; prints the URL once listening."""
     stop = threading.Event()

@@ -14,7 +14,8 @@ import pytest
 
 from ragcore.clients.transport import is_retryable
 from ragcore.clients.users import UsersClient
-from ragcore_dev.standins.server import Running, free_port, subprocess_env, wait_until_up
+from ragcore_dev.standins.server import Running
+from ragcore_dev.processes import deployable_env, free_port, wait_until_up
 from ragcore_dev.standins.users import UsersApp, start_users
 
 TOKEN = "users-secret"
@@ -147,7 +148,7 @@ def test_hang_after_recording_times_out_then_retry_counts_once(users: Running[Us
 def test_runs_as_a_process_and_exits_cleanly_on_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ragcore_dev.standins.users", "--port", str(port), "--token", "t"], env=subprocess_env()
+        [sys.executable, "-m", "ragcore_dev.standins.users", "--port", str(port), "--token", "t"], env=deployable_env()
     )
     try:
         url = f"http://127.0.0.1:{port}"
