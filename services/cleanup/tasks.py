@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from functools import lru_cache
 from typing import Any
 
@@ -12,24 +11,14 @@ from celery import Celery, Task
 from ragcore.tasks import contracts
 from ragcore.query.cache import HotCache, data_version
 from ragcore.tasks.app import define_task
-from ragcore.tasks.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs, TaskContract
+from ragcore.tasks.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs
 from ragcore.db import session_scope, utcnow
-from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
 from services.cleanup import redis_purge, retention
-
-#: What a periodic task returns when another run of it holds the lock.
-SKIPPED = {"skipped": "already running"}
-
 
 @lru_cache
 def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
-
-
-def _lock(task: TaskContract) -> AbstractContextManager[bool]:
-    # Held at most for the task's hard time limit: a killed run's lock frees itself by then.
-    return periodic_lock(lock_client(), task.name, ttl=task.time_limit)
 
 
 def register(app: Celery) -> None:
@@ -38,22 +27,16 @@ def register(app: Celery) -> None:
     @define_task(app, contracts.CLEANUP_OLD_CACHE)
     def cleanup_old_cache(self: Task, args: NoArgs) -> dict[str, Any]:
         """Remove hot query-cache entries of older data versions from Redis: they can never be served."""
-        with _lock(contracts.CLEANUP_OLD_CACHE) as acquired:
-            if not acquired:
-                return dict(SKIPPED)
-            settings = get_settings()
-            with session_scope() as session:
-                version = data_version(session)
-            cache = HotCache(_redis(settings.cache), settings.cache_prefix, settings.cache_ttl_seconds)
-            return redis_purge.purge_stale_cache(cache, version)
+        settings = get_settings()
+        with session_scope() as session:
+            version = data_version(session)
+        cache = HotCache(_redis(settings.cache), settings.cache_prefix, settings.cache_ttl_seconds)
+        return redis_purge.purge_stale_cache(cache, version)
 
     @define_task(app, contracts.CLEANUP_QUERY_CACHE)
     def cleanup_query_cache(self: Task, args: CleanupQueryCacheArgs) -> dict[str, Any]:
         """Delete `query_cache` rows older than `days`, a bounded batch per transaction."""
-        with _lock(contracts.CLEANUP_QUERY_CACHE) as acquired:
-            if not acquired:
-                return dict(SKIPPED)
-            return retention.delete_old_query_cache(session_scope, utcnow(), args.days)
+        return retention.delete_old_query_cache(session_scope, utcnow(), args.days)
 
     @define_task(app, contracts.CLEANUP_OLD_CONVERSATIONS)
     def cleanup_old_conversations(self: Task, args: CleanupConversationsArgs) -> dict[str, Any]:

@@ -28,8 +28,6 @@ from ragcore.clients.users import UsersClient
 from services.notifications import usage
 from services.notifications.failures import deliver
 
-#: What a run returns when another run of the same period holds the lock.
-SKIPPED = {"skipped": "already running"}
 
 
 def http_client() -> httpx.Client:
@@ -63,7 +61,7 @@ def send_usage_statistics(self: Task, args: UsageStatisticsArgs) -> dict[str, An
     task = contracts.SEND_USAGE_STATISTICS
     with periodic_lock(lock_client(), f"{task.name}:{start.isoformat()}", ttl=task.time_limit) as acquired:
         if not acquired:
-            return SKIPPED
+            return dict(contracts.SKIPPED)
         with session_scope() as session:
             report = usage.usage_report(session, start, end)
         code = deliver(self, task, pinned, lambda: users().send_usage_statistics(report))

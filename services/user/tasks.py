@@ -9,15 +9,10 @@ from ragcore.tasks import contracts
 from ragcore.tasks.app import define_task
 from ragcore.tasks.contracts import NoArgs, UserArgs
 from ragcore.db import session_scope, utcnow
-from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.query import limits
 from ragcore.settings import get_settings
 
 from services.user import stats, tiers
-
-#: What a periodic run returns when another run holds the lock.
-SKIPPED = {"skipped": "already running"}
-
 
 def reset_user_daily_limit(self: Task, args: UserArgs) -> dict[str, Any]:
     """Give one user a fresh daily window."""
@@ -28,12 +23,8 @@ def reset_user_daily_limit(self: Task, args: UserArgs) -> dict[str, Any]:
 
 def reset_all_daily_limits(self: Task, args: NoArgs) -> dict[str, Any]:
     """Give every user a fresh daily window: one set-based UPDATE."""
-    task = contracts.RESET_ALL_DAILY_LIMITS
-    with periodic_lock(lock_client(), task.name, ttl=task.time_limit) as acquired:
-        if not acquired:
-            return SKIPPED
-        with session_scope() as session:
-            return {"reset": limits.reset_all(session, get_settings(), utcnow())}
+    with session_scope() as session:
+        return {"reset": limits.reset_all(session, get_settings(), utcnow())}
 
 
 def update_user_statistics(self: Task, args: UserArgs) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from ragcore.tasks import contracts
 from ragcore.tasks.contracts import Queue, TaskContract
 from ragcore.clients.transport import is_retryable
 from ragcore.logs import configure_logging
+from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,9 @@ def define_task(app: Celery, contract: TaskContract, **options: Any) -> Callable
     """Register `fn` under its contract: name, limits, validated arguments, narrow retries.
 
     Network errors and 5xx are retried with exponential backoff and jitter up to the contract's
-    limit; bad arguments and 4xx fail at once. `fn` receives the validated argument model.
+    limit; bad arguments and 4xx fail at once. `fn` receives the validated argument model. An
+    exclusive contract's run holds the task's lock (at most its hard time limit, so a killed run's
+    lock frees itself by then) or returns `SKIPPED`.
     """
 
     def decorator(fn: Callable[..., Any]) -> Task:
@@ -98,6 +101,12 @@ def define_task(app: Celery, contract: TaskContract, **options: Any) -> Callable
                 args = contract.args.model_validate(kwargs)
             except ValidationError as exc:
                 raise PermanentTaskError(f"invalid arguments for {contract.name}: {exc}") from None
+            if not contract.exclusive:
+                return attempt(self, args)
+            with periodic_lock(lock_client(), contract.name, ttl=contract.time_limit) as acquired:
+                return attempt(self, args) if acquired else dict(contracts.SKIPPED)
+
+        def attempt(self: Task, args: Any) -> Any:
             try:
                 return fn(self, args)
             except Reject:

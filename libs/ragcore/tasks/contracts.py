@@ -139,6 +139,9 @@ class TaskContract:
     #: sent per query, which nobody polls) the ledger alone does: status answers from it; each
     #: backend write costs a short task a sizeable share of its throughput.
     store_result: bool = True
+    #: Whether runs must never overlap (a Beat-driven sweep): a run that finds another one holding
+    #: the task's lock returns `SKIPPED` at once (`define_task` applies the lock).
+    exclusive: bool = False
 
     def validate(self, kwargs: dict[str, Any] | None) -> dict[str, Any]:
         """Arguments as they travel: validated, JSON-ready, defaults filled in."""
@@ -149,8 +152,10 @@ _NET = RetryPolicy(max_retries=3)
 _NONE = RetryPolicy(max_retries=0)
 
 
-def _c(name: str, queue: Queue, args: type[Args], retry: RetryPolicy, soft: int, hard: int, store: bool = True) -> TaskContract:
-    return TaskContract(name, queue, args, retry, soft, hard, store)
+def _c(
+    name: str, queue: Queue, args: type[Args], retry: RetryPolicy, soft: int, hard: int, store: bool = True, exclusive: bool = False
+) -> TaskContract:
+    return TaskContract(name, queue, args, retry, soft, hard, store, exclusive)
 
 
 SYNC_EMBEDDINGS = _c("sync_embeddings_task", Queue.SYNC, SyncEmbeddingsArgs, _NET, 1700, 1800)
@@ -162,13 +167,13 @@ SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryR
 SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, UsageStatisticsArgs, _NET, 280, 300)
 SEND_SYSTEM_NOTIFICATION = _c("send_system_notification", Queue.NOTIFICATIONS, SystemNotificationArgs, _NET, 50, 60)
 
-CLEANUP_OLD_CACHE = _c("cleanup_old_cache", Queue.CLEANUP, NoArgs, _NONE, 540, 600)
-CLEANUP_QUERY_CACHE = _c("cleanup_query_cache", Queue.CLEANUP, CleanupQueryCacheArgs, _NONE, 540, 600)
+CLEANUP_OLD_CACHE = _c("cleanup_old_cache", Queue.CLEANUP, NoArgs, _NONE, 540, 600, exclusive=True)
+CLEANUP_QUERY_CACHE = _c("cleanup_query_cache", Queue.CLEANUP, CleanupQueryCacheArgs, _NONE, 540, 600, exclusive=True)
 CLEANUP_OLD_CONVERSATIONS = _c("cleanup_old_conversations", Queue.CLEANUP, CleanupConversationsArgs, _NONE, 1700, 1800)
 CLEANUP_FAILED_TASKS = _c("cleanup_failed_tasks", Queue.CLEANUP, NoArgs, _NONE, 540, 600)
 
 RESET_USER_DAILY_LIMIT = _c("reset_user_daily_limit", Queue.USER, UserArgs, _NET, 50, 60)
-RESET_ALL_DAILY_LIMITS = _c("reset_all_daily_limits", Queue.USER, NoArgs, _NET, 280, 300)
+RESET_ALL_DAILY_LIMITS = _c("reset_all_daily_limits", Queue.USER, NoArgs, _NET, 280, 300, exclusive=True)
 UPDATE_USER_STATISTICS = _c("update_user_statistics", Queue.USER, UserArgs, _NET, 50, 60, store=False)
 CALCULATE_USER_TIER = _c("calculate_user_tier", Queue.USER, UserArgs, _NET, 50, 60)
 
@@ -184,6 +189,9 @@ TASKS: tuple[TaskContract, ...] = (
 CANARIES: dict[Queue, TaskContract] = {
     q: _c(f"ragcore.canary.{q.value}", q, CanaryArgs, _NONE, 10, 15) for q in Queue
 }
+
+#: What an exclusive task returns when another run of it holds the lock.
+SKIPPED = {"skipped": "already running"}
 
 BY_NAME: dict[str, TaskContract] = {c.name: c for c in (*TASKS, *CANARIES.values())}
 
