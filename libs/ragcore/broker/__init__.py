@@ -1,1 +1,5 @@
-"""The broker seen from outside: queue depths, oldest waiting task, consumers."""
+"""The broker seen from outside: queue depths, the oldest waiting task, live workers, revocations."""
+
+from ragcore.broker.queue_stats import QueueStats, all_queue_stats, broker_client, live_workers, queue_stats
+
+__all__ = ["QueueStats", "all_queue_stats", "broker_client", "live_workers", "queue_stats"]
