@@ -149,5 +149,5 @@ def test_an_id_revoked_before_it_was_sent_is_discarded_by_a_worker_started_later
 def test_revoking_a_malformed_id_is_422(api: httpx.Client, task_id: str) -> None:
     response = api.post(f"/api/v1/tasks/revoke/{task_id}")
     assert response.status_code == 422
-    assert response.json()["detail"].startswith("invalid request: task_id")
+    assert response.json()["detail"].startswith("invalid request: path.task_id")
     assert _record(task_id) is None
