@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 import redis
 from celery import Celery
 from celery.result import AsyncResult
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, status
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Response, status
 from kombu.exceptions import OperationalError
 from pydantic import AwareDatetime, BaseModel
 
@@ -144,8 +144,9 @@ def task_status(task_id: TaskId, scope: AnyKey, celery: CeleryDep, session: Sess
 
 class HistoryItem(BaseModel):
     task_id: str
-    name: str
-    queue: str
+    #: Null for an id revoked before any worker received it.
+    name: str | None
+    queue: str | None
     status: str
     sent_at: datetime
     started_at: datetime | None
@@ -328,18 +329,31 @@ class RevokeResult(BaseModel):
     detail: str
 
 
+_NOT_SEEN = ("not seen yet: no worker has received a task with this id; revoked, so whichever worker "
+             "receives it discards it, now or after a restart")
+
+
 @router.post("/revoke/{task_id}", responses={
-    **_NOT_FOUND, **BROKER_DOWN,
+    **BROKER_DOWN,
+    202: {"model": RevokeResult, "description": "No worker has received this id yet: revoked before it arrives"},
     409: {"model": ErrorBody, "description": "Already finished, or its worker's pool cannot terminate it"},
 })
 def revoke_task(
-    task_id: TaskId, _: AdminKey, celery: CeleryDep, session: SessionDep, settings: SettingsDep,
+    task_id: TaskId, _: AdminKey, celery: CeleryDep, session: SessionDep, settings: SettingsDep, response: Response,
     terminate: Annotated[bool, Query(description="Also stop the task if it is running")] = False,
 ) -> RevokeResult:
-    """Revoke a task for good: recorded in the ledger, so a worker started later skips it too."""
+    """Revoke a task for good, as Celery does any id, sent or not: recorded in the ledger, so a worker
+    started later skips it too."""
     record = ledger.get(session, task_id)
-    if record is None:
-        raise HTTPException(404, f"no task with id {task_id!r} was ever sent")
+    if record is None or record.name is None:  # no worker has received it (another client may send it later)
+        with _broker():
+            ledger.record_revoked_unseen(session, task_id)
+            session.commit()  # durable before any worker hears of it
+            queues.publish_revocation(queues.broker_client(settings.broker), task_id)
+            # Nothing runs it (a worker that receives a task records it), so there is nothing to terminate.
+            celery.control.revoke(task_id)
+        response.status_code = status.HTTP_202_ACCEPTED
+        return RevokeResult(task_id=task_id, revoked=True, terminated=False, status="REVOKED", detail=_NOT_SEEN)
     if record.state in ("SUCCESS", "FAILURE"):
         raise HTTPException(409, f"task {task_id} already finished ({record.state}); there is nothing to revoke")
     with _broker():

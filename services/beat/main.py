@@ -34,6 +34,11 @@ ledger.connect_publisher_signals()
 
 
 def main() -> None:
+    if "--help" in sys.argv[1:]:  # before the database and Redis: usage only
+        print("usage: scheduler [CELERY BEAT OPTIONS]\n\nRuns the RedBeat schedule and the report relay. "
+              "Configured by RAGCORE_* environment variables. Celery's beat options follow.\n", flush=True)
+        app.start(["beat", "--help"])
+        return
     configure_logging("beat", settings.log_level)
     create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
     relay = ReportRelay(app, settings.report_relay_seconds)

@@ -1,5 +1,6 @@
 """Each packaged pex starts as its image starts it; each worker pex consumes only its own queue."""
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,7 @@ PEXES = {
     **{q: Path(f"services.{q.value}/worker.pex") for q in Queue},
     "beat": Path("services.beat/scheduler.pex"),
     "api": Path("api/server.pex"),
+    "migrate": Path("deploy.images/migrate.pex"),
 }
 
 
@@ -94,3 +96,24 @@ def test_beat_pex_starts_and_sends_a_due_task(stack: Stack) -> None:
     client = stack.redis_client()
     wait_until(lambda: client.llen(Queue.CLEANUP.value) > 0, 120, "beat to send cleanup_old_cache")
     beat.stop()
+
+
+#: What each pex's usage must mention: its own options, and the options of what it hands the rest to.
+USAGE = {
+    **{q: ("--healthcheck", "--concurrency") for q in Queue},
+    "beat": ("scheduler", "--schedule"),
+    "api": ("RAGCORE_API_PORT",),
+    "migrate": ("upgrade", "downgrade"),
+}
+
+
+@pytest.mark.parametrize("key", list(PEXES), ids=str)
+def test_every_pex_prints_its_usage_for_help_without_redis_or_the_database(key: object) -> None:
+    # Nothing listens on port 1: a pex that opened Redis or the database would fail or hang, one that
+    # served would never exit.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("RAGCORE_")}
+    env.update(RAGCORE_REDIS_URL="redis://127.0.0.1:1/0", RAGCORE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    done = subprocess.run([sys.executable, str(_pex(key)), "--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "usage" in done.stdout.lower()
+    assert all(word in done.stdout for word in USAGE[key]), done.stdout  # type: ignore[index]

@@ -88,9 +88,8 @@ def test_status_follows_a_task_from_sent_through_progress_to_success(
     assert _ledger(task_id).progress == {"done": 6, "total": 6}
 
 
-def test_ids_never_sent_are_404_for_status_and_revoke(api: httpx.Client) -> None:
-    assert api.get("/api/v1/tasks/status/never-sent").status_code == 404
-    response = api.post("/api/v1/tasks/revoke/never-sent")
+def test_the_status_of_an_id_never_sent_is_404(api: httpx.Client) -> None:
+    response = api.get("/api/v1/tasks/status/never-sent")
     assert response.status_code == 404 and "never-sent" in response.json()["detail"]
 
 

@@ -144,12 +144,13 @@ class FailedDelivery(Base):
 
 
 class TaskRecord(Base):
-    """The task ledger: every task sent through the contracts and its lifecycle."""
+    """The task ledger: every task sent through the contracts or received by a worker, and its lifecycle."""
 
     __tablename__ = "task_ledger"
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    name: Mapped[str] = mapped_column(String(128), index=True)
-    queue: Mapped[str] = mapped_column(String(32))
+    #: Null for an id revoked before any worker received it: unknown until the task shows up.
+    name: Mapped[str | None] = mapped_column(String(128), index=True)
+    queue: Mapped[str | None] = mapped_column(String(32))
     state: Mapped[str] = mapped_column(String(16), index=True)
     kwargs: Mapped[dict[str, Any]]
     sent_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -1,5 +1,6 @@
-"""The task ledger: a durable record of every task sent through the contracts, kept current by the
-workers' signals, so status outlives Redis results and unknown ids are told apart from pending ones.
+"""The task ledger: a durable record of every task sent through the contracts or received by a worker,
+kept current by the workers' signals, so status outlives Redis results and unknown ids are told apart
+from pending ones.
 """
 
 from __future__ import annotations
@@ -46,6 +47,31 @@ def record_sent_many(session: Session, tasks: Sequence[tuple[str, TaskContract, 
 
 def get(session: Session, task_id: str) -> TaskRecord | None:
     return session.get(TaskRecord, task_id)
+
+
+def _identity(name: str, delivery_info: dict[str, Any] | None) -> dict[str, str]:
+    """Name and queue of a task a worker holds: the contract's queue, else the one it came from."""
+    contract = contracts.BY_NAME.get(name)
+    queue = contract.queue.value if contract else str((delivery_info or {}).get("routing_key") or "")
+    return {"name": name[:128], "queue": queue[:32]}  # the columns' sizes: another client may send anything
+
+
+def record_received(request: Any) -> None:
+    """Record a task that another client sent (Celery's CLI, Flower, a script) when a worker receives it.
+
+    Ragcore's publishers record their tasks when they send them and stamp the message; an unstamped
+    message is another client's. Its row is written at once rather than through the batched writer: a
+    pool process may start the task right after and must find the row to update.
+    """
+    if request.request_dict.get(queues.SENT_AT_HEADER) is not None:
+        return
+    kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
+    row = {"task_id": request.id, "state": "PENDING", "kwargs": kwargs, **_identity(request.name, request.delivery_info)}
+    try:
+        with session_scope() as session:
+            session.execute(insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), [row])
+    except Exception:  # the ledger must never keep a task from running
+        log.exception("task ledger insert failed", extra={"ledger_task_id": request.id})
 
 
 class _Writer:
@@ -109,6 +135,9 @@ class _Writer:
                     item.set()
 
 
+_IDENTITY = frozenset(("name", "queue"))
+
+
 def _write(updates: list[tuple[str, dict[str, Any]]]) -> None:
     merged: dict[str, dict[str, Any]] = {}
     for task_id, values in updates:
@@ -120,7 +149,9 @@ def _write(updates: list[tuple[str, dict[str, Any]]]) -> None:
     try:
         with session_scope() as session:
             for columns, rows in shapes.items():  # one executemany per set of columns
-                statement = update(table).where(table.c.task_id == bindparam("_task_id")).values({c: bindparam(c) for c in columns})
+                # Name and queue only fill what is unknown (an id revoked before any worker received it).
+                values = {c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c) for c in columns}
+                statement = update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
                 session.execute(statement, rows)
     except Exception:  # the ledger must never fail a task (nor stop the writer thread)
         log.exception("task ledger update failed", extra={"ledger_task_ids": list(merged)[:20]})
@@ -164,6 +195,13 @@ def mark_revoked(record: TaskRecord) -> None:
     if record.state in ("PENDING", "RETRY"):
         record.state = "REVOKED"
         record.finished_at = utcnow()
+
+
+def record_revoked_unseen(session: Session, task_id: str) -> None:
+    """Revoke an id no worker has received yet; the worker that discards it fills in name and queue."""
+    row = {"task_id": task_id, "name": None, "queue": None, "state": "REVOKED", "kwargs": {}, "revoked": True,
+           "finished_at": utcnow()}
+    session.execute(insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), [row])
 
 
 def revoked_ids(session: Session, limit: int = MAX_REVOKED_IDS) -> list[str]:
@@ -227,7 +265,7 @@ def counts(session: Session, since: datetime) -> list[tuple[str, str, int]]:
     """(name, state, how many) of the tasks sent since `since`."""
     query = (
         select(TaskRecord.name, TaskRecord.state, func.count())
-        .where(TaskRecord.sent_at >= since)
+        .where(TaskRecord.sent_at >= since, TaskRecord.name.is_not(None))  # ids revoked before any worker saw them
         .group_by(TaskRecord.name, TaskRecord.state)
     )
     return [(n, s, int(c)) for n, s, c in session.execute(query)]
@@ -296,9 +334,15 @@ def connect_worker_signals() -> None:
         _update(sender, task_id, state="FAILURE", finished_at=utcnow(), error=f"{type(exception).__name__}: {exception}",
                 traceback=str(einfo))
 
+    @signals.task_received.connect(weak=False, dispatch_uid="ledger.task_received")
+    def _received(request: Any, **_: Any) -> None:
+        record_received(request)
+
     @signals.task_revoked.connect(weak=False, dispatch_uid="ledger.task_revoked")
     def _revoked(sender: Any, request: Any, **_: Any) -> None:
-        _update(sender, request.id, state="REVOKED", finished_at=utcnow(), revoked=True)
+        # Celery discards a revoked task before `task_received`: an id revoked unseen learns its name here.
+        _update(sender, request.id, state="REVOKED", finished_at=utcnow(), revoked=True,
+                **_identity(sender.name, getattr(request, "delivery_info", None)))
 
     @signals.worker_process_shutdown.connect(weak=False, dispatch_uid="ledger.worker_process_shutdown")
     @signals.worker_shutdown.connect(weak=False, dispatch_uid="ledger.worker_shutdown")

@@ -120,3 +120,32 @@ def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(tmp_pa
     finally:
         get_settings.cache_clear()
         reset_engines()
+
+
+def test_an_id_revoked_unseen_is_one_row_kept_for_workers_and_left_out_of_metrics(session: Session) -> None:
+    _task(session, 1, state="PENDING")
+    session.flush()
+    for _ in range(2):
+        ledger.record_revoked_unseen(session, "later")
+    record = session.get(TaskRecord, "later")
+    assert record is not None and (record.name, record.queue, record.state, record.revoked) == (None, None, "REVOKED", True)
+    assert "later" in ledger.revoked_ids(session)
+    assert [(n, s) for n, s, _ in ledger.counts(session, T0)] == [("cleanup_old_cache", "PENDING")]
+
+
+def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_ones(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    get_settings.cache_clear()
+    try:
+        create_schema()
+        with session_scope() as s:
+            ledger.record_revoked_unseen(s, "unseen")
+            s.add(TaskRecord(task_id="known", name="n", queue="user", state="PENDING", kwargs={}))
+        identity = {"name": "other", "queue": "sync"}
+        ledger._write([("unseen", {"state": "REVOKED", **identity}), ("known", {"state": "REVOKED", **identity})])
+        with session_scope() as s:
+            rows = {r.task_id: (r.name, r.queue, r.state) for r in s.query(TaskRecord)}
+        assert rows == {"unseen": ("other", "sync", "REVOKED"), "known": ("n", "user", "REVOKED")}
+    finally:
+        get_settings.cache_clear()
+        reset_engines()

@@ -187,7 +187,14 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
 
     `--healthcheck [--hostname=NAME]` instead checks that the worker NAME (default: this host's worker
     of `queue`) is consuming, and exits 0 if so, 1 if not: each worker image's liveness probe.
+    `--help` prints this and Celery's worker options, touching neither Redis nor the database.
     """
+    if "--help" in argv:
+        print(f"usage: worker [--healthcheck [--hostname=NAME]] [CELERY WORKER OPTIONS]\n\n"
+              f"Consumes the {queue.value} queue; --healthcheck instead exits 0 while the worker NAME consumes it.\n"
+              "Configured by RAGCORE_* environment variables. Celery's worker options follow.\n", flush=True)
+        app.worker_main(["worker", "--help"])
+        return
     settings = get_settings()
     configure_logging(f"worker-{queue.value}", settings.log_level, settings.log_task_lifecycle)
     if "--healthcheck" in argv:
