@@ -14,11 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
-from ragcore import queues
-from ragcore.contracts import CANARIES, Queue
+from ragcore.broker import queue_stats as queues
+from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
-from tests.support.processes import wait_until
+from ragcore_dev.processes import wait_until
 from tests.support.stack import ADMIN_KEY, Stack, ledger_record
 
 CANARY = CANARIES[Queue.USER].name
