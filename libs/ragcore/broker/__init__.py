@@ -1,5 +1,7 @@
 """The broker seen from outside: queue depths, the oldest waiting task, live workers, revocations."""
 
-from ragcore.broker.queue_stats import QueueStats, all_queue_stats, broker_client, live_workers, queue_stats
+from ragcore.broker import queue_stats
+from ragcore.broker.queue_stats import QueueStats, all_queue_stats, broker_client, live_workers
 
+# `queue_stats` here is the module (its function of the same name: `queue_stats.queue_stats`).
 __all__ = ["QueueStats", "all_queue_stats", "broker_client", "live_workers", "queue_stats"]
