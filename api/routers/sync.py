@@ -6,8 +6,8 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel
 
 from api.auth import AdminKey, SyncKey
-from api.deps import CeleryDep, SessionDep
-from api.errors import BROKER_DOWN, ERROR_RESPONSES
+from api.deps import CeleryDep, SessionDep, commit
+from api.errors import BROKER_DOWN, ERROR_RESPONSES, NOT_STORED_RESPONSE
 from ragcore import contracts, dispatch, sync_queue
 from ragcore.contracts import SyncEmbeddingsArgs
 
@@ -41,7 +41,9 @@ def delete_document(document_id: str, _: AdminKey, celery: CeleryDep) -> TaskAcc
     return TaskAccepted(task_id=dispatch.send(celery, contracts.DELETE_DOCUMENT_EMBEDDINGS, {"document_id": document_id}))
 
 
-@router.post("/events", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/events", status_code=status.HTTP_202_ACCEPTED, responses=NOT_STORED_RESPONSE)
 def receive_events(body: sync_queue.ChangeEvents, _: SyncKey, session: SessionDep) -> EventsAccepted:
-    """Store Ingest's change events in the durable sync queue (all or nothing)."""
-    return EventsAccepted(stored=sync_queue.store(session, body.events))
+    """Store Ingest's change events in the durable sync queue (all or nothing), committed before the 202."""
+    stored = sync_queue.store(session, body.events)
+    commit(session)
+    return EventsAccepted(stored=stored)
