@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     result_expires_seconds: int = Field(24 * 3600, gt=0)
     # Must exceed the longest task time limit (full sync: 1 h), or Redis redelivers running tasks.
     visibility_timeout_seconds: int = Field(2 * 3600, gt=0)
+    # Every Redis client of ours (ragcore.redis_clients): how long to wait for a connection and for
+    # an answer, and how long a pooled connection may idle before it is pinged first.
+    redis_connect_timeout_seconds: float = Field(5.0, gt=0)
+    redis_read_timeout_seconds: float = Field(10.0, gt=0)
+    redis_health_check_seconds: int = Field(30, ge=0)
 
     database_url: str = "sqlite:///./.local/ragcore.db"
 

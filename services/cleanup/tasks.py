@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from functools import lru_cache
 from typing import Any
 
 import redis
@@ -15,6 +14,7 @@ from ragcore.celery_app import define_task
 from ragcore.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs, TaskContract
 from ragcore.db import session_scope, utcnow
 from ragcore.locks import lock_client, periodic_lock
+from ragcore.redis_clients import redis_client
 from ragcore.settings import get_settings
 from services.cleanup import redis_purge, retention
 
@@ -22,9 +22,9 @@ from services.cleanup import redis_purge, retention
 SKIPPED = {"skipped": "already running"}
 
 
-@lru_cache
 def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+    # A SCAN batch over a large keyspace may take a while: a longer read budget than the default.
+    return redis_client(url, read_timeout=30)
 
 
 def _lock(task: TaskContract) -> AbstractContextManager[bool]:

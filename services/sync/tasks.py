@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import Any
 
-import redis
 from celery import Celery, Task
 
 from ragcore import contracts, ledger
@@ -18,7 +17,7 @@ from ragcore.db import session_scope
 from ragcore.db.models import SyncState
 from ragcore.http import shared_http_client
 from ragcore.ingest_client import DocumentNotFound, IngestClient
-from ragcore.locks import periodic_lock
+from ragcore.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
 from ragcore.vectorstore import VectorStore
 from services.sync.copier import CopyReport, copy_pages
@@ -42,11 +41,6 @@ def _store() -> VectorStore:
 def _ingest() -> IngestClient:
     settings = get_settings()
     return IngestClient(shared_http_client(settings), settings.ingest_url, settings.ingest_token)
-
-
-@lru_cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().cache)
 
 
 def _save_mark(report: CopyReport, changed: bool) -> None:
@@ -121,7 +115,8 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
 
 def _apply_document(document_id: str, action: str) -> None:
     """Make Qdrant hold exactly Ingest's current chunks of one document."""
-    with periodic_lock(_redis(), f"sync-document:{document_id}", ttl=300) as acquired:
+    # On the broker's Redis, which never evicts: a lock an evicting cache dropped would let two runs in.
+    with periodic_lock(lock_client(), f"sync-document:{document_id}", ttl=300) as acquired:
         if not acquired:
             raise DocumentBusy(document_id)
         store = _store()
