@@ -76,9 +76,11 @@ class Fault:
     hang: bool = False
     after: bool = False
     path: str | None = None
+    skip: int = 0  # matching requests that pass untouched before the fault starts
 
     def snapshot(self) -> dict[str, Any]:
-        return {"remaining": self.remaining, "status": self.status, "hang": self.hang, "after": self.after, "path": self.path}
+        return {"remaining": self.remaining, "status": self.status, "hang": self.hang, "after": self.after, "path": self.path,
+                "skip": self.skip}
 
 
 class Faults:
@@ -95,10 +97,10 @@ class Faults:
         self._stopping = stopping
         self.delay_seconds = 0.0
 
-    def fail(self, status: int, times: int = 1, path: str | None = None, after: bool = False) -> None:
-        """The next `times` requests (under `path`) answer `status`."""
+    def fail(self, status: int, times: int = 1, path: str | None = None, after: bool = False, skip: int = 0) -> None:
+        """The next `times` requests (under `path`), after `skip` that pass, answer `status`."""
         with self._lock:
-            self._pending.append(Fault(times, status=status, after=after, path=path))
+            self._pending.append(Fault(times, status=status, after=after, path=path, skip=skip))
 
     def hang(self, times: int = 1, path: str | None = None, after: bool = False) -> None:
         """The next `times` requests (under `path`) never get an answer until released."""
@@ -122,6 +124,9 @@ class Faults:
         with self._lock:
             for fault in self._pending:
                 if fault.path is None or path.startswith(fault.path):
+                    if fault.skip:
+                        fault.skip -= 1
+                        return None
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._pending.remove(fault)
