@@ -100,8 +100,8 @@ def test_a_delete_due_after_a_newer_upsert_was_applied_is_dropped_and_the_docume
                         .values(available_at=utcnow()))
 
     result = rig.run(contracts.PROCESS_SYNC_QUEUE)
-    assert (result["stale"], result["applied"], result["failed"]) == (1, 0, 0)
     assert rig.points_of(doc) == rig.ingest_points_of(doc) and len(rig.points_of(doc)) == 4
+    assert (result["stale"], result["applied"], result["failed"]) == (1, 0, 0)
     assert [e.status for e in _events_of(doc)] == ["done", "done"]
 
 
