@@ -87,6 +87,10 @@ class Settings(BaseSettings):
         default_factory=lambda: {"sync": 1, "notifications": 4, "cleanup": 1, "user": 1}
     )
 
+    # Hourly usage statistics report an hour once it ended this long ago: longer than a query can take
+    # from its start (its message's created_at) to its commit, so no query of the hour is in flight.
+    usage_report_lag_seconds: int = Field(600, ge=0)
+
     # Beat: task name -> when it runs: a 5-field crontab ("0 2 * * *") or an interval in seconds.
     beat_schedule: dict[str, str] = Field(
         default_factory=lambda: {

@@ -77,6 +77,7 @@ class UsageReport(Base):
 
     __tablename__ = "usage_reports"
     period_start: Mapped[datetime] = mapped_column(primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # accepted | refused (for good: an operator re-drives it)
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -28,6 +28,7 @@ def upgrade() -> None:
     op.create_table(
         "usage_reports",
         sa.Column("period_start", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("outcome", sa.String(length=16), nullable=False),
         sa.Column("reported_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("period_start"),
     )
