@@ -134,12 +134,11 @@ def drain(apply: Apply, batch: int = 200, max_batches: int = 50, claim_until: fl
     ran out, the events did not fail, and they must not wait out CLAIM_SECONDS.
     """
     report = DrainReport()
-    token = uuid.uuid4().hex
+    token = uuid.uuid4().hex  # one per run: every batch is settled before the next is claimed
     try:
         for _ in range(max_batches):
             if claim_until is not None and time.monotonic() >= claim_until:
                 break
-            token = uuid.uuid4().hex
             events = claim(token, batch)
             if not events:
                 break
