@@ -44,6 +44,8 @@ ERROR_RESPONSES: Responses = {
 BROKER_UNREACHABLE = "the broker (Redis) is unreachable; try again"
 #: Routes that use the broker answer this while it is down (a task they would send is not recorded).
 BROKER_DOWN: Responses = {503: {"model": ErrorBody, "description": "The broker (Redis) is unreachable"}}
+#: Routes that answer "stored" answer this when the database did not confirm the COMMIT.
+NOT_STORED_RESPONSE: Responses = {503: {"model": ErrorBody, "description": "The database did not confirm the write; nothing was stored"}}
 
 
 def _location(loc: tuple[object, ...]) -> str:

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from api.auth import AdminKey
-from api.deps import CeleryDep, SessionDep
+from api.deps import CeleryDep, SessionDep, commit
 from api.errors import ERROR_RESPONSES, ErrorBody, Responses
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import BY_NAME
@@ -94,4 +94,5 @@ def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: Cel
         log.warning("re-drive of delivery %s failed: %s", delivery_id, exc)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"could not publish the task: {type(exc).__name__}: {exc}") from None
     row.status, row.redriven_at, row.redrive_task_id = "redriven", utcnow(), task_id
+    commit(session)  # before the 202; if it fails, a second re-drive sends under the same idempotency key
     return Redriven(id=row.id, task_id=task_id, status=row.status)

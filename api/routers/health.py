@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import redis
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from api.deps import SettingsDep
 from ragcore.db import get_engine
+from ragcore.redis_clients import redis_client
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +24,7 @@ def readyz(settings: SettingsDep) -> JSONResponse:
     """Redis and the database answer; 503 with what failed otherwise."""
     checks: dict[str, str] = {}
     try:
-        redis.Redis.from_url(settings.broker, socket_timeout=2, socket_connect_timeout=2).ping()
+        redis_client(settings.broker, read_timeout=2).ping()
         checks["redis"] = "ok"
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}"

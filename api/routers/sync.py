@@ -6,11 +6,11 @@ from fastapi import APIRouter, status
 from pydantic import BaseModel
 
 from api.auth import AdminKey, SyncKey
-from api.deps import CeleryDep, SessionDep
-from api.errors import BROKER_DOWN, ERROR_RESPONSES
-from ragcore import sync_events as sync_queue
+from api.deps import CeleryDep, SessionDep, commit
+from api.errors import BROKER_DOWN, ERROR_RESPONSES, NOT_STORED_RESPONSE
 from ragcore.tasks import contracts
 from ragcore.tasks import dispatch
+from ragcore import sync_events as sync_queue
 from ragcore.tasks.contracts import SyncEmbeddingsArgs
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"], responses=ERROR_RESPONSES)
@@ -43,7 +43,9 @@ def delete_document(document_id: str, _: AdminKey, celery: CeleryDep) -> TaskAcc
     return TaskAccepted(task_id=dispatch.send(celery, contracts.DELETE_DOCUMENT_EMBEDDINGS, {"document_id": document_id}))
 
 
-@router.post("/events", status_code=status.HTTP_202_ACCEPTED)
+@router.post("/events", status_code=status.HTTP_202_ACCEPTED, responses=NOT_STORED_RESPONSE)
 def receive_events(body: sync_queue.ChangeEvents, _: SyncKey, session: SessionDep) -> EventsAccepted:
-    """Store Ingest's change events in the durable sync queue (all or nothing)."""
-    return EventsAccepted(stored=sync_queue.store(session, body.events))
+    """Store Ingest's change events in the durable sync queue (all or nothing), committed before the 202."""
+    stored = sync_queue.store(session, body.events)
+    commit(session)
+    return EventsAccepted(stored=stored)

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     result_expires_seconds: int = Field(24 * 3600, gt=0)
     # Must exceed the longest task time limit (full sync: 1 h), or Redis redelivers running tasks.
     visibility_timeout_seconds: int = Field(2 * 3600, gt=0)
+    # Every Redis client of ours (ragcore.redis_clients): how long to wait for a connection and for
+    # an answer, and how long a pooled connection may idle before it is pinged first.
+    redis_connect_timeout_seconds: float = Field(5.0, gt=0)
+    redis_read_timeout_seconds: float = Field(10.0, gt=0)
+    redis_health_check_seconds: int = Field(30, ge=0)
 
     database_url: str = "sqlite:///./.local/ragcore.db"
 
@@ -81,6 +86,10 @@ class Settings(BaseSettings):
     worker_prefetch: dict[str, int] = Field(
         default_factory=lambda: {"sync": 1, "notifications": 4, "cleanup": 1, "user": 1}
     )
+
+    # Hourly usage statistics report an hour once it ended this long ago: longer than a query can take
+    # from its start (its message's created_at) to its commit, so no query of the hour is in flight.
+    usage_report_lag_seconds: int = Field(600, ge=0)
 
     # Beat: task name -> when it runs: a 5-field crontab ("0 2 * * *") or an interval in seconds.
     beat_schedule: dict[str, str] = Field(

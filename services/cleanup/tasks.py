@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import redis
@@ -13,12 +12,14 @@ from ragcore.query.cache import HotCache, data_version
 from ragcore.tasks.app import define_task
 from ragcore.tasks.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs
 from ragcore.db import session_scope, utcnow
+from ragcore.redis_clients import redis_client
 from ragcore.settings import get_settings
 from services.cleanup import redis_purge, retention
 
-@lru_cache
+
 def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+    # A SCAN batch over a large keyspace may take a while: a longer read budget than the default.
+    return redis_client(url, read_timeout=30)
 
 
 def register(app: Celery) -> None:

@@ -7,7 +7,7 @@ errors and 5xx only. A delivery that will not be retried again is recorded for a
 
 from __future__ import annotations
 
-from datetime import timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -20,7 +20,7 @@ from ragcore.tasks.contracts import (
     UsageStatisticsArgs,
 )
 from ragcore.db import session_scope, utcnow
-from ragcore.clients.transport import shared_http_client
+from ragcore.clients.transport import is_retryable, shared_http_client
 from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
 from ragcore.clients.users import UsersClient
@@ -48,24 +48,51 @@ def send_query_result_to_users(self: Task, args: QueryResultArgs) -> dict[str, A
 
 
 def send_usage_statistics(self: Task, args: UsageStatisticsArgs) -> dict[str, Any]:
-    """Report usage of one complete hour (by default the last) per user; the period is the key."""
-    now = utcnow()
-    start = usage.hour_start(args.period_start.astimezone(timezone.utc)) if args.period_start else usage.last_complete_hour(now)
-    end = start + usage.HOUR
-    if end > now:
-        raise PermanentTaskError(f"the hour starting {start.isoformat()} is not over yet")
-    pinned = {"period_start": start.isoformat()}
-    # A retry re-sends the request's kwargs: pin the period, so a retry after the hour turns still
-    # reports this hour, under this key.
-    self.request.kwargs = pinned
+    """Report usage per user of `period_start`, or of every hour due and not reported yet; the period is the key.
+
+    An hour is due once it ended `usage_report_lag_seconds` ago, so no query of it is still in flight.
+    Hours are recorded once Users has them, so hours missed during an outage (of this worker, Beat or
+    Users) are sent by the next run, oldest first, each once; a retry recomputes them from the record.
+    """
+    latest = usage.latest_reportable_hour(utcnow(), timedelta(seconds=get_settings().usage_report_lag_seconds))
+    if args.period_start is None:
+        with session_scope() as session:
+            periods = usage.due_periods(session, latest)
+    else:
+        start = usage.hour_start(args.period_start.astimezone(timezone.utc))
+        if start > latest:
+            raise PermanentTaskError(f"the hour starting {start.isoformat()} is not reportable yet: queries of it may still run")
+        periods = [start]
+    reported = []
+    for start in periods:
+        sent = _report_hour(self, start, again=args.period_start is not None)
+        if sent is None:  # another run holds this hour; it goes on with the later ones itself
+            return {**contracts.SKIPPED, "reported": reported}
+        reported.append(sent)
+    return {"reported": reported}
+
+
+def _report_hour(self: Task, start: datetime, again: bool) -> dict[str, Any] | None:
+    """Send one hour (unless recorded already and not asked `again`), then record it; None if another run holds it."""
     task = contracts.SEND_USAGE_STATISTICS
+    pinned = {"period_start": start.isoformat()}  # what a re-drive of this hour sends
     with periodic_lock(lock_client(), f"{task.name}:{start.isoformat()}", ttl=task.time_limit) as acquired:
         if not acquired:
-            return dict(contracts.SKIPPED)
+            return None
         with session_scope() as session:
-            report = usage.usage_report(session, start, end)
-        code = deliver(self, task, pinned, lambda: users().send_usage_statistics(report))
-    return {"period_start": report["period_start"], "users": len(report["users"]), "status_code": code}
+            if not again and usage.is_recorded(session, start):
+                return {"period_start": pinned["period_start"], "status_code": None}
+            report = usage.usage_report(session, start, start + usage.HOUR)
+        try:
+            code = deliver(self, task, pinned, lambda: users().send_usage_statistics(report))
+        except Exception as exc:
+            if not is_retryable(exc):  # refused for good (a failed delivery to re-drive): later hours go on
+                with session_scope() as session:
+                    usage.record(session, start, "refused")
+            raise
+        with session_scope() as session:
+            usage.record(session, start, "accepted")
+    return {"period_start": pinned["period_start"], "users": len(report["users"]), "status_code": code}
 
 
 def send_system_notification(self: Task, args: SystemNotificationArgs) -> dict[str, Any]:

@@ -2,23 +2,53 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from ragcore.db.models import Message
+from ragcore.db import insert_for, utcnow
+from ragcore.db.models import Message, UsageReport
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+log = logging.getLogger(__name__)
+
 HOUR = timedelta(hours=1)
+#: An outage longer than this is caught up for its last week only.
+MAX_CATCH_UP_HOURS = 7 * 24
 
 
 def hour_start(moment: datetime) -> datetime:
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def last_complete_hour(now: datetime) -> datetime:
-    """The start of the last hour that has fully passed at `now`."""
-    return hour_start(now) - HOUR
+def latest_reportable_hour(now: datetime, lag: timedelta) -> datetime:
+    """The start of the newest hour that ended at least `lag` ago."""
+    return hour_start(now - lag) - HOUR
+
+
+def due_periods(session: Session, latest: datetime) -> list[datetime]:
+    """Hours to report, oldest first: every one after the last recorded, up to `latest` (only it at first)."""
+    last = session.scalar(select(func.max(UsageReport.period_start)))
+    if last is None:
+        return [latest]
+    first = last + HOUR
+    oldest = latest - (MAX_CATCH_UP_HOURS - 1) * HOUR
+    if first < oldest:
+        log.warning("usage of %s to %s is not reported: older than the catch-up window", first.isoformat(), oldest.isoformat())
+        first = oldest
+    return [first + i * HOUR for i in range(int((latest - first) / HOUR) + 1)] if first <= latest else []
+
+
+def is_recorded(session: Session, start: datetime) -> bool:
+    return session.get(UsageReport, start) is not None
+
+
+def record(session: Session, start: datetime, outcome: str) -> None:
+    """Note the hour as done with: Users accepted it, or refused it for good."""
+    statement = insert_for(session)(UsageReport).values(period_start=start, outcome=outcome, reported_at=utcnow())
+    session.execute(statement.on_conflict_do_update(index_elements=["period_start"],
+                                                    set_={"outcome": outcome, "reported_at": statement.excluded.reported_at}))
 
 
 def usage_report(session: Session, start: datetime, end: datetime) -> dict[str, Any]:

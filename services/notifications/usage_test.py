@@ -2,15 +2,30 @@ from datetime import datetime, timedelta, timezone
 
 from ragcore.db.models import Conversation, Message
 
-from services.notifications.usage import last_complete_hour, usage_report
+from services.notifications.usage import HOUR, due_periods, latest_reportable_hour, record, usage_report
 
 START = datetime(2024, 5, 10, 14, tzinfo=timezone.utc)
 
 
 
-def test_the_last_complete_hour_ends_where_the_current_one_starts() -> None:
-    assert last_complete_hour(datetime(2024, 5, 10, 15, 0, 0, tzinfo=timezone.utc)) == START
-    assert last_complete_hour(datetime(2024, 5, 10, 15, 59, 59, tzinfo=timezone.utc)) == START
+def test_an_hour_is_reportable_once_it_ended_the_lag_ago() -> None:
+    lag = timedelta(minutes=10)
+    assert latest_reportable_hour(datetime(2024, 5, 10, 15, 10, 0, tzinfo=timezone.utc), lag) == START
+    assert latest_reportable_hour(datetime(2024, 5, 10, 16, 9, 59, tzinfo=timezone.utc), lag) == START
+    assert latest_reportable_hour(datetime(2024, 5, 10, 15, 9, 59, tzinfo=timezone.utc), lag) == START - HOUR
+
+
+def test_due_hours_are_the_latest_at_first_then_every_one_after_the_last_recorded(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        assert due_periods(session, START) == [START]
+        record(session, START - 3 * HOUR, "accepted")
+    with sessions() as session:
+        assert due_periods(session, START) == [START - 2 * HOUR, START - HOUR, START]
+        record(session, START - 2 * HOUR, "refused")
+        record(session, START - HOUR, "accepted")
+        record(session, START, "accepted")
+    with sessions() as session:
+        assert due_periods(session, START) == []
 
 
 def test_usage_counts_each_users_messages_inside_the_period_only(sessions) -> None:  # type: ignore[no-untyped-def]

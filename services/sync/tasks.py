@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-import redis
 from celery import Celery, Task
 
 from ragcore.tasks import contracts
@@ -20,17 +23,21 @@ from ragcore.db import session_scope
 from ragcore.db.models import SyncState
 from ragcore.clients.transport import shared_http_client
 from ragcore.clients.ingest import DocumentNotFound, IngestClient
-from ragcore.tasks.locks import periodic_lock
+from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
 from ragcore.clients.vectorstore import VectorStore
 from services.sync.copier import CopyReport, copy_pages
-from services.sync.drain import DocumentBusy, drain
+from services.sync.drain import DocumentBusy, check_not_stale, drain, record_applied
+
+log = logging.getLogger(__name__)
 
 INCREMENTAL = "incremental"
 #: A full sync reports progress at most this often (and once at the end).
 PROGRESS_SECONDS = 1.0
 #: Stale point ids removed per request.
 DELETE_BATCH = 1000
+#: The drain claims new batches during this share of its soft time limit; the rest finishes what it claimed.
+CLAIM_FRACTION = 0.8
 
 
 @lru_cache
@@ -46,9 +53,18 @@ def _ingest() -> IngestClient:
     return IngestClient(shared_http_client(settings), settings.ingest_url, settings.ingest_token)
 
 
-@lru_cache
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(get_settings().cache)
+@contextmanager
+def _writes_qdrant() -> Iterator[None]:
+    """Whatever fails inside may have written to Qdrant already: cached answers must not outlive that."""
+    try:
+        yield
+    except BaseException:
+        try:
+            with session_scope() as session:
+                bump_data_version(session)
+        except Exception:
+            log.exception("could not bump the data version after a failed write to Qdrant")
+        raise
 
 
 def _save_mark(report: CopyReport, changed: bool) -> None:
@@ -72,11 +88,12 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
     # `since` is inclusive: chunks at exactly the mark were copied last time, skip them.
     skip_ids = mark_ids if args.since is None else set()
     store = _store()
-    report = copy_pages(
-        _ingest().iter_pages(since=since, limit=args.batch_size),
-        store,
-        skip=lambda c: c.updated_at == mark and c.id in skip_ids,
-    )
+    with _writes_qdrant():
+        report = copy_pages(
+            _ingest().iter_pages(since=since, limit=args.batch_size),
+            store,
+            skip=lambda c: c.updated_at == mark and c.id in skip_ids,
+        )
     _save_mark(report, changed=report.copied > 0)
     return {"copied": report.copied, "pages": report.pages, "since": since.isoformat() if since else None,
             "high_water_mark": report.latest.isoformat() if report.latest else None}
@@ -105,14 +122,15 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     # has nothing stale: no scan, and no need to note the ids the copy sees.
     seen: set[str] | None = set() if before else None
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-scan") as scan:
-        existing = scan.submit(list_existing) if before else None
-        report = copy_pages(_ingest().iter_pages(limit=get_settings().sync_batch_size), store, on_page=progress, seen=seen)
-        candidates, scanned = existing.result() if existing else (set(), 0.0)
-    stale = sorted(candidates - (seen or set()))
-    copied = time.perf_counter()
-    for start in range(0, len(stale), DELETE_BATCH):
-        store.delete_points(stale[start : start + DELETE_BATCH])
+    with _writes_qdrant():
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-scan") as scan:
+            existing = scan.submit(list_existing) if before else None
+            report = copy_pages(_ingest().iter_pages(limit=get_settings().sync_batch_size), store, on_page=progress, seen=seen)
+            candidates, scanned = existing.result() if existing else (set(), 0.0)
+        stale = sorted(candidates - (seen or set()))
+        copied = time.perf_counter()
+        for start in range(0, len(stale), DELETE_BATCH):
+            store.delete_points(stale[start : start + DELETE_BATCH])
     removed = time.perf_counter()
     _save_mark(report, changed=True)
     final = {"done": report.copied, "total": report.copied, "total_is_estimate": False, "stage": "done"}
@@ -121,11 +139,15 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
             "seconds": {"copy": round(copied - started, 3), "scan": round(scanned, 3), "remove": round(removed - copied, 3)}}
 
 
-def _apply_document(document_id: str, action: str) -> None:
-    """Make Qdrant hold exactly Ingest's current chunks of one document."""
-    with periodic_lock(_redis(), f"sync-document:{document_id}", ttl=300) as acquired:
+def _apply_document(document_id: str, action: str, occurred_at: datetime) -> None:
+    """Make Qdrant hold exactly Ingest's current chunks of one document, unless a newer event was applied."""
+    # On the broker's Redis, which never evicts: a lock an evicting cache dropped would let two runs in.
+    with periodic_lock(lock_client(), f"sync-document:{document_id}", ttl=300) as acquired:
         if not acquired:
             raise DocumentBusy(document_id)
+        with session_scope() as session:
+            # A delete that failed and came due after a newer upsert would wipe a live document.
+            check_not_stale(session, document_id, occurred_at)
         store = _store()
         chunks = []
         if action == "upsert":
@@ -133,14 +155,17 @@ def _apply_document(document_id: str, action: str) -> None:
                 chunks = _ingest().document_embeddings(document_id)
             except DocumentNotFound:
                 chunks = []  # deleted in Ingest since the event: converge on its current state
-        store.replace_document(document_id, chunks)
+        with _writes_qdrant():
+            store.replace_document(document_id, chunks)
         with session_scope() as session:
             bump_data_version(session)
+            record_applied(session, document_id, occurred_at)
 
 
 def delete_document_embeddings(self: Task, args: DocumentArgs) -> dict[str, Any]:
     """Remove every point of one document; deleting twice is not an error."""
-    _store().delete_document(args.document_id)
+    with _writes_qdrant():
+        _store().delete_document(args.document_id)
     with session_scope() as session:
         bump_data_version(session)
     return {"document_id": args.document_id, "deleted": True}
@@ -148,8 +173,11 @@ def delete_document_embeddings(self: Task, args: DocumentArgs) -> dict[str, Any]
 
 def process_sync_queue(self: Task, args: NoArgs) -> dict[str, Any]:
     """Drain the durable sync queue, one action per document however many events it has."""
-    report = drain(_apply_document)
-    return {"claimed": report.claimed, "documents": report.documents, "applied": report.applied, "failed": report.failed}
+    # A message may carry its own limits; the worker applies the task's otherwise.
+    soft_limit = (self.request.timelimit or (None, None))[1] or contracts.PROCESS_SYNC_QUEUE.soft_time_limit
+    report = drain(_apply_document, claim_until=time.monotonic() + CLAIM_FRACTION * soft_limit)
+    return {"claimed": report.claimed, "documents": report.documents, "applied": report.applied, "failed": report.failed,
+            "stale": report.stale, "released": report.released}
 
 
 def register(app: Celery) -> None:

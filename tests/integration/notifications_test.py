@@ -15,7 +15,7 @@ from ragcore.tasks import contracts
 from ragcore.tasks import dispatch
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import Conversation, Message
-from services.notifications.usage import last_complete_hour
+from services.notifications.usage import latest_reportable_hour
 from ragcore_dev.standins.server import Running
 from ragcore_dev.standins.users import UsersApp, start_users
 from ragcore_dev.processes import wait_until
@@ -33,7 +33,7 @@ def users() -> Iterator[Running[UsersApp]]:
 @pytest.fixture(scope="module", autouse=True)
 def deployed(stack: Stack, users: Running[UsersApp]) -> None:
     stack.start_api()
-    stack.start_worker(contracts.Queue.NOTIFICATIONS, users_url=users.url, http_timeout_seconds="3")
+    stack.start_worker(contracts.Queue.NOTIFICATIONS, users_url=users.url, http_timeout_seconds="3", usage_report_lag_seconds="0")
 
 
 @pytest.fixture(autouse=True)
@@ -129,20 +129,20 @@ def test_failed_deliveries_need_the_admin_key(stack: Stack) -> None:
 
 
 def test_usage_statistics_report_the_last_complete_hour_per_user_once_per_period(stack: Stack, users: Running[UsersApp]) -> None:
-    start = last_complete_hour(utcnow())
+    start = latest_reportable_hour(utcnow(), timedelta(0))
     with session_scope() as session:
         session.add(Conversation(id="usage-conv", user_id="usage-a"))
         for i, (user, minute, tokens) in enumerate([("usage-a", 1, 10), ("usage-a", 59, 30), ("usage-b", 30, 5), ("usage-b", 61, 99)]):
             session.add(Message(id=f"usage-{i}", conversation_id="usage-conv", user_id=user, query="q", answer="a", sources=[],
                                 tokens_used=tokens, processing_time_ms=100.0 * (i + 1), created_at=start + timedelta(minutes=minute)))
-    for _ in range(2):  # a second run of the same hour is a duplicate to Users, not a second report
+    for _ in range(2):  # the second run finds the hour recorded as reported: it sends nothing
         assert finished(stack, dispatch.send(stack.producer, contracts.SEND_USAGE_STATISTICS)) == "SUCCESS"
     [report] = users.app.deliveries("usage-statistics")
     assert report["idempotency_key"] == f"{start.isoformat()}/{(start + timedelta(hours=1)).isoformat()}"
     by_user = {u["user_id"]: u for u in report["payload"]["users"]}
     assert by_user["usage-a"] == {"user_id": "usage-a", "queries": 2, "tokens_used": 40, "avg_processing_time_ms": 150.0}
     assert by_user["usage-b"]["queries"] == 1
-    assert users.app.duplicates["usage-statistics"] == 1
+    assert users.app.duplicates["usage-statistics"] == 0
 
 
 def test_a_system_notification_is_sent_under_the_senders_key(stack: Stack, users: Running[UsersApp]) -> None:

@@ -185,7 +185,7 @@ def test_duplicate_events_coalesce_into_one_action_per_document(rig: SyncRig) ->
     assert response.status_code == 202 and response.json() == {"stored": 5}
     rig.ingest.app.log.clear()
     result = rig.run(contracts.PROCESS_SYNC_QUEUE)
-    assert result == {"claimed": 5, "documents": 2, "applied": 2, "failed": 0}
+    assert result == {"claimed": 5, "documents": 2, "applied": 2, "failed": 0, "stale": 0, "released": 0}
     assert len(rig.ingest.app.log.entries(f"/api/v1/documents/{keep}/")) == 1  # three events, one fetch
     assert rig.qdrant_point_ids() == rig.ingest_point_ids()
 

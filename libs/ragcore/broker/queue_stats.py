@@ -13,12 +13,12 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import redis
 
 from ragcore.tasks.contracts import Queue
+from ragcore.redis_clients import redis_client
 
 SENT_AT_HEADER = "sent_at"
 #: kombu's Redis transport: separator and priority steps (0 is the bare queue name).
@@ -30,10 +30,9 @@ _CONSUMERS_KEY = "ragcore:consumers:{queue}"
 REVOKED_KEY = "ragcore:revoked"
 
 
-@lru_cache
 def broker_client(url: str) -> redis.Redis:
-    """One client (and connection pool) per broker URL per process, with short timeouts."""
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    """One client (and connection pool) per broker URL per process."""
+    return redis_client(url)
 
 
 def stamp_sent_at(headers: dict[str, Any]) -> None:

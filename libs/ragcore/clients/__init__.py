@@ -21,7 +21,11 @@ _HOME = {
     "UsersClient": "users",
     **dict.fromkeys(["CollectionMismatch", "Hit", "VectorStore", "point_id"], "vectorstore"),
 }
-__all__ = sorted(_HOME)
+__all__ = [
+    "Chunk", "CollectionMismatch", "DocumentNotFound", "Embedder", "HashingEmbedder", "Hit",
+    "IngestClient", "IngestError", "OpenAIEmbedder", "Page", "UsersClient", "VectorStore",
+    "is_retryable", "make_http_client", "point_id", "shared_http_client",
+]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:

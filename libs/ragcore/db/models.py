@@ -64,6 +64,23 @@ class SyncEvent(Base):
     __table_args__ = (Index("ix_sync_events_pending", "status", "available_at"),)
 
 
+class SyncDocument(Base):
+    """The newest event applied per document: an older one arriving late would undo it, so it is dropped."""
+
+    __tablename__ = "sync_documents"
+    document_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    applied_occurred_at: Mapped[datetime]
+
+
+class UsageReport(Base):
+    """An hour whose usage statistics Users accepted: never sent again, and where a catch-up resumes."""
+
+    __tablename__ = "usage_reports"
+    period_start: Mapped[datetime] = mapped_column(primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # accepted | refused (for good: an operator re-drives it)
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class User(Base):
     __tablename__ = "users"
     user_id: Mapped[str] = mapped_column(String(256), primary_key=True)

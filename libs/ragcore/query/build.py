@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import redis
 
 from ragcore.query.cache import HotCache
 from ragcore.clients.embedder import Embedder, HashingEmbedder, OpenAIEmbedder
 from ragcore.clients.transport import shared_http_client
 from ragcore.query.generator import ChatGenerator, ExtractiveGenerator, Generator
 from ragcore.query.service import QueryService, TolerantHotCache
+from ragcore.redis_clients import redis_client
 from ragcore.settings import Settings
 from ragcore.clients.vectorstore import VectorStore
 
@@ -31,8 +31,6 @@ def make_generator(settings: Settings) -> Generator:
 
 
 def build_service(settings: Settings) -> QueryService:
-    client = redis.Redis.from_url(
-        settings.cache, socket_timeout=HOT_CACHE_TIMEOUT_SECONDS, socket_connect_timeout=HOT_CACHE_TIMEOUT_SECONDS
-    )
+    client = redis_client(settings.cache, read_timeout=HOT_CACHE_TIMEOUT_SECONDS)
     hot = TolerantHotCache(HotCache(client, settings.cache_prefix, settings.cache_ttl_seconds))
     return QueryService(settings, VectorStore(settings), make_embedder(settings), make_generator(settings), hot)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
 import redis
 
+from ragcore.redis_clients import redis_client
 from ragcore.settings import Settings, get_settings
 
 PREFIX = "ragcore:lock:"
@@ -41,9 +41,4 @@ def periodic_lock(client: redis.Redis, name: str, ttl: int) -> Iterator[bool]:
 
 def lock_client(settings: Settings | None = None) -> redis.Redis:
     """The Redis that holds locks: the broker's, which must never evict keys (a cache Redis may)."""
-    return _client((settings or get_settings()).broker)
-
-
-@lru_cache
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
+    return redis_client((settings or get_settings()).broker)

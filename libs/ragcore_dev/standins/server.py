@@ -8,13 +8,11 @@ the test's own API: they skip auth, faults and the log. Start one with `start_in
 from __future__ import annotations
 
 import collections
-import os
 import re
 import signal
 import socket
 import sys
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +20,7 @@ from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Generic, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 import orjson
 
@@ -76,9 +74,11 @@ class Fault:
     hang: bool = False
     after: bool = False
     path: str | None = None
+    skip: int = 0  # matching requests that pass untouched before the fault starts
 
     def snapshot(self) -> dict[str, Any]:
-        return {"remaining": self.remaining, "status": self.status, "hang": self.hang, "after": self.after, "path": self.path}
+        return {"remaining": self.remaining, "status": self.status, "hang": self.hang, "after": self.after, "path": self.path,
+                "skip": self.skip}
 
 
 class Faults:
@@ -95,10 +95,10 @@ class Faults:
         self._stopping = stopping
         self.delay_seconds = 0.0
 
-    def fail(self, status: int, times: int = 1, path: str | None = None, after: bool = False) -> None:
-        """The next `times` requests (under `path`) answer `status`."""
+    def fail(self, status: int, times: int = 1, path: str | None = None, after: bool = False, skip: int = 0) -> None:
+        """The next `times` requests (under `path`), after `skip` that pass, answer `status`."""
         with self._lock:
-            self._pending.append(Fault(times, status=status, after=after, path=path))
+            self._pending.append(Fault(times, status=status, after=after, path=path, skip=skip))
 
     def hang(self, times: int = 1, path: str | None = None, after: bool = False) -> None:
         """The next `times` requests (under `path`) never get an answer until released."""
@@ -122,6 +122,9 @@ class Faults:
         with self._lock:
             for fault in self._pending:
                 if fault.path is None or path.startswith(fault.path):
+                    if fault.skip:
+                        fault.skip -= 1
+                        return None
                     fault.remaining -= 1
                     if fault.remaining <= 0:
                         self._pending.remove(fault)
