@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -10,6 +11,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Keys that only make sense on a developer's machine; refused outside `environment=dev`.
 DEV_API_KEYS = {"dev-admin-key": "admin", "dev-query-key": "query", "dev-sync-key": "sync"}
+#: A hashed key entry: "sha256:" and the 64 hex digits of the key's SHA-256.
+HASHED_KEY = re.compile(r"^sha256:[0-9a-f]{64}$")
+#: Shorter plain keys are placeholders or guessable; prod refuses them.
+MIN_PLAIN_KEY_LENGTH = 32
+#: How to make a key and its entry (also in README "Settings").
+MAKE_KEY = ("python3 -c 'import hashlib, secrets; k = secrets.token_urlsafe(32); "
+            "print(\"key:\", k); print(\"entry: sha256:\" + hashlib.sha256(k.encode()).hexdigest())'")
 
 
 class Settings(BaseSettings):
@@ -126,11 +134,23 @@ class Settings(BaseSettings):
             dev_keys = set(DEV_API_KEYS) & set(self.api_keys)
             if dev_keys:
                 raise ValueError(f"development API keys are not allowed in prod: {sorted(dev_keys)}")
+            for entry in self.api_keys:
+                if not _is_real_key(entry):
+                    raise ValueError(
+                        f"RAGCORE_API_KEYS entry {entry[:16]!r}... is a placeholder (prod takes \"sha256:<64 hex "
+                        f"digits>\" or a plain key of at least {MIN_PLAIN_KEY_LENGTH} characters); make one with: {MAKE_KEY}"
+                    )
         if self.default_tier not in self.tier_daily_limits:
             raise ValueError(f"default_tier {self.default_tier!r} has no entry in tier_daily_limits")
         if set(self.tier_thresholds) != set(self.tier_daily_limits):
             raise ValueError("tier_thresholds and tier_daily_limits must name the same tiers")
         return self
+
+
+def _is_real_key(entry: str) -> bool:
+    if entry.startswith("sha256:"):
+        return HASHED_KEY.match(entry) is not None
+    return len(entry) >= MIN_PLAIN_KEY_LENGTH
 
 
 @lru_cache
