@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     # The report relay (in Beat) publishes the reports of new messages this often, in batches.
     report_relay_seconds: float = Field(0.5, gt=0, le=60)
 
+    # Request bodies: the most a route reads, refused with 413 while streaming in (before the key is
+    # checked or anything parses it). Path prefix -> bytes, the longest matching prefix wins, else the
+    # default. 64 KiB holds the largest valid query (4,000 characters, 16 filters) with room for JSON
+    # escapes; 8 MiB holds a full events batch (10,000 events with 512-character document ids ≈ 6 MB).
+    max_body_bytes: int = Field(64 * 1024, gt=0)
+    body_limits: dict[str, int] = Field(default_factory=lambda: {"/api/v1/sync/events": 8 * 1024 * 1024})
+
     # Task management: how long the API waits for workers to answer a broadcast (list, workers).
     inspect_timeout_seconds: float = Field(1.0, gt=0, le=30)
     # GET /metrics without a key (for scrapers that cannot send X-API-Key); admin key otherwise.
