@@ -46,6 +46,5 @@ def require(*allowed: Scope):  # type: ignore[no-untyped-def]
 
 
 AdminKey = Annotated[str, Depends(require("admin"))]
-AnyKey = Annotated[str, Depends(require("query", "sync", "admin"))]
 QueryKey = Annotated[str, Depends(require("query"))]
 SyncKey = Annotated[str, Depends(require("sync"))]

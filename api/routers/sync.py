@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, status
 from pydantic import BaseModel
 
-from api.auth import AdminKey, SyncKey
+from api.auth import SyncKey
 from api.deps import CeleryDep, SessionDep
 from api.errors import BROKER_DOWN, ERROR_RESPONSES
 from ragcore import contracts, dispatch, sync_queue
@@ -23,20 +23,20 @@ class EventsAccepted(BaseModel):
 
 
 @router.post("/trigger-full-sync", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
-def trigger_full_sync(_: AdminKey, celery: CeleryDep) -> TaskAccepted:
+def trigger_full_sync(_: SyncKey, celery: CeleryDep) -> TaskAccepted:
     """Re-copy everything from Ingest and drop what it no longer has."""
     return TaskAccepted(task_id=dispatch.send(celery, contracts.TRIGGER_FULL_SYNC))
 
 
 @router.post("/trigger-sync", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
-def trigger_sync(_: AdminKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None = None) -> TaskAccepted:
+def trigger_sync(_: SyncKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None = None) -> TaskAccepted:
     """Copy what changed since `since` (default: since the last successful incremental sync)."""
     kwargs = body.model_dump(mode="json", exclude_none=True) if body else {}
     return TaskAccepted(task_id=dispatch.send(celery, contracts.SYNC_EMBEDDINGS, kwargs))
 
 
 @router.delete("/document/{document_id}", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
-def delete_document(document_id: str, _: AdminKey, celery: CeleryDep) -> TaskAccepted:
+def delete_document(document_id: str, _: SyncKey, celery: CeleryDep) -> TaskAccepted:
     """Remove every point of one document from Qdrant."""
     return TaskAccepted(task_id=dispatch.send(celery, contracts.DELETE_DOCUMENT_EMBEDDINGS, {"document_id": document_id}))
 

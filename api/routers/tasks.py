@@ -21,7 +21,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, status
 from kombu.exceptions import OperationalError
 from pydantic import AwareDatetime, BaseModel
 
-from api.auth import AdminKey, AnyKey
+from api.auth import AdminKey, SyncKey
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.errors import BROKER_DOWN, BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody, Responses
 from ragcore import contracts, dispatch, invariants, ledger, queues
@@ -95,8 +95,9 @@ def _ledger_state(record: TaskRecord) -> str:
 
 
 @router.get("/status/{task_id}", responses=_NOT_FOUND)
-def task_status(task_id: TaskId, scope: AnyKey, celery: CeleryDep, session: SessionDep) -> TaskStatus:
-    """Live state from the result backend, completed by the ledger; 404 for ids never sent."""
+def task_status(task_id: TaskId, scope: SyncKey, celery: CeleryDep, session: SessionDep) -> TaskStatus:
+    """Live state from the result backend, completed by the ledger; 404 for ids never sent.
+    A sync key (Ingest) reads the sync tasks only; admin reads every task."""
     live: AsyncResult | None = AsyncResult(task_id, app=celery)
     try:
         state = live.state  # type: ignore[union-attr]
@@ -131,6 +132,8 @@ def task_status(task_id: TaskId, scope: AnyKey, celery: CeleryDep, session: Sess
             answer.traceback = live.traceback
         if answer.name is None:
             answer.name, answer.queue = getattr(live, "name", None), getattr(live, "queue", None)
+    if scope == "sync" and answer.queue != contracts.Queue.SYNC.value:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this key's scope 'sync' reads the status of sync tasks only")
     if scope != "admin":
         answer.traceback = None  # internals are for operators only
     return answer
