@@ -50,6 +50,7 @@ ERROR_RESPONSES: Responses = {
     400: {"model": ErrorBody, "description": "The body is not parseable JSON"},
     401: {"model": ErrorBody, "description": "Missing or unknown X-API-Key"},
     403: {"model": ErrorBody, "description": "The key's scope does not allow this"},
+    413: {"model": ErrorBody, "description": "The body is larger than this route's limit"},
     422: {"model": ValidationErrorBody, "description": "Invalid request"},
 }
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 from pydantic import BaseModel
 
 from api.auth import SyncKey
 from api.deps import CeleryDep, SessionDep
 from api.errors import BROKER_DOWN, ERROR_RESPONSES
 from ragcore import contracts, dispatch, sync_queue
-from ragcore.contracts import SyncEmbeddingsArgs
+from ragcore.contracts import NO_NUL, SyncEmbeddingsArgs
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"], responses=ERROR_RESPONSES)
 
@@ -35,9 +37,13 @@ def trigger_sync(_: SyncKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None 
     return TaskAccepted(task_id=dispatch.send(celery, contracts.SYNC_EMBEDDINGS, kwargs))
 
 
-@router.delete("/document/{document_id}", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
-def delete_document(document_id: str, _: SyncKey, celery: CeleryDep) -> TaskAccepted:
-    """Remove every point of one document from Qdrant."""
+#: Any document id Ingest may send, `/` included (the route takes the rest of the path).
+DocumentId = Annotated[str, Path(min_length=1, max_length=512, pattern=NO_NUL)]
+
+
+@router.delete("/document/{document_id:path}", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
+def delete_document(document_id: DocumentId, _: SyncKey, celery: CeleryDep) -> TaskAccepted:
+    """Remove every point of one document from Qdrant; a document id may contain `/` (sent as is, or as %2F)."""
     return TaskAccepted(task_id=dispatch.send(celery, contracts.DELETE_DOCUMENT_EMBEDDINGS, {"document_id": document_id}))
 
 

@@ -19,13 +19,13 @@ from celery import Celery
 from celery.result import AsyncResult
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, status
 from kombu.exceptions import OperationalError
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
 from api.auth import AdminKey, SyncKey
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.errors import BROKER_DOWN, BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody, Responses
 from ragcore import contracts, dispatch, invariants, ledger, queues
-from ragcore.contracts import TaskContract
+from ragcore.contracts import TaskContract, Timestamp
 from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings
 
@@ -168,9 +168,9 @@ def task_history(
     session: SessionDep,
     name: Annotated[TaskName | None, Query(description="Only tasks of this name")] = None,
     state: Annotated[TaskState | None, Query(alias="status", description="Only tasks in this state")] = None,
-    since: Annotated[AwareDatetime | None, Query(description="Only tasks sent at or after this time")] = None,
+    since: Annotated[Timestamp | None, Query(description="Only tasks sent at or after this time")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=256, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[str | None, Query(pattern=ledger.CURSOR_PATTERN, description="next_cursor of the previous page")] = None,
 ) -> HistoryPage:
     """The ledger, newest first, a page at a time."""
     if since is not None:

@@ -11,12 +11,6 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.support.stack import ADMIN_KEY, Stack
 
@@ -26,7 +20,8 @@ PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 
 @pytest.fixture(scope="module")
 def api_url(stack: Stack) -> str:
-    return stack.start_api()
+    # No worker runs here: a short broadcast wait keeps list/workers from paying 1 s per generated call.
+    return stack.start_api(inspect_timeout_seconds="0.05")
 
 
 def test_the_published_schema_declares_the_key_on_every_guarded_route(api_url: str) -> None:
@@ -40,20 +35,19 @@ def test_the_published_schema_declares_the_key_on_every_guarded_route(api_url: s
 
 @pytest.fixture(scope="module")
 def api_schema(api_url: str) -> Any:
-    loaded = schemathesis.openapi.from_url(f"{api_url}/openapi.json")
-    # Authenticated as admin throughout; the key is not a generated parameter (the walk above
-    # and tests/integration/scopes_test.py cover missing and wrong keys).
-    loaded.config.update(headers={"X-API-Key": ADMIN_KEY})
-    loaded.config.generation.update(with_security_parameters=False)
-    return loaded
+    # Authenticated as admin through the schema's own security scheme, so the auth check can also
+    # send each request without the key and with a wrong one (scopes: tests/integration/scopes_test.py).
+    config = schemathesis.Config.from_dict({"auth": {"openapi": {"APIKeyHeader": {"api_key": ADMIN_KEY}}}})
+    return schemathesis.openapi.from_url(f"{api_url}/openapi.json", config=config)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_the_api_answers_generated_requests_without_5xx_or_schema_violations(case: Any) -> None:
-    case.call_and_validate(
-        checks=[not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance],
-    )
+# Derandomized (a fixed seed per operation) and without an example database: CI sees the same cases every run.
+@settings(max_examples=100, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+def test_the_api_answers_generated_requests_exactly_as_its_schema_says(case: Any) -> None:
+    # Every check schemathesis has (its default): no 5xx, documented statuses, content types, headers
+    # and bodies, invalid data refused and valid data accepted.
+    case.call_and_validate()
