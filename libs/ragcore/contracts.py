@@ -53,7 +53,7 @@ _RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\
 
 
 def _rfc3339(value: Any) -> Any:
-    if isinstance(value, (int, float)) or (isinstance(value, str) and not _RFC3339.match(value)):
+    if isinstance(value, (int, float)) or (isinstance(value, str) and not _RFC3339.fullmatch(value)):
         raise ValueError("a time is an RFC 3339 string with a timezone, e.g. 2026-01-01T00:00:00Z")
     return value
 

@@ -141,11 +141,14 @@ class Settings(BaseSettings):
             dev_keys = set(DEV_API_KEYS) & set(self.api_keys)
             if dev_keys:
                 raise ValueError(f"development API keys are not allowed in prod: {sorted(dev_keys)}")
-            for entry in self.api_keys:
+            for entry, scope in self.api_keys.items():
                 if not _is_real_key(entry):
+                    # A hashed entry is no secret; of a plain key only its length is told.
+                    which = repr(entry) if entry.startswith("sha256:") else f"(a plain key of {len(entry)} characters)"
                     raise ValueError(
-                        f"RAGCORE_API_KEYS entry {entry[:16]!r}... is a placeholder (prod takes \"sha256:<64 hex "
-                        f"digits>\" or a plain key of at least {MIN_PLAIN_KEY_LENGTH} characters); make one with: {MAKE_KEY}"
+                        f"RAGCORE_API_KEYS entry {which} for scope {scope!r} is a placeholder (prod takes \"sha256:<64 "
+                        f"lowercase hex digits>\" or a plain key of at least {MIN_PLAIN_KEY_LENGTH} characters); make "
+                        f"a key and its entry with: {MAKE_KEY}"
                     )
         if self.default_tier not in self.tier_daily_limits:
             raise ValueError(f"default_tier {self.default_tier!r} has no entry in tier_daily_limits")

@@ -39,7 +39,8 @@ def test_filter_values_and_fields_beyond_their_bounds_are_422(api: str, filters:
     assert response.status_code == 422 and named in response.json()["detail"]
 
 
-@pytest.mark.parametrize("occurred_at", [0, 1767225600.5, "1767225600", "2026-01-01 00:00:00Z", "2026-01-01T00:00:00"])
+@pytest.mark.parametrize("occurred_at", [0, 1767225600.5, "1767225600", "2026-01-01 00:00:00Z", "2026-01-01T00:00:00",
+                                         "2026-01-01T00:00:00Z\n"])
 def test_a_time_is_an_rfc3339_string_with_a_timezone_never_a_number(api: str, occurred_at: object) -> None:
     events = {"events": [{"document_id": "d1", "action": "upsert", "occurred_at": occurred_at}]}
     response = _post(api, SYNC_KEY, "/api/v1/sync/events", events)
