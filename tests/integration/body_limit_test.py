@@ -48,7 +48,10 @@ def _post(url: str, path: str, size: int, *, chunked: bool, key: str | None = No
             pass  # the server answered and closed; its answer is still readable
         answer = b""
         while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError:  # the server closed with our bytes unread; what it sent first stays
+                break
             if not chunk:
                 break
             answer += chunk
