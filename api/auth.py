@@ -17,14 +17,14 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 def scope_of(key: str, configured: dict[str, str]) -> str | None:
-    """The scope of `key`, or None; configured keys may be plain or "sha256:<hex digest>"."""
+    """The scope of `key`, or None. A "sha256:<hex digest>" entry admits only the key it hashes, never
+    its own text: whoever reads the stored entry (a Secret, a log line) must not hold the scope."""
     digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
     found: str | None = None
     for candidate, scope in configured.items():
         # Compare against every key so timing does not tell which (or whether one) matched.
-        match = candidate.startswith("sha256:") and secrets.compare_digest(candidate.encode(), digest.encode())
-        match |= secrets.compare_digest(candidate.encode(), key.encode())
-        if match:
+        expected = digest if candidate.startswith("sha256:") else key
+        if secrets.compare_digest(candidate.encode(), expected.encode()):
             found = scope
     return found
 
@@ -46,6 +46,5 @@ def require(*allowed: Scope):  # type: ignore[no-untyped-def]
 
 
 AdminKey = Annotated[str, Depends(require("admin"))]
-AnyKey = Annotated[str, Depends(require("query", "sync", "admin"))]
 QueryKey = Annotated[str, Depends(require("query"))]
 SyncKey = Annotated[str, Depends(require("sync"))]

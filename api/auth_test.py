@@ -1,4 +1,4 @@
-"""Key lookup: plain and hashed keys, and nothing for an unknown key."""
+"""Key lookup: plain and hashed keys, and nothing for an unknown key or a stored hash."""
 
 import hashlib
 
@@ -12,8 +12,13 @@ def test_plain_key_maps_to_its_scope() -> None:
 def test_hashed_key_matches_the_key_it_hashes() -> None:
     hashed = "sha256:" + hashlib.sha256(b"secret").hexdigest()
     assert scope_of("secret", {hashed: "sync"}) == "sync"
-    assert scope_of(hashed, {hashed: "sync"}) == "sync"  # a plain key that happens to look hashed
     assert scope_of("other", {hashed: "sync"}) is None
+
+
+def test_the_stored_hash_is_not_a_key() -> None:
+    hashed = "sha256:" + hashlib.sha256(b"secret").hexdigest()
+    assert scope_of(hashed, {hashed: "admin"}) is None
+    assert scope_of("sha256:CHANGE-ME", {"sha256:CHANGE-ME": "admin"}) is None
 
 
 def test_unknown_key_has_no_scope() -> None:

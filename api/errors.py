@@ -1,4 +1,8 @@
-"""Errors as a stable JSON body: `{"detail": <message>}`, never a traceback."""
+"""Errors as a stable JSON body: `{"detail": <message>}`, never a traceback or an upstream's details.
+
+A 5xx body names what failed and carries the request id; what the upstream said (its URL, body,
+exception text) is logged under that request id only.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,12 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException  # pants: no-infer-dep (comes with fastapi)
 
 from ragcore.tasks.dispatch import PublishFailed
 from ragcore.logs import request_id_var
@@ -18,6 +25,13 @@ log = logging.getLogger(__name__)
 
 class ErrorBody(BaseModel):
     detail: str
+
+
+class UnavailableBody(BaseModel):
+    #: Which dependency failed, e.g. "the embedding service is unavailable; try again".
+    detail: str
+    #: The X-Request-ID under which the API logged what the dependency said.
+    request_id: str
 
 
 class FieldError(BaseModel):
@@ -36,16 +50,18 @@ ERROR_RESPONSES: Responses = {
     400: {"model": ErrorBody, "description": "The body is not parseable JSON"},
     401: {"model": ErrorBody, "description": "Missing or unknown X-API-Key"},
     403: {"model": ErrorBody, "description": "The key's scope does not allow this"},
+    413: {"model": ErrorBody, "description": "The body is larger than this route's limit"},
     422: {"model": ValidationErrorBody, "description": "Invalid request"},
 }
 
 
 #: What a route that needs the broker answers (503) while it is down.
 BROKER_UNREACHABLE = "the broker (Redis) is unreachable; try again"
+DATABASE_UNAVAILABLE = "the database is unavailable; try again"
 #: Routes that use the broker answer this while it is down (a task they would send is not recorded).
-BROKER_DOWN: Responses = {503: {"model": ErrorBody, "description": "The broker (Redis) is unreachable"}}
+BROKER_DOWN: Responses = {503: {"model": UnavailableBody, "description": "The broker (Redis) is unreachable"}}
 #: Routes that answer "stored" answer this when the database did not confirm the COMMIT.
-NOT_STORED_RESPONSE: Responses = {503: {"model": ErrorBody, "description": "The database did not confirm the write; nothing was stored"}}
+NOT_STORED_RESPONSE: Responses = {503: {"model": UnavailableBody, "description": "The database did not confirm the write; nothing was stored"}}
 
 
 def _location(loc: tuple[object, ...]) -> str:
@@ -65,20 +81,40 @@ async def _invalid_arguments(_: Request, exc: ValidationError) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": f"invalid task arguments: {message}", "errors": errors})
 
 
-async def _publish_failed(_: Request, exc: PublishFailed) -> JSONResponse:
+def _request_id(request: Request) -> str | None:
+    # For the catch-all handler the request-id middleware has already exited: the id travels on request.state.
+    return getattr(request.state, "request_id", None) or request_id_var.get()
+
+
+def _failed(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail, "request_id": _request_id(request)}, headers=headers)
+
+
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    if exc.status_code < 500:
+        return await http_exception_handler(request, exc)
+    return _failed(request, exc.status_code, str(exc.detail), exc.headers)
+
+
+async def _publish_failed(request: Request, exc: PublishFailed) -> JSONResponse:
     log.warning("%s", exc)
-    return JSONResponse(status_code=503, content={"detail": BROKER_UNREACHABLE})
+    return _failed(request, 503, BROKER_UNREACHABLE)
+
+
+async def _database_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+    log.warning("database unavailable: %s", exc)
+    return _failed(request, 503, DATABASE_UNAVAILABLE)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error")
-    # The request-id middleware has already exited here: its id travels on request.state.
-    request_id = getattr(request.state, "request_id", None) or request_id_var.get()
-    return JSONResponse(status_code=500, content={"detail": "internal error", "request_id": request_id})
+    return _failed(request, 500, "internal error")
 
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ValidationError, _invalid_arguments)  # type: ignore[arg-type]
+    app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(PublishFailed, _publish_failed)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, _database_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)

@@ -13,6 +13,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 
 from api import errors
+from api.body_limit import BodyLimit
 from api.routers import deliveries, health, metrics, query, sync, tasks
 from ragcore.tasks.app import create_app as create_celery_app
 from ragcore.db import create_schema
@@ -34,6 +35,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.celery = create_celery_app("api", settings)
     errors.install(app)
+    # Added before the request-id middleware, so it runs inside it: a 413 carries X-Request-ID too.
+    app.add_middleware(BodyLimit, default=settings.max_body_bytes, limits=settings.body_limits)
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

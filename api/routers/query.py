@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from api.auth import QueryKey
-from api.errors import ERROR_RESPONSES, ErrorBody, Responses
+from api.errors import ERROR_RESPONSES, ErrorBody, Responses, UnavailableBody
 from ragcore.db import utcnow
 from ragcore.query import (
     ConversationNotFound,
@@ -52,7 +52,7 @@ class LimitReached(BaseModel):
 _RESPONSES: Responses = {
     404: {"model": ErrorBody, "description": "Unknown conversation (or another user's, or archived)"},
     429: {"model": LimitReached, "description": "Daily limit reached; `resets_at` and Retry-After say when it resets"},
-    503: {"model": ErrorBody, "description": "A dependency of the answer (embedder, Qdrant, chat endpoint) is unavailable"},
+    503: {"model": UnavailableBody, "description": "A dependency of the answer (embedding service, Qdrant, chat service, database) is unavailable"},
 }
 
 
@@ -72,4 +72,5 @@ def answer_query(body: QueryRequest, _: QueryKey, service: ServiceDep) -> QueryA
     except ConversationNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except UpstreamUnavailable as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from None
+        # What it said is in the log (QueryService), under this request's id.
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc.what} is unavailable; try again") from None

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Path, status
 from pydantic import BaseModel
 
-from api.auth import AdminKey, SyncKey
+from api.auth import SyncKey
 from api.deps import CeleryDep, SessionDep, commit
 from api.errors import BROKER_DOWN, ERROR_RESPONSES, NOT_STORED_RESPONSE
 from ragcore.tasks import contracts
 from ragcore.tasks import dispatch
 from ragcore import sync_events as sync_queue
-from ragcore.tasks.contracts import SyncEmbeddingsArgs
+from ragcore.tasks.contracts import NO_NUL, SyncEmbeddingsArgs
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"], responses=ERROR_RESPONSES)
 
@@ -25,21 +27,25 @@ class EventsAccepted(BaseModel):
 
 
 @router.post("/trigger-full-sync", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
-def trigger_full_sync(_: AdminKey, celery: CeleryDep) -> TaskAccepted:
+def trigger_full_sync(_: SyncKey, celery: CeleryDep) -> TaskAccepted:
     """Re-copy everything from Ingest and drop what it no longer has."""
     return TaskAccepted(task_id=dispatch.send(celery, contracts.TRIGGER_FULL_SYNC))
 
 
 @router.post("/trigger-sync", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
-def trigger_sync(_: AdminKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None = None) -> TaskAccepted:
+def trigger_sync(_: SyncKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None = None) -> TaskAccepted:
     """Copy what changed since `since` (default: since the last successful incremental sync)."""
     kwargs = body.model_dump(mode="json", exclude_none=True) if body else {}
     return TaskAccepted(task_id=dispatch.send(celery, contracts.SYNC_EMBEDDINGS, kwargs))
 
 
-@router.delete("/document/{document_id}", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
-def delete_document(document_id: str, _: AdminKey, celery: CeleryDep) -> TaskAccepted:
-    """Remove every point of one document from Qdrant."""
+#: Any document id Ingest may send, `/` included (the route takes the rest of the path).
+DocumentId = Annotated[str, Path(min_length=1, max_length=512, pattern=NO_NUL)]
+
+
+@router.delete("/document/{document_id:path}", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
+def delete_document(document_id: DocumentId, _: SyncKey, celery: CeleryDep) -> TaskAccepted:
+    """Remove every point of one document from Qdrant; a document id may contain `/` (sent as is, or as %2F)."""
     return TaskAccepted(task_id=dispatch.send(celery, contracts.DELETE_DOCUMENT_EMBEDDINGS, {"document_id": document_id}))
 
 

@@ -19,9 +19,9 @@ from celery import Celery
 from celery.result import AsyncResult
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Query, Response, status
 from kombu.exceptions import OperationalError
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
 
-from api.auth import AdminKey, AnyKey
+from api.auth import AdminKey, SyncKey
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.errors import BROKER_DOWN, BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody, Responses
 from ragcore import invariants
@@ -29,7 +29,7 @@ from ragcore.tasks import contracts
 from ragcore.tasks import dispatch
 from ragcore.tasks import ledger
 from ragcore.broker import queue_stats as queues
-from ragcore.tasks.contracts import TaskContract
+from ragcore.tasks.contracts import TaskContract, Timestamp
 from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings
 
@@ -99,8 +99,9 @@ def _ledger_state(record: TaskRecord) -> str:
 
 
 @router.get("/status/{task_id}", responses=_NOT_FOUND)
-def task_status(task_id: TaskId, scope: AnyKey, celery: CeleryDep, session: SessionDep) -> TaskStatus:
-    """Live state from the result backend, completed by the ledger; 404 for ids never sent."""
+def task_status(task_id: TaskId, scope: SyncKey, celery: CeleryDep, session: SessionDep) -> TaskStatus:
+    """Live state from the result backend, completed by the ledger; 404 for ids never sent.
+    A sync key (Ingest) reads the sync tasks only; admin reads every task."""
     live: AsyncResult | None = AsyncResult(task_id, app=celery)
     try:
         state = live.state  # type: ignore[union-attr]
@@ -135,6 +136,8 @@ def task_status(task_id: TaskId, scope: AnyKey, celery: CeleryDep, session: Sess
             answer.traceback = live.traceback
         if answer.name is None:
             answer.name, answer.queue = getattr(live, "name", None), getattr(live, "queue", None)
+    if scope == "sync" and answer.queue != contracts.Queue.SYNC.value:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this key's scope 'sync' reads the status of sync tasks only")
     if scope != "admin":
         answer.traceback = None  # internals are for operators only
     return answer
@@ -170,9 +173,9 @@ def task_history(
     session: SessionDep,
     name: Annotated[TaskName | None, Query(description="Only tasks of this name")] = None,
     state: Annotated[TaskState | None, Query(alias="status", description="Only tasks in this state")] = None,
-    since: Annotated[AwareDatetime | None, Query(description="Only tasks sent at or after this time")] = None,
+    since: Annotated[Timestamp | None, Query(description="Only tasks sent at or after this time")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=256, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[str | None, Query(pattern=ledger.CURSOR_PATTERN, description="next_cursor of the previous page")] = None,
 ) -> HistoryPage:
     """The ledger, newest first, a page at a time."""
     if since is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -10,6 +11,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Keys that only make sense on a developer's machine; refused outside `environment=dev`.
 DEV_API_KEYS = {"dev-admin-key": "admin", "dev-query-key": "query", "dev-sync-key": "sync"}
+#: A hashed key entry: "sha256:" and the 64 hex digits of the key's SHA-256.
+HASHED_KEY = re.compile(r"^sha256:[0-9a-f]{64}$")
+#: Shorter plain keys are placeholders or guessable; prod refuses them.
+MIN_PLAIN_KEY_LENGTH = 32
+#: How to make a key and its entry (also in README "Settings").
+MAKE_KEY = ("python3 -c 'import hashlib, secrets; k = secrets.token_urlsafe(32); "
+            "print(\"key:\", k); print(\"entry: sha256:\" + hashlib.sha256(k.encode()).hexdigest())'")
 
 
 class Settings(BaseSettings):
@@ -106,6 +114,13 @@ class Settings(BaseSettings):
     # The report relay (in Beat) publishes the reports of new messages this often, in batches.
     report_relay_seconds: float = Field(0.5, gt=0, le=60)
 
+    # Request bodies: the most a route reads, refused with 413 while streaming in (before the key is
+    # checked or anything parses it). Path prefix -> bytes, the longest matching prefix wins, else the
+    # default. 64 KiB holds the largest valid query (4,000 characters, 16 filters) with room for JSON
+    # escapes; 8 MiB holds a full events batch (10,000 events with 512-character document ids ≈ 6 MB).
+    max_body_bytes: int = Field(64 * 1024, gt=0)
+    body_limits: dict[str, int] = Field(default_factory=lambda: {"/api/v1/sync/events": 8 * 1024 * 1024})
+
     # Task management: how long the API waits for workers to answer a broadcast (list, workers).
     inspect_timeout_seconds: float = Field(1.0, gt=0, le=30)
     # GET /metrics without a key (for scrapers that cannot send X-API-Key); admin key otherwise.
@@ -135,11 +150,26 @@ class Settings(BaseSettings):
             dev_keys = set(DEV_API_KEYS) & set(self.api_keys)
             if dev_keys:
                 raise ValueError(f"development API keys are not allowed in prod: {sorted(dev_keys)}")
+            for entry, scope in self.api_keys.items():
+                if not _is_real_key(entry):
+                    # A hashed entry is no secret; of a plain key only its length is told.
+                    which = repr(entry) if entry.startswith("sha256:") else f"(a plain key of {len(entry)} characters)"
+                    raise ValueError(
+                        f"RAGCORE_API_KEYS entry {which} for scope {scope!r} is a placeholder (prod takes \"sha256:<64 "
+                        f"lowercase hex digits>\" or a plain key of at least {MIN_PLAIN_KEY_LENGTH} characters); make "
+                        f"a key and its entry with: {MAKE_KEY}"
+                    )
         if self.default_tier not in self.tier_daily_limits:
             raise ValueError(f"default_tier {self.default_tier!r} has no entry in tier_daily_limits")
         if set(self.tier_thresholds) != set(self.tier_daily_limits):
             raise ValueError("tier_thresholds and tier_daily_limits must name the same tiers")
         return self
+
+
+def _is_real_key(entry: str) -> bool:
+    if entry.startswith("sha256:"):
+        return HASHED_KEY.match(entry) is not None
+    return len(entry) >= MIN_PLAIN_KEY_LENGTH
 
 
 @lru_cache

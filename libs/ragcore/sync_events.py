@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from ragcore.tasks.contracts import Args
+from ragcore.tasks.contracts import Args, Timestamp
 from ragcore.db.models import SyncEvent
 
 
 class ChangeEvent(Args):
     document_id: str = Field(min_length=1, max_length=512)
     action: Literal["upsert", "delete"]
-    occurred_at: AwareDatetime
+    occurred_at: Timestamp
 
 
 class ChangeEvents(Args):

@@ -181,6 +181,24 @@ def test_flower_lists_the_four_workers_each_with_its_own_queue(local: RunningSta
     assert seen == {q.value: [q.value] for q in Queue}
 
 
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses (as /proc/net/tcp writes them) of the sockets listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            address, _, hex_port = fields[1].partition(":")
+            if fields[3] == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_flower_without_a_login_listens_on_127_0_0_1_only(local: RunningStack) -> None:
+    # The local stack opens Flower's API without basic auth; only this machine may reach it.
+    port = PORTS["flower"] + local.offset
+    assert _listening_addresses(port) == {"0100007F"}
+
+
 def test_celery_inspect_from_another_process_shows_one_queue_per_worker(local: RunningStack) -> None:
     # The `celery` command of the Flower pex, as an operator would run it against the broker.
     done = subprocess.run(

@@ -158,9 +158,9 @@ class QueryService:
         return _Lookup(key, version, row, False)
 
     def _compute(self, request: QueryRequest) -> dict[str, Any]:
-        vector = self._call("embedder", lambda: self._embedder.embed([request.query])[0])
-        hits: Sequence[Hit] = self._call("vector store", lambda: self._search(vector, request))
-        generated = self._call("answer generator", lambda: self._generator.generate(request.query, hits))
+        vector = self._call("the embedding service", lambda: self._embedder.embed([request.query])[0])
+        hits: Sequence[Hit] = self._call("the vector store (Qdrant)", lambda: self._search(vector, request))
+        generated = self._call("the chat service", lambda: self._generator.generate(request.query, hits))
         sources = [
             {"document_id": h.document_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text, "metadata": h.metadata}
             for h in hits

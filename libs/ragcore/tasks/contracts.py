@@ -6,11 +6,12 @@ Beat send tasks by name through it and never import worker code.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 
 class Queue(str, Enum):
@@ -33,10 +34,38 @@ def _reject_nul(value: Any) -> Any:
     return value
 
 
+#: The NUL rule as a JSON-schema pattern, so the OpenAPI document states it too.
+NO_NUL = "^[^\\x00]*$"
+
+
+def _state_no_nul(schema: dict[str, Any], *_: Any) -> None:
+    """Every string without a pattern or format of its own gets NO_NUL in the model's JSON schema."""
+    if schema.get("type") == "string" and not {"pattern", "format", "enum", "const"} & set(schema):
+        schema["pattern"] = NO_NUL
+    for value in schema.values():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                _state_no_nul(item)
+
+
+#: RFC 3339, what OpenAPI's "date-time" says; pydantic alone also takes numbers (epoch seconds) and more.
+_RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$")
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, (int, float)) or (isinstance(value, str) and not _RFC3339.fullmatch(value)):
+        raise ValueError("a time is an RFC 3339 string with a timezone, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+#: A time as the contracts take it (SPEC §5: ISO 8601 with a timezone), never a number.
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
+
 class Args(BaseModel):
     """Base of every argument model: unknown fields are refused, not silently dropped."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_state_no_nul)
 
     @model_validator(mode="before")
     @classmethod
@@ -50,7 +79,7 @@ class NoArgs(Args):
 
 class SyncEmbeddingsArgs(Args):
     batch_size: int = Field(256, ge=1, le=500)
-    since: AwareDatetime | None = None
+    since: Timestamp | None = None
 
 
 class DocumentArgs(Args):
@@ -89,7 +118,7 @@ class SystemNotificationArgs(Args):
 class UsageStatisticsArgs(Args):
     #: The hour to report (its start); by default the last complete hour. Pinned on retries and
     #: re-drives, so a report that fails is sent again for the same period under the same key.
-    period_start: AwareDatetime | None = None
+    period_start: Timestamp | None = None
 
 
 class DaysArgs(Args):

@@ -1,0 +1,37 @@
+"""What the shipped manifests hold: no API key that works, and Flower behind its login."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from api.auth import scope_of
+from ragcore.settings import Settings
+
+DEPLOY = Path(__file__).parent
+
+
+def _shipped_key_sets() -> dict[str, dict[str, str]]:
+    secret = re.search(r"RAGCORE_API_KEYS: '(.*)'", (DEPLOY / "k8s/secret.yaml").read_text())
+    example = re.search(r"^RAGCORE_API_KEYS=(.*)$", (DEPLOY / "compose/example.env").read_text(), re.MULTILINE)
+    assert secret and example
+    return {"k8s/secret.yaml": json.loads(secret[1]), "compose/example.env": json.loads(example[1])}
+
+
+@pytest.mark.parametrize("where", ["k8s/secret.yaml", "compose/example.env"])
+def test_no_shipped_key_entry_admits_a_key_or_starts_prod(where: str) -> None:
+    keys = _shipped_key_sets()[where]
+    for entry in keys:
+        # The obvious guesses: the entry's own text, and what follows "sha256:".
+        assert scope_of(entry, keys) is None, entry
+        assert scope_of(entry.removeprefix("sha256:"), keys) is None, entry
+    with pytest.raises(ValidationError, match="placeholder"):
+        Settings(environment="prod", api_keys=keys)
+
+
+def test_compose_flower_cannot_start_without_basic_auth() -> None:
+    compose = (DEPLOY / "compose/docker-compose.yml").read_text()
+    flower = compose[compose.index("\n  flower:"):]
+    assert re.search(r"FLOWER_BASIC_AUTH: \$\{FLOWER_BASIC_AUTH:\?", flower)
