@@ -117,6 +117,7 @@ class LocalStack:
         for tier in (DEPLOYABLE, INFRASTRUCTURE):
             parts = [p for p in self.parts if p.tier == tier and p.process is not None]
             for part in parts:
+                assert part.process is not None
                 signal_group(part.process, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT
             for part in parts:

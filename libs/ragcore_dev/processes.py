@@ -138,10 +138,11 @@ def wait_http_ok(url: str, timeout: float, deployable: Deployable) -> None:
 def wait_until_up(url: str, timeout: float = 30.0) -> None:
     """Wait until `url`'s port accepts connections (a stand-in binds only once it is ready)."""
     parts = urlsplit(url)
+    address = (parts.hostname or "127.0.0.1", parts.port or 80)
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((parts.hostname, parts.port), timeout=1):
+            with socket.create_connection(address, timeout=1):
                 return
         except OSError:
             if time.monotonic() > deadline:

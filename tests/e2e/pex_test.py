@@ -14,7 +14,7 @@ from ragcore_dev.processes import Deployable, die_with_parent, wait_http_ok, wai
 from ragcore_dev.processes import free_port
 from tests.support.stack import Stack
 
-PEXES = {
+PEXES: dict[object, Path] = {
     **{q: Path(f"services.{q.value}/worker.pex") for q in Queue},
     "beat": Path("services.beat/scheduler.pex"),
     "api": Path("api/server.pex"),
@@ -23,7 +23,7 @@ PEXES = {
 
 
 def _pex(key: object) -> Path:
-    path = PEXES[key]  # type: ignore[index]
+    path = PEXES[key]
     if not path.exists():
         pytest.fail(f"{path} is missing: run under `./pants test` (it builds the pex files)")
     return path
@@ -99,7 +99,7 @@ def test_beat_pex_starts_and_sends_a_due_task(stack: Stack) -> None:
 
 
 #: What each pex's usage must mention: its own options, and the options of what it hands the rest to.
-USAGE = {
+USAGE: dict[object, tuple[str, ...]] = {
     **{q: ("--healthcheck", "--concurrency") for q in Queue},
     "beat": ("scheduler", "--schedule"),
     "api": ("RAGCORE_API_PORT",),
@@ -116,4 +116,4 @@ def test_every_pex_prints_its_usage_for_help_without_redis_or_the_database(key: 
     done = subprocess.run([sys.executable, str(_pex(key)), "--help"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "usage" in done.stdout.lower()
-    assert all(word in done.stdout for word in USAGE[key]), done.stdout  # type: ignore[index]
+    assert all(word in done.stdout for word in USAGE[key]), done.stdout
