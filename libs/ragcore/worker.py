@@ -71,6 +71,7 @@ class _Monitor:
         self._hostname = ""
         self._static: dict[str, Any] = {}
         self._noted: list[str] = []
+        self._app: Celery | None = None
 
     def load_revocations(self) -> None:
         try:
@@ -85,6 +86,7 @@ class _Monitor:
     def start(self, consumer: Any) -> None:
         pool = consumer.pool
         self._hostname = consumer.hostname
+        self._app = consumer.app
         self._static = {
             "queue": self.queue.value,
             "pid": os.getpid(),
@@ -117,8 +119,10 @@ class _Monitor:
         settings = get_settings()
         client = self._client()
         fields = {**self._static, "active": len(worker_state.active_requests), "last_dequeue": self.last_dequeue}
+        now = time.time()
         queues.record_worker(client, self._hostname, [self.queue.value], fields,
-                             queues.heartbeat_ttl(settings.worker_heartbeat_seconds))
+                             queues.heartbeat_ttl(settings.worker_heartbeat_seconds), now)
+        recovery.requeue_lapsed(self._app, client, self.queue.value, settings.worker_lost_after_seconds, now)
         ids, self._revocations_since = queues.revocations_since(client, self._revocations_since)
         # Adding from this thread is safe: membership is a dict lookup, and only new ids are added.
         new = [task_id for task_id in ids if task_id not in worker_state.revoked]
@@ -134,6 +138,7 @@ class _Monitor:
             return
         if held != self._noted:
             recovery.note_reserved(self._client(), self._hostname, held, get_settings().visibility_timeout_seconds)
+            queues.note_in_flight(self._client(), self.queue.value, self._hostname, held)
             self._noted = held
 
     def _run(self) -> None:
