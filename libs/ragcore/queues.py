@@ -183,6 +183,22 @@ def in_flight(client: redis.Redis, queue: str) -> int:
     return int(client.llen(IN_FLIGHT_KEY.format(queue=queue)))  # type: ignore[arg-type]
 
 
+_STOPPING_KEY = "ragcore:stopping:{hostname}"
+
+
+def note_stopping(client: redis.Redis, hostname: str, ttl: int) -> None:
+    """Tell the tasks of a worker that it is shutting down (its pool processes hear no signal of it)."""
+    client.set(_STOPPING_KEY.format(hostname=hostname), 1, ex=ttl)
+
+
+def clear_stopping(client: redis.Redis, hostname: str) -> None:
+    client.delete(_STOPPING_KEY.format(hostname=hostname))
+
+
+def is_stopping(client: redis.Redis, hostname: str) -> bool:
+    return bool(client.exists(_STOPPING_KEY.format(hostname=hostname)))
+
+
 def publish_revocation(client: redis.Redis, task_id: str, now: float | None = None) -> None:
     """Tell running workers, through a feed they poll, that `task_id` is revoked (the ledger keeps it)."""
     now = time.time() if now is None else now

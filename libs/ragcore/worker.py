@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 #: How often the monitor notes the tasks this worker holds, for recovery after a hard kill.
 RESERVED_NOTE_SECONDS = 0.5
+#: How long the "this worker stops" note lives: longer than any grace period (deploy/k8s/workers.yaml).
+STOPPING_NOTE_SECONDS = 900
 
 
 def create_worker_app(queue: Queue) -> Celery:
@@ -72,6 +74,7 @@ class _Monitor:
         self._static: dict[str, Any] = {}
         self._noted: list[str] = []
         self._app: Celery | None = None
+        self._stopping_noted = False
 
     def load_revocations(self) -> None:
         try:
@@ -98,6 +101,7 @@ class _Monitor:
             "started_at": self.started_at,
         }
         self.load_revocations()
+        queues.clear_stopping(self._client(), self._hostname)  # a previous life under this name stopped
         self._thread = threading.Thread(target=self._run, name="ragcore-heartbeat", daemon=True)
         self._thread.start()
 
@@ -141,11 +145,25 @@ class _Monitor:
             queues.note_in_flight(self._client(), self.queue.value, self._hostname, held)
             self._noted = held
 
+    def note_stopping(self) -> None:
+        """Once a shutdown began, tell the running tasks, so a long one can hand itself back.
+
+        Celery's warm shutdown waits for running tasks, and its pool processes hear no signal of it.
+        Its SIGTERM handler sends `worker_shutting_down` only when billiard names the process
+        "MainProcess", which our workers' main process was measured not to be; the flag it always
+        sets (`should_stop`) is what the monitor watches instead.
+        """
+        if not self._stopping_noted and (worker_state.should_stop is not None or worker_state.should_terminate is not None):
+            queues.note_stopping(self._client(), self._hostname, STOPPING_NOTE_SECONDS)
+            self._stopping_noted = True
+            log.info("shutting down: running tasks that can hand themselves back do so")
+
     def _run(self) -> None:
         interval = get_settings().worker_heartbeat_seconds
         next_beat = 0.0
         while True:
             try:
+                self.note_stopping()
                 if time.monotonic() >= next_beat:
                     self.beat()
                     next_beat = time.monotonic() + interval
