@@ -177,8 +177,10 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     # Halted, the scan stopped early too: unless nothing is left to do, the next run goes on from here.
     if halt.is_set() and (cursor[0] is not None or existing is not None):
         done = resumed.copied + report.copied
-        ledger.handed_back(task_id, {"done": done, "total": max(before, done), "total_is_estimate": True,
-                                     "stage": "handed back at shutdown: resumes from its checkpoint"})
+        waiting = {"done": done, "total": max(before, done), "total_is_estimate": True,
+                   "stage": "handed back at shutdown: resumes from its checkpoint"}
+        ledger.handed_back(task_id, waiting)
+        self.update_state(state="PENDING", meta=waiting)  # Celery stores nothing for a rejected task
         raise Reject("the worker stops: handed back at a page boundary", requeue=True)
     stale = sorted(candidates - resumed.seen - (seen or set()))
     copied = time.perf_counter()
