@@ -71,7 +71,7 @@ class QueueStats:
     consumers: list[str] = field(default_factory=list)
     #: Tasks the queue's workers hold (running or reserved ahead).
     in_flight: int = 0
-    #: Workers whose heartbeat lapsed while their tasks are not re-queued yet: (hostname, last heartbeat).
+    #: Workers whose heartbeat lapsed holding tasks not re-queued yet: (hostname, last heartbeat).
     lost: list[tuple[str, float]] = field(default_factory=list)
 
     @property
@@ -88,12 +88,14 @@ def queue_stats(client: redis.Redis, queue: str, heartbeat_ttl: float, now: floa
     pipe.zrangebyscore(_CONSUMERS_KEY.format(queue=queue), now - heartbeat_ttl, "+inf")
     pipe.llen(IN_FLIGHT_KEY.format(queue=queue))
     pipe.zrangebyscore(BEATS_KEY.format(queue=queue), "-inf", now - heartbeat_ttl, withscores=True)
-    *replies, consumers, held, lost = pipe.execute()
+    pipe.hkeys(_HELD_KEY.format(queue=queue))
+    *replies, consumers, held, lapsed, holders = pipe.execute()
     depth = sum(int(n) for n in replies[0::2])
     stamps = [t for t in (message_sent_at(raw) for raw in replies[1::2]) if t is not None]
     oldest = max(0.0, now - min(stamps)) if depth and stamps else None
-    return QueueStats(queue, depth, oldest, sorted(c.decode() for c in consumers), int(held),
-                      [(host.decode(), float(at)) for host, at in lost])
+    # A gone worker that held nothing leaves nothing to wait for: only the ones whose tasks wait count.
+    lost = [(host.decode(), float(at)) for host, at in lapsed if host in set(holders)]
+    return QueueStats(queue, depth, oldest, sorted(c.decode() for c in consumers), int(held), lost)
 
 
 def all_queue_stats(client: redis.Redis, heartbeat_ttl: float) -> list[QueueStats]:

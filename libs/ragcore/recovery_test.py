@@ -40,3 +40,13 @@ def test_the_in_flight_list_counts_what_every_worker_of_the_queue_holds(client: 
     assert queues.note_in_flight(client, "sync", "b@x", ["t3"]) == 3
     assert queues.note_in_flight(client, "sync", "a@x", []) == 1
     assert client.lrange(queues.IN_FLIGHT_KEY.format(queue="sync"), 0, -1) == [b"t3"]
+
+
+def test_queues_flag_a_lapsed_worker_only_while_the_tasks_it_held_wait(client: redis.Redis) -> None:
+    now = time.time()
+    queues.record_worker(client, "idle@a", ["sync"], {}, 15, now=now - 30)
+    queues.record_worker(client, "busy@a", ["sync"], {}, 15, now=now - 30)
+    queues.note_in_flight(client, "sync", "busy@a", ["t1"])
+    assert queues.queue_stats(client, "sync", 15, now).lost == [("busy@a", now - 30)]
+    queues.note_in_flight(client, "sync", "busy@a", [])  # what the claim does once it re-queued them
+    assert queues.queue_stats(client, "sync", 15, now).lost == []
