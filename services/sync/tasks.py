@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 
 from ragcore import contracts, ledger, queues
 from ragcore.cache import bump_data_version
-from ragcore.celery_app import define_task
+from ragcore.celery_app import define_task, will_retry
 from ragcore.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
 from ragcore.db import session_scope
 from ragcore.db.models import FullSyncPage, SyncState
@@ -170,10 +170,15 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     pages = iter(()) if resumed.finished_copy else \
         _ingest().iter_pages(limit=get_settings().sync_batch_size, cursor=resumed.cursor)
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-scan") as scan:
-        existing = scan.submit(list_existing) if before else None
-        report = copy_pages(pages, store, on_page=on_page, seen=seen, on_applied=on_applied, halt=halt)
-        candidates, scanned = existing.result() if existing else (set(), 0.0)
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-scan") as scan:
+            existing = scan.submit(list_existing) if before else None
+            report = copy_pages(pages, store, on_page=on_page, seen=seen, on_applied=on_applied, halt=halt)
+            candidates, scanned = existing.result() if existing else (set(), 0.0)
+    except Exception as exc:
+        if not will_retry(self, contracts.TRIGGER_FULL_SYNC, exc):
+            _forget_checkpoint(task_id)  # it fails for good: a new full sync starts from the first page
+        raise
     # Halted, the scan stopped early too: unless nothing is left to do, the next run goes on from here.
     if halt.is_set() and (cursor[0] is not None or existing is not None):
         done = resumed.copied + report.copied
