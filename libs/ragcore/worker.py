@@ -149,9 +149,9 @@ class _Monitor:
         """Once a shutdown began, tell the running tasks, so a long one can hand itself back.
 
         Celery's warm shutdown waits for running tasks, and its pool processes hear no signal of it.
-        Its SIGTERM handler sends `worker_shutting_down` only when billiard names the process
-        "MainProcess", which our workers' main process was measured not to be; the flag it always
-        sets (`should_stop`) is what the monitor watches instead.
+        Its SIGTERM handler sends `worker_shutting_down` only from a process billiard calls
+        "MainProcess", and in our workers that signal was observed never to arrive; the flag the
+        handler always sets (`should_stop`, or `should_terminate`) is what the monitor watches instead.
         """
         if not self._stopping_noted and (worker_state.should_stop is not None or worker_state.should_terminate is not None):
             queues.note_stopping(self._client(), self._hostname, STOPPING_NOTE_SECONDS)
