@@ -168,9 +168,7 @@ _NOTE_IN_FLIGHT = """
 if ARGV[2] == '[]' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
 redis.call('DEL', KEYS[2])
 local held = redis.call('HVALS', KEYS[1])
-for _, ids in ipairs(held) do
-  for _, id in ipairs(cjson.decode(ids)) do redis.call('RPUSH', KEYS[2], id) end
-end
+for _, ids in ipairs(held) do redis.call('RPUSH', KEYS[2], unpack(cjson.decode(ids))) end
 return redis.call('LLEN', KEYS[2])
 """
 
