@@ -85,6 +85,25 @@ class TaskStatus(BaseModel):
     worker: str | None = None
     retries: int = 0
     revoked: bool = False
+    #: The worker running it stopped heartbeating: a live worker of its queue re-queues it
+    #: (`worker_lost_after_seconds` after `worker_lost_since`), and its progress is not moving meanwhile.
+    worker_lost: bool = False
+    worker_lost_since: datetime | None = None
+
+
+def _lost_since(settings: Settings, record: TaskRecord) -> datetime | None:
+    """When the worker running `record` last beat, if its heartbeat lapsed; None while it beats."""
+    if record.state != "STARTED" or not record.worker:
+        return None
+    try:
+        client = queues.broker_client(settings.broker)
+        if queues.worker_record(client, record.worker) is not None:
+            return None
+        last = queues.last_heartbeat(client, record.queue, record.worker)
+    except redis.RedisError:
+        return None  # the broker is down: nothing to say about the worker
+    # No heartbeat left: already re-queued (it waits for a worker) or a warm shutdown handed it back.
+    return datetime.fromtimestamp(last, timezone.utc) if last is not None else record.started_at
 
 
 def _ledger_result(record: TaskRecord) -> Any:
@@ -99,7 +118,7 @@ def _ledger_state(record: TaskRecord) -> str:
 
 
 @router.get("/status/{task_id}", responses=_NOT_FOUND)
-def task_status(task_id: TaskId, scope: SyncKey, celery: CeleryDep, session: SessionDep) -> TaskStatus:
+def task_status(task_id: TaskId, scope: SyncKey, celery: CeleryDep, session: SessionDep, settings: SettingsDep) -> TaskStatus:
     """Live state from the result backend, completed by the ledger; 404 for ids never sent.
     A sync key (Ingest) reads the sync tasks only; admin reads every task."""
     live: AsyncResult | None = AsyncResult(task_id, app=celery)
@@ -119,6 +138,8 @@ def task_status(task_id: TaskId, scope: SyncKey, celery: CeleryDep, session: Ses
             sent_at=record.sent_at, started_at=record.started_at, finished_at=record.finished_at,
             worker=record.worker, retries=record.retries, revoked=record.revoked,
         )
+        lost_since = _lost_since(settings, record)
+        answer.worker_lost, answer.worker_lost_since = lost_since is not None, lost_since
         if state == "PENDING" and record.state != "PENDING":
             # The Redis result expired or was flushed (or was never written): the ledger knows.
             answer.status = _ledger_state(record)
@@ -291,6 +312,11 @@ def list_workers(_: AdminKey, celery: CeleryDep, settings: SettingsDep) -> Worke
 
 # -- queues -------------------------------------------------------------------------------------
 
+class LostWorker(BaseModel):
+    name: str
+    last_heartbeat: datetime
+
+
 class QueueInfo(BaseModel):
     name: str
     depth: int
@@ -298,7 +324,11 @@ class QueueInfo(BaseModel):
     oldest_task_age_seconds: float | None
     consumers: int
     workers: list[str]
-    #: True when no worker consumes this queue: its tasks wait until one starts.
+    #: Tasks its workers hold (running or reserved ahead): what KEDA counts beside `depth`.
+    in_flight: int = 0
+    #: Workers whose heartbeat lapsed and whose tasks wait to be re-queued by a live worker.
+    lost_workers: list[LostWorker] = []
+    #: True when no worker consumes this queue (its tasks wait until one starts) or a worker is lost.
     flagged: bool
     warning: str | None = None
 
@@ -315,10 +345,19 @@ def list_queues(_: AdminKey, settings: SettingsDep) -> QueuesResponse:
                                        queues.heartbeat_ttl(settings.worker_heartbeat_seconds))
     return QueuesResponse(queues=[
         QueueInfo(name=s.name, depth=s.depth, oldest_task_age_seconds=s.oldest_age_seconds,
-                  consumers=len(s.consumers), workers=s.consumers, flagged=s.unconsumed,
-                  warning="no worker consumes this queue" if s.unconsumed else None)
+                  consumers=len(s.consumers), workers=s.consumers, in_flight=s.in_flight,
+                  lost_workers=[LostWorker(name=h, last_heartbeat=datetime.fromtimestamp(t, timezone.utc)) for h, t in s.lost],
+                  flagged=s.unconsumed or bool(s.lost), warning=_queue_warning(s))
         for s in stats
     ])
+
+
+def _queue_warning(stats: queues.QueueStats) -> str | None:
+    problems = ["no worker consumes this queue"] if stats.unconsumed else []
+    if stats.lost:
+        problems.append(f"worker(s) {', '.join(h for h, _ in stats.lost)} stopped heartbeating; "
+                        "a live worker of this queue re-queues their tasks")
+    return "; ".join(problems) or None
 
 
 # -- revoke -------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ IMAGES = ("api", "beat", *(f"worker-{q}" for q in QUEUES))
 HEALTHCHECK = ["/opt/app/pex", "--healthcheck"]
 
 problems: list[str] = []
+#: Each worker's stop_grace_period in compose, in seconds: Kubernetes' grace period must be the same.
+COMPOSE_GRACE: dict[str, int] = {}
 
 
 def expect(ok: bool, what: str) -> None:
@@ -59,7 +61,20 @@ def check_compose(config: dict[str, Any]) -> None:
         expect("container_name" not in s and not s.get("ports"), f"compose: worker-{q} cannot be scaled")
         expect(s.get("depends_on", {}).get("migrate", {}).get("condition") == "service_completed_successfully",
                f"compose: worker-{q} does not wait for the migration")
+        COMPOSE_GRACE[q] = _seconds(str(s.get("stop_grace_period", "10s")))
     expect(not services["beat"].get("deploy", {}).get("replicas", 1) > 1, "compose: more than one beat")
+
+
+def _seconds(duration: str) -> int:
+    """A compose duration ("5m", "5m0s", "90s", "1h") in seconds."""
+    units = {"h": 3600, "m": 60, "s": 1}
+    total, number = 0, ""
+    for ch in duration:
+        if ch.isdigit():
+            number += ch
+        else:
+            total, number = total + int(number or 0) * units[ch], ""
+    return total + int(number or 0)
 
 
 def _ports(service: dict[str, Any]) -> list[Any]:
@@ -98,10 +113,17 @@ def check_k8s(directory: Path, version: str) -> None:
             continue
         expect(so["apiVersion"] == "keda.sh/v1alpha1", f"k8s: ScaledObject {q} apiVersion")
         expect(so["spec"]["scaleTargetRef"]["name"] == f"ragcore-worker-{q}", f"k8s: ScaledObject {q} target")
-        (trigger,) = so["spec"]["triggers"]
-        meta = trigger["metadata"]
-        expect(trigger["type"] == "redis" and meta.get("listName") == q, f"k8s: ScaledObject {q} trigger {trigger}")
-        expect(str(meta.get("listLength", "")).isdigit(), f"k8s: ScaledObject {q} listLength must be a number string")
+        # Waiting and in-flight work (ragcore.broker.queue_stats.IN_FLIGHT_KEY): a pod busy with an empty list is not idle.
+        triggers = so["spec"]["triggers"]
+        lists = sorted(t["metadata"].get("listName", "") for t in triggers if t["type"] == "redis")
+        expect(lists == sorted([q, f"ragcore:inflight:{q}"]) and len(triggers) == 2,
+               f"k8s: ScaledObject {q} must scale on lists {q} and ragcore:inflight:{q}, not {triggers}")
+        for trigger in triggers:
+            expect(str(trigger["metadata"].get("listLength", "")).isdigit(),
+                   f"k8s: ScaledObject {q} listLength must be a number string")
+        grace = d["spec"]["template"]["spec"].get("terminationGracePeriodSeconds")
+        expect(grace is not None and grace == COMPOSE_GRACE.get(q),
+               f"k8s: worker-{q} grace period {grace}s differs from compose's stop_grace_period {COMPOSE_GRACE.get(q)}s")
         expect(1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"], f"k8s: ScaledObject {q} bounds")
     beat = deployments.get("ragcore-beat", {}).get("spec", {})
     expect(beat.get("replicas") == 1 and beat.get("strategy", {}).get("type") == "Recreate",

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     metrics_window_seconds: int = Field(3600, gt=0)
     # Workers record a heartbeat (and their last dequeue) in the broker's Redis this often.
     worker_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
+    # A worker whose heartbeat is this old is gone: a live worker of its queue re-queues what it held.
+    # Well above the heartbeat's own lapse (three beats), so a slow beat never re-queues a running task.
+    worker_lost_after_seconds: float = Field(60.0, gt=0)
     # Health: a worker with waiting tasks that dequeued nothing for this long is not consuming.
     worker_dequeue_window_seconds: float = Field(120.0, gt=0)
 
@@ -161,6 +164,8 @@ class Settings(BaseSettings):
                     )
         if self.default_tier not in self.tier_daily_limits:
             raise ValueError(f"default_tier {self.default_tier!r} has no entry in tier_daily_limits")
+        if self.worker_lost_after_seconds < 3 * self.worker_heartbeat_seconds:
+            raise ValueError("worker_lost_after_seconds must be at least three heartbeats (worker_heartbeat_seconds)")
         if set(self.tier_thresholds) != set(self.tier_daily_limits):
             raise ValueError("tier_thresholds and tier_daily_limits must name the same tiers")
         return self

@@ -42,14 +42,21 @@ class CopyReport:
     latest_ids: set[str] = field(default_factory=set)
 
 
-def prefetch(pages: Iterator[Page], depth: int = PREFETCH_PAGES) -> Iterator[Page]:
-    """Iterate `pages` from a reader thread, up to `depth` pages ahead; re-raises its errors."""
+def prefetch(pages: Iterator[Page], depth: int = PREFETCH_PAGES, halt: threading.Event | None = None) -> Iterator[Page]:
+    """Iterate `pages` from a reader thread, up to `depth` pages ahead; re-raises its errors.
+
+    Once `halt` is set the reader fetches no further page; the pages it already fetched still come.
+    """
     buffer: queue.Queue[object] = queue.Queue(maxsize=depth)
     stop = threading.Event()
+    halt = halt or threading.Event()
 
     def read() -> None:
         try:
-            for page in pages:
+            while not halt.is_set():
+                page = next(pages, None)
+                if page is None:
+                    break
                 while not stop.is_set():
                     try:
                         buffer.put(page, timeout=0.1)
@@ -84,25 +91,39 @@ def copy_pages(
     on_page: Callable[[CopyReport], None] = lambda _: None,
     seen: set[str] | None = None,
     writers: int = WRITERS,
+    on_applied: Callable[[Page, CopyReport], None] = lambda _, __: None,
+    halt: threading.Event | None = None,
 ) -> CopyReport:
     """Upsert every chunk of `pages` not `skip`ped; `seen` collects the point ids of every chunk read.
 
+    `on_applied` hears of each page, in feed order, once Qdrant applied all its writes (a checkpoint).
+    Once `halt` is set no further page is fetched; the ones already fetched are written.
     Returns once every write is applied; the first failed write (or fetch) is raised.
     """
     report = CopyReport()
-    in_flight: deque[tuple[Future[int], set[str]]] = deque()
+    in_flight: deque[tuple[Future[int], set[str], Page]] = deque()
+
+    def apply_oldest() -> None:
+        future, _, page = in_flight.popleft()
+        report.copied += future.result()
+        on_applied(page, report)
+
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="qdrant-writer") as pool:
         try:
-            for page in prefetch(pages):
+            for page in prefetch(pages, halt=halt):
                 chunks = [c for c in page.items if not skip(c)]
+                ids = {c.id for c in chunks}
+                # A chunk updated while the sync runs comes again later in the feed: its newer version
+                # must not race its older one, so it waits until the writes in flight are applied.
+                overlaps = any(not ids.isdisjoint(pending) for _, pending, _ in in_flight)
+                while in_flight and (overlaps or len(in_flight) >= writers):
+                    apply_oldest()
                 if chunks:
-                    ids = {c.id for c in chunks}
-                    # A chunk updated while the sync runs comes again later in the feed: its newer version
-                    # must not race its older one, so it waits until the writes in flight are applied.
-                    overlaps = any(not ids.isdisjoint(pending) for _, pending in in_flight)
-                    while in_flight and (overlaps or len(in_flight) >= writers):
-                        report.copied += in_flight.popleft()[0].result()
-                    in_flight.append((pool.submit(store.upsert, chunks, True), ids))
+                    in_flight.append((pool.submit(store.upsert, chunks, True), ids, page))
+                else:  # nothing to write, but its checkpoint comes in order after the pages before it
+                    done: Future[int] = Future()
+                    done.set_result(0)
+                    in_flight.append((done, ids, page))
                 report.pages += 1
                 for chunk in page.items:
                     if report.latest is None or chunk.updated_at > report.latest:
@@ -113,8 +134,8 @@ def copy_pages(
                     seen.update(point_id(c.id) for c in page.items)
                 on_page(report)
             while in_flight:
-                report.copied += in_flight.popleft()[0].result()
+                apply_oldest()
         finally:
-            for future, _ in in_flight:  # after a failure: send nothing more; the pool waits for the rest
+            for future, _, _ in in_flight:  # after a failure: send nothing more; the pool waits for the rest
                 future.cancel()
     return report

@@ -149,3 +149,35 @@ def test_pages_are_fetched_while_a_write_is_in_flight() -> None:
     release.set()
     worker.join(5)
     assert not worker.is_alive()
+
+
+def test_pages_are_checkpointed_in_feed_order_only_once_applied() -> None:
+    pages = feed(6)
+    store = RecordingStore(delays={1: 0.2})  # the first write is the slowest: later ones finish first
+    checkpoints: list[tuple[str | None, int, int]] = []
+
+    def applied(page: Page, report: object) -> None:
+        checkpoints.append((page.next_cursor, getattr(report, "copied"), sum(1 for kind, _ in store.events if kind == "end")))
+
+    copy_pages(iter(pages), as_store(store), on_applied=applied)
+    assert [cursor for cursor, _, _ in checkpoints] == [p.next_cursor for p in pages]
+    assert [copied for _, copied, _ in checkpoints] == [3, 6, 9, 12, 15, 18]
+    assert all(ended >= n + 1 for n, (_, _, ended) in enumerate(checkpoints))  # its write had ended
+
+
+def test_halt_stops_fetching_but_writes_and_checkpoints_every_page_already_fetched() -> None:
+    pages = feed(20)
+    fetched: list[int] = []
+    halt = threading.Event()
+
+    def source() -> Iterator[Page]:
+        for n, page in enumerate(pages):
+            fetched.append(n)
+            yield page
+
+    applied: list[Page] = []
+    report = copy_pages(source(), as_store(RecordingStore()), halt=halt,
+                        on_page=lambda r: halt.set() if r.pages == 3 else None,
+                        on_applied=lambda page, _: applied.append(page))
+    assert len(fetched) < 20  # it stopped fetching
+    assert applied == pages[: len(fetched)] and report.pages == len(fetched)  # nothing fetched is lost

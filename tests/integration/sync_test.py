@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -15,7 +16,8 @@ from ragcore.tasks import contracts
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import Queue
 from ragcore.db import session_scope
-from ragcore.db.models import SyncEvent
+from ragcore.db.models import SyncEvent, TaskRecord
+from ragcore.clients.ingest import Chunk
 from ragcore.settings import get_settings
 from ragcore.clients.vectorstore import VectorStore, point_id
 from ragcore_dev.standins.ingest import IngestApp, start_ingest
@@ -204,3 +206,70 @@ def test_two_workers_draining_together_process_each_event_once(rig: SyncRig) -> 
     assert sorted(fetched) == sorted(set(fetched)) and len(fetched) == len(docs)
     assert _pending_events() == 0
     second.stop()
+
+
+def test_a_worker_lost_mid_full_sync_is_replaced_under_another_name_and_the_sync_finishes(rig: SyncRig) -> None:
+    corpus = rig.ingest.app.corpus
+    corpus.reset(documents=60, chunks=10)  # 600 chunks, 3 pages of 256
+    rig.ingest.app.faults.set_delay(1.0)
+    task_id = dispatch.send(rig.stack.producer, contracts.TRIGGER_FULL_SYNC)
+    wait_until(lambda: len(rig.ingest.app.log.entries("/api/v1/embeddings")) > 0 and
+               rig.stack.producer.AsyncResult(task_id).state in ("STARTED", "PROGRESS"), 60, "full sync to start")
+    rig.worker.signal(signal.SIGKILL)  # a node loss: its pod comes back, if ever, under another name
+    rig.worker.kill()
+    killed = time.monotonic()
+    rig.ingest.app.faults.clear()
+    rig.worker = rig.stack.start_worker(Queue.SYNC, name="sync-replacement")
+
+    with rig.stack.api(ADMIN_KEY) as api:
+        lost = wait_until(lambda: (b := api.get(f"/api/v1/tasks/status/{task_id}").json())["worker_lost"] and b,
+                          40, "the status to say the worker is lost")
+        assert lost["worker"] == "sync@test" and lost["worker_lost_since"] is not None  # type: ignore[index]
+        sync_queue = next(q for q in api.get("/api/v1/tasks/queues").json()["queues"] if q["name"] == "sync")
+        assert sync_queue["flagged"] and [w["name"] for w in sync_queue["lost_workers"]] == ["sync@test"]
+
+    result = rig.stack.producer.AsyncResult(task_id).get(timeout=max(1.0, 90 - (time.monotonic() - killed)))
+    healed = time.monotonic() - killed
+    assert result["points"] == corpus.chunk_count() == 600
+    assert rig.qdrant_point_ids() == rig.ingest_point_ids()
+    print(f"lost worker healed in {healed:.1f}s")  # noqa: T201 (the issue asks for the time to heal)
+    with rig.stack.api(ADMIN_KEY) as api:
+        assert not api.get(f"/api/v1/tasks/status/{task_id}").json()["worker_lost"]
+
+
+def test_sigterm_mid_full_sync_hands_it_back_at_a_page_boundary_and_another_worker_resumes(rig: SyncRig) -> None:
+    corpus = rig.ingest.app.corpus
+    corpus.reset(documents=60, chunks=10)  # 600 chunks, 12 pages of 50
+    stale = rig.store.point_id("gone/chunk-000")  # a point Ingest does not have: the resumed run removes it
+    rig.store.upsert([Chunk("gone/chunk-000", "gone", "t", [0.1] * get_settings().vector_size, {}, datetime.now(timezone.utc))])
+    rig.worker.stop()
+    first = rig.stack.start_worker(Queue.SYNC, name="sync-a", sync_batch_size="50")
+    rig.ingest.app.log.clear()
+    rig.ingest.app.faults.set_delay(0.5)
+    task_id = dispatch.send(rig.stack.producer, contracts.TRIGGER_FULL_SYNC)
+    wait_until(lambda: len(rig.ingest.app.log.entries("/api/v1/embeddings")) >= 4, 60, "a few pages fetched")
+    assert first.process is not None
+    first.process.send_signal(signal.SIGTERM)  # what Kubernetes sends the container's main process
+    stopping = time.monotonic()
+    wait_until(lambda: not first.running, 60, "the worker to stop")
+    stopped = time.monotonic() - stopping
+    assert stopped < 300  # the sync Deployment's grace period
+    with session_scope() as session:
+        record = session.get(TaskRecord, task_id)
+        assert record is not None and record.state == "PENDING"
+        assert record.progress is not None and record.progress["stage"].startswith("handed back")
+    assert rig.stack.redis_client().llen(Queue.SYNC.value) == 1  # back in the queue, not in `unacked`
+    with rig.stack.api(ADMIN_KEY) as api:
+        waiting = api.get(f"/api/v1/tasks/status/{task_id}").json()
+    assert waiting["status"] == "PENDING" and not waiting["worker_lost"]
+    assert waiting["progress"]["done"] == record.progress["done"] > 0
+
+    rig.ingest.app.faults.clear()
+    rig.worker = rig.stack.start_worker(Queue.SYNC, name="sync-b", sync_batch_size="50")
+    result = rig.stack.producer.AsyncResult(task_id).get(timeout=120)
+    assert result["resumed_from_page"] >= 4
+    assert result["copied"] == 600  # done counts on from the checkpoint, not from zero
+    assert result["points"] == corpus.chunk_count() == 600 and result["removed"] == 1
+    assert rig.qdrant_point_ids() == rig.ingest_point_ids() and stale not in rig.qdrant_point_ids()
+    assert len(rig.ingest.app.log.entries("/api/v1/embeddings")) <= 12 + 1
+    print(f"SIGTERM: handed back in {stopped:.1f}s, finished {time.monotonic() - stopping:.1f}s after it")  # noqa: T201

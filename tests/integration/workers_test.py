@@ -1,8 +1,10 @@
 """Each worker, started from its image's entrypoint, consumes its own queue and only it, and after a
 hard kill its next life re-queues what its previous one held."""
 
+import re
 import signal
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +73,24 @@ def test_a_worker_killed_while_holding_deliveries_hands_them_all_over_when_it_re
         delivered = lambda: {d["idempotency_key"] for d in users.app.deliveries("query-results")}  # noqa: E731
         wait_until(lambda: delivered() == set(message_ids), 30, "every delivery after the restart")
         assert users.app.count("query-results") == 6  # each once (one sent before the kill may be refused as a duplicate)
+
+
+def _keda_lists(queue: Queue) -> list[str]:
+    """The Redis lists the queue's KEDA ScaledObject scales on (read as text: PyYAML is no dependency
+    of ours, and deploy/images/check_manifests.py checks the file's structure)."""
+    documents = Path("deploy/k8s/keda.yaml").read_text().split("\n---\n")
+    (scaled,) = [d for d in documents if re.search(rf"^  name: ragcore-worker-{queue.value}$", d, re.M)]
+    return re.findall(r"^\s+listName: (\S+)", scaled, re.M)
+
+
+def test_keda_counts_a_running_task_while_the_waiting_list_is_empty(stack: Stack) -> None:
+    worker = stack.start_worker(Queue.CLEANUP, name="busy")
+    client = stack.redis_client()
+    lists = _keda_lists(Queue.CLEANUP)
+    task_id = dispatch.send(stack.producer, CANARIES[Queue.CLEANUP], {"sleep_seconds": 6})
+    wait_until(lambda: stack.producer.AsyncResult(task_id).state in ("STARTED", "PROGRESS"), 30, "the canary to run")
+    assert client.llen(Queue.CLEANUP.value) == 0  # nothing waits: the waiting list alone would read idle
+    wait_until(lambda: sum(client.llen(name) for name in lists) > 0, 5, "KEDA's lists to count the running task")
+    stack.producer.AsyncResult(task_id).get(timeout=30)
+    wait_until(lambda: sum(client.llen(name) for name in lists) == 0, 5, "the count to fall once it finished")
+    worker.stop()

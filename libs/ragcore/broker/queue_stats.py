@@ -27,6 +27,12 @@ _PRIORITY_STEPS = (3, 6, 9)
 
 _WORKER_KEY = "ragcore:worker:{hostname}"
 _CONSUMERS_KEY = "ragcore:consumers:{queue}"
+#: Each worker's last heartbeat per queue, kept until a live worker re-queues what it held (ragcore.worker.recovery).
+BEATS_KEY = "ragcore:beats:{queue}"
+#: The tasks each worker of a queue holds (running or reserved ahead), by worker, as JSON lists.
+_HELD_KEY = "ragcore:held:{queue}"
+#: One element per task the workers of a queue hold: the list KEDA reads beside the waiting list.
+IN_FLIGHT_KEY = "ragcore:inflight:{queue}"
 REVOKED_KEY = "ragcore:revoked"
 
 
@@ -62,6 +68,10 @@ class QueueStats:
     #: Age of the oldest waiting message, None when the queue is empty (or it was not stamped).
     oldest_age_seconds: float | None
     consumers: list[str] = field(default_factory=list)
+    #: Tasks the queue's workers hold (running or reserved ahead).
+    in_flight: int = 0
+    #: Workers whose heartbeat lapsed holding tasks not re-queued yet: (hostname, last heartbeat).
+    lost: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def unconsumed(self) -> bool:
@@ -75,11 +85,16 @@ def queue_stats(client: redis.Redis, queue: str, heartbeat_ttl: float, now: floa
         pipe.llen(name)
         pipe.lindex(name, -1)
     pipe.zrangebyscore(_CONSUMERS_KEY.format(queue=queue), now - heartbeat_ttl, "+inf")
-    *replies, consumers = pipe.execute()
+    pipe.llen(IN_FLIGHT_KEY.format(queue=queue))
+    pipe.zrangebyscore(BEATS_KEY.format(queue=queue), "-inf", now - heartbeat_ttl, withscores=True)
+    pipe.hkeys(_HELD_KEY.format(queue=queue))
+    *replies, consumers, held, lapsed, holders = pipe.execute()
     depth = sum(int(n) for n in replies[0::2])
     stamps = [t for t in (message_sent_at(raw) for raw in replies[1::2]) if t is not None]
     oldest = max(0.0, now - min(stamps)) if depth and stamps else None
-    return QueueStats(queue, depth, oldest, sorted(c.decode() for c in consumers))
+    # A gone worker that held nothing leaves nothing to wait for: only the ones whose tasks wait count.
+    lost = [(host.decode(), float(at)) for host, at in lapsed if host in set(holders)]
+    return QueueStats(queue, depth, oldest, sorted(c.decode() for c in consumers), int(held), lost)
 
 
 def all_queue_stats(client: redis.Redis, heartbeat_ttl: float) -> list[QueueStats]:
@@ -104,6 +119,7 @@ def record_worker(client: redis.Redis, hostname: str, queues: Iterable[str], fie
         consumers = _CONSUMERS_KEY.format(queue=queue)
         pipe.zadd(consumers, {hostname: now})
         pipe.zremrangebyscore(consumers, "-inf", now - ttl)  # forget workers that died without a goodbye
+        pipe.zadd(BEATS_KEY.format(queue=queue), {hostname: now})
     pipe.execute()
 
 
@@ -112,7 +128,10 @@ def forget_worker(client: redis.Redis, hostname: str, queues: Iterable[str]) -> 
     pipe.delete(_WORKER_KEY.format(hostname=hostname))
     for queue in queues:
         pipe.zrem(_CONSUMERS_KEY.format(queue=queue), hostname)
+        pipe.zrem(BEATS_KEY.format(queue=queue), hostname)  # a warm shutdown hands back what it held
     pipe.execute()
+    for queue in queues:
+        note_in_flight(client, queue, hostname, [])
 
 
 def worker_record(client: redis.Redis, hostname: str) -> dict[str, Any] | None:
@@ -129,6 +148,54 @@ def live_workers(client: redis.Redis, heartbeat_ttl: float) -> set[str]:
     for q in Queue:
         pipe.zrangebyscore(_CONSUMERS_KEY.format(queue=q.value), now - heartbeat_ttl, "+inf")
     return {h.decode() for hosts in pipe.execute() for h in hosts}
+
+
+def lapsed_workers(client: redis.Redis, queue: str, older_than: float) -> list[tuple[str, float]]:
+    """Workers of `queue` whose last heartbeat is before `older_than` and whose tasks nobody re-queued yet."""
+    rows: list[tuple[bytes, float]] = client.zrangebyscore(BEATS_KEY.format(queue=queue), "-inf", older_than, withscores=True)  # type: ignore[assignment]
+    return [(host.decode(), float(at)) for host, at in rows]
+
+
+def last_heartbeat(client: redis.Redis, queue: str, hostname: str) -> float | None:
+    score = client.zscore(BEATS_KEY.format(queue=queue), hostname)
+    return float(score) if score is not None else None
+
+
+# KEDA's redis scaler reads a list's length only, so the held tasks of all workers of a queue are
+# kept as one list, rebuilt atomically whenever one worker's share changes.
+_NOTE_IN_FLIGHT = """
+if ARGV[2] == '[]' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+redis.call('DEL', KEYS[2])
+local held = redis.call('HVALS', KEYS[1])
+for _, ids in ipairs(held) do redis.call('RPUSH', KEYS[2], unpack(cjson.decode(ids))) end
+return redis.call('LLEN', KEYS[2])
+"""
+
+
+def note_in_flight(client: redis.Redis, queue: str, hostname: str, task_ids: list[str]) -> int:
+    """Record the tasks `hostname` holds of `queue`; returns how many the queue's workers hold in all."""
+    keys = [_HELD_KEY.format(queue=queue), IN_FLIGHT_KEY.format(queue=queue)]
+    return int(client.eval(_NOTE_IN_FLIGHT, 2, *keys, hostname, json.dumps(sorted(task_ids))))  # type: ignore[arg-type]
+
+
+def in_flight(client: redis.Redis, queue: str) -> int:
+    return int(client.llen(IN_FLIGHT_KEY.format(queue=queue)))  # type: ignore[arg-type]
+
+
+_STOPPING_KEY = "ragcore:stopping:{hostname}"
+
+
+def note_stopping(client: redis.Redis, hostname: str, ttl: int) -> None:
+    """Tell the tasks of a worker that it is shutting down (its pool processes hear no signal of it)."""
+    client.set(_STOPPING_KEY.format(hostname=hostname), 1, ex=ttl)
+
+
+def clear_stopping(client: redis.Redis, hostname: str) -> None:
+    client.delete(_STOPPING_KEY.format(hostname=hostname))
+
+
+def is_stopping(client: redis.Redis, hostname: str) -> bool:
+    return bool(client.exists(_STOPPING_KEY.format(hostname=hostname)))
 
 
 def publish_revocation(client: redis.Redis, task_id: str, now: float | None = None) -> None:

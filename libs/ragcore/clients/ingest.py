@@ -83,11 +83,13 @@ class IngestClient:
         response.raise_for_status()
         return orjson.loads(response.content)
 
-    def iter_pages(self, since: datetime | None = None, limit: int = 100) -> Iterator[Page]:
-        """Yield every page of chunks with `updated_at >= since`, following `next_cursor`."""
+    def iter_pages(self, since: datetime | None = None, limit: int = 100, cursor: str | None = None) -> Iterator[Page]:
+        """Yield every page of chunks with `updated_at >= since`, following `next_cursor` (from `cursor`)."""
         params: dict[str, str | int] = {"limit": limit}
         if since is not None:
             params["since"] = format_timestamp(since)
+        if cursor is not None:
+            params["cursor"] = cursor
         while True:
             body = self._get("/api/v1/embeddings", params)
             try:

@@ -46,6 +46,24 @@ class SyncState(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class FullSyncPage(Base):
+    """A full sync's checkpoint: one row per page Qdrant has applied, until the sync finishes.
+
+    The last row's cursor is where a re-delivered run continues; the point ids of all rows are the
+    chunks it already saw, which stale-point removal must still count as live.
+    """
+
+    __tablename__ = "full_sync_pages"
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    page: Mapped[int] = mapped_column(primary_key=True)
+    #: Ingest's cursor after this page; None when it was the last one.
+    next_cursor: Mapped[str | None] = mapped_column(Text)
+    #: Chunks copied up to and including this page.
+    copied: Mapped[int]
+    point_ids: Mapped[list[Any]]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class SyncEvent(Base):
     """The durable sync queue: document changes reported by Ingest, drained by process_sync_queue."""
 

@@ -187,20 +187,28 @@ def _c(
     return TaskContract(name, queue, args, retry, soft, hard, store, exclusive)
 
 
+# The soft limit comes 10 s (short tasks) to 100 s (half-hour ones) before the hard one: room for a
+# task to end cleanly before the kill. Each queue's grace period (deploy/k8s/workers.yaml) is chosen
+# against these hard limits, as the comments per queue below and the one there say.
+# sync: grace 300 s covers the drain and a document; the full sync hands itself back at a page boundary;
+# an incremental sync cut by the grace period is re-queued (lost-worker detection) and runs again.
 SYNC_EMBEDDINGS = _c("sync_embeddings_task", Queue.SYNC, SyncEmbeddingsArgs, _NET, 1700, 1800)
 PROCESS_SYNC_QUEUE = _c("process_sync_queue", Queue.SYNC, NoArgs, _NONE, 280, 300)
 TRIGGER_FULL_SYNC = _c("trigger_full_sync_task", Queue.SYNC, NoArgs, RetryPolicy(max_retries=1), 3540, 3600)
 DELETE_DOCUMENT_EMBEDDINGS = _c("delete_document_embeddings_task", Queue.SYNC, DocumentArgs, _NET, 110, 120)
 
+# notifications: grace 300 s covers every one of these.
 SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryResultArgs, _NET, 50, 60, store=False)
 SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, UsageStatisticsArgs, _NET, 280, 300)
 SEND_SYSTEM_NOTIFICATION = _c("send_system_notification", Queue.NOTIFICATIONS, SystemNotificationArgs, _NET, 50, 60)
 
+# cleanup: grace 600 s covers all but the conversations' archiving, which is re-queued if cut.
 CLEANUP_OLD_CACHE = _c("cleanup_old_cache", Queue.CLEANUP, NoArgs, _NONE, 540, 600, exclusive=True)
 CLEANUP_QUERY_CACHE = _c("cleanup_query_cache", Queue.CLEANUP, CleanupQueryCacheArgs, _NONE, 540, 600, exclusive=True)
 CLEANUP_OLD_CONVERSATIONS = _c("cleanup_old_conversations", Queue.CLEANUP, CleanupConversationsArgs, _NONE, 1700, 1800)
 CLEANUP_FAILED_TASKS = _c("cleanup_failed_tasks", Queue.CLEANUP, NoArgs, _NONE, 540, 600)
 
+# user: grace 300 s covers every one of these.
 RESET_USER_DAILY_LIMIT = _c("reset_user_daily_limit", Queue.USER, UserArgs, _NET, 50, 60)
 RESET_ALL_DAILY_LIMITS = _c("reset_all_daily_limits", Queue.USER, NoArgs, _NET, 280, 300, exclusive=True)
 UPDATE_USER_STATISTICS = _c("update_user_statistics", Queue.USER, UserArgs, _NET, 50, 60, store=False)

@@ -180,6 +180,11 @@ def set_progress(task_id: str, progress: dict[str, Any]) -> None:
     _write([(task_id, {"progress": progress})])
 
 
+def handed_back(task_id: str, progress: dict[str, Any]) -> None:
+    """A running task gave its message back to the queue (its worker stops): it waits again."""
+    _write([(task_id, {"state": "PENDING", "progress": progress})])
+
+
 def report_progress(task: Task, done: int, total: int, **extra: Any) -> None:
     """Progress where status reads it: the result backend (live) and the ledger (durable)."""
     meta = {"done": done, "total": total, **extra}

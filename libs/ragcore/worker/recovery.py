@@ -1,4 +1,4 @@
-"""Re-queue, at once, the tasks a worker was running or holding when it died.
+"""Re-queue, at once, the tasks a worker was running or holding when it died, whatever its name.
 
 With the Redis broker, a late-acknowledged message whose worker was killed stays in the transport's
 `unacked` hash until the visibility timeout (longer than the longest task: hours) has passed. A worker
@@ -7,6 +7,12 @@ never finished died with its previous life, and so did the messages its previous
 reserved (the worker's monitor notes them in Redis twice a second while they change). It puts those
 messages back on their queue when it is ready, so a crashed full sync resumes on restart instead of
 hours later, and the deliveries a notifications worker had reserved go out at once.
+
+A worker replaced under another name (a pod replacement, a node loss) never comes back: instead every
+live worker of its queue looks, at each heartbeat, for workers of that queue whose heartbeat lapsed
+(`worker_lost_after_seconds`). One Lua script claims a lapsed worker atomically, only while its
+heartbeat is still older than the cut-off, so however many live workers notice together, one
+re-queues its tasks, once, and never those of a worker that beats again.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import orjson
 from celery import signals
 from sqlalchemy import select
 
+from ragcore.broker import queue_stats as queues
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
 
@@ -56,6 +63,40 @@ def restore(channel: Any, task_ids: set[str]) -> list[str]:
         if task_id in task_ids:
             qos.restore_by_tag(tag.decode() if isinstance(tag, bytes) else tag, client=channel.client)
             restored.append(task_id)
+    return restored
+
+
+# KEYS: the queue's heartbeats, the lapsed worker's reserved note. ARGV: its hostname, the cut-off.
+# Removing the heartbeat entry is the claim; the reserved note goes with it, read and deleted.
+_CLAIM = """
+local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not beat or tonumber(beat) > tonumber(ARGV[2]) then return false end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local reserved = redis.call('GET', KEYS[2]) or '[]'
+redis.call('DEL', KEYS[2])
+return reserved
+"""
+
+
+def claim_lapsed(client: Any, queue: str, hostname: str, cutoff: float) -> set[str] | None:
+    """The task ids `hostname` held if this caller is the one to re-queue them; None if it is not."""
+    reserved = client.eval(_CLAIM, 2, queues.BEATS_KEY.format(queue=queue), _reserved_key(hostname), hostname, cutoff)
+    return None if reserved is None else set(orjson.loads(reserved))
+
+
+def requeue_lapsed(app: Any, client: Any, queue: str, lost_after: float, now: float) -> dict[str, list[str]]:
+    """Re-queue what the lapsed workers of `queue` held; returns the ids restored per worker claimed."""
+    restored: dict[str, list[str]] = {}
+    for hostname, last in queues.lapsed_workers(client, queue, now - lost_after):
+        held = claim_lapsed(client, queue, hostname, now - lost_after)
+        if held is None:
+            continue  # another live worker claimed it first, or it beats again
+        held |= orphaned_task_ids(hostname)
+        with app.connection_for_write() as conn:
+            restored[hostname] = restore(conn.default_channel, held) if held else []
+        queues.note_in_flight(client, queue, hostname, [])
+        log.warning("worker %s lapsed (last heartbeat %.0fs ago): re-queued %d task(s): %s",
+                    hostname, now - last, len(restored[hostname]), restored[hostname])
     return restored
 
 

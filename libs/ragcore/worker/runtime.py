@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: How often the monitor notes the tasks this worker holds, for recovery after a hard kill.
 RESERVED_NOTE_SECONDS = 0.5
+#: How long the "this worker stops" note lives: longer than any grace period (deploy/k8s/workers.yaml).
+STOPPING_NOTE_SECONDS = 900
 
 
 def create_worker_app(queue: Queue) -> Celery:
@@ -79,6 +81,8 @@ class _Monitor:
         self._hostname = ""
         self._static: dict[str, Any] = {}
         self._noted: list[str] = []
+        self._app: Celery | None = None
+        self._stopping_noted = False
 
     def load_revocations(self) -> None:
         try:
@@ -93,6 +97,7 @@ class _Monitor:
     def start(self, consumer: Any) -> None:
         pool = consumer.pool
         self._hostname = consumer.hostname
+        self._app = consumer.app
         self._static = {
             "queue": self.queue.value,
             "pid": os.getpid(),
@@ -104,6 +109,7 @@ class _Monitor:
             "started_at": self.started_at,
         }
         self.load_revocations()
+        queues.clear_stopping(self._client(), self._hostname)  # a previous life under this name stopped
         self._thread = threading.Thread(target=self._run, name="ragcore-heartbeat", daemon=True)
         self._thread.start()
 
@@ -125,8 +131,10 @@ class _Monitor:
         settings = get_settings()
         client = self._client()
         fields = {**self._static, "active": len(worker_state.active_requests), "last_dequeue": self.last_dequeue}
+        now = time.time()
         queues.record_worker(client, self._hostname, [self.queue.value], fields,
-                             queues.heartbeat_ttl(settings.worker_heartbeat_seconds))
+                             queues.heartbeat_ttl(settings.worker_heartbeat_seconds), now)
+        recovery.requeue_lapsed(self._app, client, self.queue.value, settings.worker_lost_after_seconds, now)
         ids, self._revocations_since = queues.revocations_since(client, self._revocations_since)
         # Adding from this thread is safe: membership is a dict lookup, and only new ids are added.
         new = [task_id for task_id in ids if task_id not in worker_state.revoked]
@@ -142,13 +150,28 @@ class _Monitor:
             return
         if held != self._noted:
             recovery.note_reserved(self._client(), self._hostname, held, get_settings().visibility_timeout_seconds)
+            queues.note_in_flight(self._client(), self.queue.value, self._hostname, held)
             self._noted = held
+
+    def note_stopping(self) -> None:
+        """Once a shutdown began, tell the running tasks, so a long one can hand itself back.
+
+        Celery's warm shutdown waits for running tasks, and its pool processes hear no signal of it.
+        Its SIGTERM handler sends `worker_shutting_down` only from a process billiard calls
+        "MainProcess", and in our workers that signal was observed never to arrive; the flag the
+        handler always sets (`should_stop`, or `should_terminate`) is what the monitor watches instead.
+        """
+        if not self._stopping_noted and (worker_state.should_stop is not None or worker_state.should_terminate is not None):
+            queues.note_stopping(self._client(), self._hostname, STOPPING_NOTE_SECONDS)
+            self._stopping_noted = True
+            log.info("shutting down: running tasks that can hand themselves back do so")
 
     def _run(self) -> None:
         interval = get_settings().worker_heartbeat_seconds
         next_beat = 0.0
         while True:
             try:
+                self.note_stopping()
                 if time.monotonic() >= next_beat:
                     self.beat()
                     next_beat = time.monotonic() + interval
