@@ -139,6 +139,8 @@ class TaskContract:
     #: sent per query, which nobody polls) the ledger alone does: status answers from it; each
     #: backend write costs a short task a sizeable share of its throughput.
     store_result: bool = True
+    #: The neighbour the task delivers to (its circuit breaker, its waiting deliveries), if any.
+    neighbour: str | None = None
 
     def validate(self, kwargs: dict[str, Any] | None) -> dict[str, Any]:
         """Arguments as they travel: validated, JSON-ready, defaults filled in."""
@@ -149,8 +151,13 @@ _NET = RetryPolicy(max_retries=3)
 _NONE = RetryPolicy(max_retries=0)
 
 
-def _c(name: str, queue: Queue, args: type[Args], retry: RetryPolicy, soft: int, hard: int, store: bool = True) -> TaskContract:
-    return TaskContract(name, queue, args, retry, soft, hard, store)
+def _c(name: str, queue: Queue, args: type[Args], retry: RetryPolicy, soft: int, hard: int, store: bool = True,
+       neighbour: str | None = None) -> TaskContract:
+    return TaskContract(name, queue, args, retry, soft, hard, store, neighbour)
+
+
+#: The neighbours that deliveries go to (SPEC §5).
+USERS = "users"
 
 
 SYNC_EMBEDDINGS = _c("sync_embeddings_task", Queue.SYNC, SyncEmbeddingsArgs, _NET, 1700, 1800)
@@ -158,9 +165,11 @@ PROCESS_SYNC_QUEUE = _c("process_sync_queue", Queue.SYNC, NoArgs, _NONE, 280, 30
 TRIGGER_FULL_SYNC = _c("trigger_full_sync_task", Queue.SYNC, NoArgs, RetryPolicy(max_retries=1), 3540, 3600)
 DELETE_DOCUMENT_EMBEDDINGS = _c("delete_document_embeddings_task", Queue.SYNC, DocumentArgs, _NET, 110, 120)
 
-SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryResultArgs, _NET, 50, 60, store=False)
-SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, UsageStatisticsArgs, _NET, 280, 300)
-SEND_SYSTEM_NOTIFICATION = _c("send_system_notification", Queue.NOTIFICATIONS, SystemNotificationArgs, _NET, 50, 60)
+SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryResultArgs, _NET, 50, 60, store=False,
+                       neighbour=USERS)
+SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, UsageStatisticsArgs, _NET, 280, 300, neighbour=USERS)
+SEND_SYSTEM_NOTIFICATION = _c("send_system_notification", Queue.NOTIFICATIONS, SystemNotificationArgs, _NET, 50, 60,
+                              neighbour=USERS)
 
 CLEANUP_OLD_CACHE = _c("cleanup_old_cache", Queue.CLEANUP, NoArgs, _NONE, 540, 600)
 CLEANUP_QUERY_CACHE = _c("cleanup_query_cache", Queue.CLEANUP, CleanupQueryCacheArgs, _NONE, 540, 600)
@@ -193,6 +202,15 @@ def contract(name: str) -> TaskContract:
         return BY_NAME[name]
     except KeyError:
         raise KeyError(f"no task contract named {name!r}") from None
+
+
+def deliveries_to(neighbour: str) -> list[str]:
+    """Names of the tasks that deliver to `neighbour`."""
+    return [c.name for c in TASKS if c.neighbour == neighbour]
+
+
+def neighbours() -> list[str]:
+    return sorted({c.neighbour for c in TASKS if c.neighbour})
 
 
 def longest_time_limit() -> int:

@@ -5,12 +5,13 @@ started by mistake waits for the lock instead of doubling the schedule, and a re
 from the stored last runs instead of re-firing or skipping what was due.
 
 Beat also runs the report relay (`ragcore.reports`): the one publisher of the query reports, in the
-one process that publishes on a timer anyway, and off the API's cores. Started by the entrypoint only.
+one process that publishes on a timer anyway, and off the API's cores; each of its rounds re-drives
+the waiting deliveries that are due (`ragcore.redrive`). Started by the entrypoint only.
 """
 
 import sys
 
-from ragcore import ledger
+from ragcore import ledger, redrive
 from ragcore.reports import ReportRelay
 from ragcore.celery_app import create_app
 from ragcore.db import create_schema
@@ -36,7 +37,7 @@ ledger.connect_publisher_signals()
 def main() -> None:
     configure_logging("beat", settings.log_level)
     create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
-    relay = ReportRelay(app, settings.report_relay_seconds)
+    relay = ReportRelay(app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings))
     relay.start()
     try:
         app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
