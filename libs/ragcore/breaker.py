@@ -56,6 +56,10 @@ class Breaker:
             throw_new_error_on_trip=False,  # the caller records the neighbour's own error, not "tripped"
         )
 
+    def ping(self) -> None:
+        """Raise redis.RedisError if the shared state is out of reach."""
+        self._redis.ping()
+
     @property
     def state(self) -> str:
         return self._cb.current_state

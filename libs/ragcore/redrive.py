@@ -15,6 +15,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 
+import redis
 from celery import Celery
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -87,10 +88,14 @@ def redrive_due(app: Celery, settings: Settings, limit: int = 500, sessions: Ses
     _expire(settings, sessions, now)
     sent = 0
     for neighbour in contracts.neighbours():
-        gate = breaker(neighbour, settings)
-        closed = gate.state == CLOSED
-        if not closed and not gate.probe_due(now):
-            continue  # the rest wait for the probe
+        try:
+            gate = breaker(neighbour, settings)
+            gate.ping()  # pybreaker reads a Redis it cannot reach as "closed": nothing to decide without it
+            closed = gate.state == CLOSED
+            if not closed and not gate.probe_due(now):
+                continue  # the rest wait for the probe
+        except redis.RedisError:
+            return sent  # the broker is down: the relay says so; these wait for it as well
         with sessions() as session:
             query = (select(FailedDelivery)
                      .where(FailedDelivery.status == WAITING, FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)))
