@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
@@ -117,6 +117,21 @@ class DeliveryFilter(BaseModel):
         if name is not None and name not in BY_NAME:
             raise ValueError(f"no task named {name!r}")
         return name
+
+    @field_validator("failed_after", "failed_before")
+    @classmethod
+    def _in_utc(cls, moment: datetime | None) -> datetime | None:
+        try:
+            return moment.astimezone(timezone.utc) if moment is not None else None
+        except OverflowError:
+            raise ValueError("out of range once in UTC") from None
+
+    @field_validator("error_contains")
+    @classmethod
+    def _no_nul(cls, text: str | None) -> str | None:
+        if text is not None and "\x00" in text:
+            raise ValueError("text must not contain NUL characters")  # PostgreSQL cannot compare them
+        return text
 
     @model_validator(mode="after")
     def _some_criterion(self) -> DeliveryFilter:

@@ -42,13 +42,15 @@ class Sent:
 
 
 def _sent(stack: Stack) -> list[Sent]:
-    """Every message Beat put on the four queues, oldest first."""
+    """Every message of a periodic entry that Beat put on the four queues, oldest first."""
     expires = {name: e["options"]["expires"] for name, e in schedule.build(get_settings()).items()}
     messages = []
     for queue in Queue:
         for raw in stack.redis_client().lrange(queue.value, 0, -1):
             message = json.loads(raw)
             headers = message["headers"]
+            if headers["task"] not in expires:
+                continue  # a report the relay published
             _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
             at = datetime.fromisoformat(headers["expires"]) - timedelta(seconds=expires[headers["task"]])
             messages.append(Sent(queue.value, headers["task"], headers["id"], kwargs, at))
