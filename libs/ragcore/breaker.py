@@ -17,7 +17,7 @@ from typing import TypeVar
 import pybreaker
 import redis
 
-from ragcore.http import is_retryable
+from ragcore.http import RetryLater, is_retryable
 from ragcore.settings import Settings
 
 T = TypeVar("T")
@@ -29,7 +29,7 @@ CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreake
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
-class BreakerOpen(Exception):
+class BreakerOpen(RetryLater):
     """The neighbour's breaker is open and this call is not its probe: nothing was sent."""
 
     def __init__(self, neighbour: str) -> None:
@@ -50,7 +50,7 @@ class Breaker:
             fail_max=settings.breaker_fail_max,
             reset_timeout=settings.breaker_probe_seconds,
             # An answer the neighbour chose (a 4xx) shows it is up: only retryable failures count.
-            exclude=[lambda exc: not is_retryable(exc)],
+            exclude=[lambda exc: not is_retryable(exc) or isinstance(exc, RetryLater)],
             state_storage=pybreaker.CircuitRedisStorage(CLOSED, client, namespace=f"{PREFIX}{neighbour}"),
             name=neighbour,
             throw_new_error_on_trip=False,  # the caller records the neighbour's own error, not "tripped"

@@ -156,8 +156,8 @@ def _c(name: str, queue: Queue, args: type[Args], retry: RetryPolicy, soft: int,
     return TaskContract(name, queue, args, retry, soft, hard, store, neighbour)
 
 
-#: The neighbours that deliveries go to (SPEC §5).
-USERS = "users"
+#: The neighbours (SPEC §5), each behind its circuit breaker; deliveries go to Users.
+USERS, INGEST = "users", "ingest"
 
 
 SYNC_EMBEDDINGS = _c("sync_embeddings_task", Queue.SYNC, SyncEmbeddingsArgs, _NET, 1700, 1800)
@@ -209,8 +209,8 @@ def deliveries_to(neighbour: str) -> list[str]:
     return [c.name for c in TASKS if c.neighbour == neighbour]
 
 
-def neighbours() -> list[str]:
-    return sorted({c.neighbour for c in TASKS if c.neighbour})
+def neighbours() -> tuple[str, ...]:
+    return (USERS, INGEST)
 
 
 def longest_time_limit() -> int:

@@ -88,6 +88,8 @@ def redrive_due(app: Celery, settings: Settings, limit: int = 500, sessions: Ses
     _expire(settings, sessions, now)
     sent = 0
     for neighbour in contracts.neighbours():
+        if not contracts.deliveries_to(neighbour):
+            continue
         try:
             gate = breaker(neighbour, settings)
             gate.ping()  # pybreaker reads a Redis it cannot reach as "closed": nothing to decide without it

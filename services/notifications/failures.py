@@ -38,10 +38,6 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, BreakerOpen) or is_retryable(exc)
-
-
 def record(
     task: Task, contract: TaskContract, payload: dict[str, Any], exc: BaseException, sessions: Sessions = session_scope
 ) -> bool:
@@ -50,7 +46,7 @@ def record(
     Returns whether it waits for an automatic re-drive (a retryable failure).
     """
     task_id, attempts, now = task.request.id, task.request.retries + 1, utcnow()
-    waits = _retryable(exc)
+    waits = is_retryable(exc)
     with sessions() as session:
         if session.scalar(select(FailedDelivery.id).where(FailedDelivery.task_id == task_id)) is not None:
             return waits
@@ -74,11 +70,11 @@ def reschedule(task: Task, delivery_id: int, exc: BaseException, sessions: Sessi
     with sessions() as session:
         row = session.get(FailedDelivery, delivery_id, with_for_update=True)
         if row is None or row.status != REDRIVEN or row.redrive_task_id != task.request.id:
-            return _retryable(exc)  # an operator discarded or re-drove it meanwhile
+            return is_retryable(exc)  # an operator discarded or re-drove it meanwhile
         row.attempts += 1
         row.error = describe(exc)
         since = row.waiting_since or now
-        if _retryable(exc) and within_window(settings, since, now):
+        if is_retryable(exc) and within_window(settings, since, now):
             row.status, row.next_attempt_at = WAITING, next_attempt(settings, since, now)
             return True
         row.status, row.next_attempt_at = FAILED, None
@@ -110,8 +106,8 @@ def deliver(
     except Exception as exc:
         if redrive is not None:
             waits = reschedule(task, redrive, exc, sessions)
-        elif will_retry(task, contract, exc):
-            raise
+        elif not isinstance(exc, BreakerOpen) and will_retry(task, contract, exc):
+            raise  # a quick retry; while the breaker is open they would only wait for it
         else:
             waits = record(task, contract, payload, exc, sessions)
         if waits:

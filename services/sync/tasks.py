@@ -11,6 +11,7 @@ import redis
 from celery import Celery, Task
 
 from ragcore import contracts, ledger
+from ragcore.breaker import breaker
 from ragcore.cache import bump_data_version
 from ragcore.celery_app import define_task
 from ragcore.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
@@ -41,7 +42,8 @@ def _store() -> VectorStore:
 
 def _ingest() -> IngestClient:
     settings = get_settings()
-    return IngestClient(shared_http_client(settings), settings.ingest_url, settings.ingest_token)
+    return IngestClient(shared_http_client(settings), settings.ingest_url, settings.ingest_token,
+                        breaker(contracts.INGEST, settings))
 
 
 @lru_cache
