@@ -100,7 +100,7 @@ def _report_families(session: Session) -> list[Metric]:
 def _delivery_families(settings: Settings, session: Session) -> list[Metric]:
     now = datetime.now(timezone.utc)
     waiting = GaugeMetricFamily("ragcore_deliveries_waiting",
-                                "Deliveries waiting for their automatic re-drive (in flight included)", labels=["neighbour"])
+                                "Deliveries waiting for their automatic re-drive", labels=["neighbour"])
     age = GaugeMetricFamily("ragcore_deliveries_oldest_waiting_age_seconds",
                             "How long the oldest of them has waited (0 when none)", labels=["neighbour"])
     state = GaugeMetricFamily("ragcore_circuit_breaker_state",

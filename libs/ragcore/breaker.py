@@ -50,7 +50,7 @@ class Breaker:
             fail_max=settings.breaker_fail_max,
             reset_timeout=settings.breaker_probe_seconds,
             # An answer the neighbour chose (a 4xx) shows it is up: only retryable failures count.
-            exclude=[lambda exc: not is_retryable(exc) or isinstance(exc, RetryLater)],
+            exclude=[lambda exc: not is_retryable(exc)],
             state_storage=pybreaker.CircuitRedisStorage(CLOSED, client, namespace=f"{PREFIX}{neighbour}"),
             name=neighbour,
             throw_new_error_on_trip=False,  # the caller records the neighbour's own error, not "tripped"

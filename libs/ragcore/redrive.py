@@ -58,11 +58,11 @@ def release_waiting(neighbour: str, sessions: Sessions = session_scope) -> int:
 
 
 def backlog(session: Session, neighbour: str) -> tuple[int, datetime | None]:
-    """How many deliveries to `neighbour` wait for a re-drive (in flight included), and since when."""
+    """How many deliveries to `neighbour` wait for a re-drive, and since when (a re-drive in flight,
+    for the moment it takes, is not counted: it is `redriven` until it fails and waits again)."""
     count, oldest = session.execute(
         select(func.count(), func.min(FailedDelivery.waiting_since))
-        .where(FailedDelivery.status.in_((WAITING, REDRIVEN)), FailedDelivery.waiting_since.is_not(None),
-               FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)))
+        .where(FailedDelivery.status == WAITING, FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)))
     ).one()
     return int(count), oldest
 
