@@ -1,14 +1,14 @@
-"""Failed deliveries to neighbours: list them and re-drive them (admin key)."""
+"""Failed and waiting deliveries to neighbours: list, re-drive or discard them, one or by filter (admin key)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from pydantic import BaseModel
-from sqlalchemy import func, select
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import ColumnElement, func, select, update
 
 from api.auth import AdminKey
 from api.deps import CeleryDep, SessionDep, commit
@@ -17,6 +17,7 @@ from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import BY_NAME
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
+from ragcore.tasks.redrive import DISCARDED, FAILED, WAITING
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class FailedDeliveryOut(BaseModel):
     created_at: datetime
     redriven_at: datetime | None
     redrive_task_id: str | None
+    next_attempt_at: datetime | None
+    waiting_since: datetime | None
 
 
 class FailedDeliveries(BaseModel):
@@ -62,11 +65,11 @@ class Redriven(BaseModel):
 def list_failed(
     _: AdminKey,
     session: SessionDep,
-    state: Literal["failed", "redriven", "all"] = Query("failed", alias="status"),
+    state: Literal["failed", "waiting", "redriven", "discarded", "all"] = Query("failed", alias="status"),
     limit: int = Query(100, ge=1, le=500),
     offset: int = Query(0, ge=0, le=_MAX_ID),
 ) -> FailedDeliveries:
-    """Deliveries that exhausted their retries or were refused (4xx), newest first."""
+    """Deliveries refused (4xx) or out of re-drive time (`failed`), or waiting for their automatic re-drive, newest first."""
     where = [] if state == "all" else [FailedDelivery.status == state]
     total = session.scalar(select(func.count()).select_from(FailedDelivery).where(*where)) or 0
     rows = session.scalars(
@@ -82,7 +85,7 @@ def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: Cel
     row = session.scalar(select(FailedDelivery).where(FailedDelivery.id == delivery_id).with_for_update())
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no failed delivery with id {delivery_id}")
-    if row.status != "failed":
+    if row.status not in (FAILED, WAITING):
         raise HTTPException(status.HTTP_409_CONFLICT, f"delivery {delivery_id} was already re-driven as task {row.redrive_task_id}")
     task = BY_NAME.get(row.task_name)
     if task is None:
@@ -96,3 +99,87 @@ def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: Cel
     row.status, row.redriven_at, row.redrive_task_id = "redriven", utcnow(), task_id
     commit(session)  # before the 202; if it fails, a second re-drive sends under the same idempotency key
     return Redriven(id=row.id, task_id=task_id, status=row.status)
+
+
+class DeliveryFilter(BaseModel):
+    """Which failed or waiting deliveries a bulk action takes; at least one criterion."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_name: str | None = Field(None, description="Only deliveries of this task")
+    failed_after: AwareDatetime | None = Field(None, description="First failed at or after this time")
+    failed_before: AwareDatetime | None = Field(None, description="First failed before this time")
+    error_contains: str | None = Field(None, min_length=1, max_length=500, description="Error text contains this (any case)")
+    status: Literal["failed", "waiting", "any"] = Field("any", description="failed (an operator's), waiting (automatic), or both")
+
+    @field_validator("task_name")
+    @classmethod
+    def _known_task(cls, name: str | None) -> str | None:
+        if name is not None and name not in BY_NAME:
+            raise ValueError(f"no task named {name!r}")
+        return name
+
+    @field_validator("failed_after", "failed_before")
+    @classmethod
+    def _in_utc(cls, moment: datetime | None) -> datetime | None:
+        try:
+            return moment.astimezone(timezone.utc) if moment is not None else None
+        except OverflowError:
+            raise ValueError("out of range once in UTC") from None
+
+    @field_validator("error_contains")
+    @classmethod
+    def _no_nul(cls, text: str | None) -> str | None:
+        if text is not None and "\x00" in text:
+            raise ValueError("text must not contain NUL characters")  # PostgreSQL cannot compare them
+        return text
+
+    @model_validator(mode="after")
+    def _some_criterion(self) -> DeliveryFilter:
+        if self.task_name is None and self.failed_after is None and self.failed_before is None and self.error_contains is None:
+            raise ValueError("give at least one of task_name, failed_after, failed_before, error_contains")
+        return self
+
+    def where(self) -> list[ColumnElement[bool]]:
+        states = [FAILED, WAITING] if self.status == "any" else [self.status]
+        where: list[ColumnElement[bool]] = [FailedDelivery.status.in_(states)]
+        if self.task_name is not None:
+            where.append(FailedDelivery.task_name == self.task_name)
+        if self.failed_after is not None:
+            where.append(FailedDelivery.created_at >= self.failed_after)
+        if self.failed_before is not None:
+            where.append(FailedDelivery.created_at < self.failed_before)
+        if self.error_contains is not None:
+            where.append(FailedDelivery.error.icontains(self.error_contains, autoescape=True))
+        return where
+
+
+class BulkResult(BaseModel):
+    matched: int = Field(description="Deliveries the filter took")
+
+
+@router.post("/redrive")
+def redrive_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> BulkResult:
+    """Re-drive every matching delivery: they wait, due now, and Beat sends each once (the breaker permitting).
+
+    Each starts a new re-drive window, so a delivery that had run out of time is tried again too.
+    """
+    # Waiting rows are what the re-driver publishes (locked, marked, once each); it runs every relay round.
+    now = utcnow()
+    matched = session.execute(
+        update(FailedDelivery).where(*body.where()).values(status=WAITING, next_attempt_at=now, waiting_since=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+    log.info("bulk re-drive of %d deliveries (%s)", matched, body.model_dump(exclude_none=True))
+    return BulkResult(matched=matched)
+
+
+@router.post("/discard")
+def discard_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> BulkResult:
+    """Discard every matching delivery: never sent, kept for the record as `discarded`."""
+    matched = session.execute(
+        update(FailedDelivery).where(*body.where()).values(status=DISCARDED, next_attempt_at=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+    log.info("discarded %d deliveries (%s)", matched, body.model_dump(exclude_none=True))
+    return BulkResult(matched=matched)

@@ -1,7 +1,8 @@
 """GET /metrics: Prometheus text for autoscalers (KEDA) and alerts.
 
 Queues (depth, oldest waiting task, consumers) come from the broker; the reports still to publish
-from the messages; task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
+from the messages; deliveries waiting for a re-drive from failed_deliveries, each neighbour's
+circuit breaker from its state in Redis; task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
 histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
 
 Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then
@@ -27,9 +28,12 @@ from sqlalchemy.orm import Session
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody
+from ragcore.tasks import contracts
 from ragcore.tasks import ledger
 from ragcore.broker import queue_stats as queues
+from ragcore.tasks import redrive
 from ragcore.query import reports
+from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,6 +101,24 @@ def _report_families(session: Session) -> list[Metric]:
     return [waiting, age]
 
 
+def _delivery_families(settings: Settings, session: Session) -> list[Metric]:
+    now = datetime.now(timezone.utc)
+    waiting = GaugeMetricFamily("ragcore_deliveries_waiting",
+                                "Deliveries waiting for their automatic re-drive", labels=["neighbour"])
+    age = GaugeMetricFamily("ragcore_deliveries_oldest_waiting_age_seconds",
+                            "How long the oldest of them has waited (0 when none)", labels=["neighbour"])
+    state = GaugeMetricFamily("ragcore_circuit_breaker_state",
+                              "1 for the state each neighbour's circuit breaker is in", labels=["neighbour", "state"])
+    for neighbour in contracts.neighbours():
+        count, oldest = redrive.backlog(session, neighbour)
+        waiting.add_metric([neighbour], count)
+        age.add_metric([neighbour], (now - oldest).total_seconds() if oldest else 0.0)
+        current = breaker(neighbour, settings).state
+        for name in (CLOSED, OPEN, HALF_OPEN):
+            state.add_metric([neighbour, name], 1.0 if current == name else 0.0)
+    return [waiting, age, state]
+
+
 @router.get(
     "/metrics",
     dependencies=[Depends(metrics_access)],
@@ -112,11 +134,12 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     try:
         stats = queues.all_queue_stats(queues.broker_client(settings.broker),
                                        queues.heartbeat_ttl(settings.worker_heartbeat_seconds))
+        deliveries = _delivery_families(settings, session)  # breaker states live in the broker's Redis
     except redis.RedisError as exc:
         log.warning("broker unreachable for metrics: %s", exc)
         raise HTTPException(503, BROKER_UNREACHABLE) from None
     scrape = GaugeMetricFamily("ragcore_metrics_scrape_seconds", "Time taken to compute these metrics")
-    families = _queue_families(stats) + _ledger_families(settings, session) + _report_families(session)
+    families = _queue_families(stats) + _ledger_families(settings, session) + _report_families(session) + deliveries
     scrape.add_metric([], time.monotonic() - started)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot([*families, scrape]))

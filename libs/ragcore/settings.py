@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     users_url: str = "http://127.0.0.1:7102"
     users_token: str | None = None
     http_timeout_seconds: float = Field(10.0, gt=0)
+    # A delivery to a neighbour that still fails on a retryable error after its quick retries waits
+    # in failed_deliveries and is re-driven after base * 2^n seconds (capped), for up to the window;
+    # then it stays failed for an operator. Its neighbour's circuit breaker opens after `fail_max`
+    # retryable failures in a row; while open, one probe goes every `probe_seconds`, and when one
+    # succeeds every waiting delivery goes out at once.
+    delivery_redrive_base_seconds: float = Field(30.0, gt=0)
+    delivery_redrive_max_backoff_seconds: float = Field(1800.0, gt=0)
+    delivery_redrive_window_seconds: float = Field(24 * 3600.0, gt=0)
+    breaker_fail_max: int = Field(5, ge=1)
+    breaker_probe_seconds: float = Field(15.0, gt=0, le=3600)
 
     # Query embedding and answer generation: OpenAI-compatible endpoints when set, local otherwise.
     embedding_url: str | None = None

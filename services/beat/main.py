@@ -2,27 +2,32 @@
 
 RedBeat keeps the schedule and each entry's last run in Redis behind a leader lock: a second Beat
 started by mistake waits for the lock instead of doubling the schedule, and a restarted Beat resumes
-from the stored last runs instead of re-firing or skipping what was due.
+from the stored last runs instead of re-firing or skipping what was due. A broker outage pauses
+Beat, it does not end it (`services.beat.scheduler`).
 
 Beat also runs the report relay (`ragcore.query.reports`): the one publisher of the query reports, in the
-one process that publishes on a timer anyway, and off the API's cores. Started by the entrypoint only.
+one process that publishes on a timer anyway, and off the API's cores; each of its rounds re-drives
+the waiting deliveries that are due (`ragcore.tasks.redrive`). Started by the entrypoint only.
 """
 
 import sys
 
 from ragcore.tasks import ledger
+
+from ragcore.tasks import redrive
 from ragcore.query.reports import ReportRelay
 from ragcore.tasks.app import create_app
 from ragcore.db import create_schema
 from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
 from services.beat import schedule
+from services.beat.scheduler import OutageTolerantScheduler
 
 settings = get_settings()
 app = create_app("beat")
 app.conf.update(
     beat_schedule=schedule.build(settings),
-    beat_scheduler="redbeat.RedBeatScheduler",
+    beat_scheduler=OutageTolerantScheduler,  # RedBeat, riding out broker outages
     redbeat_redis_url=settings.broker,
     # The broker's transport options are not RedBeat's (RedBeat 2.5 stops reading them): say so.
     redbeat_redis_options={},
@@ -41,7 +46,7 @@ def main() -> None:
         return
     configure_logging("beat", settings.log_level)
     create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
-    relay = ReportRelay(app, settings.report_relay_seconds)
+    relay = ReportRelay(app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings))
     relay.start()
     try:
         app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])

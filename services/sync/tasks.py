@@ -22,6 +22,7 @@ from ragcore.tasks import contracts
 from ragcore.tasks import ledger
 
 from ragcore.broker import queue_stats as queues
+from ragcore.clients.breaker import breaker
 from ragcore.query.cache import bump_data_version
 from ragcore.tasks.app import define_task, will_retry
 from ragcore.tasks.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
@@ -58,7 +59,8 @@ def _store() -> VectorStore:
 
 def _ingest() -> IngestClient:
     settings = get_settings()
-    return IngestClient(shared_http_client(settings), settings.ingest_url, settings.ingest_token)
+    return IngestClient(shared_http_client(settings), settings.ingest_url, settings.ingest_token,
+                        breaker(contracts.INGEST, settings))
 
 
 @contextmanager

@@ -1,5 +1,6 @@
 """Beat, started from its entrypoint on a compressed schedule (intervals of a few seconds), fires
-each entry once, on time, onto its queue: alone, beside a second Beat, and across restarts.
+each entry once, on time, onto its queue: alone, beside a second Beat, across restarts, and across
+a broker outage that it rides out.
 
 What Beat sent is read from the queues' Redis lists (no worker consumes them); each message's send
 time is its absolute `expires` header minus the entry's `expires` option.
@@ -22,7 +23,7 @@ from ragcore.tasks import dispatch
 from ragcore.query.cache import HotCache, bump_data_version
 from ragcore.tasks.contracts import Queue
 from ragcore.db import session_scope
-from ragcore.db.models import TaskRecord
+from ragcore.db.models import Conversation, Message, TaskRecord
 from ragcore.settings import get_settings
 from services.beat import schedule
 from ragcore_dev.processes import Deployable, wait_until
@@ -43,13 +44,15 @@ class Sent:
 
 
 def _sent(stack: Stack) -> list[Sent]:
-    """Every message Beat put on the four queues, oldest first."""
+    """Every message of a periodic entry that Beat put on the four queues, oldest first."""
     expires = {name: e["options"]["expires"] for name, e in schedule.build(get_settings()).items()}
     messages = []
     for queue in Queue:
         for raw in stack.redis_client().lrange(queue.value, 0, -1):
             message = json.loads(raw)
             headers = message["headers"]
+            if headers["task"] not in expires:
+                continue  # a report the relay published
             _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
             at = datetime.fromisoformat(headers["expires"]) - timedelta(seconds=expires[headers["task"]])
             messages.append(Sent(queue.value, headers["task"], headers["id"], kwargs, at))
@@ -203,3 +206,43 @@ def test_a_stale_beat_run_is_discarded_by_the_worker_and_a_fresh_one_runs() -> N
         assert stack.producer.AsyncResult(fresh).get(timeout=30)["removed"] == 1
         assert cache.get("v0:stale") is None
 
+
+
+def _queued(stack: Stack, queue: Queue, task: str) -> list[dict[str, Any]]:
+    """The kwargs of every `task` message waiting on `queue`."""
+    found = []
+    for raw in stack.redis_client().lrange(queue.value, 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == task:
+            found.append(json.loads(base64.b64decode(message["body"]))[1])
+    return found
+
+
+def test_beat_rides_out_a_broker_outage_fires_the_next_due_entry_once_and_relays_reports_made_during_it() -> None:
+    period = 3
+    with running_stack(beat_schedule=json.dumps({"cleanup_old_cache": str(period)}), report_relay_seconds="0.2") as stack:
+        beat = _start_beat(stack)
+        _wait_sends(stack, "cleanup_old_cache", 1)
+        stack.redis.stop()
+        with session_scope() as session:  # a query answered during the outage: its message is its reports' intent
+            session.add(Conversation(id="conv-outage", user_id="olga"))
+            session.flush()
+            session.add(Message(id="msg-outage", conversation_id="conv-outage", user_id="olga", query="q", answer="a",
+                                sources=[], tokens_used=2, processing_time_ms=1.0))
+        time.sleep(3 * period)  # runs come due while the broker is away
+        assert beat.running, f"beat exited during the outage:\n{beat.logs()[-3000:]}"
+
+        stack.redis.start()  # the same port, empty: the schedule, the lock and the queues are gone
+        back = datetime.now(timezone.utc)
+        first = _wait_sends(stack, "cleanup_old_cache", 1, timeout=30)[0]
+        times = _wait_sends(stack, "cleanup_old_cache", 3, timeout=30)
+        assert beat.running
+        beat.stop()
+        reports = _queued(stack, Queue.NOTIFICATIONS, contracts.SEND_QUERY_RESULT.name)
+        statistics = _queued(stack, Queue.USER, contracts.UPDATE_USER_STATISTICS.name)
+
+    print(f"beat: the first run after the broker returned was sent {(first - back).total_seconds():.1f}s later")
+    assert (first - back).total_seconds() <= period + 1.5  # the due entry fired, without a restart
+    assert all(gap >= period - EARLY for gap in _gaps(times)), _gaps(times)  # once, not a burst of the missed runs
+    assert [r["message_id"] for r in reports] == ["msg-outage"]  # the report made during the outage, once
+    assert statistics == [{"user_id": "olga"}]

@@ -11,6 +11,8 @@ from urllib.parse import quote
 import httpx
 import orjson
 
+from ragcore.clients.breaker import Breaker
+
 
 class IngestError(Exception):
     """Ingest answered something that breaks the SPEC §5 contract."""
@@ -71,14 +73,20 @@ def _chunk(item: dict[str, Any]) -> Chunk:
 class IngestClient:
     """Reads chunks and their vectors from Ingest over a caller-owned httpx client."""
 
-    def __init__(self, client: httpx.Client, base_url: str, token: str | None = None) -> None:
+    def __init__(self, client: httpx.Client, base_url: str, token: str | None = None, gate: Breaker | None = None) -> None:
         self._client = client
+        self._gate = gate
         self._base = base_url.rstrip("/")
         self._headers = {"Accept": "application/json"}
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
 
     def _get(self, path: str, params: dict[str, str | int] | None = None) -> Any:
+        if self._gate is None:
+            return self._fetch(path, params)
+        return self._gate.call(lambda: self._fetch(path, params))[0]  # BreakerOpen while Ingest is down
+
+    def _fetch(self, path: str, params: dict[str, str | int] | None) -> Any:
         response = self._client.get(self._base + path, params=params, headers=self._headers)
         response.raise_for_status()
         return orjson.loads(response.content)

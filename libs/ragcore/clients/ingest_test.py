@@ -8,14 +8,17 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
+import redis
 
+from ragcore.clients.breaker import Breaker, BreakerOpen
 from ragcore.clients.embedder import HashingEmbedder
 from ragcore.clients.transport import is_retryable, make_http_client, shared_http_client
 from ragcore.clients.ingest import DocumentNotFound, IngestClient, format_timestamp
 from ragcore.settings import Settings
 from ragcore_dev.standins.ingest import IngestApp, start_ingest
-from ragcore_dev.standins.server import Running
 from ragcore_dev.processes import free_port
+from ragcore_dev.standins.server import Running
+from ragcore_dev.servers import redis_server
 
 TOKEN = "ingest-secret"
 
@@ -159,3 +162,17 @@ def test_shared_http_client_is_reused_in_a_process_and_rebuilt_after_fork() -> N
     assert os.read(read, 1) == b"1"
     os.close(read)
     os.close(write)
+
+
+def test_behind_its_open_breaker_ingest_gets_no_request_and_the_failure_is_retryable(ingest: Running[IngestApp]) -> None:
+    with redis_server() as server, make_http_client(Settings(http_timeout_seconds=2)) as http:
+        settings = Settings(breaker_fail_max=2, breaker_probe_seconds=60)
+        client = IngestClient(http, ingest.url, TOKEN, Breaker("ingest", redis.Redis.from_url(server.url), settings))
+        ingest.app.faults.fail(503, times=2, path="/api/v1/embeddings")
+        for _ in range(2):
+            with pytest.raises(httpx.HTTPStatusError):
+                next(client.iter_pages())
+        with pytest.raises(BreakerOpen) as caught:
+            next(client.iter_pages())
+    assert is_retryable(caught.value)  # a sync task retries later, as for a 5xx
+    assert len(ingest.app.log.entries("/api/v1/embeddings")) == 2

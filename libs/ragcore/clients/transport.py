@@ -13,6 +13,13 @@ POOL_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, kee
 
 _process_client: tuple[int, httpx.Client] | None = None
 
+class RetryLater(Exception):
+    """A failure that a later attempt may not see, though no request was made (an open breaker)."""
+
+
+#: A request timeout and "too many requests" say "later", not "never".
+RETRYABLE_4XX = frozenset({408, 429})
+
 
 def make_http_client(settings: Settings) -> httpx.Client:
     """Build a pooled HTTP/1.1 client with the configured timeout."""
@@ -32,9 +39,11 @@ def shared_http_client(settings: Settings) -> httpx.Client:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """True for failures a later attempt may not see: timeouts, network errors and 5xx answers."""
+    """True for failures a later attempt may not see: timeouts, network errors, 5xx, 408 and 429 (SPEC §5)."""
+    if isinstance(exc, RetryLater):
+        return True
     if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code >= 500
+        return exc.response.status_code >= 500 or exc.response.status_code in RETRYABLE_4XX
     # RemoteProtocolError is a peer dropping the connection mid-answer; other protocol errors are ours.
     if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
         return True

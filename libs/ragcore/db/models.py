@@ -163,16 +163,20 @@ class QueryCacheEntry(Base):
 
 
 class FailedDelivery(Base):
-    """A delivery to a neighbour that exhausted its retries; an operator can re-drive it."""
+    """A delivery to a neighbour that exhausted its quick retries: re-driven automatically while it
+    waits (a retryable failure), else left failed for an operator to re-drive or discard."""
 
     __tablename__ = "failed_deliveries"
+    __table_args__ = (Index("ix_failed_deliveries_due", "status", "next_attempt_at"),)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     task_name: Mapped[str] = mapped_column(String(128))
     task_id: Mapped[str] = mapped_column(String(64))
     payload: Mapped[dict[str, Any]]
     error: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int]
-    status: Mapped[str] = mapped_column(String(16), default="failed")  # failed | redriven
+    status: Mapped[str] = mapped_column(String(16), default="failed")  # waiting | failed | redriven | discarded
+    next_attempt_at: Mapped[datetime | None]  # when a waiting delivery is re-driven next
+    waiting_since: Mapped[datetime | None]  # start of its re-drive window (an operator's re-drive restarts it)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     redriven_at: Mapped[datetime | None]
     redrive_task_id: Mapped[str | None] = mapped_column(String(64))

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -107,11 +108,13 @@ def backlog(session: Session) -> tuple[int, datetime | None]:
 
 
 class ReportRelay:
-    """Publishes pending reports from a background thread every `interval` seconds, in batches."""
+    """Publishes pending reports from a background thread every `interval` seconds, in batches;
+    then runs `also` (Beat: the re-drive of waiting deliveries) in the same round."""
 
-    def __init__(self, app: Celery, interval: float) -> None:
+    def __init__(self, app: Celery, interval: float, also: Callable[[], object] | None = None) -> None:
         self._app = app
         self._interval = interval
+        self._also = also
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="report-relay", daemon=True)
 
@@ -132,5 +135,7 @@ class ReportRelay:
             try:
                 while publish_pending(self._app) and not self._stop.is_set():
                     pass
+                if self._also is not None:
+                    self._also()
             except Exception:
                 log.exception("report relay round failed")

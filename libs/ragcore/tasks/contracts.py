@@ -171,6 +171,8 @@ class TaskContract:
     #: Whether runs must never overlap (a Beat-driven sweep): a run that finds another one holding
     #: the task's lock returns `SKIPPED` at once (`define_task` applies the lock).
     exclusive: bool = False
+    #: The neighbour the task delivers to (its circuit breaker, its waiting deliveries), if any.
+    neighbour: str | None = None
 
     def validate(self, kwargs: dict[str, Any] | None) -> dict[str, Any]:
         """Arguments as they travel: validated, JSON-ready, defaults filled in."""
@@ -182,9 +184,14 @@ _NONE = RetryPolicy(max_retries=0)
 
 
 def _c(
-    name: str, queue: Queue, args: type[Args], retry: RetryPolicy, soft: int, hard: int, store: bool = True, exclusive: bool = False
+    name: str, queue: Queue, args: type[Args], retry: RetryPolicy, soft: int, hard: int, store: bool = True,
+    exclusive: bool = False, neighbour: str | None = None,
 ) -> TaskContract:
-    return TaskContract(name, queue, args, retry, soft, hard, store, exclusive)
+    return TaskContract(name, queue, args, retry, soft, hard, store, exclusive=exclusive, neighbour=neighbour)
+
+
+#: The neighbours (SPEC §5), each behind its circuit breaker; deliveries go to Users.
+USERS, INGEST = "users", "ingest"
 
 
 # The soft limit comes 10 s (short tasks) to 100 s (half-hour ones) before the hard one: room for a
@@ -198,9 +205,11 @@ TRIGGER_FULL_SYNC = _c("trigger_full_sync_task", Queue.SYNC, NoArgs, RetryPolicy
 DELETE_DOCUMENT_EMBEDDINGS = _c("delete_document_embeddings_task", Queue.SYNC, DocumentArgs, _NET, 110, 120)
 
 # notifications: grace 300 s covers every one of these.
-SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryResultArgs, _NET, 50, 60, store=False)
-SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, UsageStatisticsArgs, _NET, 280, 300)
-SEND_SYSTEM_NOTIFICATION = _c("send_system_notification", Queue.NOTIFICATIONS, SystemNotificationArgs, _NET, 50, 60)
+SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryResultArgs, _NET, 50, 60, store=False,
+                       neighbour=USERS)
+SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, UsageStatisticsArgs, _NET, 280, 300, neighbour=USERS)
+SEND_SYSTEM_NOTIFICATION = _c("send_system_notification", Queue.NOTIFICATIONS, SystemNotificationArgs, _NET, 50, 60,
+                              neighbour=USERS)
 
 # cleanup: grace 600 s covers all but the conversations' archiving, which is re-queued if cut.
 CLEANUP_OLD_CACHE = _c("cleanup_old_cache", Queue.CLEANUP, NoArgs, _NONE, 540, 600, exclusive=True)
@@ -238,6 +247,15 @@ def contract(name: str) -> TaskContract:
         return BY_NAME[name]
     except KeyError:
         raise KeyError(f"no task contract named {name!r}") from None
+
+
+def deliveries_to(neighbour: str) -> list[str]:
+    """Names of the tasks that deliver to `neighbour`."""
+    return [c.name for c in TASKS if c.neighbour == neighbour]
+
+
+def neighbours() -> tuple[str, ...]:
+    return (USERS, INGEST)
 
 
 def longest_time_limit() -> int:

@@ -13,6 +13,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -94,11 +95,17 @@ class Faults:
         self._generation = 0
         self._stopping = stopping
         self.delay_seconds = 0.0
+        self._outage: tuple[int, float] | None = None  # (status, monotonic deadline)
 
     def fail(self, status: int, times: int = 1, path: str | None = None, after: bool = False, skip: int = 0) -> None:
         """The next `times` requests (under `path`), after `skip` that pass, answer `status`."""
         with self._lock:
             self._pending.append(Fault(times, status=status, after=after, path=path, skip=skip))
+
+    def outage(self, status: int = 503, seconds: float = float("inf")) -> None:
+        """Every request answers `status` for `seconds` (until `clear()` by default): a neighbour down."""
+        with self._lock:
+            self._outage = (status, time.monotonic() + seconds)
 
     def hang(self, times: int = 1, path: str | None = None, after: bool = False) -> None:
         """The next `times` requests (under `path`) never get an answer until released."""
@@ -113,6 +120,7 @@ class Faults:
         """Drop pending faults and the delay, and release hanging requests."""
         with self._lock:
             self._pending.clear()
+            self._outage = None
             self.delay_seconds = 0.0
             self._generation += 1
             self._lock.notify_all()
@@ -120,6 +128,8 @@ class Faults:
     def take(self, path: str) -> Fault | None:
         """The fault this request consumes, if any."""
         with self._lock:
+            if self._outage is not None and time.monotonic() < self._outage[1]:
+                return Fault(1, status=self._outage[0], path=path)
             for fault in self._pending:
                 if fault.path is None or path.startswith(fault.path):
                     if fault.skip:
@@ -143,7 +153,9 @@ class Faults:
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {"pending": [f.snapshot() for f in self._pending], "delay_seconds": self.delay_seconds}
+            outage = self._outage is not None and time.monotonic() < self._outage[1]
+            return {"pending": [f.snapshot() for f in self._pending], "delay_seconds": self.delay_seconds,
+                    "outage_status": self._outage[0] if outage and self._outage else None}
 
 
 class RequestLog:
@@ -267,12 +279,14 @@ class App:
         times, path, after = int(spec.get("times", 1)), spec.get("path"), bool(spec.get("after", False))
         if "delay_ms" in spec:
             self.faults.set_delay(float(spec["delay_ms"]) / 1000)
-        if spec.get("hang"):
+        if "outage_seconds" in spec:
+            self.faults.outage(int(spec.get("status", 503)), float(spec["outage_seconds"]))
+        elif spec.get("hang"):
             self.faults.hang(times, path, after)
         elif "status" in spec:
             self.faults.fail(int(spec["status"]), times, path, after)
         elif "delay_ms" not in spec:
-            raise HTTPError(400, "a fault needs `status`, `hang` or `delay_ms`")
+            raise HTTPError(400, "a fault needs `status`, `hang`, `outage_seconds` or `delay_ms`")
         return json_response(self.faults.snapshot())
 
     def _control_clear_faults(self, _: Request) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -161,3 +162,22 @@ def test_runs_as_a_process_and_exits_cleanly_on_sigterm() -> None:
     finally:
         process.kill()
         process.wait()
+
+
+def test_an_outage_refuses_every_request_for_its_duration_and_the_control_api_still_answers(
+    users: Running[UsersApp], client: UsersClient
+) -> None:
+    reply = httpx.post(f"{users.url}/_control/faults", json={"outage_seconds": 1, "status": 503})
+    assert reply.json()["outage_status"] == 503
+    for message_id in ("m-1", "m-2", "m-3"):
+        with pytest.raises(httpx.HTTPStatusError) as caught:
+            client.send_query_result(query_result(message_id))
+        assert caught.value.response.status_code == 503
+    assert users.app.deliveries() == []
+    time.sleep(1.1)
+    assert client.send_query_result(query_result("m-1")) == 201  # over by itself
+    users.app.faults.outage(503)  # until cleared
+    with pytest.raises(httpx.HTTPStatusError):
+        client.send_query_result(query_result("m-2"))
+    users.app.faults.clear()
+    assert client.send_query_result(query_result("m-2")) == 201

@@ -1,0 +1,126 @@
+"""Waiting deliveries go out again by themselves: on their backoff, or all at once when a probe succeeds.
+
+Beat's relay thread calls `redrive_due` every round. Per neighbour: while its breaker is closed,
+every waiting delivery whose `next_attempt_at` has come is published; while it is open, only one,
+the probe, once the probe interval has passed. A probe that succeeds closes the breaker and makes
+every waiting delivery of the neighbour due (`release_waiting`), so they go out on the next round.
+Rows are locked while published and marked `redriven` with the task id, so two Beats send each
+once; the re-driven task carries the row id (`REDRIVE_HEADER`) and puts the row back to waiting if
+it fails again. Users de-duplicates by the idempotency key, which the recorded payload pins.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timedelta
+
+import redis
+from celery import Celery
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from ragcore.tasks import contracts
+
+from ragcore.tasks import dispatch
+
+from ragcore.tasks import ledger
+from ragcore.clients.breaker import CLOSED, breaker
+from ragcore.db import Sessions, session_scope, utcnow
+from ragcore.db.models import FailedDelivery
+from ragcore.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Message header of a re-drive: the id of the failed-delivery row it belongs to.
+REDRIVE_HEADER = "ragcore_redrive"
+WAITING, FAILED, REDRIVEN, DISCARDED = "waiting", "failed", "redriven", "discarded"
+
+
+def next_attempt(settings: Settings, waiting_since: datetime, now: datetime) -> datetime:
+    """When a waiting delivery is tried again: after as long as it has waited so far (so the delay
+    doubles with each failure), at least the base and at most the cap."""
+    waited = (now - waiting_since).total_seconds()
+    delay = min(settings.delivery_redrive_max_backoff_seconds, max(settings.delivery_redrive_base_seconds, waited))
+    return now + timedelta(seconds=delay)
+
+
+def within_window(settings: Settings, waiting_since: datetime, now: datetime) -> bool:
+    return now - waiting_since < timedelta(seconds=settings.delivery_redrive_window_seconds)
+
+
+def release_waiting(neighbour: str, sessions: Sessions = session_scope) -> int:
+    """Make every waiting delivery of `neighbour` due now (its breaker just closed)."""
+    with sessions() as session:
+        result = session.execute(
+            update(FailedDelivery)
+            .where(FailedDelivery.status == WAITING, FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)))
+            .values(next_attempt_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+
+
+def backlog(session: Session, neighbour: str) -> tuple[int, datetime | None]:
+    """How many deliveries to `neighbour` wait for a re-drive, and since when (a re-drive in flight,
+    for the moment it takes, is not counted: it is `redriven` until it fails and waits again)."""
+    count, oldest = session.execute(
+        select(func.count(), func.min(FailedDelivery.waiting_since))
+        .where(FailedDelivery.status == WAITING, FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)))
+    ).one()
+    return int(count), oldest
+
+
+def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
+    """Waiting deliveries older than the window stop being re-driven: an operator decides."""
+    with sessions() as session:
+        expired = session.execute(
+            update(FailedDelivery)
+            .where(FailedDelivery.status == WAITING,
+                   FailedDelivery.waiting_since < now - timedelta(seconds=settings.delivery_redrive_window_seconds))
+            .values(status=FAILED, next_attempt_at=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+    if expired:
+        log.error("%d waiting deliveries gave up after %.0fs of re-drives; they wait for an operator",
+                  expired, settings.delivery_redrive_window_seconds)
+
+
+def redrive_due(app: Celery, settings: Settings, limit: int = 500, sessions: Sessions = session_scope) -> int:
+    """Publish the deliveries that are due (see the module docstring); returns how many."""
+    now = utcnow()
+    _expire(settings, sessions, now)
+    sent = 0
+    for neighbour in contracts.neighbours():
+        if not contracts.deliveries_to(neighbour):
+            continue
+        try:
+            gate = breaker(neighbour, settings)
+            gate.ping()  # pybreaker reads a Redis it cannot reach as "closed": nothing to decide without it
+            closed = gate.state == CLOSED
+            if not closed and not gate.probe_due(now):
+                continue  # the rest wait for the probe
+        except redis.RedisError:
+            return sent  # the broker is down: the relay says so; these wait for it as well
+        with sessions() as session:
+            query = (select(FailedDelivery)
+                     .where(FailedDelivery.status == WAITING, FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)))
+                     .order_by(FailedDelivery.next_attempt_at, FailedDelivery.id)
+                     .with_for_update(skip_locked=True))
+            # While open the probe is the oldest waiting delivery, whatever its own backoff says.
+            query = query.where(FailedDelivery.next_attempt_at <= now).limit(limit) if closed else query.limit(1)
+            for row in session.scalars(query):
+                task_id = str(uuid.uuid4())
+                if not closed and not gate.claim_probe(task_id):
+                    break  # another process sent a probe just now
+                try:
+                    dispatch.send(app, contracts.contract(row.task_name), row.payload, task_id=task_id,
+                                  headers={REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True})
+                except dispatch.PublishFailed as exc:  # the broker is down: the rest wait for the next round
+                    log.warning("re-drive of delivery %s failed, will retry: %s", row.id, exc)
+                    break
+                row.status, row.redriven_at, row.redrive_task_id = REDRIVEN, now, task_id
+                sent += 1
+    if sent:
+        log.info("re-drove %d waiting deliveries", sent)
+    return sent
