@@ -55,7 +55,7 @@ def _wait_status(api: httpx.Client, task_id: str, *states: str, timeout: float =
         body = _status(api, task_id)
         return body if body["status"] in states else None
 
-    return wait_until(reached, timeout, f"task {task_id} to reach {states}")  # type: ignore[return-value]
+    return wait_until(reached, timeout, f"task {task_id} to reach {states}")
 
 
 def _queued_ids(stack: Stack, queue: Queue) -> list[str]:
@@ -266,4 +266,4 @@ def test_a_trigger_with_the_broker_down_is_503_and_leaves_no_task_in_the_ledger(
     assert recorded() == before  # never sent, so never shown as waiting
     # The broker is back: the same API process publishes again.
     again = wait_until(lambda: (r := api.post("/api/v1/tasks/trigger/cleanup-cache")).status_code == 202 and r, 30, "a trigger")
-    assert recorded() == before + 1 and _ledger(again.json()["task_id"]).name == contracts.CLEANUP_OLD_CACHE.name  # type: ignore[union-attr]
+    assert recorded() == before + 1 and _ledger(again.json()["task_id"]).name == contracts.CLEANUP_OLD_CACHE.name

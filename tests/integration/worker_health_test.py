@@ -31,7 +31,7 @@ def test_the_probe_passes_while_consuming_and_fails_when_the_worker_stops_taking
     stack.producer.control.cancel_consumer(Queue.CLEANUP.value, destination=[HOSTNAME], reply=True)
     dispatch.send(stack.producer, CANARIES[Queue.CLEANUP])
     stalled = wait_until(lambda: (p := _probe(stack)).returncode == 1 and p, 30, "an unhealthy probe")
-    assert "UNHEALTHY" in stalled.stderr and "dequeued nothing" in stalled.stderr  # type: ignore[union-attr]
+    assert "UNHEALTHY" in stalled.stderr and "dequeued nothing" in stalled.stderr
 
     stack.producer.control.add_consumer(Queue.CLEANUP.value, destination=[HOSTNAME], reply=True)
     wait_until(lambda: _probe(stack).returncode == 0, 30, "the probe to pass again once it consumes")
