@@ -17,8 +17,8 @@ from ragcore.settings import Settings
 from ragcore.clients.vectorstore import VectorStore
 from ragcore_dev.standins.qdrant import QdrantApp, start_qdrant
 from ragcore_dev.standins.server import Running
-from ragcore_dev.processes import Deployable
-from ragcore_dev.servers import free_port, postgres_database
+from ragcore_dev.processes import Deployable, free_port
+from ragcore_dev.servers import postgres_database
 from tests.support.stack import QUERY_KEY, SYNC_KEY, Stack
 
 COLLECTION = "dependency_errors"

@@ -47,7 +47,8 @@ def _canary(stack: Stack, queue: Queue = Queue.CLEANUP, **kwargs: Any) -> str:
 def _status(api: httpx.Client, task_id: str) -> dict[str, Any]:
     response = api.get(f"/api/v1/tasks/status/{task_id}")
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def _wait_status(api: httpx.Client, task_id: str, *states: str, timeout: float = 30) -> dict[str, Any]:
@@ -239,7 +240,9 @@ def test_the_ledger_answers_status_and_history_after_redis_is_flushed(
     assert (kept["status"], kept["result"]["echo"], kept["worker"]) == ("SUCCESS", "kept 0", CLEANUP_WORKER)
     pages, cursor = [], None
     while True:
-        params = {"name": CANARIES[Queue.CLEANUP].name, "status": "SUCCESS", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {"name": CANARIES[Queue.CLEANUP].name, "status": "SUCCESS", "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
         page = api.get("/api/v1/tasks/history", params=params).json()
         pages.append([item["task_id"] for item in page["items"]])
         cursor = page["next_cursor"]
