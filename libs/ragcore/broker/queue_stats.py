@@ -175,11 +175,11 @@ return redis.call('LLEN', KEYS[2])
 def note_in_flight(client: redis.Redis, queue: str, hostname: str, task_ids: list[str]) -> int:
     """Record the tasks `hostname` holds of `queue`; returns how many the queue's workers hold in all."""
     keys = [_HELD_KEY.format(queue=queue), IN_FLIGHT_KEY.format(queue=queue)]
-    return int(client.eval(_NOTE_IN_FLIGHT, 2, *keys, hostname, json.dumps(sorted(task_ids))))  # type: ignore[arg-type]
+    return int(client.eval(_NOTE_IN_FLIGHT, 2, *keys, hostname, json.dumps(sorted(task_ids))))
 
 
 def in_flight(client: redis.Redis, queue: str) -> int:
-    return int(client.llen(IN_FLIGHT_KEY.format(queue=queue)))  # type: ignore[arg-type]
+    return int(client.llen(IN_FLIGHT_KEY.format(queue=queue)))
 
 
 _STOPPING_KEY = "ragcore:stopping:{hostname}"
