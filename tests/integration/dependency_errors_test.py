@@ -7,6 +7,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Any
 
 import httpx
 import pytest
@@ -36,10 +37,10 @@ def qdrant() -> Iterator[Running[QdrantApp]]:
         yield running
 
 
-def _call(stack: Stack, key: str, method: str, path: str, **kwargs: object) -> tuple[httpx.Response, str]:
+def _call(stack: Stack, key: str, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, str]:
     request_id = f"req-{uuid.uuid4().hex[:12]}"
     with stack.api(key) as client:
-        response = client.request(method, path, headers={"X-Request-ID": request_id}, **kwargs)  # type: ignore[arg-type]
+        response = client.request(method, path, headers={"X-Request-ID": request_id}, **kwargs)
     return response, request_id
 
 

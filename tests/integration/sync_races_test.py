@@ -57,7 +57,8 @@ class Rig:
         with self.stack.api(QUERY_KEY) as api:
             response = api.post("/api/v1/query/", json={"user_id": "races", "query": query})
         assert response.status_code == 200, response.text
-        return response.json()  # type: ignore[no-any-return]
+        body: dict[str, Any] = response.json()
+        return body
 
 
 @pytest.fixture(scope="module")
