@@ -80,8 +80,11 @@ def configure_logging(service: str, level: str = "INFO", task_lifecycle: bool = 
     global _real_stderr
     if _real_stderr is None:
         _real_stderr = sys.__stderr__
-        sys.stdout = sys.__stdout__ = _LinesAsJson(logging.getLogger("stdout"))  # type: ignore[misc]
-        sys.stderr = sys.__stderr__ = _LinesAsJson(logging.getLogger("stderr"))  # type: ignore[misc]
+        out = _LinesAsJson(logging.getLogger("stdout"))
+        err = _LinesAsJson(logging.getLogger("stderr"))
+        # The originals too, for code that writes to sys.__stderr__ (typeshed: Final TextIOWrappers).
+        sys.stdout = sys.__stdout__ = out  # type: ignore[misc,assignment]  # replaced on purpose
+        sys.stderr = sys.__stderr__ = err  # type: ignore[misc,assignment]  # replaced on purpose
     handler = logging.StreamHandler(_real_stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()

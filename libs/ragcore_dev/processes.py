@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -112,7 +113,14 @@ class Deployable:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05) -> object:
+T = TypeVar("T")
+
+
+def wait_until(
+    condition: Callable[[], T | None | Literal[False]], timeout: float, what: str, interval: float = 0.05,
+) -> T:
+    """`condition()`'s first truthy value (`cond and value` hands back the value), polled every
+    `interval` seconds; TimeoutError after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()

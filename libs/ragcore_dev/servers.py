@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import pytest
 import redis
@@ -26,7 +27,7 @@ def services_required() -> bool:
     return os.environ.get("RAGCORE_TEST_REQUIRE_SERVICES") == "1"
 
 
-def unavailable(what: str) -> None:
+def unavailable(what: str) -> NoReturn:
     if services_required():
         pytest.fail(f"{what} is required (RAGCORE_TEST_REQUIRE_SERVICES=1) but unavailable")
     pytest.skip(f"{what} unavailable")

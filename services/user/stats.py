@@ -19,16 +19,17 @@ def recompute(session: Session, user_id: str) -> dict[str, Any]:
             func.coalesce(func.avg(Message.processing_time_ms), 0.0),
             func.max(Message.created_at),
         ).where(Message.user_id == user_id)
-    ).one()
-    values = {
+    ).tuples().one()
+    now = utcnow()
+    values: dict[str, Any] = {
         "total_queries": int(queries),
         "total_tokens": int(tokens),
         "avg_processing_time_ms": round(float(avg_ms), 3),
         "last_query_at": last,
-        "updated_at": utcnow(),
+        "updated_at": now,
     }
     insert = insert_for(session)
     session.execute(
         insert(UserStatistics).values(user_id=user_id, **values).on_conflict_do_update(index_elements=["user_id"], set_=values)
     )
-    return {"user_id": user_id, **values, "last_query_at": last.isoformat() if last else None, "updated_at": values["updated_at"].isoformat()}
+    return {"user_id": user_id, **values, "last_query_at": last.isoformat() if last else None, "updated_at": now.isoformat()}

@@ -1,5 +1,6 @@
 from datetime import datetime, timedelta, timezone
 
+from ragcore.db import Sessions
 from ragcore.db.models import Conversation, Message, User, UserStatistics
 from ragcore.settings import Settings
 
@@ -10,7 +11,7 @@ SETTINGS = Settings(tier_daily_limits={"free": 10, "pro": 100, "enterprise": 100
 
 
 
-def add_messages(sessions, user: str, *ages: timedelta) -> None:  # type: ignore[no-untyped-def]
+def add_messages(sessions: Sessions, user: str, *ages: timedelta) -> None:
     with sessions() as session:
         if session.get(Conversation, f"c-{user}") is None:
             session.add(Conversation(id=f"c-{user}", user_id=user))
@@ -24,7 +25,7 @@ def test_tier_for_picks_the_highest_threshold_reached() -> None:
     assert [tiers.tier_for(n, thresholds) for n in (0, 1, 2, 49, 50, 10**6)] == ["free", "free", "pro", "pro", "enterprise", "enterprise"]
 
 
-def test_crossing_a_threshold_changes_the_tier_and_its_daily_limit(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_crossing_a_threshold_changes_the_tier_and_its_daily_limit(sessions: Sessions) -> None:
     add_messages(sessions, "u", timedelta(days=1), timedelta(days=31))  # the old one is outside the window
     with sessions() as session:
         assert tiers.apply_tier(session, "u", SETTINGS, NOW)["tier"] == "free"
@@ -34,15 +35,17 @@ def test_crossing_a_threshold_changes_the_tier_and_its_daily_limit(sessions) -> 
     assert (result["tier"], result["previous_tier"], result["queries_30d"], result["daily_limit"]) == ("pro", "free", 2, 100)
     with sessions() as session:
         user = session.get(User, "u")
+        assert user is not None
         assert (user.tier, user.daily_limit) == ("pro", 100)
 
 
-def test_recomputing_statistics_twice_counts_each_message_once(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_recomputing_statistics_twice_counts_each_message_once(sessions: Sessions) -> None:
     add_messages(sessions, "u", timedelta(hours=2), timedelta(hours=1))
     for _ in range(2):
         with sessions() as session:
             stats.recompute(session, "u")
     with sessions() as session:
         row = session.get(UserStatistics, "u")
+        assert row is not None
         assert (row.total_queries, row.total_tokens, row.avg_processing_time_ms) == (2, 10, 10.0)
         assert row.last_query_at == NOW - timedelta(hours=1)

@@ -76,8 +76,9 @@ class Meter:
         self.processes = processes
 
     def _cpu(self) -> dict[str, float]:
-        assert all(p.process for p in self.processes.values())
-        cpu = {name: group_cpu_seconds(p.process.pid) for name, p in self.processes.items()}  # type: ignore[union-attr]
+        pids = {name: p.process.pid for name, p in self.processes.items() if p.process is not None}
+        assert len(pids) == len(self.processes)
+        cpu = {name: group_cpu_seconds(pid) for name, pid in pids.items()}
         return {"bench": time.process_time(), **cpu}
 
     def run(self, fn: Callable[[], T]) -> tuple[T, float, dict[str, float]]:
@@ -141,7 +142,8 @@ def run_round(stack: Stack, meter: Meter, settings: Settings, args: argparse.Nam
 
         def full_sync() -> dict[str, Any]:
             task_id = dispatch.send(stack.producer, contracts.TRIGGER_FULL_SYNC)
-            return stack.producer.AsyncResult(task_id).get(timeout=3600, interval=0.01)  # type: ignore[no-any-return]
+            result: dict[str, Any] = stack.producer.AsyncResult(task_id).get(timeout=3600, interval=0.01)
+            return result
 
         result, seconds, cpu = meter.run(full_sync)
         assert result["copied"] == total and result["removed"] == args.stale, result
@@ -170,7 +172,7 @@ def print_round(figures: dict[str, Any]) -> None:
 
 def ratio(figures: dict[str, Any]) -> float:
     upsert = max(figures["upsert_plain"][0], figures["upsert_copier"][0])
-    return figures["full"][0] / min(figures["fetch"][0], upsert)  # type: ignore[no-any-return]
+    return float(figures["full"][0] / min(figures["fetch"][0], upsert))
 
 
 def main() -> None:

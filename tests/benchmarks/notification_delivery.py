@@ -89,17 +89,21 @@ def main() -> None:
         producer = stack.producer
 
         def canary(i: int) -> str:
-            return producer.send_task(CANARIES[Queue.NOTIFICATIONS].name, kwargs={"echo": str(i)}, queue=QUEUE).id
+            echo = {"echo": str(i)}
+            task_id: str = producer.send_task(CANARIES[Queue.NOTIFICATIONS].name, kwargs=echo, queue=QUEUE).id
+            return task_id
 
         def delivery(i: int) -> str:
-            return producer.send_task(SEND_QUERY_RESULT.name, kwargs=report(i), queue=QUEUE).id
+            task_id: str = producer.send_task(SEND_QUERY_RESULT.name, kwargs=report(i), queue=QUEUE).id
+            return task_id
 
         sent = 0
 
         def done(phase: Phase, last: str) -> bool:
             # A canary's result is stored; a delivery keeps none (the ledger has it): Users counts those.
             if phase.publish is canary:
-                return producer.AsyncResult(last).ready()
+                ready: bool = producer.AsyncResult(last).ready()
+                return ready
             return users.app.count("query-results") >= sent
 
         start_idle_worker(stack, "services.notifications.worker", "shared@bench")

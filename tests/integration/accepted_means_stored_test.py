@@ -90,6 +90,7 @@ def test_a_redrive_whose_commit_fails_is_a_503_and_stays_failed(stack: Stack, ho
         assert answer.status_code == 503, answer.text
         assert "nothing was stored" in answer.json()["detail"]
         with session_scope() as session:
-            assert session.get(FailedDelivery, row.id).status == "failed"  # type: ignore[union-attr]
+            kept = session.get(FailedDelivery, row.id)
+            assert kept is not None and kept.status == "failed"
 
         assert api.post(f"/api/v1/deliveries/{row.id}/retry").status_code == 202

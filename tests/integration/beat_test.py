@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import select
 
@@ -76,13 +76,16 @@ def _lock_acquired_at(beat: Deployable) -> datetime | None:
 
 def _start_beat(stack: Stack) -> Deployable:
     beat = stack.start("services.beat.main")
-    wait_until(lambda: _lock_acquired_at(beat) or _exited(beat), 60, "beat to take the leader lock")
+    wait_until(lambda: _leader_since(beat), 60, "beat to take the leader lock")
     return beat
 
 
-def _exited(beat: Deployable) -> None:
-    if not beat.running:
+def _leader_since(beat: Deployable) -> datetime | None:
+    """When `beat` took the leader lock, None while it waits for it; an error once it exited."""
+    acquired = _lock_acquired_at(beat)
+    if acquired is None and not beat.running:
         raise RuntimeError(f"beat exited:\n{beat.logs()[-4000:]}")
+    return acquired
 
 
 def _wait_sends(stack: Stack, task: str, count: int, timeout: float = 60) -> list[datetime]:
@@ -92,7 +95,7 @@ def _wait_sends(stack: Stack, task: str, count: int, timeout: float = 60) -> lis
         times = _times(stack, task)
         return times if len(times) >= count else None
 
-    return cast(list[datetime], wait_until(enough, timeout, f"{count} sends of {task}"))
+    return wait_until(enough, timeout, f"{count} sends of {task}")
 
 
 def test_beat_fires_every_entry_onto_its_queue_with_an_expiry_and_records_it_in_the_ledger() -> None:
@@ -121,7 +124,7 @@ def test_two_beats_running_together_fire_each_due_entry_once_and_the_second_take
     period = 2
     with running_stack(beat_schedule=json.dumps({name: str(period) for name in PERIODIC})) as stack:
         beats = [stack.start("services.beat.main"), stack.start("services.beat.main")]
-        leader = cast(Deployable, wait_until(lambda: next((b for b in beats if _lock_acquired_at(b)), None), 60, "a leader"))
+        leader = wait_until(lambda: next((b for b in beats if _lock_acquired_at(b)), None), 60, "a leader")
         standby = beats[1 - beats.index(leader)]
         for name in PERIODIC:
             _wait_sends(stack, name, 6)  # a window of 5+ periods, both Beats running
@@ -129,7 +132,7 @@ def test_two_beats_running_together_fire_each_due_entry_once_and_the_second_take
         together = {name: _times(stack, name) for name in PERIODIC}
 
         leader.stop()
-        wait_until(lambda: _lock_acquired_at(standby) or _exited(standby), 30, "the standby to take over")
+        wait_until(lambda: _leader_since(standby), 30, "the standby to take over")
         for name in PERIODIC:
             _wait_sends(stack, name, len(together[name]) + 3)
         standby.stop()

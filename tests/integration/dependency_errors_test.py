@@ -7,6 +7,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
+from typing import Any
 
 import httpx
 import pytest
@@ -17,8 +18,8 @@ from ragcore.settings import Settings
 from ragcore.clients.vectorstore import VectorStore
 from ragcore_dev.standins.qdrant import QdrantApp, start_qdrant
 from ragcore_dev.standins.server import Running
-from ragcore_dev.processes import Deployable
-from ragcore_dev.servers import free_port, postgres_database
+from ragcore_dev.processes import Deployable, free_port
+from ragcore_dev.servers import postgres_database
 from tests.support.stack import QUERY_KEY, SYNC_KEY, Stack
 
 COLLECTION = "dependency_errors"
@@ -36,10 +37,10 @@ def qdrant() -> Iterator[Running[QdrantApp]]:
         yield running
 
 
-def _call(stack: Stack, key: str, method: str, path: str, **kwargs: object) -> tuple[httpx.Response, str]:
+def _call(stack: Stack, key: str, method: str, path: str, **kwargs: Any) -> tuple[httpx.Response, str]:
     request_id = f"req-{uuid.uuid4().hex[:12]}"
     with stack.api(key) as client:
-        response = client.request(method, path, headers={"X-Request-ID": request_id}, **kwargs)  # type: ignore[arg-type]
+        response = client.request(method, path, headers={"X-Request-ID": request_id}, **kwargs)
     return response, request_id
 
 

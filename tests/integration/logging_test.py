@@ -1,13 +1,14 @@
 """Every deployable logs one JSON object per line, with the task or request it belongs to."""
 
 import json
+from typing import Any
 
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import CANARIES, Queue
 from tests.support.stack import Stack
 
 
-def _json_lines(text: str) -> list[dict]:
+def _json_lines(text: str) -> list[dict[str, Any]]:
     lines = [line for line in text.splitlines() if line.strip()]
     return [json.loads(line) for line in lines]  # fails on any line that is not JSON
 

@@ -66,7 +66,7 @@ def test_metrics_count_finished_tasks_by_state_and_bucket_their_durations(stack:
         finished = samples.get(("ragcore_task_duration_seconds_gcount", (("name", name),)), 0)
         return samples if finished == 2 else None
 
-    samples: Samples = wait_until(both_in_the_ledger, 10, "both canaries in the ledger")  # type: ignore[assignment]
+    samples = wait_until(both_in_the_ledger, 10, "both canaries in the ledger")
     assert samples[("ragcore_tasks", (("name", name), ("state", "SUCCESS")))] == 1
     assert samples[("ragcore_tasks", (("name", name), ("state", "FAILURE")))] == 1
     bucket = "ragcore_task_duration_seconds_bucket"

@@ -51,7 +51,8 @@ class Rig:
 
     def sync(self) -> dict[str, Any]:
         task_id = dispatch.send(self.stack.producer, contracts.SYNC_EMBEDDINGS)
-        return self.stack.producer.AsyncResult(task_id).get(timeout=60)
+        result: dict[str, Any] = self.stack.producer.AsyncResult(task_id).get(timeout=60)
+        return result
 
     def settle(self) -> None:
         """Wait until no task is queued or running (earlier tests' reports included)."""

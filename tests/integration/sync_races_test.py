@@ -25,8 +25,7 @@ from ragcore.clients.vectorstore import VectorStore, point_id
 from ragcore_dev.standins.ingest import IngestApp, start_ingest
 from ragcore_dev.standins.qdrant import QdrantApp, start_qdrant
 from ragcore_dev.standins.server import Running
-from ragcore_dev.processes import wait_until
-from ragcore_dev.servers import free_port
+from ragcore_dev.processes import free_port, wait_until
 from tests.support.stack import QUERY_KEY, SYNC_KEY, Stack, running_stack
 
 COLLECTION = "sync_races"
@@ -39,7 +38,7 @@ class Rig:
     qdrant: Running[QdrantApp]
     store: VectorStore
 
-    def run(self, contract: contracts.TaskContract, kwargs: dict | None = None, **options: Any) -> Any:
+    def run(self, contract: contracts.TaskContract, kwargs: dict[str, Any] | None = None, **options: Any) -> Any:
         task_id = dispatch.send(self.stack.producer, contract, kwargs, **options)
         return self.stack.producer.AsyncResult(task_id).get(timeout=120, propagate=False)
 
@@ -58,7 +57,8 @@ class Rig:
         with self.stack.api(QUERY_KEY) as api:
             response = api.post("/api/v1/query/", json={"user_id": "races", "query": query})
         assert response.status_code == 200, response.text
-        return response.json()  # type: ignore[no-any-return]
+        body: dict[str, Any] = response.json()
+        return body
 
 
 @pytest.fixture(scope="module")

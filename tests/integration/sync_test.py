@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -34,9 +35,12 @@ class SyncRig:
     store: VectorStore
     worker: Deployable
 
-    def run(self, contract: contracts.TaskContract, kwargs: dict | None = None, timeout: float = 120) -> dict:
+    def run(
+        self, contract: contracts.TaskContract, kwargs: dict[str, Any] | None = None, timeout: float = 120,
+    ) -> dict[str, Any]:
         task_id = dispatch.send(self.stack.producer, contract, kwargs)
-        return self.stack.producer.AsyncResult(task_id).get(timeout=timeout)
+        result: dict[str, Any] = self.stack.producer.AsyncResult(task_id).get(timeout=timeout)
+        return result
 
     def ingest_point_ids(self) -> set[str]:
         return {point_id(cid) for doc in self.ingest.app.corpus.documents().values() for cid in doc.chunk_ids}
@@ -151,7 +155,7 @@ def test_delete_document_endpoint_removes_its_points_and_twice_is_fine(rig: Sync
     assert rig.store.count() == before - len(doc.chunk_ids)
 
 
-def _events(*pairs: tuple[str, str]) -> dict:
+def _events(*pairs: tuple[str, str]) -> dict[str, Any]:
     now = datetime.now(timezone.utc)
     return {"events": [{"document_id": d, "action": a, "occurred_at": (now + timedelta(milliseconds=i)).isoformat()}
                        for i, (d, a) in enumerate(pairs)]}
@@ -224,7 +228,7 @@ def test_a_worker_lost_mid_full_sync_is_replaced_under_another_name_and_the_sync
     with rig.stack.api(ADMIN_KEY) as api:
         lost = wait_until(lambda: (b := api.get(f"/api/v1/tasks/status/{task_id}").json())["worker_lost"] and b,
                           40, "the status to say the worker is lost")
-        assert lost["worker"] == "sync@test" and lost["worker_lost_since"] is not None  # type: ignore[index]
+        assert lost["worker"] == "sync@test" and lost["worker_lost_since"] is not None
         sync_queue = next(q for q in api.get("/api/v1/tasks/queues").json()["queues"] if q["name"] == "sync")
         assert sync_queue["flagged"] and [w["name"] for w in sync_queue["lost_workers"]] == ["sync@test"]
 

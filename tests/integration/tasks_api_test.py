@@ -47,7 +47,8 @@ def _canary(stack: Stack, queue: Queue = Queue.CLEANUP, **kwargs: Any) -> str:
 def _status(api: httpx.Client, task_id: str) -> dict[str, Any]:
     response = api.get(f"/api/v1/tasks/status/{task_id}")
     assert response.status_code == 200, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def _wait_status(api: httpx.Client, task_id: str, *states: str, timeout: float = 30) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def _wait_status(api: httpx.Client, task_id: str, *states: str, timeout: float =
         body = _status(api, task_id)
         return body if body["status"] in states else None
 
-    return wait_until(reached, timeout, f"task {task_id} to reach {states}")  # type: ignore[return-value]
+    return wait_until(reached, timeout, f"task {task_id} to reach {states}")
 
 
 def _queued_ids(stack: Stack, queue: Queue) -> list[str]:
@@ -180,7 +181,9 @@ def test_a_worker_that_missed_the_revoke_broadcast_learns_it_from_the_feed(stack
     target = _canary(stack, Queue.USER, echo="must not run")
     # What the revoke endpoint does, minus the broadcast (as if this worker was disconnected then).
     with session_scope() as session:
-        ledger.mark_revoked(session.get(TaskRecord, target))  # type: ignore[arg-type]
+        record = session.get(TaskRecord, target)
+        assert record is not None
+        ledger.mark_revoked(record)
     queues.publish_revocation(stack.redis_client(), target)
 
     _wait_status(api, busy, "SUCCESS")
@@ -239,7 +242,9 @@ def test_the_ledger_answers_status_and_history_after_redis_is_flushed(
     assert (kept["status"], kept["result"]["echo"], kept["worker"]) == ("SUCCESS", "kept 0", CLEANUP_WORKER)
     pages, cursor = [], None
     while True:
-        params = {"name": CANARIES[Queue.CLEANUP].name, "status": "SUCCESS", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, str | int] = {"name": CANARIES[Queue.CLEANUP].name, "status": "SUCCESS", "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
         page = api.get("/api/v1/tasks/history", params=params).json()
         pages.append([item["task_id"] for item in page["items"]])
         cursor = page["next_cursor"]
@@ -266,4 +271,4 @@ def test_a_trigger_with_the_broker_down_is_503_and_leaves_no_task_in_the_ledger(
     assert recorded() == before  # never sent, so never shown as waiting
     # The broker is back: the same API process publishes again.
     again = wait_until(lambda: (r := api.post("/api/v1/tasks/trigger/cleanup-cache")).status_code == 202 and r, 30, "a trigger")
-    assert recorded() == before + 1 and _ledger(again.json()["task_id"]).name == contracts.CLEANUP_OLD_CACHE.name  # type: ignore[union-attr]
+    assert recorded() == before + 1 and _ledger(again.json()["task_id"]).name == contracts.CLEANUP_OLD_CACHE.name

@@ -71,7 +71,7 @@ def _discarded(task_id: str) -> TaskRecord:
         record = _record(task_id)
         return record if record is not None and record.name is not None and record.state == "REVOKED" else None
 
-    record: TaskRecord = wait_until(reached, 30, f"a worker to discard {task_id}")  # type: ignore[assignment]
+    record = wait_until(reached, 30, f"a worker to discard {task_id}")
     assert (record.name, record.queue, record.started_at, record.revoked) == (CANARY, Queue.USER.value, None, True)
     return record
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy.orm import Session
 
 from ragcore.tasks import contracts
 
@@ -38,7 +39,7 @@ def run(stack: Stack, task: contracts.TaskContract, kwargs: dict[str, Any] | Non
             return record if record is not None and record.state in ("SUCCESS", "FAILURE") else None
 
     record = wait_until(outcome, 30, f"{task.name} {task_id}")
-    assert isinstance(record, TaskRecord) and record.state == "SUCCESS", record and record.error
+    assert record.state == "SUCCESS", record.error
     return record.result
 
 
@@ -53,6 +54,13 @@ def add_message(user_id: str, tokens: int = 10, ms: float = 100.0) -> str:
     return message_id
 
 
+def user(session: Session, user_id: str) -> User:
+    """The user's row, which the test created or a task must have created."""
+    found = session.get(User, user_id)
+    assert found is not None, f"no user {user_id}"
+    return found
+
+
 def add_user(user_id: str, queries_today: int) -> None:
     with session_scope() as session:
         session.add(User(user_id=user_id, tier="free", daily_limit=5, queries_today=queries_today,
@@ -65,11 +73,13 @@ def test_update_user_statistics_run_twice_for_one_message_counts_it_once(stack: 
         run(stack, contracts.UPDATE_USER_STATISTICS, {"user_id": "stats-user"})
     with session_scope() as session:
         stats = session.get(UserStatistics, "stats-user")
+        assert stats is not None
         assert (stats.total_queries, stats.total_tokens, stats.avg_processing_time_ms) == (1, 12, 40.0)
     add_message("stats-user", tokens=8, ms=60.0)
     run(stack, contracts.UPDATE_USER_STATISTICS, {"user_id": "stats-user"})
     with session_scope() as session:
         stats = session.get(UserStatistics, "stats-user")
+        assert stats is not None
         assert (stats.total_queries, stats.total_tokens, stats.avg_processing_time_ms) == (2, 20, 50.0)
 
 
@@ -80,8 +90,8 @@ def test_the_tier_changes_when_the_30_day_threshold_is_crossed_and_sets_the_dail
     result = run(stack, contracts.CALCULATE_USER_TIER, {"user_id": "tier-user"})
     assert (result["tier"], result["previous_tier"], result["daily_limit"]) == ("pro", "free", 50)
     with session_scope() as session:
-        user = session.get(User, "tier-user")
-        assert (user.tier, user.daily_limit) == ("pro", 50)
+        tiered = user(session, "tier-user")
+        assert (tiered.tier, tiered.daily_limit) == ("pro", 50)
 
 
 def test_reset_user_daily_limit_resets_only_that_user(stack: Stack) -> None:
@@ -89,8 +99,8 @@ def test_reset_user_daily_limit_resets_only_that_user(stack: Stack) -> None:
     add_user("reset-other", 4)
     assert run(stack, contracts.RESET_USER_DAILY_LIMIT, {"user_id": "reset-one"})["reset"] == 1
     with session_scope() as session:
-        assert session.get(User, "reset-one").queries_today == 0
-        assert session.get(User, "reset-other").queries_today == 4
+        assert user(session, "reset-one").queries_today == 0
+        assert user(session, "reset-other").queries_today == 4
 
 
 def test_reset_all_daily_limits_resets_every_user(stack: Stack) -> None:
@@ -98,7 +108,7 @@ def test_reset_all_daily_limits_resets_every_user(stack: Stack) -> None:
         add_user(f"reset-all-{i}", i + 1)
     assert run(stack, contracts.RESET_ALL_DAILY_LIMITS)["reset"] >= 5
     with session_scope() as session:
-        assert all(session.get(User, f"reset-all-{i}").queries_today == 0 for i in range(5))
+        assert all(user(session, f"reset-all-{i}").queries_today == 0 for i in range(5))
 
 
 def test_reset_all_daily_limits_skips_while_another_run_holds_its_lock(stack: Stack) -> None:
@@ -107,4 +117,4 @@ def test_reset_all_daily_limits_skips_while_another_run_holds_its_lock(stack: St
         assert acquired
         assert run(stack, contracts.RESET_ALL_DAILY_LIMITS) == {"skipped": "already running"}
     with session_scope() as session:
-        assert session.get(User, "locked-user").queries_today == 3
+        assert user(session, "locked-user").queries_today == 3

@@ -31,7 +31,7 @@ def test_the_probe_passes_while_consuming_and_fails_when_the_worker_stops_taking
     stack.producer.control.cancel_consumer(Queue.CLEANUP.value, destination=[HOSTNAME], reply=True)
     dispatch.send(stack.producer, CANARIES[Queue.CLEANUP])
     stalled = wait_until(lambda: (p := _probe(stack)).returncode == 1 and p, 30, "an unhealthy probe")
-    assert "UNHEALTHY" in stalled.stderr and "dequeued nothing" in stalled.stderr  # type: ignore[union-attr]
+    assert "UNHEALTHY" in stalled.stderr and "dequeued nothing" in stalled.stderr
 
     stack.producer.control.add_consumer(Queue.CLEANUP.value, destination=[HOSTNAME], reply=True)
     wait_until(lambda: _probe(stack).returncode == 0, 30, "the probe to pass again once it consumes")
@@ -49,7 +49,8 @@ def test_worker_and_api_refuse_to_start_on_a_broker_that_evicts_keys(stack: Stac
         worker = stack.start("services.user.worker", "--hostname=user-refused@test")
         api = stack.start("api.main", api_port=str(free_port()))
         for deployable in (worker, api):
-            wait_until(lambda d=deployable: not d.running, 60, f"{deployable.module} to exit")  # type: ignore[misc]
+            # B023: the lambda is polled to the end before the loop moves on to the next deployable.
+            wait_until(lambda: not deployable.running, 60, f"{deployable.module} to exit")  # noqa: B023
             assert "refuses to start" in deployable.logs() and "noeviction" in deployable.logs()
     finally:
         client.config_set("maxmemory-policy", "noeviction")

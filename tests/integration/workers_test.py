@@ -5,6 +5,7 @@ import re
 import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +27,7 @@ def test_worker_runs_a_task_sent_by_name_and_the_api_reports_it(stack: Stack, qu
     worker = stack.start_worker(queue)
     task_id = dispatch.send(stack.producer, CANARIES[queue], {"echo": f"hello {queue.value}"})
     with stack.api() as api:
-        def finished() -> dict | None:
+        def finished() -> dict[str, Any] | None:
             body = api.get(f"/api/v1/tasks/status/{task_id}").json()
             return body if body["status"] == "SUCCESS" else None
 
@@ -70,7 +71,9 @@ def test_a_worker_killed_while_holding_deliveries_hands_them_all_over_when_it_re
 
         # Unacknowledged, they would wait for the visibility timeout (hours); the next life re-queues them.
         stack.start_worker(Queue.NOTIFICATIONS, "--concurrency=1", name="held", **settings)
-        delivered = lambda: {d["idempotency_key"] for d in users.app.deliveries("query-results")}  # noqa: E731
+        def delivered() -> set[str]:
+            return {d["idempotency_key"] for d in users.app.deliveries("query-results")}
+
         wait_until(lambda: delivered() == set(message_ids), 30, "every delivery after the restart")
         assert users.app.count("query-results") == 6  # each once (one sent before the kill may be refused as a duplicate)
 

@@ -119,7 +119,7 @@ def ledger_record(task_id: str, *states: str, timeout: float = 10) -> TaskRecord
             record = session.get(TaskRecord, task_id)
         return record if record is not None and record.state in states else None
 
-    return wait_until(reached, timeout, f"task {task_id} in the ledger as {'/'.join(states)}")  # type: ignore[no-any-return]
+    return wait_until(reached, timeout, f"task {task_id} in the ledger as {'/'.join(states)}")
 
 
 def _reset_cached_settings() -> None:

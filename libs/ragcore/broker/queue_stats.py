@@ -135,7 +135,7 @@ def forget_worker(client: redis.Redis, hostname: str, queues: Iterable[str]) -> 
 
 
 def worker_record(client: redis.Redis, hostname: str) -> dict[str, Any] | None:
-    raw: dict[bytes, bytes] = client.hgetall(_WORKER_KEY.format(hostname=hostname))  # type: ignore[assignment]
+    raw: dict[bytes, bytes] = client.hgetall(_WORKER_KEY.format(hostname=hostname))  # type: ignore[assignment]  # redis-py types both decode modes; ours gives bytes
     if not raw:
         return None
     return {k.decode(): json.loads(v) for k, v in raw.items()}
@@ -152,7 +152,7 @@ def live_workers(client: redis.Redis, heartbeat_ttl: float) -> set[str]:
 
 def lapsed_workers(client: redis.Redis, queue: str, older_than: float) -> list[tuple[str, float]]:
     """Workers of `queue` whose last heartbeat is before `older_than` and whose tasks nobody re-queued yet."""
-    rows: list[tuple[bytes, float]] = client.zrangebyscore(BEATS_KEY.format(queue=queue), "-inf", older_than, withscores=True)  # type: ignore[assignment]
+    rows: list[tuple[bytes, float]] = client.zrangebyscore(BEATS_KEY.format(queue=queue), "-inf", older_than, withscores=True)  # type: ignore[assignment]  # redis-py types both decode modes; ours gives bytes
     return [(host.decode(), float(at)) for host, at in rows]
 
 
@@ -175,11 +175,11 @@ return redis.call('LLEN', KEYS[2])
 def note_in_flight(client: redis.Redis, queue: str, hostname: str, task_ids: list[str]) -> int:
     """Record the tasks `hostname` holds of `queue`; returns how many the queue's workers hold in all."""
     keys = [_HELD_KEY.format(queue=queue), IN_FLIGHT_KEY.format(queue=queue)]
-    return int(client.eval(_NOTE_IN_FLIGHT, 2, *keys, hostname, json.dumps(sorted(task_ids))))  # type: ignore[arg-type]
+    return int(client.eval(_NOTE_IN_FLIGHT, 2, *keys, hostname, json.dumps(sorted(task_ids))))
 
 
 def in_flight(client: redis.Redis, queue: str) -> int:
-    return int(client.llen(IN_FLIGHT_KEY.format(queue=queue)))  # type: ignore[arg-type]
+    return int(client.llen(IN_FLIGHT_KEY.format(queue=queue)))
 
 
 _STOPPING_KEY = "ragcore:stopping:{hostname}"
@@ -209,7 +209,7 @@ def publish_revocation(client: redis.Redis, task_id: str, now: float | None = No
 
 def revocations_since(client: redis.Redis, since: float) -> tuple[list[str], float]:
     """Task ids revoked at or after `since`, and the time to ask from next."""
-    rows: list[tuple[bytes, float]] = client.zrangebyscore(REVOKED_KEY, since, "+inf", withscores=True)  # type: ignore[assignment]
+    rows: list[tuple[bytes, float]] = client.zrangebyscore(REVOKED_KEY, since, "+inf", withscores=True)  # type: ignore[assignment]  # redis-py types both decode modes; ours gives bytes
     ids = [member.decode() for member, _ in rows]
     latest = max((float(score) for _, score in rows), default=since)
     return ids, latest

@@ -45,7 +45,7 @@ def test_depth_counts_every_priority_list_and_age_is_the_oldest_message(client: 
     client.lpush("sync\x06\x166", _message(now - 100))  # priority 6: a list of its own, older message
     client.lpush("sync\x06\x166", _message(now - 1))
     stats = queues.queue_stats(client, "sync", heartbeat_ttl=15, now=now)
-    assert (stats.depth, stats.oldest_age_seconds) == (3, pytest.approx(100))
+    assert stats.depth == 3 and stats.oldest_age_seconds == pytest.approx(100)
     assert queues.queue_stats(client, "notifications", heartbeat_ttl=15) == queues.QueueStats("notifications", 0, None, [])
 
 

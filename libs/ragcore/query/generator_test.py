@@ -1,4 +1,5 @@
 import json
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -35,7 +36,7 @@ def test_extractive_answer_falls_back_to_the_best_passages_opening() -> None:
     assert generated.answer == "First sentence. [1]"
 
 
-def chat(handler) -> ChatGenerator:  # type: ignore[no-untyped-def]
+def chat(handler: Callable[[httpx.Request], httpx.Response]) -> ChatGenerator:
     return ChatGenerator(httpx.Client(transport=httpx.MockTransport(handler)), "http://chat.test/", "m", token="t")
 
 

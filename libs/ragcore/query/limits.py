@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, case, or_, select, update
 from sqlalchemy.orm import Session
 
 from ragcore.db import insert_for
@@ -42,7 +43,7 @@ def next_reset(now: datetime, timezone: str) -> datetime:
     return datetime.combine(tomorrow, time(0), tzinfo=zone).astimezone(now.tzinfo)
 
 
-def _expired(now: datetime):  # type: ignore[no-untyped-def]
+def _expired(now: datetime) -> ColumnElement[bool]:
     return or_(User.limit_reset_at.is_(None), User.limit_reset_at <= now)
 
 
@@ -81,7 +82,7 @@ def consume(session: Session, user_id: str, settings: Settings, now: datetime) -
     """
     ensure_user(session, user_id, settings)
     expired = _expired(now)
-    counted = session.execute(
+    counted = cast(CursorResult[Any], session.execute(
         update(User)
         .where(User.user_id == user_id, or_(expired, User.queries_today < User.daily_limit))
         .values(
@@ -89,7 +90,7 @@ def consume(session: Session, user_id: str, settings: Settings, now: datetime) -
             limit_reset_at=case((expired, next_reset(now, settings.timezone)), else_=User.limit_reset_at),
         )
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
     if counted == 0:
         limit, resets_at = session.execute(select(User.daily_limit, User.limit_reset_at).where(User.user_id == user_id)).one()
         raise LimitExceeded(user_id, limit, resets_at or next_reset(now, settings.timezone))
@@ -97,19 +98,19 @@ def consume(session: Session, user_id: str, settings: Settings, now: datetime) -
 
 def reset_user(session: Session, user_id: str, settings: Settings, now: datetime) -> int:
     """Give one user a fresh window; returns 1, or 0 for an unknown user."""
-    return session.execute(
+    return cast(CursorResult[Any], session.execute(
         update(User)
         .where(User.user_id == user_id)
         .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
 
 
 def reset_all(session: Session, settings: Settings, now: datetime) -> int:
     """Give every user who used a query a fresh window: one set-based UPDATE, not a loop."""
-    return session.execute(
+    return cast(CursorResult[Any], session.execute(
         update(User)
         .where(User.queries_today != 0)
         .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount

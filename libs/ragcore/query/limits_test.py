@@ -1,9 +1,11 @@
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.orm import Session
 
-from ragcore.db import get_engine
+from ragcore.db import Sessions, get_engine
 from ragcore.db.models import User
 from ragcore.query import limits
 from ragcore.settings import Settings
@@ -12,8 +14,14 @@ NOW = datetime(2024, 5, 10, 15, 30, tzinfo=timezone.utc)
 
 
 
-def settings(**overrides: object) -> Settings:
-    return Settings(tier_daily_limits={"free": 2, "pro": 5}, tier_thresholds={"free": 0, "pro": 10}, **overrides)
+def _user(session: Session, user_id: str) -> User:
+    user = session.get(User, user_id)
+    assert user is not None, f"no user {user_id}"
+    return user
+
+
+def settings() -> Settings:
+    return Settings(tier_daily_limits={"free": 2, "pro": 5}, tier_thresholds={"free": 0, "pro": 10})
 
 
 def test_next_reset_is_the_next_midnight_in_the_configured_zone() -> None:
@@ -22,16 +30,16 @@ def test_next_reset_is_the_next_midnight_in_the_configured_zone() -> None:
     assert limits.next_reset(NOW, "Europe/Berlin") == datetime(2024, 5, 10, 22, tzinfo=timezone.utc)
 
 
-def test_a_new_user_gets_the_default_tiers_limit(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_a_new_user_gets_the_default_tiers_limit(sessions: Sessions) -> None:
     with sessions() as session:
         limits.consume(session, "u1", settings(), NOW)
     with sessions() as session:
-        user = session.get(User, "u1")
+        user = _user(session, "u1")
         assert (user.tier, user.daily_limit, user.queries_today) == ("free", 2, 1)
         assert user.limit_reset_at == datetime(2024, 5, 11, tzinfo=timezone.utc)
 
 
-def test_consume_refuses_past_the_limit_and_says_when_it_resets(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_consume_refuses_past_the_limit_and_says_when_it_resets(sessions: Sessions) -> None:
     for _ in range(2):
         with sessions() as session:
             limits.consume(session, "u1", settings(), NOW)
@@ -43,7 +51,7 @@ def test_consume_refuses_past_the_limit_and_says_when_it_resets(sessions) -> Non
         limits.check(session, "u1", settings(), NOW)
 
 
-def test_an_expired_window_resets_lazily_without_beat(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_an_expired_window_resets_lazily_without_beat(sessions: Sessions) -> None:
     for _ in range(2):
         with sessions() as session:
             limits.consume(session, "u1", settings(), NOW)
@@ -52,10 +60,10 @@ def test_an_expired_window_resets_lazily_without_beat(sessions) -> None:  # type
         limits.check(session, "u1", settings(), tomorrow)
         limits.consume(session, "u1", settings(), tomorrow)
     with sessions() as session:
-        assert session.get(User, "u1").queries_today == 1
+        assert _user(session, "u1").queries_today == 1
 
 
-def test_reset_all_is_one_update_statement_for_every_user(sessions, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_reset_all_is_one_update_statement_for_every_user(sessions: Sessions, tmp_path: Path) -> None:
     for user in ("a", "b", "c"):
         with sessions() as session:
             limits.consume(session, user, settings(), NOW)
@@ -73,7 +81,7 @@ def test_reset_all_is_one_update_statement_for_every_user(sessions, tmp_path) ->
         assert {u.queries_today for u in session.query(User)} == {0}
 
 
-def test_reset_user_touches_only_that_user(sessions) -> None:  # type: ignore[no-untyped-def]
+def test_reset_user_touches_only_that_user(sessions: Sessions) -> None:
     for user in ("a", "b"):
         with sessions() as session:
             limits.consume(session, user, settings(), NOW)
@@ -81,5 +89,5 @@ def test_reset_user_touches_only_that_user(sessions) -> None:  # type: ignore[no
         assert limits.reset_user(session, "a", settings(), NOW) == 1
         assert limits.reset_user(session, "nobody", settings(), NOW) == 0
     with sessions() as session:
-        assert session.get(User, "a").queries_today == 0
-        assert session.get(User, "b").queries_today == 1
+        assert _user(session, "a").queries_today == 0
+        assert _user(session, "b").queries_today == 1

@@ -12,7 +12,8 @@ from sqlalchemy import select
 from ragcore.tasks import contracts
 
 from ragcore.query import reports
-from ragcore.db import utcnow
+from ragcore.tasks import ledger
+from ragcore.db import Sessions, utcnow
 from ragcore.db.models import Conversation, Message, TaskRecord
 
 
@@ -34,7 +35,7 @@ class Broker:
 
 
 @pytest.fixture
-def messages(sessions):  # type: ignore[no-untyped-def]
+def messages(sessions: Sessions) -> list[str]:
     """Three unreported messages (two users) and one reported long ago."""
     now = utcnow()
     with sessions() as session:
@@ -47,14 +48,14 @@ def messages(sessions):  # type: ignore[no-untyped-def]
     return ["m0", "m1", "m2"]
 
 
-def unreported(sessions) -> list[str]:  # type: ignore[no-untyped-def]
+def unreported(sessions: Sessions) -> list[str]:
     with sessions() as session:
         return list(session.scalars(select(Message.id).where(Message.reported_at.is_(None)).order_by(Message.id)))
 
 
-def test_each_message_gets_both_reports_recorded_in_the_ledger_before_they_are_published(sessions, messages) -> None:  # type: ignore[no-untyped-def]
+def test_each_message_gets_both_reports_recorded_in_the_ledger_before_they_are_published(sessions: Sessions, messages: list[str]) -> None:
     broker = Broker()
-    assert reports.publish_pending(broker, sessions=sessions) == 3  # type: ignore[arg-type]
+    assert reports.publish_pending(broker, sessions=sessions) == 3
     results = [s for s in broker.sent if s["name"] == "send_query_result_to_users"]
     stats = [s for s in broker.sent if s["name"] == "update_user_statistics"]
     assert [r["kwargs"]["message_id"] for r in results] == messages
@@ -69,13 +70,13 @@ def test_each_message_gets_both_reports_recorded_in_the_ledger_before_they_are_p
     with sessions() as session:  # recorded in the ledger (before publishing), so the publisher signal skips them
         recorded = {r.task_id: r.state for r in session.scalars(select(TaskRecord))}
     assert recorded == {s["task_id"]: "PENDING" for s in broker.sent}
-    assert all(s["headers"] == {reports.ledger.RECORDED_HEADER: True} for s in broker.sent)
-    assert reports.publish_pending(broker, sessions=sessions) == 0 and len(broker.sent) == 6  # type: ignore[arg-type]
+    assert all(s["headers"] == {ledger.RECORDED_HEADER: True} for s in broker.sent)
+    assert reports.publish_pending(broker, sessions=sessions) == 0 and len(broker.sent) == 6
 
 
-def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_task_ids(sessions, messages) -> None:  # type: ignore[no-untyped-def]
+def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_task_ids(sessions: Sessions, messages: list[str]) -> None:
     down = Broker(fail_after=1)
-    assert reports.publish_pending(down, sessions=sessions) == 0  # type: ignore[arg-type]
+    assert reports.publish_pending(down, sessions=sessions) == 0
     assert [s["kwargs"]["message_id"] for s in down.sent] == ["m0"]
     # m0's result went out but its statistics update did not: m0 stays unreported with the rest.
     assert unreported(sessions) == messages
@@ -83,7 +84,7 @@ def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_tas
         count, oldest = reports.backlog(session)
         assert count == 3 and oldest is not None and (utcnow() - oldest).total_seconds() < 60
     back = Broker()
-    assert reports.publish_pending(back, sessions=sessions) == 3  # type: ignore[arg-type]
+    assert reports.publish_pending(back, sessions=sessions) == 3
     assert back.sent[0]["task_id"] == down.sent[0]["task_id"]  # the same task again: Users counts it once
     assert unreported(sessions) == []
     with sessions() as session:

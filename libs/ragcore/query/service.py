@@ -16,10 +16,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 import redis
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
 from ragcore.query.cache import HotCache, cache_key, data_version
@@ -34,6 +34,9 @@ from ragcore.settings import Settings
 from ragcore.clients.vectorstore import Hit
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
 
 class ConversationNotFound(Exception):
     """The conversation does not exist, belongs to another user, or was archived."""
@@ -71,7 +74,7 @@ class TolerantHotCache:
     def put(self, key: str, value: dict[str, Any]) -> None:
         self._call(lambda: self._cache.put(key, value))
 
-    def _call(self, fn: Callable[[], Any]) -> Any:
+    def _call(self, fn: Callable[[], T]) -> T | None:
         if time.monotonic() < self._down_until:
             return None
         try:
@@ -198,7 +201,7 @@ class QueryService:
             session.add(Conversation(id=answer.conversation_id, user_id=request.user_id, created_at=now, updated_at=now))
             session.flush()  # the message's foreign key needs the row
         else:
-            touched = session.execute(
+            touched = cast(CursorResult[Any], session.execute(
                 update(Conversation)
                 .where(
                     Conversation.id == answer.conversation_id,
@@ -207,7 +210,7 @@ class QueryService:
                 )
                 .values(updated_at=now)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            )).rowcount
             if touched == 0:  # archived since the first look
                 raise ConversationNotFound(f"no open conversation {answer.conversation_id!r} for user {request.user_id!r}")
         session.add(

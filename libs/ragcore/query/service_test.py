@@ -1,11 +1,12 @@
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
 from sqlalchemy import func, select
 
 from ragcore.query.cache import HotCache, bump_data_version
-from ragcore.db.models import Conversation, Message, QueryCacheEntry, User
+from ragcore.db import Sessions
+from ragcore.db.models import Base, Conversation, Message, QueryCacheEntry, User
 from ragcore.clients.embedder import HashingEmbedder
 from ragcore.query import (
     ConversationNotFound,
@@ -68,35 +69,36 @@ def hot() -> DictRedis:
 
 
 @pytest.fixture
-def service(sessions, store, hot) -> QueryService:  # type: ignore[no-untyped-def]
+def service(sessions: Sessions, store: Store, hot: DictRedis) -> QueryService:
     return QueryService(
         SETTINGS, store, HashingEmbedder(64), ExtractiveGenerator(),
-        TolerantHotCache(HotCache(hot, "t:", 60), pause=0.0), sessions=sessions,
+        TolerantHotCache(HotCache(cast(redis.Redis, hot), "t:", 60), pause=0.0), sessions=sessions,
     )
 
 
-def count(sessions, model) -> int:  # type: ignore[no-untyped-def]
+def count(sessions: Sessions, model: type[Base]) -> int:
     with sessions() as session:
-        return session.scalar(select(func.count()).select_from(model))
+        return session.execute(select(func.count()).select_from(model)).scalar_one()
 
 
-def unreported(sessions) -> int:  # type: ignore[no-untyped-def]
+def unreported(sessions: Sessions) -> int:
     with sessions() as session:
-        return session.scalar(select(func.count()).select_from(Message).where(Message.reported_at.is_(None)))
+        return session.execute(select(func.count()).select_from(Message).where(Message.reported_at.is_(None))).scalar_one()
 
 
-def test_an_answer_is_stored_as_a_message_whose_reports_are_pending(service, sessions) -> None:  # type: ignore[no-untyped-def]
+def test_an_answer_is_stored_as_a_message_whose_reports_are_pending(service: QueryService, sessions: Sessions) -> None:
     answer = service.answer(QueryRequest(user_id="u", query="harbor safety"))
     assert answer.answer == "Harbor safety is checked daily. [1]"
     assert [s.chunk_id for s in answer.sources] == ["doc-1/c0"] and not answer.cached
     with sessions() as session:
         message = session.get(Message, answer.message_id)
+        assert message is not None
         assert message.conversation_id == answer.conversation_id and message.tokens_used == answer.tokens_used
         assert message.processing_time_ms == answer.processing_time_ms and message.reported_at is None
         assert message.sources == [s.model_dump(mode="json") for s in answer.sources]
 
 
-def test_a_repeated_query_is_cached_until_the_data_version_changes(service, sessions, store, hot) -> None:  # type: ignore[no-untyped-def]
+def test_a_repeated_query_is_cached_until_the_data_version_changes(service: QueryService, sessions: Sessions, store: Store, hot: DictRedis) -> None:
     first = service.answer(QueryRequest(user_id="u", query="harbor safety"))
     again = service.answer(QueryRequest(user_id="u", query="  Harbor   SAFETY "))
     assert again.cached and again.answer == first.answer and again.tokens_used == 0
@@ -111,7 +113,7 @@ def test_a_repeated_query_is_cached_until_the_data_version_changes(service, sess
         assert sorted(session.scalars(select(QueryCacheEntry.hits))) == [0, 2]
 
 
-def test_a_conversation_continues_and_an_unknown_one_is_refused_before_any_work(service, sessions, store) -> None:  # type: ignore[no-untyped-def]
+def test_a_conversation_continues_and_an_unknown_one_is_refused_before_any_work(service: QueryService, sessions: Sessions, store: Store) -> None:
     first = service.answer(QueryRequest(user_id="u", query="harbor"))
     second = service.answer(QueryRequest(user_id="u", query="cranes", conversation_id=first.conversation_id))
     assert second.conversation_id == first.conversation_id
@@ -123,29 +125,30 @@ def test_a_conversation_continues_and_an_unknown_one_is_refused_before_any_work(
     assert count(sessions, Conversation) == 1 and count(sessions, Message) == 2
 
 
-def test_over_the_limit_nothing_is_stored_or_reported(service, sessions) -> None:  # type: ignore[no-untyped-def]
+def test_over_the_limit_nothing_is_stored_or_reported(service: QueryService, sessions: Sessions) -> None:
     for i in range(3):
         service.answer(QueryRequest(user_id="u", query=f"q{i}"))
     with pytest.raises(LimitExceeded):
         service.answer(QueryRequest(user_id="u", query="one more"))
     assert count(sessions, Message) == 3 and unreported(sessions) == 3
     with sessions() as session:
-        assert session.get(User, "u").queries_today == 3
+        user = session.get(User, "u")
+        assert user is not None and user.queries_today == 3
 
 
-def test_without_reports_the_message_is_stored_as_reported(service, sessions) -> None:  # type: ignore[no-untyped-def]
+def test_without_reports_the_message_is_stored_as_reported(service: QueryService, sessions: Sessions) -> None:
     service.answer(QueryRequest(user_id="u", query="harbor"), reports=False)
     assert count(sessions, Message) == 1 and unreported(sessions) == 0
 
 
-def test_a_vector_store_failure_is_an_upstream_error_and_stores_nothing(service, sessions, store) -> None:  # type: ignore[no-untyped-def]
+def test_a_vector_store_failure_is_an_upstream_error_and_stores_nothing(service: QueryService, sessions: Sessions, store: Store) -> None:
     store.fail = True
     with pytest.raises(UpstreamUnavailable, match="vector store"):
         service.answer(QueryRequest(user_id="u", query="harbor"))
     assert count(sessions, Message) == 0
 
 
-def test_a_redis_outage_only_costs_the_hot_cache(service, hot) -> None:  # type: ignore[no-untyped-def]
+def test_a_redis_outage_only_costs_the_hot_cache(service: QueryService, hot: DictRedis) -> None:
     hot.down = True
     service.answer(QueryRequest(user_id="u", query="harbor"))
     assert service.answer(QueryRequest(user_id="u", query="harbor")).cached  # from the database record

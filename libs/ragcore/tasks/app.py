@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery, Task, current_app
 from celery.exceptions import Reject
 from celery.signals import setup_logging
-from kombu import Queue as KombuQueue
+from kombu.entity import Queue as KombuQueue
 from pydantic import ValidationError
 
 from ragcore.tasks import contracts

@@ -153,7 +153,7 @@ class RetryPolicy:
 
     def countdown(self, retries: int, jitter: float) -> float:
         """Exponential backoff, full jitter (jitter in [0, 1))."""
-        return min(self.backoff_max_seconds, self.backoff_base_seconds * 2**retries) * (0.5 + jitter / 2)
+        return min(self.backoff_max_seconds, self.backoff_base_seconds * 2.0**retries) * (0.5 + jitter / 2)
 
 
 @dataclass(frozen=True)

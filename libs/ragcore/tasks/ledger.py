@@ -13,10 +13,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, cast
 
 from celery import Task, signals
-from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from ragcore.tasks import contracts
@@ -145,7 +145,7 @@ def _write(updates: list[tuple[str, dict[str, Any]]]) -> None:
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for task_id, values in merged.items():
         shapes.setdefault(tuple(sorted(values)), []).append({"_task_id": task_id, **values})
-    table = TaskRecord.__table__
+    table = cast(Table, TaskRecord.__table__)  # declared on the model, so a Table
     try:
         with session_scope() as session:
             for columns, rows in shapes.items():  # one executemany per set of columns
@@ -204,7 +204,7 @@ def mark_revoked(record: TaskRecord) -> None:
 
 def record_revoked_unseen(session: Session, task_id: str) -> None:
     """Revoke an id no worker has received yet; the worker that discards it fills in name and queue."""
-    row = {"task_id": task_id, "name": None, "queue": None, "state": "REVOKED", "kwargs": {}, "revoked": True,
+    row: dict[str, Any] = {"task_id": task_id, "name": None, "queue": None, "state": "REVOKED", "kwargs": {}, "revoked": True,
            "finished_at": utcnow()}
     session.execute(insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), [row])
 
@@ -272,7 +272,7 @@ def counts(session: Session, since: datetime) -> list[tuple[str, str, int]]:
         .where(TaskRecord.sent_at >= since, TaskRecord.name.is_not(None))  # ids revoked before any worker saw them
         .group_by(TaskRecord.name, TaskRecord.state)
     )
-    return [(n, s, int(c)) for n, s, c in session.execute(query)]
+    return [(cast(str, n), s, int(c)) for n, s, c in session.execute(query)]  # names: not NULL, above
 
 
 @dataclass(frozen=True)
@@ -288,7 +288,7 @@ class Durations:
 def _seconds(session: Session, start: Any, end: Any) -> ColumnElement[float]:
     if session.get_bind().dialect.name == "sqlite":
         return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return func.extract("epoch", end - start)  # type: ignore[return-value]
+    return cast(ColumnElement[float], func.extract("epoch", end - start))  # fractional seconds
 
 
 def durations(session: Session, since: datetime, bounds: Sequence[float]) -> list[Durations]:
@@ -301,9 +301,11 @@ def durations(session: Session, since: datetime, bounds: Sequence[float]) -> lis
                TaskRecord.started_at.is_not(None), TaskRecord.finished_at.is_not(None))
         .group_by(TaskRecord.name)
     )
+    # (name, how many, total seconds, cumulative count per bound): the row's shape, which the bounds vary.
+    rows = cast(Sequence[tuple[str, int, float, *tuple[int | None, ...]]], session.execute(query).all())
     return [
         Durations(name, [(b, int(c or 0)) for b, c in zip(bounds, cumulative)], float(total), int(count))
-        for name, count, total, *cumulative in session.execute(query)
+        for name, count, total, *cumulative in rows
     ]
 
 

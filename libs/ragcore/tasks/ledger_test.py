@@ -4,6 +4,7 @@ PostgreSQL in the integration tests)."""
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
@@ -104,7 +105,7 @@ def test_counts_and_durations_cover_the_window(session: Session) -> None:
     assert d.total_seconds == pytest.approx(24.3, abs=0.01)
 
 
-def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
     get_settings.cache_clear()
     try:
@@ -121,7 +122,8 @@ def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(tmp_pa
         with session_scope() as s:
             rows = {r.task_id: r for r in s.query(TaskRecord)}
         assert (rows["t0"].state, rows["t0"].worker, rows["t0"].result, rows["t0"].progress) == ("SUCCESS", "w@h", {"ok": True}, {"done": 1, "total": 2})
-        assert rows["t0"].finished_at - rows["t0"].started_at == timedelta(seconds=2)
+        started, finished = rows["t0"].started_at, rows["t0"].finished_at
+        assert started is not None and finished is not None and finished - started == timedelta(seconds=2)
         assert (rows["t1"].state, rows["t1"].retries, rows["t1"].error) == ("RETRY", 1, "boom")
         assert rows["t2"].state == "PENDING"
     finally:
@@ -140,7 +142,7 @@ def test_an_id_revoked_unseen_is_one_row_kept_for_workers_and_left_out_of_metric
     assert [(n, s) for n, s, _ in ledger.counts(session, T0)] == [("cleanup_old_cache", "PENDING")]
 
 
-def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_ones(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
     get_settings.cache_clear()
     try:
