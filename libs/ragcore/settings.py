@@ -10,7 +10,9 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Keys that only make sense on a developer's machine; refused outside `environment=dev`.
-DEV_API_KEYS = {"dev-admin-key": "admin", "dev-query-key": "query", "dev-sync-key": "sync"}
+#: What an API key may reach (README's scope table).
+ApiScope = Literal["query", "sync", "admin"]
+DEV_API_KEYS: dict[str, ApiScope] = {"dev-admin-key": "admin", "dev-query-key": "query", "dev-sync-key": "sync"}
 #: A hashed key entry: "sha256:" and the 64 hex digits of the key's SHA-256.
 HASHED_KEY = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: Shorter plain keys are placeholders or guessable; prod refuses them.
@@ -86,7 +88,7 @@ class Settings(BaseSettings):
     chat_token: str | None = None
 
     # API keys: key (or "sha256:<hex>") -> scope ("query", "sync", "admin").
-    api_keys: dict[str, Literal["query", "sync", "admin"]] = Field(default_factory=lambda: dict(DEV_API_KEYS))
+    api_keys: dict[str, ApiScope] = Field(default_factory=lambda: dict(DEV_API_KEYS))
 
     # Per-user limits: tier -> daily query limit, and the 30-day query count that reaches a tier.
     tier_daily_limits: dict[str, int] = Field(default_factory=lambda: {"free": 100, "pro": 1000, "enterprise": 10000})

@@ -25,7 +25,7 @@ def parse(spec: str) -> crontab | schedule:
 def period_seconds(when: crontab | schedule) -> float:
     """Seconds between two consecutive runs (for a crontab: the first two after now, minute steps)."""
     if isinstance(when, schedule) and not isinstance(when, crontab):
-        return when.seconds
+        return float(when.seconds)
     fires: list[datetime] = []
     t = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     while len(fires) < 2:

@@ -26,6 +26,9 @@ class OutageTolerantScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbea
     ran just before the outage does not run again early, and one that came due fires once.
     """
 
+    #: RedBeat's leader lock (its base class is untyped; None until taken).
+    lock: redis.lock.Lock | None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._last_runs: dict[str, datetime] = {}
         self._broken = False

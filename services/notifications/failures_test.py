@@ -6,6 +6,7 @@ from typing import Any
 import httpx
 import pytest
 from ragcore.clients.breaker import BreakerOpen
+from ragcore.tasks.app import PermanentTaskError
 from ragcore.tasks.contracts import SEND_QUERY_RESULT
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
@@ -117,10 +118,10 @@ def test_a_redrive_that_fails_again_waits_again_as_long_as_it_has_waited(session
 
 def test_a_redrive_refused_or_out_of_its_window_fails_for_an_operator(sessions) -> None:  # type: ignore[no-untyped-def]
     refused = _redriven(sessions, timedelta(minutes=1))
-    with pytest.raises(failures.PermanentTaskError):
+    with pytest.raises(PermanentTaskError):
         deliver(task(0, "t-2", **{REDRIVE_HEADER: refused.id}), SEND_QUERY_RESULT, {}, answering(400), sessions)
     expired = _redriven(sessions, timedelta(days=2))
-    with pytest.raises(failures.PermanentTaskError):
+    with pytest.raises(PermanentTaskError):
         deliver(task(0, "t-2", **{REDRIVE_HEADER: expired.id}), SEND_QUERY_RESULT, {}, answering(503), sessions)
     assert [(r.status, r.next_attempt_at) for r in recorded(sessions)] == [("failed", None), ("failed", None)]
 

@@ -63,7 +63,7 @@ def send_usage_statistics(self: Task, args: UsageStatisticsArgs) -> dict[str, An
         if start > latest:
             raise PermanentTaskError(f"the hour starting {start.isoformat()} is not reportable yet: queries of it may still run")
         periods = [start]
-    reported = []
+    reported: list[dict[str, Any]] = []
     for start in periods:
         sent = _report_hour(self, start, again=args.period_start is not None)
         if sent is None:  # another run holds this hour; it goes on with the later ones itself

@@ -63,7 +63,7 @@ def usage_report(session: Session, start: datetime, end: datetime) -> dict[str, 
         .where(Message.created_at >= start, Message.created_at < end)
         .group_by(Message.user_id)
         .order_by(Message.user_id)
-    ).all()
+    ).tuples().all()
     return {
         "period_start": start.isoformat(),
         "period_end": end.isoformat(),

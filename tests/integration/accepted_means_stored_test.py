@@ -53,7 +53,7 @@ def _cut_connection_mid_commit(conn: Connection, request: Callable[[], httpx.Res
     sender.start()
     try:
         waiting = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND objid = :k AND NOT granted"
-        pid = wait_until(lambda: conn.execute(text(waiting), {"k": HOLD}).scalar(), 30, "the API's COMMIT to wait")
+        pid: int = wait_until(lambda: conn.execute(text(waiting), {"k": HOLD}).scalar(), 30, "the API's COMMIT to wait")
         assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
     finally:
         conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": HOLD})

@@ -167,7 +167,7 @@ def _refused_then_operator(rig: Rig) -> None:
             return list(session.scalars(select(FailedDelivery).where(FailedDelivery.status == "failed")))
 
     rows = wait_until(lambda: len(failed()) == 2 and failed(), 30, "two failed deliveries")
-    assert all(r.next_attempt_at is None and "HTTP 422" in r.error for r in rows)  # type: ignore[union-attr]
+    assert all(r.next_attempt_at is None and "HTTP 422" in r.error for r in rows)
     time.sleep(3)
     assert rig.reported(set(message_ids)) == set()  # nobody re-drives a refusal by itself
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from pathlib import Path
 
 import httpx
@@ -70,7 +71,7 @@ def test_a_sync_key_reads_the_status_of_sync_tasks_only_and_never_a_traceback(st
 
         stack.start_worker(Queue.SYNC)
         failed = dispatch.send(stack.producer, CANARIES[Queue.SYNC], {"fail": True})
-        admin_view = wait_until(lambda: (b := status(failed, ADMIN_KEY).json())["status"] == "FAILURE" and b, 30, "the failure")
+        admin_view: dict[str, Any] = wait_until(lambda: (b := status(failed, ADMIN_KEY).json())["status"] == "FAILURE" and b, 30, "the failure")
         assert "PermanentTaskError" in admin_view["traceback"]
         sync_view = status(failed, SYNC_KEY).json()
         assert sync_view["error"] == admin_view["error"] and sync_view["traceback"] is None

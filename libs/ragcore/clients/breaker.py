@@ -79,7 +79,7 @@ class Breaker:
         if self._redis.set(self._probe_key, token, nx=True, ex=self._probe_ttl):
             return True
         held = self._redis.get(self._probe_key)
-        return held is not None and held.decode() == token
+        return held is not None and (held.decode() if isinstance(held, bytes) else held) == token
 
     def call(self, send: Callable[[], T], token: str | None = None) -> tuple[T, bool]:
         """Run `send` through the breaker; returns its result and whether this call closed the breaker.
