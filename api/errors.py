@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from kombu.exceptions import OperationalError as BrokerOperationalError
+from kombu.exceptions import OperationalError as KombuError  # pants: no-infer-dep (with celery)
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException  # pants: no-infer-dep (comes with fastapi)
@@ -101,7 +101,7 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 #: socket's own (PublishFailed is a ConnectionError). Routes leave them to this one handler.
 BROKER_ERRORS: tuple[type[Exception], ...] = (
     redis.RedisError,
-    BrokerOperationalError,
+    KombuError,
     ConnectionError,
     TimeoutError,
 )
