@@ -29,10 +29,10 @@ def broker() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def client(
+def app_settings(
     broker: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[TestClient]:
-    """The app as `python -m api.main` builds it, its lifespan run; settings as the env gives them."""
+) -> Iterator[None]:
+    """`RAGCORE_*` for an app on the private Redis and a fresh SQLite database, read afresh."""
     settings = {
         "environment": "test",
         "redis_url": broker.url,
@@ -47,9 +47,15 @@ def client(
     get_settings.cache_clear()
     reset_engines()
     redis.Redis.from_url(broker.url).flushall()  # each test starts from an empty broker
+    yield
+    get_settings.cache_clear()
+    reset_engines()
+
+
+@pytest.fixture
+def client(app_settings: None) -> Iterator[TestClient]:
+    """The app as `python -m api.main` builds it, its lifespan run."""
     app = create_app()
     with TestClient(app, raise_server_exceptions=False) as test_client:
         yield test_client
     app.state.celery.close()
-    get_settings.cache_clear()
-    reset_engines()
