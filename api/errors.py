@@ -9,15 +9,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as KombuError  # pants: no-infer-dep (with celery)
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException  # pants: no-infer-dep (comes with fastapi)
 
-from ragcore.tasks.dispatch import PublishFailed
 from ragcore.logs import request_id_var
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,18 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return _failed(request, exc.status_code, str(exc.detail), exc.headers)
 
 
-async def _publish_failed(request: Request, exc: PublishFailed) -> JSONResponse:
-    log.warning("%s", exc)
+#: What reaching the broker raises while Redis is down: redis-py's errors, kombu's, and the
+#: socket's own (PublishFailed is a ConnectionError). Routes leave them to this one handler.
+BROKER_ERRORS: tuple[type[Exception], ...] = (
+    redis.RedisError,
+    KombuError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+async def _broker_unreachable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("broker unreachable: %s", exc)
     return _failed(request, 503, BROKER_UNREACHABLE)
 
 
@@ -115,6 +126,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(ValidationError, _invalid_arguments)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(PublishFailed, _publish_failed)  # type: ignore[arg-type]
+    for broker_error in BROKER_ERRORS:
+        app.add_exception_handler(broker_error, _broker_unreachable)
     app.add_exception_handler(OperationalError, _database_unavailable)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected_error)

@@ -15,12 +15,24 @@ from fastapi import FastAPI, Request, Response
 from api import errors
 from api.body_limit import BodyLimit
 from api.routers import deliveries, health, metrics, query, sync, tasks
-from ragcore.tasks.app import create_app as create_celery_app
+from ragcore import invariants
+from ragcore.broker import broker_client
 from ragcore.db import create_schema
 from ragcore.logs import configure_logging, request_id_var
 from ragcore.settings import Settings, get_settings
+from ragcore.tasks.app import create_app as create_celery_app
 
 access_log = logging.getLogger("ragcore.access")
+log = logging.getLogger(__name__)
+
+
+def refuse_unsafe_start(settings: Settings) -> None:
+    """The API's start-up invariants (ragcore.invariants): a broken one stops the start, logged."""
+    try:
+        invariants.check(settings, broker_client(settings.broker), service="api", api=True)
+    except invariants.InvariantError as exc:
+        log.critical("%s", exc)
+        raise
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         create_schema()
+        refuse_unsafe_start(settings)
         yield
 
     app = FastAPI(title="ragcore", version="0.1.0", debug=False, lifespan=lifespan)

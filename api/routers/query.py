@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 import threading
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
 from api.auth import QueryKey
 from api.errors import ERROR_RESPONSES, ErrorBody, Responses, UnavailableBody
+from api.schemas.query import LimitReached
 from ragcore.db import utcnow
 from ragcore.query import (
     ConversationNotFound,
@@ -42,12 +41,6 @@ def get_service(request: Request) -> QueryService:
 
 
 ServiceDep = Annotated[QueryService, Depends(get_service)]
-
-class LimitReached(BaseModel):
-    detail: str
-    daily_limit: int
-    resets_at: datetime
-
 
 _RESPONSES: Responses = {
     404: {"model": ErrorBody, "description": "Unknown conversation (or another user's, or archived)"},

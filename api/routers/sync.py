@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, status
-from pydantic import BaseModel
+from fastapi import APIRouter, status
 
 from api.auth import SyncKey
 from api.deps import CeleryDep, SessionDep, commit
 from api.errors import BROKER_DOWN, ERROR_RESPONSES, NOT_STORED_RESPONSE
-from ragcore.tasks import contracts
-from ragcore.tasks import dispatch
+from api.schemas.sync import DocumentId, EventsAccepted, TaskAccepted
 from ragcore import sync_events as sync_queue
-from ragcore.tasks.contracts import NO_NUL, SyncEmbeddingsArgs
+from ragcore.tasks import contracts, dispatch
+from ragcore.tasks.contracts import SyncEmbeddingsArgs
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"], responses=ERROR_RESPONSES)
-
-
-class TaskAccepted(BaseModel):
-    task_id: str
-
-
-class EventsAccepted(BaseModel):
-    stored: int
 
 
 @router.post("/trigger-full-sync", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
@@ -37,10 +26,6 @@ def trigger_sync(_: SyncKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None 
     """Copy what changed since `since` (default: since the last successful incremental sync)."""
     kwargs = body.model_dump(mode="json", exclude_none=True) if body else {}
     return TaskAccepted(task_id=dispatch.send(celery, contracts.SYNC_EMBEDDINGS, kwargs))
-
-
-#: Any document id Ingest may send, `/` included (the route takes the rest of the path).
-DocumentId = Annotated[str, Path(min_length=1, max_length=512, pattern=NO_NUL)]
 
 
 @router.delete("/document/{document_id:path}", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)

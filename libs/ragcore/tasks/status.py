@@ -1,0 +1,129 @@
+"""One task's status: the live state from the result backend, completed by the durable ledger.
+
+Redis results expire (or a flush loses them); the ledger keeps what the workers wrote, so the merge
+answers for a task long after its result is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from ragcore.db.models import TaskRecord
+
+log = logging.getLogger(__name__)
+
+
+class LiveResult(Protocol):
+    """What is read of Celery's `AsyncResult` (a protocol, so unit tests need no backend)."""
+
+    @property
+    def state(self) -> str: ...
+    @property
+    def info(self) -> Any: ...
+    @property
+    def result(self) -> Any: ...
+    @property
+    def traceback(self) -> str | None: ...
+
+
+@dataclass
+class TaskView:
+    """A task as the status route answers it (field for field its `TaskStatus`)."""
+
+    task_id: str
+    status: str
+    result: Any = None
+    error: str | None = None
+    traceback: str | None = None
+    name: str | None = None
+    queue: str | None = None
+    progress: dict[str, Any] | None = None
+    sent_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    worker: str | None = None
+    retries: int = 0
+    revoked: bool = False
+    worker_lost: bool = False
+    worker_lost_since: datetime | None = None
+
+
+def live_state(live: LiveResult) -> str | None:
+    """The result backend's state, or None while it is unreachable (the ledger answers then)."""
+    try:
+        return live.state
+    except Exception as exc:  # whatever the backend's client raises: Redis down or timing out
+        log.warning("result backend unreachable, answering from the ledger: %s", exc)
+        return None
+
+
+def ledger_state(record: TaskRecord) -> str:
+    """The ledger's state, as Celery names it: a started task that reported progress is PROGRESS."""
+    return "PROGRESS" if record.state == "STARTED" and record.progress else record.state
+
+
+def ledger_result(record: TaskRecord) -> Any:
+    # Non-dict results are stored as {"value": ...} (see the ledger's success signal).
+    if record.result is not None and set(record.result) == {"value"}:
+        return record.result["value"]
+    return record.result
+
+
+def merge(
+    task_id: str,
+    state: str | None,
+    live: LiveResult,
+    record: TaskRecord | None,
+    lost_since: datetime | None = None,
+) -> TaskView | None:
+    """The task's status; None for an id that was never sent (no ledger row, nothing live).
+
+    `state` is `live_state(live)`, read before `record` was: the ledger then holds at least what
+    the worker wrote before it. `lost_since`: when the worker running it last beat, if it lapsed.
+    """
+    if record is None and state in (None, "PENDING"):
+        return None
+    view = TaskView(task_id=task_id, status=state or "PENDING")
+    if record is not None:
+        view = TaskView(
+            task_id=task_id,
+            status=state or "PENDING",
+            name=record.name,
+            queue=record.queue,
+            progress=record.progress,
+            sent_at=record.sent_at,
+            started_at=record.started_at,
+            finished_at=record.finished_at,
+            worker=record.worker,
+            retries=record.retries,
+            revoked=record.revoked,
+            worker_lost=lost_since is not None,
+            worker_lost_since=lost_since,
+        )
+        if view.status == "PENDING" and record.state != "PENDING":
+            # The Redis result expired or was flushed (or was never written): the ledger knows.
+            view.status = ledger_state(record)
+            view.result = ledger_result(record)
+            view.error = record.error
+            view.traceback = record.traceback
+    if state is not None:
+        _complete_from_live(view, state, live)
+    return view
+
+
+def _complete_from_live(view: TaskView, state: str, live: LiveResult) -> None:
+    if state == "PROGRESS" and isinstance(live.info, dict):
+        view.progress = live.info
+    elif state == "SUCCESS":
+        view.result = live.result
+    elif state in ("FAILURE", "RETRY", "REVOKED"):
+        error = live.result
+        view.error = (
+            f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+        )
+        view.traceback = live.traceback
+    if view.name is None:
+        view.name, view.queue = getattr(live, "name", None), getattr(live, "queue", None)
