@@ -4,23 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Security, status
 from fastapi.security import APIKeyHeader
 
 from api.deps import SettingsDep
+from ragcore.settings import ApiScope
 
-Scope = Literal["query", "sync", "admin"]
+Scope = ApiScope
 
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def scope_of(key: str, configured: dict[str, str]) -> str | None:
+def scope_of(key: str, configured: Mapping[str, ApiScope]) -> ApiScope | None:
     """The scope of `key`, or None. A "sha256:<hex digest>" entry admits only the key it hashes, never
     its own text: whoever reads the stored entry (a Secret, a log line) must not hold the scope."""
     digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
-    found: str | None = None
+    found: ApiScope | None = None
     for candidate, scope in configured.items():
         # Compare against every key so timing does not tell which (or whether one) matched.
         expected = digest if candidate.startswith("sha256:") else key

@@ -21,7 +21,8 @@ NOT_STORED = "the database did not confirm the write, nothing was stored; send t
 
 
 def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_celery(request: Request) -> Celery:

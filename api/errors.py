@@ -7,13 +7,14 @@ exception text) is logged under that request id only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import redis
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from kombu.exceptions import OperationalError as KombuError  # pants: no-infer-dep (with celery)
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError
@@ -87,11 +88,11 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None) or request_id_var.get()
 
 
-def _failed(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def _failed(request: Request, status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"detail": detail, "request_id": _request_id(request)}, headers=headers)
 
 
-async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code < 500:
         return await http_exception_handler(request, exc)
     return _failed(request, exc.status_code, str(exc.detail), exc.headers)

@@ -8,12 +8,12 @@ import pytest
 from pydantic import ValidationError
 
 from api.auth import scope_of
-from ragcore.settings import Settings
+from ragcore.settings import ApiScope, Settings
 
 DEPLOY = Path(__file__).parent
 
 
-def _shipped_key_sets() -> dict[str, dict[str, str]]:
+def _shipped_key_sets() -> dict[str, dict[str, ApiScope]]:
     secret = re.search(r"RAGCORE_API_KEYS: '(.*)'", (DEPLOY / "k8s/secret.yaml").read_text())
     example = re.search(r"^RAGCORE_API_KEYS=(.*)$", (DEPLOY / "compose/example.env").read_text(), re.MULTILINE)
     assert secret and example
