@@ -37,7 +37,9 @@ def trip(breaker: Breaker) -> None:
 
 
 def test_retryable_failures_open_the_breaker_for_every_process_and_4xx_do_not(client: redis.Redis) -> None:
-    one, other = Breaker("users", client, SETTINGS), Breaker("users", client, SETTINGS)
+    # A long probe interval: on a loaded machine a short one could pass before the assertions run.
+    patient = SETTINGS.model_copy(update={"breaker_probe_seconds": 600})
+    one, other = Breaker("users", client, patient), Breaker("users", client, patient)
     for _ in range(5):
         with pytest.raises(httpx.HTTPStatusError):
             one.call(refused)  # an answer: Users is up
