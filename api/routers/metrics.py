@@ -1,7 +1,7 @@
 """GET /metrics: Prometheus text for autoscalers (KEDA) and alerts.
 
 Queues (depth, oldest waiting task, consumers) come from the broker; the reports still to publish
-from the messages; task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
+from the messages; the rows the last retention run deleted from its ledger row; task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
 histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
 
 Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then
@@ -31,6 +31,7 @@ from ragcore.tasks import ledger
 from ragcore.broker import queue_stats as queues
 from ragcore.query import reports
 from ragcore.settings import Settings
+from ragcore.tasks.contracts import APPLY_RETENTION
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,26 @@ def _report_families(session: Session) -> list[Metric]:
     return [waiting, age]
 
 
+def _retention_families(session: Session) -> list[Metric]:
+    # The last run's counts, from the ledger: durable across Redis flushes and API restarts.
+    deleted = GaugeMetricFamily(
+        "ragcore_retention_deleted_rows",
+        "Rows deleted by the last successful retention run (apply_retention), by table",
+        labels=["table"],
+    )
+    finished = GaugeMetricFamily(
+        "ragcore_retention_last_run_timestamp_seconds",
+        "When the last successful retention run finished (Unix time; absent before the first)",
+    )
+    run = ledger.last_success(session, APPLY_RETENTION.name)
+    if run is not None and run.result is not None:
+        for table, count in sorted(run.result.get("deleted", {}).items()):
+            deleted.add_metric([table], count)
+        if run.finished_at is not None:
+            finished.add_metric([], run.finished_at.timestamp())
+    return [deleted, finished]
+
+
 @router.get(
     "/metrics",
     dependencies=[Depends(metrics_access)],
@@ -116,7 +137,8 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
         log.warning("broker unreachable for metrics: %s", exc)
         raise HTTPException(503, BROKER_UNREACHABLE) from None
     scrape = GaugeMetricFamily("ragcore_metrics_scrape_seconds", "Time taken to compute these metrics")
-    families = _queue_families(stats) + _ledger_families(settings, session) + _report_families(session)
+    families = (_queue_families(stats) + _ledger_families(settings, session)
+                + _report_families(session) + _retention_families(session))
     scrape.add_metric([], time.monotonic() - started)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot([*families, scrape]))

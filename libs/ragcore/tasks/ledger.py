@@ -271,6 +271,17 @@ def counts(session: Session, since: datetime) -> list[tuple[str, str, int]]:
     return [(n, s, int(c)) for n, s, c in session.execute(query)]
 
 
+def last_success(session: Session, name: str) -> TaskRecord | None:
+    """The most recently sent run of task `name` that succeeded (its result, when it finished)."""
+    query = (
+        select(TaskRecord)
+        .where(TaskRecord.name == name, TaskRecord.state == "SUCCESS")
+        .order_by(TaskRecord.sent_at.desc())
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
 @dataclass(frozen=True)
 class Durations:
     """How long the finished tasks of one name ran: cumulative counts per upper bound, sum, count."""
