@@ -77,12 +77,13 @@ def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
     since = datetime.now(timezone.utc) - timedelta(seconds=settings.metrics_window_seconds)
     tasks = GaugeMetricFamily("ragcore_tasks", f"Tasks sent in the last {settings.metrics_window_seconds}s, by name "
                               "and current state (from the task ledger)", labels=["name", "state"])
-    for name, state, count in ledger.counts(session, since):
+    window = ledger.window(session, since, DURATION_BOUNDS)
+    for name, state, count in window.counts:
         tasks.add_metric([name, state], count)
     duration = GaugeHistogramMetricFamily(
         "ragcore_task_duration_seconds",
         f"Run time of the tasks sent in the last {settings.metrics_window_seconds}s that finished", labels=["name"])
-    for d in ledger.durations(session, since, DURATION_BOUNDS):
+    for d in window.durations:
         buckets = [(str(bound), count) for bound, count in d.buckets] + [("+Inf", d.count)]
         duration.add_metric([d.name], buckets, gsum_value=d.total_seconds)
     return [tasks, duration]

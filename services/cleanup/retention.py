@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from celery import states
-from sqlalchemy import ColumnElement, and_, delete, exists, or_, select, update
+from sqlalchemy import ColumnElement, delete, exists, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ragcore.db.models import (
@@ -79,13 +79,13 @@ def delete_finished_tasks(
 ) -> int:
     """Delete ledger rows of tasks that finished more than `days` before `now`; never unfinished ones."""
     cutoff = now - timedelta(days=days)
+    # A task finishes after it is sent: `sent_at < cutoff` is implied by `finished_at < cutoff` and
+    # lets the (sent_at, task_id) index find the batch. A finished row without a finish time (none
+    # is written so today) is aged by when it was sent.
     old = (
+        TaskRecord.sent_at < cutoff,
         TaskRecord.state.in_(FINISHED_TASK_STATES),
-        # A finished row without a finish time (none is written so today) is aged by when it was sent.
-        or_(
-            TaskRecord.finished_at < cutoff,
-            and_(TaskRecord.finished_at.is_(None), TaskRecord.sent_at < cutoff),
-        ),
+        TaskRecord.finished_at.is_(None) | (TaskRecord.finished_at < cutoff),
     )
     return _delete_in_batches(sessions, TaskRecord.task_id, old, batch_size)
 
