@@ -255,8 +255,28 @@ def run(database_url: str, args: argparse.Namespace) -> None:
     migrate.upgrade(database_url)
     print(f"loading {args.rows:,} rows ({args.per_hour:,} per hour of sent_at)...", flush=True)
     print(f"loaded in {load(engine, args.rows, args.per_hour):.0f} s")
-    results: dict[str, dict[str, float]] = {}
     report("floor", floor(args.samples))
+    # One app for every phase: a second app in the same process measured slower (threads and
+    # pools of the first linger), which would favour whichever phase runs first.
+    with TestClient(create_app()) as client:
+        results = phases(engine, client, args)
+    print(f"\n{args.rows:,} rows: p50 baseline -> head (ratio), head against its target")
+    for k, target in TARGETS_MS.items():
+        head, base = results["head"][k], results["baseline"][k]
+        verdict = "met" if head <= target else "NOT met"
+        print(f"  {k:8} {base:9.2f} ms -> {head:7.2f} ms  ratio {head / base:6.3f}  "
+              f"target {target:g} ms: {verdict} ({head / target:.2f}x)")
+    hot = results["hot"]["metrics"]
+    verdict = "met" if hot <= TARGETS_MS["metrics"] else "NOT met"
+    print(f"  metrics with the window just rewritten (hot): {hot:.2f} ms "
+          f"({verdict}, {hot / TARGETS_MS['metrics']:.2f}x)")
+    engine.dispose()
+
+
+def phases(
+    engine: Engine, client: TestClient, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
     for phase in ("baseline", "head", "hot"):
         if phase == "baseline":
             seconds = swap_indexes(engine, NEW_INDEXES, OLD_INDEXES)
@@ -269,22 +289,12 @@ def run(database_url: str, args: argparse.Namespace) -> None:
                                   "WHERE sent_at >= now() - interval '1 hour'"))
             seconds = time.monotonic() - started
         print(f"{phase}: prepared in {seconds:.1f} s", flush=True)
-        reset_engines()
-        with TestClient(create_app()) as client:
-            results[phase] = report(phase, measure(client, args.rows, args.samples,
-                                                   only_metrics=phase == "hot"))
-            if phase == "head":
-                explain(get_engine(), client)
-    print(f"\n{args.rows:,} rows: p50 baseline -> head (ratio), head against its target")
-    for k, target in TARGETS_MS.items():
-        head, base = results["head"][k], results["baseline"][k]
-        verdict = "met" if head <= target else "NOT met"
-        print(f"  {k:8} {base:9.2f} ms -> {head:7.2f} ms  ratio {head / base:6.3f}  "
-              f"target {target:g} ms: {verdict} ({head / target:.2f}x)")
-    hot = results["hot"]["metrics"]
-    print(f"  metrics with the window just rewritten (hot): {hot:.2f} ms "
-          f"({'met' if hot <= TARGETS_MS['metrics'] else 'NOT met'}, {hot / TARGETS_MS['metrics']:.2f}x)")
-    engine.dispose()
+        reset_engines()  # new connections: no plan cached from the previous phase
+        results[phase] = report(phase, measure(client, args.rows, args.samples,
+                                               only_metrics=phase == "hot"))
+        if phase == "head":
+            explain(get_engine(), client)
+    return results
 
 
 def main() -> None:
