@@ -1,7 +1,8 @@
 """GET /metrics: Prometheus text for autoscalers (KEDA) and alerts.
 
 Queues (depth, oldest waiting task, consumers) come from the broker; the reports still to publish
-from the messages; the rows the last retention run deleted from its ledger row; task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
+from the messages; the rows the last retention run deleted from its ledger row;
+task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
 histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
 
 Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then

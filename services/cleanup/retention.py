@@ -7,13 +7,13 @@ for the whole run and a run stopped half-way keeps what it already did (the next
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from celery import states
-from sqlalchemy import ColumnElement, delete, exists, select, update
+from sqlalchemy import ColumnElement, CursorResult, delete, exists, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ragcore.db.models import (
@@ -64,12 +64,11 @@ def _delete_in_batches(
     deleted = 0
     while True:
         with sessions() as session:
-            keys = session.scalars(select(key).where(*old).limit(batch_size)).all()
+            keys: Sequence[Any] = session.scalars(select(key).where(*old).limit(batch_size)).all()
             if keys:
                 # The conditions are checked again: a row that changed since the SELECT stays.
-                deleted += session.execute(
-                    delete(key.class_).where(key.in_(keys), *old)
-                ).rowcount
+                result = session.execute(delete(key.class_).where(key.in_(keys), *old))
+                deleted += cast(CursorResult[Any], result).rowcount
         if len(keys) < batch_size:
             return deleted
 
@@ -77,7 +76,7 @@ def _delete_in_batches(
 def delete_finished_tasks(
     sessions: Sessions, now: datetime, days: int, batch_size: int = 1000
 ) -> int:
-    """Delete ledger rows of tasks that finished more than `days` before `now`; never unfinished ones."""
+    """Delete ledger rows of tasks that finished more than `days` before `now`, never unfinished."""
     cutoff = now - timedelta(days=days)
     # A task finishes after it is sent: `sent_at < cutoff` is implied by `finished_at < cutoff` and
     # lets the (sent_at, task_id) index find the batch. A finished row without a finish time (none
@@ -117,7 +116,9 @@ def apply_retention(sessions: Sessions, now: datetime, settings: Settings) -> di
     """Every table's retention (settings `retention_*`): rows deleted per table."""
     batch = settings.retention_batch_size
     deleted = {
-        "task_ledger": delete_finished_tasks(sessions, now, settings.retention_task_ledger_days, batch),
+        "task_ledger": delete_finished_tasks(
+            sessions, now, settings.retention_task_ledger_days, batch
+        ),
         "failed_deliveries": delete_resolved_deliveries(
             sessions, now, settings.retention_failed_deliveries_days, batch
         ),

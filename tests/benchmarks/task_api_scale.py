@@ -83,7 +83,8 @@ SELECT md5(i::text)::uuid::text,
        json_build_object('user_id', 'user-' || (i % 5000), 'message_id', md5((-i)::text),
                          'conversation_id', md5((i / 3)::text)),
        ts, ts + interval '5 milliseconds',
-       CASE WHEN i > :rows - 200 THEN NULL ELSE ts + (20 + i % 50 * 10) * interval '1 millisecond' END,
+       CASE WHEN i > :rows - 200 THEN NULL
+            ELSE ts + (20 + i % 50 * 10) * interval '1 millisecond' END,
        CASE WHEN i > :rows - 200 THEN NULL ELSE (15 + i % 50 * 10) / 1000.0 END,
        'worker@bench', 0,
        CASE WHEN i % 997 = 0 OR i > :rows - 200 THEN NULL ELSE '{"delivered": true}'::json END,
@@ -161,10 +162,11 @@ def measure(client: TestClient, rows: int, samples: int, only_metrics: bool = Fa
     headers = {"X-API-Key": ADMIN_KEY}
 
     def status() -> None:
-        response = client.get(f"/api/v1/tasks/status/{task_id(rng.randint(1, rows))}", headers=headers)
+        path = f"/api/v1/tasks/status/{task_id(rng.randint(1, rows))}"
+        response = client.get(path, headers=headers)
         assert response.status_code == 200, response.text
 
-    pages = [
+    pages: list[dict[str, Any]] = [
         {"name": "calculate_user_tier", "limit": 50},  # a rare name: 1 row in 1,300
         {"status": "FAILURE", "limit": 50},  # a rare state
         {"name": "send_query_result_to_users", "status": "FAILURE", "limit": 50},

@@ -188,13 +188,14 @@ def test_a_periodic_cleanup_skips_while_another_run_holds_its_lock(stack: Stack,
     assert "skipped" not in _run(stack, task)  # the lock is free again once its holder ends
 
 
-def test_apply_retention_deletes_what_is_past_its_age_in_batches_keeps_unfinished_and_shows_in_metrics(
+def test_apply_retention_deletes_what_is_past_its_age_keeps_unfinished_and_shows_in_metrics(
     stack: Stack, worker: None
 ) -> None:
     now = utcnow()
     days = timedelta(days=1)
-    # Default retention: ledger 30 days, deliveries 90, sync events 7, query cache 30; batches of 1000.
-    ledger_rows = [
+    # Default retention: ledger 30 days, deliveries 90, sync events 7, query cache 30; batches of
+    # 1000 (2,700 old ledger rows: three batches).
+    ledger_rows: list[dict[str, Any]] = [
         *({"task_id": f"old-{state}-{n}", "state": state, "finished_at": now - 31 * days}
           for state in ("SUCCESS", "FAILURE", "REVOKED") for n in range(900)),
         *({"task_id": f"recent-{n}", "state": "SUCCESS", "finished_at": now - 29 * days}
@@ -226,7 +227,8 @@ def test_apply_retention_deletes_what_is_past_its_age_in_batches_keeps_unfinishe
                                   "query_cache": 1}}
     with session_scope() as session:
         seeded = [row["task_id"] for row in ledger_rows]
-        kept = set(session.scalars(select(TaskRecord.task_id).where(TaskRecord.task_id.in_(seeded))))
+        mine = select(TaskRecord.task_id).where(TaskRecord.task_id.in_(seeded))
+        kept = set(session.scalars(mine))
         deliveries = set(session.scalars(select(FailedDelivery.status)))
         events = set(session.scalars(select(SyncEvent.status)))
     assert kept == {f"recent-{n}" for n in range(50)} | {

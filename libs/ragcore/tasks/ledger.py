@@ -255,7 +255,8 @@ def history(
     if cursor is not None:
         sent_at, task_id = decode_cursor(cursor)
         # A row comparison: the index on (…, sent_at, task_id) starts right after the cursor.
-        query = query.where(tuple_(TaskRecord.sent_at, TaskRecord.task_id) < tuple_(sent_at, task_id))
+        after = tuple_(TaskRecord.sent_at, TaskRecord.task_id) < tuple_(sent_at, task_id)
+        query = query.where(after)
     rows = list(session.scalars(query.order_by(TaskRecord.sent_at.desc(), TaskRecord.task_id.desc()).limit(limit + 1)))
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
@@ -310,11 +311,11 @@ def window(session: Session, since: datetime, bounds: Sequence[float]) -> Window
     counts: list[tuple[str, str, int]] = []
     runs: dict[str, tuple[int, float, list[int]]] = {}
     for name, state, count, finished, total, *cumulative in session.execute(query):
-        counts.append((name, state, int(count)))
+        counts.append((str(name), state, int(count)))
         if finished:
-            before = runs.get(name, (0, 0.0, [0] * len(bounds)))
-            runs[name] = (before[0] + int(finished), before[1] + float(total),
-                          [a + int(b) for a, b in zip(before[2], cumulative)])
+            before = runs.get(str(name), (0, 0.0, [0] * len(bounds)))
+            runs[str(name)] = (before[0] + int(finished), before[1] + float(total or 0.0),
+                               [a + int(b) for a, b in zip(before[2], cumulative)])
     durations = [Durations(name, list(zip(bounds, cumulative)), total, count)
                  for name, (count, total, cumulative) in runs.items()]
     return Window(counts, durations)

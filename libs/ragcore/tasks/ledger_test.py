@@ -132,7 +132,8 @@ def test_an_id_revoked_unseen_is_one_row_kept_for_workers_and_left_out_of_metric
     record = session.get(TaskRecord, "later")
     assert record is not None and (record.name, record.queue, record.state, record.revoked) == (None, None, "REVOKED", True)
     assert "later" in ledger.revoked_ids(session)
-    assert [(n, s) for n, s, _ in ledger.window(session, T0, ()).counts] == [("cleanup_old_cache", "PENDING")]
+    counts = ledger.window(session, T0, ()).counts
+    assert [(n, s) for n, s, _ in counts] == [("cleanup_old_cache", "PENDING")]
 
 
 def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_ones(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

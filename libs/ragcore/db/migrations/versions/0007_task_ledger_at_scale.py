@@ -16,7 +16,7 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 #: (name, columns, INCLUDEd columns on PostgreSQL)
-NEW_INDEXES = (
+NEW_INDEXES: tuple[tuple[str, list[str], list[str]], ...] = (
     ("ix_task_ledger_name_sent_at", ["name", "sent_at", "task_id"], []),
     ("ix_task_ledger_state_sent_at", ["state", "sent_at", "task_id"], []),
     ("ix_task_ledger_sent_at_task_id", ["sent_at", "task_id"], ["name", "state", "run_seconds"]),
