@@ -2,7 +2,8 @@
 
 Queues (depth, oldest waiting task, consumers) come from the broker; the reports still to publish
 from the messages; deliveries waiting for a re-drive from failed_deliveries, each neighbour's
-circuit breaker from its state in Redis; task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
+circuit breaker from its state in Redis; the rows the last retention run deleted from its ledger row;
+task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
 histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
 
 Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then
@@ -35,6 +36,7 @@ from ragcore.tasks import redrive
 from ragcore.query import reports
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.settings import Settings
+from ragcore.tasks.contracts import APPLY_RETENTION
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +82,13 @@ def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
     since = datetime.now(timezone.utc) - timedelta(seconds=settings.metrics_window_seconds)
     tasks = GaugeMetricFamily("ragcore_tasks", f"Tasks sent in the last {settings.metrics_window_seconds}s, by name "
                               "and current state (from the task ledger)", labels=["name", "state"])
-    for name, state, count in ledger.counts(session, since):
+    window = ledger.window(session, since, DURATION_BOUNDS)
+    for name, state, count in window.counts:
         tasks.add_metric([name, state], count)
     duration = GaugeHistogramMetricFamily(
         "ragcore_task_duration_seconds",
         f"Run time of the tasks sent in the last {settings.metrics_window_seconds}s that finished", labels=["name"])
-    for d in ledger.durations(session, since, DURATION_BOUNDS):
+    for d in window.durations:
         buckets = [(str(bound), count) for bound, count in d.buckets] + [("+Inf", d.count)]
         duration.add_metric([d.name], buckets, gsum_value=d.total_seconds)
     return [tasks, duration]
@@ -119,6 +122,26 @@ def _delivery_families(settings: Settings, session: Session) -> list[Metric]:
     return [waiting, age, state]
 
 
+def _retention_families(session: Session) -> list[Metric]:
+    # The last run's counts, from the ledger: durable across Redis flushes and API restarts.
+    deleted = GaugeMetricFamily(
+        "ragcore_retention_deleted_rows",
+        "Rows deleted by the last successful retention run (apply_retention), by table",
+        labels=["table"],
+    )
+    finished = GaugeMetricFamily(
+        "ragcore_retention_last_run_timestamp_seconds",
+        "When the last successful retention run finished (Unix time; absent before the first)",
+    )
+    run = ledger.last_success(session, APPLY_RETENTION.name)
+    if run is not None and run.result is not None:
+        for table, count in sorted(run.result.get("deleted", {}).items()):
+            deleted.add_metric([table], count)
+        if run.finished_at is not None:
+            finished.add_metric([], run.finished_at.timestamp())
+    return [deleted, finished]
+
+
 @router.get(
     "/metrics",
     dependencies=[Depends(metrics_access)],
@@ -139,7 +162,8 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
         log.warning("broker unreachable for metrics: %s", exc)
         raise HTTPException(503, BROKER_UNREACHABLE) from None
     scrape = GaugeMetricFamily("ragcore_metrics_scrape_seconds", "Time taken to compute these metrics")
-    families = _queue_families(stats) + _ledger_families(settings, session) + _report_families(session) + deliveries
+    families = (_queue_families(stats) + _ledger_families(settings, session) + _report_families(session)
+                + deliveries + _retention_families(session))
     scrape.add_metric([], time.monotonic() - started)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot([*families, scrape]))

@@ -119,8 +119,26 @@ class Settings(BaseSettings):
             "cleanup_query_cache": "0 2 * * *",
             "process_sync_queue": "*/5 * * * *",
             "send_usage_statistics": "0 * * * *",
+            # An extension of SPEC §2 (see contracts.EXTENSIONS): after cleanup_query_cache at 2:00.
+            "apply_retention": "30 3 * * *",
         }
     )
+
+    # Retention (apply_retention, daily): how many days each table keeps its rows. Only rows that
+    # can never change again go; unfinished tasks, unresolved deliveries and events still to apply
+    # stay however old they are.
+    # Finished tasks: status and history of the last month (incident reviews span weeks); at a
+    # million queries a day (two rows each) that bounds the ledger near 60M rows instead of growing.
+    retention_task_ledger_days: int = Field(30, ge=1)
+    # Resolved failed deliveries: few rows (only exhausted retries), kept a quarter for audits.
+    retention_failed_deliveries_days: int = Field(90, ge=1)
+    # Applied sync events: only the order of the newest event per document matters after they are
+    # applied, and sync_documents keeps it; a week covers debugging a recent sync.
+    retention_sync_events_days: int = Field(7, ge=1)
+    # Query-cache rows: the default days of SPEC's cleanup_query_cache, so both agree.
+    retention_query_cache_days: int = Field(30, ge=1)
+    # Rows per delete transaction: short row locks, a stopped run keeps what it did.
+    retention_batch_size: int = Field(1000, ge=1, le=100_000)
 
     sync_batch_size: int = Field(256, ge=1, le=500)
     # The report relay (in Beat) publishes the reports of new messages this often, in batches.

@@ -1,4 +1,5 @@
-"""Beat's schedule: exactly the five entries of SPEC §2, on the right queues and times."""
+"""Beat's schedule: exactly the five entries of SPEC §2 and our extensions, on the right queues and
+times."""
 
 from celery.schedules import crontab
 
@@ -6,7 +7,7 @@ from ragcore.settings import Settings
 from services.beat.schedule import build, period_seconds
 
 
-def test_schedule_holds_exactly_the_five_entries_with_queues_and_times() -> None:
+def test_schedule_holds_exactly_the_five_entries_and_the_extensions_with_queues_and_times() -> None:
     entries = build(Settings(timezone="UTC"))
     expected = {
         "reset_all_daily_limits": ("user", "0 0 * * *"),
@@ -14,6 +15,7 @@ def test_schedule_holds_exactly_the_five_entries_with_queues_and_times() -> None
         "cleanup_query_cache": ("cleanup", "0 2 * * *"),
         "process_sync_queue": ("sync", "*/5 * * * *"),
         "send_usage_statistics": ("notifications", "0 * * * *"),
+        "apply_retention": ("cleanup", "30 3 * * *"),  # extension: contracts.EXTENSIONS
     }
     assert set(entries) == set(expected)
     for name, (queue, cron) in expected.items():

@@ -1,4 +1,5 @@
-"""Database retention: old query-cache rows are deleted, old conversations archived.
+"""Database retention: old query-cache, finished-task, resolved-delivery and done-event rows are
+deleted; old conversations archived.
 
 Each batch is its own short transaction, chosen by primary key, so a large table is never locked
 for the whole run and a run stopped half-way keeps what it already did (the next run finishes it).
@@ -6,16 +7,36 @@ for the whole run and a run stopped half-way keeps what it already did (the next
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import delete, exists, select, update
-from sqlalchemy.orm import Session
+from celery import states
+from sqlalchemy import ColumnElement, CursorResult, delete, exists, select, update
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from ragcore.db.models import Conversation, Message, QueryCacheEntry
+from ragcore.db.models import (
+    Conversation,
+    FailedDelivery,
+    Message,
+    QueryCacheEntry,
+    SyncEvent,
+    TaskRecord,
+)
+from ragcore.settings import Settings
 
 Sessions = Callable[[], AbstractContextManager[Session]]
+
+#: Ledger states after which a task never changes again (Celery's READY_STATES: SUCCESS, FAILURE,
+#: REVOKED). PENDING, STARTED (PROGRESS is STARTED with progress), RETRY are never deleted.
+FINISHED_TASK_STATES: frozenset[str] = frozenset(states.READY_STATES)
+#: The only failed-delivery statuses that retention may delete: an operator (or the automatic
+#: re-drive) has dealt with them. Any other status, including ones added later, means still
+#: failed or waiting and is kept — a new resolved status must be added here on purpose.
+RESOLVED_DELIVERY_STATUSES: frozenset[str] = frozenset({"redriven", "discarded"})
+#: Sync events that were applied; pending, claimed and failed ones are still work.
+DONE_SYNC_EVENT_STATUS = "done"
 
 
 def delete_old_query_cache(sessions: Sessions, now: datetime, days: int, batch_size: int = 1000) -> dict[str, int]:
@@ -30,9 +51,85 @@ def delete_old_query_cache(sessions: Sessions, now: datetime, days: int, batch_s
             if keys:
                 # The age is checked again: a row refreshed since the SELECT stays.
                 old = (QueryCacheEntry.cache_key.in_(keys), QueryCacheEntry.created_at < cutoff)
-                deleted += session.execute(delete(QueryCacheEntry).where(*old)).rowcount
+                deleted += cast(CursorResult[Any], session.execute(delete(QueryCacheEntry).where(*old))).rowcount
         if len(keys) < batch_size:
             return {"deleted": deleted}
+
+
+def _delete_in_batches(
+    sessions: Sessions, key: InstrumentedAttribute[Any], old: tuple[ColumnElement[bool], ...],
+    batch_size: int,
+) -> int:
+    """Delete the rows matching `old`, `batch_size` primary keys per transaction."""
+    deleted = 0
+    while True:
+        with sessions() as session:
+            keys: Sequence[Any] = session.scalars(select(key).where(*old).limit(batch_size)).all()
+            if keys:
+                # The conditions are checked again: a row that changed since the SELECT stays.
+                result = session.execute(delete(key.class_).where(key.in_(keys), *old))
+                deleted += cast(CursorResult[Any], result).rowcount
+        if len(keys) < batch_size:
+            return deleted
+
+
+def delete_finished_tasks(
+    sessions: Sessions, now: datetime, days: int, batch_size: int = 1000
+) -> int:
+    """Delete ledger rows of tasks that finished more than `days` before `now`, never unfinished."""
+    cutoff = now - timedelta(days=days)
+    # A task finishes after it is sent: `sent_at < cutoff` is implied by `finished_at < cutoff` and
+    # lets the (sent_at, task_id) index find the batch. A finished row without a finish time (none
+    # is written so today) is aged by when it was sent.
+    old = (
+        TaskRecord.sent_at < cutoff,
+        TaskRecord.state.in_(FINISHED_TASK_STATES),
+        TaskRecord.finished_at.is_(None) | (TaskRecord.finished_at < cutoff),
+    )
+    return _delete_in_batches(sessions, TaskRecord.task_id, old, batch_size)
+
+
+def delete_resolved_deliveries(
+    sessions: Sessions, now: datetime, days: int, batch_size: int = 1000
+) -> int:
+    """Delete failed deliveries resolved (see RESOLVED_DELIVERY_STATUSES) more than `days` ago."""
+    cutoff = now - timedelta(days=days)
+    resolved_at = FailedDelivery.redriven_at.is_(None) | (FailedDelivery.redriven_at < cutoff)
+    old = (
+        FailedDelivery.status.in_(RESOLVED_DELIVERY_STATUSES),
+        FailedDelivery.created_at < cutoff,
+        resolved_at,
+    )
+    return _delete_in_batches(sessions, FailedDelivery.id, old, batch_size)
+
+
+def delete_done_sync_events(
+    sessions: Sessions, now: datetime, days: int, batch_size: int = 1000
+) -> int:
+    """Delete sync events applied (`done`) and received more than `days` before `now`."""
+    cutoff = now - timedelta(days=days)
+    old = (SyncEvent.status == DONE_SYNC_EVENT_STATUS, SyncEvent.received_at < cutoff)
+    return _delete_in_batches(sessions, SyncEvent.id, old, batch_size)
+
+
+def apply_retention(sessions: Sessions, now: datetime, settings: Settings) -> dict[str, Any]:
+    """Every table's retention (settings `retention_*`): rows deleted per table."""
+    batch = settings.retention_batch_size
+    deleted = {
+        "task_ledger": delete_finished_tasks(
+            sessions, now, settings.retention_task_ledger_days, batch
+        ),
+        "failed_deliveries": delete_resolved_deliveries(
+            sessions, now, settings.retention_failed_deliveries_days, batch
+        ),
+        "sync_events": delete_done_sync_events(
+            sessions, now, settings.retention_sync_events_days, batch
+        ),
+        "query_cache": delete_old_query_cache(
+            sessions, now, settings.retention_query_cache_days, batch
+        )["deleted"],
+    }
+    return {"deleted": deleted}
 
 
 def archive_old_conversations(sessions: Sessions, now: datetime, days: int, batch_size: int = 500) -> dict[str, int]:
@@ -54,10 +151,10 @@ def archive_old_conversations(sessions: Sessions, now: datetime, days: int, batc
                 archived = session.scalars(archive.returning(Conversation.id)).all()
                 conversations += len(archived)
                 if archived:
-                    messages += session.execute(
+                    messages += cast(CursorResult[Any], session.execute(
                         update(Message)
                         .where(Message.conversation_id.in_(archived), Message.archived_at.is_(None))
                         .values(archived_at=now)
-                    ).rowcount
+                    )).rowcount
         if len(ids) < batch_size:
             return {"archived_conversations": conversations, "archived_messages": messages}

@@ -9,8 +9,21 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ragcore.db import create_schema, session_scope
-from ragcore.db.models import Conversation, Message, QueryCacheEntry
-from services.cleanup.retention import Sessions, archive_old_conversations, delete_old_query_cache
+from ragcore.db.models import (
+    Conversation,
+    FailedDelivery,
+    Message,
+    QueryCacheEntry,
+    SyncEvent,
+    TaskRecord,
+)
+from ragcore.settings import Settings
+from services.cleanup.retention import (
+    Sessions,
+    apply_retention,
+    archive_old_conversations,
+    delete_old_query_cache,
+)
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -83,3 +96,78 @@ def test_idle_conversations_are_archived_with_their_messages_and_nothing_is_dele
     assert archive_old_conversations(sessions, NOW, days=90, batch_size=2) == {
         "archived_conversations": 0, "archived_messages": 0,
     }
+
+
+#: (state, finished days ago or None, sent days ago): whether retention at 30 days deletes it.
+LEDGER = {
+    "success-old": ("SUCCESS", 31, 31, True),
+    "failure-old": ("FAILURE", 45, 46, True),
+    "revoked-old": ("REVOKED", 400, 400, True),
+    "finished-no-time-old": ("SUCCESS", None, 40, True),
+    "success-new": ("SUCCESS", 29.9, 35, False),  # sent long ago, finished recently: kept
+    "failure-new": ("FAILURE", 1, 1, False),
+    "finished-no-time-new": ("REVOKED", None, 2, False),
+    "pending-old": ("PENDING", None, 400, False),
+    "started-old": ("STARTED", None, 400, False),
+    "retry-old": ("RETRY", None, 400, False),
+    "received-old": ("RECEIVED", None, 400, False),
+}
+#: status, created days ago, re-driven days ago: whether retention at 90 days deletes it.
+DELIVERIES = {
+    1: ("redriven", 100, 95, True),
+    2: ("discarded", 200, None, True),
+    3: ("redriven", 100, 10, False),  # re-driven recently: its outcome may still be looked at
+    4: ("redriven", 30, 30, False),
+    5: ("failed", 400, None, False),  # never resolved: kept however old
+    6: ("waiting", 400, None, False),  # a status retention does not know: kept
+    7: ("retrying", 400, None, False),
+}
+#: status, received days ago: whether retention at 7 days deletes it.
+EVENTS = {
+    1: ("done", 8, True),
+    2: ("done", 30, True),
+    3: ("done", 6.9, False),
+    4: ("pending", 30, False),
+    5: ("claimed", 30, False),
+    6: ("failed", 30, False),
+}
+
+
+def _ago(days: float | None) -> datetime | None:
+    return None if days is None else _days_ago(days)
+
+
+def test_retention_deletes_exactly_the_rows_past_their_age_and_nothing_unfinished(
+    sessions: Sessions,
+) -> None:
+    with sessions() as s:
+        for task_id, (state, finished, sent, _) in LEDGER.items():
+            s.add(TaskRecord(task_id=task_id, name="t", queue="q", state=state, kwargs={},
+                             sent_at=_days_ago(sent), finished_at=_ago(finished)))
+        for i, (status, created, redriven, _) in DELIVERIES.items():
+            s.add(FailedDelivery(id=i, task_name="t", task_id=f"d{i}", payload={}, error="e",
+                                 attempts=4, status=status, created_at=_days_ago(created),
+                                 redriven_at=_ago(redriven)))
+        for i, (status, received, _) in EVENTS.items():
+            s.add(SyncEvent(id=i, document_id=f"doc{i}", action="upsert", status=status,
+                            occurred_at=_days_ago(received), received_at=_days_ago(received)))
+        for i, age in enumerate((31, 29)):
+            s.add(QueryCacheEntry(cache_key=f"k{i}", data_version=1, query="q", response={},
+                                  created_at=_days_ago(age)))
+    settings = Settings(retention_task_ledger_days=30, retention_failed_deliveries_days=90,
+                        retention_sync_events_days=7, retention_query_cache_days=30,
+                        retention_batch_size=2)
+
+    result = apply_retention(sessions, NOW, settings)
+
+    assert result == {"deleted": {"task_ledger": 4, "failed_deliveries": 2, "sync_events": 2,
+                                  "query_cache": 1}}
+    with sessions() as s:
+        assert set(s.scalars(select(TaskRecord.task_id))) == {
+            k for k, v in LEDGER.items() if not v[-1]}
+        assert set(s.scalars(select(FailedDelivery.id))) == {
+            k for k, v in DELIVERIES.items() if not v[-1]}
+        assert set(s.scalars(select(SyncEvent.id))) == {k for k, v in EVENTS.items() if not v[-1]}
+        assert set(s.scalars(select(QueryCacheEntry.cache_key))) == {"k1"}
+    assert apply_retention(sessions, NOW, settings) == {"deleted": {
+        "task_ledger": 0, "failed_deliveries": 0, "sync_events": 0, "query_cache": 0}}

@@ -44,6 +44,11 @@ def register(app: Celery) -> None:
         """Archive conversations idle for `days` with their messages; nothing is deleted."""
         return retention.archive_old_conversations(session_scope, utcnow(), args.days)
 
+    @define_task(app, contracts.APPLY_RETENTION)
+    def apply_retention(self: Task, args: NoArgs) -> dict[str, Any]:
+        """Delete what each table keeps no longer (settings `retention_*`), in bounded batches."""
+        return retention.apply_retention(session_scope, utcnow(), get_settings())
+
     @define_task(app, contracts.CLEANUP_FAILED_TASKS)
     def cleanup_failed_tasks(self: Task, args: NoArgs) -> dict[str, Any]:
         """Remove results of failed tasks from the result backend; the task ledger keeps the failures."""

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.stack import ADMIN_KEY, QUERY_KEY, Stack
+from tests.support.stack import ADMIN_KEY, Stack
 
 
 @pytest.fixture(scope="module")

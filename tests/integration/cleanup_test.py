@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, select
 
 from ragcore.tasks import contracts
@@ -20,10 +21,17 @@ from ragcore.tasks import ledger
 from ragcore.query.cache import HotCache, bump_data_version
 from ragcore.tasks.contracts import CANARIES, Queue, TaskContract
 from ragcore.db import session_scope, utcnow
-from ragcore.db.models import Conversation, Message, QueryCacheEntry
+from ragcore.db.models import (
+    Conversation,
+    FailedDelivery,
+    Message,
+    QueryCacheEntry,
+    SyncEvent,
+    TaskRecord,
+)
 from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
-from tests.support.stack import Stack, ledger_record
+from tests.support.stack import ADMIN_KEY, Stack, ledger_record
 
 
 @pytest.fixture(scope="module")
@@ -178,3 +186,61 @@ def test_a_periodic_cleanup_skips_while_another_run_holds_its_lock(stack: Stack,
         assert held
         assert _run(stack, task) == {"skipped": "already running"}
     assert "skipped" not in _run(stack, task)  # the lock is free again once its holder ends
+
+
+def test_apply_retention_deletes_what_is_past_its_age_keeps_unfinished_and_shows_in_metrics(
+    stack: Stack, worker: None
+) -> None:
+    now = utcnow()
+    days = timedelta(days=1)
+    # Default retention: ledger 30 days, deliveries 90, sync events 7, query cache 30; batches of
+    # 1000 (2,700 old ledger rows: three batches).
+    ledger_rows: list[dict[str, Any]] = [
+        *({"task_id": f"old-{state}-{n}", "state": state, "finished_at": now - 31 * days}
+          for state in ("SUCCESS", "FAILURE", "REVOKED") for n in range(900)),
+        *({"task_id": f"recent-{n}", "state": "SUCCESS", "finished_at": now - 29 * days}
+          for n in range(50)),
+        *({"task_id": f"unfinished-{state}", "state": state, "finished_at": None}
+          for state in ("PENDING", "STARTED", "RETRY")),
+    ]
+    with session_scope() as session:
+        session.execute(insert(TaskRecord), [
+            {"name": "t", "queue": "cleanup", "kwargs": {}, "sent_at": now - 400 * days, **row}
+            for row in ledger_rows
+        ])
+        session.execute(insert(FailedDelivery), [
+            {"task_name": "t", "task_id": f"delivery-{status}", "payload": {}, "error": "e",
+             "attempts": 4, "status": status, "created_at": now - 100 * days}
+            for status in ("redriven", "discarded", "failed", "pending_redrive")
+        ])
+        session.execute(insert(SyncEvent), [
+            {"document_id": f"doc-{status}", "action": "upsert", "status": status,
+             "occurred_at": now - 8 * days, "received_at": now - 8 * days}
+            for status in ("done", "pending", "claimed", "failed")
+        ])
+        session.add(QueryCacheEntry(cache_key="retention-old", data_version=1, query="q",
+                                    response={}, created_at=now - 31 * days))
+
+    result = _run(stack, contracts.APPLY_RETENTION)
+
+    assert result == {"deleted": {"task_ledger": 2700, "failed_deliveries": 2, "sync_events": 1,
+                                  "query_cache": 1}}
+    with session_scope() as session:
+        seeded = [row["task_id"] for row in ledger_rows]
+        mine = select(TaskRecord.task_id).where(TaskRecord.task_id.in_(seeded))
+        kept = set(session.scalars(mine))
+        deliveries = set(session.scalars(select(FailedDelivery.status)))
+        events = set(session.scalars(select(SyncEvent.status)))
+    assert kept == {f"recent-{n}" for n in range(50)} | {
+        f"unfinished-{s}" for s in ("PENDING", "STARTED", "RETRY")}
+    assert deliveries == {"failed", "pending_redrive"}
+    assert events == {"pending", "claimed", "failed"}
+
+    stack.start_api()
+    with stack.api(ADMIN_KEY) as api:
+        text = api.get("/metrics").text
+    samples = {(s.name, tuple(s.labels.values())): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("ragcore_retention_deleted_rows", ("task_ledger",))] == 2700
+    assert samples[("ragcore_retention_deleted_rows", ("sync_events",))] == 1
+    assert samples[("ragcore_retention_last_run_timestamp_seconds", ())] >= now.timestamp()

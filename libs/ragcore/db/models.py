@@ -186,15 +186,27 @@ class TaskRecord(Base):
     """The task ledger: every task sent through the contracts or received by a worker, and its lifecycle."""
 
     __tablename__ = "task_ledger"
+    # History pages are newest first, filtered by name or state: each filter has an index in page
+    # order. /metrics reads the window of recent tasks from the sent_at index alone (PostgreSQL:
+    # the columns it needs are INCLUDEd). Measured in docs/benchmarks.md (task API at scale).
+    __table_args__ = (
+        Index("ix_task_ledger_name_sent_at", "name", "sent_at", "task_id"),
+        Index("ix_task_ledger_state_sent_at", "state", "sent_at", "task_id"),
+        Index("ix_task_ledger_sent_at_task_id", "sent_at", "task_id",
+              postgresql_include=["name", "state", "run_seconds"]),
+    )
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     #: Null for an id revoked before any worker received it: unknown until the task shows up.
-    name: Mapped[str | None] = mapped_column(String(128), index=True)
+    name: Mapped[str | None] = mapped_column(String(128))
     queue: Mapped[str | None] = mapped_column(String(32))
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[str] = mapped_column(String(16))
     kwargs: Mapped[dict[str, Any]]
-    sent_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    sent_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    #: Seconds from the last start to the end of a task that succeeded or failed, written with its
+    #: end: /metrics' duration histogram sums it instead of subtracting timestamps per row.
+    run_seconds: Mapped[float | None]
     worker: Mapped[str | None] = mapped_column(String(256))
     retries: Mapped[int] = mapped_column(default=0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)

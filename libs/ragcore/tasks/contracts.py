@@ -1,4 +1,5 @@
-"""The task contracts: for each of the 15 tasks of SPEC §2, its name, queue, arguments and policy.
+"""The task contracts: for each of the 15 tasks of SPEC §2 (and our extensions), its name, queue,
+arguments and policy.
 
 This module is the only place these facts live. Workers register their tasks from it; the API and
 Beat send tasks by name through it and never import worker code.
@@ -231,6 +232,11 @@ TASKS: tuple[TaskContract, ...] = (
     RESET_USER_DAILY_LIMIT, RESET_ALL_DAILY_LIMITS, UPDATE_USER_STATISTICS, CALCULATE_USER_TIER,
 )  # fmt: skip
 
+#: Tasks beyond SPEC §2, on a Beat entry of their own: retention of the tables that would grow
+#: without bound (ledger, failed deliveries, sync events, query cache; see services/cleanup).
+APPLY_RETENTION = _c("apply_retention", Queue.CLEANUP, NoArgs, _NONE, 1700, 1800, exclusive=True)
+EXTENSIONS: tuple[TaskContract, ...] = (APPLY_RETENTION,)
+
 #: One canary per queue: proves a worker consumes its queue (tests, health checks).
 CANARIES: dict[Queue, TaskContract] = {
     q: _c(f"ragcore.canary.{q.value}", q, CanaryArgs, _NONE, 10, 15) for q in Queue
@@ -239,7 +245,7 @@ CANARIES: dict[Queue, TaskContract] = {
 #: What an exclusive task returns when another run of it holds the lock.
 SKIPPED = {"skipped": "already running"}
 
-BY_NAME: dict[str, TaskContract] = {c.name: c for c in (*TASKS, *CANARIES.values())}
+BY_NAME: dict[str, TaskContract] = {c.name: c for c in (*TASKS, *EXTENSIONS, *CANARIES.values())}
 
 
 def contract(name: str) -> TaskContract:

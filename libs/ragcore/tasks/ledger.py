@@ -10,13 +10,14 @@ import os
 import queue
 import re
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
 from celery import Task, signals
-from sqlalchemy import ColumnElement, Table, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import Table, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from ragcore.tasks import contracts
@@ -257,7 +258,9 @@ def history(
         query = query.where(TaskRecord.sent_at >= since)
     if cursor is not None:
         sent_at, task_id = decode_cursor(cursor)
-        query = query.where(or_(TaskRecord.sent_at < sent_at, and_(TaskRecord.sent_at == sent_at, TaskRecord.task_id < task_id)))
+        # A row comparison: the index on (…, sent_at, task_id) starts right after the cursor.
+        after = tuple_(TaskRecord.sent_at, TaskRecord.task_id) < tuple_(sent_at, task_id)
+        query = query.where(after)
     rows = list(session.scalars(query.order_by(TaskRecord.sent_at.desc(), TaskRecord.task_id.desc()).limit(limit + 1)))
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
@@ -265,14 +268,15 @@ def history(
 
 # -- aggregates for metrics ---------------------------------------------------------------------
 
-def counts(session: Session, since: datetime) -> list[tuple[str, str, int]]:
-    """(name, state, how many) of the tasks sent since `since`."""
+def last_success(session: Session, name: str) -> TaskRecord | None:
+    """The most recently sent run of task `name` that succeeded (its result, when it finished)."""
     query = (
-        select(TaskRecord.name, TaskRecord.state, func.count())
-        .where(TaskRecord.sent_at >= since, TaskRecord.name.is_not(None))  # ids revoked before any worker saw them
-        .group_by(TaskRecord.name, TaskRecord.state)
+        select(TaskRecord)
+        .where(TaskRecord.name == name, TaskRecord.state == "SUCCESS")
+        .order_by(TaskRecord.sent_at.desc())
+        .limit(1)
     )
-    return [(cast(str, n), s, int(c)) for n, s, c in session.execute(query)]  # names: not NULL, above
+    return session.scalars(query).first()
 
 
 @dataclass(frozen=True)
@@ -285,28 +289,40 @@ class Durations:
     count: int
 
 
-def _seconds(session: Session, start: Any, end: Any) -> ColumnElement[float]:
-    if session.get_bind().dialect.name == "sqlite":
-        return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return cast(ColumnElement[float], func.extract("epoch", end - start))  # fractional seconds
+@dataclass(frozen=True)
+class Window:
+    """The tasks sent since a time: how many per (name, state), and how long the finished ran."""
+
+    counts: list[tuple[str, str, int]]
+    durations: list[Durations]
 
 
-def durations(session: Session, since: datetime, bounds: Sequence[float]) -> list[Durations]:
-    """Run time (last start to finish) of the tasks sent since `since` that succeeded or failed."""
-    seconds = _seconds(session, TaskRecord.started_at, TaskRecord.finished_at)
-    columns = [func.sum(case((seconds <= b, 1), else_=0)) for b in bounds]
+def window(session: Session, since: datetime, bounds: Sequence[float]) -> Window:
+    """Counts and run times of the tasks sent since `since`, in one pass over the window.
+
+    On PostgreSQL the pass reads only the (sent_at, task_id) index, which INCLUDEs the columns
+    read here; `run_seconds` is written only when a task succeeds or fails.
+    """
+    run = TaskRecord.run_seconds
+    columns = [func.count(run).filter(run <= b) for b in bounds]
     query = (
-        select(TaskRecord.name, func.count(), func.coalesce(func.sum(seconds), 0.0), *columns)
-        .where(TaskRecord.sent_at >= since, TaskRecord.state.in_(("SUCCESS", "FAILURE")),
-               TaskRecord.started_at.is_not(None), TaskRecord.finished_at.is_not(None))
-        .group_by(TaskRecord.name)
+        select(TaskRecord.name, TaskRecord.state, func.count(), func.count(run),
+               func.coalesce(func.sum(run), 0.0), *columns)
+        # Ids revoked before any worker saw them have no name: not a task anyone ran.
+        .where(TaskRecord.sent_at >= since, TaskRecord.name.is_not(None))
+        .group_by(TaskRecord.name, TaskRecord.state)
     )
-    # (name, how many, total seconds, cumulative count per bound): the row's shape, which the bounds vary.
-    rows = cast(Sequence[tuple[str, int, float, *tuple[int | None, ...]]], session.execute(query).all())
-    return [
-        Durations(name, [(b, int(c or 0)) for b, c in zip(bounds, cumulative)], float(total), int(count))
-        for name, count, total, *cumulative in rows
-    ]
+    counts: list[tuple[str, str, int]] = []
+    runs: dict[str, tuple[int, float, list[int]]] = {}
+    for name, state, count, finished, total, *cumulative in session.execute(query):
+        counts.append((str(name), state, int(count)))
+        if finished:
+            before = runs.get(str(name), (0, 0.0, [0] * len(bounds)))
+            runs[str(name)] = (before[0] + int(finished), before[1] + float(total or 0.0),
+                               [a + int(b) for a, b in zip(before[2], cumulative)])
+    durations = [Durations(name, list(zip(bounds, cumulative)), total, count)
+                 for name, (count, total, cumulative) in runs.items()]
+    return Window(counts, durations)
 
 
 # -- signals ------------------------------------------------------------------------------------
@@ -319,26 +335,40 @@ def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
         queues.stamp_sent_at(headers)
 
 
+#: When each task running in this process started (perf_counter): its run time is written with
+#: its end, in the same update (prerun, success and failure signals run in the same process).
+_starts: dict[str, float] = {}
+
+
+def _run_seconds(task_id: str) -> dict[str, float]:
+    start = _starts.pop(task_id, None)
+    return {} if start is None else {"run_seconds": time.perf_counter() - start}
+
+
 def connect_worker_signals() -> None:
     """Keep the ledger current from a worker's task signals."""
 
     @signals.task_prerun.connect(weak=False, dispatch_uid="ledger.task_prerun")
     def _started(task_id: str, task: Any, **_: Any) -> None:
+        _starts[task_id] = time.perf_counter()
         _update(task, task_id, state="STARTED", started_at=utcnow(), worker=task.request.hostname)
 
     @signals.task_retry.connect(weak=False, dispatch_uid="ledger.task_retry")
     def _retried(sender: Any, request: Any, reason: Any, **_: Any) -> None:
+        _starts.pop(request.id, None)  # the next run starts afresh
         _update(sender, request.id, state="RETRY", retries=request.retries + 1, error=str(reason))
 
     @signals.task_success.connect(weak=False, dispatch_uid="ledger.task_success")
     def _succeeded(sender: Any, result: Any, **_: Any) -> None:
         stored = result if isinstance(result, dict) else {"value": result}
-        _update(sender, sender.request.id, state="SUCCESS", finished_at=utcnow(), result=stored, error=None)
+        task_id = sender.request.id
+        _update(sender, task_id, state="SUCCESS", finished_at=utcnow(), result=stored, error=None,
+                **_run_seconds(task_id))
 
     @signals.task_failure.connect(weak=False, dispatch_uid="ledger.task_failure")
     def _failed(sender: Any, task_id: str, exception: BaseException, einfo: Any, **_: Any) -> None:
         _update(sender, task_id, state="FAILURE", finished_at=utcnow(), error=f"{type(exception).__name__}: {exception}",
-                traceback=str(einfo))
+                traceback=str(einfo), **_run_seconds(task_id))
 
     @signals.task_received.connect(weak=False, dispatch_uid="ledger.task_received")
     def _received(request: Any, **_: Any) -> None:

@@ -33,6 +33,7 @@ def _task(session: Session, n: int, name: str = "cleanup_old_cache", state: str 
     record = TaskRecord(task_id=f"t{n:03d}", name=name, queue="cleanup", state=state, kwargs={}, sent_at=sent, **values)
     if run is not None:
         record.started_at, record.finished_at = sent, sent + timedelta(seconds=run)
+        record.run_seconds = run
     session.add(record)
     return record
 
@@ -97,10 +98,11 @@ def test_counts_and_durations_cover_the_window(session: Session) -> None:
     _task(session, 13, state="STARTED")
     session.flush()
     since = T0 + timedelta(minutes=5)
-    assert sorted(ledger.counts(session, since)) == [
+    window = ledger.window(session, since, (1.0, 5.0, 60.0))
+    assert sorted(window.counts) == [
         ("cleanup_old_cache", "FAILURE", 1), ("cleanup_old_cache", "STARTED", 1), ("cleanup_old_cache", "SUCCESS", 2),
     ]
-    [d] = ledger.durations(session, since, (1.0, 5.0, 60.0))
+    [d] = window.durations
     assert (d.name, d.count, d.buckets) == ("cleanup_old_cache", 3, [(1.0, 1), (5.0, 2), (60.0, 3)])
     assert d.total_seconds == pytest.approx(24.3, abs=0.01)
 
@@ -139,7 +141,8 @@ def test_an_id_revoked_unseen_is_one_row_kept_for_workers_and_left_out_of_metric
     record = session.get(TaskRecord, "later")
     assert record is not None and (record.name, record.queue, record.state, record.revoked) == (None, None, "REVOKED", True)
     assert "later" in ledger.revoked_ids(session)
-    assert [(n, s) for n, s, _ in ledger.counts(session, T0)] == [("cleanup_old_cache", "PENDING")]
+    counts = ledger.window(session, T0, ()).counts
+    assert [(n, s) for n, s, _ in counts] == [("cleanup_old_cache", "PENDING")]
 
 
 def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
