@@ -111,8 +111,7 @@ def local_stack(root: Path) -> Iterator[Urls]:
 
         print(f"starting the local stack (port offset {offset}; output in {output})", flush=True)
         wait_until(running, STACK_START_TIMEOUT, "the local stack", interval=0.5)
-        api, ingest, users = (f"http://127.0.0.1:{PORTS[p] + offset}" for p in ("api", "ingest", "users"))
-        yield Urls(api, ingest, users)
+        yield Urls(*(f"http://127.0.0.1:{PORTS[p] + offset}" for p in ("api", "ingest", "users")))
     finally:
         # The stack stops its parts in order on SIGTERM and kills what lingers.
         process.send_signal(signal.SIGTERM)
