@@ -1,7 +1,7 @@
 """Benchmark: the local stack under 50 concurrent query clients while a full sync runs (issue 15).
 
     PYTHONPATH=libs:. python -m tests.benchmarks.load [--users 50 --seconds 60 --documents 10000
-        --chunks 8] [--api-url http://127.0.0.1:7001 --ingest-url ... --users-url ...]
+        --chunks 12] [--api-url http://127.0.0.1:7001 --ingest-url ... --users-url ...]
 
 Without --api-url it starts the local stack itself (`deploy/local/up` on ports of its own, a
 temporary state folder) and stops it at the end; with --api-url it uses a running one (its Ingest
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
+import json
 import os
 import random
 import signal
@@ -72,6 +72,7 @@ class Phase:
     duplicates: int
     missing: int
     extra: int
+    errors: list[str]
     sync_progress: str = ""
 
     @property
@@ -152,25 +153,21 @@ def wait_task(api: httpx.Client, task_id: str, timeout: float) -> dict[str, Any]
 
 def run_locust(
     urls: Urls, users: int, seconds: int, workdir: Path, run: str
-) -> tuple[dict[str, str], set[str]]:
-    """locust headless; its aggregated stats row and the message ids of the successful queries."""
-    ids_file = workdir / f"{run}.ids"
-    prefix = workdir / run
-    env = {**os.environ, "LOAD_QUERY_KEY": QUERY_KEY, "LOAD_RUN": run,
-           "LOAD_MESSAGE_IDS": str(ids_file)}
-    # Exit code 1 means some requests failed: the stats say which, so it is not an error here.
+) -> tuple[dict[str, Any], set[str]]:
+    """locust headless; its totals and the message ids of the successful queries."""
+    results = workdir / f"{run}.json"
+    env = {**os.environ, "LOAD_QUERY_KEY": QUERY_KEY, "LOAD_RUN": run, "LOAD_RESULTS": str(results)}
+    # Exit code 1 means some requests failed: the totals say how many, so it is not an error here.
     done = subprocess.run(
         [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", urls.api,
          "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
-         "--stop-timeout", "30", "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING"],
+         "--stop-timeout", "30", "--only-summary", "--loglevel", "WARNING"],
         env=env, check=False,
     )
     if done.returncode not in (0, 1):
         raise RuntimeError(f"locust exited with {done.returncode}")
-    with open(f"{prefix}_stats.csv", newline="") as stats:
-        aggregated = next(row for row in csv.DictReader(stats) if row["Name"] == "Aggregated")
-    ids = set(ids_file.read_text().split())
-    return aggregated, ids
+    written: dict[str, Any] = json.loads(results.read_text())
+    return written["stats"], set(written["message_ids"])
 
 
 def received_reports(urls: Urls) -> tuple[list[str], int]:
@@ -213,11 +210,12 @@ def measure(name: str, urls: Urls, args: argparse.Namespace, workdir: Path, run:
     reported_set = set(reported)
     return Phase(
         name=name,
-        requests=int(stats["Request Count"]),
-        failures=int(stats["Failure Count"]),
-        rps=float(stats["Requests/s"]),
-        p50_ms=float(stats["50%"]),
-        p99_ms=float(stats["99%"]),
+        requests=stats["requests"],
+        failures=stats["failures"],
+        rps=stats["rps"],
+        p50_ms=stats["p50_ms"],
+        p99_ms=stats["p99_ms"],
+        errors=stats["errors"],
         reports=len(reported),
         duplicates=duplicates + len(reported) - len(reported_set),
         missing=len(ok_ids - reported_set),
@@ -270,6 +268,9 @@ def run(urls: Urls, args: argparse.Namespace) -> int:
         api.post(f"/api/v1/tasks/revoke/{sync_task}", params={"terminate": "true"})
 
     print("\n" + report(phases), flush=True)
+    for phase in phases:
+        for error in phase.errors:
+            print(f"  {phase.name} error: {error}", flush=True)
     ok = all(p.failures == 0 and p.reports_match for p in phases)
     covered = not phases[-1].sync_progress.startswith("finished")
     if not covered:
@@ -285,7 +286,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=50, help="concurrent query clients")
     parser.add_argument("--seconds", type=int, default=60, help="load duration of each phase")
     parser.add_argument("--documents", type=int, default=10_000, help="the full sync's corpus")
-    parser.add_argument("--chunks", type=int, default=8, help="chunks per document, full sync")
+    parser.add_argument("--chunks", type=int, default=12, help="chunks per document, full sync")
     parser.add_argument("--baseline-documents", type=int, default=20,
                         help="the corpus queried in the baseline")
     parser.add_argument("--no-baseline", action="store_true")

@@ -2,18 +2,20 @@
 
 Run by tests.benchmarks.load (`locust -f` in its own process, because locust patches the standard
 library with gevent); it imports nothing of ragcore for the same reason. Settings come from the
-environment: LOAD_QUERY_KEY, LOAD_RUN (a prefix for user ids) and LOAD_MESSAGE_IDS (the file that
-receives one `message_id` per successful query when the run stops).
+environment: LOAD_QUERY_KEY, LOAD_RUN (a prefix for user ids) and LOAD_RESULTS (the JSON file that
+receives locust's totals and the `message_id` of every successful query when the run stops).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import random
 from typing import Any
 
 from locust import FastHttpUser, constant, events, task
+from locust.env import Environment
 
 #: Words and aspects of the Ingest stand-in's corpus (ragcore_dev.standins.ingest), so queries are
 #: the kind the corpus answers; random triples make nearly every query a cache miss.
@@ -56,6 +58,16 @@ class QueryClient(FastHttpUser):  # type: ignore[misc]  # locust is untyped for 
 
 
 @events.test_stop.add_listener  # type: ignore[misc]
-def write_message_ids(**_: object) -> None:
-    with open(os.environ["LOAD_MESSAGE_IDS"], "w") as out:
-        out.writelines(f"{message_id}\n" for message_id in _message_ids)
+def write_results(environment: Environment, **_: object) -> None:
+    # After the clients stopped, unlike `--csv`, whose last write may miss the final requests.
+    total = environment.stats.total
+    stats = {
+        "requests": total.num_requests,
+        "failures": total.num_failures,
+        "rps": total.total_rps,
+        "p50_ms": total.get_response_time_percentile(0.5),
+        "p99_ms": total.get_response_time_percentile(0.99),
+        "errors": [f"{e.occurrences} × {e.error}" for e in environment.stats.errors.values()],
+    }
+    with open(os.environ["LOAD_RESULTS"], "w") as out:
+        json.dump({"stats": stats, "message_ids": _message_ids}, out)
