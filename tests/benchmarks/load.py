@@ -246,8 +246,10 @@ def report(phases: list[Phase]) -> str:
 def run(urls: Urls, args: argparse.Namespace) -> int:
     tag = f"load-{int(time.time())}"
     phases: list[Phase] = []
-    with tempfile.TemporaryDirectory(prefix="ragcore-load-") as tmp, \
-            httpx.Client(base_url=urls.api, headers={"X-API-Key": ADMIN_KEY}, timeout=30) as api:
+    with (
+        tempfile.TemporaryDirectory(prefix="ragcore-load-") as tmp,
+        httpx.Client(base_url=urls.api, headers={"X-API-Key": ADMIN_KEY}, timeout=30) as api,
+    ):
         workdir = Path(tmp)
         # The baseline's collection: the demo corpus, synced before any load.
         reset_ingest(urls, args.baseline_documents, 5)
@@ -296,9 +298,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.api_url:
         sys.exit(run(Urls(args.api_url, args.ingest_url, args.users_url), args))
-    with tempfile.TemporaryDirectory(prefix="ragcore-load-stack-") as root:
-        with local_stack(Path(root)) as urls:
-            code = run(urls, args)
+    with (
+        tempfile.TemporaryDirectory(prefix="ragcore-load-stack-") as root,
+        local_stack(Path(root)) as urls,
+    ):
+        code = run(urls, args)
     sys.exit(code)
 
 

@@ -28,7 +28,7 @@ _clients = itertools.count()
 _message_ids: list[str] = []
 
 
-class QueryClient(FastHttpUser):  # type: ignore[misc]  # locust is untyped for mypy's strict mode
+class QueryClient(FastHttpUser):
     # Closed loop: each client sends its next query as soon as the previous one is answered.
     wait_time = constant(0)
 
@@ -57,7 +57,8 @@ class QueryClient(FastHttpUser):  # type: ignore[misc]  # locust is untyped for 
             response.success()
 
 
-@events.test_stop.add_listener  # type: ignore[misc]
+# locust's `add_listener` is unannotated.
+@events.test_stop.add_listener  # type: ignore[untyped-decorator]
 def write_results(environment: Environment, **_: object) -> None:
     # After the clients stopped, unlike `--csv`, whose last write may miss the final requests.
     total = environment.stats.total
@@ -71,3 +72,4 @@ def write_results(environment: Environment, **_: object) -> None:
     }
     with open(os.environ["LOAD_RESULTS"], "w") as out:
         json.dump({"stats": stats, "message_ids": _message_ids}, out)
+
