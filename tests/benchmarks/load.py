@@ -5,10 +5,11 @@
 
 Without --api-url it starts the local stack itself (`deploy/local/up` on ports of its own, a
 temporary state folder) and stops it at the end; with --api-url it uses a running one (its Ingest
-and Users stand-ins are at --ingest-url and --users-url; their corpus and deliveries are reset).
+and Users stand-ins are at --ingest-url and --users-url; their corpus and deliveries are reset, and
+the full sync it starts is revoked when the load ends).
 
 Two phases, the same load each: locust, headless, `--users` closed-loop clients for `--seconds`
-with the query key, every query a different user id every 50 queries and nearly always a cache miss.
+with the query key, a new user id every 50 queries per client, nearly every query a cache miss.
 
 - `baseline`: Qdrant holds the small demo corpus, nothing else runs;
 - `full sync`: the Ingest stand-in is given `--documents` × `--chunks` chunks, a full sync is
