@@ -16,9 +16,9 @@ def percentile(samples: list[float], q: float) -> float:
 def load_corpus(store: VectorStore, corpus: Corpus) -> int:
     """Upsert every chunk of `corpus` (the vectors the Ingest stand-in serves) into `store`."""
     chunks = [
-        Chunk(cid, doc.id, doc.texts[j], doc.vectors[j].astype(float).tolist(), doc.metadata[j], from_micros(doc.updated_at))
+        Chunk(cid, doc.id, doc.text(j), vector, doc.chunk_metadata(j), from_micros(doc.updated_at))
         for doc in corpus.documents().values()
-        for j, cid in enumerate(doc.chunk_ids)
+        for j, (cid, vector) in enumerate(zip(doc.chunk_ids, corpus.embedder.embed(list(doc.texts))))
     ]
     store.ensure_collection()
     return store.upsert(chunks)
