@@ -48,8 +48,8 @@ def write_in_generation(
     """`write` tagged with the current sync generation; if a full sync began meanwhile, `retag`.
 
     A full sync removes every point not of its generation when it ends. A write that read the old
-    generation just before the sync began could land after the sync wrote the same points: re-reading
-    the generation after the write catches that, and the points move to the new one.
+    generation just before the sync began could land after the sync wrote the same points:
+    re-reading the generation after the write catches that, and the points move to the new one.
     """
     tag = generation()
     write(tag)

@@ -95,10 +95,11 @@ def test_skipped_chunks_are_not_written() -> None:
     assert report.copied == 3 and report.pages == 2
 
 
-def test_each_write_is_tagged_with_the_generation_and_retagged_if_a_full_sync_began_meanwhile() -> None:
+def test_each_write_is_tagged_with_the_generation_and_retagged_if_a_full_sync_began() -> None:
     pages = feed(3)
     store = RecordingStore()
-    reads = iter([4, 4, 4, 5, 5, 5, 5, 5])  # before and after each write; a full sync begins in write 2
+    # Read before and after each write; a full sync begins during write 2.
+    reads = iter([4, 4, 4, 5, 5, 5, 5, 5])
     report = copy_pages(iter(pages), as_store(store), writers=1, generation=lambda: next(reads))
     assert report.copied == 9 and store.generations == [4, 4, 5]
     assert store.retagged == [([point_id(c.id) for c in pages[1].items], 5)]

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 log = logging.getLogger(__name__)
 
 INCREMENTAL = "incremental"
-#: The SyncState row whose `version` is the sync generation every write to Qdrant tags its points with.
+#: The SyncState row whose `version` is the sync generation every write to Qdrant tags points with.
 GENERATION = "generation"
 #: A full sync reports progress at most this often (and once at the end).
 PROGRESS_SECONDS = 1.0
@@ -82,12 +82,13 @@ def current_generation() -> int:
 
 
 def _begin_generation() -> int:
-    """A new generation, durably, before a full sync writes anything: writes from now on carry it."""
+    """A new generation, durably, before a full sync writes anything: later writes carry it."""
     with session_scope() as session:
         insert = insert_for(session)
-        session.execute(insert(SyncState).values(key=GENERATION, version=0).on_conflict_do_nothing())
-        bumped = update(SyncState).where(SyncState.key == GENERATION).values(version=SyncState.version + 1)
-        session.execute(bumped)
+        first = insert(SyncState).values(key=GENERATION, version=0).on_conflict_do_nothing()
+        session.execute(first)
+        row = update(SyncState).where(SyncState.key == GENERATION)
+        session.execute(row.values(version=SyncState.version + 1))
         state = session.get(SyncState, GENERATION)
         assert state is not None
         return state.version
@@ -142,15 +143,16 @@ class Checkpoint:
 
 def load_checkpoint(task_id: str) -> Checkpoint:
     with session_scope() as session:
-        last = session.scalars(
-            select(FullSyncPage).where(FullSyncPage.task_id == task_id).order_by(FullSyncPage.page.desc()).limit(1)
-        ).first()
+        pages = select(FullSyncPage).where(FullSyncPage.task_id == task_id)
+        last = session.scalars(pages.order_by(FullSyncPage.page.desc()).limit(1)).first()
         if last is None:
             return Checkpoint()
         return Checkpoint(last.page, last.copied, last.next_cursor, last.generation)
 
 
-def _record_page(task_id: str, page: int, next_cursor: str | None, copied: int, generation: int) -> None:
+def _record_page(
+    task_id: str, page: int, next_cursor: str | None, copied: int, generation: int
+) -> None:
     with session_scope() as session:
         session.add(FullSyncPage(task_id=task_id, page=page, next_cursor=next_cursor, copied=copied,
                                  generation=generation))
@@ -167,8 +169,8 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     Every write to Qdrant (this copy, incremental syncs, document events) tags its points with the
     generation current when it wrote, so whatever was written since this sync began survives, and
     what nobody rewrote (chunks Ingest no longer has) goes, by filter: memory does not grow with the
-    collection. Each page Qdrant applied is a checkpoint in the database: a run delivered again (after
-    its worker died, or handed back at a shutdown) continues after the last one, in the same
+    collection. Each page Qdrant applied is a checkpoint in the database: a run delivered again
+    (after its worker died, or handed back at a shutdown) continues after the last one, in the same
     generation. When its worker stops, it ends at a page boundary and hands itself back.
     """
     task_id = self.request.id
@@ -196,7 +198,8 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     def on_applied(page: Page, report: CopyReport) -> None:
         applied[0] += 1
         cursor[0] = page.next_cursor
-        _record_page(task_id, applied[0], page.next_cursor, resumed.copied + report.copied, generation)
+        done = resumed.copied + report.copied
+        _record_page(task_id, applied[0], page.next_cursor, done, generation)
 
     pages = iter(()) if resumed.finished_copy else \
         _ingest().iter_pages(limit=get_settings().sync_batch_size, cursor=resumed.cursor)
@@ -229,9 +232,12 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     total = resumed.copied + report.copied
     ledger.set_progress(task_id, {"done": total, "total": total, "total_is_estimate": False, "stage": "done"})
     _forget_checkpoint(task_id)
-    return {"copied": total, "pages": resumed.pages + report.pages, "removed": stale, "points": store.count(),
-            "resumed_from_page": resumed.pages, "generation": generation, "superseded": superseded,
-            "seconds": {"copy": round(copied - started, 3), "remove": round(removed - copied, 3)}}
+    return {
+        "copied": total, "pages": resumed.pages + report.pages, "removed": stale,
+        "points": store.count(), "resumed_from_page": resumed.pages,
+        "generation": generation, "superseded": superseded,
+        "seconds": {"copy": round(copied - started, 3), "remove": round(removed - copied, 3)},
+    }
 
 
 def _apply_document(document_id: str, action: str, occurred_at: datetime) -> None:

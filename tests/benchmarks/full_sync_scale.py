@@ -1,17 +1,18 @@
 """Benchmark: a full sync's worker memory and speed at a small and a large corpus, in one run.
 
-    PYTHONPATH=libs:. python -m tests.benchmarks.full_sync_scale [--sizes 50000 1000000 --chunks 100 --stale 1000]
+    PYTHONPATH=libs:. python -m tests.benchmarks.full_sync_scale \
+        [--sizes 50000 1000000 --chunks 100 --stale 1000]
 
 Issue 15 point 4: the sync worker's peak RSS at the large size must stay within 1.2x of the small
 one, and its points/s within 0.8x. As deployed locally: the Ingest stand-in serving a generated
 corpus (documents x `--chunks`; texts and vectors are made as each page is served, so the stand-in
 does not hold the corpus's vectors), the Qdrant stand-in, a private Redis, a fresh PostgreSQL
 database. Per size, in order: Ingest is reset to the corpus, the collection emptied and seeded with
-`--stale` points Ingest does not have, and a fresh sync worker (its entrypoint, concurrency 1) warmed
-by an incremental sync that copies nothing; then `trigger_full_sync_task` is timed from dispatch to
-its result. Peak RSS is each worker process's VmHWM (/proc: the kernel's high-water mark since the
-process started, so no sampling misses a spike), for the pool process that ran the task and for the
-whole worker (parent + pool).
+`--stale` points Ingest does not have, and a fresh sync worker (its entrypoint, concurrency 1)
+warmed by an incremental sync that copies nothing; then `trigger_full_sync_task` is timed from
+dispatch to its result. Peak RSS is each worker process's VmHWM (/proc: the kernel's high-water
+mark since the process started, so no sampling misses a spike), for the pool process that ran the
+task and for the whole worker (parent + pool).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def group_hwm_kib(pgid: int) -> dict[int, int]:
                 if int(f.read().rsplit(")", 1)[1].split()[2]) != pgid:
                     continue
             with open(f"/proc/{entry}/status") as f:
-                peaks[int(entry)] = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+                hwm = next(line for line in f if line.startswith("VmHWM:"))
+            peaks[int(entry)] = int(hwm.split()[1])
         except (OSError, StopIteration):
             continue  # exited meanwhile
     return peaks
@@ -52,14 +54,15 @@ def group_hwm_kib(pgid: int) -> dict[int, int]:
 
 def measure(stack: Stack, ingest_url: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     documents = n // args.chunks
-    corpus = httpx.post(f"{ingest_url}/_control/reset", json={"documents": documents, "chunks": args.chunks},
-                        timeout=600).json()
+    spec = {"documents": documents, "chunks": args.chunks}
+    corpus = httpx.post(f"{ingest_url}/_control/reset", json=spec, timeout=600).json()
     assert corpus["chunks"] == n, corpus
     settings = get_settings()
     store = fresh_store(settings, settings.qdrant_collection)
     store.upsert(stale_chunks(args.stale, settings.vector_size))
     worker = stack.start_worker(Queue.SYNC, "--concurrency=1", name=f"scale-{n}")
-    warm = dispatch.send(stack.producer, contracts.SYNC_EMBEDDINGS, {"since": "2999-01-01T00:00:00Z"})
+    nothing = {"since": "2999-01-01T00:00:00Z"}
+    warm = dispatch.send(stack.producer, contracts.SYNC_EMBEDDINGS, nothing)
     stack.producer.AsyncResult(warm).get(timeout=120)
     assert worker.process is not None
     parent = worker.process.pid
@@ -71,7 +74,7 @@ def measure(stack: Stack, ingest_url: str, n: int, args: argparse.Namespace) -> 
     seconds = time.perf_counter() - started
     peaks = group_hwm_kib(parent)
     worker.stop()
-    assert result["copied"] == n and result["removed"] == args.stale and result["points"] == n, result
+    assert (result["copied"], result["removed"], result["points"]) == (n, args.stale, n), result
     assert store.count() == n
     store.close()
     pool = max((pid for pid in peaks if pid != parent), key=lambda pid: peaks[pid])
@@ -81,17 +84,23 @@ def measure(stack: Stack, ingest_url: str, n: int, args: argparse.Namespace) -> 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs=2, default=[50_000, 1_000_000], metavar=("SMALL", "LARGE"))
-    parser.add_argument("--chunks", type=int, default=100, help="chunks per document (documents = size / chunks)")
-    parser.add_argument("--stale", type=int, default=1000, help="points in Qdrant beforehand that Ingest does not have")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs=2, default=[50_000, 1_000_000],
+                        metavar=("SMALL", "LARGE"))
+    parser.add_argument("--chunks", type=int, default=100,
+                        help="chunks per document (documents = size / chunks)")
+    parser.add_argument("--stale", type=int, default=1000,
+                        help="points in Qdrant beforehand that Ingest does not have")
     args = parser.parse_args()
 
     ingest_port, qdrant_port = free_port(), free_port()
     env = deployable_env()
-    ingest = Deployable("ragcore_dev.standins.ingest", env, ("--port", str(ingest_port), "--documents", "1"))
-    qdrant = Deployable("ragcore_dev.standins.qdrant", env,
-                        ("--port", str(qdrant_port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-")))
+    ingest_args = ("--port", str(ingest_port), "--documents", "1")
+    ingest = Deployable("ragcore_dev.standins.ingest", env, ingest_args)
+    qdrant_args = ("--port", str(qdrant_port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-"))
+    qdrant = Deployable("ragcore_dev.standins.qdrant", env, qdrant_args)
     ingest.start()
     qdrant.start()
     ingest_url = f"http://127.0.0.1:{ingest_port}"
@@ -100,15 +109,18 @@ def main() -> None:
         wait_http_ok(f"http://127.0.0.1:{qdrant_port}/healthz", 60, qdrant)
         wait_until_up(ingest_url, timeout=60)
         with running_stack(ingest_url=ingest_url, qdrant_url=f"http://127.0.0.1:{qdrant_port}",
-                           qdrant_collection=f"bench_scale_{uuid.uuid4().hex[:8]}", log_level="WARNING") as stack:
+                           qdrant_collection=f"bench_scale_{uuid.uuid4().hex[:8]}",
+                           log_level="WARNING") as stack:
             print(f"{os.cpu_count()} CPUs, shared; batch size {get_settings().sync_batch_size}; "
                   f"{args.chunks} chunks per document; {args.stale:,} stale points per run")
             for n in args.sizes:
                 f = measure(stack, ingest_url, n, args)
                 figures.append(f)
-                print(f"{f['n']:>9,} chunks: {f['rate']:7,.0f} points/s ({f['seconds']:.1f} s; copy {f['task']['copy']} s, "
-                      f"removal {f['task']['remove']} s); peak RSS pool process {f['pool_mib']:.0f} MiB "
-                      f"(warm, before the sync {f['pool_before_mib']:.0f} MiB), worker {f['worker_mib']:.0f} MiB; "
+                task = f["task"]
+                print(f"{f['n']:>9,} chunks: {f['rate']:7,.0f} points/s ({f['seconds']:.1f} s; "
+                      f"copy {task['copy']} s, removal {task['remove']} s); peak RSS "
+                      f"pool process {f['pool_mib']:.0f} MiB (warm, before the sync "
+                      f"{f['pool_before_mib']:.0f} MiB), worker {f['worker_mib']:.0f} MiB; "
                       f"load average {f['load']:.1f}")
     finally:
         ingest.stop()

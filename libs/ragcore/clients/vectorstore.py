@@ -121,10 +121,15 @@ class VectorStore:
         options = self.client.init_options
         # Local mode has no payload indexes (and warns if asked); a server filters deletions by this one.
         local = options.get("path") is not None or options.get("location") == ":memory:"
-        indexes = {"document_id": models.PayloadSchemaType.KEYWORD, GENERATION: models.PayloadSchemaType.INTEGER}
+        indexes = {
+            "document_id": models.PayloadSchemaType.KEYWORD,
+            GENERATION: models.PayloadSchemaType.INTEGER,
+        }
         for field, schema in indexes.items():
             if not local and field not in info.payload_schema:
-                self.client.create_payload_index(self.collection, field, field_schema=schema, wait=True)
+                self.client.create_payload_index(
+                    self.collection, field, field_schema=schema, wait=True
+                )
         self._ready = True
 
     def _check_vector(self, vector: list[float], what: str) -> None:
@@ -179,15 +184,18 @@ class VectorStore:
         points: list[models.ExtendedPointId] = list(ids)
         if points:
             # By filter, not by id list: a point deleted meanwhile is skipped, not an error.
-            selector = models.FilterSelector(filter=models.Filter(must=[models.HasIdCondition(has_id=points)]))
-            self.client.set_payload(self.collection, {GENERATION: generation}, points=selector, wait=True)
+            ids = models.Filter(must=[models.HasIdCondition(has_id=points)])
+            selector = models.FilterSelector(filter=ids)
+            payload = {GENERATION: generation}
+            self.client.set_payload(self.collection, payload, points=selector, wait=True)
 
     def count_other_generations(self, generation: int) -> int:
         """How many points were written in another generation than `generation` (or in none)."""
-        return self.client.count(self.collection, count_filter=_other_generations(generation), exact=True).count
+        others = _other_generations(generation)
+        return self.client.count(self.collection, count_filter=others, exact=True).count
 
     def delete_other_generations(self, generation: int) -> None:
-        """Remove every point not written in `generation`, by filter: memory does not grow with them."""
+        """Remove every point not written in `generation`, by filter (no ids held in memory)."""
         selector = models.FilterSelector(filter=_other_generations(generation))
         self.client.delete(self.collection, points_selector=selector, wait=True)
 

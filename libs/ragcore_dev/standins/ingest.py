@@ -255,8 +255,9 @@ class Corpus:
             chunk += take
             if chunk >= doc.chunks:
                 position, chunk = position + 1, 0
+        later = range(position + 1, len(docs))
         more = position < len(docs) and (
-            docs[position].chunks > chunk or any(docs[i].chunks for i in range(position + 1, len(docs)))
+            docs[position].chunks > chunk or any(docs[i].chunks for i in later)
         )
         last = rows[-1] if rows and more else None
         return rows, ((last[0].updated_at, last[0].id, last[0].chunk_id(last[1])) if last else None)
@@ -329,7 +330,8 @@ class IngestApp(App):
         since = parse_since(request.query["since"]) if request.query.get("since") else None
         after = decode_cursor(request.query["cursor"]) if request.query.get("cursor") else None
         rows, last = self.corpus.page(since, after, limit)
-        return json_response({"items": items_json(rows, self.corpus.embedder), "next_cursor": encode_cursor(last) if last else None})
+        items = items_json(rows, self.corpus.embedder)
+        return json_response({"items": items, "next_cursor": encode_cursor(last) if last else None})
 
     def document_embeddings(self, request: Request) -> Response:
         doc = self.corpus.documents().get(request.params["document_id"])

@@ -393,7 +393,7 @@ class QdrantApp(App):
         body = self._body(request)
         payload = body.get("payload")
         if not isinstance(payload, dict) or body.get("key"):
-            raise HTTPError(400, "Wrong input: give a `payload` object (the stand-in sets top-level keys)")
+            raise HTTPError(400, "Wrong input: give a `payload` object (top-level keys only)")
         if "points" in body:
             operation = qe.UpdateOperation.set_payload(body["points"], payload)
         elif "filter" in body:

@@ -17,7 +17,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    # A checkpoint without a generation cannot be resumed: its sync starts again from the first page.
+    # A checkpoint without a generation cannot be resumed: its sync starts again at the first page.
     op.execute("DELETE FROM full_sync_pages")
     with op.batch_alter_table("full_sync_pages") as batch:
         batch.drop_column("point_ids")
