@@ -184,8 +184,8 @@ class VectorStore:
         points: list[models.ExtendedPointId] = list(ids)
         if points:
             # By filter, not by id list: a point deleted meanwhile is skipped, not an error.
-            ids = models.Filter(must=[models.HasIdCondition(has_id=points)])
-            selector = models.FilterSelector(filter=ids)
+            only = models.Filter(must=[models.HasIdCondition(has_id=points)])
+            selector = models.FilterSelector(filter=only)
             payload = {GENERATION: generation}
             self.client.set_payload(self.collection, payload, points=selector, wait=True)
 
