@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -99,7 +100,8 @@ def main() -> None:
     env = deployable_env()
     ingest_args = ("--port", str(ingest_port), "--documents", "1")
     ingest = Deployable("ragcore_dev.standins.ingest", env, ingest_args)
-    qdrant_args = ("--port", str(qdrant_port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-"))
+    data = tempfile.mkdtemp(prefix="bench-qdrant-")
+    qdrant_args = ("--port", str(qdrant_port), "--data", data)
     qdrant = Deployable("ragcore_dev.standins.qdrant", env, qdrant_args)
     ingest.start()
     qdrant.start()
@@ -125,6 +127,7 @@ def main() -> None:
     finally:
         ingest.stop()
         qdrant.stop()
+        shutil.rmtree(data, ignore_errors=True)  # 1M points take ~2 GB
     small, large = figures
     print(f"RSS ratio {large['pool_mib'] / small['pool_mib']:.2f} (target <= 1.2); "
           f"points/s ratio {large['rate'] / small['rate']:.2f} (target >= 0.8); "
