@@ -42,6 +42,22 @@ class CopyReport:
     latest_ids: set[str] = field(default_factory=set)
 
 
+def write_in_generation(
+    generation: Callable[[], int], write: Callable[[int], object], retag: Callable[[int], object]
+) -> None:
+    """`write` tagged with the current sync generation; if a full sync began meanwhile, `retag`.
+
+    A full sync removes every point not of its generation when it ends. A write that read the old
+    generation just before the sync began could land after the sync wrote the same points:
+    re-reading the generation after the write catches that, and the points move to the new one.
+    """
+    tag = generation()
+    write(tag)
+    while (now := generation()) != tag:
+        retag(now)
+        tag = now
+
+
 def prefetch(pages: Iterator[Page], depth: int = PREFETCH_PAGES, halt: threading.Event | None = None) -> Iterator[Page]:
     """Iterate `pages` from a reader thread, up to `depth` pages ahead; re-raises its errors.
 
@@ -89,18 +105,28 @@ def copy_pages(
     store: VectorStore,
     skip: Callable[[Chunk], bool] = lambda _: False,
     on_page: Callable[[CopyReport], None] = lambda _: None,
-    seen: set[str] | None = None,
     writers: int = WRITERS,
     on_applied: Callable[[Page, CopyReport], None] = lambda _, __: None,
     halt: threading.Event | None = None,
+    generation: Callable[[], int] = lambda: 0,
 ) -> CopyReport:
-    """Upsert every chunk of `pages` not `skip`ped; `seen` collects the point ids of every chunk read.
+    """Upsert every chunk of `pages` not `skip`ped, in the sync `generation` current at each write.
 
     `on_applied` hears of each page, in feed order, once Qdrant applied all its writes (a checkpoint).
     Once `halt` is set no further page is fetched; the ones already fetched are written.
     Returns once every write is applied; the first failed write (or fetch) is raised.
     """
     report = CopyReport()
+
+    def write(chunks: list[Chunk]) -> int:
+        ids = [point_id(c.id) for c in chunks]
+        write_in_generation(
+            generation,
+            lambda tag: store.upsert(chunks, True, tag),
+            lambda tag: store.set_generation(ids, tag),
+        )
+        return len(chunks)
+
     in_flight: deque[tuple[Future[int], set[str], Page]] = deque()
 
     def apply_oldest() -> None:
@@ -119,7 +145,7 @@ def copy_pages(
                 while in_flight and (overlaps or len(in_flight) >= writers):
                     apply_oldest()
                 if chunks:
-                    in_flight.append((pool.submit(store.upsert, chunks, True), ids, page))
+                    in_flight.append((pool.submit(write, chunks), ids, page))
                 else:  # nothing to write, but its checkpoint comes in order after the pages before it
                     done: Future[int] = Future()
                     done.set_result(0)
@@ -130,8 +156,6 @@ def copy_pages(
                         report.latest, report.latest_ids = chunk.updated_at, {chunk.id}
                     elif chunk.updated_at == report.latest:
                         report.latest_ids.add(chunk.id)
-                if seen is not None:
-                    seen.update(point_id(c.id) for c in page.items)
                 on_page(report)
             while in_flight:
                 apply_oldest()

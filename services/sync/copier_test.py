@@ -35,16 +35,19 @@ class RecordingStore:
         self.delays = delays or {}
         self.events: list[tuple[str, int]] = []
         self.calls: list[tuple[list[str], bool]] = []
+        self.generations: list[int] = []
+        self.retagged: list[tuple[list[str], int]] = []
         self.fail_on_call = fail_on_call
         self.hold = hold
         self._lock = threading.Lock()
         self._in_flight = 0
         self.max_in_flight = 0
 
-    def upsert(self, chunks: Iterable[Chunk], wait: bool = True) -> int:
+    def upsert(self, chunks: Iterable[Chunk], wait: bool = True, generation: int = 0) -> int:
         batch = list(chunks)
         with self._lock:
             self.calls.append(([c.id for c in batch], wait))
+            self.generations.append(generation)
             number = len(self.calls)
             self.events.append(("start", number))
             self._in_flight += 1
@@ -62,6 +65,11 @@ class RecordingStore:
                 self.events.append(("end", number))
 
 
+    def set_generation(self, ids: Iterable[str], generation: int) -> None:
+        with self._lock:
+            self.retagged.append((list(ids), generation))
+
+
 def as_store(store: RecordingStore) -> VectorStore:
     return cast(VectorStore, store)
 
@@ -69,25 +77,32 @@ def as_store(store: RecordingStore) -> VectorStore:
 def test_every_chunk_is_written_once_with_wait_and_reported() -> None:
     pages = feed(5)
     store = RecordingStore()
-    seen: set[str] = set()
     progress: list[int] = []
-    report = copy_pages(iter(pages), as_store(store), seen=seen, on_page=lambda r: progress.append(r.pages))
+    report = copy_pages(iter(pages), as_store(store), on_page=lambda r: progress.append(r.pages))
 
     written = [cid for ids, _ in store.calls for cid in ids]
     assert sorted(written) == sorted(c.id for p in pages for c in p.items)
     assert all(wait for _, wait in store.calls)
     assert report.copied == 15 and report.pages == 5 and progress == [1, 2, 3, 4, 5]
-    assert seen == {point_id(c.id) for p in pages for c in p.items}
     assert report.latest == T0 + timedelta(seconds=4) and report.latest_ids == {c.id for c in pages[-1].items}
 
 
-def test_skipped_chunks_are_not_written_but_still_seen() -> None:
+def test_skipped_chunks_are_not_written() -> None:
     pages = feed(2)
     store = RecordingStore()
-    seen: set[str] = set()
-    report = copy_pages(iter(pages), as_store(store), skip=lambda c: c.document_id == "doc-0", seen=seen)
+    report = copy_pages(iter(pages), as_store(store), skip=lambda c: c.document_id == "doc-0")
     assert [ids for ids, _ in store.calls] == [[c.id for c in pages[1].items]]
-    assert report.copied == 3 and len(seen) == 6
+    assert report.copied == 3 and report.pages == 2
+
+
+def test_each_write_is_tagged_with_the_generation_and_retagged_if_a_full_sync_began() -> None:
+    pages = feed(3)
+    store = RecordingStore()
+    # Read before and after each write; a full sync begins during write 2.
+    reads = iter([4, 4, 4, 5, 5, 5, 5, 5])
+    report = copy_pages(iter(pages), as_store(store), writers=1, generation=lambda: next(reads))
+    assert report.copied == 9 and store.generations == [4, 4, 5]
+    assert store.retagged == [([point_id(c.id) for c in pages[1].items], 5)]
 
 
 def test_no_more_writes_than_writers_are_in_flight_and_that_many_are() -> None:

@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +14,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.exceptions import Reject
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 
 from ragcore.tasks import contracts
 
@@ -26,14 +25,14 @@ from ragcore.clients.breaker import breaker
 from ragcore.query.cache import bump_data_version
 from ragcore.tasks.app import define_task, will_retry
 from ragcore.tasks.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
-from ragcore.db import session_scope
+from ragcore.db import insert_for, session_scope
 from ragcore.db.models import FullSyncPage, SyncState
 from ragcore.clients.transport import shared_http_client
 from ragcore.clients.ingest import DocumentNotFound, IngestClient, Page
 from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import get_settings
 from ragcore.clients.vectorstore import VectorStore, point_id
-from services.sync.copier import CopyReport, copy_pages
+from services.sync.copier import CopyReport, copy_pages, write_in_generation
 from services.sync.drain import DocumentBusy, check_not_stale, drain, record_applied
 
 log = logging.getLogger(__name__)
@@ -41,10 +40,10 @@ log = logging.getLogger(__name__)
 log = logging.getLogger(__name__)
 
 INCREMENTAL = "incremental"
+#: The SyncState row whose `version` is the sync generation every write to Qdrant tags points with.
+GENERATION = "generation"
 #: A full sync reports progress at most this often (and once at the end).
 PROGRESS_SECONDS = 1.0
-#: Stale point ids removed per request.
-DELETE_BATCH = 1000
 #: The drain claims new batches during this share of its soft time limit; the rest finishes what it claimed.
 CLAIM_FRACTION = 0.8
 
@@ -77,6 +76,26 @@ def _writes_qdrant() -> Iterator[None]:
         raise
 
 
+def current_generation() -> int:
+    """The sync generation writes tag their points with; 0 until the first full sync."""
+    with session_scope() as session:
+        state = session.get(SyncState, GENERATION)
+        return state.version if state else 0
+
+
+def _begin_generation() -> int:
+    """A new generation, durably, before a full sync writes anything: later writes carry it."""
+    with session_scope() as session:
+        insert = insert_for(session)
+        first = insert(SyncState).values(key=GENERATION, version=0).on_conflict_do_nothing()
+        session.execute(first)
+        row = update(SyncState).where(SyncState.key == GENERATION)
+        session.execute(row.values(version=SyncState.version + 1))
+        state = session.get(SyncState, GENERATION)
+        assert state is not None
+        return state.version
+
+
 def _save_mark(report: CopyReport, changed: bool) -> None:
     """Store the incremental high-water mark, and bump the data version if Qdrant changed."""
     with session_scope() as session:
@@ -103,6 +122,7 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
             _ingest().iter_pages(since=since, limit=args.batch_size),
             store,
             skip=lambda c: c.updated_at == mark and c.id in skip_ids,
+            generation=current_generation,
         )
     _save_mark(report, changed=report.copied > 0)
     return {"copied": report.copied, "pages": report.pages, "since": since.isoformat() if since else None,
@@ -111,12 +131,12 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """Where a full sync stands: the pages Qdrant applied, the cursor after them, the points they held."""
+    """Where a full sync stands: the pages Qdrant applied, the cursor after them, its generation."""
 
     pages: int = 0
     copied: int = 0
     cursor: str | None = None
-    seen: frozenset[str] = frozenset()
+    generation: int = 0
 
     @property
     def finished_copy(self) -> bool:
@@ -125,16 +145,19 @@ class Checkpoint:
 
 def load_checkpoint(task_id: str) -> Checkpoint:
     with session_scope() as session:
-        rows = session.scalars(select(FullSyncPage).where(FullSyncPage.task_id == task_id).order_by(FullSyncPage.page)).all()
-        if not rows:
+        pages = select(FullSyncPage).where(FullSyncPage.task_id == task_id)
+        last = session.scalars(pages.order_by(FullSyncPage.page.desc()).limit(1)).first()
+        if last is None:
             return Checkpoint()
-        return Checkpoint(len(rows), rows[-1].copied, rows[-1].next_cursor,
-                          frozenset(pid for row in rows for pid in row.point_ids))
+        return Checkpoint(last.page, last.copied, last.next_cursor, last.generation)
 
 
-def _record_page(task_id: str, page: int, next_cursor: str | None, copied: int, point_ids: list[str]) -> None:
+def _record_page(
+    task_id: str, page: int, next_cursor: str | None, copied: int, generation: int
+) -> None:
     with session_scope() as session:
-        session.add(FullSyncPage(task_id=task_id, page=page, next_cursor=next_cursor, copied=copied, point_ids=point_ids))
+        session.add(FullSyncPage(task_id=task_id, page=page, next_cursor=next_cursor, copied=copied,
+                                 generation=generation))
 
 
 def _forget_checkpoint(task_id: str) -> None:
@@ -143,14 +166,18 @@ def _forget_checkpoint(task_id: str) -> None:
 
 
 def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
-    """Copy everything, then remove points whose chunks Ingest no longer has.
+    """Copy everything in a new sync generation, then remove the points of every other generation.
 
-    Each page Qdrant applied is a checkpoint in the database: a run delivered again (after its worker
-    died, or handed back at a shutdown) continues after the last one, and the points of the pages
-    before it still count as seen. When its worker stops, it ends at a page boundary and hands itself back.
+    Every write to Qdrant (this copy, incremental syncs, document events) tags its points with the
+    generation current when it wrote, so whatever was written since this sync began survives, and
+    what nobody rewrote (chunks Ingest no longer has) goes, by filter: memory does not grow with the
+    collection. Each page Qdrant applied is a checkpoint in the database: a run delivered again
+    (after its worker died, or handed back at a shutdown) continues after the last one, in the same
+    generation. When its worker stops, it ends at a page boundary and hands itself back.
     """
     task_id = self.request.id
     resumed = load_checkpoint(task_id)
+    generation = resumed.generation if resumed.pages else _begin_generation()
     store = _store()
     before = store.count()
     reported = [-PROGRESS_SECONDS]
@@ -173,55 +200,46 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     def on_applied(page: Page, report: CopyReport) -> None:
         applied[0] += 1
         cursor[0] = page.next_cursor
-        _record_page(task_id, applied[0], page.next_cursor, resumed.copied + report.copied,
-                     [point_id(c.id) for c in page.items])
+        done = resumed.copied + report.copied
+        _record_page(task_id, applied[0], page.next_cursor, done, generation)
 
-    def list_existing() -> tuple[set[str], float]:
-        listing = time.perf_counter()
-        ids: set[str] = set()
-        for pid in store.iter_point_ids():
-            if halt.is_set():
-                break
-            ids.add(pid)
-        return ids, time.perf_counter() - listing
-
-    # Only points present before the copy can be stale (the copy writes the ones it sees), so they are
-    # listed while the copy runs: the scan's time hides behind the copy's. A collection that was empty
-    # has nothing stale: no scan, and no need to note the ids the copy sees.
-    seen: set[str] | None = set() if before else None
     pages = iter(()) if resumed.finished_copy else \
         _ingest().iter_pages(limit=get_settings().sync_batch_size, cursor=resumed.cursor)
     started = time.perf_counter()
     with _writes_qdrant():
         try:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-scan") as scan:
-                existing = scan.submit(list_existing) if before else None
-                report = copy_pages(pages, store, on_page=on_page, seen=seen, on_applied=on_applied, halt=halt)
-                candidates, scanned = existing.result() if existing else (set(), 0.0)
+            report = copy_pages(pages, store, on_page=on_page, on_applied=on_applied, halt=halt,
+                                generation=current_generation)
         except Exception as exc:
             if not will_retry(self, contracts.TRIGGER_FULL_SYNC, exc):
                 _forget_checkpoint(task_id)  # it fails for good: a new full sync starts from the first page
             raise
-        # Halted, the scan stopped early too: unless nothing is left to do, the next run goes on from here.
-        if halt.is_set() and (cursor[0] is not None or existing is not None):
+        # Halted before the last page: the next run goes on from here.
+        if halt.is_set() and cursor[0] is not None:
             done = resumed.copied + report.copied
             waiting = {"done": done, "total": max(before, done), "total_is_estimate": True,
                        "stage": "handed back at shutdown: resumes from its checkpoint"}
             ledger.handed_back(task_id, waiting)
             self.update_state(state="PENDING", meta=waiting)  # Celery stores nothing for a rejected task
             raise Reject("the worker stops: handed back at a page boundary", requeue=True)
-        stale = sorted(candidates - resumed.seen - (seen or set()))
         copied = time.perf_counter()
-        for start in range(0, len(stale), DELETE_BATCH):
-            store.delete_points(stale[start : start + DELETE_BATCH])
+        # A newer full sync began meanwhile: the points written since carry its generation, and its
+        # own removal is the one that must run; removing by ours would delete its writes.
+        superseded = current_generation() != generation
+        stale = 0 if superseded else store.count_other_generations(generation)
+        if stale:
+            store.delete_other_generations(generation)
     removed = time.perf_counter()
     _save_mark(report, changed=True)
     total = resumed.copied + report.copied
     ledger.set_progress(task_id, {"done": total, "total": total, "total_is_estimate": False, "stage": "done"})
     _forget_checkpoint(task_id)
-    return {"copied": total, "pages": resumed.pages + report.pages, "removed": len(stale), "points": store.count(),
-            "resumed_from_page": resumed.pages,
-            "seconds": {"copy": round(copied - started, 3), "scan": round(scanned, 3), "remove": round(removed - copied, 3)}}
+    return {
+        "copied": total, "pages": resumed.pages + report.pages, "removed": stale,
+        "points": store.count(), "resumed_from_page": resumed.pages,
+        "generation": generation, "superseded": superseded,
+        "seconds": {"copy": round(copied - started, 3), "remove": round(removed - copied, 3)},
+    }
 
 
 def _apply_document(document_id: str, action: str, occurred_at: datetime) -> None:
@@ -240,8 +258,13 @@ def _apply_document(document_id: str, action: str, occurred_at: datetime) -> Non
                 chunks = _ingest().document_embeddings(document_id)
             except DocumentNotFound:
                 chunks = []  # deleted in Ingest since the event: converge on its current state
+        ids = [point_id(c.id) for c in chunks]
         with _writes_qdrant():
-            store.replace_document(document_id, chunks)
+            write_in_generation(
+                current_generation,
+                lambda tag: store.replace_document(document_id, chunks, tag),
+                lambda tag: store.set_generation(ids, tag),
+            )
         with session_scope() as session:
             bump_data_version(session)
             record_applied(session, document_id, occurred_at)

@@ -15,10 +15,13 @@ def percentile(samples: list[float], q: float) -> float:
 
 def load_corpus(store: VectorStore, corpus: Corpus) -> int:
     """Upsert every chunk of `corpus` (the vectors the Ingest stand-in serves) into `store`."""
-    chunks = [
-        Chunk(cid, doc.id, doc.texts[j], doc.vectors[j].astype(float).tolist(), doc.metadata[j], from_micros(doc.updated_at))
-        for doc in corpus.documents().values()
-        for j, cid in enumerate(doc.chunk_ids)
-    ]
+    chunks = []
+    for doc in corpus.documents().values():
+        vectors = corpus.embedder.embed(list(doc.texts))
+        at = from_micros(doc.updated_at)
+        chunks += [
+            Chunk(doc.chunk_id(j), doc.id, doc.text(j), vectors[j], doc.chunk_metadata(j), at)
+            for j in range(doc.chunks)
+        ]
     store.ensure_collection()
     return store.upsert(chunks)

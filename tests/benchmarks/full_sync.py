@@ -14,9 +14,9 @@ in the machine's load does not always fall on the same one):
                 copier itself fed from memory (its writers alone, no fetching);
 - full sync:    `trigger_full_sync_task` sent to the worker, timed from dispatch to its stored result,
                 into a fresh collection (`--stale N`: seeded with N points Ingest does not have, so
-                the final step has ids to remove; `--resync`: already holding the corpus, so every
-                point is rewritten and listed). The task reports its copy, its listing of existing
-                ids (alongside the copy) and its removal of stale points; all are in the total.
+                the final step has points to remove; `--resync`: already holding the corpus, so
+                every point is rewritten). The task reports its copy and its removal of the points
+                of other sync generations (by filter); both are in the total.
 
 The ratio is full sync ÷ the slower stage, where the upsert stage counts at the faster of its two
 ways (the stricter baseline). Target: >= 0.8 (the stages overlap instead of adding up).
@@ -166,8 +166,9 @@ def print_round(figures: dict[str, Any]) -> None:
         print(f"  {stage:>13}: {rate:8,.0f} points/s  {seconds:6.2f} s   cpu s: {busy}  (total {sum(cpu.values()):5.2f})")
     task = figures["full_task"]
     outside = figures["full"][1] - task["copy"] - task["remove"]
-    print(f"  {'':>13}  of which copy {task['copy']:.2f} s (listing existing ids alongside: {task['scan']:.2f} s), "
-          f"stale removal {task['remove']:.2f} s, the rest (dispatch, counts, mark, result) {outside:.2f} s")
+    print(f"  {'':>13}  of which copy {task['copy']:.2f} s, "
+          f"stale removal by filter {task['remove']:.2f} s, "
+          f"the rest (dispatch, counts, mark, result) {outside:.2f} s")
 
 
 def ratio(figures: dict[str, Any]) -> float:

@@ -70,7 +70,8 @@ def main() -> None:
     pages = 0
     while True:
         rows, after = corpus.page(None, after, PAGE)
-        orjson.dumps({"items": items_json(rows), "next_cursor": None}, option=orjson.OPT_SERIALIZE_NUMPY)
+        items = items_json(rows, corpus.embedder)
+        orjson.dumps({"items": items, "next_cursor": None}, option=orjson.OPT_SERIALIZE_NUMPY)
         pages += 1
         if after is None:
             break

@@ -21,8 +21,8 @@ from ragcore.db.models import SyncEvent, TaskRecord
 from ragcore.clients.ingest import Chunk
 from ragcore.settings import get_settings
 from ragcore.clients.vectorstore import VectorStore, point_id
-from ragcore_dev.standins.ingest import IngestApp, start_ingest
-from ragcore_dev.standins.qdrant import start_qdrant
+from ragcore_dev.standins.ingest import BASE_TIME, IngestApp, start_ingest
+from ragcore_dev.standins.qdrant import QdrantApp, start_qdrant
 from ragcore_dev.standins.server import Running
 from ragcore_dev.processes import Deployable, wait_until
 from tests.support.stack import ADMIN_KEY, SYNC_KEY, Stack, running_stack
@@ -34,6 +34,7 @@ class SyncRig:
     ingest: Running[IngestApp]
     store: VectorStore
     worker: Deployable
+    qdrant: Running[QdrantApp]
 
     def run(
         self, contract: contracts.TaskContract, kwargs: dict[str, Any] | None = None, timeout: float = 120,
@@ -57,7 +58,7 @@ def rig() -> Iterator[SyncRig]:
             store.ensure_collection()
             worker = stack.start_worker(Queue.SYNC)
             stack.start_api()
-            yield SyncRig(stack, ingest, store, worker)
+            yield SyncRig(stack, ingest, store, worker, qdrant)
             store.close()
 
 
@@ -277,3 +278,36 @@ def test_sigterm_mid_full_sync_hands_it_back_at_a_page_boundary_and_another_work
     assert rig.qdrant_point_ids() == rig.ingest_point_ids() and stale not in rig.qdrant_point_ids()
     assert len(rig.ingest.app.log.entries("/api/v1/embeddings")) <= 12 + 1
     print(f"SIGTERM: handed back in {stopped:.1f}s, finished {time.monotonic() - stopping:.1f}s after it")  # noqa: T201
+
+
+def test_full_sync_removes_by_generation_what_nobody_rewrote_and_keeps_an_events_writes(
+    rig: SyncRig,
+) -> None:
+    corpus = rig.ingest.app.corpus
+    corpus.reset(documents=100, chunks=10)  # 1000 chunks, 4 pages of 256
+    vector = [0.1] * get_settings().vector_size
+    gone = Chunk("gone/chunk-000", "gone", "t", vector, {}, BASE_TIME)
+    rig.store.upsert([gone], generation=0)  # as written before any full sync
+    rig.qdrant.app.log.clear()
+    rig.ingest.app.faults.set_delay(1.0)  # each page takes a second: room for an event meanwhile
+    task_id = dispatch.send(rig.stack.producer, contracts.TRIGGER_FULL_SYNC)
+    feed = "/api/v1/embeddings"
+    wait_until(lambda: len(rig.ingest.app.log.entries(feed)) > 0, 60, "the first page fetched")
+
+    # Ingest commits a document late, at a moment the feed has passed: only its event tells of it.
+    late = corpus.put_document("late-doc", texts=["late one", "late two"], updated_at=BASE_TIME)
+    with rig.stack.api(SYNC_KEY) as api:
+        stored = api.post("/api/v1/sync/events", json=_events(("late-doc", "upsert")))
+        assert stored.status_code == 202
+    assert rig.run(contracts.PROCESS_SYNC_QUEUE)["applied"] == 1
+    # The event landed during the sync.
+    assert rig.stack.producer.AsyncResult(task_id).state != "SUCCESS"
+
+    result = rig.stack.producer.AsyncResult(task_id).get(timeout=120)
+    # Nothing listed the collection's ids: removal was one filtered count and one filtered delete.
+    assert rig.qdrant.app.log.entries("/collections/"), "the Qdrant stand-in logs requests"
+    assert rig.qdrant.app.log.entries("/collections/sync_test/points/scroll") == []
+    assert result["removed"] == 1 and not result["superseded"]
+    in_qdrant = rig.qdrant_point_ids()
+    assert in_qdrant == rig.ingest_point_ids() and point_id(gone.id) not in in_qdrant
+    assert {point_id(cid) for cid in late.chunk_ids} <= in_qdrant  # the copy never read them

@@ -17,6 +17,9 @@ from ragcore.settings import Settings
 
 # Fixed forever: changing it would orphan every point already written.
 POINT_NAMESPACE = uuid.UUID("6f1c2a4e-8d3b-5e7a-9c10-2b4d6f8a0c1e")
+#: The payload field holding the sync generation a point was written in: a full sync removes the
+#: points of every other generation by filter, without listing ids.
+GENERATION = "sync_generation"
 
 
 class CollectionMismatch(RuntimeError):
@@ -54,6 +57,12 @@ def _filter(filters: dict[str, Any] | None) -> models.Filter | None:
 
 def _document_filter(document_id: str) -> models.Filter:
     return models.Filter(must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))])
+
+
+def _other_generations(generation: int) -> models.Filter:
+    # must_not also selects points with no generation at all (written before generations existed).
+    same = models.FieldCondition(key=GENERATION, match=models.MatchValue(value=generation))
+    return models.Filter(must_not=[same])
 
 
 class VectorStore:
@@ -112,10 +121,15 @@ class VectorStore:
         options = self.client.init_options
         # Local mode has no payload indexes (and warns if asked); a server filters deletions by this one.
         local = options.get("path") is not None or options.get("location") == ":memory:"
-        if not local and "document_id" not in info.payload_schema:
-            self.client.create_payload_index(
-                self.collection, "document_id", field_schema=models.PayloadSchemaType.KEYWORD, wait=True
-            )
+        indexes = {
+            "document_id": models.PayloadSchemaType.KEYWORD,
+            GENERATION: models.PayloadSchemaType.INTEGER,
+        }
+        for field, schema in indexes.items():
+            if not local and field not in info.payload_schema:
+                self.client.create_payload_index(
+                    self.collection, field, field_schema=schema, wait=True
+                )
         self._ready = True
 
     def _check_vector(self, vector: list[float], what: str) -> None:
@@ -124,8 +138,9 @@ class VectorStore:
                 f"{what} has {len(vector)} dimensions, the collection {self.collection!r} holds {self.vector_size}"
             )
 
-    def upsert(self, chunks: Iterable[Chunk], wait: bool = True) -> int:
-        """Write chunks under their deterministic ids (a re-upsert overwrites); return how many."""
+    def upsert(self, chunks: Iterable[Chunk], wait: bool = True, generation: int = 0) -> int:
+        """Write chunks under their deterministic ids (a re-upsert overwrites), tagged with the sync
+        `generation`; return how many."""
         ids: list[models.ExtendedPointId] = []
         vectors: list[list[float]] = []
         payloads: list[dict[str, Any]] = []
@@ -140,6 +155,7 @@ class VectorStore:
                     "text": chunk.text,
                     "metadata": chunk.metadata,
                     "updated_at": chunk.updated_at.isoformat(),
+                    GENERATION: generation,
                 }
             )
         if not ids:
@@ -153,15 +169,35 @@ class VectorStore:
         """Remove every point of one document; a document with no points is not an error."""
         self.client.delete(self.collection, points_selector=models.FilterSelector(filter=_document_filter(document_id)))
 
-    def replace_document(self, document_id: str, chunks: list[Chunk]) -> None:
+    def replace_document(self, document_id: str, chunks: list[Chunk], generation: int = 0) -> None:
         """Make the document's points exactly `chunks`: write them first, then remove the ones not
         rewritten, so a search in between finds the old or the new version, never neither."""
-        self.upsert(chunks, wait=True)
+        self.upsert(chunks, wait=True, generation=generation)
         kept: list[models.ExtendedPointId] = [point_id(c.id) for c in chunks]
         stale = _document_filter(document_id)
         if kept:
             stale.must_not = [models.HasIdCondition(has_id=kept)]
         self.client.delete(self.collection, points_selector=models.FilterSelector(filter=stale))
+
+    def set_generation(self, ids: Iterable[str], generation: int) -> None:
+        """Re-tag existing points with `generation`; ids no longer present are ignored."""
+        points: list[models.ExtendedPointId] = list(ids)
+        if points:
+            # By filter, not by id list: a point deleted meanwhile is skipped, not an error.
+            only = models.Filter(must=[models.HasIdCondition(has_id=points)])
+            selector = models.FilterSelector(filter=only)
+            payload = {GENERATION: generation}
+            self.client.set_payload(self.collection, payload, points=selector, wait=True)
+
+    def count_other_generations(self, generation: int) -> int:
+        """How many points were written in another generation than `generation` (or in none)."""
+        others = _other_generations(generation)
+        return self.client.count(self.collection, count_filter=others, exact=True).count
+
+    def delete_other_generations(self, generation: int) -> None:
+        """Remove every point not written in `generation`, by filter (no ids held in memory)."""
+        selector = models.FilterSelector(filter=_other_generations(generation))
+        self.client.delete(self.collection, points_selector=selector, wait=True)
 
     def delete_points(self, ids: Iterable[str]) -> None:
         """Remove points by id; unknown ids are ignored."""

@@ -153,6 +153,21 @@ def test_delete_points_removes_exactly_those_ids(filled: VectorStore, corpus: tu
     assert not set(gone) & set(filled.iter_point_ids())
 
 
+def test_points_of_other_generations_are_counted_and_removed_by_filter(
+    store: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]
+) -> None:
+    chunks = corpus[0]
+    store.upsert(chunks[:10])  # generation 0: before any full sync
+    store.upsert(chunks[10:40], generation=7)
+    store.upsert(chunks[40:60], generation=8)
+    store.set_generation([point_id(c.id) for c in chunks[40:50]] + [point_id("never-written")], 7)
+    assert store.count_other_generations(7) == 10 + 10
+    store.delete_other_generations(7)
+    assert set(store.iter_point_ids()) == {point_id(c.id) for c in chunks[10:50]}
+    store.delete_other_generations(7)  # nothing left to remove is not an error
+    assert store.count() == 40 and store.count_other_generations(7) == 0
+
+
 def test_wrong_vector_size_is_refused_before_anything_is_written(store: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
     short = replace(corpus[0][5], vector=[0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="has 3 dimensions, the collection .* holds 384"):

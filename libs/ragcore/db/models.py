@@ -35,7 +35,8 @@ class Base(DeclarativeBase):
 
 
 class SyncState(Base):
-    """Sync bookkeeping by key: incremental high-water marks, and the data version ("data")."""
+    """Sync bookkeeping by key: incremental high-water marks, the data version ("data"), and the
+    sync generation ("generation", in `version`) that every write to Qdrant tags its points with."""
 
     __tablename__ = "sync_state"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -49,8 +50,8 @@ class SyncState(Base):
 class FullSyncPage(Base):
     """A full sync's checkpoint: one row per page Qdrant has applied, until the sync finishes.
 
-    The last row's cursor is where a re-delivered run continues; the point ids of all rows are the
-    chunks it already saw, which stale-point removal must still count as live.
+    The last row's cursor is where a re-delivered run continues, in the same sync generation: the
+    points written before it stay current, so no point ids need keeping.
     """
 
     __tablename__ = "full_sync_pages"
@@ -60,7 +61,8 @@ class FullSyncPage(Base):
     next_cursor: Mapped[str | None] = mapped_column(Text)
     #: Chunks copied up to and including this page.
     copied: Mapped[int]
-    point_ids: Mapped[list[Any]]
+    #: The sync generation this full sync began (SyncState "generation").
+    generation: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -63,19 +63,41 @@ def iso(micros: int) -> str:
     return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Document:
-    """One document and its chunks; replaced, never mutated, so readers need no lock."""
+    """One document; its chunks' texts and vectors are made when served, so a corpus of a million
+    chunks costs a few hundred bytes per document. Replaced, never mutated: readers need no lock."""
 
     id: str
     topic: tuple[str, str]
     category: str
-    chunk_ids: tuple[str, ...]
-    texts: tuple[str, ...]
-    metadata: tuple[dict[str, Any], ...]
-    vectors: np.ndarray  # (chunks, dim) float32
+    chunks: int
     updated_at: int  # microseconds since the epoch
     revision: int = 0
+    #: Texts a test gave (PUT); None: generated from the topic.
+    given_texts: tuple[str, ...] | None = None
+    extra_metadata: dict[str, Any] | None = None
+
+    def chunk_id(self, index: int) -> str:
+        return f"{self.id}/chunk-{index:03d}"
+
+    @property
+    def chunk_ids(self) -> tuple[str, ...]:
+        return tuple(self.chunk_id(j) for j in range(self.chunks))
+
+    def text(self, index: int) -> str:
+        if self.given_texts is not None:
+            return self.given_texts[index]
+        return chunk_text(self.topic, aspect(index), self.revision)
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return tuple(self.text(j) for j in range(self.chunks))
+
+    def chunk_metadata(self, index: int) -> dict[str, Any]:
+        title = f"{self.topic[0].title()} {self.topic[1].title()}"
+        return {"title": title, "category": self.category, "chunk_index": index, "lang": "en",
+                **(self.extra_metadata or {})}
 
     @property
     def updated_at_iso(self) -> str:
@@ -112,7 +134,7 @@ def chunk_text(topic: tuple[str, str], word: str, revision: int) -> str:
 
 
 class Corpus:
-    """Documents kept in feed order: (updated_at, document_id, chunk id)."""
+    """Documents kept in feed order: (updated_at, document_id), then chunk id within a document."""
 
     def __init__(self, documents: int = 20, chunks: int = 5, seed: int = 0, dim: int = 384) -> None:
         self.embedder = HashingEmbedder(dim)
@@ -153,24 +175,15 @@ class Corpus:
         texts: list[str] | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> Document:
-        if texts is None:
-            texts = [chunk_text(topic, aspect(j), revision) for j in range(chunks)]
-        chunk_ids = tuple(f"{doc_id}/chunk-{j:03d}" for j in range(len(texts)))
-        metas = tuple(
-            {"title": f"{topic[0].title()} {topic[1].title()}", "category": category, "chunk_index": j, "lang": "en", **(metadata or {})}
-            for j in range(len(texts))
-        )
-        vectors = np.asarray(self.embedder.embed(texts), dtype=np.float32).reshape(len(texts), self.embedder.dim)
-        return Document(doc_id, topic, category, chunk_ids, tuple(texts), metas, vectors, updated_at, revision)
+        given = tuple(texts) if texts is not None else None
+        count = len(given) if given is not None else chunks
+        return Document(doc_id, topic, category, count, updated_at, revision, given, metadata)
 
     def _rebuild(self) -> None:
-        rows = sorted(
-            ((doc.updated_at, doc.id, chunk_id), doc, j)
-            for doc in self._docs.values()
-            for j, chunk_id in enumerate(doc.chunk_ids)
-        )
-        self._keys = [key for key, _, _ in rows]
-        self._rows = [(doc, j) for _, doc, j in rows]
+        docs = sorted(self._docs.values(), key=lambda d: (d.updated_at, d.id))
+        self._keys = [(doc.updated_at, doc.id) for doc in docs]
+        self._order = docs
+        self._chunk_total = sum(doc.chunks for doc in docs)
 
     def _tick(self) -> int:
         # Strictly after every timestamp already served, even if the wall clock is behind BASE_TIME.
@@ -183,12 +196,20 @@ class Corpus:
             return dict(self._docs)
 
     def chunk_count(self) -> int:
-        return len(self._keys)
+        return self._chunk_total
 
     def put_document(
-        self, doc_id: str | None = None, texts: list[str] | None = None, metadata: dict[str, Any] | None = None
+        self,
+        doc_id: str | None = None,
+        texts: list[str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        updated_at: datetime | None = None,
     ) -> Document:
-        """Add a document (a fresh topic unless texts are given) or replace one, bumping updated_at."""
+        """Add a document (a fresh topic unless texts are given) or replace one, bumping updated_at.
+
+        An explicit `updated_at` in the past is a change Ingest committed late: a feed already past
+        that moment never serves it (only its document event tells of it).
+        """
         with self._lock:
             old = self._docs.get(doc_id) if doc_id else None
             if old is not None:
@@ -198,7 +219,8 @@ class Corpus:
                 category, chunks, revision = CATEGORIES[len(self._docs) % len(CATEGORIES)], self._chunks, 0
                 doc_id = doc_id or f"doc-added-{next(self._added):05d}"
             assert doc_id is not None
-            doc = self._build(doc_id, topic, category, chunks, self._tick(), revision, texts, metadata)
+            at = to_micros(updated_at) if updated_at is not None else self._tick()
+            doc = self._build(doc_id, topic, category, chunks, at, revision, texts, metadata)
             self._docs[doc_id] = doc
             self._rebuild()
             return doc
@@ -214,26 +236,46 @@ class Corpus:
     def page(self, since: int | None, after: tuple[int, str, str] | None, limit: int) -> tuple[list[tuple[Document, int]], tuple[int, str, str] | None]:
         """Up to `limit` rows with updated_at >= since and key > after, and the last key if more follow."""
         with self._lock:
-            keys, rows = self._keys, self._rows
-        start = 0 if since is None else bisect.bisect_left(keys, (since,))
+            keys, docs = self._keys, self._order
+        position, chunk = (0 if since is None else bisect.bisect_left(keys, (since,))), 0
         if after is not None:
-            start = max(start, bisect.bisect_right(keys, after))
-        end = start + limit
-        return rows[start:end], (keys[end - 1] if end < len(keys) else None)
+            at = bisect.bisect_left(keys, after[:2])
+            if at < len(keys) and keys[at] == after[:2]:  # within that document: after its chunk
+                at_chunk = bisect.bisect_right(docs[at].chunk_ids, after[2])
+                at, at_chunk = (at + 1, 0) if at_chunk >= docs[at].chunks else (at, at_chunk)
+            else:
+                at_chunk = 0
+            if (at, at_chunk) > (position, chunk):
+                position, chunk = at, at_chunk
+        rows: list[tuple[Document, int]] = []
+        while position < len(docs) and len(rows) < limit:
+            doc = docs[position]
+            take = min(doc.chunks - chunk, limit - len(rows))
+            rows.extend((doc, j) for j in range(chunk, chunk + take))
+            chunk += take
+            if chunk >= doc.chunks:
+                position, chunk = position + 1, 0
+        later = range(position + 1, len(docs))
+        more = position < len(docs) and (
+            docs[position].chunks > chunk or any(docs[i].chunks for i in later)
+        )
+        last = rows[-1] if rows and more else None
+        return rows, ((last[0].updated_at, last[0].id, last[0].chunk_id(last[1])) if last else None)
 
 
-def items_json(rows: list[tuple[Document, int]]) -> list[dict[str, Any]]:
-    """Feed items; vectors go out as float64 so they read back equal to HashingEmbedder's floats."""
+def items_json(rows: list[tuple[Document, int]], embedder: HashingEmbedder) -> list[dict[str, Any]]:
+    """Feed items, vectors made now; as float64 they read back equal to HashingEmbedder's floats."""
     if not rows:
         return []
-    matrix = np.stack([doc.vectors[j] for doc, j in rows]).astype(np.float64)
+    texts = [doc.text(j) for doc, j in rows]
+    matrix = np.asarray(embedder.embed(texts), dtype=np.float64)
     return [
         {
-            "id": doc.chunk_ids[j],
+            "id": doc.chunk_id(j),
             "document_id": doc.id,
-            "text": doc.texts[j],
+            "text": texts[k],
             "vector": matrix[k],
-            "metadata": doc.metadata[j],
+            "metadata": doc.chunk_metadata(j),
             "updated_at": doc.updated_at_iso,
         }
         for k, (doc, j) in enumerate(rows)
@@ -288,13 +330,15 @@ class IngestApp(App):
         since = parse_since(request.query["since"]) if request.query.get("since") else None
         after = decode_cursor(request.query["cursor"]) if request.query.get("cursor") else None
         rows, last = self.corpus.page(since, after, limit)
-        return json_response({"items": items_json(rows), "next_cursor": encode_cursor(last) if last else None})
+        items = items_json(rows, self.corpus.embedder)
+        return json_response({"items": items, "next_cursor": encode_cursor(last) if last else None})
 
     def document_embeddings(self, request: Request) -> Response:
         doc = self.corpus.documents().get(request.params["document_id"])
         if doc is None:
             raise HTTPError(404, f"document {request.params['document_id']!r} not found")
-        return json_response({"items": items_json([(doc, j) for j in range(len(doc.chunk_ids))])})
+        rows = [(doc, j) for j in range(doc.chunks)]
+        return json_response({"items": items_json(rows, self.corpus.embedder)})
 
     def embed(self, request: Request) -> Response:
         body = request.json()

@@ -8,7 +8,8 @@ Qdrant through the same VectorStore code.
 
 Served: GET /, /healthz, /readyz, /livez; GET /collections; GET|PUT|DELETE /collections/{name};
 GET /collections/{name}/exists; PUT /collections/{name}/index, DELETE .../index/{field};
-PUT .../points (upsert, `points` or `batch`); POST .../points/delete (ids or filter); POST .../points/query
+PUT .../points (upsert, `points` or `batch`); POST .../points/delete (ids or filter);
+POST .../points/payload (set payload keys, on ids or by filter); POST .../points/query
 and .../points/search (nearest, with filter); POST .../points/scroll; POST .../points/count.
 Control: POST /_control/collections/{name}/optimize builds the HNSW index (blocking: qdrant_edge holds
 the GIL while optimising, so it is never started behind a client's back), plus the shared faults/requests.
@@ -241,6 +242,7 @@ class QdrantApp(App):
             ("DELETE", c + "/index/{field}", self.delete_index),
             ("PUT", c + "/points", self.upsert),
             ("POST", c + "/points/delete", self.delete_points),
+            ("POST", c + "/points/payload", self.set_payload),
             ("POST", c + "/points/query", self.query),
             ("POST", c + "/points/search", self.search),
             ("POST", c + "/points/scroll", self.scroll),
@@ -381,6 +383,21 @@ class QdrantApp(App):
             operation = qe.UpdateOperation.delete_points(body["points"])
         elif "filter" in body:
             operation = qe.UpdateOperation.delete_points_by_filter(to_filter(body["filter"]))
+        else:
+            raise HTTPError(400, "Wrong input: give `points` or `filter`")
+        return self._ok(collection.update(operation, request.query.get("wait") == "true"), started)
+
+    def set_payload(self, request: Request) -> Response:
+        started = time.perf_counter()
+        collection = self._get(request.params["name"])
+        body = self._body(request)
+        payload = body.get("payload")
+        if not isinstance(payload, dict) or body.get("key"):
+            raise HTTPError(400, "Wrong input: give a `payload` object (top-level keys only)")
+        if "points" in body:
+            operation = qe.UpdateOperation.set_payload(body["points"], payload)
+        elif "filter" in body:
+            operation = qe.UpdateOperation.set_payload_by_filter(to_filter(body["filter"]), payload)
         else:
             raise HTTPError(400, "Wrong input: give `points` or `filter`")
         return self._ok(collection.update(operation, request.query.get("wait") == "true"), started)
