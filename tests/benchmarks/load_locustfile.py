@@ -57,8 +57,7 @@ class QueryClient(FastHttpUser):
             response.success()
 
 
-# locust's `add_listener` is unannotated.
-@events.test_stop.add_listener  # type: ignore[untyped-decorator]
+@events.test_stop.add_listener
 def write_results(environment: Environment, **_: object) -> None:
     # After the clients stopped, unlike `--csv`, whose last write may miss the final requests.
     total = environment.stats.total
