@@ -6,8 +6,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
-from ragcore.db import create_schema, get_engine, session_scope
 from sqlalchemy.orm import Session
+
+from ragcore.db import create_schema, get_engine, session_scope
 
 
 @pytest.fixture

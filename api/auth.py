@@ -19,7 +19,8 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
 def scope_of(key: str, configured: Mapping[str, ApiScope]) -> ApiScope | None:
-    """The scope of `key`, or None. A "sha256:<hex digest>" entry admits only the key it hashes, never
+    """The scope of `key`, or None. A "sha256:<hex digest>" entry admits only the key it hashes,
+    never
     its own text: whoever reads the stored entry (a Secret, a log line) must not hold the scope."""
     digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
     found: ApiScope | None = None
@@ -41,7 +42,9 @@ def require(*allowed: Scope):  # type: ignore[no-untyped-def]
         if scope is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
         if scope != "admin" and scope not in allowed:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this key's scope {scope!r} does not allow this")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"this key's scope {scope!r} does not allow this"
+            )
         return scope
 
     return check

@@ -1,10 +1,17 @@
-"""Request bodies bounded while they stream in, so no caller (keyed or not) can grow the API's memory."""
+"""Request bodies bounded while they stream in, so no caller (keyed or not) can grow the API's
+memory."""
 
 from __future__ import annotations
 
 import json
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send  # pants: no-infer-dep (comes with fastapi)
+from starlette.types import (
+    ASGIApp,
+    Message,
+    Receive,
+    Scope,
+    Send,
+)
 
 
 class BodyLimit:
@@ -19,7 +26,9 @@ class BodyLimit:
         self.limits = sorted(limits.items(), key=lambda item: len(item[0]), reverse=True)
 
     def limit_for(self, path: str) -> int:
-        return next((limit for prefix, limit in self.limits if path.startswith(prefix)), self.default)
+        return next(
+            (limit for prefix, limit in self.limits if path.startswith(prefix)), self.default
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -41,7 +50,8 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    # The app sees the client leave; nothing more is read, and what it answers is dropped.
+                    # The app sees the client leave; nothing more is read, and what it answers is
+                    # dropped.
                     refused = True
                     if not started:
                         await _too_large(send, limit)
@@ -59,10 +69,18 @@ class BodyLimit:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body larger than this route's limit of {limit} bytes"}).encode()
-    await send({
-        "type": "http.response.start", "status": 413,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
-    })
+    body = json.dumps(
+        {"detail": f"request body larger than this route's limit of {limit} bytes"}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,5 @@
-"""Errors as a stable JSON body: `{"detail": <message>}`, never a traceback or an upstream's details.
+"""Errors as a stable JSON body: `{"detail": <message>}`, never a traceback or an upstream's
+details.
 
 A 5xx body names what failed and carries the request id; what the upstream said (its URL, body,
 exception text) is logged under that request id only.
@@ -47,7 +48,8 @@ class ValidationErrorBody(BaseModel):
 
 
 Responses = dict[int | str, dict[str, Any]]
-#: Every authenticated route may answer these; documented so clients and schema-driven tests know them.
+#: Every authenticated route may answer these; documented so clients and schema-driven tests know
+#: them.
 ERROR_RESPONSES: Responses = {
     400: {"model": ErrorBody, "description": "The body is not parseable JSON"},
     401: {"model": ErrorBody, "description": "Missing or unknown X-API-Key"},
@@ -61,9 +63,16 @@ ERROR_RESPONSES: Responses = {
 BROKER_UNREACHABLE = "the broker (Redis) is unreachable; try again"
 DATABASE_UNAVAILABLE = "the database is unavailable; try again"
 #: Routes that use the broker answer this while it is down (a task they would send is not recorded).
-BROKER_DOWN: Responses = {503: {"model": UnavailableBody, "description": "The broker (Redis) is unreachable"}}
+BROKER_DOWN: Responses = {
+    503: {"model": UnavailableBody, "description": "The broker (Redis) is unreachable"}
+}
 #: Routes that answer "stored" answer this when the database did not confirm the COMMIT.
-NOT_STORED_RESPONSE: Responses = {503: {"model": UnavailableBody, "description": "The database did not confirm the write; nothing was stored"}}
+NOT_STORED_RESPONSE: Responses = {
+    503: {
+        "model": UnavailableBody,
+        "description": "The database did not confirm the write; nothing was stored",
+    }
+}
 
 
 def _location(loc: tuple[object, ...]) -> str:
@@ -73,23 +82,34 @@ def _location(loc: tuple[object, ...]) -> str:
 async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
     errors = [{"field": _location(e["loc"]), "message": e["msg"]} for e in exc.errors()]
     message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return JSONResponse(status_code=422, content={"detail": f"invalid request: {message}", "errors": errors})
+    return JSONResponse(
+        status_code=422, content={"detail": f"invalid request: {message}", "errors": errors}
+    )
 
 
 async def _invalid_arguments(_: Request, exc: ValidationError) -> JSONResponse:
     # Task arguments are validated again against their contract when a task is sent.
     errors = [{"field": _location(e["loc"]), "message": e["msg"]} for e in exc.errors()]
     message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return JSONResponse(status_code=422, content={"detail": f"invalid task arguments: {message}", "errors": errors})
+    return JSONResponse(
+        status_code=422, content={"detail": f"invalid task arguments: {message}", "errors": errors}
+    )
 
 
 def _request_id(request: Request) -> str | None:
-    # For the catch-all handler the request-id middleware has already exited: the id travels on request.state.
+    # For the catch-all handler the request-id middleware has already exited: the id travels on
+    # request.state.
     return getattr(request.state, "request_id", None) or request_id_var.get()
 
 
-def _failed(request: Request, status: int, detail: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"detail": detail, "request_id": _request_id(request)}, headers=headers)
+def _failed(
+    request: Request, status: int, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status,
+        content={"detail": detail, "request_id": _request_id(request)},
+        headers=headers,
+    )
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:

@@ -52,7 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, limits=settings.body_limits)
 
     @app.middleware("http")
-    async def request_id(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def request_id(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
         token = request_id_var.set(rid)
         request.state.request_id = rid
@@ -60,14 +62,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             response = await call_next(request)
             # One access line per request, inside the request's context (uvicorn's own is off).
-            access_log.info("%s %s %d", request.method, request.url.path, response.status_code,
-                            extra={"status": response.status_code, "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+            access_log.info(
+                "%s %s %d",
+                request.method,
+                request.url.path,
+                response.status_code,
+                extra={
+                    "status": response.status_code,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
+            )
         finally:
             request_id_var.reset(token)
         response.headers["X-Request-ID"] = rid
         return response
 
-    for router in (health.router, query.router, sync.router, tasks.router, deliveries.router, metrics.router):
+    for router in (
+        health.router,
+        query.router,
+        sync.router,
+        tasks.router,
+        deliveries.router,
+        metrics.router,
+    ):
         app.include_router(router)
     return app
 
@@ -75,13 +92,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def main(argv: list[str] | None = None) -> None:
     # Options first: `--help` answers without binding the port or opening Redis or the database.
     argparse.ArgumentParser(
-        prog="server", description="The ragcore control plane: the FastAPI app on uvicorn (no options but --help).",
+        prog="server",
+        description="The ragcore control plane: the FastAPI app on uvicorn (no options but --help).",
         epilog="Configured by RAGCORE_* environment variables, e.g. RAGCORE_API_HOST and RAGCORE_API_PORT "
-               "(default 7001), RAGCORE_REDIS_URL, RAGCORE_DATABASE_URL, RAGCORE_API_KEYS.",
+        "(default 7001), RAGCORE_REDIS_URL, RAGCORE_DATABASE_URL, RAGCORE_API_KEYS.",
     ).parse_args(argv)
     settings = get_settings()
     configure_logging("api", settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+        access_log=False,
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ DEPLOY = Path(__file__).parent
 
 def _shipped_key_sets() -> dict[str, dict[str, ApiScope]]:
     secret = re.search(r"RAGCORE_API_KEYS: '(.*)'", (DEPLOY / "k8s/secret.yaml").read_text())
-    example = re.search(r"^RAGCORE_API_KEYS=(.*)$", (DEPLOY / "compose/example.env").read_text(), re.MULTILINE)
+    example = re.search(
+        r"^RAGCORE_API_KEYS=(.*)$", (DEPLOY / "compose/example.env").read_text(), re.MULTILINE
+    )
     assert secret and example
     return {"k8s/secret.yaml": json.loads(secret[1]), "compose/example.env": json.loads(example[1])}
 
@@ -33,5 +35,5 @@ def test_no_shipped_key_entry_admits_a_key_or_starts_prod(where: str) -> None:
 
 def test_compose_flower_cannot_start_without_basic_auth() -> None:
     compose = (DEPLOY / "compose/docker-compose.yml").read_text()
-    flower = compose[compose.index("\n  flower:"):]
+    flower = compose[compose.index("\n  flower:") :]
     assert re.search(r"FLOWER_BASIC_AUTH: \$\{FLOWER_BASIC_AUTH:\?", flower)

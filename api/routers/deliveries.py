@@ -1,9 +1,10 @@
-"""Failed and waiting deliveries to neighbours: list, re-drive or discard them, one or by filter (admin key)."""
+"""Failed and waiting deliveries to neighbours: list, re-drive or discard them, one or by filter
+(admin key)."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
@@ -13,10 +14,10 @@ from sqlalchemy import ColumnElement, func, select, update
 from api.auth import AdminKey
 from api.deps import CeleryDep, SessionDep, commit
 from api.errors import ERROR_RESPONSES, ErrorBody, Responses
-from ragcore.tasks import dispatch
-from ragcore.tasks.contracts import BY_NAME
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import BY_NAME
 from ragcore.tasks.redrive import DISCARDED, FAILED, WAITING
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,10 @@ router = APIRouter(prefix="/api/v1/deliveries", tags=["deliveries"], responses=E
 _RETRY_RESPONSES: Responses = {
     404: {"model": ErrorBody, "description": "No failed delivery with this id"},
     409: {"model": ErrorBody, "description": "Already re-driven"},
-    503: {"model": ErrorBody, "description": "The broker (Redis) is unreachable; nothing was marked"},
+    503: {
+        "model": ErrorBody,
+        "description": "The broker (Redis) is unreachable; nothing was marked",
+    },
 }
 
 
@@ -65,39 +69,67 @@ class Redriven(BaseModel):
 def list_failed(
     _: AdminKey,
     session: SessionDep,
-    state: Literal["failed", "waiting", "redriven", "discarded", "all"] = Query("failed", alias="status"),
+    state: Literal["failed", "waiting", "redriven", "discarded", "all"] = Query(
+        "failed", alias="status"
+    ),
     limit: int = Query(100, ge=1, le=500),
     offset: int = Query(0, ge=0, le=_MAX_ID),
 ) -> FailedDeliveries:
-    """Deliveries refused (4xx) or out of re-drive time (`failed`), or waiting for their automatic re-drive, newest first."""
+    """Deliveries refused (4xx) or out of re-drive time (`failed`), or waiting for their automatic
+    re-drive, newest first."""
     where = [] if state == "all" else [FailedDelivery.status == state]
     total = session.scalar(select(func.count()).select_from(FailedDelivery).where(*where)) or 0
     rows = session.scalars(
-        select(FailedDelivery).where(*where).order_by(FailedDelivery.id.desc()).limit(limit).offset(offset)
+        select(FailedDelivery)
+        .where(*where)
+        .order_by(FailedDelivery.id.desc())
+        .limit(limit)
+        .offset(offset)
     ).all()
-    return FailedDeliveries(deliveries=[FailedDeliveryOut.model_validate(r, from_attributes=True) for r in rows], total=total)
+    return FailedDeliveries(
+        deliveries=[FailedDeliveryOut.model_validate(r, from_attributes=True) for r in rows],
+        total=total,
+    )
 
 
-@router.post("/{delivery_id}/retry", status_code=status.HTTP_202_ACCEPTED, responses=_RETRY_RESPONSES)
+@router.post(
+    "/{delivery_id}/retry", status_code=status.HTTP_202_ACCEPTED, responses=_RETRY_RESPONSES
+)
 def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: CeleryDep) -> Redriven:
-    """Send the delivery's task again with its recorded payload (same idempotency key); mark it re-driven."""
+    """Send the delivery's task again with its recorded payload (same idempotency key); mark it
+    re-driven."""
     # Locked, so two operators re-driving at once send it once.
-    row = session.scalar(select(FailedDelivery).where(FailedDelivery.id == delivery_id).with_for_update())
+    row = session.scalar(
+        select(FailedDelivery).where(FailedDelivery.id == delivery_id).with_for_update()
+    )
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no failed delivery with id {delivery_id}")
     if row.status not in (FAILED, WAITING):
-        raise HTTPException(status.HTTP_409_CONFLICT, f"delivery {delivery_id} was already re-driven as task {row.redrive_task_id}")
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"delivery {delivery_id} was already re-driven as task {row.redrive_task_id}",
+        )
     task = BY_NAME.get(row.task_name)
     if task is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"delivery {delivery_id} is of task {row.task_name!r}, which no contract defines")
-    payload = task.validate(row.payload)  # a payload no contract accepts is a 422, not a publish failure
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"delivery {delivery_id} is of task {row.task_name!r}, which no contract defines",
+        )
+    payload = task.validate(
+        row.payload
+    )  # a payload no contract accepts is a 422, not a publish failure
     try:
         task_id = dispatch.send(celery, task, payload)
     except Exception as exc:  # broker down: nothing was marked, the operator can retry later
         log.warning("re-drive of delivery %s failed: %s", delivery_id, exc)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"could not publish the task: {type(exc).__name__}: {exc}") from None
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"could not publish the task: {type(exc).__name__}: {exc}",
+        ) from None
     row.status, row.redriven_at, row.redrive_task_id = "redriven", utcnow(), task_id
-    commit(session)  # before the 202; if it fails, a second re-drive sends under the same idempotency key
+    commit(
+        session
+    )  # before the 202; if it fails, a second re-drive sends under the same idempotency key
     return Redriven(id=row.id, task_id=task_id, status=row.status)
 
 
@@ -107,10 +139,16 @@ class DeliveryFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task_name: str | None = Field(None, description="Only deliveries of this task")
-    failed_after: AwareDatetime | None = Field(None, description="First failed at or after this time")
+    failed_after: AwareDatetime | None = Field(
+        None, description="First failed at or after this time"
+    )
     failed_before: AwareDatetime | None = Field(None, description="First failed before this time")
-    error_contains: str | None = Field(None, min_length=1, max_length=500, description="Error text contains this (any case)")
-    status: Literal["failed", "waiting", "any"] = Field("any", description="failed (an operator's), waiting (automatic), or both")
+    error_contains: str | None = Field(
+        None, min_length=1, max_length=500, description="Error text contains this (any case)"
+    )
+    status: Literal["failed", "waiting", "any"] = Field(
+        "any", description="failed (an operator's), waiting (automatic), or both"
+    )
 
     @field_validator("task_name")
     @classmethod
@@ -123,7 +161,7 @@ class DeliveryFilter(BaseModel):
     @classmethod
     def _in_utc(cls, moment: datetime | None) -> datetime | None:
         try:
-            return moment.astimezone(timezone.utc) if moment is not None else None
+            return moment.astimezone(UTC) if moment is not None else None
         except OverflowError:
             raise ValueError("out of range once in UTC") from None
 
@@ -131,13 +169,22 @@ class DeliveryFilter(BaseModel):
     @classmethod
     def _no_nul(cls, text: str | None) -> str | None:
         if text is not None and "\x00" in text:
-            raise ValueError("text must not contain NUL characters")  # PostgreSQL cannot compare them
+            raise ValueError(
+                "text must not contain NUL characters"
+            )  # PostgreSQL cannot compare them
         return text
 
     @model_validator(mode="after")
     def _some_criterion(self) -> DeliveryFilter:
-        if self.task_name is None and self.failed_after is None and self.failed_before is None and self.error_contains is None:
-            raise ValueError("give at least one of task_name, failed_after, failed_before, error_contains")
+        if (
+            self.task_name is None
+            and self.failed_after is None
+            and self.failed_before is None
+            and self.error_contains is None
+        ):
+            raise ValueError(
+                "give at least one of task_name, failed_after, failed_before, error_contains"
+            )
         return self
 
     def where(self) -> list[ColumnElement[bool]]:
@@ -160,14 +207,18 @@ class BulkResult(BaseModel):
 
 @router.post("/redrive")
 def redrive_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> BulkResult:
-    """Re-drive every matching delivery: they wait, due now, and Beat sends each once (the breaker permitting).
+    """Re-drive every matching delivery: they wait, due now, and Beat sends each once (the breaker
+    permitting).
 
     Each starts a new re-drive window, so a delivery that had run out of time is tried again too.
     """
-    # Waiting rows are what the re-driver publishes (locked, marked, once each); it runs every relay round.
+    # Waiting rows are what the re-driver publishes (locked, marked, once each); it runs every relay
+    # round.
     now = utcnow()
     matched = session.execute(
-        update(FailedDelivery).where(*body.where()).values(status=WAITING, next_attempt_at=now, waiting_since=now)
+        update(FailedDelivery)
+        .where(*body.where())
+        .values(status=WAITING, next_attempt_at=now, waiting_since=now)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
     log.info("bulk re-drive of %d deliveries (%s)", matched, body.model_dump(exclude_none=True))
@@ -178,7 +229,9 @@ def redrive_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> 
 def discard_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> BulkResult:
     """Discard every matching delivery: never sent, kept for the record as `discarded`."""
     matched = session.execute(
-        update(FailedDelivery).where(*body.where()).values(status=DISCARDED, next_attempt_at=None)
+        update(FailedDelivery)
+        .where(*body.where())
+        .values(status=DISCARDED, next_attempt_at=None)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
     log.info("discarded %d deliveries (%s)", matched, body.model_dump(exclude_none=True))

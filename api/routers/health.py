@@ -35,4 +35,7 @@ def readyz(settings: SettingsDep) -> JSONResponse:
     except Exception as exc:
         checks["database"] = f"unreachable: {type(exc).__name__}"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse(status_code=200 if ready else 503, content={"status": "ready" if ready else "unavailable", "checks": checks})
+    return JSONResponse(
+        status_code=200 if ready else 503,
+        content={"status": "ready" if ready else "unavailable", "checks": checks},
+    )

@@ -2,9 +2,12 @@
 
 Queues (depth, oldest waiting task, consumers) come from the broker; the reports still to publish
 from the messages; deliveries waiting for a re-drive from failed_deliveries, each neighbour's
-circuit breaker from its state in Redis; the rows the last retention run deleted from its ledger row;
-task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
-histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
+circuit breaker from its state in Redis; the rows the last retention run deleted from its ledger
+row;
+task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so
+they are gauges (and a gauge
+histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that
+window.
 
 Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then
 keep the port private to the cluster).
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import redis
@@ -29,13 +32,11 @@ from sqlalchemy.orm import Session
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody
-from ragcore.tasks import contracts
-from ragcore.tasks import ledger
 from ragcore.broker import queue_stats as queues
-from ragcore.tasks import redrive
-from ragcore.query import reports
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
+from ragcore.query import reports
 from ragcore.settings import Settings
+from ragcore.tasks import contracts, ledger, redrive
 from ragcore.tasks.contracts import APPLY_RETENTION
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,9 @@ def metrics_access(settings: SettingsDep, key: Annotated[str | None, Security(_k
         _admin(settings, key)
 
 
-router = APIRouter(tags=["metrics"], responses={k: v for k, v in ERROR_RESPONSES.items() if k != 422})
+router = APIRouter(
+    tags=["metrics"], responses={k: v for k, v in ERROR_RESPONSES.items() if k != 422}
+)
 
 
 class _Snapshot(Collector):
@@ -68,9 +71,14 @@ class _Snapshot(Collector):
 
 def _queue_families(stats: Iterable[queues.QueueStats]) -> list[Metric]:
     depth = GaugeMetricFamily("ragcore_queue_depth", "Tasks waiting in the queue", labels=["queue"])
-    age = GaugeMetricFamily("ragcore_queue_oldest_task_age_seconds",
-                            "Age of the oldest waiting task (0 when the queue is empty)", labels=["queue"])
-    consumers = GaugeMetricFamily("ragcore_queue_consumers", "Workers consuming the queue", labels=["queue"])
+    age = GaugeMetricFamily(
+        "ragcore_queue_oldest_task_age_seconds",
+        "Age of the oldest waiting task (0 when the queue is empty)",
+        labels=["queue"],
+    )
+    consumers = GaugeMetricFamily(
+        "ragcore_queue_consumers", "Workers consuming the queue", labels=["queue"]
+    )
     for s in stats:
         depth.add_metric([s.name], s.depth)
         age.add_metric([s.name], s.oldest_age_seconds or 0.0)
@@ -79,15 +87,21 @@ def _queue_families(stats: Iterable[queues.QueueStats]) -> list[Metric]:
 
 
 def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
-    since = datetime.now(timezone.utc) - timedelta(seconds=settings.metrics_window_seconds)
-    tasks = GaugeMetricFamily("ragcore_tasks", f"Tasks sent in the last {settings.metrics_window_seconds}s, by name "
-                              "and current state (from the task ledger)", labels=["name", "state"])
+    since = datetime.now(UTC) - timedelta(seconds=settings.metrics_window_seconds)
+    tasks = GaugeMetricFamily(
+        "ragcore_tasks",
+        f"Tasks sent in the last {settings.metrics_window_seconds}s, by name "
+        "and current state (from the task ledger)",
+        labels=["name", "state"],
+    )
     window = ledger.window(session, since, DURATION_BOUNDS)
     for name, state, count in window.counts:
         tasks.add_metric([name, state], count)
     duration = GaugeHistogramMetricFamily(
         "ragcore_task_duration_seconds",
-        f"Run time of the tasks sent in the last {settings.metrics_window_seconds}s that finished", labels=["name"])
+        f"Run time of the tasks sent in the last {settings.metrics_window_seconds}s that finished",
+        labels=["name"],
+    )
     for d in window.durations:
         buckets = [(str(bound), count) for bound, count in d.buckets] + [("+Inf", d.count)]
         duration.add_metric([d.name], buckets, gsum_value=d.total_seconds)
@@ -96,22 +110,36 @@ def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
 
 def _report_families(session: Session) -> list[Metric]:
     count, oldest = reports.backlog(session)
-    waiting = GaugeMetricFamily("ragcore_reports_unreported", "Answered queries whose reports to Users are not published yet")
+    waiting = GaugeMetricFamily(
+        "ragcore_reports_unreported",
+        "Answered queries whose reports to Users are not published yet",
+    )
     waiting.add_metric([], count)
-    age = GaugeMetricFamily("ragcore_reports_oldest_unreported_age_seconds",
-                            "How long the oldest of them has waited (0 when none): Beat's relay or the broker is down")
-    age.add_metric([], (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0.0)
+    age = GaugeMetricFamily(
+        "ragcore_reports_oldest_unreported_age_seconds",
+        "How long the oldest of them has waited (0 when none): Beat's relay or the broker is down",
+    )
+    age.add_metric([], (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0)
     return [waiting, age]
 
 
 def _delivery_families(settings: Settings, session: Session) -> list[Metric]:
-    now = datetime.now(timezone.utc)
-    waiting = GaugeMetricFamily("ragcore_deliveries_waiting",
-                                "Deliveries waiting for their automatic re-drive", labels=["neighbour"])
-    age = GaugeMetricFamily("ragcore_deliveries_oldest_waiting_age_seconds",
-                            "How long the oldest of them has waited (0 when none)", labels=["neighbour"])
-    state = GaugeMetricFamily("ragcore_circuit_breaker_state",
-                              "1 for the state each neighbour's circuit breaker is in", labels=["neighbour", "state"])
+    now = datetime.now(UTC)
+    waiting = GaugeMetricFamily(
+        "ragcore_deliveries_waiting",
+        "Deliveries waiting for their automatic re-drive",
+        labels=["neighbour"],
+    )
+    age = GaugeMetricFamily(
+        "ragcore_deliveries_oldest_waiting_age_seconds",
+        "How long the oldest of them has waited (0 when none)",
+        labels=["neighbour"],
+    )
+    state = GaugeMetricFamily(
+        "ragcore_circuit_breaker_state",
+        "1 for the state each neighbour's circuit breaker is in",
+        labels=["neighbour", "state"],
+    )
     for neighbour in contracts.neighbours():
         count, oldest = redrive.backlog(session, neighbour)
         waiting.add_metric([neighbour], count)
@@ -147,7 +175,10 @@ def _retention_families(session: Session) -> list[Metric]:
     dependencies=[Depends(metrics_access)],
     response_class=Response,
     responses={
-        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format"},
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "Prometheus text format",
+        },
         503: {"model": ErrorBody, "description": "The broker is unreachable"},
     },
 )
@@ -155,15 +186,26 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     """Queue and task metrics in the Prometheus text format."""
     started = time.monotonic()
     try:
-        stats = queues.all_queue_stats(queues.broker_client(settings.broker),
-                                       queues.heartbeat_ttl(settings.worker_heartbeat_seconds))
-        deliveries = _delivery_families(settings, session)  # breaker states live in the broker's Redis
+        stats = queues.all_queue_stats(
+            queues.broker_client(settings.broker),
+            queues.heartbeat_ttl(settings.worker_heartbeat_seconds),
+        )
+        deliveries = _delivery_families(
+            settings, session
+        )  # breaker states live in the broker's Redis
     except redis.RedisError as exc:
         log.warning("broker unreachable for metrics: %s", exc)
         raise HTTPException(503, BROKER_UNREACHABLE) from None
-    scrape = GaugeMetricFamily("ragcore_metrics_scrape_seconds", "Time taken to compute these metrics")
-    families = (_queue_families(stats) + _ledger_families(settings, session) + _report_families(session)
-                + deliveries + _retention_families(session))
+    scrape = GaugeMetricFamily(
+        "ragcore_metrics_scrape_seconds", "Time taken to compute these metrics"
+    )
+    families = (
+        _queue_families(stats)
+        + _ledger_families(settings, session)
+        + _report_families(session)
+        + deliveries
+        + _retention_families(session)
+    )
     scrape.add_metric([], time.monotonic() - started)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot([*families, scrape]))

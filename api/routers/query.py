@@ -43,27 +43,45 @@ def get_service(request: Request) -> QueryService:
 ServiceDep = Annotated[QueryService, Depends(get_service)]
 
 _RESPONSES: Responses = {
-    404: {"model": ErrorBody, "description": "Unknown conversation (or another user's, or archived)"},
-    429: {"model": LimitReached, "description": "Daily limit reached; `resets_at` and Retry-After say when it resets"},
-    503: {"model": UnavailableBody, "description": "A dependency of the answer (embedding service, Qdrant, chat service, database) is unavailable"},
+    404: {
+        "model": ErrorBody,
+        "description": "Unknown conversation (or another user's, or archived)",
+    },
+    429: {
+        "model": LimitReached,
+        "description": "Daily limit reached; `resets_at` and Retry-After say when it resets",
+    },
+    503: {
+        "model": UnavailableBody,
+        "description": "A dependency of the answer (embedding service, Qdrant, chat service, database) is unavailable",
+    },
 }
 
 
 @router.post("/", response_model=QueryAnswer, responses=_RESPONSES)
 @router.post("", response_model=QueryAnswer, include_in_schema=False)
-def answer_query(body: QueryRequest, _: QueryKey, service: ServiceDep) -> QueryAnswer | JSONResponse:
-    """Answer a question from the synced documents; its reports to Users follow in the background."""
+def answer_query(
+    body: QueryRequest, _: QueryKey, service: ServiceDep
+) -> QueryAnswer | JSONResponse:
+    """Answer a question from the synced documents; its reports to Users follow in the
+    background."""
     try:
         return service.answer(body)
     except LimitExceeded as exc:
         retry_after = max(1, math.ceil((exc.resets_at - utcnow()).total_seconds()))
         return JSONResponse(
             status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-            content={"detail": str(exc), "daily_limit": exc.daily_limit, "resets_at": exc.resets_at.isoformat()},
+            content={
+                "detail": str(exc),
+                "daily_limit": exc.daily_limit,
+                "resets_at": exc.resets_at.isoformat(),
+            },
             headers={"Retry-After": str(retry_after)},
         )
     except ConversationNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except UpstreamUnavailable as exc:
         # What it said is in the log (QueryService), under this request's id.
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc.what} is unavailable; try again") from None
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc.what} is unavailable; try again"
+        ) from None

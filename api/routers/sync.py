@@ -22,21 +22,33 @@ def trigger_full_sync(_: SyncKey, celery: CeleryDep) -> TaskAccepted:
 
 
 @router.post("/trigger-sync", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
-def trigger_sync(_: SyncKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None = None) -> TaskAccepted:
+def trigger_sync(
+    _: SyncKey, celery: CeleryDep, body: SyncEmbeddingsArgs | None = None
+) -> TaskAccepted:
     """Copy what changed since `since` (default: since the last successful incremental sync)."""
     kwargs = body.model_dump(mode="json", exclude_none=True) if body else {}
     return TaskAccepted(task_id=dispatch.send(celery, contracts.SYNC_EMBEDDINGS, kwargs))
 
 
-@router.delete("/document/{document_id:path}", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN)
+@router.delete(
+    "/document/{document_id:path}", status_code=status.HTTP_202_ACCEPTED, responses=BROKER_DOWN
+)
 def delete_document(document_id: DocumentId, _: SyncKey, celery: CeleryDep) -> TaskAccepted:
-    """Remove every point of one document from Qdrant; a document id may contain `/` (sent as is, or as %2F)."""
-    return TaskAccepted(task_id=dispatch.send(celery, contracts.DELETE_DOCUMENT_EMBEDDINGS, {"document_id": document_id}))
+    """Remove every point of one document from Qdrant; a document id may contain `/` (sent as is, or
+    as %2F)."""
+    return TaskAccepted(
+        task_id=dispatch.send(
+            celery, contracts.DELETE_DOCUMENT_EMBEDDINGS, {"document_id": document_id}
+        )
+    )
 
 
 @router.post("/events", status_code=status.HTTP_202_ACCEPTED, responses=NOT_STORED_RESPONSE)
-def receive_events(body: sync_queue.ChangeEvents, _: SyncKey, session: SessionDep) -> EventsAccepted:
-    """Store Ingest's change events in the durable sync queue (all or nothing), committed before the 202."""
+def receive_events(
+    body: sync_queue.ChangeEvents, _: SyncKey, session: SessionDep
+) -> EventsAccepted:
+    """Store Ingest's change events in the durable sync queue (all or nothing), committed before the
+    202."""
     stored = sync_queue.store(session, body.events)
     commit(session)
     return EventsAccepted(stored=stored)

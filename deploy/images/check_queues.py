@@ -23,7 +23,10 @@ def main() -> int:
     deadline = time.monotonic() + 180
     consuming: dict[str, list[str]] = {}
     while time.monotonic() < deadline:
-        consuming = {node: sorted(q["name"] for q in queues) for node, queues in (inspect.active_queues() or {}).items()}
+        consuming = {
+            node: sorted(q["name"] for q in queues)
+            for node, queues in (inspect.active_queues() or {}).items()
+        }
         if len(consuming) >= len(Queue):
             break
         time.sleep(1)
@@ -35,8 +38,16 @@ def main() -> int:
 
     registered = inspect.registered() or {}
     for queue, node in node_of.items():
-        foreign = [name for name in registered.get(node, []) if name in BY_NAME and BY_NAME[name].queue.value != queue]
-        own = [name for name in registered.get(node, []) if name in BY_NAME and BY_NAME[name].queue.value == queue]
+        foreign = [
+            name
+            for name in registered.get(node, [])
+            if name in BY_NAME and BY_NAME[name].queue.value != queue
+        ]
+        own = [
+            name
+            for name in registered.get(node, [])
+            if name in BY_NAME and BY_NAME[name].queue.value == queue
+        ]
         print(f"{node}: registers {len(own)} task(s) of {queue}, {len(foreign)} of other queues")
         if foreign or not own:
             problems.append(f"{node} registers tasks of other queues {foreign} or none of its own")
@@ -45,13 +56,17 @@ def main() -> int:
     for queue, result in sent.items():
         try:
             answer = result.get(timeout=60)
-        except Exception as exc:  # noqa: BLE001 - reported, and the check fails
-            problems.append(f"canary of {queue.value} did not complete: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # - reported, and the check fails
+            problems.append(
+                f"canary of {queue.value} did not complete: {type(exc).__name__}: {exc}"
+            )
             continue
         ran_on = result.worker  # result_extended: the node that ran it
         print(f"canary {CANARIES[queue].name}: ran on {ran_on}, answered queue={answer['queue']}")
         if answer["queue"] != queue.value or ran_on != node_of.get(queue.value):
-            problems.append(f"canary of {queue.value} ran on {ran_on} ({answer}), not on {node_of.get(queue.value)}")
+            problems.append(
+                f"canary of {queue.value} ran on {ran_on} ({answer}), not on {node_of.get(queue.value)}"
+            )
 
     for problem in problems:
         print(f"FAIL {problem}")

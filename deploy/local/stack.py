@@ -28,8 +28,8 @@ from pathlib import Path
 
 import httpx
 
-from ragcore.tasks.contracts import Queue
 from ragcore.settings import Settings
+from ragcore.tasks.contracts import Queue
 from ragcore_dev.processes import die_with_parent, signal_group
 
 #: Default ports; `--port-offset N` shifts them all (a second stack, a test).
@@ -68,7 +68,9 @@ class LocalStack:
     #: Set by SIGUSR1: start every part that has exited.
     restart_requested: bool = False
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], tier: int = DEPLOYABLE) -> Part:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], tier: int = DEPLOYABLE
+    ) -> Part:
         part = Part(name, argv, tier, env, self.root / "logs" / f"{name}.log")
         self.parts.append(part)
         self.launch(part)
@@ -79,7 +81,11 @@ class LocalStack:
         with part.log.open("ab") as out:
             # Its own session: Ctrl-C reaches only the stack, which stops the parts in order.
             part.process = subprocess.Popen(
-                part.argv, env=part.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                part.argv,
+                env=part.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 # If the stack is killed outright (SIGKILL, a crash), its parts get SIGTERM.
                 preexec_fn=die_with_parent(signal.SIGTERM),
             )
@@ -93,7 +99,9 @@ class LocalStack:
     def pex(self, relative: str) -> list[str]:
         path = self.dist / relative
         if not path.exists():
-            raise StackError(f"{path} is missing: run deploy/local/up (it packages the pex files first)")
+            raise StackError(
+                f"{path} is missing: run deploy/local/up (it packages the pex files first)"
+            )
         return [self.python, str(path)]
 
     def reap(self) -> None:
@@ -125,7 +133,10 @@ class LocalStack:
                 try:
                     part.process.wait(max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
-                    print(f"{part.name} did not stop within {STOP_TIMEOUT:.0f}s: killing it", flush=True)
+                    print(
+                        f"{part.name} did not stop within {STOP_TIMEOUT:.0f}s: killing it",
+                        flush=True,
+                    )
                 # Whatever is left in its group (a pool process of a killed worker) goes too.
                 signal_group(part.process, signal.SIGKILL)
                 part.process.wait()
@@ -144,12 +155,18 @@ def wait_http(url: str, part: Part, timeout: float = 120) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise StackError(f"{part.name} did not answer {url} within {timeout:.0f}s; the end of {part.log}:\n"
-                     f"{_tail(part.log)}")
+    raise StackError(
+        f"{part.name} did not answer {url} within {timeout:.0f}s; the end of {part.log}:\n"
+        f"{_tail(part.log)}"
+    )
 
 
 def _tail(log: Path, lines: int = 15) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else "(no log)"
+    return (
+        "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        if log.exists()
+        else "(no log)"
+    )
 
 
 def port_in_use(port: int) -> bool:
@@ -178,12 +195,18 @@ def redis_binary() -> str:
 
 
 def migrate(stack: LocalStack, env: dict[str, str]) -> None:
-    """Bring the schema to head once, before several deployables open the database at the same time."""
+    """Bring the schema to head once, before several deployables open the database at the same
+    time."""
     log = stack.root / "logs" / "migrate.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
-        done = subprocess.run([*stack.pex("deploy.images/migrate.pex"), "upgrade", "head"], env=env,
-                              stdout=out, stderr=subprocess.STDOUT, check=False)
+        done = subprocess.run(
+            [*stack.pex("deploy.images/migrate.pex"), "upgrade", "head"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
     if done.returncode != 0:
         raise StackError(
             f"the database migration failed: {_last_error(log)}\n(full log: {log}). "
@@ -208,14 +231,20 @@ def child_env(root: Path) -> dict[str, str]:
     # A pex reads PEX_* variables meant for the one that started us (e.g. a sandbox-relative
     # PEX_ROOT under a test runner, which would unpack every pex again), and PYTHONPATH would mix
     # a checkout's sources into the packaged ones.
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PEX_", "__PEX_")) and k != "PYTHONPATH"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PEX_", "__PEX_")) and k != "PYTHONPATH"
+    }
     env.setdefault("RAGCORE_ENVIRONMENT", "dev")
     env.setdefault("RAGCORE_DATABASE_URL", f"sqlite:///{root}/ragcore.db")
     if "RAGCORE_BEAT_SCHEDULE" not in env:
         # Beat drains Ingest's pushed change events every 30 s here instead of every 5 minutes, so
         # a developer who pushes one sees it applied while watching; the rest of the schedule stays.
         schedule = Settings.model_fields["beat_schedule"].get_default(call_default_factory=True)
-        env["RAGCORE_BEAT_SCHEDULE"] = json.dumps({**schedule, "process_sync_queue": str(LOCAL_SYNC_QUEUE_SECONDS)})
+        env["RAGCORE_BEAT_SCHEDULE"] = json.dumps(
+            {**schedule, "process_sync_queue": str(LOCAL_SYNC_QUEUE_SECONDS)}
+        )
     return env
 
 
@@ -225,37 +254,87 @@ def start_all(stack: LocalStack, port_offset: int, documents: int) -> dict[str, 
     ports = {name: port + port_offset for name, port in PORTS.items()}
     if "RAGCORE_API_PORT" in env:
         ports["api"] = int(env["RAGCORE_API_PORT"])
-    own = {"redis": "RAGCORE_REDIS_URL", "qdrant": "RAGCORE_QDRANT_URL", "ingest": "RAGCORE_INGEST_URL",
-           "users": "RAGCORE_USERS_URL"}
+    own = {
+        "redis": "RAGCORE_REDIS_URL",
+        "qdrant": "RAGCORE_QDRANT_URL",
+        "ingest": "RAGCORE_INGEST_URL",
+        "users": "RAGCORE_USERS_URL",
+    }
     started = [name for name in ports if own.get(name) not in env]
     busy = [f"{ports[name]} ({name})" for name in started if port_in_use(ports[name])]
     if busy:
-        raise StackError(f"port(s) in use: {', '.join(busy)}. Is a stack already running? Stop it, or start "
-                         f"this one elsewhere: deploy/local/up --port-offset 100 --root .local-2")
+        raise StackError(
+            f"port(s) in use: {', '.join(busy)}. Is a stack already running? Stop it, or start "
+            f"this one elsewhere: deploy/local/up --port-offset 100 --root .local-2"
+        )
     # The stand-ins are in this pex, next to this module; -I keeps a `tests` folder in the current
     # directory (a checkout, a test sandbox) from shadowing them.
     standin = [sys.executable, "-I", "-m"]
     waits: list[tuple[str, Part]] = []
     if "redis" in started:
         (stack.root / "redis").mkdir(exist_ok=True)
-        # Persistence on and never evicting, as the broker must be (the workers refuse an evicting one).
-        stack.start("redis", [redis_binary(), "--port", str(ports["redis"]), "--bind", "127.0.0.1",
-                              "--dir", str(stack.root / "redis"), "--appendonly", "yes", "--save", "",
-                              "--maxmemory-policy", "noeviction"], env, INFRASTRUCTURE)
+        # Persistence on and never evicting, as the broker must be (the workers refuse an evicting
+        # one).
+        stack.start(
+            "redis",
+            [
+                redis_binary(),
+                "--port",
+                str(ports["redis"]),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(stack.root / "redis"),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            env,
+            INFRASTRUCTURE,
+        )
         env["RAGCORE_REDIS_URL"] = f"redis://127.0.0.1:{ports['redis']}/0"
     if "qdrant" in started:
-        qdrant = stack.start("qdrant", [*standin, "ragcore_dev.standins.qdrant", "--port", str(ports["qdrant"]),
-                                        "--data", str(stack.root / "qdrant")], env, INFRASTRUCTURE)
+        qdrant = stack.start(
+            "qdrant",
+            [
+                *standin,
+                "ragcore_dev.standins.qdrant",
+                "--port",
+                str(ports["qdrant"]),
+                "--data",
+                str(stack.root / "qdrant"),
+            ],
+            env,
+            INFRASTRUCTURE,
+        )
         env["RAGCORE_QDRANT_URL"] = f"http://127.0.0.1:{ports['qdrant']}"
         waits.append((f"{env['RAGCORE_QDRANT_URL']}/readyz", qdrant))
     if "ingest" in started:
-        ingest = stack.start("ingest", [*standin, "ragcore_dev.standins.ingest", "--port", str(ports["ingest"]),
-                                        "--documents", str(documents)], env, INFRASTRUCTURE)
+        ingest = stack.start(
+            "ingest",
+            [
+                *standin,
+                "ragcore_dev.standins.ingest",
+                "--port",
+                str(ports["ingest"]),
+                "--documents",
+                str(documents),
+            ],
+            env,
+            INFRASTRUCTURE,
+        )
         env["RAGCORE_INGEST_URL"] = f"http://127.0.0.1:{ports['ingest']}"
         waits.append((f"{env['RAGCORE_INGEST_URL']}/_control/corpus", ingest))
     if "users" in started:
-        users = stack.start("users", [*standin, "ragcore_dev.standins.users", "--port", str(ports["users"])], env,
-                            INFRASTRUCTURE)
+        users = stack.start(
+            "users",
+            [*standin, "ragcore_dev.standins.users", "--port", str(ports["users"])],
+            env,
+            INFRASTRUCTURE,
+        )
         env["RAGCORE_USERS_URL"] = f"http://127.0.0.1:{ports['users']}"
         waits.append((f"{env['RAGCORE_USERS_URL']}/_control/deliveries", users))
     for url, part in waits:
@@ -268,9 +347,17 @@ def start_all(stack: LocalStack, port_offset: int, documents: int) -> dict[str, 
         stack.start(f"worker-{queue.value}", stack.pex(f"services.{queue.value}/worker.pex"), env)
     stack.start("beat", stack.pex("services.beat/scheduler.pex"), env)
     # Its HTTP API (/api/workers, ...) answers without a login: it listens on 127.0.0.1 only.
-    flower = stack.start("flower", [*stack.pex("deploy.images/flower.pex"), f"--broker={env['RAGCORE_REDIS_URL']}",
-                                    "flower", f"--port={ports['flower']}", "--address=127.0.0.1"],
-                         {**env, "FLOWER_UNAUTHENTICATED_API": "true"})
+    flower = stack.start(
+        "flower",
+        [
+            *stack.pex("deploy.images/flower.pex"),
+            f"--broker={env['RAGCORE_REDIS_URL']}",
+            "flower",
+            f"--port={ports['flower']}",
+            "--address=127.0.0.1",
+        ],
+        {**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+    )
     urls = {
         "api": f"http://127.0.0.1:{ports['api']}",
         "flower": f"http://127.0.0.1:{ports['flower']}",
@@ -286,7 +373,9 @@ def start_all(stack: LocalStack, port_offset: int, documents: int) -> dict[str, 
 
 
 def banner(stack: LocalStack, urls: dict[str, str], documents: int) -> str:
-    standin = {name: " (stand-in)" if any(p.name == name for p in stack.parts) else "" for name in urls}
+    standin = {
+        name: " (stand-in)" if any(p.name == name for p in stack.parts) else "" for name in urls
+    }
     return f"""
 ragcore is running (logs in {stack.root}/logs, pids in {stack.root}/pids):
   API        {urls['api']}  (docs {urls['api']}/docs; keys dev-admin-key, dev-query-key, dev-sync-key)
@@ -302,7 +391,9 @@ Ctrl-C stops everything."""
 
 def task_state(api_url: str, task_id: str) -> dict[str, object] | None:
     try:
-        response = httpx.get(f"{api_url}/api/v1/tasks/status/{task_id}", headers={"X-API-Key": ADMIN_KEY}, timeout=5)
+        response = httpx.get(
+            f"{api_url}/api/v1/tasks/status/{task_id}", headers={"X-API-Key": ADMIN_KEY}, timeout=5
+        )
     except httpx.HTTPError:
         return None
     return response.json() if response.status_code == 200 else None
@@ -318,24 +409,37 @@ def watch(stack: LocalStack, api_url: str, sync_task: str | None) -> None:
         if sync_task:
             state = task_state(api_url, sync_task)
             if state and state["status"] in ("SUCCESS", "FAILURE", "REVOKED"):
-                print(f"initial full sync {state['status']}: {state['result'] or state['error']}", flush=True)
+                print(
+                    f"initial full sync {state['status']}: {state['result'] or state['error']}",
+                    flush=True,
+                )
                 sync_task = None
         time.sleep(1)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default=".local", help="state, logs and pid files (default .local)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--root", default=".local", help="state, logs and pid files (default .local)"
+    )
     parser.add_argument("--dist", default="dist", help="where ./pants package wrote the pex files")
     parser.add_argument("--documents", type=int, default=20, help="documents in the demo corpus")
-    parser.add_argument("--port-offset", type=int, default=int(os.environ.get("RAGCORE_LOCAL_PORT_OFFSET") or 0),
-                        help="add this to every default port (env RAGCORE_LOCAL_PORT_OFFSET)")
+    parser.add_argument(
+        "--port-offset",
+        type=int,
+        default=int(os.environ.get("RAGCORE_LOCAL_PORT_OFFSET") or 0),
+        help="add this to every default port (env RAGCORE_LOCAL_PORT_OFFSET)",
+    )
     parser.add_argument("--no-initial-sync", action="store_true")
     args = parser.parse_args()
 
     root = Path(args.root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    stack = LocalStack(root, Path(args.dist).resolve(), os.environ.get("RAGCORE_PYTHON", sys.executable))
+    stack = LocalStack(
+        root, Path(args.dist).resolve(), os.environ.get("RAGCORE_PYTHON", sys.executable)
+    )
 
     def shutdown(*_: object) -> None:
         raise KeyboardInterrupt
@@ -355,10 +459,15 @@ def main() -> None:
         urls = start_all(stack, args.port_offset, args.documents)
         sync_task = None
         if not args.no_initial_sync:
-            response = httpx.post(f"{urls['api']}/api/v1/sync/trigger-full-sync", headers={"X-API-Key": ADMIN_KEY},
-                                  timeout=10)
+            response = httpx.post(
+                f"{urls['api']}/api/v1/sync/trigger-full-sync",
+                headers={"X-API-Key": ADMIN_KEY},
+                timeout=10,
+            )
             if response.status_code != 202:
-                raise StackError(f"the initial full sync was refused: {response.status_code} {response.text}")
+                raise StackError(
+                    f"the initial full sync was refused: {response.status_code} {response.text}"
+                )
             sync_task = response.json()["task_id"]
             print(f"initial full sync: task {sync_task}", flush=True)
         print(banner(stack, urls, args.documents), flush=True)

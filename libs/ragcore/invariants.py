@@ -6,9 +6,9 @@ import logging
 
 import redis
 
+from ragcore.settings import Settings
 from ragcore.tasks import contracts
 from ragcore.tasks.contracts import Queue
-from ragcore.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,10 @@ class InvariantError(RuntimeError):
 def visibility_timeout_problem(settings: Settings) -> str | None:
     longest = contracts.longest_time_limit()
     if settings.visibility_timeout_seconds <= longest:
-        return (f"the visibility timeout ({settings.visibility_timeout_seconds}s) must exceed the longest task "
-                f"time limit ({longest}s), or Redis redelivers tasks that are still running")
+        return (
+            f"the visibility timeout ({settings.visibility_timeout_seconds}s) must exceed the longest task "
+            f"time limit ({longest}s), or Redis redelivers tasks that are still running"
+        )
     return None
 
 
@@ -35,14 +37,18 @@ def eviction_problem(client: redis.Redis) -> str | None:
     try:
         policy = str(client.config_get("maxmemory-policy").get("maxmemory-policy", ""))
     except redis.ResponseError as exc:
-        log.warning("cannot read the broker's maxmemory-policy (%s); make sure it does not evict keys", exc)
+        log.warning(
+            "cannot read the broker's maxmemory-policy (%s); make sure it does not evict keys", exc
+        )
         return None
     except redis.RedisError as exc:
         log.warning("broker unreachable at start-up, its eviction policy is unchecked: %s", exc)
         return None
     if policy.startswith("allkeys-"):
-        return (f"the broker's Redis evicts keys (maxmemory-policy={policy}): queued tasks would be lost "
-                f"under memory pressure; set maxmemory-policy to noeviction")
+        return (
+            f"the broker's Redis evicts keys (maxmemory-policy={policy}): queued tasks would be lost "
+            f"under memory pressure; set maxmemory-policy to noeviction"
+        )
     return None
 
 

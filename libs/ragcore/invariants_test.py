@@ -6,9 +6,8 @@ import pytest
 import redis
 
 from ragcore import invariants
-
-from ragcore.tasks import contracts
 from ragcore.settings import Settings
+from ragcore.tasks import contracts
 from ragcore_dev.servers import redis_server
 
 
@@ -21,7 +20,9 @@ def client() -> Iterator[redis.Redis]:
 def test_a_broker_that_evicts_any_key_is_refused(client: redis.Redis) -> None:
     client.config_set("maxmemory-policy", "allkeys-lru")
     try:
-        with pytest.raises(invariants.InvariantError, match="maxmemory-policy=allkeys-lru.*noeviction") as caught:
+        with pytest.raises(
+            invariants.InvariantError, match="maxmemory-policy=allkeys-lru.*noeviction"
+        ) as caught:
             invariants.check(Settings(), client, service="worker sync")
         assert str(caught.value).startswith("worker sync refuses to start")
     finally:
@@ -44,7 +45,9 @@ def test_an_unreachable_broker_is_not_judged() -> None:
 
 def test_a_visibility_timeout_not_above_the_longest_time_limit_is_refused() -> None:
     settings = Settings(visibility_timeout_seconds=contracts.longest_time_limit())
-    assert "must exceed the longest task time limit" in (invariants.visibility_timeout_problem(settings) or "")
+    assert "must exceed the longest task time limit" in (
+        invariants.visibility_timeout_problem(settings) or ""
+    )
     assert invariants.visibility_timeout_problem(Settings()) is None
 
 

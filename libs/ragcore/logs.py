@@ -6,13 +6,15 @@ import contextvars
 import io
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import TextIO
-from datetime import datetime, timezone
 
 import orjson
 
 #: Set by the API's middleware for the duration of one request.
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "request_id", default=None
+)
 
 _real_stderr: TextIO | None = None  # where JSON lines go once stdout/stderr are wrapped
 
@@ -26,7 +28,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
@@ -36,7 +38,13 @@ class JsonFormatter(logging.Formatter):
         if (request_id := request_id_var.get()) is not None:
             entry["request_id"] = request_id
         # Anything passed as `extra=` travels as its own field.
-        entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD_ATTRS and not k.startswith("_")})
+        entry.update(
+            {
+                k: v
+                for k, v in vars(record).items()
+                if k not in _STANDARD_ATTRS and not k.startswith("_")
+            }
+        )
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()
@@ -82,7 +90,8 @@ def configure_logging(service: str, level: str = "INFO", task_lifecycle: bool = 
         _real_stderr = sys.__stderr__
         out = _LinesAsJson(logging.getLogger("stdout"))
         err = _LinesAsJson(logging.getLogger("stderr"))
-        # The originals too, for code that writes to sys.__stderr__ (typeshed: Final TextIOWrappers).
+        # The originals too, for code that writes to sys.__stderr__ (typeshed: Final
+        # TextIOWrappers).
         sys.stdout = sys.__stdout__ = out  # type: ignore[misc,assignment]  # replaced on purpose
         sys.stderr = sys.__stderr__ = err  # type: ignore[misc,assignment]  # replaced on purpose
     handler = logging.StreamHandler(_real_stderr)

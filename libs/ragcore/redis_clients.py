@@ -16,7 +16,8 @@ from ragcore.settings import get_settings
 def redis_client(url: str, read_timeout: float | None = None) -> redis.Redis:
     """One client (and connection pool) per URL and read timeout per process.
 
-    `read_timeout` overrides the configured one for a caller with its own budget (the hot query cache).
+    `read_timeout` overrides the configured one for a caller with its own budget (the hot query
+    cache).
     """
     settings = get_settings()
     return _client(
@@ -28,7 +29,9 @@ def redis_client(url: str, read_timeout: float | None = None) -> redis.Redis:
 
 
 @lru_cache
-def _client(url: str, connect_timeout: float, read_timeout: float, health_check: int) -> redis.Redis:
+def _client(
+    url: str, connect_timeout: float, read_timeout: float, health_check: int
+) -> redis.Redis:
     return redis.Redis.from_url(
         url,
         # A caller's short budget (the hot cache's) covers connecting too.

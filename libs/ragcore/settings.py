@@ -12,18 +12,26 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: Keys that only make sense on a developer's machine; refused outside `environment=dev`.
 #: What an API key may reach (README's scope table).
 ApiScope = Literal["query", "sync", "admin"]
-DEV_API_KEYS: dict[str, ApiScope] = {"dev-admin-key": "admin", "dev-query-key": "query", "dev-sync-key": "sync"}
+DEV_API_KEYS: dict[str, ApiScope] = {
+    "dev-admin-key": "admin",
+    "dev-query-key": "query",
+    "dev-sync-key": "sync",
+}
 #: A hashed key entry: "sha256:" and the 64 hex digits of the key's SHA-256.
 HASHED_KEY = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: Shorter plain keys are placeholders or guessable; prod refuses them.
 MIN_PLAIN_KEY_LENGTH = 32
 #: How to make a key and its entry (also in README "Settings").
-MAKE_KEY = ("python3 -c 'import hashlib, secrets; k = secrets.token_urlsafe(32); "
-            "print(\"key:\", k); print(\"entry: sha256:\" + hashlib.sha256(k.encode()).hexdigest())'")
+MAKE_KEY = (
+    "python3 -c 'import hashlib, secrets; k = secrets.token_urlsafe(32); "
+    'print("key:", k); print("entry: sha256:" + hashlib.sha256(k.encode()).hexdigest())\''
+)
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RAGCORE_", env_nested_delimiter="__", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_", env_nested_delimiter="__", extra="ignore"
+    )
 
     environment: Literal["dev", "test", "prod"] = "dev"
     log_level: str = "INFO"
@@ -91,8 +99,12 @@ class Settings(BaseSettings):
     api_keys: dict[str, ApiScope] = Field(default_factory=lambda: dict(DEV_API_KEYS))
 
     # Per-user limits: tier -> daily query limit, and the 30-day query count that reaches a tier.
-    tier_daily_limits: dict[str, int] = Field(default_factory=lambda: {"free": 100, "pro": 1000, "enterprise": 10000})
-    tier_thresholds: dict[str, int] = Field(default_factory=lambda: {"free": 0, "pro": 500, "enterprise": 5000})
+    tier_daily_limits: dict[str, int] = Field(
+        default_factory=lambda: {"free": 100, "pro": 1000, "enterprise": 10000}
+    )
+    tier_thresholds: dict[str, int] = Field(
+        default_factory=lambda: {"free": 0, "pro": 500, "enterprise": 5000}
+    )
     default_tier: str = "free"
 
     # Worker processes per queue (prefork); each queue's image scales on its own.
@@ -102,12 +114,14 @@ class Settings(BaseSettings):
     # Messages each worker process reserves ahead. The deliveries (short, one per query) reserve a
     # few, so the worker fetches, acknowledges and sends events while its process runs the previous
     # one (measured: a third more deliveries/s); the other queues' tasks run long or rarely. A warm
-    # shutdown hands reserved messages back; after a hard kill the worker's next life re-queues them.
+    # shutdown hands reserved messages back; after a hard kill the worker's next life re-queues
+    # them.
     worker_prefetch: dict[str, int] = Field(
         default_factory=lambda: {"sync": 1, "notifications": 4, "cleanup": 1, "user": 1}
     )
 
-    # Hourly usage statistics report an hour once it ended this long ago: longer than a query can take
+    # Hourly usage statistics report an hour once it ended this long ago: longer than a query can
+    # take
     # from its start (its message's created_at) to its commit, so no query of the hour is in flight.
     usage_report_lag_seconds: int = Field(600, ge=0)
 
@@ -145,11 +159,16 @@ class Settings(BaseSettings):
     report_relay_seconds: float = Field(0.5, gt=0, le=60)
 
     # Request bodies: the most a route reads, refused with 413 while streaming in (before the key is
-    # checked or anything parses it). Path prefix -> bytes, the longest matching prefix wins, else the
-    # default. 64 KiB holds the largest valid query (4,000 characters, 16 filters) with room for JSON
-    # escapes; 8 MiB holds a full events batch (10,000 events with 512-character document ids ≈ 6 MB).
+    # checked or anything parses it). Path prefix -> bytes, the longest matching prefix wins, else
+    # the
+    # default. 64 KiB holds the largest valid query (4,000 characters, 16 filters) with room for
+    # JSON
+    # escapes; 8 MiB holds a full events batch (10,000 events with 512-character document ids ≈ 6
+    # MB).
     max_body_bytes: int = Field(64 * 1024, gt=0)
-    body_limits: dict[str, int] = Field(default_factory=lambda: {"/api/v1/sync/events": 8 * 1024 * 1024})
+    body_limits: dict[str, int] = Field(
+        default_factory=lambda: {"/api/v1/sync/events": 8 * 1024 * 1024}
+    )
 
     # Task management: how long the API waits for workers to answer a broadcast (list, workers).
     inspect_timeout_seconds: float = Field(1.0, gt=0, le=30)
@@ -159,8 +178,10 @@ class Settings(BaseSettings):
     metrics_window_seconds: int = Field(3600, gt=0)
     # Workers record a heartbeat (and their last dequeue) in the broker's Redis this often.
     worker_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
-    # A worker whose heartbeat is this old is gone: a live worker of its queue re-queues what it held.
-    # Well above the heartbeat's own lapse (three beats), so a slow beat never re-queues a running task.
+    # A worker whose heartbeat is this old is gone: a live worker of its queue re-queues what it
+    # held.
+    # Well above the heartbeat's own lapse (three beats), so a slow beat never re-queues a running
+    # task.
     worker_lost_after_seconds: float = Field(60.0, gt=0)
     # Health: a worker with waiting tasks that dequeued nothing for this long is not consuming.
     worker_dequeue_window_seconds: float = Field(120.0, gt=0)
@@ -182,20 +203,30 @@ class Settings(BaseSettings):
         if self.environment == "prod":
             dev_keys = set(DEV_API_KEYS) & set(self.api_keys)
             if dev_keys:
-                raise ValueError(f"development API keys are not allowed in prod: {sorted(dev_keys)}")
+                raise ValueError(
+                    f"development API keys are not allowed in prod: {sorted(dev_keys)}"
+                )
             for entry, scope in self.api_keys.items():
                 if not _is_real_key(entry):
                     # A hashed entry is no secret; of a plain key only its length is told.
-                    which = repr(entry) if entry.startswith("sha256:") else f"(a plain key of {len(entry)} characters)"
+                    which = (
+                        repr(entry)
+                        if entry.startswith("sha256:")
+                        else f"(a plain key of {len(entry)} characters)"
+                    )
                     raise ValueError(
-                        f"RAGCORE_API_KEYS entry {which} for scope {scope!r} is a placeholder (prod takes \"sha256:<64 "
-                        f"lowercase hex digits>\" or a plain key of at least {MIN_PLAIN_KEY_LENGTH} characters); make "
+                        f'RAGCORE_API_KEYS entry {which} for scope {scope!r} is a placeholder (prod takes "sha256:<64 '
+                        f'lowercase hex digits>" or a plain key of at least {MIN_PLAIN_KEY_LENGTH} characters); make '
                         f"a key and its entry with: {MAKE_KEY}"
                     )
         if self.default_tier not in self.tier_daily_limits:
-            raise ValueError(f"default_tier {self.default_tier!r} has no entry in tier_daily_limits")
+            raise ValueError(
+                f"default_tier {self.default_tier!r} has no entry in tier_daily_limits"
+            )
         if self.worker_lost_after_seconds < 3 * self.worker_heartbeat_seconds:
-            raise ValueError("worker_lost_after_seconds must be at least three heartbeats (worker_heartbeat_seconds)")
+            raise ValueError(
+                "worker_lost_after_seconds must be at least three heartbeats (worker_heartbeat_seconds)"
+            )
         if set(self.tier_thresholds) != set(self.tier_daily_limits):
             raise ValueError("tier_thresholds and tier_daily_limits must name the same tiers")
         return self

@@ -1,4 +1,5 @@
-"""The durable sync queue: Ingest's change events (SPEC §5), stored by the API, drained by `sync`."""
+"""The durable sync queue: Ingest's change events (SPEC §5), stored by the API, drained by
+`sync`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pydantic import Field
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from ragcore.tasks.contracts import Args, Timestamp
 from ragcore.db.models import SyncEvent
+from ragcore.tasks.contracts import Args, Timestamp
 
 
 class ChangeEvent(Args):

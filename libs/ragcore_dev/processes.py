@@ -1,4 +1,5 @@
-"""Processes for the local stack and the tests: deployables started from the entrypoints their images
+"""Processes for the local stack and the tests: deployables started from the entrypoints their
+images
 run, their environment, free ports, and waiting for them — the one copy of these helpers."""
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def deployable_env(**settings: str) -> dict[str, str]:
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
-    """A `preexec_fn`: the child gets `sig` when the process that started it dies (a killed pytest or
+    """A `preexec_fn`: the child gets `sig` when the process that started it dies (a killed pytest
+    or
     stack leaves nothing behind)."""
     parent = os.getpid()
 
@@ -75,7 +77,10 @@ class Deployable:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", self.module, *self.args],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             preexec_fn=die_with_parent(),
         )
         log.close()
@@ -91,7 +96,8 @@ class Deployable:
             signal_group(self.process, sig)
 
     def stop(self, timeout: float = 30) -> None:
-        """Warm shutdown (SIGTERM to the main process, which stops its children), then SIGKILL of the group."""
+        """Warm shutdown (SIGTERM to the main process, which stops its children), then SIGKILL of
+        the group."""
         if self.process is None:
             return
         if self.running:
@@ -117,7 +123,10 @@ T = TypeVar("T")
 
 
 def wait_until(
-    condition: Callable[[], T | None | Literal[False]], timeout: float, what: str, interval: float = 0.05,
+    condition: Callable[[], T | None | Literal[False]],
+    timeout: float,
+    what: str,
+    interval: float = 0.05,
 ) -> T:
     """`condition()`'s first truthy value (`cond and value` hands back the value), polled every
     `interval` seconds; TimeoutError after `timeout`."""

@@ -1,25 +1,25 @@
-"""Entrypoint of the Beat image: `python -m services.beat.main` or `celery -A services.beat.main beat`.
+"""Entrypoint of the Beat image: `python -m services.beat.main` or `celery -A services.beat.main
+beat`.
 
 RedBeat keeps the schedule and each entry's last run in Redis behind a leader lock: a second Beat
 started by mistake waits for the lock instead of doubling the schedule, and a restarted Beat resumes
 from the stored last runs instead of re-firing or skipping what was due. A broker outage pauses
 Beat, it does not end it (`services.beat.scheduler`).
 
-Beat also runs the report relay (`ragcore.query.reports`): the one publisher of the query reports, in the
+Beat also runs the report relay (`ragcore.query.reports`): the one publisher of the query reports,
+in the
 one process that publishes on a timer anyway, and off the API's cores; each of its rounds re-drives
 the waiting deliveries that are due (`ragcore.tasks.redrive`). Started by the entrypoint only.
 """
 
 import sys
 
-from ragcore.tasks import ledger
-
-from ragcore.tasks import redrive
-from ragcore.query.reports import ReportRelay
-from ragcore.tasks.app import create_app
 from ragcore.db import create_schema
 from ragcore.logs import configure_logging
+from ragcore.query.reports import ReportRelay
 from ragcore.settings import get_settings
+from ragcore.tasks import ledger, redrive
+from ragcore.tasks.app import create_app
 from services.beat import schedule
 from services.beat.scheduler import OutageTolerantScheduler
 
@@ -40,13 +40,18 @@ ledger.connect_publisher_signals()
 
 def main() -> None:
     if "--help" in sys.argv[1:]:  # before the database and Redis: usage only
-        print("usage: scheduler [CELERY BEAT OPTIONS]\n\nRuns the RedBeat schedule and the report relay. "
-              "Configured by RAGCORE_* environment variables. Celery's beat options follow.\n", flush=True)
+        print(
+            "usage: scheduler [CELERY BEAT OPTIONS]\n\nRuns the RedBeat schedule and the report relay. "
+            "Configured by RAGCORE_* environment variables. Celery's beat options follow.\n",
+            flush=True,
+        )
         app.start(["beat", "--help"])
         return
     configure_logging("beat", settings.log_level)
     create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
-    relay = ReportRelay(app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings))
+    relay = ReportRelay(
+        app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings)
+    )
     relay.start()
     try:
         app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])

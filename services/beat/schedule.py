@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.schedules import crontab, schedule
 
-from ragcore.tasks.contracts import contract
 from ragcore.settings import Settings
+from ragcore.tasks.contracts import contract
 
 
 def parse(spec: str) -> crontab | schedule:
@@ -23,15 +23,21 @@ def parse(spec: str) -> crontab | schedule:
 
 
 def period_seconds(when: crontab | schedule) -> float:
-    """Seconds between two consecutive runs (for a crontab: the first two after now, minute steps)."""
+    """Seconds between two consecutive runs (for a crontab: the first two after now, minute
+    steps)."""
     if isinstance(when, schedule) and not isinstance(when, crontab):
         return float(when.seconds)
     fires: list[datetime] = []
-    t = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    t = datetime.now(UTC).replace(second=0, microsecond=0)
     while len(fires) < 2:
         t += timedelta(minutes=1)
-        if (t.minute in when.minute and t.hour in when.hour and t.day in when.day_of_month
-                and t.month in when.month_of_year and t.isoweekday() % 7 in when.day_of_week):
+        if (
+            t.minute in when.minute
+            and t.hour in when.hour
+            and t.day in when.day_of_month
+            and t.month in when.month_of_year
+            and t.isoweekday() % 7 in when.day_of_week
+        ):
             fires.append(t)
     return (fires[1] - fires[0]).total_seconds()
 

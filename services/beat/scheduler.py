@@ -46,7 +46,9 @@ class OutageTolerantScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbea
             return float(super().tick(*args, **kwargs))
         except redis.RedisError as exc:  # LockError (our lock lost with Redis' keys) is one too
             if not self._broken:
-                log.warning("beat: the broker is unreachable; scheduling resumes when it returns: %s", exc)
+                log.warning(
+                    "beat: the broker is unreachable; scheduling resumes when it returns: %s", exc
+                )
             self._broken = True
             return RETRY_SECONDS
 

@@ -17,7 +17,8 @@ from ragcore.query.cache import HotCache
 RESULT_PREFIX = "celery-task-meta-"
 
 # Delete each key whose stored result says FAILURE, reading and deleting in one atomic step so a
-# result rewritten meanwhile (a re-run under the same id) is judged by its new value. pcall: a key of
+# result rewritten meanwhile (a re-run under the same id) is judged by its new value. pcall: a key
+# of
 # another type or a value that is not JSON is left alone instead of aborting the batch.
 _DELETE_FAILED = """
 local removed = 0
@@ -50,12 +51,19 @@ def _batches(client: redis.Redis, match: str, size: int) -> Iterator[list[bytes]
         yield batch
 
 
-def purge_stale_cache(cache: HotCache, current_version: int, batch_size: int = 500) -> dict[str, int]:
-    """Delete hot entries built for a data version older than `current_version`: never served again."""
+def purge_stale_cache(
+    cache: HotCache, current_version: int, batch_size: int = 500
+) -> dict[str, int]:
+    """Delete hot entries built for a data version older than `current_version`: never served
+    again."""
     scanned = removed = 0
     for batch in _batches(cache.client, glob_escape(cache.prefix) + "v*", batch_size):
         scanned += len(batch)
-        stale = [key for key in batch if (version := cache.version_of(key)) is not None and version < current_version]
+        stale = [
+            key
+            for key in batch
+            if (version := cache.version_of(key)) is not None and version < current_version
+        ]
         if stale:
             removed += cache.client.unlink(*stale)
     return {"scanned": scanned, "removed": removed, "data_version": current_version}

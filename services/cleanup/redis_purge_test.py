@@ -7,8 +7,8 @@ import pytest
 import redis
 
 from ragcore.query.cache import HotCache
-from services.cleanup.redis_purge import glob_escape, purge_failed_results, purge_stale_cache
 from ragcore_dev.servers import redis_server
+from services.cleanup.redis_purge import glob_escape, purge_failed_results, purge_stale_cache
 
 
 @pytest.fixture(scope="module")
@@ -26,18 +26,33 @@ def test_glob_escape_makes_pattern_characters_literal() -> None:
     assert glob_escape("a*b?c[d]e\\f") == "a\\*b\\?c\\[d\\]e\\\\f"
 
 
-def test_stale_versions_go_across_scan_batches_and_everything_else_stays(client: redis.Redis) -> None:
-    cache = HotCache(client, "rc[1]:cache:", 3600)  # glob characters in the prefix are taken literally
+def test_stale_versions_go_across_scan_batches_and_everything_else_stays(
+    client: redis.Redis,
+) -> None:
+    cache = HotCache(
+        client, "rc[1]:cache:", 3600
+    )  # glob characters in the prefix are taken literally
     for version in (1, 2, 3, 4):
         for n in range(7):
             cache.put(f"v{version}:{n:064x}", {"answer": version})
-    others = ["rc1:cache:v1:x", "rc[1]:cache:stats", "rc[1]:cache:vx:1", "x:rc[1]:cache:v1:y", "celery-task-meta-1", "sync"]
+    others = [
+        "rc1:cache:v1:x",
+        "rc[1]:cache:stats",
+        "rc[1]:cache:vx:1",
+        "x:rc[1]:cache:v1:y",
+        "celery-task-meta-1",
+        "sync",
+    ]
     for key in others:
         client.set(key, "keep")
 
     result = purge_stale_cache(cache, current_version=3, batch_size=4)
 
-    assert result == {"scanned": 29, "removed": 14, "data_version": 3}  # 28 versioned + "vx:1" scanned
+    assert result == {
+        "scanned": 29,
+        "removed": 14,
+        "data_version": 3,
+    }  # 28 versioned + "vx:1" scanned
     remaining = {k.decode() for k in client.scan_iter(count=100)}
     assert {cache.version_of(k) for k in remaining if cache.version_of(k) is not None} == {3, 4}
     assert set(others) <= remaining
@@ -46,7 +61,10 @@ def test_stale_versions_go_across_scan_batches_and_everything_else_stays(client:
 
 def test_only_results_whose_status_is_failure_are_removed(client: redis.Redis) -> None:
     def result(task_id: str, status: str) -> None:
-        client.set(f"celery-task-meta-{task_id}", orjson.dumps({"status": status, "result": None, "task_id": task_id}))
+        client.set(
+            f"celery-task-meta-{task_id}",
+            orjson.dumps({"status": status, "result": None, "task_id": task_id}),
+        )
 
     for n in range(9):
         result(f"failed-{n}", "FAILURE")
@@ -60,5 +78,7 @@ def test_only_results_whose_status_is_failure_are_removed(client: redis.Redis) -
 
     remaining = {k.decode() for k in client.scan_iter(count=100)}
     assert not any(k.startswith("celery-task-meta-failed-") for k in remaining)
-    assert {f"celery-task-meta-{s}" for s in ("success", "started", "retry", "revoked", "pending")} <= remaining
+    assert {
+        f"celery-task-meta-{s}" for s in ("success", "started", "retry", "revoked", "pending")
+    } <= remaining
     assert {"celery-task-meta-not-json", "celery-task-meta-a-list", "other-key"} <= remaining

@@ -39,25 +39,33 @@ RESOLVED_DELIVERY_STATUSES: frozenset[str] = frozenset({"redriven", "discarded"}
 DONE_SYNC_EVENT_STATUS = "done"
 
 
-def delete_old_query_cache(sessions: Sessions, now: datetime, days: int, batch_size: int = 1000) -> dict[str, int]:
+def delete_old_query_cache(
+    sessions: Sessions, now: datetime, days: int, batch_size: int = 1000
+) -> dict[str, int]:
     """Delete `query_cache` rows created more than `days` before `now`."""
     cutoff = now - timedelta(days=days)
     deleted = 0
     while True:
         with sessions() as session:
             keys = session.scalars(
-                select(QueryCacheEntry.cache_key).where(QueryCacheEntry.created_at < cutoff).limit(batch_size)
+                select(QueryCacheEntry.cache_key)
+                .where(QueryCacheEntry.created_at < cutoff)
+                .limit(batch_size)
             ).all()
             if keys:
                 # The age is checked again: a row refreshed since the SELECT stays.
                 old = (QueryCacheEntry.cache_key.in_(keys), QueryCacheEntry.created_at < cutoff)
-                deleted += cast(CursorResult[Any], session.execute(delete(QueryCacheEntry).where(*old))).rowcount
+                deleted += cast(
+                    CursorResult[Any], session.execute(delete(QueryCacheEntry).where(*old))
+                ).rowcount
         if len(keys) < batch_size:
             return {"deleted": deleted}
 
 
 def _delete_in_batches(
-    sessions: Sessions, key: InstrumentedAttribute[Any], old: tuple[ColumnElement[bool], ...],
+    sessions: Sessions,
+    key: InstrumentedAttribute[Any],
+    old: tuple[ColumnElement[bool], ...],
     batch_size: int,
 ) -> int:
     """Delete the rows matching `old`, `batch_size` primary keys per transaction."""
@@ -132,29 +140,43 @@ def apply_retention(sessions: Sessions, now: datetime, settings: Settings) -> di
     return {"deleted": deleted}
 
 
-def archive_old_conversations(sessions: Sessions, now: datetime, days: int, batch_size: int = 500) -> dict[str, int]:
+def archive_old_conversations(
+    sessions: Sessions, now: datetime, days: int, batch_size: int = 500
+) -> dict[str, int]:
     """Archive conversations with no activity for `days`: they and their messages get `archived_at`.
 
     Activity is the later of the conversation's `updated_at` and its newest message, so a
     conversation still being written to is never archived, whoever forgot to touch `updated_at`.
     """
     cutoff = now - timedelta(days=days)
-    recent_message = exists().where(Message.conversation_id == Conversation.id, Message.created_at >= cutoff)
+    recent_message = exists().where(
+        Message.conversation_id == Conversation.id, Message.created_at >= cutoff
+    )
     idle = (Conversation.archived_at.is_(None), Conversation.updated_at < cutoff, ~recent_message)
     conversations = messages = 0
     while True:
         with sessions() as session:
             ids = session.scalars(select(Conversation.id).where(*idle).limit(batch_size)).all()
             if ids:
-                # Idleness is checked again in the UPDATE; only what it archived takes its messages along.
-                archive = update(Conversation).where(Conversation.id.in_(ids), *idle).values(archived_at=now)
+                # Idleness is checked again in the UPDATE; only what it archived takes its messages
+                # along.
+                archive = (
+                    update(Conversation)
+                    .where(Conversation.id.in_(ids), *idle)
+                    .values(archived_at=now)
+                )
                 archived = session.scalars(archive.returning(Conversation.id)).all()
                 conversations += len(archived)
                 if archived:
-                    messages += cast(CursorResult[Any], session.execute(
-                        update(Message)
-                        .where(Message.conversation_id.in_(archived), Message.archived_at.is_(None))
-                        .values(archived_at=now)
-                    )).rowcount
+                    messages += cast(
+                        CursorResult[Any],
+                        session.execute(
+                            update(Message)
+                            .where(
+                                Message.conversation_id.in_(archived), Message.archived_at.is_(None)
+                            )
+                            .values(archived_at=now)
+                        ),
+                    ).rowcount
         if len(ids) < batch_size:
             return {"archived_conversations": conversations, "archived_messages": messages}

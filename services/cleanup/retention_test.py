@@ -1,7 +1,7 @@
 """Retention on a real (SQLite) database: exactly the old rows go, in several small batches."""
 
 from contextlib import AbstractContextManager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -25,7 +25,7 @@ from services.cleanup.retention import (
     delete_old_query_cache,
 )
 
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -43,11 +43,15 @@ def _days_ago(days: float) -> datetime:
     return NOW - timedelta(days=days)
 
 
-def test_query_cache_rows_older_than_days_are_deleted_across_batches_and_newer_ones_kept(sessions: Sessions) -> None:
+def test_query_cache_rows_older_than_days_are_deleted_across_batches_and_newer_ones_kept(
+    sessions: Sessions,
+) -> None:
     ages = [31, 45, 400, 30.01, 40, 33, 90, 29.99, 1, 0, 10]
     with sessions() as s:
         s.add_all(
-            QueryCacheEntry(cache_key=f"k{i}", data_version=1, query="q", response={}, created_at=_days_ago(age))
+            QueryCacheEntry(
+                cache_key=f"k{i}", data_version=1, query="q", response={}, created_at=_days_ago(age)
+            )
             for i, age in enumerate(ages)
         )
 
@@ -60,24 +64,51 @@ def test_query_cache_rows_older_than_days_are_deleted_across_batches_and_newer_o
 
 
 def _conversation(
-    s: Session, cid: str, updated_days: float, message_days: list[float], archived: datetime | None = None
+    s: Session,
+    cid: str,
+    updated_days: float,
+    message_days: list[float],
+    archived: datetime | None = None,
 ) -> None:
-    s.add(Conversation(id=cid, user_id="u", created_at=_days_ago(400), updated_at=_days_ago(updated_days),
-                       archived_at=archived))
+    s.add(
+        Conversation(
+            id=cid,
+            user_id="u",
+            created_at=_days_ago(400),
+            updated_at=_days_ago(updated_days),
+            archived_at=archived,
+        )
+    )
     s.flush()
     for n, days in enumerate(message_days):
-        s.add(Message(id=f"{cid}-m{n}", conversation_id=cid, user_id="u", query="q", answer="a", sources=[],
-                      tokens_used=1, processing_time_ms=1.0, created_at=_days_ago(days), archived_at=archived))
+        s.add(
+            Message(
+                id=f"{cid}-m{n}",
+                conversation_id=cid,
+                user_id="u",
+                query="q",
+                answer="a",
+                sources=[],
+                tokens_used=1,
+                processing_time_ms=1.0,
+                created_at=_days_ago(days),
+                archived_at=archived,
+            )
+        )
 
 
-def test_idle_conversations_are_archived_with_their_messages_and_nothing_is_deleted(sessions: Sessions) -> None:
+def test_idle_conversations_are_archived_with_their_messages_and_nothing_is_deleted(
+    sessions: Sessions,
+) -> None:
     earlier = _days_ago(200)
     with sessions() as s:
         for i in range(5):
             _conversation(s, f"idle{i}", 120, [130, 125])
         _conversation(s, "idle-empty", 95, [])
         _conversation(s, "recent", 2, [2])
-        _conversation(s, "stale-flag-but-recent-message", 120, [150, 3])  # updated_at was never touched
+        _conversation(
+            s, "stale-flag-but-recent-message", 120, [150, 3]
+        )  # updated_at was never touched
         _conversation(s, "already", 300, [300], archived=earlier)
 
     result = archive_old_conversations(sessions, NOW, days=90, batch_size=2)
@@ -94,7 +125,8 @@ def test_idle_conversations_are_archived_with_their_messages_and_nothing_is_dele
     assert archived["already"] == earlier  # archived before: left as it was
     assert all((at == NOW) == (cid in idle) for cid, at in messages if cid != "already")
     assert archive_old_conversations(sessions, NOW, days=90, batch_size=2) == {
-        "archived_conversations": 0, "archived_messages": 0,
+        "archived_conversations": 0,
+        "archived_messages": 0,
     }
 
 
@@ -142,32 +174,74 @@ def test_retention_deletes_exactly_the_rows_past_their_age_and_nothing_unfinishe
 ) -> None:
     with sessions() as s:
         for task_id, (state, finished, sent, _) in LEDGER.items():
-            s.add(TaskRecord(task_id=task_id, name="t", queue="q", state=state, kwargs={},
-                             sent_at=_days_ago(sent), finished_at=_ago(finished)))
+            s.add(
+                TaskRecord(
+                    task_id=task_id,
+                    name="t",
+                    queue="q",
+                    state=state,
+                    kwargs={},
+                    sent_at=_days_ago(sent),
+                    finished_at=_ago(finished),
+                )
+            )
         for i, (status, created, redriven, _) in DELIVERIES.items():
-            s.add(FailedDelivery(id=i, task_name="t", task_id=f"d{i}", payload={}, error="e",
-                                 attempts=4, status=status, created_at=_days_ago(created),
-                                 redriven_at=_ago(redriven)))
+            s.add(
+                FailedDelivery(
+                    id=i,
+                    task_name="t",
+                    task_id=f"d{i}",
+                    payload={},
+                    error="e",
+                    attempts=4,
+                    status=status,
+                    created_at=_days_ago(created),
+                    redriven_at=_ago(redriven),
+                )
+            )
         for i, (status, received, _) in EVENTS.items():
-            s.add(SyncEvent(id=i, document_id=f"doc{i}", action="upsert", status=status,
-                            occurred_at=_days_ago(received), received_at=_days_ago(received)))
+            s.add(
+                SyncEvent(
+                    id=i,
+                    document_id=f"doc{i}",
+                    action="upsert",
+                    status=status,
+                    occurred_at=_days_ago(received),
+                    received_at=_days_ago(received),
+                )
+            )
         for i, age in enumerate((31, 29)):
-            s.add(QueryCacheEntry(cache_key=f"k{i}", data_version=1, query="q", response={},
-                                  created_at=_days_ago(age)))
-    settings = Settings(retention_task_ledger_days=30, retention_failed_deliveries_days=90,
-                        retention_sync_events_days=7, retention_query_cache_days=30,
-                        retention_batch_size=2)
+            s.add(
+                QueryCacheEntry(
+                    cache_key=f"k{i}",
+                    data_version=1,
+                    query="q",
+                    response={},
+                    created_at=_days_ago(age),
+                )
+            )
+    settings = Settings(
+        retention_task_ledger_days=30,
+        retention_failed_deliveries_days=90,
+        retention_sync_events_days=7,
+        retention_query_cache_days=30,
+        retention_batch_size=2,
+    )
 
     result = apply_retention(sessions, NOW, settings)
 
-    assert result == {"deleted": {"task_ledger": 4, "failed_deliveries": 2, "sync_events": 2,
-                                  "query_cache": 1}}
+    assert result == {
+        "deleted": {"task_ledger": 4, "failed_deliveries": 2, "sync_events": 2, "query_cache": 1}
+    }
     with sessions() as s:
         assert set(s.scalars(select(TaskRecord.task_id))) == {
-            k for k, v in LEDGER.items() if not v[-1]}
+            k for k, v in LEDGER.items() if not v[-1]
+        }
         assert set(s.scalars(select(FailedDelivery.id))) == {
-            k for k, v in DELIVERIES.items() if not v[-1]}
+            k for k, v in DELIVERIES.items() if not v[-1]
+        }
         assert set(s.scalars(select(SyncEvent.id))) == {k for k, v in EVENTS.items() if not v[-1]}
         assert set(s.scalars(select(QueryCacheEntry.cache_key))) == {"k1"}
-    assert apply_retention(sessions, NOW, settings) == {"deleted": {
-        "task_ledger": 0, "failed_deliveries": 0, "sync_events": 0, "query_cache": 0}}
+    assert apply_retention(sessions, NOW, settings) == {
+        "deleted": {"task_ledger": 0, "failed_deliveries": 0, "sync_events": 0, "query_cache": 0}
+    }

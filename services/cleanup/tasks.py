@@ -7,13 +7,13 @@ from typing import Any
 import redis
 from celery import Celery, Task
 
-from ragcore.tasks import contracts
-from ragcore.query.cache import HotCache, data_version
-from ragcore.tasks.app import define_task
-from ragcore.tasks.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs
 from ragcore.db import session_scope, utcnow
+from ragcore.query.cache import HotCache, data_version
 from ragcore.redis_clients import redis_client
 from ragcore.settings import get_settings
+from ragcore.tasks import contracts
+from ragcore.tasks.app import define_task
+from ragcore.tasks.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs
 from services.cleanup import redis_purge, retention
 
 
@@ -27,7 +27,8 @@ def register(app: Celery) -> None:
 
     @define_task(app, contracts.CLEANUP_OLD_CACHE)
     def cleanup_old_cache(self: Task, args: NoArgs) -> dict[str, Any]:
-        """Remove hot query-cache entries of older data versions from Redis: they can never be served."""
+        """Remove hot query-cache entries of older data versions from Redis: they can never be
+        served."""
         settings = get_settings()
         with session_scope() as session:
             version = data_version(session)
@@ -51,5 +52,6 @@ def register(app: Celery) -> None:
 
     @define_task(app, contracts.CLEANUP_FAILED_TASKS)
     def cleanup_failed_tasks(self: Task, args: NoArgs) -> dict[str, Any]:
-        """Remove results of failed tasks from the result backend; the task ledger keeps the failures."""
+        """Remove results of failed tasks from the result backend; the task ledger keeps the
+        failures."""
         return redis_purge.purge_failed_results(_redis(get_settings().result_backend))

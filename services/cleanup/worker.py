@@ -1,4 +1,5 @@
-"""Entrypoint of the `cleanup` worker image: `python -m services.cleanup.worker` or `celery -A services.cleanup.worker worker`."""
+"""Entrypoint of the `cleanup` worker image: `python -m services.cleanup.worker` or `celery -A
+services.cleanup.worker worker`."""
 
 import sys
 

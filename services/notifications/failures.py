@@ -1,4 +1,5 @@
-"""Deliveries that fail are recorded: a retryable failure waits for its automatic re-drive, another for an operator."""
+"""Deliveries that fail are recorded: a retryable failure waits for its automatic re-drive, another
+for an operator."""
 
 from __future__ import annotations
 
@@ -8,15 +9,24 @@ from typing import Any, TypeVar
 
 import httpx
 from celery import Task
+from sqlalchemy import select
+
 from ragcore.clients.breaker import Breaker, BreakerOpen, breaker
-from ragcore.tasks.app import PermanentTaskError, will_retry
-from ragcore.tasks.contracts import TaskContract
+from ragcore.clients.transport import is_retryable
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import FailedDelivery
-from ragcore.clients.transport import is_retryable
-from ragcore.tasks.redrive import FAILED, REDRIVE_HEADER, REDRIVEN, WAITING, next_attempt, release_waiting, within_window
 from ragcore.settings import get_settings
-from sqlalchemy import select
+from ragcore.tasks.app import PermanentTaskError, will_retry
+from ragcore.tasks.contracts import TaskContract
+from ragcore.tasks.redrive import (
+    FAILED,
+    REDRIVE_HEADER,
+    REDRIVEN,
+    WAITING,
+    next_attempt,
+    release_waiting,
+    within_window,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +49,11 @@ def describe(exc: BaseException) -> str:
 
 
 def record(
-    task: Task, contract: TaskContract, payload: dict[str, Any], exc: BaseException, sessions: Sessions = session_scope
+    task: Task,
+    contract: TaskContract,
+    payload: dict[str, Any],
+    exc: BaseException,
+    sessions: Sessions = session_scope,
 ) -> bool:
     """Store one failed delivery, once per task id (a redelivered message must not add a second).
 
@@ -48,24 +62,47 @@ def record(
     task_id, attempts, now = task.request.id, task.request.retries + 1, utcnow()
     waits = is_retryable(exc)
     with sessions() as session:
-        if session.scalar(select(FailedDelivery.id).where(FailedDelivery.task_id == task_id)) is not None:
+        if (
+            session.scalar(select(FailedDelivery.id).where(FailedDelivery.task_id == task_id))
+            is not None
+        ):
             return waits
         session.add(
             FailedDelivery(
-                task_name=contract.name, task_id=task_id, payload=payload, error=describe(exc), attempts=attempts,
-                status=WAITING if waits else FAILED, next_attempt_at=next_attempt(get_settings(), now, now) if waits else None,
+                task_name=contract.name,
+                task_id=task_id,
+                payload=payload,
+                error=describe(exc),
+                attempts=attempts,
+                status=WAITING if waits else FAILED,
+                next_attempt_at=next_attempt(get_settings(), now, now) if waits else None,
                 waiting_since=now if waits else None,
             )
         )
     if waits:
-        log.warning("delivery %s of %s waits for a re-drive after %d attempt(s): %s", task_id, contract.name, attempts, exc)
+        log.warning(
+            "delivery %s of %s waits for a re-drive after %d attempt(s): %s",
+            task_id,
+            contract.name,
+            attempts,
+            exc,
+        )
     else:
-        log.error("delivery %s of %s failed for good after %d attempt(s): %s", task_id, contract.name, attempts, exc)
+        log.error(
+            "delivery %s of %s failed for good after %d attempt(s): %s",
+            task_id,
+            contract.name,
+            attempts,
+            exc,
+        )
     return waits
 
 
-def reschedule(task: Task, delivery_id: int, exc: BaseException, sessions: Sessions = session_scope) -> bool:
-    """A re-drive failed: its row waits again (backoff), or, refused or out of time, is failed for good."""
+def reschedule(
+    task: Task, delivery_id: int, exc: BaseException, sessions: Sessions = session_scope
+) -> bool:
+    """A re-drive failed: its row waits again (backoff), or, refused or out of time, is failed for
+    good."""
     settings, now = get_settings(), utcnow()
     with sessions() as session:
         row = session.get(FailedDelivery, delivery_id, with_for_update=True)
@@ -83,13 +120,18 @@ def reschedule(task: Task, delivery_id: int, exc: BaseException, sessions: Sessi
 
 
 def deliver(
-    task: Task, contract: TaskContract, payload: dict[str, Any], send: Callable[[], T], sessions: Sessions = session_scope,
+    task: Task,
+    contract: TaskContract,
+    payload: dict[str, Any],
+    send: Callable[[], T],
+    sessions: Sessions = session_scope,
     gate: Breaker | None = None,
 ) -> T:
     """Run `send` through the neighbour's breaker; record what fails for good or waits, then raise.
 
     The contract's quick retries come first (`define_task`); a delivery still failing on a retryable
-    error, or held back by the open breaker, waits for `ragcore.tasks.redrive` and raises DeliveryDeferred.
+    error, or held back by the open breaker, waits for `ragcore.tasks.redrive` and raises
+    DeliveryDeferred.
     `payload` is what a re-drive sends: the task's arguments with every idempotency input pinned.
     """
     gate = gate or (breaker(contract.neighbour, get_settings()) if contract.neighbour else None)

@@ -5,14 +5,14 @@ from typing import Any
 
 import httpx
 import pytest
-from ragcore.clients.breaker import BreakerOpen
-from ragcore.tasks.app import PermanentTaskError
-from ragcore.tasks.contracts import SEND_QUERY_RESULT
-from ragcore.db import utcnow
-from ragcore.db.models import FailedDelivery
-from ragcore.tasks.redrive import REDRIVE_HEADER
 from sqlalchemy import select
 
+from ragcore.clients.breaker import BreakerOpen
+from ragcore.db import utcnow
+from ragcore.db.models import FailedDelivery
+from ragcore.tasks.app import PermanentTaskError
+from ragcore.tasks.contracts import SEND_QUERY_RESULT
+from ragcore.tasks.redrive import REDRIVE_HEADER
 from services.notifications import failures
 from services.notifications.failures import DeliveryDeferred
 
@@ -31,8 +31,14 @@ class Gate:
         return send(), False
 
 
-def deliver(t: SimpleNamespace, contract: Any, payload: dict[str, Any], send: Callable[[], Any], sessions: Any,
-            gate: Gate | None = None) -> Any:
+def deliver(
+    t: SimpleNamespace,
+    contract: Any,
+    payload: dict[str, Any],
+    send: Callable[[], Any],
+    sessions: Any,
+    gate: Gate | None = None,
+) -> Any:
     return failures.deliver(t, contract, payload, send, sessions, gate or Gate())  # type: ignore[arg-type]
 
 
@@ -43,7 +49,11 @@ def task(retries: int, task_id: str = "t-1", **headers: Any) -> SimpleNamespace:
 def answering(status: int):  # type: ignore[no-untyped-def]
     def send() -> int:
         request = httpx.Request("POST", "http://users.test/api/v1/rag/query-results")
-        raise httpx.HTTPStatusError("refused", request=request, response=httpx.Response(status, text="bad field", request=request))
+        raise httpx.HTTPStatusError(
+            "refused",
+            request=request,
+            response=httpx.Response(status, text="bad field", request=request),
+        )
 
     return send
 
@@ -58,7 +68,12 @@ def test_a_4xx_is_recorded_at_once_with_payload_error_and_attempts(sessions) -> 
         deliver(task(0), SEND_QUERY_RESULT, {"message_id": "m"}, answering(400), sessions)
     [row] = recorded(sessions)
     assert (row.task_name, row.task_id, row.payload, row.attempts, row.status) == (
-        "send_query_result_to_users", "t-1", {"message_id": "m"}, 1, "failed")
+        "send_query_result_to_users",
+        "t-1",
+        {"message_id": "m"},
+        1,
+        "failed",
+    )
     assert "400" in row.error and "bad field" in row.error
 
 
@@ -74,7 +89,9 @@ def test_a_5xx_that_exhausts_the_retries_waits_for_a_redrive_recorded_once(sessi
             deliver(task(3), SEND_QUERY_RESULT, {}, answering(503), sessions)
     [row] = recorded(sessions)
     assert (row.attempts, row.status) == (4, "waiting")
-    assert row.waiting_since is not None and row.next_attempt_at == row.waiting_since + timedelta(seconds=30)
+    assert row.waiting_since is not None and row.next_attempt_at == row.waiting_since + timedelta(
+        seconds=30
+    )
 
 
 @pytest.mark.parametrize("status", [408, 429])
@@ -89,7 +106,14 @@ def test_a_408_or_429_is_retried_like_a_5xx(sessions, status: int) -> None:  # t
 def test_an_open_breaker_makes_a_delivery_wait_at_once_without_quick_retries(sessions) -> None:  # type: ignore[no-untyped-def]
     sent = []
     with pytest.raises(DeliveryDeferred):
-        deliver(task(0), SEND_QUERY_RESULT, {"message_id": "m"}, lambda: sent.append(1), sessions, Gate(open_=True))
+        deliver(
+            task(0),
+            SEND_QUERY_RESULT,
+            {"message_id": "m"},
+            lambda: sent.append(1),
+            sessions,
+            Gate(open_=True),
+        )
     assert sent == []
     [row] = recorded(sessions)
     assert (row.status, row.attempts, row.payload) == ("waiting", 1, {"message_id": "m"})
@@ -99,8 +123,17 @@ def test_an_open_breaker_makes_a_delivery_wait_at_once_without_quick_retries(ses
 def _redriven(sessions, waited: timedelta) -> FailedDelivery:  # type: ignore[no-untyped-def]
     now = utcnow()
     with sessions() as session:
-        row = FailedDelivery(task_name=SEND_QUERY_RESULT.name, task_id="t-1", payload={}, error="x", attempts=4,
-                             status="redriven", redrive_task_id="t-2", waiting_since=now - waited, created_at=now - waited)
+        row = FailedDelivery(
+            task_name=SEND_QUERY_RESULT.name,
+            task_id="t-1",
+            payload={},
+            error="x",
+            attempts=4,
+            status="redriven",
+            redrive_task_id="t-2",
+            waiting_since=now - waited,
+            created_at=now - waited,
+        )
         session.add(row)
         session.flush()
         session.expunge(row)
@@ -110,20 +143,43 @@ def _redriven(sessions, waited: timedelta) -> FailedDelivery:  # type: ignore[no
 def test_a_redrive_that_fails_again_waits_again_as_long_as_it_has_waited(sessions) -> None:  # type: ignore[no-untyped-def]
     row = _redriven(sessions, timedelta(minutes=10))
     with pytest.raises(DeliveryDeferred):  # one attempt: no quick retries for a re-drive
-        deliver(task(0, "t-2", **{REDRIVE_HEADER: row.id}), SEND_QUERY_RESULT, {}, answering(503), sessions)
+        deliver(
+            task(0, "t-2", **{REDRIVE_HEADER: row.id}),
+            SEND_QUERY_RESULT,
+            {},
+            answering(503),
+            sessions,
+        )
     [again] = recorded(sessions)
     assert (again.status, again.attempts) == ("waiting", 5)
-    assert timedelta(minutes=9) < again.next_attempt_at - utcnow() <= timedelta(minutes=10, seconds=5)  # type: ignore[operator]
+    assert (
+        timedelta(minutes=9) < again.next_attempt_at - utcnow() <= timedelta(minutes=10, seconds=5)
+    )  # type: ignore[operator]
 
 
 def test_a_redrive_refused_or_out_of_its_window_fails_for_an_operator(sessions) -> None:  # type: ignore[no-untyped-def]
     refused = _redriven(sessions, timedelta(minutes=1))
     with pytest.raises(PermanentTaskError):
-        deliver(task(0, "t-2", **{REDRIVE_HEADER: refused.id}), SEND_QUERY_RESULT, {}, answering(400), sessions)
+        deliver(
+            task(0, "t-2", **{REDRIVE_HEADER: refused.id}),
+            SEND_QUERY_RESULT,
+            {},
+            answering(400),
+            sessions,
+        )
     expired = _redriven(sessions, timedelta(days=2))
     with pytest.raises(PermanentTaskError):
-        deliver(task(0, "t-2", **{REDRIVE_HEADER: expired.id}), SEND_QUERY_RESULT, {}, answering(503), sessions)
-    assert [(r.status, r.next_attempt_at) for r in recorded(sessions)] == [("failed", None), ("failed", None)]
+        deliver(
+            task(0, "t-2", **{REDRIVE_HEADER: expired.id}),
+            SEND_QUERY_RESULT,
+            {},
+            answering(503),
+            sessions,
+        )
+    assert [(r.status, r.next_attempt_at) for r in recorded(sessions)] == [
+        ("failed", None),
+        ("failed", None),
+    ]
 
 
 def test_a_success_returns_the_senders_value(sessions) -> None:  # type: ignore[no-untyped-def]

@@ -7,11 +7,16 @@ errors and 5xx only. A delivery that will not be retried again is recorded for a
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 from celery import Celery, Task
+
+from ragcore.clients.transport import is_retryable, shared_http_client
+from ragcore.clients.users import UsersClient
+from ragcore.db import session_scope, utcnow
+from ragcore.settings import get_settings
 from ragcore.tasks import contracts
 from ragcore.tasks.app import PermanentTaskError, define_task
 from ragcore.tasks.contracts import (
@@ -19,15 +24,9 @@ from ragcore.tasks.contracts import (
     SystemNotificationArgs,
     UsageStatisticsArgs,
 )
-from ragcore.db import session_scope, utcnow
-from ragcore.clients.transport import is_retryable, shared_http_client
 from ragcore.tasks.locks import lock_client, periodic_lock
-from ragcore.settings import get_settings
-from ragcore.clients.users import UsersClient
-
 from services.notifications import usage
 from services.notifications.failures import deliver
-
 
 
 def http_client() -> httpx.Client:
@@ -43,25 +42,35 @@ def users() -> UsersClient:
 def send_query_result_to_users(self: Task, args: QueryResultArgs) -> dict[str, Any]:
     """Report one answered query; the message id is the idempotency key."""
     payload = args.model_dump(mode="json")
-    code = deliver(self, contracts.SEND_QUERY_RESULT, payload, lambda: users().send_query_result(payload))
+    code = deliver(
+        self, contracts.SEND_QUERY_RESULT, payload, lambda: users().send_query_result(payload)
+    )
     return {"message_id": args.message_id, "status_code": code}
 
 
 def send_usage_statistics(self: Task, args: UsageStatisticsArgs) -> dict[str, Any]:
-    """Report usage per user of `period_start`, or of every hour due and not reported yet; the period is the key.
+    """Report usage per user of `period_start`, or of every hour due and not reported yet; the
+    period is the key.
 
-    An hour is due once it ended `usage_report_lag_seconds` ago, so no query of it is still in flight.
-    Hours are recorded once Users has them, so hours missed during an outage (of this worker, Beat or
-    Users) are sent by the next run, oldest first, each once; a retry recomputes them from the record.
+    An hour is due once it ended `usage_report_lag_seconds` ago, so no query of it is still in
+    flight.
+    Hours are recorded once Users has them, so hours missed during an outage (of this worker, Beat
+    or
+    Users) are sent by the next run, oldest first, each once; a retry recomputes them from the
+    record.
     """
-    latest = usage.latest_reportable_hour(utcnow(), timedelta(seconds=get_settings().usage_report_lag_seconds))
+    latest = usage.latest_reportable_hour(
+        utcnow(), timedelta(seconds=get_settings().usage_report_lag_seconds)
+    )
     if args.period_start is None:
         with session_scope() as session:
             periods = usage.due_periods(session, latest)
     else:
-        start = usage.hour_start(args.period_start.astimezone(timezone.utc))
+        start = usage.hour_start(args.period_start.astimezone(UTC))
         if start > latest:
-            raise PermanentTaskError(f"the hour starting {start.isoformat()} is not reportable yet: queries of it may still run")
+            raise PermanentTaskError(
+                f"the hour starting {start.isoformat()} is not reportable yet: queries of it may still run"
+            )
         periods = [start]
     reported: list[dict[str, Any]] = []
     for start in periods:
@@ -73,10 +82,13 @@ def send_usage_statistics(self: Task, args: UsageStatisticsArgs) -> dict[str, An
 
 
 def _report_hour(self: Task, start: datetime, again: bool) -> dict[str, Any] | None:
-    """Send one hour (unless recorded already and not asked `again`), then record it; None if another run holds it."""
+    """Send one hour (unless recorded already and not asked `again`), then record it; None if
+    another run holds it."""
     task = contracts.SEND_USAGE_STATISTICS
     pinned = {"period_start": start.isoformat()}  # what a re-drive of this hour sends
-    with periodic_lock(lock_client(), f"{task.name}:{start.isoformat()}", ttl=task.time_limit) as acquired:
+    with periodic_lock(
+        lock_client(), f"{task.name}:{start.isoformat()}", ttl=task.time_limit
+    ) as acquired:
         if not acquired:
             return None
         with session_scope() as session:
@@ -86,13 +98,19 @@ def _report_hour(self: Task, start: datetime, again: bool) -> dict[str, Any] | N
         try:
             code = deliver(self, task, pinned, lambda: users().send_usage_statistics(report))
         except Exception as exc:
-            if not is_retryable(exc):  # refused for good (a failed delivery to re-drive): later hours go on
+            if not is_retryable(
+                exc
+            ):  # refused for good (a failed delivery to re-drive): later hours go on
                 with session_scope() as session:
                     usage.record(session, start, "refused")
             raise
         with session_scope() as session:
             usage.record(session, start, "accepted")
-    return {"period_start": pinned["period_start"], "users": len(report["users"]), "status_code": code}
+    return {
+        "period_start": pinned["period_start"],
+        "users": len(report["users"]),
+        "status_code": code,
+    }
 
 
 def send_system_notification(self: Task, args: SystemNotificationArgs) -> dict[str, Any]:
@@ -100,7 +118,12 @@ def send_system_notification(self: Task, args: SystemNotificationArgs) -> dict[s
     key = args.idempotency_key or self.request.id
     body = args.model_dump(mode="json", exclude={"idempotency_key"})
     pinned = {**body, "idempotency_key": key}  # a re-drive runs under a new task id, same key
-    code = deliver(self, contracts.SEND_SYSTEM_NOTIFICATION, pinned, lambda: users().send_notification(body, key))
+    code = deliver(
+        self,
+        contracts.SEND_SYSTEM_NOTIFICATION,
+        pinned,
+        lambda: users().send_notification(body, key),
+    )
     return {"idempotency_key": key, "recipients": len(args.user_ids), "status_code": code}
 
 

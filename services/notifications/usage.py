@@ -1,4 +1,5 @@
-"""Usage per user over one period, computed from the messages table (so a re-run reports the same)."""
+"""Usage per user over one period, computed from the messages table (so a re-run reports the
+same)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from ragcore.db import insert_for, utcnow
-from ragcore.db.models import Message, UsageReport
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+
+from ragcore.db import insert_for, utcnow
+from ragcore.db.models import Message, UsageReport
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +30,25 @@ def latest_reportable_hour(now: datetime, lag: timedelta) -> datetime:
 
 
 def due_periods(session: Session, latest: datetime) -> list[datetime]:
-    """Hours to report, oldest first: every one after the last recorded, up to `latest` (only it at first)."""
+    """Hours to report, oldest first: every one after the last recorded, up to `latest` (only it at
+    first)."""
     last = session.scalar(select(func.max(UsageReport.period_start)))
     if last is None:
         return [latest]
     first = last + HOUR
     oldest = latest - (MAX_CATCH_UP_HOURS - 1) * HOUR
     if first < oldest:
-        log.warning("usage of %s to %s is not reported: older than the catch-up window", first.isoformat(), oldest.isoformat())
+        log.warning(
+            "usage of %s to %s is not reported: older than the catch-up window",
+            first.isoformat(),
+            oldest.isoformat(),
+        )
         first = oldest
-    return [first + i * HOUR for i in range(int((latest - first) / HOUR) + 1)] if first <= latest else []
+    return (
+        [first + i * HOUR for i in range(int((latest - first) / HOUR) + 1)]
+        if first <= latest
+        else []
+    )
 
 
 def is_recorded(session: Session, start: datetime) -> bool:
@@ -46,29 +57,45 @@ def is_recorded(session: Session, start: datetime) -> bool:
 
 def record(session: Session, start: datetime, outcome: str) -> None:
     """Note the hour as done with: Users accepted it, or refused it for good."""
-    statement = insert_for(session)(UsageReport).values(period_start=start, outcome=outcome, reported_at=utcnow())
-    session.execute(statement.on_conflict_do_update(index_elements=["period_start"],
-                                                    set_={"outcome": outcome, "reported_at": statement.excluded.reported_at}))
+    statement = insert_for(session)(UsageReport).values(
+        period_start=start, outcome=outcome, reported_at=utcnow()
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=["period_start"],
+            set_={"outcome": outcome, "reported_at": statement.excluded.reported_at},
+        )
+    )
 
 
 def usage_report(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
-    """SPEC §5's usage-statistics body for [start, end): one entry per user who queried, by user id."""
-    rows = session.execute(
-        select(
-            Message.user_id,
-            func.count(),
-            func.coalesce(func.sum(Message.tokens_used), 0),
-            func.coalesce(func.avg(Message.processing_time_ms), 0.0),
+    """SPEC §5's usage-statistics body for [start, end): one entry per user who queried, by user
+    id."""
+    rows = (
+        session.execute(
+            select(
+                Message.user_id,
+                func.count(),
+                func.coalesce(func.sum(Message.tokens_used), 0),
+                func.coalesce(func.avg(Message.processing_time_ms), 0.0),
+            )
+            .where(Message.created_at >= start, Message.created_at < end)
+            .group_by(Message.user_id)
+            .order_by(Message.user_id)
         )
-        .where(Message.created_at >= start, Message.created_at < end)
-        .group_by(Message.user_id)
-        .order_by(Message.user_id)
-    ).tuples().all()
+        .tuples()
+        .all()
+    )
     return {
         "period_start": start.isoformat(),
         "period_end": end.isoformat(),
         "users": [
-            {"user_id": user_id, "queries": int(queries), "tokens_used": int(tokens), "avg_processing_time_ms": round(float(avg), 3)}
+            {
+                "user_id": user_id,
+                "queries": int(queries),
+                "tokens_used": int(tokens),
+                "avg_processing_time_ms": round(float(avg), 3),
+            }
             for user_id, queries, tokens, avg in rows
         ],
     }

@@ -1,18 +1,22 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ragcore.db.models import Conversation, Message
+from services.notifications.usage import (
+    HOUR,
+    due_periods,
+    latest_reportable_hour,
+    record,
+    usage_report,
+)
 
-from services.notifications.usage import HOUR, due_periods, latest_reportable_hour, record, usage_report
-
-START = datetime(2024, 5, 10, 14, tzinfo=timezone.utc)
-
+START = datetime(2024, 5, 10, 14, tzinfo=UTC)
 
 
 def test_an_hour_is_reportable_once_it_ended_the_lag_ago() -> None:
     lag = timedelta(minutes=10)
-    assert latest_reportable_hour(datetime(2024, 5, 10, 15, 10, 0, tzinfo=timezone.utc), lag) == START
-    assert latest_reportable_hour(datetime(2024, 5, 10, 16, 9, 59, tzinfo=timezone.utc), lag) == START
-    assert latest_reportable_hour(datetime(2024, 5, 10, 15, 9, 59, tzinfo=timezone.utc), lag) == START - HOUR
+    assert latest_reportable_hour(datetime(2024, 5, 10, 15, 10, 0, tzinfo=UTC), lag) == START
+    assert latest_reportable_hour(datetime(2024, 5, 10, 16, 9, 59, tzinfo=UTC), lag) == START
+    assert latest_reportable_hour(datetime(2024, 5, 10, 15, 9, 59, tzinfo=UTC), lag) == START - HOUR
 
 
 def test_due_hours_are_the_latest_at_first_then_every_one_after_the_last_recorded(sessions) -> None:  # type: ignore[no-untyped-def]
@@ -29,13 +33,29 @@ def test_due_hours_are_the_latest_at_first_then_every_one_after_the_last_recorde
 
 
 def test_usage_counts_each_users_messages_inside_the_period_only(sessions) -> None:  # type: ignore[no-untyped-def]
-    rows = [("a", START, 10, 100.0), ("a", START + timedelta(minutes=59), 20, 300.0), ("b", START + timedelta(minutes=5), 7, 50.0),
-            ("a", START - timedelta(seconds=1), 99, 1.0), ("b", START + timedelta(hours=1), 99, 1.0)]
+    rows = [
+        ("a", START, 10, 100.0),
+        ("a", START + timedelta(minutes=59), 20, 300.0),
+        ("b", START + timedelta(minutes=5), 7, 50.0),
+        ("a", START - timedelta(seconds=1), 99, 1.0),
+        ("b", START + timedelta(hours=1), 99, 1.0),
+    ]
     with sessions() as session:
         session.add(Conversation(id="c", user_id="a"))
         for i, (user, at, tokens, ms) in enumerate(rows):
-            session.add(Message(id=f"m{i}", conversation_id="c", user_id=user, query="q", answer="a", sources=[],
-                                tokens_used=tokens, processing_time_ms=ms, created_at=at))
+            session.add(
+                Message(
+                    id=f"m{i}",
+                    conversation_id="c",
+                    user_id=user,
+                    query="q",
+                    answer="a",
+                    sources=[],
+                    tokens_used=tokens,
+                    processing_time_ms=ms,
+                    created_at=at,
+                )
+            )
     with sessions() as session:
         report = usage_report(session, START, START + timedelta(hours=1))
     assert report == {

@@ -58,7 +58,9 @@ def write_in_generation(
         tag = now
 
 
-def prefetch(pages: Iterator[Page], depth: int = PREFETCH_PAGES, halt: threading.Event | None = None) -> Iterator[Page]:
+def prefetch(
+    pages: Iterator[Page], depth: int = PREFETCH_PAGES, halt: threading.Event | None = None
+) -> Iterator[Page]:
     """Iterate `pages` from a reader thread, up to `depth` pages ahead; re-raises its errors.
 
     Once `halt` is set the reader fetches no further page; the pages it already fetched still come.
@@ -112,7 +114,8 @@ def copy_pages(
 ) -> CopyReport:
     """Upsert every chunk of `pages` not `skip`ped, in the sync `generation` current at each write.
 
-    `on_applied` hears of each page, in feed order, once Qdrant applied all its writes (a checkpoint).
+    `on_applied` hears of each page, in feed order, once Qdrant applied all its writes (a
+    checkpoint).
     Once `halt` is set no further page is fetched; the ones already fetched are written.
     Returns once every write is applied; the first failed write (or fetch) is raised.
     """
@@ -139,7 +142,8 @@ def copy_pages(
             for page in prefetch(pages, halt=halt):
                 chunks = [c for c in page.items if not skip(c)]
                 ids = {c.id for c in chunks}
-                # A chunk updated while the sync runs comes again later in the feed: its newer version
+                # A chunk updated while the sync runs comes again later in the feed: its newer
+                # version
                 # must not race its older one, so it waits until the writes in flight are applied.
                 overlaps = any(not ids.isdisjoint(pending) for _, pending, _ in in_flight)
                 while in_flight and (overlaps or len(in_flight) >= writers):
@@ -160,6 +164,10 @@ def copy_pages(
             while in_flight:
                 apply_oldest()
         finally:
-            for future, _, _ in in_flight:  # after a failure: send nothing more; the pool waits for the rest
+            for (
+                future,
+                _,
+                _,
+            ) in in_flight:  # after a failure: send nothing more; the pool waits for the rest
                 future.cancel()
     return report

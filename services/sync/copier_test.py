@@ -1,11 +1,12 @@
-"""The copier writes every page once, keeps a bounded number of waited writes in flight, and stops on failure."""
+"""The copier writes every page once, keeps a bounded number of waited writes in flight, and stops
+on failure."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import cast
 
 import pytest
@@ -14,14 +15,20 @@ from ragcore.clients.ingest import Chunk, Page
 from ragcore.clients.vectorstore import VectorStore, point_id
 from services.sync.copier import copy_pages
 
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def feed(pages: int, size: int = 3) -> list[Page]:
-    """`pages` pages of `size` chunks, updated_at rising by page (the last page shares one moment)."""
+    """`pages` pages of `size` chunks, updated_at rising by page (the last page shares one
+    moment)."""
     return [
-        Page([Chunk(f"p{p}-c{i}", f"doc-{p}", "text", [0.0], {}, T0 + timedelta(seconds=p)) for i in range(size)],
-             None if p == pages - 1 else f"cursor-{p}")
+        Page(
+            [
+                Chunk(f"p{p}-c{i}", f"doc-{p}", "text", [0.0], {}, T0 + timedelta(seconds=p))
+                for i in range(size)
+            ],
+            None if p == pages - 1 else f"cursor-{p}",
+        )
         for p in range(pages)
     ]
 
@@ -29,8 +36,13 @@ def feed(pages: int, size: int = 3) -> list[Page]:
 class RecordingStore:
     """Stands in for VectorStore.upsert: records calls and the most writes ever in flight."""
 
-    def __init__(self, fail_on_call: int | None = None, hold: threading.Event | None = None, delay: float = 0.0,
-                 delays: dict[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        fail_on_call: int | None = None,
+        hold: threading.Event | None = None,
+        delay: float = 0.0,
+        delays: dict[int, float] | None = None,
+    ) -> None:
         self.delay = delay
         self.delays = delays or {}
         self.events: list[tuple[str, int]] = []
@@ -64,7 +76,6 @@ class RecordingStore:
                 self._in_flight -= 1
                 self.events.append(("end", number))
 
-
     def set_generation(self, ids: Iterable[str], generation: int) -> None:
         with self._lock:
             self.retagged.append((list(ids), generation))
@@ -84,7 +95,9 @@ def test_every_chunk_is_written_once_with_wait_and_reported() -> None:
     assert sorted(written) == sorted(c.id for p in pages for c in p.items)
     assert all(wait for _, wait in store.calls)
     assert report.copied == 15 and report.pages == 5 and progress == [1, 2, 3, 4, 5]
-    assert report.latest == T0 + timedelta(seconds=4) and report.latest_ids == {c.id for c in pages[-1].items}
+    assert report.latest == T0 + timedelta(seconds=4) and report.latest_ids == {
+        c.id for c in pages[-1].items
+    }
 
 
 def test_skipped_chunks_are_not_written() -> None:
@@ -106,7 +119,9 @@ def test_each_write_is_tagged_with_the_generation_and_retagged_if_a_full_sync_be
 
 
 def test_no_more_writes_than_writers_are_in_flight_and_that_many_are() -> None:
-    store = RecordingStore(delay=0.02)  # slow writes: every page is fetched long before its write ends
+    store = RecordingStore(
+        delay=0.02
+    )  # slow writes: every page is fetched long before its write ends
     assert copy_pages(iter(feed(12)), as_store(store), writers=3).copied == 36
     assert store.max_in_flight == 3
 
@@ -153,8 +168,7 @@ def test_pages_are_fetched_while_a_write_is_in_flight() -> None:
     def pages() -> Iterator[Page]:
         first, *rest = feed(4)
         yield first
-        for page in rest:
-            yield page
+        yield from rest
         fetched.set()
 
     store = RecordingStore(hold=release)
@@ -168,11 +182,19 @@ def test_pages_are_fetched_while_a_write_is_in_flight() -> None:
 
 def test_pages_are_checkpointed_in_feed_order_only_once_applied() -> None:
     pages = feed(6)
-    store = RecordingStore(delays={1: 0.2})  # the first write is the slowest: later ones finish first
+    store = RecordingStore(
+        delays={1: 0.2}
+    )  # the first write is the slowest: later ones finish first
     checkpoints: list[tuple[str | None, int, int]] = []
 
     def applied(page: Page, report: object) -> None:
-        checkpoints.append((page.next_cursor, getattr(report, "copied"), sum(1 for kind, _ in store.events if kind == "end")))
+        checkpoints.append(
+            (
+                page.next_cursor,
+                report.copied,
+                sum(1 for kind, _ in store.events if kind == "end"),
+            )
+        )
 
     copy_pages(iter(pages), as_store(store), on_applied=applied)
     assert [cursor for cursor, _, _ in checkpoints] == [p.next_cursor for p in pages]
@@ -191,8 +213,14 @@ def test_halt_stops_fetching_but_writes_and_checkpoints_every_page_already_fetch
             yield page
 
     applied: list[Page] = []
-    report = copy_pages(source(), as_store(RecordingStore()), halt=halt,
-                        on_page=lambda r: halt.set() if r.pages == 3 else None,
-                        on_applied=lambda page, _: applied.append(page))
+    report = copy_pages(
+        source(),
+        as_store(RecordingStore()),
+        halt=halt,
+        on_page=lambda r: halt.set() if r.pages == 3 else None,
+        on_applied=lambda page, _: applied.append(page),
+    )
     assert len(fetched) < 20  # it stopped fetching
-    assert applied == pages[: len(fetched)] and report.pages == len(fetched)  # nothing fetched is lost
+    assert applied == pages[: len(fetched)] and report.pages == len(
+        fetched
+    )  # nothing fetched is lost

@@ -27,7 +27,8 @@ class DocumentBusy(Exception):
 
 
 class StaleEvent(Exception):
-    """A newer event of this document was applied already (this one failed, waited, and came due late)."""
+    """A newer event of this document was applied already (this one failed, waited, and came due
+    late)."""
 
 
 #: What applies a document's latest event: (document id, action, occurred_at).
@@ -45,11 +46,14 @@ class DrainReport:
 
 
 def check_not_stale(session: Session, document_id: str, occurred_at: datetime) -> None:
-    """Raise StaleEvent if a newer event of the document was applied; call it under the document's lock."""
+    """Raise StaleEvent if a newer event of the document was applied; call it under the document's
+    lock."""
     applied = session.get(SyncDocument, document_id)
     if applied is not None and applied.applied_occurred_at > occurred_at:
-        raise StaleEvent(f"{document_id}: event of {occurred_at.isoformat()} is older than the applied "
-                         f"{applied.applied_occurred_at.isoformat()}")
+        raise StaleEvent(
+            f"{document_id}: event of {occurred_at.isoformat()} is older than the applied "
+            f"{applied.applied_occurred_at.isoformat()}"
+        )
 
 
 def record_applied(session: Session, document_id: str, occurred_at: datetime) -> None:
@@ -74,16 +78,30 @@ def claim(token: str, batch: int) -> list[SyncEvent]:
     )
     with session_scope() as session:
         ids = (
-            select(SyncEvent.id).where(claimable).order_by(SyncEvent.id).limit(batch).with_for_update(skip_locked=True)
+            select(SyncEvent.id)
+            .where(claimable)
+            .order_by(SyncEvent.id)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
         ).scalar_subquery()
         session.execute(
             update(SyncEvent)
             .where(SyncEvent.id.in_(ids), claimable)
-            .values(status="claimed", claimed_by=token, claimed_until=now + timedelta(seconds=CLAIM_SECONDS))
+            .values(
+                status="claimed",
+                claimed_by=token,
+                claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
+            )
             .execution_options(synchronize_session=False)
         )
     with session_scope() as session:
-        return list(session.scalars(select(SyncEvent).where(SyncEvent.claimed_by == token, SyncEvent.status == "claimed")))
+        return list(
+            session.scalars(
+                select(SyncEvent).where(
+                    SyncEvent.claimed_by == token, SyncEvent.status == "claimed"
+                )
+            )
+        )
 
 
 def coalesce(events: list[SyncEvent]) -> dict[str, SyncEvent]:
@@ -110,13 +128,28 @@ def release(token: str) -> int:
 def settle(token: str, document_id: str, error: Exception | None) -> None:
     """Mark a document's claimed events done, or back to pending with a delay after a failure."""
     with session_scope() as session:
-        mine = (SyncEvent.claimed_by == token) & (SyncEvent.document_id == document_id) & (SyncEvent.status == "claimed")
+        mine = (
+            (SyncEvent.claimed_by == token)
+            & (SyncEvent.document_id == document_id)
+            & (SyncEvent.status == "claimed")
+        )
         if error is None:
-            session.execute(update(SyncEvent).where(mine).values(status="done", claimed_until=None, last_error=None))
+            session.execute(
+                update(SyncEvent)
+                .where(mine)
+                .values(status="done", claimed_until=None, last_error=None)
+            )
             return
         if isinstance(error, DocumentBusy):
-            session.execute(update(SyncEvent).where(mine).values(status="pending", claimed_until=None,
-                                                                 available_at=utcnow() + timedelta(seconds=5)))
+            session.execute(
+                update(SyncEvent)
+                .where(mine)
+                .values(
+                    status="pending",
+                    claimed_until=None,
+                    available_at=utcnow() + timedelta(seconds=5),
+                )
+            )
             return
         for event in session.scalars(select(SyncEvent).where(mine)):
             event.attempts += 1
@@ -126,7 +159,9 @@ def settle(token: str, document_id: str, error: Exception | None) -> None:
             event.claimed_until = None
 
 
-def drain(apply: Apply, batch: int = 200, max_batches: int = 50, claim_until: float | None = None) -> DrainReport:
+def drain(
+    apply: Apply, batch: int = 200, max_batches: int = 50, claim_until: float | None = None
+) -> DrainReport:
     """Claim, coalesce and apply batches until the queue has nothing due (or `max_batches`).
 
     No batch is claimed after `claim_until` (time.monotonic()). When the task's soft time limit
@@ -164,5 +199,7 @@ def drain(apply: Apply, batch: int = 200, max_batches: int = 50, claim_until: fl
                     report.applied += 1
     except SoftTimeLimitExceeded:
         report.released = release(token)
-        log.warning("soft time limit reached: %d claimed event(s) handed back unfinished", report.released)
+        log.warning(
+            "soft time limit reached: %d claimed event(s) handed back unfinished", report.released
+        )
     return report

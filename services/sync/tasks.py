@@ -16,22 +16,19 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from sqlalchemy import delete, select, update
 
-from ragcore.tasks import contracts
-
-from ragcore.tasks import ledger
-
 from ragcore.broker import queue_stats as queues
 from ragcore.clients.breaker import breaker
-from ragcore.query.cache import bump_data_version
-from ragcore.tasks.app import define_task, will_retry
-from ragcore.tasks.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
+from ragcore.clients.ingest import DocumentNotFound, IngestClient, Page
+from ragcore.clients.transport import shared_http_client
+from ragcore.clients.vectorstore import VectorStore, point_id
 from ragcore.db import insert_for, session_scope
 from ragcore.db.models import FullSyncPage, SyncState
-from ragcore.clients.transport import shared_http_client
-from ragcore.clients.ingest import DocumentNotFound, IngestClient, Page
-from ragcore.tasks.locks import lock_client, periodic_lock
+from ragcore.query.cache import bump_data_version
 from ragcore.settings import get_settings
-from ragcore.clients.vectorstore import VectorStore, point_id
+from ragcore.tasks import contracts, ledger
+from ragcore.tasks.app import define_task, will_retry
+from ragcore.tasks.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
+from ragcore.tasks.locks import lock_client, periodic_lock
 from services.sync.copier import CopyReport, copy_pages, write_in_generation
 from services.sync.drain import DocumentBusy, check_not_stale, drain, record_applied
 
@@ -44,7 +41,8 @@ INCREMENTAL = "incremental"
 GENERATION = "generation"
 #: A full sync reports progress at most this often (and once at the end).
 PROGRESS_SECONDS = 1.0
-#: The drain claims new batches during this share of its soft time limit; the rest finishes what it claimed.
+#: The drain claims new batches during this share of its soft time limit; the rest finishes what it
+#: claimed.
 CLAIM_FRACTION = 0.8
 
 
@@ -58,13 +56,18 @@ def _store() -> VectorStore:
 
 def _ingest() -> IngestClient:
     settings = get_settings()
-    return IngestClient(shared_http_client(settings), settings.ingest_url, settings.ingest_token,
-                        breaker(contracts.INGEST, settings))
+    return IngestClient(
+        shared_http_client(settings),
+        settings.ingest_url,
+        settings.ingest_token,
+        breaker(contracts.INGEST, settings),
+    )
 
 
 @contextmanager
 def _writes_qdrant() -> Iterator[None]:
-    """Whatever fails inside may have written to Qdrant already: cached answers must not outlive that."""
+    """Whatever fails inside may have written to Qdrant already: cached answers must not outlive
+    that."""
     try:
         yield
     except BaseException:
@@ -100,9 +103,13 @@ def _save_mark(report: CopyReport, changed: bool) -> None:
     """Store the incremental high-water mark, and bump the data version if Qdrant changed."""
     with session_scope() as session:
         state = session.get(SyncState, INCREMENTAL) or session.merge(SyncState(key=INCREMENTAL))
-        if report.latest is not None and (state.high_water_mark is None or report.latest >= state.high_water_mark):
+        if report.latest is not None and (
+            state.high_water_mark is None or report.latest >= state.high_water_mark
+        ):
             same_mark = state.high_water_mark == report.latest
-            state.mark_ids = sorted(report.latest_ids | (set(state.mark_ids or []) if same_mark else set()))
+            state.mark_ids = sorted(
+                report.latest_ids | (set(state.mark_ids or []) if same_mark else set())
+            )
             state.high_water_mark = report.latest
         if changed:
             bump_data_version(session)
@@ -112,7 +119,9 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
     """Copy what changed since `since`, or since the last successful run's high-water mark."""
     with session_scope() as session:
         state = session.get(SyncState, INCREMENTAL)
-        mark, mark_ids = (state.high_water_mark, set(state.mark_ids or [])) if state else (None, set())
+        mark, mark_ids = (
+            (state.high_water_mark, set(state.mark_ids or [])) if state else (None, set())
+        )
     since = args.since or mark
     # `since` is inclusive: chunks at exactly the mark were copied last time, skip them.
     skip_ids = mark_ids if args.since is None else set()
@@ -125,8 +134,12 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
             generation=current_generation,
         )
     _save_mark(report, changed=report.copied > 0)
-    return {"copied": report.copied, "pages": report.pages, "since": since.isoformat() if since else None,
-            "high_water_mark": report.latest.isoformat() if report.latest else None}
+    return {
+        "copied": report.copied,
+        "pages": report.pages,
+        "since": since.isoformat() if since else None,
+        "high_water_mark": report.latest.isoformat() if report.latest else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -156,8 +169,15 @@ def _record_page(
     task_id: str, page: int, next_cursor: str | None, copied: int, generation: int
 ) -> None:
     with session_scope() as session:
-        session.add(FullSyncPage(task_id=task_id, page=page, next_cursor=next_cursor, copied=copied,
-                                 generation=generation))
+        session.add(
+            FullSyncPage(
+                task_id=task_id,
+                page=page,
+                next_cursor=next_cursor,
+                copied=copied,
+                generation=generation,
+            )
+        )
 
 
 def _forget_checkpoint(task_id: str) -> None:
@@ -188,14 +208,20 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     def on_page(report: CopyReport) -> None:
         if not halt.is_set() and queues.is_stopping(broker, self.request.hostname):
             halt.set()  # this worker shuts down: fetch no more, write what is fetched, hand back
-            log.info("the worker stops: the full sync hands itself back after the pages already fetched")
-        # A ledger commit and a backend write take milliseconds; per page they would slow a large sync.
+            log.info(
+                "the worker stops: the full sync hands itself back after the pages already fetched"
+            )
+        # A ledger commit and a backend write take milliseconds; per page they would slow a large
+        # sync.
         if time.monotonic() - reported[0] < PROGRESS_SECONDS:
             return
         reported[0] = time.monotonic()
         done = resumed.copied + report.copied
-        # Ingest does not tell the total up front: the collection's size is the estimate until the end.
-        ledger.report_progress(self, done, max(before, done), total_is_estimate=True, stage="copying")
+        # Ingest does not tell the total up front: the collection's size is the estimate until the
+        # end.
+        ledger.report_progress(
+            self, done, max(before, done), total_is_estimate=True, stage="copying"
+        )
 
     def on_applied(page: Page, report: CopyReport) -> None:
         applied[0] += 1
@@ -203,24 +229,41 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
         done = resumed.copied + report.copied
         _record_page(task_id, applied[0], page.next_cursor, done, generation)
 
-    pages = iter(()) if resumed.finished_copy else \
-        _ingest().iter_pages(limit=get_settings().sync_batch_size, cursor=resumed.cursor)
+    pages = (
+        iter(())
+        if resumed.finished_copy
+        else _ingest().iter_pages(limit=get_settings().sync_batch_size, cursor=resumed.cursor)
+    )
     started = time.perf_counter()
     with _writes_qdrant():
         try:
-            report = copy_pages(pages, store, on_page=on_page, on_applied=on_applied, halt=halt,
-                                generation=current_generation)
+            report = copy_pages(
+                pages,
+                store,
+                on_page=on_page,
+                on_applied=on_applied,
+                halt=halt,
+                generation=current_generation,
+            )
         except Exception as exc:
             if not will_retry(self, contracts.TRIGGER_FULL_SYNC, exc):
-                _forget_checkpoint(task_id)  # it fails for good: a new full sync starts from the first page
+                _forget_checkpoint(
+                    task_id
+                )  # it fails for good: a new full sync starts from the first page
             raise
         # Halted before the last page: the next run goes on from here.
         if halt.is_set() and cursor[0] is not None:
             done = resumed.copied + report.copied
-            waiting = {"done": done, "total": max(before, done), "total_is_estimate": True,
-                       "stage": "handed back at shutdown: resumes from its checkpoint"}
+            waiting = {
+                "done": done,
+                "total": max(before, done),
+                "total_is_estimate": True,
+                "stage": "handed back at shutdown: resumes from its checkpoint",
+            }
             ledger.handed_back(task_id, waiting)
-            self.update_state(state="PENDING", meta=waiting)  # Celery stores nothing for a rejected task
+            self.update_state(
+                state="PENDING", meta=waiting
+            )  # Celery stores nothing for a rejected task
             raise Reject("the worker stops: handed back at a page boundary", requeue=True)
         copied = time.perf_counter()
         # A newer full sync began meanwhile: the points written since carry its generation, and its
@@ -232,19 +275,27 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     removed = time.perf_counter()
     _save_mark(report, changed=True)
     total = resumed.copied + report.copied
-    ledger.set_progress(task_id, {"done": total, "total": total, "total_is_estimate": False, "stage": "done"})
+    ledger.set_progress(
+        task_id, {"done": total, "total": total, "total_is_estimate": False, "stage": "done"}
+    )
     _forget_checkpoint(task_id)
     return {
-        "copied": total, "pages": resumed.pages + report.pages, "removed": stale,
-        "points": store.count(), "resumed_from_page": resumed.pages,
-        "generation": generation, "superseded": superseded,
+        "copied": total,
+        "pages": resumed.pages + report.pages,
+        "removed": stale,
+        "points": store.count(),
+        "resumed_from_page": resumed.pages,
+        "generation": generation,
+        "superseded": superseded,
         "seconds": {"copy": round(copied - started, 3), "remove": round(removed - copied, 3)},
     }
 
 
 def _apply_document(document_id: str, action: str, occurred_at: datetime) -> None:
-    """Make Qdrant hold exactly Ingest's current chunks of one document, unless a newer event was applied."""
-    # On the broker's Redis, which never evicts: a lock an evicting cache dropped would let two runs in.
+    """Make Qdrant hold exactly Ingest's current chunks of one document, unless a newer event was
+    applied."""
+    # On the broker's Redis, which never evicts: a lock an evicting cache dropped would let two runs
+    # in.
     with periodic_lock(lock_client(), f"sync-document:{document_id}", ttl=300) as acquired:
         if not acquired:
             raise DocumentBusy(document_id)
@@ -282,10 +333,18 @@ def delete_document_embeddings(self: Task, args: DocumentArgs) -> dict[str, Any]
 def process_sync_queue(self: Task, args: NoArgs) -> dict[str, Any]:
     """Drain the durable sync queue, one action per document however many events it has."""
     # A message may carry its own limits; the worker applies the task's otherwise.
-    soft_limit = (self.request.timelimit or (None, None))[1] or contracts.PROCESS_SYNC_QUEUE.soft_time_limit
+    soft_limit = (self.request.timelimit or (None, None))[
+        1
+    ] or contracts.PROCESS_SYNC_QUEUE.soft_time_limit
     report = drain(_apply_document, claim_until=time.monotonic() + CLAIM_FRACTION * soft_limit)
-    return {"claimed": report.claimed, "documents": report.documents, "applied": report.applied, "failed": report.failed,
-            "stale": report.stale, "released": report.released}
+    return {
+        "claimed": report.claimed,
+        "documents": report.documents,
+        "applied": report.applied,
+        "failed": report.failed,
+        "stale": report.stale,
+        "released": report.released,
+    }
 
 
 def register(app: Celery) -> None:

@@ -1,4 +1,5 @@
-"""Entrypoint of the `sync` worker image: `python -m services.sync.worker` or `celery -A services.sync.worker worker`."""
+"""Entrypoint of the `sync` worker image: `python -m services.sync.worker` or `celery -A
+services.sync.worker worker`."""
 
 import sys
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
-from ragcore.tasks import contracts
-from ragcore.tasks.app import define_task
-from ragcore.tasks.contracts import NoArgs, UserArgs
+
 from ragcore.db import session_scope, utcnow
 from ragcore.query import limits
 from ragcore.settings import get_settings
-
+from ragcore.tasks import contracts
+from ragcore.tasks.app import define_task
+from ragcore.tasks.contracts import NoArgs, UserArgs
 from services.user import stats, tiers
+
 
 def reset_user_daily_limit(self: Task, args: UserArgs) -> dict[str, Any]:
     """Give one user a fresh daily window."""

@@ -1,14 +1,15 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from ragcore.db import Sessions
 from ragcore.db.models import Conversation, Message, User, UserStatistics
 from ragcore.settings import Settings
-
 from services.user import stats, tiers
 
-NOW = datetime(2024, 5, 10, 12, tzinfo=timezone.utc)
-SETTINGS = Settings(tier_daily_limits={"free": 10, "pro": 100, "enterprise": 1000}, tier_thresholds={"free": 0, "pro": 2, "enterprise": 50})
-
+NOW = datetime(2024, 5, 10, 12, tzinfo=UTC)
+SETTINGS = Settings(
+    tier_daily_limits={"free": 10, "pro": 100, "enterprise": 1000},
+    tier_thresholds={"free": 0, "pro": 2, "enterprise": 50},
+)
 
 
 def add_messages(sessions: Sessions, user: str, *ages: timedelta) -> None:
@@ -16,23 +17,48 @@ def add_messages(sessions: Sessions, user: str, *ages: timedelta) -> None:
         if session.get(Conversation, f"c-{user}") is None:
             session.add(Conversation(id=f"c-{user}", user_id=user))
         for age in ages:
-            session.add(Message(id=f"{user}-{age.total_seconds()}", conversation_id=f"c-{user}", user_id=user, query="q",
-                                answer="a", sources=[], tokens_used=5, processing_time_ms=10.0, created_at=NOW - age))
+            session.add(
+                Message(
+                    id=f"{user}-{age.total_seconds()}",
+                    conversation_id=f"c-{user}",
+                    user_id=user,
+                    query="q",
+                    answer="a",
+                    sources=[],
+                    tokens_used=5,
+                    processing_time_ms=10.0,
+                    created_at=NOW - age,
+                )
+            )
 
 
 def test_tier_for_picks_the_highest_threshold_reached() -> None:
     thresholds = SETTINGS.tier_thresholds
-    assert [tiers.tier_for(n, thresholds) for n in (0, 1, 2, 49, 50, 10**6)] == ["free", "free", "pro", "pro", "enterprise", "enterprise"]
+    assert [tiers.tier_for(n, thresholds) for n in (0, 1, 2, 49, 50, 10**6)] == [
+        "free",
+        "free",
+        "pro",
+        "pro",
+        "enterprise",
+        "enterprise",
+    ]
 
 
 def test_crossing_a_threshold_changes_the_tier_and_its_daily_limit(sessions: Sessions) -> None:
-    add_messages(sessions, "u", timedelta(days=1), timedelta(days=31))  # the old one is outside the window
+    add_messages(
+        sessions, "u", timedelta(days=1), timedelta(days=31)
+    )  # the old one is outside the window
     with sessions() as session:
         assert tiers.apply_tier(session, "u", SETTINGS, NOW)["tier"] == "free"
     add_messages(sessions, "u", timedelta(hours=1))
     with sessions() as session:
         result = tiers.apply_tier(session, "u", SETTINGS, NOW)
-    assert (result["tier"], result["previous_tier"], result["queries_30d"], result["daily_limit"]) == ("pro", "free", 2, 100)
+    assert (
+        result["tier"],
+        result["previous_tier"],
+        result["queries_30d"],
+        result["daily_limit"],
+    ) == ("pro", "free", 2, 100)
     with sessions() as session:
         user = session.get(User, "u")
         assert user is not None

@@ -1,4 +1,5 @@
-"""Entrypoint of the `user` worker image: `python -m services.user.worker` or `celery -A services.user.worker worker`."""
+"""Entrypoint of the `user` worker image: `python -m services.user.worker` or `celery -A
+services.user.worker worker`."""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""The notifications worker with the per-task-client baseline: a new httpx client for every task (benchmark only).
+"""The notifications worker with the per-task-client baseline: a new httpx client for every task
+(benchmark only).
 
     PYTHONPATH=libs:. python -m tests.benchmarks.fresh_client_worker --concurrency=1
 

@@ -1,18 +1,22 @@
 """Benchmark: a full sync against its two stages alone, in the same run (issue 3's Benchmark).
 
-    PYTHONPATH=libs:. python -m tests.benchmarks.full_sync [--documents 10000 --chunks 5 --stale 0 --resync --rounds 3]
+    PYTHONPATH=libs:. python -m tests.benchmarks.full_sync [--documents 10000 --chunks 5 --stale 0
+    --resync --rounds 3]
 
-Everything is a separate process, as deployed locally: the Ingest stand-in serving documents × chunks
+Everything is a separate process, as deployed locally: the Ingest stand-in serving documents ×
+chunks
 384-dim vectors over HTTP, the Qdrant stand-in (the local stack's Qdrant), a private Redis, a fresh
 PostgreSQL database, and a real sync worker started from its entrypoint. Per round (after the fetch,
 which feeds the upserts, the other three run in an order that rotates from round to round, so drift
 in the machine's load does not always fall on the same one):
 
-- fetch alone:  every page through IngestClient.iter_pages (the settings' batch size), nothing written;
+- fetch alone:  every page through IngestClient.iter_pages (the settings' batch size), nothing
+written;
 - upsert alone: the pages fetched above written into a fresh collection through the same VectorStore
                 and batch size, twice: a plain loop (one `upsert(wait=True)` after another), and the
                 copier itself fed from memory (its writers alone, no fetching);
-- full sync:    `trigger_full_sync_task` sent to the worker, timed from dispatch to its stored result,
+- full sync:    `trigger_full_sync_task` sent to the worker, timed from dispatch to its stored
+result,
                 into a fresh collection (`--stale N`: seeded with N points Ingest does not have, so
                 the final step has points to remove; `--resync`: already holding the corpus, so
                 every point is rewritten). The task reports its copy and its removal of the points
@@ -31,22 +35,19 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import numpy as np
 
-from ragcore.tasks import contracts
-
-from ragcore.tasks import dispatch
-from ragcore.tasks.contracts import Queue
-from ragcore.clients.transport import make_http_client
 from ragcore.clients.ingest import Chunk, IngestClient
-from ragcore.settings import Settings, get_settings
+from ragcore.clients.transport import make_http_client
 from ragcore.clients.vectorstore import VectorStore, point_id
+from ragcore.settings import Settings, get_settings
+from ragcore.tasks import contracts, dispatch
+from ragcore.tasks.contracts import Queue
+from ragcore_dev.processes import Deployable, deployable_env, free_port, wait_http_ok, wait_until_up
 from services.sync.copier import copy_pages
-from ragcore_dev.processes import free_port, wait_until_up
-from ragcore_dev.processes import Deployable, deployable_env, wait_http_ok
 from tests.support.stack import Stack, running_stack
 
 T = TypeVar("T")
@@ -54,7 +55,8 @@ STAGES = ("fetch", "upsert_plain", "upsert_copier", "full")
 
 
 def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU of every process in a process group (a deployable and its pool children)."""
+    """User + system CPU of every process in a process group (a deployable and its pool
+    children)."""
     ticks = 0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -99,12 +101,15 @@ def fresh_store(settings: Settings, collection: str) -> VectorStore:
 def stale_chunks(n: int, dim: int) -> list[Chunk]:
     """Points of a document Ingest never had: the full sync must remove exactly these."""
     vectors = np.random.default_rng(0).standard_normal((n, dim)).tolist()
-    at = datetime.now(timezone.utc)
+    at = datetime.now(UTC)
     return [Chunk(f"stale-{i}", "stale-doc", "gone", vectors[i], {}, at) for i in range(n)]
 
 
-def run_round(stack: Stack, meter: Meter, settings: Settings, args: argparse.Namespace, n: int, turn: int) -> dict[str, Any]:
-    """Fetch alone (its pages feed the upserts), then the other three in an order that rotates by `turn`."""
+def run_round(
+    stack: Stack, meter: Meter, settings: Settings, args: argparse.Namespace, n: int, turn: int
+) -> dict[str, Any]:
+    """Fetch alone (its pages feed the upserts), then the other three in an order that rotates by
+    `turn`."""
     batch = settings.sync_batch_size
     http = make_http_client(settings)
     ingest = IngestClient(http, settings.ingest_url, settings.ingest_token)
@@ -118,7 +123,9 @@ def run_round(stack: Stack, meter: Meter, settings: Settings, args: argparse.Nam
 
     def upsert_plain() -> None:
         store = fresh_store(settings, "bench_upsert_plain")
-        copied, seconds, cpu = meter.run(lambda: sum(store.upsert(page.items, wait=True) for page in pages))
+        copied, seconds, cpu = meter.run(
+            lambda: sum(store.upsert(page.items, wait=True) for page in pages)
+        )
         assert copied == total == store.count()
         figures["upsert_plain"] = (total / seconds, seconds, cpu)
         store.client.delete_collection(store.collection)
@@ -126,7 +133,9 @@ def run_round(stack: Stack, meter: Meter, settings: Settings, args: argparse.Nam
 
     def upsert_copier() -> None:
         store = fresh_store(settings, "bench_upsert_copier")
-        report, seconds, cpu = meter.run(lambda: copy_pages(iter(pages), store))  # the copier's writers, fed from memory
+        report, seconds, cpu = meter.run(
+            lambda: copy_pages(iter(pages), store)
+        )  # the copier's writers, fed from memory
         assert report.copied == total == store.count()
         figures["upsert_copier"] = (total / seconds, seconds, cpu)
         store.client.delete_collection(store.collection)
@@ -142,12 +151,17 @@ def run_round(stack: Stack, meter: Meter, settings: Settings, args: argparse.Nam
 
         def full_sync() -> dict[str, Any]:
             task_id = dispatch.send(stack.producer, contracts.TRIGGER_FULL_SYNC)
-            result: dict[str, Any] = stack.producer.AsyncResult(task_id).get(timeout=3600, interval=0.01)
+            result: dict[str, Any] = stack.producer.AsyncResult(task_id).get(
+                timeout=3600, interval=0.01
+            )
             return result
 
         result, seconds, cpu = meter.run(full_sync)
         assert result["copied"] == total and result["removed"] == args.stale, result
-        assert result["points"] == total and set(store.iter_point_ids(page_size=10_000)) == expected_ids, "Qdrant != Ingest"
+        assert (
+            result["points"] == total
+            and set(store.iter_point_ids(page_size=10_000)) == expected_ids
+        ), "Qdrant != Ingest"
         figures["full"] = (total / seconds, seconds, cpu)
         figures["full_task"] = result["seconds"]
         store.close()
@@ -163,12 +177,16 @@ def print_round(figures: dict[str, Any]) -> None:
     for stage in STAGES:
         rate, seconds, cpu = figures[stage]
         busy = "  ".join(f"{name} {value:5.2f}" for name, value in cpu.items())
-        print(f"  {stage:>13}: {rate:8,.0f} points/s  {seconds:6.2f} s   cpu s: {busy}  (total {sum(cpu.values()):5.2f})")
+        print(
+            f"  {stage:>13}: {rate:8,.0f} points/s  {seconds:6.2f} s   cpu s: {busy}  (total {sum(cpu.values()):5.2f})"
+        )
     task = figures["full_task"]
     outside = figures["full"][1] - task["copy"] - task["remove"]
-    print(f"  {'':>13}  of which copy {task['copy']:.2f} s, "
-          f"stale removal by filter {task['remove']:.2f} s, "
-          f"the rest (dispatch, counts, mark, result) {outside:.2f} s")
+    print(
+        f"  {'':>13}  of which copy {task['copy']:.2f} s, "
+        f"stale removal by filter {task['remove']:.2f} s, "
+        f"the rest (dispatch, counts, mark, result) {outside:.2f} s"
+    )
 
 
 def ratio(figures: dict[str, Any]) -> float:
@@ -177,24 +195,51 @@ def ratio(figures: dict[str, Any]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--documents", type=int, default=10_000)
     parser.add_argument("--chunks", type=int, default=5)
-    parser.add_argument("--stale", type=int, default=0, help="points in Qdrant beforehand that Ingest does not have")
-    parser.add_argument("--resync", action="store_true", help="the collection already holds the corpus (a periodic re-sync)")
-    parser.add_argument("--rounds", type=int, default=3, help="the machine is shared: report the median round")
+    parser.add_argument(
+        "--stale", type=int, default=0, help="points in Qdrant beforehand that Ingest does not have"
+    )
+    parser.add_argument(
+        "--resync",
+        action="store_true",
+        help="the collection already holds the corpus (a periodic re-sync)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="the machine is shared: report the median round"
+    )
     args = parser.parse_args()
     n = args.documents * args.chunks
 
     ingest_port, qdrant_port = free_port(), free_port()
     env = deployable_env()
-    ingest = Deployable("ragcore_dev.standins.ingest", env, ("--port", str(ingest_port), "--documents", str(args.documents), "--chunks", str(args.chunks)))
-    qdrant = Deployable("ragcore_dev.standins.qdrant", env, ("--port", str(qdrant_port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-")))
+    ingest = Deployable(
+        "ragcore_dev.standins.ingest",
+        env,
+        (
+            "--port",
+            str(ingest_port),
+            "--documents",
+            str(args.documents),
+            "--chunks",
+            str(args.chunks),
+        ),
+    )
+    qdrant = Deployable(
+        "ragcore_dev.standins.qdrant",
+        env,
+        ("--port", str(qdrant_port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-")),
+    )
     ingest.start()
     qdrant.start()
     try:
         wait_http_ok(f"http://127.0.0.1:{qdrant_port}/healthz", 60, qdrant)
-        wait_until_up(f"http://127.0.0.1:{ingest_port}", timeout=600)  # it binds once the corpus is built
+        wait_until_up(
+            f"http://127.0.0.1:{ingest_port}", timeout=600
+        )  # it binds once the corpus is built
         with running_stack(
             ingest_url=f"http://127.0.0.1:{ingest_port}",
             qdrant_url=f"http://127.0.0.1:{qdrant_port}",
@@ -202,14 +247,20 @@ def main() -> None:
             log_level="WARNING",
         ) as stack:
             settings = get_settings()
-            # One pool process, warmed by an incremental sync that copies nothing (its store, clients and
-            # lazy imports are ready): the timing is the full sync's, not a cold process's first task.
+            # One pool process, warmed by an incremental sync that copies nothing (its store,
+            # clients and
+            # lazy imports are ready): the timing is the full sync's, not a cold process's first
+            # task.
             worker = stack.start_worker(Queue.SYNC, "--concurrency=1", name="bench-sync")
-            warm = dispatch.send(stack.producer, contracts.SYNC_EMBEDDINGS, {"since": "2999-01-01T00:00:00Z"})
+            warm = dispatch.send(
+                stack.producer, contracts.SYNC_EMBEDDINGS, {"since": "2999-01-01T00:00:00Z"}
+            )
             stack.producer.AsyncResult(warm).get(timeout=120)
             meter = Meter({"ingest": ingest, "qdrant": qdrant, "worker": worker})
-            print(f"corpus: {n:,} chunks of {settings.vector_size} dims; batch size {settings.sync_batch_size}; "
-                  f"{args.stale:,} stale points{'; a re-sync' if args.resync else ''}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+            print(
+                f"corpus: {n:,} chunks of {settings.vector_size} dims; batch size {settings.sync_batch_size}; "
+                f"{args.stale:,} stale points{'; a re-sync' if args.resync else ''}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+            )
             rounds = []
             for r in range(args.rounds):
                 figures = run_round(stack, meter, settings, args, n, r)
@@ -222,9 +273,14 @@ def main() -> None:
 
     median = {stage: statistics.median(f[stage][0] for f in rounds) for stage in STAGES}
     ratios = [ratio(f) for f in rounds]
-    print(f"median of {len(rounds)} round(s): " + ", ".join(f"{s} {median[s]:,.0f} points/s" for s in STAGES))
-    print(f"ratio full / slower stage: median {statistics.median(ratios):.2f} (target >= 0.8); "
-          f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(
+        f"median of {len(rounds)} round(s): "
+        + ", ".join(f"{s} {median[s]:,.0f} points/s" for s in STAGES)
+    )
+    print(
+        f"ratio full / slower stage: median {statistics.median(ratios):.2f} (target >= 0.8); "
+        f"load average at the end {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -79,21 +79,34 @@ def measure(stack: Stack, ingest_url: str, n: int, args: argparse.Namespace) -> 
     assert store.count() == n
     store.close()
     pool = max((pid for pid in peaks if pid != parent), key=lambda pid: peaks[pid])
-    return {"n": n, "seconds": seconds, "rate": n / seconds, "pool_mib": peaks[pool] / 1024,
-            "pool_before_mib": before.get(pool, 0) / 1024, "worker_mib": sum(peaks.values()) / 1024,
-            "task": result["seconds"], "load": load}
+    return {
+        "n": n,
+        "seconds": seconds,
+        "rate": n / seconds,
+        "pool_mib": peaks[pool] / 1024,
+        "pool_before_mib": before.get(pool, 0) / 1024,
+        "worker_mib": sum(peaks.values()) / 1024,
+        "task": result["seconds"],
+        "load": load,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", type=int, nargs=2, default=[50_000, 1_000_000],
-                        metavar=("SMALL", "LARGE"))
-    parser.add_argument("--chunks", type=int, default=100,
-                        help="chunks per document (documents = size / chunks)")
-    parser.add_argument("--stale", type=int, default=1000,
-                        help="points in Qdrant beforehand that Ingest does not have")
+    parser.add_argument(
+        "--sizes", type=int, nargs=2, default=[50_000, 1_000_000], metavar=("SMALL", "LARGE")
+    )
+    parser.add_argument(
+        "--chunks", type=int, default=100, help="chunks per document (documents = size / chunks)"
+    )
+    parser.add_argument(
+        "--stale",
+        type=int,
+        default=1000,
+        help="points in Qdrant beforehand that Ingest does not have",
+    )
     args = parser.parse_args()
 
     ingest_port, qdrant_port = free_port(), free_port()
@@ -110,28 +123,37 @@ def main() -> None:
     try:
         wait_http_ok(f"http://127.0.0.1:{qdrant_port}/healthz", 60, qdrant)
         wait_until_up(ingest_url, timeout=60)
-        with running_stack(ingest_url=ingest_url, qdrant_url=f"http://127.0.0.1:{qdrant_port}",
-                           qdrant_collection=f"bench_scale_{uuid.uuid4().hex[:8]}",
-                           log_level="WARNING") as stack:
-            print(f"{os.cpu_count()} CPUs, shared; batch size {get_settings().sync_batch_size}; "
-                  f"{args.chunks} chunks per document; {args.stale:,} stale points per run")
+        with running_stack(
+            ingest_url=ingest_url,
+            qdrant_url=f"http://127.0.0.1:{qdrant_port}",
+            qdrant_collection=f"bench_scale_{uuid.uuid4().hex[:8]}",
+            log_level="WARNING",
+        ) as stack:
+            print(
+                f"{os.cpu_count()} CPUs, shared; batch size {get_settings().sync_batch_size}; "
+                f"{args.chunks} chunks per document; {args.stale:,} stale points per run"
+            )
             for n in args.sizes:
                 f = measure(stack, ingest_url, n, args)
                 figures.append(f)
                 task = f["task"]
-                print(f"{f['n']:>9,} chunks: {f['rate']:7,.0f} points/s ({f['seconds']:.1f} s; "
-                      f"copy {task['copy']} s, removal {task['remove']} s); peak RSS "
-                      f"pool process {f['pool_mib']:.0f} MiB (warm, before the sync "
-                      f"{f['pool_before_mib']:.0f} MiB), worker {f['worker_mib']:.0f} MiB; "
-                      f"load average {f['load']:.1f}")
+                print(
+                    f"{f['n']:>9,} chunks: {f['rate']:7,.0f} points/s ({f['seconds']:.1f} s; "
+                    f"copy {task['copy']} s, removal {task['remove']} s); peak RSS "
+                    f"pool process {f['pool_mib']:.0f} MiB (warm, before the sync "
+                    f"{f['pool_before_mib']:.0f} MiB), worker {f['worker_mib']:.0f} MiB; "
+                    f"load average {f['load']:.1f}"
+                )
     finally:
         ingest.stop()
         qdrant.stop()
         shutil.rmtree(data, ignore_errors=True)  # 1M points take ~2 GB
     small, large = figures
-    print(f"RSS ratio {large['pool_mib'] / small['pool_mib']:.2f} (target <= 1.2); "
-          f"points/s ratio {large['rate'] / small['rate']:.2f} (target >= 0.8); "
-          f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(
+        f"RSS ratio {large['pool_mib'] / small['pool_mib']:.2f} (target <= 1.2); "
+        f"points/s ratio {large['rate'] / small['rate']:.2f} (target >= 0.8); "
+        f"load average at the end {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
     PYTHONPATH=libs:. python -m tests.benchmarks.lean_worker [--no-events] --concurrency=1
 
 Without the task ledger's signal receivers (two updates per task, queued to the ledger writer); with
-`--no-events` also without task events and `task_track_started`. Shows what a delivery costs beside them.
+`--no-events` also without task events and `task_track_started`. Shows what a delivery costs beside
+them.
 """
 
 from __future__ import annotations

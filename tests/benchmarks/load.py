@@ -100,11 +100,21 @@ def local_stack(root: Path) -> Iterator[Urls]:
     with output.open("wb") as out:
         # No initial sync: each phase sets the corpus it needs.
         process = subprocess.Popen(
-            ["./deploy/local/up", "--root", str(root / "state"), "--port-offset", str(offset),
-             "--no-initial-sync"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "./deploy/local/up",
+                "--root",
+                str(root / "state"),
+                "--port-offset",
+                str(offset),
+                "--no-initial-sync",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
+
         def running() -> bool:
             if process.poll() is not None:
                 tail = output.read_text(errors="replace")[-3000:]
@@ -160,10 +170,29 @@ def run_locust(
     env = {**os.environ, "LOAD_QUERY_KEY": QUERY_KEY, "LOAD_RUN": run, "LOAD_RESULTS": str(results)}
     # Exit code 1 means some requests failed: the totals say how many, so it is not an error here.
     done = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", urls.api,
-         "--users", str(users), "--spawn-rate", str(users), "--run-time", f"{seconds}s",
-         "--stop-timeout", "30", "--only-summary", "--loglevel", "WARNING"],
-        env=env, check=False,
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "--host",
+            urls.api,
+            "--users",
+            str(users),
+            "--spawn-rate",
+            str(users),
+            "--run-time",
+            f"{seconds}s",
+            "--stop-timeout",
+            "30",
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+        ],
+        env=env,
+        check=False,
     )
     if done.returncode not in (0, 1):
         raise RuntimeError(f"locust exited with {done.returncode}")
@@ -194,8 +223,15 @@ def wait_reports(urls: Urls, expected: int) -> None:
         time.sleep(2)
 
 
-def measure(name: str, urls: Urls, args: argparse.Namespace, workdir: Path, run: str,
-            api: httpx.Client, sync_task: str | None) -> Phase:
+def measure(
+    name: str,
+    urls: Urls,
+    args: argparse.Namespace,
+    workdir: Path,
+    run: str,
+    api: httpx.Client,
+    sync_task: str | None,
+) -> Phase:
     httpx.post(f"{urls.users}/_control/reset", timeout=10).raise_for_status()
     print(f"\n{name}: {args.users} clients for {args.seconds} s", flush=True)
     stats, ok_ids = run_locust(urls, args.users, args.seconds, workdir, run)
@@ -262,6 +298,7 @@ def run(urls: Urls, args: argparse.Namespace) -> int:
         print(f"\ngiving Ingest {args.documents} × {args.chunks} chunks", flush=True)
         reset_ingest(urls, args.documents, args.chunks)
         sync_task = start_full_sync(api)
+
         def copying() -> bool:
             return (task_status(api, sync_task).get("progress") or {}).get("stage") == "copying"
 
@@ -290,8 +327,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=60, help="load duration of each phase")
     parser.add_argument("--documents", type=int, default=10_000, help="the full sync's corpus")
     parser.add_argument("--chunks", type=int, default=12, help="chunks per document, full sync")
-    parser.add_argument("--baseline-documents", type=int, default=20,
-                        help="the corpus queried in the baseline")
+    parser.add_argument(
+        "--baseline-documents", type=int, default=20, help="the corpus queried in the baseline"
+    )
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--api-url", help="a running stack's API (default: start the local stack)")
     parser.add_argument("--ingest-url", default=f"http://127.0.0.1:{PORTS['ingest']}")

@@ -44,8 +44,9 @@ class QueryClient(FastHttpUser):
         words = random.sample(WORDS, 2)
         text = f"{words[0]} {words[1]} {random.choice(ASPECTS)}"
         body = {"user_id": user_id, "query": text, "top_k": 3}
-        with self.client.post("/api/v1/query/", json=body, headers=self.headers, name="query",
-                              catch_response=True) as response:
+        with self.client.post(
+            "/api/v1/query/", json=body, headers=self.headers, name="query", catch_response=True
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {(response.text or '')[:200]}")
                 return
@@ -71,4 +72,3 @@ def write_results(environment: Environment, **_: object) -> None:
     }
     with open(os.environ["LOAD_RESULTS"], "w") as out:
         json.dump({"stats": stats, "message_ids": _message_ids}, out)
-

@@ -3,10 +3,12 @@
     PYTHONPATH=libs:. python -m tests.benchmarks.query_dispatch [--rounds 12 --block-size 50]
 
 The query service runs in this process exactly as the API's endpoint calls it; PostgreSQL, a private
-Redis (broker and hot cache), the Qdrant stand-in and Beat (whose report relay publishes the reports,
+Redis (broker and hot cache), the Qdrant stand-in and Beat (whose report relay publishes the
+reports,
 as deployed) are real, separate processes. No worker consumes the tasks (in a deployment they run
 elsewhere). Every query is new: a cache miss that embeds, searches, generates and stores. Each round
-runs one block of each mode, in an order that alternates, so drift in the machine's load falls on both:
+runs one block of each mode, in an order that alternates, so drift in the machine's load falls on
+both:
 
 - none:    `reports=False`: the message is stored as reported already, nothing for the relay;
 - reports: as deployed: the message is stored unreported and the relay (polling every
@@ -25,20 +27,21 @@ import time
 
 import redis
 
+from ragcore.clients.vectorstore import VectorStore
 from ragcore.query import QueryRequest, QueryService, build_service
 from ragcore.settings import get_settings
-from ragcore.clients.vectorstore import VectorStore
-from tests.benchmarks.common import load_corpus, percentile
+from ragcore_dev.processes import Deployable, deployable_env, free_port, wait_http_ok, wait_until
 from ragcore_dev.standins.ingest import Corpus, Document
-from ragcore_dev.processes import Deployable, deployable_env, wait_http_ok, wait_until
-from ragcore_dev.processes import free_port
+from tests.benchmarks.common import load_corpus, percentile
 from tests.support.stack import Stack, running_stack
 
 MODES = ("none", "reports")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--documents", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=12)
@@ -46,22 +49,38 @@ def main() -> None:
     args = parser.parse_args()
 
     port = free_port()
-    qdrant = Deployable("ragcore_dev.standins.qdrant", deployable_env(), ("--port", str(port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-")))
+    qdrant = Deployable(
+        "ragcore_dev.standins.qdrant",
+        deployable_env(),
+        ("--port", str(port), "--data", tempfile.mkdtemp(prefix="bench-qdrant-")),
+    )
     qdrant.start()
     try:
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", 60, qdrant)
         unlimited = '{"free": 1000000000, "pro": 1000000000, "enterprise": 1000000000}'
-        with running_stack(qdrant_url=f"http://127.0.0.1:{port}", qdrant_collection="bench", log_level="WARNING",
-                           tier_daily_limits=unlimited, beat_schedule="{}") as stack:
+        with running_stack(
+            qdrant_url=f"http://127.0.0.1:{port}",
+            qdrant_collection="bench",
+            log_level="WARNING",
+            tier_daily_limits=unlimited,
+            beat_schedule="{}",
+        ) as stack:
             run(stack, args)
     finally:
         qdrant.stop()
 
 
 class Bench:
-    """Fresh questions over the corpus, timed around the service call the endpoint makes, in blocks."""
+    """Fresh questions over the corpus, timed around the service call the endpoint makes, in
+    blocks."""
 
-    def __init__(self, service: QueryService, docs: list[Document], args: argparse.Namespace, broker: redis.Redis) -> None:
+    def __init__(
+        self,
+        service: QueryService,
+        docs: list[Document],
+        args: argparse.Namespace,
+        broker: redis.Redis,
+    ) -> None:
         self.service, self.docs, self.args, self.broker = service, docs, args, broker
         self.count = 0
         self.published = 0
@@ -83,8 +102,14 @@ class Bench:
         cpu_start = time.process_time()
         timings = [self.ask(mode == "reports") for _ in range(self.args.block_size)]
         cpu = time.process_time() - cpu_start
-        if mode == "reports":  # untimed: the block's reports are all published before the next block
-            wait_until(lambda: int(self.broker.llen("notifications")) - before >= self.args.block_size, 60, "the block's reports")
+        if (
+            mode == "reports"
+        ):  # untimed: the block's reports are all published before the next block
+            wait_until(
+                lambda: int(self.broker.llen("notifications")) - before >= self.args.block_size,
+                60,
+                "the block's reports",
+            )
             self.published += int(self.broker.llen("notifications")) - before
         if keep:
             self.cpu[mode] = self.cpu.get(mode, 0.0) + cpu
@@ -107,23 +132,37 @@ def summarize(blocks: dict[str, list[list[float]]], cpu: dict[str, float]) -> No
         s = [t for b in mode_blocks for t in b]
         p50, p99 = percentile(s, 0.5), percentile(s, 0.99)
         # Paired per round: robust to the machine's load drifting between rounds.
-        paired = statistics.median(percentile(b, 0.5) / percentile(n, 0.5) for b, n in zip(mode_blocks, blocks["none"]))
-        print(f"  {mode:>8}: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  mean {statistics.fmean(s):6.2f} ms  "
-              f"p50/none {p50 / percentile(base, 0.5):.3f}  p99/none {p99 / percentile(base, 0.99):.3f}  "
-              f"median per-round p50 ratio {paired:.3f}  CPU of the API process {1000 * cpu[mode] / len(s):.2f} ms/query")
+        paired = statistics.median(
+            percentile(b, 0.5) / percentile(n, 0.5)
+            for b, n in zip(mode_blocks, blocks["none"], strict=False)
+        )
+        print(
+            f"  {mode:>8}: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  mean {statistics.fmean(s):6.2f} ms  "
+            f"p50/none {p50 / percentile(base, 0.5):.3f}  p99/none {p99 / percentile(base, 0.99):.3f}  "
+            f"median per-round p50 ratio {paired:.3f}  CPU of the API process {1000 * cpu[mode] / len(s):.2f} ms/query"
+        )
 
 
 def run(stack: Stack, args: argparse.Namespace) -> None:
     settings = get_settings()
     corpus = Corpus(args.documents, args.chunks, dim=settings.vector_size)
     store = VectorStore(settings)
-    print(f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; {args.rounds} rounds of {args.block_size} queries per mode; "
-          f"relay every {settings.report_relay_seconds} s")
+    print(
+        f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; {args.rounds} rounds of {args.block_size} queries per mode; "
+        f"relay every {settings.report_relay_seconds} s"
+    )
     store.close()
     stack.start("services.beat.main")  # the report relay, as deployed
-    bench = Bench(build_service(settings), list(corpus.documents().values()), args, redis.Redis.from_url(settings.broker))
+    bench = Bench(
+        build_service(settings),
+        list(corpus.documents().values()),
+        args,
+        redis.Redis.from_url(settings.broker),
+    )
     blocks = bench.rounds()
-    print(f"reports published: {bench.published} results for {args.rounds + 1} blocks of {args.block_size} queries")
+    print(
+        f"reports published: {bench.published} results for {args.rounds + 1} blocks of {args.block_size} queries"
+    )
     summarize(blocks, bench.cpu)
     print("target: p50 with reports / without <= 1.02")
 

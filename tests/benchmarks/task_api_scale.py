@@ -62,10 +62,19 @@ TARGETS_MS = {"status": 3.0, "history": 10.0, "metrics": 50.0}
 ADMIN_KEY = "bench-admin-key"
 #: The rare names (2 % of rows, in turn); the two per-query tasks make up the rest.
 RARE = (
-    "calculate_user_tier", "sync_embeddings_task", "process_sync_queue", "trigger_full_sync_task",
-    "delete_document_embeddings_task", "send_usage_statistics", "send_system_notification",
-    "cleanup_old_cache", "cleanup_query_cache", "cleanup_old_conversations", "cleanup_failed_tasks",
-    "reset_user_daily_limit", "reset_all_daily_limits",
+    "calculate_user_tier",
+    "sync_embeddings_task",
+    "process_sync_queue",
+    "trigger_full_sync_task",
+    "delete_document_embeddings_task",
+    "send_usage_statistics",
+    "send_system_notification",
+    "cleanup_old_cache",
+    "cleanup_query_cache",
+    "cleanup_old_conversations",
+    "cleanup_failed_tasks",
+    "reset_user_daily_limit",
+    "reset_all_daily_limits",
 )
 
 # Row i (1-based) was sent (rows - i) * gap seconds ago: the newest is now. The id is derived from
@@ -105,8 +114,17 @@ def load(engine: Engine, rows: int, per_hour: int, chunk: int = 500_000) -> floa
     for first in range(1, rows + 1, chunk):
         last = min(rows, first + chunk - 1)
         with engine.begin() as conn:
-            conn.execute(text(LOAD), {"rare": list(RARE), "rare_count": len(RARE), "rows": rows,
-                                      "gap": 3600 / per_hour, "first": first, "last": last})
+            conn.execute(
+                text(LOAD),
+                {
+                    "rare": list(RARE),
+                    "rare_count": len(RARE),
+                    "rows": rows,
+                    "gap": 3600 / per_hour,
+                    "first": first,
+                    "last": last,
+                },
+            )
         print(f"  loaded {last:,} rows ({time.monotonic() - started:.0f} s)", flush=True)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE task_ledger"))
@@ -201,9 +219,12 @@ def explain(engine: Engine, client: TestClient) -> None:
         "status": (f"/api/v1/tasks/status/{task_id(1)}", {}),
         "history ?name=send_query_result_to_users&status=FAILURE": (
             "/api/v1/tasks/history",
-            {"name": "send_query_result_to_users", "status": "FAILURE", "limit": 50}),
-        "history ?name=calculate_user_tier": ("/api/v1/tasks/history",
-                                              {"name": "calculate_user_tier", "limit": 50}),
+            {"name": "send_query_result_to_users", "status": "FAILURE", "limit": 50},
+        ),
+        "history ?name=calculate_user_tier": (
+            "/api/v1/tasks/history",
+            {"name": "calculate_user_tier", "limit": 50},
+        ),
         "history ?status=FAILURE": ("/api/v1/tasks/history", {"status": "FAILURE", "limit": 50}),
         "metrics": ("/metrics", {}),
     }
@@ -224,8 +245,10 @@ def report(phase: str, figures: Figures) -> dict[str, float]:
     parts = []
     for k, (client, server) in figures.items():
         p50[k] = percentile(server, 0.5) if server else percentile(client, 0.5)
-        parts.append(f"{k} p50 {p50[k]:.2f} ms (p99 {percentile(server or client, 0.99):.2f}; "
-                     f"client-side p50 {percentile(client, 0.5):.2f})")
+        parts.append(
+            f"{k} p50 {p50[k]:.2f} ms (p99 {percentile(server or client, 0.99):.2f}; "
+            f"client-side p50 {percentile(client, 0.5):.2f})"
+        )
     print(f"{phase:>9}: " + "  ".join(parts), flush=True)
     return p50
 
@@ -266,12 +289,16 @@ def run(database_url: str, args: argparse.Namespace) -> None:
     for k, target in TARGETS_MS.items():
         head, base = results["head"][k], results["baseline"][k]
         verdict = "met" if head <= target else "NOT met"
-        print(f"  {k:8} {base:9.2f} ms -> {head:7.2f} ms  ratio {head / base:6.3f}  "
-              f"target {target:g} ms: {verdict} ({head / target:.2f}x)")
+        print(
+            f"  {k:8} {base:9.2f} ms -> {head:7.2f} ms  ratio {head / base:6.3f}  "
+            f"target {target:g} ms: {verdict} ({head / target:.2f}x)"
+        )
     hot = results["hot"]["metrics"]
     verdict = "met" if hot <= TARGETS_MS["metrics"] else "NOT met"
-    print(f"  metrics with the window just rewritten (hot): {hot:.2f} ms "
-          f"({verdict}, {hot / TARGETS_MS['metrics']:.2f}x)")
+    print(
+        f"  metrics with the window just rewritten (hot): {hot:.2f} ms "
+        f"({verdict}, {hot / TARGETS_MS['metrics']:.2f}x)"
+    )
     engine.dispose()
 
 
@@ -287,31 +314,41 @@ def phases(
         else:
             started = time.monotonic()
             with engine.begin() as conn:
-                conn.execute(text("UPDATE task_ledger SET retries = retries "
-                                  "WHERE sent_at >= now() - interval '1 hour'"))
+                conn.execute(
+                    text(
+                        "UPDATE task_ledger SET retries = retries "
+                        "WHERE sent_at >= now() - interval '1 hour'"
+                    )
+                )
             seconds = time.monotonic() - started
         print(f"{phase}: prepared in {seconds:.1f} s", flush=True)
         reset_engines()  # new connections: no plan cached from the previous phase
-        results[phase] = report(phase, measure(client, args.rows, args.samples,
-                                               only_metrics=phase == "hot"))
+        results[phase] = report(
+            phase, measure(client, args.rows, args.samples, only_metrics=phase == "hot")
+        )
         if phase == "head":
             explain(get_engine(), client)
     return results
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--per-hour", type=int, default=2_000_000 // 24)
     parser.add_argument("--samples", type=int, default=300)
     args = parser.parse_args()
     with redis_server() as redis, postgres_database() as database_url:
-        os.environ.update({
-            "RAGCORE_ENVIRONMENT": "test", "RAGCORE_REDIS_URL": redis.url,
-            "RAGCORE_DATABASE_URL": database_url, "RAGCORE_LOG_LEVEL": "WARNING",
-            "RAGCORE_API_KEYS": f'{{"{ADMIN_KEY}": "admin"}}',
-        })
+        os.environ.update(
+            {
+                "RAGCORE_ENVIRONMENT": "test",
+                "RAGCORE_REDIS_URL": redis.url,
+                "RAGCORE_DATABASE_URL": database_url,
+                "RAGCORE_LOG_LEVEL": "WARNING",
+                "RAGCORE_API_KEYS": f'{{"{ADMIN_KEY}": "admin"}}',
+            }
+        )
         get_settings.cache_clear()
         access = logging.getLogger("ragcore.access")
         access.setLevel(logging.INFO)

@@ -1,4 +1,5 @@
-"""The one-command local stack (deploy/local) as `./deploy/local/up` runs it: every part from its pex.
+"""The one-command local stack (deploy/local) as `./deploy/local/up` runs it: every part from its
+pex.
 
 One stack per module, from a clean state folder on ports of its own; the last test stops it.
 """
@@ -30,7 +31,8 @@ from ragcore_dev.servers import unavailable
 
 ADMIN = {"X-API-Key": "dev-admin-key"}
 QUERY = {"X-API-Key": "dev-query-key"}
-#: Under `./pants test` the pex files sit in the sandbox; in a checkout, where ./pants package put them.
+#: Under `./pants test` the pex files sit in the sandbox; in a checkout, where ./pants package put
+#: them.
 DIST = Path(".") if Path("deploy.local/stack.pex").exists() else Path("dist")
 DOCUMENTS = 12
 START_TIMEOUT = 240  # a fresh machine unpacks every pex once
@@ -56,7 +58,9 @@ class RunningStack:
     def wait_output(self, pattern: str, timeout: float) -> re.Match[str]:
         def found() -> re.Match[str] | None:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the stack exited with {self.process.returncode}:\n{self.output()[-4000:]}")
+                raise RuntimeError(
+                    f"the stack exited with {self.process.returncode}:\n{self.output()[-4000:]}"
+                )
             return re.search(pattern, self.output())
 
         match = wait_until(found, timeout, f"{pattern!r} in the stack's output", interval=0.2)
@@ -72,7 +76,8 @@ class RunningStack:
 
 
 def _free_offset() -> int:
-    # Below the ephemeral range, so no client socket takes a port between this check and the stack's.
+    # Below the ephemeral range, so no client socket takes a port between this check and the
+    # stack's.
     for _ in range(100):
         offset = random.randrange(10_000, 25_000, 10)
         if not any(port_in_use(port + offset) for port in PORTS.values()):
@@ -90,22 +95,30 @@ def _process_groups(groups: set[int]) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue  # it exited while we looked
-        state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]  # the command, in parentheses, may hold spaces
+        state, _ppid, group = stat.rsplit(")", 1)[1].split()[
+            :3
+        ]  # the command, in parentheses, may hold spaces
         if int(group) in groups and state != "Z":
             found.append(int(entry.name))
     return found
 
 
 def _env() -> dict[str, str]:
-    # As a developer's shell: no test settings, no sandbox import path, no pex variables of the runner.
-    return {k: v for k, v in os.environ.items()
-            if not k.startswith(("RAGCORE_", "PEX_", "__PEX_")) and k != "PYTHONPATH"}
+    # As a developer's shell: no test settings, no sandbox import path, no pex variables of the
+    # runner.
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAGCORE_", "PEX_", "__PEX_")) and k != "PYTHONPATH"
+    }
 
 
 @pytest.fixture(scope="module")
 def local() -> Iterator[RunningStack]:
     if not (DIST / "deploy.local/stack.pex").exists():
-        pytest.fail("deploy.local/stack.pex is missing: run under `./pants test` (it builds the pex files)")
+        pytest.fail(
+            "deploy.local/stack.pex is missing: run under `./pants test` (it builds the pex files)"
+        )
     if shutil.which("redis-server") is None:
         unavailable("redis-server")
     root = Path(tempfile.mkdtemp(prefix="ragcore-local-"))
@@ -113,9 +126,22 @@ def local() -> Iterator[RunningStack]:
     offset = _free_offset()
     with output.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, str(DIST / "deploy.local/stack.pex"), "--root", str(root / "state"), "--dist", str(DIST),
-             "--port-offset", str(offset), "--documents", str(DOCUMENTS)],
-            env=_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                str(DIST / "deploy.local/stack.pex"),
+                "--root",
+                str(root / "state"),
+                "--dist",
+                str(DIST),
+                "--port-offset",
+                str(offset),
+                "--documents",
+                str(DOCUMENTS),
+            ],
+            env=_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     running = RunningStack(root / "state", process, output, offset)
     try:
@@ -145,14 +171,17 @@ def _wait_task(api: httpx.Client, task_id: str, timeout: float = 60) -> dict[str
 
 
 def _query_for_chunk(stack: RunningStack, document_id: str, chunk: int) -> str:
-    """The stand-in corpus's words for one chunk (see ragcore_dev.standins.ingest.Document.query)."""
+    """The stand-in corpus's words for one chunk (see
+    ragcore_dev.standins.ingest.Document.query)."""
     doc = httpx.get(f"{stack.url('ingest')}/_control/documents/{document_id}").json()
     text = doc["texts"][chunk]  # "Topic and word: aspect. ..."
     aspect = text.split(": ", 1)[1].split(".", 1)[0]
     return f"{doc['topic'][0]} {doc['topic'][1]} {aspect}"
 
 
-def test_stack_answers_readyz_completes_the_initial_sync_and_answers_a_query(local: RunningStack) -> None:
+def test_stack_answers_readyz_completes_the_initial_sync_and_answers_a_query(
+    local: RunningStack,
+) -> None:
     with local.api() as api:
         ready = api.get("/readyz")
         assert ready.status_code == 200, ready.text
@@ -165,16 +194,23 @@ def test_stack_answers_readyz_completes_the_initial_sync_and_answers_a_query(loc
         local.wait_output(r"initial full sync SUCCESS", 10)
 
     with local.api(QUERY) as api:
-        answer = api.post("/api/v1/query/", json={"user_id": "e2e", "query": _query_for_chunk(local, "doc-00003", 2)})
+        answer = api.post(
+            "/api/v1/query/",
+            json={"user_id": "e2e", "query": _query_for_chunk(local, "doc-00003", 2)},
+        )
     assert answer.status_code == 200, answer.text
     assert answer.json()["sources"][0]["chunk_id"] == "doc-00003/chunk-002"
 
 
 def test_flower_lists_the_four_workers_each_with_its_own_queue(local: RunningStack) -> None:
     def queues_by_worker() -> dict[str, list[str]] | None:
-        workers = httpx.get(f"{local.url('flower')}/api/workers", params={"refresh": "1"}, timeout=30).json()
-        seen = {name.split("@")[0]: sorted(q["name"] for q in info.get("active_queues") or [])
-                for name, info in workers.items()}
+        workers = httpx.get(
+            f"{local.url('flower')}/api/workers", params={"refresh": "1"}, timeout=30
+        ).json()
+        seen = {
+            name.split("@")[0]: sorted(q["name"] for q in info.get("active_queues") or [])
+            for name, info in workers.items()
+        }
         return seen if len(seen) == len(Queue) and all(seen.values()) else None
 
     seen = wait_until(queues_by_worker, 60, "Flower to see four workers", interval=1)
@@ -199,18 +235,31 @@ def test_flower_without_a_login_listens_on_127_0_0_1_only(local: RunningStack) -
     assert _listening_addresses(port) == {"0100007F"}
 
 
-def test_celery_inspect_from_another_process_shows_one_queue_per_worker(local: RunningStack) -> None:
+def test_celery_inspect_from_another_process_shows_one_queue_per_worker(
+    local: RunningStack,
+) -> None:
     # The `celery` command of the Flower pex, as an operator would run it against the broker.
     done = subprocess.run(
-        [sys.executable, str(DIST / "deploy.images/flower.pex"), f"--broker={local.redis_url}", "inspect",
-         "active_queues", "--json", "--timeout=5"],
-        env=_env(), capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            str(DIST / "deploy.images/flower.pex"),
+            f"--broker={local.redis_url}",
+            "inspect",
+            "active_queues",
+            "--json",
+            "--timeout=5",
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     replies = json.loads(done.stdout.strip().splitlines()[-1])
-    assert {worker.split("@")[0]: [q["name"] for q in queues] for worker, queues in replies.items()} == {
-        q.value: [q.value] for q in Queue
-    }
+    assert {
+        worker.split("@")[0]: [q["name"] for q in queues] for worker, queues in replies.items()
+    } == {q.value: [q.value] for q in Queue}
 
 
 def test_a_stopped_notifications_worker_delays_only_its_own_tasks_which_run_when_it_returns(
@@ -222,10 +271,16 @@ def test_a_stopped_notifications_worker_delays_only_its_own_tasks_which_run_when
         return len(httpx.get(deliveries, params={"kind": "query-results"}).json()["deliveries"])
 
     def queue(api: httpx.Client, name: str) -> dict[str, Any]:
-        return next(q for q in api.get("/api/v1/tasks/queues").json()["queues"] if q["name"] == name)
+        return next(
+            q for q in api.get("/api/v1/tasks/queues").json()["queues"] if q["name"] == name
+        )
 
     with local.api() as admin, local.api(QUERY) as query_api:
-        wait_until(lambda: queue(admin, "notifications")["depth"] == 0, 60, "earlier reports to be delivered")
+        wait_until(
+            lambda: queue(admin, "notifications")["depth"] == 0,
+            60,
+            "earlier reports to be delivered",
+        )
         before = reports()
         old_pid = local.pid("worker-notifications")
         assert old_pid is not None
@@ -233,7 +288,10 @@ def test_a_stopped_notifications_worker_delays_only_its_own_tasks_which_run_when
         local.wait_output(r"worker-notifications exited with 0", 60)
 
         for chunk in range(3):
-            question = {"user_id": "e2e-outage", "query": _query_for_chunk(local, "doc-00005", chunk)}
+            question = {
+                "user_id": "e2e-outage",
+                "query": _query_for_chunk(local, "doc-00005", chunk),
+            }
             answer = query_api.post("/api/v1/query/", json=question)
             assert answer.status_code == 200, answer.text
             assert answer.json()["sources"][0]["chunk_id"] == f"doc-00005/chunk-{chunk:03d}"
@@ -245,7 +303,9 @@ def test_a_stopped_notifications_worker_delays_only_its_own_tasks_which_run_when
         ]
         assert [_wait_task(admin, t)["status"] for t in triggered] == ["SUCCESS"] * 3
         # The reports of the three answers wait in their queue, which says no worker consumes it.
-        wait_until(lambda: queue(admin, "notifications")["depth"] >= 3, 30, "the reports to queue up")
+        wait_until(
+            lambda: queue(admin, "notifications")["depth"] >= 3, 30, "the reports to queue up"
+        )
         waiting = queue(admin, "notifications")
         assert waiting["flagged"] and waiting["consumers"] == 0, waiting
         assert reports() == before
@@ -253,14 +313,22 @@ def test_a_stopped_notifications_worker_delays_only_its_own_tasks_which_run_when
         assert local.pid("stack") == local.process.pid
         os.kill(local.process.pid, signal.SIGUSR1)  # the stack starts the stopped worker again
         local.wait_output(r"starting worker-notifications again", 10)
-        wait_until(lambda: reports() >= before + 3, 90, "the waiting reports to be delivered", interval=0.5)
+        wait_until(
+            lambda: reports() >= before + 3, 90, "the waiting reports to be delivered", interval=0.5
+        )
         assert local.pid("worker-notifications") not in (None, old_pid)
         assert queue(admin, "notifications")["consumers"] == 1
 
 
 def test_ctrl_c_stops_every_part_and_leaves_no_process_behind(local: RunningStack) -> None:
-    groups = {int(path.read_text()) for path in (local.root / "pids").glob("*.pid") if path.stem != "stack"}
-    assert len(groups) == 4 + len(Queue) + 3  # redis, qdrant, ingest, users; workers; api, beat, flower
+    groups = {
+        int(path.read_text())
+        for path in (local.root / "pids").glob("*.pid")
+        if path.stem != "stack"
+    }
+    assert (
+        len(groups) == 4 + len(Queue) + 3
+    )  # redis, qdrant, ingest, users; workers; api, beat, flower
     assert _process_groups(groups)
 
     local.process.send_signal(signal.SIGINT)  # what Ctrl-C sends

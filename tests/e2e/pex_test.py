@@ -10,8 +10,7 @@ import pytest
 
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import CANARIES, Queue
-from ragcore_dev.processes import Deployable, die_with_parent, wait_http_ok, wait_until
-from ragcore_dev.processes import free_port
+from ragcore_dev.processes import Deployable, die_with_parent, free_port, wait_http_ok, wait_until
 from tests.support.stack import Stack
 
 PEXES: dict[object, Path] = {
@@ -38,19 +37,27 @@ class PexDeployable(Deployable):
         log = self.log_path.open("ab")
         # As the Dockerfile's ENTRYPOINT does; the pex carries its own code and dependencies only.
         env = {k: v for k, v in self.env.items() if k != "PYTHONPATH"}
-        self.process = subprocess.Popen([sys.executable, str(self.pex), *self.args], env=env,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                        preexec_fn=die_with_parent())
+        self.process = subprocess.Popen(
+            [sys.executable, str(self.pex), *self.args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
         log.close()
         return self
 
 
 def _pex_contents(pex: Path) -> list[str]:
-    """Every file a pex carries: a packed pex is a directory of files and zips (code, each wheel)."""
+    """Every file a pex carries: a packed pex is a directory of files and zips (code, each
+    wheel)."""
     names = []
     for path in pex.rglob("*") if pex.is_dir() else [pex]:
         if zipfile.is_zipfile(path):
-            names += [f"{path.relative_to(pex)}!{name}" for name in zipfile.ZipFile(path).namelist()]
+            names += [
+                f"{path.relative_to(pex)}!{name}" for name in zipfile.ZipFile(path).namelist()
+            ]
         elif path.is_file():
             names.append(str(path.relative_to(pex)))
     return names
@@ -58,8 +65,13 @@ def _pex_contents(pex: Path) -> list[str]:
 
 @pytest.mark.parametrize("key", list(PEXES), ids=str)
 def test_deployable_pex_carries_no_dev_or_test_code(key: object) -> None:
-    # Our sources sit at the pex's top level; third-party wheels (with their own tests/) under .deps/.
-    ours = [name.split("!")[-1] for name in _pex_contents(_pex(key)) if not name.startswith((".deps/", ".bootstrap/"))]
+    # Our sources sit at the pex's top level; third-party wheels (with their own tests/) under
+    # .deps/.
+    ours = [
+        name.split("!")[-1]
+        for name in _pex_contents(_pex(key))
+        if not name.startswith((".deps/", ".bootstrap/"))
+    ]
     assert "ragcore/settings.py" in ours, "the shared libs are in the pex"
     assert [name for name in ours if name.startswith(("ragcore_dev/", "tests/"))] == []
 
@@ -76,7 +88,9 @@ def test_worker_pex_consumes_its_queue_and_no_other(stack: Stack, queue: Queue) 
     own = dispatch.send(stack.producer, CANARIES[queue], {"echo": "pex"})
     assert stack.producer.AsyncResult(own).get(timeout=60)["queue"] == queue.value
     assert [stack.producer.AsyncResult(t).state for t in foreign] == ["PENDING"] * len(others)
-    registered = stack.producer.control.inspect(destination=[hostname], timeout=5).registered()[hostname]
+    registered = stack.producer.control.inspect(destination=[hostname], timeout=5).registered()[
+        hostname
+    ]
     assert CANARIES[queue].name in registered
     assert not any(CANARIES[q].name in registered for q in others)
     worker.stop()
@@ -91,14 +105,17 @@ def test_api_pex_serves_health(stack: Stack) -> None:
 
 
 def test_beat_pex_starts_and_sends_a_due_task(stack: Stack) -> None:
-    beat = PexDeployable(_pex("beat"), stack.env(beat_schedule='{"cleanup_old_cache": "1"}')).start()
+    beat = PexDeployable(
+        _pex("beat"), stack.env(beat_schedule='{"cleanup_old_cache": "1"}')
+    ).start()
     stack.deployables.append(beat)
     client = stack.redis_client()
     wait_until(lambda: client.llen(Queue.CLEANUP.value) > 0, 120, "beat to send cleanup_old_cache")
     beat.stop()
 
 
-#: What each pex's usage must mention: its own options, and the options of what it hands the rest to.
+#: What each pex's usage must mention: its own options, and the options of what it hands the rest
+#: to.
 USAGE: dict[object, tuple[str, ...]] = {
     **{q: ("--healthcheck", "--concurrency") for q in Queue},
     "beat": ("scheduler", "--schedule"),
@@ -109,11 +126,23 @@ USAGE: dict[object, tuple[str, ...]] = {
 
 @pytest.mark.parametrize("key", list(PEXES), ids=str)
 def test_every_pex_prints_its_usage_for_help_without_redis_or_the_database(key: object) -> None:
-    # Nothing listens on port 1: a pex that opened Redis or the database would fail or hang, one that
+    # Nothing listens on port 1: a pex that opened Redis or the database would fail or hang, one
+    # that
     # served would never exit.
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("RAGCORE_")}
-    env.update(RAGCORE_REDIS_URL="redis://127.0.0.1:1/0", RAGCORE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
-    done = subprocess.run([sys.executable, str(_pex(key)), "--help"], env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("RAGCORE_")
+    }
+    env.update(
+        RAGCORE_REDIS_URL="redis://127.0.0.1:1/0",
+        RAGCORE_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+    )
+    done = subprocess.run(
+        [sys.executable, str(_pex(key)), "--help"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "usage" in done.stdout.lower()
     assert all(word in done.stdout for word in USAGE[key]), done.stdout

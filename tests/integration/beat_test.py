@@ -12,25 +12,28 @@ import base64
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
-from ragcore.tasks import contracts
-
-from ragcore.tasks import dispatch
-from ragcore.query.cache import HotCache, bump_data_version
-from ragcore.tasks.contracts import Queue
 from ragcore.db import session_scope
 from ragcore.db.models import Conversation, Message, TaskRecord
+from ragcore.query.cache import HotCache, bump_data_version
 from ragcore.settings import get_settings
-from services.beat import schedule
+from ragcore.tasks import contracts, dispatch
+from ragcore.tasks.contracts import Queue
 from ragcore_dev.processes import Deployable, wait_until
+from services.beat import schedule
 from tests.support.stack import Stack, running_stack
 
-PERIODIC = ("reset_all_daily_limits", "cleanup_old_cache", "cleanup_query_cache", "process_sync_queue",
-            "send_usage_statistics")
+PERIODIC = (
+    "reset_all_daily_limits",
+    "cleanup_old_cache",
+    "cleanup_query_cache",
+    "process_sync_queue",
+    "send_usage_statistics",
+)
 EARLY = 0.25  # a send this much before its period is over would be a second, extra run
 
 
@@ -54,7 +57,9 @@ def _sent(stack: Stack) -> list[Sent]:
             if headers["task"] not in expires:
                 continue  # a report the relay published
             _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-            at = datetime.fromisoformat(headers["expires"]) - timedelta(seconds=expires[headers["task"]])
+            at = datetime.fromisoformat(headers["expires"]) - timedelta(
+                seconds=expires[headers["task"]]
+            )
             messages.append(Sent(queue.value, headers["task"], headers["id"], kwargs, at))
     return sorted(messages, key=lambda m: m.at)
 
@@ -64,7 +69,7 @@ def _times(stack: Stack, task: str) -> list[datetime]:
 
 
 def _gaps(times: list[datetime]) -> list[float]:
-    return [(b - a).total_seconds() for a, b in zip(times, times[1:])]
+    return [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
 
 
 def _lock_acquired_at(beat: Deployable) -> datetime | None:
@@ -98,7 +103,9 @@ def _wait_sends(stack: Stack, task: str, count: int, timeout: float = 60) -> lis
     return wait_until(enough, timeout, f"{count} sends of {task}")
 
 
-def test_beat_fires_every_entry_onto_its_queue_with_an_expiry_and_records_it_in_the_ledger() -> None:
+def test_beat_fires_every_entry_onto_its_queue_with_an_expiry_and_records_it_in_the_ledger() -> (
+    None
+):
     with running_stack(beat_schedule=json.dumps({name: "2" for name in PERIODIC})) as stack:
         beat = _start_beat(stack)
         for name in PERIODIC:
@@ -124,7 +131,9 @@ def test_two_beats_running_together_fire_each_due_entry_once_and_the_second_take
     period = 2
     with running_stack(beat_schedule=json.dumps({name: str(period) for name in PERIODIC})) as stack:
         beats = [stack.start("services.beat.main"), stack.start("services.beat.main")]
-        leader = wait_until(lambda: next((b for b in beats if _lock_acquired_at(b)), None), 60, "a leader")
+        leader = wait_until(
+            lambda: next((b for b in beats if _lock_acquired_at(b)), None), 60, "a leader"
+        )
         standby = beats[1 - beats.index(leader)]
         for name in PERIODIC:
             _wait_sends(stack, name, 6)  # a window of 5+ periods, both Beats running
@@ -164,16 +173,21 @@ def test_a_restarted_beat_neither_repeats_nor_drops_a_due_entry() -> None:
         assert (t2 - t1).total_seconds() >= period - EARLY
         assert t2 <= max(t1 + timedelta(seconds=period), started) + timedelta(seconds=1.5)
 
-        # Down across two due times: on restart the overdue entry is sent once, at once, then on time.
-        while datetime.now(timezone.utc) < t2 + timedelta(seconds=2.5 * period):
+        # Down across two due times: on restart the overdue entry is sent once, at once, then on
+        # time.
+        while datetime.now(UTC) < t2 + timedelta(seconds=2.5 * period):
             time.sleep(0.1)
         third = _start_beat(stack)
         t3, t4 = _wait_sends(stack, "cleanup_old_cache", 4)[2:4]
         restarted = _lock_acquired_at(third)
         third.stop()
         assert restarted is not None
-        assert abs((t3 - restarted).total_seconds()) <= 1.5  # not dropped: sent as soon as Beat is back
-        assert period - EARLY <= (t4 - t3).total_seconds() <= period + 1.5  # not replayed in a burst
+        assert (
+            abs((t3 - restarted).total_seconds()) <= 1.5
+        )  # not dropped: sent as soon as Beat is back
+        assert (
+            period - EARLY <= (t4 - t3).total_seconds() <= period + 1.5
+        )  # not replayed in a burst
         assert len(_times(stack, "cleanup_old_cache")) == 4
 
 
@@ -183,15 +197,19 @@ def test_a_stale_beat_run_is_discarded_by_the_worker_and_a_fresh_one_runs() -> N
         cache = HotCache(stack.redis_client(), settings.cache_prefix, 3600)
         with session_scope() as session:
             bump_data_version(session)
-        cache.put("v0:stale", {"answer": "from an older data version"})  # any run of the task removes it
+        cache.put(
+            "v0:stale", {"answer": "from an older data version"}
+        )  # any run of the task removes it
 
         beat = _start_beat(stack)
         _wait_sends(stack, "cleanup_old_cache", 1)
         beat.stop()
         stale = _sent(stack)
-        deadline = max(datetime.fromisoformat(json.loads(raw)["headers"]["expires"])
-                       for raw in stack.redis_client().lrange(Queue.CLEANUP.value, 0, -1))
-        wait_until(lambda: datetime.now(timezone.utc) > deadline, 30, "the queued runs to expire")
+        deadline = max(
+            datetime.fromisoformat(json.loads(raw)["headers"]["expires"])
+            for raw in stack.redis_client().lrange(Queue.CLEANUP.value, 0, -1)
+        )
+        wait_until(lambda: datetime.now(UTC) > deadline, 30, "the queued runs to expire")
 
         stack.start_worker(Queue.CLEANUP)
 
@@ -199,7 +217,9 @@ def test_a_stale_beat_run_is_discarded_by_the_worker_and_a_fresh_one_runs() -> N
 
         def discarded() -> bool:
             with session_scope() as session:
-                states = set(session.scalars(select(TaskRecord.state).where(TaskRecord.task_id.in_(ids))))
+                states = set(
+                    session.scalars(select(TaskRecord.state).where(TaskRecord.task_id.in_(ids)))
+                )
             return states == {"REVOKED"}
 
         wait_until(discarded, 30, "the worker to discard the expired runs")
@@ -208,7 +228,6 @@ def test_a_stale_beat_run_is_discarded_by_the_worker_and_a_fresh_one_runs() -> N
         fresh = dispatch.send(stack.producer, contracts.CLEANUP_OLD_CACHE)
         assert stack.producer.AsyncResult(fresh).get(timeout=30)["removed"] == 1
         assert cache.get("v0:stale") is None
-
 
 
 def _queued(stack: Stack, queue: Queue, task: str) -> list[dict[str, Any]]:
@@ -221,22 +240,38 @@ def _queued(stack: Stack, queue: Queue, task: str) -> list[dict[str, Any]]:
     return found
 
 
-def test_beat_rides_out_a_broker_outage_fires_the_next_due_entry_once_and_relays_reports_made_during_it() -> None:
+def test_beat_rides_out_a_broker_outage_fires_the_next_due_entry_once_and_relays_reports_made_during_it() -> (
+    None
+):
     period = 3
-    with running_stack(beat_schedule=json.dumps({"cleanup_old_cache": str(period)}), report_relay_seconds="0.2") as stack:
+    with running_stack(
+        beat_schedule=json.dumps({"cleanup_old_cache": str(period)}), report_relay_seconds="0.2"
+    ) as stack:
         beat = _start_beat(stack)
         _wait_sends(stack, "cleanup_old_cache", 1)
         stack.redis.stop()
-        with session_scope() as session:  # a query answered during the outage: its message is its reports' intent
+        with (
+            session_scope() as session
+        ):  # a query answered during the outage: its message is its reports' intent
             session.add(Conversation(id="conv-outage", user_id="olga"))
             session.flush()
-            session.add(Message(id="msg-outage", conversation_id="conv-outage", user_id="olga", query="q", answer="a",
-                                sources=[], tokens_used=2, processing_time_ms=1.0))
+            session.add(
+                Message(
+                    id="msg-outage",
+                    conversation_id="conv-outage",
+                    user_id="olga",
+                    query="q",
+                    answer="a",
+                    sources=[],
+                    tokens_used=2,
+                    processing_time_ms=1.0,
+                )
+            )
         time.sleep(3 * period)  # runs come due while the broker is away
         assert beat.running, f"beat exited during the outage:\n{beat.logs()[-3000:]}"
 
         stack.redis.start()  # the same port, empty: the schedule, the lock and the queues are gone
-        back = datetime.now(timezone.utc)
+        back = datetime.now(UTC)
         first = _wait_sends(stack, "cleanup_old_cache", 1, timeout=30)[0]
         times = _wait_sends(stack, "cleanup_old_cache", 3, timeout=30)
         assert beat.running
@@ -244,8 +279,14 @@ def test_beat_rides_out_a_broker_outage_fires_the_next_due_entry_once_and_relays
         reports = _queued(stack, Queue.NOTIFICATIONS, contracts.SEND_QUERY_RESULT.name)
         statistics = _queued(stack, Queue.USER, contracts.UPDATE_USER_STATISTICS.name)
 
-    print(f"beat: the first run after the broker returned was sent {(first - back).total_seconds():.1f}s later")
+    print(
+        f"beat: the first run after the broker returned was sent {(first - back).total_seconds():.1f}s later"
+    )
     assert (first - back).total_seconds() <= period + 1.5  # the due entry fired, without a restart
-    assert all(gap >= period - EARLY for gap in _gaps(times)), _gaps(times)  # once, not a burst of the missed runs
-    assert [r["message_id"] for r in reports] == ["msg-outage"]  # the report made during the outage, once
+    assert all(gap >= period - EARLY for gap in _gaps(times)), _gaps(
+        times
+    )  # once, not a burst of the missed runs
+    assert [r["message_id"] for r in reports] == [
+        "msg-outage"
+    ]  # the report made during the outage, once
     assert statistics == [{"user_id": "olga"}]

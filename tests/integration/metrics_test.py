@@ -29,11 +29,14 @@ def _samples(api: httpx.Client) -> Samples:
     assert response.headers["content-type"].startswith("text/plain")
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(response.text) for s in family.samples
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
     }
 
 
-def test_metrics_show_the_depth_of_a_queue_whose_worker_is_stopped(stack: Stack, api: httpx.Client) -> None:
+def test_metrics_show_the_depth_of_a_queue_whose_worker_is_stopped(
+    stack: Stack, api: httpx.Client
+) -> None:
     worker = stack.start_worker(Queue.USER, name="user-metrics")
     consumed = _samples(api)
     assert consumed[("ragcore_queue_consumers", (("queue", "user"),))] == 1
@@ -46,14 +49,20 @@ def test_metrics_show_the_depth_of_a_queue_whose_worker_is_stopped(stack: Stack,
     assert samples[("ragcore_queue_consumers", (("queue", "user"),))] == 0
     assert samples[("ragcore_queue_oldest_task_age_seconds", (("queue", "user"),))] >= 0
     assert samples[("ragcore_queue_depth", (("queue", "sync"),))] == 0
-    assert samples[("ragcore_tasks", (("name", CANARIES[Queue.USER].name), ("state", "PENDING")))] == 3
+    assert (
+        samples[("ragcore_tasks", (("name", CANARIES[Queue.USER].name), ("state", "PENDING")))] == 3
+    )
 
     user = next(q for q in api.get("/api/v1/tasks/queues").json()["queues"] if q["name"] == "user")
     assert (user["depth"], user["consumers"], user["flagged"]) == (3, 0, True)
-    assert user["warning"] == "no worker consumes this queue" and user["oldest_task_age_seconds"] >= 0
+    assert (
+        user["warning"] == "no worker consumes this queue" and user["oldest_task_age_seconds"] >= 0
+    )
 
 
-def test_metrics_count_finished_tasks_by_state_and_bucket_their_durations(stack: Stack, api: httpx.Client) -> None:
+def test_metrics_count_finished_tasks_by_state_and_bucket_their_durations(
+    stack: Stack, api: httpx.Client
+) -> None:
     worker = stack.start_worker(Queue.CLEANUP, name="cleanup-metrics")
     name = CANARIES[Queue.CLEANUP].name
     slow = dispatch.send(stack.producer, CANARIES[Queue.CLEANUP], {"sleep_seconds": 0.6})
@@ -70,7 +79,9 @@ def test_metrics_count_finished_tasks_by_state_and_bucket_their_durations(stack:
     assert samples[("ragcore_tasks", (("name", name), ("state", "SUCCESS")))] == 1
     assert samples[("ragcore_tasks", (("name", name), ("state", "FAILURE")))] == 1
     bucket = "ragcore_task_duration_seconds_bucket"
-    assert samples[(bucket, (("le", "0.5"), ("name", name)))] == 1  # the failure, at once; not the 0.6 s sleeper
+    assert (
+        samples[(bucket, (("le", "0.5"), ("name", name)))] == 1
+    )  # the failure, at once; not the 0.6 s sleeper
     assert samples[(bucket, (("le", "+Inf"), ("name", name)))] == 2
     assert samples[("ragcore_task_duration_seconds_gsum", (("name", name),))] >= 0.6
     worker.stop()
@@ -86,12 +97,19 @@ def test_metrics_need_an_admin_key_unless_made_public(stack: Stack) -> None:
     assert response.status_code == 200 and "ragcore_queue_depth" in response.text
 
 
-def test_metrics_show_answered_queries_whose_reports_wait_for_the_relay(stack: Stack, api: httpx.Client) -> None:
+def test_metrics_show_answered_queries_whose_reports_wait_for_the_relay(
+    stack: Stack, api: httpx.Client
+) -> None:
     # No Beat runs here, so nothing publishes the reports: they wait, counted, with their age.
     before = _samples(api)[("ragcore_reports_unreported", ())]
     with stack.api(QUERY_KEY) as client:
         for n in range(2):
-            assert client.post("/api/v1/query/", json={"user_id": "metrics-user", "query": f"anything {n}"}).status_code == 200
+            assert (
+                client.post(
+                    "/api/v1/query/", json={"user_id": "metrics-user", "query": f"anything {n}"}
+                ).status_code
+                == 200
+            )
     samples = _samples(api)
     assert samples[("ragcore_reports_unreported", ())] == before + 2
     assert samples[("ragcore_reports_oldest_unreported_age_seconds", ())] > 0

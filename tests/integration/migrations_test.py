@@ -9,8 +9,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, inspect, text
 
-from ragcore.db import Base
-from ragcore.db import migrate
+from ragcore.db import Base, migrate
 from ragcore_dev.servers import postgres_database
 
 
@@ -28,15 +27,21 @@ def _engine(url: str) -> Engine:
     return create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
 
 
-def test_upgrade_to_head_builds_exactly_the_models_schema_and_downgrade_removes_it(empty_database: str) -> None:
+def test_upgrade_to_head_builds_exactly_the_models_schema_and_downgrade_removes_it(
+    empty_database: str,
+) -> None:
     head = ScriptDirectory.from_config(migrate.alembic_config(empty_database)).get_current_head()
     engine = _engine(empty_database)
     try:
         migrate.upgrade(empty_database)
         with engine.connect() as conn:
-            context = MigrationContext.configure(conn, opts={"compare_type": True, "compare_server_default": True})
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
             assert context.get_current_revision() == head
-            assert set(inspect(conn).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+            assert set(inspect(conn).get_table_names()) == set(Base.metadata.tables) | {
+                "alembic_version"
+            }
             assert compare_metadata(context, Base.metadata) == []
 
         migrate.downgrade(empty_database, "base")
@@ -52,24 +57,32 @@ def test_the_migration_command_defaults_to_upgrade_head(empty_database: str) -> 
     engine = _engine(empty_database)
     try:
         with engine.connect() as conn:
-            assert set(inspect(conn).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
+            assert set(inspect(conn).get_table_names()) == set(Base.metadata.tables) | {
+                "alembic_version"
+            }
     finally:
         engine.dispose()
 
 
-def test_a_schema_made_by_a_deployable_before_the_migration_job_is_adopted_at_head(empty_database: str) -> None:
+def test_a_schema_made_by_a_deployable_before_the_migration_job_is_adopted_at_head(
+    empty_database: str,
+) -> None:
     engine = _engine(empty_database)
     try:
         Base.metadata.create_all(engine)  # what create_schema() does when a worker starts first
         migrate.upgrade(empty_database)
-        head = ScriptDirectory.from_config(migrate.alembic_config(empty_database)).get_current_head()
+        head = ScriptDirectory.from_config(
+            migrate.alembic_config(empty_database)
+        ).get_current_head()
         with engine.connect() as conn:
             assert MigrationContext.configure(conn).get_current_revision() == head
     finally:
         engine.dispose()
 
 
-def test_an_unversioned_schema_that_differs_from_the_models_is_refused_not_stamped(empty_database: str) -> None:
+def test_an_unversioned_schema_that_differs_from_the_models_is_refused_not_stamped(
+    empty_database: str,
+) -> None:
     engine = _engine(empty_database)
     try:
         Base.metadata.create_all(engine)

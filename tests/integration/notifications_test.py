@@ -1,4 +1,5 @@
-"""The notifications worker reports to the Users stand-in once per idempotency key, retries only what
+"""The notifications worker reports to the Users stand-in once per idempotency key, retries only
+what
 may succeed later, and records what it gives up on for an operator to re-drive through the API."""
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ from typing import Any
 
 import pytest
 
-from ragcore.tasks import contracts
-
-from ragcore.tasks import dispatch
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import Conversation, Message
-from services.notifications.usage import latest_reportable_hour
+from ragcore.tasks import contracts, dispatch
+from ragcore_dev.processes import wait_until
 from ragcore_dev.standins.server import Running
 from ragcore_dev.standins.users import UsersApp, start_users
-from ragcore_dev.processes import wait_until
+from services.notifications.usage import latest_reportable_hour
 from tests.support.stack import QUERY_KEY, Stack
 
 QUERY_RESULTS = "/api/v1/rag/query-results"
@@ -33,7 +32,12 @@ def users() -> Iterator[Running[UsersApp]]:
 @pytest.fixture(scope="module", autouse=True)
 def deployed(stack: Stack, users: Running[UsersApp]) -> None:
     stack.start_api()
-    stack.start_worker(contracts.Queue.NOTIFICATIONS, users_url=users.url, http_timeout_seconds="3", usage_report_lag_seconds="0")
+    stack.start_worker(
+        contracts.Queue.NOTIFICATIONS,
+        users_url=users.url,
+        http_timeout_seconds="3",
+        usage_report_lag_seconds="0",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -50,7 +54,15 @@ def query_result(**overrides: Any) -> dict[str, Any]:
         "message_id": f"msg-{uuid.uuid4()}",
         "query": "glacier harbor safety",
         "answer": "Harbor safety. [1]",
-        "sources": [{"document_id": "doc-1", "chunk_id": "doc-1/chunk-002", "score": 0.8, "text": "Harbor safety.", "metadata": {}}],
+        "sources": [
+            {
+                "document_id": "doc-1",
+                "chunk_id": "doc-1/chunk-002",
+                "score": 0.8,
+                "text": "Harbor safety.",
+                "metadata": {},
+            }
+        ],
         "tokens_used": 7,
         "processing_time_ms": 12.5,
         **overrides,
@@ -62,7 +74,9 @@ def deliveries_of(users: Running[UsersApp], kind: str, key: str) -> list[dict[st
 
 
 def finished(stack: Stack, task_id: str) -> str:
-    """The final state the task API reports (deliveries keep no Redis result: the ledger answers)."""
+    """The final state the task API reports (deliveries keep no Redis result: the ledger
+    answers)."""
+
     def state() -> str | None:
         with stack.api() as api:
             status = api.get(f"/api/v1/tasks/status/{task_id}").json()["status"]
@@ -71,7 +85,9 @@ def finished(stack: Stack, task_id: str) -> str:
     return str(wait_until(state, 30, f"task {task_id}"))
 
 
-def test_a_query_result_reaches_users_once_with_the_eight_fields_keyed_by_message_id(stack: Stack, users: Running[UsersApp]) -> None:
+def test_a_query_result_reaches_users_once_with_the_eight_fields_keyed_by_message_id(
+    stack: Stack, users: Running[UsersApp]
+) -> None:
     payload = query_result()
     task_id = dispatch.send(stack.producer, contracts.SEND_QUERY_RESULT, payload)
     assert finished(stack, task_id) == "SUCCESS"
@@ -79,7 +95,9 @@ def test_a_query_result_reaches_users_once_with_the_eight_fields_keyed_by_messag
     assert delivery["payload"] == payload
 
 
-def test_users_503_then_200_is_retried_and_delivered_once(stack: Stack, users: Running[UsersApp]) -> None:
+def test_users_503_then_200_is_retried_and_delivered_once(
+    stack: Stack, users: Running[UsersApp]
+) -> None:
     users.app.faults.fail(503, times=1, path=QUERY_RESULTS)
     payload = query_result()
     task_id = dispatch.send(stack.producer, contracts.SEND_QUERY_RESULT, payload)
@@ -90,15 +108,24 @@ def test_users_503_then_200_is_retried_and_delivered_once(stack: Stack, users: R
         assert api.get(f"/api/v1/tasks/status/{task_id}").json()["retries"] == 1
 
 
-def test_an_answer_lost_after_users_recorded_it_is_not_counted_twice(stack: Stack, users: Running[UsersApp]) -> None:
-    users.app.faults.fail(503, times=1, path=QUERY_RESULTS, after=True)  # recorded, then the answer is lost
+def test_an_answer_lost_after_users_recorded_it_is_not_counted_twice(
+    stack: Stack, users: Running[UsersApp]
+) -> None:
+    users.app.faults.fail(
+        503, times=1, path=QUERY_RESULTS, after=True
+    )  # recorded, then the answer is lost
     payload = query_result()
-    assert finished(stack, dispatch.send(stack.producer, contracts.SEND_QUERY_RESULT, payload)) == "SUCCESS"
+    assert (
+        finished(stack, dispatch.send(stack.producer, contracts.SEND_QUERY_RESULT, payload))
+        == "SUCCESS"
+    )
     assert [e["status"] for e in users.app.log.entries(QUERY_RESULTS)] == [503, 409]
     assert len(deliveries_of(users, "query-results", payload["message_id"])) == 1
 
 
-def test_users_400_is_not_retried_is_recorded_and_is_redriven_through_the_api(stack: Stack, users: Running[UsersApp]) -> None:
+def test_users_400_is_not_retried_is_recorded_and_is_redriven_through_the_api(
+    stack: Stack, users: Running[UsersApp]
+) -> None:
     users.app.faults.fail(400, times=1, path=QUERY_RESULTS)
     payload = query_result()
     task_id = dispatch.send(stack.producer, contracts.SEND_QUERY_RESULT, payload)
@@ -108,7 +135,11 @@ def test_users_400_is_not_retried_is_recorded_and_is_redriven_through_the_api(st
         listed = api.get("/api/v1/deliveries/failed").json()["deliveries"]
         [failed] = [d for d in listed if d["task_id"] == task_id]
         assert (failed["task_name"], failed["payload"], failed["attempts"], failed["status"]) == (
-            "send_query_result_to_users", payload, 1, "failed")
+            "send_query_result_to_users",
+            payload,
+            1,
+            "failed",
+        )
         assert failed["error"].startswith("HTTP 400 from POST")
         assert deliveries_of(users, "query-results", payload["message_id"]) == []
 
@@ -116,7 +147,13 @@ def test_users_400_is_not_retried_is_recorded_and_is_redriven_through_the_api(st
         assert redriven.status_code == 202, redriven.text
         assert finished(stack, redriven.json()["task_id"]) == "SUCCESS"
         assert len(deliveries_of(users, "query-results", payload["message_id"])) == 1
-        [marked] = [d for d in api.get("/api/v1/deliveries/failed", params={"status": "redriven"}).json()["deliveries"] if d["id"] == failed["id"]]
+        [marked] = [
+            d
+            for d in api.get("/api/v1/deliveries/failed", params={"status": "redriven"}).json()[
+                "deliveries"
+            ]
+            if d["id"] == failed["id"]
+        ]
         assert marked["redrive_task_id"] == redriven.json()["task_id"] and marked["redriven_at"]
         assert api.post(f"/api/v1/deliveries/{failed['id']}/retry").status_code == 409
         assert api.post("/api/v1/deliveries/999999/retry").status_code == 404
@@ -128,27 +165,64 @@ def test_failed_deliveries_need_the_admin_key(stack: Stack) -> None:
         assert api.post("/api/v1/deliveries/1/retry").status_code == 403
 
 
-def test_usage_statistics_report_the_last_complete_hour_per_user_once_per_period(stack: Stack, users: Running[UsersApp]) -> None:
+def test_usage_statistics_report_the_last_complete_hour_per_user_once_per_period(
+    stack: Stack, users: Running[UsersApp]
+) -> None:
     start = latest_reportable_hour(utcnow(), timedelta(0))
     with session_scope() as session:
         session.add(Conversation(id="usage-conv", user_id="usage-a"))
-        for i, (user, minute, tokens) in enumerate([("usage-a", 1, 10), ("usage-a", 59, 30), ("usage-b", 30, 5), ("usage-b", 61, 99)]):
-            session.add(Message(id=f"usage-{i}", conversation_id="usage-conv", user_id=user, query="q", answer="a", sources=[],
-                                tokens_used=tokens, processing_time_ms=100.0 * (i + 1), created_at=start + timedelta(minutes=minute)))
+        for i, (user, minute, tokens) in enumerate(
+            [("usage-a", 1, 10), ("usage-a", 59, 30), ("usage-b", 30, 5), ("usage-b", 61, 99)]
+        ):
+            session.add(
+                Message(
+                    id=f"usage-{i}",
+                    conversation_id="usage-conv",
+                    user_id=user,
+                    query="q",
+                    answer="a",
+                    sources=[],
+                    tokens_used=tokens,
+                    processing_time_ms=100.0 * (i + 1),
+                    created_at=start + timedelta(minutes=minute),
+                )
+            )
     for _ in range(2):  # the second run finds the hour recorded as reported: it sends nothing
-        assert finished(stack, dispatch.send(stack.producer, contracts.SEND_USAGE_STATISTICS)) == "SUCCESS"
+        assert (
+            finished(stack, dispatch.send(stack.producer, contracts.SEND_USAGE_STATISTICS))
+            == "SUCCESS"
+        )
     [report] = users.app.deliveries("usage-statistics")
-    assert report["idempotency_key"] == f"{start.isoformat()}/{(start + timedelta(hours=1)).isoformat()}"
+    assert (
+        report["idempotency_key"]
+        == f"{start.isoformat()}/{(start + timedelta(hours=1)).isoformat()}"
+    )
     by_user = {u["user_id"]: u for u in report["payload"]["users"]}
-    assert by_user["usage-a"] == {"user_id": "usage-a", "queries": 2, "tokens_used": 40, "avg_processing_time_ms": 150.0}
+    assert by_user["usage-a"] == {
+        "user_id": "usage-a",
+        "queries": 2,
+        "tokens_used": 40,
+        "avg_processing_time_ms": 150.0,
+    }
     assert by_user["usage-b"]["queries"] == 1
     assert users.app.duplicates["usage-statistics"] == 0
 
 
-def test_a_system_notification_is_sent_under_the_senders_key(stack: Stack, users: Running[UsersApp]) -> None:
-    args = {"notification_type": "maintenance", "title": "Downtime", "message": "Tonight 02:00 UTC", "user_ids": ["u1", "u2"],
-            "metadata": {"window_minutes": 30}, "idempotency_key": "maintenance-2024-05-10"}
-    assert finished(stack, dispatch.send(stack.producer, contracts.SEND_SYSTEM_NOTIFICATION, args)) == "SUCCESS"
+def test_a_system_notification_is_sent_under_the_senders_key(
+    stack: Stack, users: Running[UsersApp]
+) -> None:
+    args = {
+        "notification_type": "maintenance",
+        "title": "Downtime",
+        "message": "Tonight 02:00 UTC",
+        "user_ids": ["u1", "u2"],
+        "metadata": {"window_minutes": 30},
+        "idempotency_key": "maintenance-2024-05-10",
+    }
+    assert (
+        finished(stack, dispatch.send(stack.producer, contracts.SEND_SYSTEM_NOTIFICATION, args))
+        == "SUCCESS"
+    )
     [sent] = users.app.deliveries("notifications")
     assert sent["idempotency_key"] == "maintenance-2024-05-10"
     assert sent["payload"] == {k: v for k, v in args.items() if k != "idempotency_key"}

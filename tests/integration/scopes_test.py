@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,9 +24,15 @@ def api_url(stack: Stack) -> str:
 
 
 def _readme_table() -> dict[tuple[str, str], set[str]]:
-    """(method, path) -> the scopes README gives it ("anyone" for the open ones); remarks in parentheses dropped."""
-    rows = re.findall(r"^\| `(GET|POST|PUT|PATCH|DELETE) (\S+)` \| ([^|]+) \|$", README.read_text(), re.MULTILINE)
-    return {(method, path): {s.strip() for s in re.sub(r"\([^)]*\)", "", cell).split(",")} for method, path, cell in rows}
+    """(method, path) -> the scopes README gives it ("anyone" for the open ones); remarks in
+    parentheses dropped."""
+    rows = re.findall(
+        r"^\| `(GET|POST|PUT|PATCH|DELETE) (\S+)` \| ([^|]+) \|$", README.read_text(), re.MULTILINE
+    )
+    return {
+        (method, path): {s.strip() for s in re.sub(r"\([^)]*\)", "", cell).split(",")}
+        for method, path, cell in rows
+    }
 
 
 def _operations(api_url: str) -> set[tuple[str, str]]:
@@ -44,7 +50,10 @@ def test_every_route_admits_exactly_the_scopes_of_the_readme_table(api_url: str)
         for (method, template), scopes in sorted(table.items()):
             path = re.sub(r"\{[^}]+\}", "x1", template)
             if scopes == {"anyone"}:
-                assert client.request(method, path).status_code not in (401, 403), (method, template)
+                assert client.request(method, path).status_code not in (401, 403), (
+                    method,
+                    template,
+                )
                 continue
             for headers in ({}, {"X-API-Key": "not-a-key"}):
                 response = client.request(method, path, headers=headers)
@@ -54,13 +63,23 @@ def test_every_route_admits_exactly_the_scopes_of_the_readme_table(api_url: str)
                 response = client.request(method, path, headers={"X-API-Key": key})
                 expected = "admitted" if scope in scopes else "refused"
                 seen = "refused" if response.status_code == 403 else "admitted"
-                assert response.status_code != 401 and seen == expected, (method, template, scope, response.text)
+                assert response.status_code != 401 and seen == expected, (
+                    method,
+                    template,
+                    scope,
+                    response.text,
+                )
 
 
-def test_a_sync_key_reads_the_status_of_sync_tasks_only_and_never_a_traceback(stack: Stack, api_url: str) -> None:
-    sync_task = dispatch.send(stack.producer, SYNC_EMBEDDINGS, {})  # no sync worker yet: it waits, PENDING
+def test_a_sync_key_reads_the_status_of_sync_tasks_only_and_never_a_traceback(
+    stack: Stack, api_url: str
+) -> None:
+    sync_task = dispatch.send(
+        stack.producer, SYNC_EMBEDDINGS, {}
+    )  # no sync worker yet: it waits, PENDING
     other_task = dispatch.send(stack.producer, CANARIES[Queue.CLEANUP], {})
     with httpx.Client(base_url=api_url, timeout=30) as client:
+
         def status(task_id: str, key: str) -> httpx.Response:
             return client.get(f"/api/v1/tasks/status/{task_id}", headers={"X-API-Key": key})
 
@@ -71,7 +90,11 @@ def test_a_sync_key_reads_the_status_of_sync_tasks_only_and_never_a_traceback(st
 
         stack.start_worker(Queue.SYNC)
         failed = dispatch.send(stack.producer, CANARIES[Queue.SYNC], {"fail": True})
-        admin_view: dict[str, Any] = wait_until(lambda: (b := status(failed, ADMIN_KEY).json())["status"] == "FAILURE" and b, 30, "the failure")
+        admin_view: dict[str, Any] = wait_until(
+            lambda: (b := status(failed, ADMIN_KEY).json())["status"] == "FAILURE" and b,
+            30,
+            "the failure",
+        )
         assert "PermanentTaskError" in admin_view["traceback"]
         sync_view = status(failed, SYNC_KEY).json()
         assert sync_view["error"] == admin_view["error"] and sync_view["traceback"] is None

@@ -1,4 +1,5 @@
-"""The task-management API against real workers: status through a task's life, list, revoke (persisted),
+"""The task-management API against real workers: status through a task's life, list, revoke
+(persisted),
 terminate, workers, triggers, and the ledger answering once Redis has forgotten everything."""
 
 from __future__ import annotations
@@ -11,16 +12,11 @@ from typing import Any
 import httpx
 import pytest
 
-from ragcore.tasks import contracts
-
-from ragcore.tasks import dispatch
-
-from ragcore.tasks import ledger
-
 from ragcore.broker import queue_stats as queues
-from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
+from ragcore.tasks import contracts, dispatch, ledger
+from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore_dev.processes import Deployable, wait_until
 from tests.support.stack import ADMIN_KEY, QUERY_KEY, SYNC_KEY, Stack
 
@@ -36,7 +32,8 @@ def api(stack: Stack) -> Iterator[httpx.Client]:
 
 @pytest.fixture(scope="module")
 def cleanup_worker(stack: Stack) -> Deployable:
-    """One prefork process on the cleanup queue: a long canary keeps it busy, the next task waits."""
+    """One prefork process on the cleanup queue: a long canary keeps it busy, the next task
+    waits."""
     return stack.start_worker(Queue.CLEANUP, "--concurrency=1", name="cleanup-a")
 
 
@@ -51,7 +48,9 @@ def _status(api: httpx.Client, task_id: str) -> dict[str, Any]:
     return body
 
 
-def _wait_status(api: httpx.Client, task_id: str, *states: str, timeout: float = 30) -> dict[str, Any]:
+def _wait_status(
+    api: httpx.Client, task_id: str, *states: str, timeout: float = 30
+) -> dict[str, Any]:
     def reached() -> dict[str, Any] | None:
         body = _status(api, task_id)
         return body if body["status"] in states else None
@@ -60,7 +59,9 @@ def _wait_status(api: httpx.Client, task_id: str, *states: str, timeout: float =
 
 
 def _queued_ids(stack: Stack, queue: Queue) -> list[str]:
-    return [json.loads(raw)["headers"]["id"] for raw in stack.redis_client().lrange(queue.value, 0, -1)]
+    return [
+        json.loads(raw)["headers"]["id"] for raw in stack.redis_client().lrange(queue.value, 0, -1)
+    ]
 
 
 def _ledger(task_id: str) -> TaskRecord:
@@ -75,7 +76,11 @@ def test_status_follows_a_task_from_sent_through_progress_to_success(
 ) -> None:
     task_id = _canary(stack, echo="life", sleep_seconds=1.5)
     sent = _status(api, task_id)
-    assert (sent["status"], sent["name"], sent["queue"]) == ("PENDING", CANARIES[Queue.CLEANUP].name, "cleanup")
+    assert (sent["status"], sent["name"], sent["queue"]) == (
+        "PENDING",
+        CANARIES[Queue.CLEANUP].name,
+        "cleanup",
+    )
     assert sent["sent_at"] and sent["started_at"] is None
 
     request.getfixturevalue("cleanup_worker")  # only now does anything consume the queue
@@ -94,41 +99,59 @@ def test_the_status_of_an_id_never_sent_is_404(api: httpx.Client) -> None:
     assert response.status_code == 404 and "never-sent" in response.json()["detail"]
 
 
-def test_a_failure_shows_its_traceback_to_admin_keys_only(stack: Stack, api: httpx.Client, cleanup_worker: Deployable) -> None:
+def test_a_failure_shows_its_traceback_to_admin_keys_only(
+    stack: Stack, api: httpx.Client, cleanup_worker: Deployable
+) -> None:
     task_id = _canary(stack, fail=True)
     admin_view = _wait_status(api, task_id, "FAILURE")
     assert admin_view["error"] == "PermanentTaskError: the canary was asked to fail"
     assert "PermanentTaskError" in admin_view["traceback"]
-    # A query key reads no status; a sync key only the sync tasks' (tests/integration/scopes_test.py).
+    # A query key reads no status; a sync key only the sync tasks'
+    # (tests/integration/scopes_test.py).
     with stack.api(QUERY_KEY) as query, stack.api(SYNC_KEY) as sync:
         assert query.get(f"/api/v1/tasks/status/{task_id}").status_code == 403
         assert sync.get(f"/api/v1/tasks/status/{task_id}").status_code == 403
 
 
-def test_list_shows_an_active_long_task(stack: Stack, api: httpx.Client, cleanup_worker: Deployable) -> None:
+def test_list_shows_an_active_long_task(
+    stack: Stack, api: httpx.Client, cleanup_worker: Deployable
+) -> None:
     task_id = _canary(stack, sleep_seconds=5)
     _wait_status(api, task_id, "PROGRESS")
     listing = api.get("/api/v1/tasks/list").json()
     active = {t["task_id"]: t for t in listing["active"]}
     assert active[task_id]["name"] == CANARIES[Queue.CLEANUP].name
-    assert active[task_id]["worker"] == CLEANUP_WORKER and active[task_id]["kwargs"]["sleep_seconds"] == 5
+    assert (
+        active[task_id]["worker"] == CLEANUP_WORKER
+        and active[task_id]["kwargs"]["sleep_seconds"] == 5
+    )
     assert CLEANUP_WORKER in listing["workers"]
-    api.post(f"/api/v1/tasks/revoke/{task_id}", params={"terminate": True})  # free the worker for the next test
+    api.post(
+        f"/api/v1/tasks/revoke/{task_id}", params={"terminate": True}
+    )  # free the worker for the next test
     _wait_status(api, task_id, "REVOKED")
 
 
-def test_terminate_stops_a_running_task_and_the_worker_goes_on(stack: Stack, api: httpx.Client, cleanup_worker: Deployable) -> None:
+def test_terminate_stops_a_running_task_and_the_worker_goes_on(
+    stack: Stack, api: httpx.Client, cleanup_worker: Deployable
+) -> None:
     task_id = _canary(stack, sleep_seconds=8)
     _wait_status(api, task_id, "PROGRESS")
-    [running] = [t for t in api.get("/api/v1/tasks/list").json()["active"] if t["task_id"] == task_id]
+    [running] = [
+        t for t in api.get("/api/v1/tasks/list").json()["active"] if t["task_id"] == task_id
+    ]
     response = api.post(f"/api/v1/tasks/revoke/{task_id}", params={"terminate": True})
     assert response.status_code == 200, response.text
     assert response.json()["terminated"] is True
 
-    wait_until(lambda: not _alive(running["worker_pid"]), 5, "the pool process running the task to end")
+    wait_until(
+        lambda: not _alive(running["worker_pid"]), 5, "the pool process running the task to end"
+    )
     stopped = _wait_status(api, task_id, "REVOKED")
     assert stopped["revoked"] is True and _ledger(task_id).state == "REVOKED"
-    after = _wait_status(api, _canary(stack, echo="after"), "SUCCESS")  # a fresh pool process took over
+    after = _wait_status(
+        api, _canary(stack, echo="after"), "SUCCESS"
+    )  # a fresh pool process took over
     assert after["result"]["echo"] == "after" and after["result"]["pid"] != running["worker_pid"]
 
 
@@ -140,8 +163,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def test_terminate_on_a_pool_that_cannot_is_409_and_changes_nothing(stack: Stack, api: httpx.Client) -> None:
-    worker = stack.start_worker(Queue.NOTIFICATIONS, "--pool=threads", "--concurrency=1", name="notifications-threads")
+def test_terminate_on_a_pool_that_cannot_is_409_and_changes_nothing(
+    stack: Stack, api: httpx.Client
+) -> None:
+    worker = stack.start_worker(
+        Queue.NOTIFICATIONS, "--pool=threads", "--concurrency=1", name="notifications-threads"
+    )
     task_id = _canary(stack, Queue.NOTIFICATIONS, sleep_seconds=2)
     _wait_status(api, task_id, "PROGRESS")
     response = api.post(f"/api/v1/tasks/revoke/{task_id}", params={"terminate": True})
@@ -152,7 +179,9 @@ def test_terminate_on_a_pool_that_cannot_is_409_and_changes_nothing(stack: Stack
     worker.stop()
 
 
-def test_a_revoked_queued_task_never_runs_even_after_a_worker_restart(stack: Stack, api: httpx.Client) -> None:
+def test_a_revoked_queued_task_never_runs_even_after_a_worker_restart(
+    stack: Stack, api: httpx.Client
+) -> None:
     first = stack.start_worker(Queue.USER, "--concurrency=1", name="user-first")
     busy = _canary(stack, Queue.USER, sleep_seconds=2)
     _wait_status(api, busy, "PROGRESS")
@@ -174,8 +203,12 @@ def test_a_revoked_queued_task_never_runs_even_after_a_worker_restart(stack: Sta
     second.stop()
 
 
-def test_a_worker_that_missed_the_revoke_broadcast_learns_it_from_the_feed(stack: Stack, api: httpx.Client) -> None:
-    worker = stack.start_worker(Queue.USER, "--concurrency=1", name="user-feed", worker_heartbeat_seconds="0.3")
+def test_a_worker_that_missed_the_revoke_broadcast_learns_it_from_the_feed(
+    stack: Stack, api: httpx.Client
+) -> None:
+    worker = stack.start_worker(
+        Queue.USER, "--concurrency=1", name="user-feed", worker_heartbeat_seconds="0.3"
+    )
     busy = _canary(stack, Queue.USER, sleep_seconds=3)
     _wait_status(api, busy, "PROGRESS")
     target = _canary(stack, Queue.USER, echo="must not run")
@@ -187,14 +220,20 @@ def test_a_worker_that_missed_the_revoke_broadcast_learns_it_from_the_feed(stack
     queues.publish_revocation(stack.redis_client(), target)
 
     _wait_status(api, busy, "SUCCESS")
-    wait_until(lambda: _queued_ids(stack, Queue.USER) == [], 30, "the worker to take the revoked task")
+    wait_until(
+        lambda: _queued_ids(stack, Queue.USER) == [], 30, "the worker to take the revoked task"
+    )
     record = _ledger(target)
     assert (record.state, record.started_at) == ("REVOKED", None)
-    assert "revoked through the feed" in worker.logs() and "Discarding revoked task" in worker.logs()
+    assert (
+        "revoked through the feed" in worker.logs() and "Discarding revoked task" in worker.logs()
+    )
     worker.stop()
 
 
-def test_triggers_send_their_tasks_and_answer_202(stack: Stack, api: httpx.Client, cleanup_worker: Deployable) -> None:
+def test_triggers_send_their_tasks_and_answer_202(
+    stack: Stack, api: httpx.Client, cleanup_worker: Deployable
+) -> None:
     expected = {
         "cleanup-cache": contracts.CLEANUP_OLD_CACHE,
         "reset-daily-limits": contracts.RESET_ALL_DAILY_LIMITS,
@@ -213,13 +252,22 @@ def test_triggers_send_their_tasks_and_answer_202(stack: Stack, api: httpx.Clien
         assert api.post(f"/api/v1/tasks/revoke/{sent[path]}").status_code == 200
 
 
-def test_workers_lists_all_four_with_their_queues(stack: Stack, api: httpx.Client, cleanup_worker: Deployable) -> None:
-    started = [stack.start_worker(q, name=f"{q.value}-w") for q in (Queue.SYNC, Queue.NOTIFICATIONS, Queue.USER)]
+def test_workers_lists_all_four_with_their_queues(
+    stack: Stack, api: httpx.Client, cleanup_worker: Deployable
+) -> None:
+    started = [
+        stack.start_worker(q, name=f"{q.value}-w")
+        for q in (Queue.SYNC, Queue.NOTIFICATIONS, Queue.USER)
+    ]
     body = api.get("/api/v1/tasks/workers").json()
     assert body["status"] == "success" and body["total_workers"] == len(body["workers"])
     by_name = {w["name"]: w for w in body["workers"]}
-    hostnames = {Queue.SYNC: "sync-w@test", Queue.NOTIFICATIONS: "notifications-w@test",
-                 Queue.USER: "user-w@test", Queue.CLEANUP: CLEANUP_WORKER}
+    hostnames = {
+        Queue.SYNC: "sync-w@test",
+        Queue.NOTIFICATIONS: "notifications-w@test",
+        Queue.USER: "user-w@test",
+        Queue.CLEANUP: CLEANUP_WORKER,
+    }
     for queue, hostname in hostnames.items():
         assert by_name[hostname]["queues"] == [queue.value]
         assert CANARIES[queue].name in by_name[hostname]["registered_tasks"]
@@ -239,10 +287,18 @@ def test_the_ledger_answers_status_and_history_after_redis_is_flushed(
     stack.redis_client().flushall()
 
     kept = _status(api, task_ids[0])
-    assert (kept["status"], kept["result"]["echo"], kept["worker"]) == ("SUCCESS", "kept 0", CLEANUP_WORKER)
+    assert (kept["status"], kept["result"]["echo"], kept["worker"]) == (
+        "SUCCESS",
+        "kept 0",
+        CLEANUP_WORKER,
+    )
     pages, cursor = [], None
     while True:
-        params: dict[str, str | int] = {"name": CANARIES[Queue.CLEANUP].name, "status": "SUCCESS", "limit": 2}
+        params: dict[str, str | int] = {
+            "name": CANARIES[Queue.CLEANUP].name,
+            "status": "SUCCESS",
+            "limit": 2,
+        }
         if cursor:
             params["cursor"] = cursor
         page = api.get("/api/v1/tasks/history", params=params).json()
@@ -256,10 +312,16 @@ def test_the_ledger_answers_status_and_history_after_redis_is_flushed(
     assert api.get("/api/v1/tasks/history", params={"cursor": "forged"}).status_code == 422
 
 
-def test_a_trigger_with_the_broker_down_is_503_and_leaves_no_task_in_the_ledger(stack: Stack, api: httpx.Client) -> None:
+def test_a_trigger_with_the_broker_down_is_503_and_leaves_no_task_in_the_ledger(
+    stack: Stack, api: httpx.Client
+) -> None:
     def recorded() -> int:
         with session_scope() as session:
-            return session.query(TaskRecord).filter(TaskRecord.name == contracts.CLEANUP_OLD_CACHE.name).count()
+            return (
+                session.query(TaskRecord)
+                .filter(TaskRecord.name == contracts.CLEANUP_OLD_CACHE.name)
+                .count()
+            )
 
     before = recorded()
     stack.redis.stop()
@@ -270,5 +332,12 @@ def test_a_trigger_with_the_broker_down_is_503_and_leaves_no_task_in_the_ledger(
     assert response.status_code == 503 and "unreachable" in response.json()["detail"]
     assert recorded() == before  # never sent, so never shown as waiting
     # The broker is back: the same API process publishes again.
-    again = wait_until(lambda: (r := api.post("/api/v1/tasks/trigger/cleanup-cache")).status_code == 202 and r, 30, "a trigger")
-    assert recorded() == before + 1 and _ledger(again.json()["task_id"]).name == contracts.CLEANUP_OLD_CACHE.name
+    again = wait_until(
+        lambda: (r := api.post("/api/v1/tasks/trigger/cleanup-cache")).status_code == 202 and r,
+        30,
+        "a trigger",
+    )
+    assert (
+        recorded() == before + 1
+        and _ledger(again.json()["task_id"]).name == contracts.CLEANUP_OLD_CACHE.name
+    )

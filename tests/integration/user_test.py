@@ -9,19 +9,17 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from ragcore.tasks import contracts
-
-from ragcore.tasks import dispatch
-
-from ragcore.tasks import ledger
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import Conversation, Message, TaskRecord, User, UserStatistics
+from ragcore.tasks import contracts, dispatch, ledger
 from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore_dev.processes import wait_until
 from tests.support.stack import Stack
 
-TIERS = {"tier_thresholds": '{"free": 0, "pro": 2, "enterprise": 100}',
-         "tier_daily_limits": '{"free": 5, "pro": 50, "enterprise": 500}'}
+TIERS = {
+    "tier_thresholds": '{"free": 0, "pro": 2, "enterprise": 100}',
+    "tier_daily_limits": '{"free": 5, "pro": 50, "enterprise": 500}',
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -30,7 +28,8 @@ def worker(stack: Stack) -> None:
 
 
 def run(stack: Stack, task: contracts.TaskContract, kwargs: dict[str, Any] | None = None) -> Any:
-    """Send by name and wait for the outcome in the ledger (update_user_statistics stores no result)."""
+    """Send by name and wait for the outcome in the ledger (update_user_statistics stores no
+    result)."""
     task_id = dispatch.send(stack.producer, task, kwargs)
 
     def outcome() -> TaskRecord | None:
@@ -49,8 +48,19 @@ def add_message(user_id: str, tokens: int = 10, ms: float = 100.0) -> str:
         if session.get(Conversation, f"conv-{user_id}") is None:
             session.add(Conversation(id=f"conv-{user_id}", user_id=user_id))
             session.flush()
-        session.add(Message(id=message_id, conversation_id=f"conv-{user_id}", user_id=user_id, query="q", answer="a",
-                            sources=[], tokens_used=tokens, processing_time_ms=ms, created_at=utcnow()))
+        session.add(
+            Message(
+                id=message_id,
+                conversation_id=f"conv-{user_id}",
+                user_id=user_id,
+                query="q",
+                answer="a",
+                sources=[],
+                tokens_used=tokens,
+                processing_time_ms=ms,
+                created_at=utcnow(),
+            )
+        )
     return message_id
 
 
@@ -63,8 +73,15 @@ def user(session: Session, user_id: str) -> User:
 
 def add_user(user_id: str, queries_today: int) -> None:
     with session_scope() as session:
-        session.add(User(user_id=user_id, tier="free", daily_limit=5, queries_today=queries_today,
-                         limit_reset_at=utcnow() + timedelta(hours=3)))
+        session.add(
+            User(
+                user_id=user_id,
+                tier="free",
+                daily_limit=5,
+                queries_today=queries_today,
+                limit_reset_at=utcnow() + timedelta(hours=3),
+            )
+        )
 
 
 def test_update_user_statistics_run_twice_for_one_message_counts_it_once(stack: Stack) -> None:
@@ -74,16 +91,26 @@ def test_update_user_statistics_run_twice_for_one_message_counts_it_once(stack: 
     with session_scope() as session:
         stats = session.get(UserStatistics, "stats-user")
         assert stats is not None
-        assert (stats.total_queries, stats.total_tokens, stats.avg_processing_time_ms) == (1, 12, 40.0)
+        assert (stats.total_queries, stats.total_tokens, stats.avg_processing_time_ms) == (
+            1,
+            12,
+            40.0,
+        )
     add_message("stats-user", tokens=8, ms=60.0)
     run(stack, contracts.UPDATE_USER_STATISTICS, {"user_id": "stats-user"})
     with session_scope() as session:
         stats = session.get(UserStatistics, "stats-user")
         assert stats is not None
-        assert (stats.total_queries, stats.total_tokens, stats.avg_processing_time_ms) == (2, 20, 50.0)
+        assert (stats.total_queries, stats.total_tokens, stats.avg_processing_time_ms) == (
+            2,
+            20,
+            50.0,
+        )
 
 
-def test_the_tier_changes_when_the_30_day_threshold_is_crossed_and_sets_the_daily_limit(stack: Stack) -> None:
+def test_the_tier_changes_when_the_30_day_threshold_is_crossed_and_sets_the_daily_limit(
+    stack: Stack,
+) -> None:
     add_message("tier-user")
     assert run(stack, contracts.CALCULATE_USER_TIER, {"user_id": "tier-user"})["tier"] == "free"
     add_message("tier-user")

@@ -11,21 +11,22 @@ import httpx
 import redis
 from celery import Celery
 
-from ragcore.tasks.app import create_app
-from ragcore.tasks.contracts import Queue
 from ragcore.db import create_schema, reset_engines, session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.settings import get_settings
-from ragcore_dev.processes import Deployable, deployable_env, wait_http_ok, wait_until
+from ragcore.tasks.app import create_app
+from ragcore.tasks.contracts import Queue
+from ragcore_dev.processes import Deployable, deployable_env, free_port, wait_http_ok, wait_until
 from ragcore_dev.servers import RedisServer, postgres_database, redis_server
-from ragcore_dev.processes import free_port
 
 ADMIN_KEY, QUERY_KEY, SYNC_KEY = "test-admin-key", "test-query-key", "test-sync-key"
 API_KEYS = f'{{"{ADMIN_KEY}": "admin", "{QUERY_KEY}": "query", "{SYNC_KEY}": "sync"}}'
 
 
 class Stack:
-    def __init__(self, redis_server: RedisServer, database_url: str, settings: dict[str, str]) -> None:
+    def __init__(
+        self, redis_server: RedisServer, database_url: str, settings: dict[str, str]
+    ) -> None:
         self.redis = redis_server
         self.database_url = database_url
         self.settings = settings
@@ -36,10 +37,16 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         return deployable_env(**{**self.settings, **extra})
 
-    def start_worker(self, queue: Queue, *args: str, name: str | None = None, **settings: str) -> Deployable:
+    def start_worker(
+        self, queue: Queue, *args: str, name: str | None = None, **settings: str
+    ) -> Deployable:
         """Start `services.<queue>.worker` and wait until it consumes its queue."""
         hostname = f"{name or queue.value}@test"
-        worker = Deployable(f"services.{queue.value}.worker", self.env(**settings), (f"--hostname={hostname}", *args))
+        worker = Deployable(
+            f"services.{queue.value}.worker",
+            self.env(**settings),
+            (f"--hostname={hostname}", *args),
+        )
         self.deployables.append(worker.start())
         self.wait_consuming(hostname, worker)
         return worker
@@ -68,7 +75,9 @@ class Stack:
 
     def api(self, key: str | None = ADMIN_KEY) -> httpx.Client:
         assert self.api_url, "start_api() first"
-        return httpx.Client(base_url=self.api_url, headers={"X-API-Key": key} if key else {}, timeout=30)
+        return httpx.Client(
+            base_url=self.api_url, headers={"X-API-Key": key} if key else {}, timeout=30
+        )
 
     def redis_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis.url)
@@ -113,7 +122,9 @@ def running_stack(**extra: str) -> Iterator[Stack]:
 
 
 def ledger_record(task_id: str, *states: str, timeout: float = 10) -> TaskRecord:
-    """The task's ledger row once it reaches one of `states` (workers write the ledger in batches)."""
+    """The task's ledger row once it reaches one of `states` (workers write the ledger in
+    batches)."""
+
     def reached() -> TaskRecord | None:
         with session_scope() as session:
             record = session.get(TaskRecord, task_id)
@@ -125,4 +136,3 @@ def ledger_record(task_id: str, *states: str, timeout: float = 10) -> TaskRecord
 def _reset_cached_settings() -> None:
     get_settings.cache_clear()
     reset_engines()
-

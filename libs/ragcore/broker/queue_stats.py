@@ -4,7 +4,8 @@ Celery's Redis transport keeps a queue as Redis lists: one named after the queue
 priority step (`<queue>\\x06\\x16<step>`). A message is pushed on the left and taken from the right,
 so the oldest waiting message is the rightmost; its headers carry the publish time that
 `stamp_sent_at` adds to every task this code base publishes. Which workers consume a queue is their
-heartbeat, kept here by each worker (see ragcore.worker.health), so no broadcast is needed to count them.
+heartbeat, kept here by each worker (see ragcore.worker.health), so no broadcast is needed to count
+them.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from typing import Any
 
 import redis
 
-from ragcore.tasks.contracts import Queue
 from ragcore.redis_clients import redis_client
+from ragcore.tasks.contracts import Queue
 
 SENT_AT_HEADER = "sent_at"
 #: kombu's Redis transport: separator and priority steps (0 is the bare queue name).
@@ -27,7 +28,8 @@ _PRIORITY_STEPS = (3, 6, 9)
 
 _WORKER_KEY = "ragcore:worker:{hostname}"
 _CONSUMERS_KEY = "ragcore:consumers:{queue}"
-#: Each worker's last heartbeat per queue, kept until a live worker re-queues what it held (ragcore.worker.recovery).
+#: Each worker's last heartbeat per queue, kept until a live worker re-queues what it held
+#: (ragcore.worker.recovery).
 BEATS_KEY = "ragcore:beats:{queue}"
 #: The tasks each worker of a queue holds (running or reserved ahead), by worker, as JSON lists.
 _HELD_KEY = "ragcore:held:{queue}"
@@ -58,7 +60,7 @@ def message_sent_at(raw: bytes | str | None) -> float | None:
         value = json.loads(raw)["headers"][SENT_AT_HEADER]
     except (ValueError, KeyError, TypeError):
         return None
-    return float(value) if isinstance(value, (int, float)) else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,9 @@ class QueueStats:
         return not self.consumers
 
 
-def queue_stats(client: redis.Redis, queue: str, heartbeat_ttl: float, now: float | None = None) -> QueueStats:
+def queue_stats(
+    client: redis.Redis, queue: str, heartbeat_ttl: float, now: float | None = None
+) -> QueueStats:
     now = time.time() if now is None else now
     pipe = client.pipeline(transaction=False)
     for name in list_names(queue):
@@ -92,7 +96,8 @@ def queue_stats(client: redis.Redis, queue: str, heartbeat_ttl: float, now: floa
     depth = sum(int(n) for n in replies[0::2])
     stamps = [t for t in (message_sent_at(raw) for raw in replies[1::2]) if t is not None]
     oldest = max(0.0, now - min(stamps)) if depth and stamps else None
-    # A gone worker that held nothing leaves nothing to wait for: only the ones whose tasks wait count.
+    # A gone worker that held nothing leaves nothing to wait for: only the ones whose tasks wait
+    # count.
     lost = [(host.decode(), float(at)) for host, at in lapsed if host in set(holders)]
     return QueueStats(queue, depth, oldest, sorted(c.decode() for c in consumers), int(held), lost)
 
@@ -107,18 +112,28 @@ def heartbeat_ttl(interval_seconds: float) -> float:
     return max(3 * interval_seconds, 15.0)
 
 
-def record_worker(client: redis.Redis, hostname: str, queues: Iterable[str], fields: Mapping[str, Any],
-                  ttl: float, now: float | None = None) -> None:
+def record_worker(
+    client: redis.Redis,
+    hostname: str,
+    queues: Iterable[str],
+    fields: Mapping[str, Any],
+    ttl: float,
+    now: float | None = None,
+) -> None:
     """A worker's heartbeat: its record (with a TTL) and its place among each queue's consumers."""
     now = time.time() if now is None else now
     key = _WORKER_KEY.format(hostname=hostname)
     pipe = client.pipeline(transaction=False)
-    pipe.hset(key, mapping={**{k: json.dumps(v) for k, v in fields.items()}, "heartbeat": json.dumps(now)})
+    pipe.hset(
+        key, mapping={**{k: json.dumps(v) for k, v in fields.items()}, "heartbeat": json.dumps(now)}
+    )
     pipe.expire(key, int(ttl) + 1)
     for queue in queues:
         consumers = _CONSUMERS_KEY.format(queue=queue)
         pipe.zadd(consumers, {hostname: now})
-        pipe.zremrangebyscore(consumers, "-inf", now - ttl)  # forget workers that died without a goodbye
+        pipe.zremrangebyscore(
+            consumers, "-inf", now - ttl
+        )  # forget workers that died without a goodbye
         pipe.zadd(BEATS_KEY.format(queue=queue), {hostname: now})
     pipe.execute()
 
@@ -128,7 +143,9 @@ def forget_worker(client: redis.Redis, hostname: str, queues: Iterable[str]) -> 
     pipe.delete(_WORKER_KEY.format(hostname=hostname))
     for queue in queues:
         pipe.zrem(_CONSUMERS_KEY.format(queue=queue), hostname)
-        pipe.zrem(BEATS_KEY.format(queue=queue), hostname)  # a warm shutdown hands back what it held
+        pipe.zrem(
+            BEATS_KEY.format(queue=queue), hostname
+        )  # a warm shutdown hands back what it held
     pipe.execute()
     for queue in queues:
         note_in_flight(client, queue, hostname, [])
@@ -151,8 +168,11 @@ def live_workers(client: redis.Redis, heartbeat_ttl: float) -> set[str]:
 
 
 def lapsed_workers(client: redis.Redis, queue: str, older_than: float) -> list[tuple[str, float]]:
-    """Workers of `queue` whose last heartbeat is before `older_than` and whose tasks nobody re-queued yet."""
-    rows: list[tuple[bytes, float]] = client.zrangebyscore(BEATS_KEY.format(queue=queue), "-inf", older_than, withscores=True)  # type: ignore[assignment]  # redis-py types both decode modes; ours gives bytes
+    """Workers of `queue` whose last heartbeat is before `older_than` and whose tasks nobody
+    re-queued yet."""
+    rows: list[tuple[bytes, float]] = client.zrangebyscore(
+        BEATS_KEY.format(queue=queue), "-inf", older_than, withscores=True
+    )  # type: ignore[assignment]  # redis-py types both decode modes; ours gives bytes
     return [(host.decode(), float(at)) for host, at in rows]
 
 
@@ -173,7 +193,8 @@ return redis.call('LLEN', KEYS[2])
 
 
 def note_in_flight(client: redis.Redis, queue: str, hostname: str, task_ids: list[str]) -> int:
-    """Record the tasks `hostname` holds of `queue`; returns how many the queue's workers hold in all."""
+    """Record the tasks `hostname` holds of `queue`; returns how many the queue's workers hold in
+    all."""
     keys = [_HELD_KEY.format(queue=queue), IN_FLIGHT_KEY.format(queue=queue)]
     return int(client.eval(_NOTE_IN_FLIGHT, 2, *keys, hostname, json.dumps(sorted(task_ids))))
 
@@ -186,7 +207,8 @@ _STOPPING_KEY = "ragcore:stopping:{hostname}"
 
 
 def note_stopping(client: redis.Redis, hostname: str, ttl: int) -> None:
-    """Tell the tasks of a worker that it is shutting down (its pool processes hear no signal of it)."""
+    """Tell the tasks of a worker that it is shutting down (its pool processes hear no signal of
+    it)."""
     client.set(_STOPPING_KEY.format(hostname=hostname), 1, ex=ttl)
 
 
@@ -199,17 +221,22 @@ def is_stopping(client: redis.Redis, hostname: str) -> bool:
 
 
 def publish_revocation(client: redis.Redis, task_id: str, now: float | None = None) -> None:
-    """Tell running workers, through a feed they poll, that `task_id` is revoked (the ledger keeps it)."""
+    """Tell running workers, through a feed they poll, that `task_id` is revoked (the ledger keeps
+    it)."""
     now = time.time() if now is None else now
     pipe = client.pipeline(transaction=False)
     pipe.zadd(REVOKED_KEY, {task_id: now})
-    pipe.zremrangebyscore(REVOKED_KEY, "-inf", now - 7 * 24 * 3600)  # a starting worker reads the ledger
+    pipe.zremrangebyscore(
+        REVOKED_KEY, "-inf", now - 7 * 24 * 3600
+    )  # a starting worker reads the ledger
     pipe.execute()
 
 
 def revocations_since(client: redis.Redis, since: float) -> tuple[list[str], float]:
     """Task ids revoked at or after `since`, and the time to ask from next."""
-    rows: list[tuple[bytes, float]] = client.zrangebyscore(REVOKED_KEY, since, "+inf", withscores=True)  # type: ignore[assignment]  # redis-py types both decode modes; ours gives bytes
+    rows: list[tuple[bytes, float]] = client.zrangebyscore(
+        REVOKED_KEY, since, "+inf", withscores=True
+    )  # type: ignore[assignment]  # redis-py types both decode modes; ours gives bytes
     ids = [member.decode() for member, _ in rows]
     latest = max((float(score) for _, score in rows), default=since)
     return ids, latest

@@ -8,9 +8,10 @@ import pytest
 import redis
 from celery import Celery
 
+from ragcore.broker import (
+    queue_stats as queues,  # (ledger stamps every publish with its time)
+)
 from ragcore.tasks import ledger  # noqa: F401  (ledger stamps every publish with its time)
-
-from ragcore.broker import queue_stats as queues  # noqa: F401  (ledger stamps every publish with its time)
 from ragcore_dev.servers import redis_server
 
 
@@ -30,23 +31,34 @@ def client(server_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture()
 def producer(server_url: str) -> Iterator[Celery]:
     app = Celery("queues-test", broker=server_url, set_as_current=False)
-    app.conf.broker_transport_options = {"priority_steps": list(range(10)), "queue_order_strategy": "priority"}
+    app.conf.broker_transport_options = {
+        "priority_steps": list(range(10)),
+        "queue_order_strategy": "priority",
+    }
     yield app
     app.close()
 
 
 def _message(sent_at: float) -> bytes:
-    return json.dumps({"body": "", "headers": {"id": str(sent_at), queues.SENT_AT_HEADER: sent_at}}).encode()
+    return json.dumps(
+        {"body": "", "headers": {"id": str(sent_at), queues.SENT_AT_HEADER: sent_at}}
+    ).encode()
 
 
-def test_depth_counts_every_priority_list_and_age_is_the_oldest_message(client: redis.Redis) -> None:
+def test_depth_counts_every_priority_list_and_age_is_the_oldest_message(
+    client: redis.Redis,
+) -> None:
     now = time.time()
     client.lpush("sync", _message(now - 10))
-    client.lpush("sync\x06\x166", _message(now - 100))  # priority 6: a list of its own, older message
+    client.lpush(
+        "sync\x06\x166", _message(now - 100)
+    )  # priority 6: a list of its own, older message
     client.lpush("sync\x06\x166", _message(now - 1))
     stats = queues.queue_stats(client, "sync", heartbeat_ttl=15, now=now)
     assert stats.depth == 3 and stats.oldest_age_seconds == pytest.approx(100)
-    assert queues.queue_stats(client, "notifications", heartbeat_ttl=15) == queues.QueueStats("notifications", 0, None, [])
+    assert queues.queue_stats(client, "notifications", heartbeat_ttl=15) == queues.QueueStats(
+        "notifications", 0, None, []
+    )
 
 
 def test_celery_publishes_carry_their_publish_time(client: redis.Redis, producer: Celery) -> None:
@@ -54,7 +66,9 @@ def test_celery_publishes_carry_their_publish_time(client: redis.Redis, producer
     producer.send_task("t", queue="user", priority=6)
     stats = queues.queue_stats(client, "user", heartbeat_ttl=15)
     assert stats.depth == 1 and client.llen("user\x06\x166") == 1
-    assert queues.message_sent_at(client.lindex("user\x06\x166", -1)) == pytest.approx(before, abs=5)
+    assert queues.message_sent_at(client.lindex("user\x06\x166", -1)) == pytest.approx(
+        before, abs=5
+    )
 
 
 def test_a_message_without_a_publish_time_has_depth_but_no_age(client: redis.Redis) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import pybreaker
@@ -26,14 +26,18 @@ PREFIX = "ragcore:breaker:"
 CLOSED, OPEN, HALF_OPEN = pybreaker.STATE_CLOSED, pybreaker.STATE_OPEN, pybreaker.STATE_HALF_OPEN
 
 # Delete the key only if it still holds our token (atomic compare-and-delete).
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RELEASE = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 class BreakerOpen(RetryLater):
     """The neighbour's breaker is open and this call is not its probe: nothing was sent."""
 
     def __init__(self, neighbour: str) -> None:
-        super().__init__(f"the circuit breaker of {neighbour} is open (it failed repeatedly); waiting for a probe to succeed")
+        super().__init__(
+            f"the circuit breaker of {neighbour} is open (it failed repeatedly); waiting for a probe to succeed"
+        )
         self.neighbour = neighbour
 
 
@@ -45,13 +49,17 @@ class Breaker:
         self._redis = client
         self._probe_key = f"{PREFIX}{neighbour}:probe"
         # A probe that never reports (its worker died) frees the lock after this long.
-        self._probe_ttl = max(1, int(settings.breaker_probe_seconds + settings.http_timeout_seconds))
+        self._probe_ttl = max(
+            1, int(settings.breaker_probe_seconds + settings.http_timeout_seconds)
+        )
         self._cb = pybreaker.CircuitBreaker(
             fail_max=settings.breaker_fail_max,
             reset_timeout=settings.breaker_probe_seconds,
             # An answer the neighbour chose (a 4xx) shows it is up: only retryable failures count.
             exclude=[lambda exc: not is_retryable(exc)],
-            state_storage=pybreaker.CircuitRedisStorage(CLOSED, client, namespace=f"{PREFIX}{neighbour}"),
+            state_storage=pybreaker.CircuitRedisStorage(
+                CLOSED, client, namespace=f"{PREFIX}{neighbour}"
+            ),
             name=neighbour,
             throw_new_error_on_trip=False,  # the caller records the neighbour's own error, not "tripped"
         )
@@ -72,7 +80,9 @@ class Breaker:
         if state == HALF_OPEN:
             return True
         opened_at = self._cb._state_storage.opened_at
-        return opened_at is None or (now or datetime.now(timezone.utc)) >= opened_at + timedelta(seconds=self._cb.reset_timeout)
+        return opened_at is None or (now or datetime.now(UTC)) >= opened_at + timedelta(
+            seconds=self._cb.reset_timeout
+        )
 
     def claim_probe(self, token: str) -> bool:
         """Take the probe lock for `token` (or find it already ours)."""
@@ -82,7 +92,8 @@ class Breaker:
         return held is not None and (held.decode() if isinstance(held, bytes) else held) == token
 
     def call(self, send: Callable[[], T], token: str | None = None) -> tuple[T, bool]:
-        """Run `send` through the breaker; returns its result and whether this call closed the breaker.
+        """Run `send` through the breaker; returns its result and whether this call closed the
+        breaker.
 
         While open, only the holder of the probe lock calls (`token`: a re-drive's probe claim),
         once the probe interval has passed; every other call raises `BreakerOpen` at once.
@@ -90,7 +101,10 @@ class Breaker:
         if self.state == CLOSED:
             return self._cb.call(send), False
         token = token or uuid.uuid4().hex
-        if not (self._redis.get(self._probe_key) == token.encode() or (self.probe_due() and self.claim_probe(token))):
+        if not (
+            self._redis.get(self._probe_key) == token.encode()
+            or (self.probe_due() and self.claim_probe(token))
+        ):
             raise BreakerOpen(self.neighbour)
         try:
             result = self._cb.call(send)

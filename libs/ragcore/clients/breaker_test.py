@@ -22,21 +22,29 @@ def client() -> Iterator[redis.Redis]:
 
 def down() -> int:
     request = httpx.Request("POST", "http://users.test/x")
-    raise httpx.HTTPStatusError("down", request=request, response=httpx.Response(503, request=request))
+    raise httpx.HTTPStatusError(
+        "down", request=request, response=httpx.Response(503, request=request)
+    )
 
 
 def refused() -> int:
     request = httpx.Request("POST", "http://users.test/x")
-    raise httpx.HTTPStatusError("bad", request=request, response=httpx.Response(400, request=request))
+    raise httpx.HTTPStatusError(
+        "bad", request=request, response=httpx.Response(400, request=request)
+    )
 
 
 def trip(breaker: Breaker) -> None:
     for _ in range(SETTINGS.breaker_fail_max):
-        with pytest.raises(httpx.HTTPStatusError):  # the neighbour's own error, also on the call that trips it
+        with pytest.raises(
+            httpx.HTTPStatusError
+        ):  # the neighbour's own error, also on the call that trips it
             breaker.call(down)
 
 
-def test_retryable_failures_open_the_breaker_for_every_process_and_4xx_do_not(client: redis.Redis) -> None:
+def test_retryable_failures_open_the_breaker_for_every_process_and_4xx_do_not(
+    client: redis.Redis,
+) -> None:
     # A long probe interval: on a loaded machine a short one could pass before the assertions run.
     patient = SETTINGS.model_copy(update={"breaker_probe_seconds": 600})
     one, other = Breaker("users", client, patient), Breaker("users", client, patient)
@@ -53,10 +61,14 @@ def test_retryable_failures_open_the_breaker_for_every_process_and_4xx_do_not(cl
     assert Breaker("ingest", client, SETTINGS).state == CLOSED  # per neighbour
 
 
-def test_once_the_probe_interval_passes_one_probe_goes_and_its_success_closes_the_breaker(client: redis.Redis) -> None:
+def test_once_the_probe_interval_passes_one_probe_goes_and_its_success_closes_the_breaker(
+    client: redis.Redis,
+) -> None:
     one, other = Breaker("users", client, SETTINGS), Breaker("users", client, SETTINGS)
     trip(one)
-    time.sleep(SETTINGS.breaker_probe_seconds + 1.1)  # pybreaker stores the opening time in whole seconds
+    time.sleep(
+        SETTINGS.breaker_probe_seconds + 1.1
+    )  # pybreaker stores the opening time in whole seconds
     assert one.probe_due()
     assert one.claim_probe("probe-task")
     assert not other.probe_due() and not other.claim_probe("another-task")

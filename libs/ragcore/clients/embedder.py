@@ -28,7 +28,7 @@ class HashingEmbedder:
 
     def _vector(self, text: str) -> np.ndarray:
         words = _WORD.findall(text.lower())
-        features = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+        features = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
         vec = np.zeros(self.dim, dtype=np.float32)
         for feature in features:
             digest = hashlib.blake2b(feature.encode(), digest_size=8).digest()
@@ -45,14 +45,18 @@ class HashingEmbedder:
 
 
 class OpenAIEmbedder:
-    def __init__(self, client: httpx.Client, base_url: str, model: str, token: str | None = None) -> None:
+    def __init__(
+        self, client: httpx.Client, base_url: str, model: str, token: str | None = None
+    ) -> None:
         self._client = client
         self._url = base_url.rstrip("/") + "/v1/embeddings"
         self._model = model
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        response = self._client.post(self._url, json={"model": self._model, "input": texts}, headers=self._headers)
+        response = self._client.post(
+            self._url, json={"model": self._model, "input": texts}, headers=self._headers
+        )
         response.raise_for_status()
         data = sorted(response.json()["data"], key=lambda d: d["index"])
         return [d["embedding"] for d in data]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -50,7 +50,7 @@ def format_timestamp(moment: datetime) -> str:
     """ISO 8601 in UTC with a `Z`, the form SPEC §5 asks for `since`."""
     if moment.tzinfo is None:
         raise ValueError("a timestamp sent to Ingest needs a timezone")
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _chunk(item: dict[str, Any]) -> Chunk:
@@ -73,7 +73,13 @@ def _chunk(item: dict[str, Any]) -> Chunk:
 class IngestClient:
     """Reads chunks and their vectors from Ingest over a caller-owned httpx client."""
 
-    def __init__(self, client: httpx.Client, base_url: str, token: str | None = None, gate: Breaker | None = None) -> None:
+    def __init__(
+        self,
+        client: httpx.Client,
+        base_url: str,
+        token: str | None = None,
+        gate: Breaker | None = None,
+    ) -> None:
         self._client = client
         self._gate = gate
         self._base = base_url.rstrip("/")
@@ -84,15 +90,20 @@ class IngestClient:
     def _get(self, path: str, params: dict[str, str | int] | None = None) -> Any:
         if self._gate is None:
             return self._fetch(path, params)
-        return self._gate.call(lambda: self._fetch(path, params))[0]  # BreakerOpen while Ingest is down
+        return self._gate.call(lambda: self._fetch(path, params))[
+            0
+        ]  # BreakerOpen while Ingest is down
 
     def _fetch(self, path: str, params: dict[str, str | int] | None) -> Any:
         response = self._client.get(self._base + path, params=params, headers=self._headers)
         response.raise_for_status()
         return orjson.loads(response.content)
 
-    def iter_pages(self, since: datetime | None = None, limit: int = 100, cursor: str | None = None) -> Iterator[Page]:
-        """Yield every page of chunks with `updated_at >= since`, following `next_cursor` (from `cursor`)."""
+    def iter_pages(
+        self, since: datetime | None = None, limit: int = 100, cursor: str | None = None
+    ) -> Iterator[Page]:
+        """Yield every page of chunks with `updated_at >= since`, following `next_cursor` (from
+        `cursor`)."""
         params: dict[str, str | int] = {"limit": limit}
         if since is not None:
             params["since"] = format_timestamp(since)
@@ -101,7 +112,10 @@ class IngestClient:
         while True:
             body = self._get("/api/v1/embeddings", params)
             try:
-                page = Page(items=[_chunk(item) for item in body["items"]], next_cursor=body.get("next_cursor"))
+                page = Page(
+                    items=[_chunk(item) for item in body["items"]],
+                    next_cursor=body.get("next_cursor"),
+                )
             except (KeyError, TypeError) as exc:
                 raise IngestError(f"malformed page from Ingest: {exc!r}") from exc
             yield page

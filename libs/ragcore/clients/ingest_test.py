@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -12,13 +12,13 @@ import redis
 
 from ragcore.clients.breaker import Breaker, BreakerOpen
 from ragcore.clients.embedder import HashingEmbedder
-from ragcore.clients.transport import is_retryable, make_http_client, shared_http_client
 from ragcore.clients.ingest import DocumentNotFound, IngestClient, format_timestamp
+from ragcore.clients.transport import is_retryable, make_http_client, shared_http_client
 from ragcore.settings import Settings
-from ragcore_dev.standins.ingest import IngestApp, start_ingest
 from ragcore_dev.processes import free_port
-from ragcore_dev.standins.server import Running
 from ragcore_dev.servers import redis_server
+from ragcore_dev.standins.ingest import IngestApp, start_ingest
+from ragcore_dev.standins.server import Running
 
 TOKEN = "ingest-secret"
 
@@ -52,7 +52,9 @@ def test_iter_pages_follows_cursors_across_many_pages_and_yields_each_chunk_once
     assert len(pages) == 29  # 200 chunks / 7
     assert [p.next_cursor is None for p in pages] == [False] * 28 + [True]
     assert len({c.id for c in chunks}) == 200
-    assert [(c.updated_at, c.document_id, c.id) for c in chunks] == sorted((c.updated_at, c.document_id, c.id) for c in chunks)
+    assert [(c.updated_at, c.document_id, c.id) for c in chunks] == sorted(
+        (c.updated_at, c.document_id, c.id) for c in chunks
+    )
     assert len(ingest.app.log.entries("/api/v1/embeddings")) == 29
 
 
@@ -63,7 +65,9 @@ def test_chunks_are_parsed_with_aware_timestamps_and_exact_vectors(client: Inges
     assert chunk.metadata["category"] in {"science", "finance", "health", "travel"}
 
 
-def test_since_is_inclusive_and_sent_as_utc_with_z(ingest: Running[IngestApp], client: IngestClient) -> None:
+def test_since_is_inclusive_and_sent_as_utc_with_z(
+    ingest: Running[IngestApp], client: IngestClient
+) -> None:
     everything = [c for p in client.iter_pages(limit=500) for c in p.items]
     pivot = everything[57].updated_at
     tehran = pivot.astimezone(timezone(timedelta(hours=3, minutes=30)))
@@ -75,14 +79,18 @@ def test_since_is_inclusive_and_sent_as_utc_with_z(ingest: Running[IngestApp], c
     assert sent.endswith("Z") and datetime.fromisoformat(sent) == pivot
 
 
-def test_a_since_without_timezone_is_refused_before_any_request(ingest: Running[IngestApp], client: IngestClient) -> None:
+def test_a_since_without_timezone_is_refused_before_any_request(
+    ingest: Running[IngestApp], client: IngestClient
+) -> None:
     with pytest.raises(ValueError, match="timezone"):
         next(client.iter_pages(since=datetime(2024, 1, 1)))
     assert ingest.app.log.count == 0
-    assert format_timestamp(datetime(2024, 1, 1, 12, tzinfo=timezone.utc)) == "2024-01-01T12:00:00Z"
+    assert format_timestamp(datetime(2024, 1, 1, 12, tzinfo=UTC)) == "2024-01-01T12:00:00Z"
 
 
-def test_bearer_token_is_sent_and_a_wrong_one_is_a_permanent_401(ingest: Running[IngestApp]) -> None:
+def test_bearer_token_is_sent_and_a_wrong_one_is_a_permanent_401(
+    ingest: Running[IngestApp],
+) -> None:
     with httpx.Client(timeout=2) as http:
         with pytest.raises(httpx.HTTPStatusError) as caught:
             next(IngestClient(http, ingest.url, "wrong").iter_pages())
@@ -90,7 +98,9 @@ def test_bearer_token_is_sent_and_a_wrong_one_is_a_permanent_401(ingest: Running
     assert not is_retryable(caught.value)
 
 
-def test_document_embeddings_returns_all_chunks_of_the_document(ingest: Running[IngestApp], client: IngestClient) -> None:
+def test_document_embeddings_returns_all_chunks_of_the_document(
+    ingest: Running[IngestApp], client: IngestClient
+) -> None:
     doc = next(iter(ingest.app.corpus.documents().values()))
     chunks = client.document_embeddings(doc.id)
     assert [c.id for c in chunks] == list(doc.chunk_ids)
@@ -107,10 +117,15 @@ def test_unknown_document_raises_document_not_found_which_is_not_retryable(
     assert isinstance(caught.value.__cause__, httpx.HTTPStatusError)
     assert not is_retryable(caught.value.__cause__)
     # The id travels as one escaped path segment.
-    assert ingest.app.log.entries()[-1]["path"] == "/api/v1/documents/no%20such%2Fdoc%3Fx%3D1/embeddings"
+    assert (
+        ingest.app.log.entries()[-1]["path"]
+        == "/api/v1/documents/no%20such%2Fdoc%3Fx%3D1/embeddings"
+    )
 
 
-def test_a_500_mid_feed_is_retryable_and_a_retry_resumes(ingest: Running[IngestApp], client: IngestClient) -> None:
+def test_a_500_mid_feed_is_retryable_and_a_retry_resumes(
+    ingest: Running[IngestApp], client: IngestClient
+) -> None:
     pages = client.iter_pages(limit=50)
     first = next(pages)
     ingest.app.faults.fail(500, times=1)
@@ -119,7 +134,9 @@ def test_a_500_mid_feed_is_retryable_and_a_retry_resumes(ingest: Running[IngestA
     assert caught.value.response.status_code == 500
     assert is_retryable(caught.value)
     # Resuming from the last timestamp seen (inclusive) loses nothing.
-    rest = [c for p in client.iter_pages(since=first.items[-1].updated_at, limit=50) for c in p.items]
+    rest = [
+        c for p in client.iter_pages(since=first.items[-1].updated_at, limit=50) for c in p.items
+    ]
     all_ids = {cid for doc in ingest.app.corpus.documents().values() for cid in doc.chunk_ids}
     assert {c.id for c in first.items} | {c.id for c in rest} == all_ids
 
@@ -164,10 +181,14 @@ def test_shared_http_client_is_reused_in_a_process_and_rebuilt_after_fork() -> N
     os.close(write)
 
 
-def test_behind_its_open_breaker_ingest_gets_no_request_and_the_failure_is_retryable(ingest: Running[IngestApp]) -> None:
+def test_behind_its_open_breaker_ingest_gets_no_request_and_the_failure_is_retryable(
+    ingest: Running[IngestApp],
+) -> None:
     with redis_server() as server, make_http_client(Settings(http_timeout_seconds=2)) as http:
         settings = Settings(breaker_fail_max=2, breaker_probe_seconds=60)
-        client = IngestClient(http, ingest.url, TOKEN, Breaker("ingest", redis.Redis.from_url(server.url), settings))
+        client = IngestClient(
+            http, ingest.url, TOKEN, Breaker("ingest", redis.Redis.from_url(server.url), settings)
+        )
         ingest.app.faults.fail(503, times=2, path="/api/v1/embeddings")
         for _ in range(2):
             with pytest.raises(httpx.HTTPStatusError):

@@ -13,6 +13,7 @@ POOL_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, kee
 
 _process_client: tuple[int, httpx.Client] | None = None
 
+
 class RetryLater(Exception):
     """A failure that a later attempt may not see, though no request was made (an open breaker)."""
 
@@ -23,13 +24,19 @@ RETRYABLE_4XX = frozenset({408, 429})
 
 def make_http_client(settings: Settings) -> httpx.Client:
     """Build a pooled HTTP/1.1 client with the configured timeout."""
-    return httpx.Client(timeout=httpx.Timeout(settings.http_timeout_seconds), limits=POOL_LIMITS, http1=True, http2=False)
+    return httpx.Client(
+        timeout=httpx.Timeout(settings.http_timeout_seconds),
+        limits=POOL_LIMITS,
+        http1=True,
+        http2=False,
+    )
 
 
 def shared_http_client(settings: Settings) -> httpx.Client:
     """Return this process's client, building it on first use.
 
-    Keyed by pid: a Celery prefork child must not reuse the sockets of the parent it was forked from.
+    Keyed by pid: a Celery prefork child must not reuse the sockets of the parent it was forked
+    from.
     """
     global _process_client
     pid = os.getpid()
@@ -39,16 +46,20 @@ def shared_http_client(settings: Settings) -> httpx.Client:
 
 
 def is_retryable(exc: BaseException) -> bool:
-    """True for failures a later attempt may not see: timeouts, network errors, 5xx, 408 and 429 (SPEC §5)."""
+    """True for failures a later attempt may not see: timeouts, network errors, 5xx, 408 and 429
+    (SPEC §5)."""
     if isinstance(exc, RetryLater):
         return True
     if isinstance(exc, httpx.HTTPStatusError):
         return exc.response.status_code >= 500 or exc.response.status_code in RETRYABLE_4XX
-    # RemoteProtocolError is a peer dropping the connection mid-answer; other protocol errors are ours.
-    if isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)):
+    # RemoteProtocolError is a peer dropping the connection mid-answer; other protocol errors are
+    # ours.
+    if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
         return True
-    # qdrant-client's REST errors, recognised by shape so that workers without qdrant-client can import
-    # this module: UnexpectedResponse carries the status, ResponseHandlingException the error it wraps.
+    # qdrant-client's REST errors, recognised by shape so that workers without qdrant-client can
+    # import
+    # this module: UnexpectedResponse carries the status, ResponseHandlingException the error it
+    # wraps.
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         return status >= 500

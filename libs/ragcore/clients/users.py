@@ -29,12 +29,15 @@ class UsersClient:
             self._headers["Authorization"] = f"Bearer {token}"
 
     def _post(self, path: str, payload: dict[str, Any], idempotency_key: str) -> int:
-        """POST and return the status; 409 means Users already has this key, which is success too."""
+        """POST and return the status; 409 means Users already has this key, which is success
+        too."""
         if not idempotency_key:
             raise ValueError("an Idempotency-Key is required")
         headers = {**self._headers, "Idempotency-Key": idempotency_key}
         # orjson also writes datetimes as RFC 3339, which the contract asks for.
-        response = self._client.post(self._base + path, content=orjson.dumps(payload), headers=headers)
+        response = self._client.post(
+            self._base + path, content=orjson.dumps(payload), headers=headers
+        )
         if response.status_code != 409:
             response.raise_for_status()
         return response.status_code

@@ -11,8 +11,8 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from ragcore.clients.transport import POOL_LIMITS
 from ragcore.clients.ingest import Chunk
+from ragcore.clients.transport import POOL_LIMITS
 from ragcore.settings import Settings
 
 # Fixed forever: changing it would orphan every point already written.
@@ -48,7 +48,8 @@ def _filter(filters: dict[str, Any] | None) -> models.Filter | None:
     return models.Filter(
         must=[
             models.FieldCondition(
-                key=field if field == "document_id" else f"metadata.{field}", match=models.MatchValue(value=value)
+                key=field if field == "document_id" else f"metadata.{field}",
+                match=models.MatchValue(value=value),
             )
             for field, value in filters.items()
         ]
@@ -56,7 +57,9 @@ def _filter(filters: dict[str, Any] | None) -> models.Filter | None:
 
 
 def _document_filter(document_id: str) -> models.Filter:
-    return models.Filter(must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))])
+    return models.Filter(
+        must=[models.FieldCondition(key="document_id", match=models.MatchValue(value=document_id))]
+    )
 
 
 def _other_generations(generation: int) -> models.Filter:
@@ -76,8 +79,10 @@ class VectorStore:
         if client is not None:
             self.client = client
         elif settings.qdrant_url:
-            # The server's version banner is not needed, and a stand-in need not serve the exact version.
-            # Explicit limits: for a 127.0.0.1 URL the client would otherwise open a connection per call.
+            # The server's version banner is not needed, and a stand-in need not serve the exact
+            # version.
+            # Explicit limits: for a 127.0.0.1 URL the client would otherwise open a connection per
+            # call.
             self.client = QdrantClient(
                 url=settings.qdrant_url,
                 api_key=settings.qdrant_api_key,
@@ -97,29 +102,37 @@ class VectorStore:
             self.client.close()
 
     def ensure_collection(self) -> None:
-        """Create the collection and its `document_id` index if missing; refuse one of another shape."""
+        """Create the collection and its `document_id` index if missing; refuse one of another
+        shape."""
         if self._ready:
             return
         if not self.client.collection_exists(self.collection):
             try:
                 self.client.create_collection(
-                    self.collection, vectors_config=models.VectorParams(size=self.vector_size, distance=self.distance)
+                    self.collection,
+                    vectors_config=models.VectorParams(
+                        size=self.vector_size, distance=self.distance
+                    ),
                 )
             except (UnexpectedResponse, ValueError):
-                # Another process may have created it between our check and our create; else re-raise.
+                # Another process may have created it between our check and our create; else
+                # re-raise.
                 if not self.client.collection_exists(self.collection):
                     raise
         info = self.client.get_collection(self.collection)
         vectors = info.config.params.vectors
         if not isinstance(vectors, models.VectorParams):
-            raise CollectionMismatch(f"collection {self.collection!r} has named vectors; ragcore expects one unnamed vector")
+            raise CollectionMismatch(
+                f"collection {self.collection!r} has named vectors; ragcore expects one unnamed vector"
+            )
         if vectors.size != self.vector_size or vectors.distance != self.distance:
             raise CollectionMismatch(
                 f"collection {self.collection!r} holds {vectors.size}-dim {vectors.distance.value} vectors, but the "
                 f"settings say {self.vector_size}-dim {self.distance.value}: re-create it or fix RAGCORE_VECTOR_SIZE/RAGCORE_DISTANCE"
             )
         options = self.client.init_options
-        # Local mode has no payload indexes (and warns if asked); a server filters deletions by this one.
+        # Local mode has no payload indexes (and warns if asked); a server filters deletions by this
+        # one.
         local = options.get("path") is not None or options.get("location") == ":memory:"
         indexes = {
             "document_id": models.PayloadSchemaType.KEYWORD,
@@ -160,14 +173,18 @@ class VectorStore:
             )
         if not ids:
             return 0
-        # model_construct skips pydantic's per-float validation, the client's main cost; shapes are checked above.
+        # model_construct skips pydantic's per-float validation, the client's main cost; shapes are
+        # checked above.
         batch = models.Batch.model_construct(ids=ids, vectors=vectors, payloads=payloads)
         self.client.upsert(self.collection, points=batch, wait=wait)
         return len(ids)
 
     def delete_document(self, document_id: str) -> None:
         """Remove every point of one document; a document with no points is not an error."""
-        self.client.delete(self.collection, points_selector=models.FilterSelector(filter=_document_filter(document_id)))
+        self.client.delete(
+            self.collection,
+            points_selector=models.FilterSelector(filter=_document_filter(document_id)),
+        )
 
     def replace_document(self, document_id: str, chunks: list[Chunk], generation: int = 0) -> None:
         """Make the document's points exactly `chunks`: write them first, then remove the ones not
@@ -205,11 +222,18 @@ class VectorStore:
         if points:
             self.client.delete(self.collection, points_selector=models.PointIdsList(points=points))
 
-    def search(self, vector: list[float], top_k: int, filters: dict[str, Any] | None = None) -> list[Hit]:
-        """Nearest chunks; `filters` maps a metadata field (or `document_id`) to the exact value it must hold."""
+    def search(
+        self, vector: list[float], top_k: int, filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
+        """Nearest chunks; `filters` maps a metadata field (or `document_id`) to the exact value it
+        must hold."""
         self._check_vector(vector, "the query vector")
         response = self.client.query_points(
-            self.collection, query=vector, limit=top_k, query_filter=_filter(filters), with_payload=True
+            self.collection,
+            query=vector,
+            limit=top_k,
+            query_filter=_filter(filters),
+            with_payload=True,
         )
         hits = []
         for point in response.points:
@@ -234,7 +258,11 @@ class VectorStore:
         offset: models.ExtendedPointId | None = None
         while True:
             points, offset = self.client.scroll(
-                self.collection, limit=page_size, offset=offset, with_payload=False, with_vectors=False
+                self.collection,
+                limit=page_size,
+                offset=offset,
+                with_payload=False,
+                with_vectors=False,
             )
             for point in points:
                 yield str(point.id)

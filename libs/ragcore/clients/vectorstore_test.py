@@ -12,8 +12,8 @@ import pytest
 
 from ragcore.clients.embedder import HashingEmbedder
 from ragcore.clients.ingest import Chunk, IngestClient
-from ragcore.settings import Settings
 from ragcore.clients.vectorstore import CollectionMismatch, VectorStore, point_id
+from ragcore.settings import Settings
 from ragcore_dev.standins.ingest import Document, start_ingest
 from ragcore_dev.standins.qdrant import start_qdrant
 
@@ -24,7 +24,9 @@ EMBEDDER = HashingEmbedder(384)
 def corpus() -> Iterator[tuple[list[Chunk], dict[str, Document]]]:
     """96 chunks as IngestClient reads them from the stand-in, and the documents they came from."""
     with start_ingest(documents=24, chunks=4, seed=3) as ingest, httpx.Client(timeout=10) as http:
-        chunks = [c for page in IngestClient(http, ingest.url).iter_pages(limit=500) for c in page.items]
+        chunks = [
+            c for page in IngestClient(http, ingest.url).iter_pages(limit=500) for c in page.items
+        ]
         yield chunks, ingest.app.corpus.documents()
 
 
@@ -39,7 +41,9 @@ def settings(request: pytest.FixtureRequest, qdrant_url: str, tmp_path: Path) ->
     collection = f"chunks_{uuid.uuid4().hex[:8]}"
     if request.param == "standin":
         return Settings(qdrant_url=qdrant_url, qdrant_collection=collection)
-    return Settings(qdrant_url=None, qdrant_path=str(tmp_path / "local"), qdrant_collection=collection)
+    return Settings(
+        qdrant_url=None, qdrant_path=str(tmp_path / "local"), qdrant_collection=collection
+    )
 
 
 @pytest.fixture
@@ -65,7 +69,9 @@ def test_point_id_is_a_stable_uuid5_of_the_chunk_id() -> None:
     assert first == "4cb38acf-172a-5a71-98b6-12b94ccac0f2"
 
 
-def test_ensure_collection_twice_is_fine_and_a_server_indexes_document_id(store: VectorStore, settings: Settings) -> None:
+def test_ensure_collection_twice_is_fine_and_a_server_indexes_document_id(
+    store: VectorStore, settings: Settings
+) -> None:
     again = VectorStore(settings, client=store.client)
     again.ensure_collection()
     if settings.qdrant_url:
@@ -73,13 +79,19 @@ def test_ensure_collection_twice_is_fine_and_a_server_indexes_document_id(store:
         assert schema["document_id"].data_type.value == "keyword"
 
 
-def test_a_collection_of_another_vector_size_is_refused_clearly(store: VectorStore, settings: Settings) -> None:
+def test_a_collection_of_another_vector_size_is_refused_clearly(
+    store: VectorStore, settings: Settings
+) -> None:
     other = VectorStore(settings.model_copy(update={"vector_size": 8}), client=store.client)
-    with pytest.raises(CollectionMismatch, match="holds 384-dim Cosine vectors, but the settings say 8-dim"):
+    with pytest.raises(
+        CollectionMismatch, match="holds 384-dim Cosine vectors, but the settings say 8-dim"
+    ):
         other.ensure_collection()
 
 
-def test_reupserting_the_same_chunks_does_not_duplicate(filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
+def test_reupserting_the_same_chunks_does_not_duplicate(
+    filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]
+) -> None:
     assert filled.count() == 96
     edited = replace(corpus[0][0], text="edited text")
     filled.upsert(corpus[0][:10] + [edited])
@@ -88,7 +100,9 @@ def test_reupserting_the_same_chunks_does_not_duplicate(filled: VectorStore, cor
     assert hit.text == "edited text"
 
 
-def test_search_returns_the_chunk_a_query_targets(filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
+def test_search_returns_the_chunk_a_query_targets(
+    filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]
+) -> None:
     for doc in list(corpus[1].values())[:8]:
         for index in range(4):
             hits = filled.search(EMBEDDER.embed([doc.query(index)])[0], 3)
@@ -99,7 +113,9 @@ def test_search_returns_the_chunk_a_query_targets(filled: VectorStore, corpus: t
             assert hits[0].score > hits[1].score
 
 
-def test_filters_match_metadata_fields_and_document_id(filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
+def test_filters_match_metadata_fields_and_document_id(
+    filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]
+) -> None:
     doc = next(d for d in corpus[1].values() if d.category == "science")
     query = EMBEDDER.embed([doc.query(1)])[0]
 
@@ -116,7 +132,9 @@ def test_filters_match_metadata_fields_and_document_id(filled: VectorStore, corp
     assert filled.search(query, 5, {"category": "no-such-category"}) == []
 
 
-def test_delete_document_removes_only_its_points_and_twice_is_fine(filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
+def test_delete_document_removes_only_its_points_and_twice_is_fine(
+    filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]
+) -> None:
     doc = next(iter(corpus[1].values()))
     filled.delete_document(doc.id)
     filled.delete_document(doc.id)
@@ -125,11 +143,16 @@ def test_delete_document_removes_only_its_points_and_twice_is_fine(filled: Vecto
     assert filled.search(EMBEDDER.embed([doc.query(0)])[0], 10, {"document_id": doc.id}) == []
 
 
-def test_replace_document_leaves_exactly_the_new_chunks_and_touches_no_other_document(filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
+def test_replace_document_leaves_exactly_the_new_chunks_and_touches_no_other_document(
+    filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]
+) -> None:
     chunks = corpus[0]
     doc_id = chunks[0].document_id
     old = [c for c in chunks if c.document_id == doc_id]
-    new = [replace(old[0], text="rewritten"), replace(old[1], id=f"{doc_id}/new-chunk")]  # 4 chunks become 2
+    new = [
+        replace(old[0], text="rewritten"),
+        replace(old[1], id=f"{doc_id}/new-chunk"),
+    ]  # 4 chunks become 2
     filled.replace_document(doc_id, new)
     own = filled.search(new[0].vector, 10, {"document_id": doc_id})
     assert sorted(h.chunk_id for h in own) == sorted(c.id for c in new)
@@ -139,13 +162,17 @@ def test_replace_document_leaves_exactly_the_new_chunks_and_touches_no_other_doc
     assert filled.search(new[0].vector, 10, {"document_id": doc_id}) == [] and filled.count() == 92
 
 
-def test_iter_point_ids_lists_every_point_across_scroll_pages(filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
+def test_iter_point_ids_lists_every_point_across_scroll_pages(
+    filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]
+) -> None:
     ids = list(filled.iter_point_ids(page_size=10))
     assert len(ids) == 96
     assert set(ids) == {point_id(c.id) for c in corpus[0]}
 
 
-def test_delete_points_removes_exactly_those_ids(filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
+def test_delete_points_removes_exactly_those_ids(
+    filled: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]
+) -> None:
     gone = [point_id(c.id) for c in corpus[0][:5]]
     filled.delete_points(gone)
     filled.delete_points([])
@@ -168,7 +195,9 @@ def test_points_of_other_generations_are_counted_and_removed_by_filter(
     assert store.count() == 40 and store.count_other_generations(7) == 0
 
 
-def test_wrong_vector_size_is_refused_before_anything_is_written(store: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]) -> None:
+def test_wrong_vector_size_is_refused_before_anything_is_written(
+    store: VectorStore, corpus: tuple[list[Chunk], dict[str, Document]]
+) -> None:
     short = replace(corpus[0][5], vector=[0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="has 3 dimensions, the collection .* holds 384"):
         store.upsert([corpus[0][0], short])

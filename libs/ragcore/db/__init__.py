@@ -1,6 +1,22 @@
 """The database: tables and sessions."""
 
 from ragcore.db.models import Base, utcnow
-from ragcore.db.session import Sessions, create_schema, get_engine, insert_for, reset_engines, session_scope
+from ragcore.db.session import (
+    Sessions,
+    create_schema,
+    get_engine,
+    insert_for,
+    reset_engines,
+    session_scope,
+)
 
-__all__ = ["Base", "Sessions", "create_schema", "get_engine", "insert_for", "reset_engines", "session_scope", "utcnow"]
+__all__ = [
+    "Base",
+    "Sessions",
+    "create_schema",
+    "get_engine",
+    "insert_for",
+    "reset_engines",
+    "session_scope",
+    "utcnow",
+]

@@ -1,4 +1,5 @@
-"""Schema migrations (Alembic): `python -m ragcore.db.migrate [alembic command ...]`, default `upgrade head`.
+"""Schema migrations (Alembic): `python -m ragcore.db.migrate [alembic command ...]`, default
+`upgrade head`.
 
 Every Alembic command works (`current`, `history`, `downgrade base`, `check`,
 `revision --autogenerate -m "..." --rev-id 0002`); the database URL comes from
@@ -41,7 +42,9 @@ def database_url(config: Config) -> str:
 def migration_engine(url: str) -> Engine:
     """One short-lived connection at a time, not the deployables' pool: a migration runs once."""
     parsed = make_url(url)
-    if parsed.drivername == "postgresql":  # as ragcore.db.session: psycopg 3 is the installed driver
+    if (
+        parsed.drivername == "postgresql"
+    ):  # as ragcore.db.session: psycopg 3 is the installed driver
         parsed = parsed.set(drivername="postgresql+psycopg")
     return create_engine(parsed, poolclass=NullPool)
 
@@ -51,12 +54,15 @@ def alembic_config(url: str | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", SCRIPT_LOCATION)
     # ConfigParser interpolation would read "%" in a password as a reference.
-    config.set_main_option("sqlalchemy.url", (url or get_settings().database_url).replace("%", "%%"))
+    config.set_main_option(
+        "sqlalchemy.url", (url or get_settings().database_url).replace("%", "%%")
+    )
     return config
 
 
 def adopt_unversioned_schema(config: Config) -> bool:
-    """Stamp head on a database whose tables a deployable made (`create_schema`) before any migration.
+    """Stamp head on a database whose tables a deployable made (`create_schema`) before any
+    migration.
 
     Deployables still create missing tables at start; one that starts before the migration job, or
     a database from before migrations existed, has every table and no version, and `upgrade` would
@@ -70,7 +76,9 @@ def adopt_unversioned_schema(config: Config) -> bool:
                 return False
             if not set(inspect(conn).get_table_names()) & set(Base.metadata.tables):
                 return False
-            differences = compare_metadata(MigrationContext.configure(conn, opts=COMPARE_OPTIONS), Base.metadata)
+            differences = compare_metadata(
+                MigrationContext.configure(conn, opts=COMPARE_OPTIONS), Base.metadata
+            )
     finally:
         engine.dispose()
     if differences:

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -22,11 +33,11 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("naive datetime given to a UTC column")
-        return value.astimezone(timezone.utc) if value is not None else None
+        return value.astimezone(UTC) if value is not None else None
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
+            return value.replace(tzinfo=UTC)
         return value
 
 
@@ -67,7 +78,8 @@ class FullSyncPage(Base):
 
 
 class SyncEvent(Base):
-    """The durable sync queue: document changes reported by Ingest, drained by process_sync_queue."""
+    """The durable sync queue: document changes reported by Ingest, drained by
+    process_sync_queue."""
 
     __tablename__ = "sync_events"
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
@@ -75,7 +87,9 @@ class SyncEvent(Base):
     action: Mapped[str] = mapped_column(String(16))
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | claimed | done | failed
+    status: Mapped[str] = mapped_column(
+        String(16), default="pending"
+    )  # pending | claimed | done | failed
     attempts: Mapped[int] = mapped_column(default=0)
     available_at: Mapped[datetime] = mapped_column(default=utcnow)  # retry later after a failure
     claimed_by: Mapped[str | None] = mapped_column(String(64))
@@ -85,7 +99,8 @@ class SyncEvent(Base):
 
 
 class SyncDocument(Base):
-    """The newest event applied per document: an older one arriving late would undo it, so it is dropped."""
+    """The newest event applied per document: an older one arriving late would undo it, so it is
+    dropped."""
 
     __tablename__ = "sync_documents"
     document_id: Mapped[str] = mapped_column(String(512), primary_key=True)
@@ -93,11 +108,14 @@ class SyncDocument(Base):
 
 
 class UsageReport(Base):
-    """An hour whose usage statistics Users accepted: never sent again, and where a catch-up resumes."""
+    """An hour whose usage statistics Users accepted: never sent again, and where a catch-up
+    resumes."""
 
     __tablename__ = "usage_reports"
     period_start: Mapped[datetime] = mapped_column(primary_key=True)
-    outcome: Mapped[str] = mapped_column(String(16))  # accepted | refused (for good: an operator re-drives it)
+    outcome: Mapped[str] = mapped_column(
+        String(16)
+    )  # accepted | refused (for good: an operator re-drives it)
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -131,13 +149,19 @@ class Conversation(Base):
 
 
 class Message(Base):
-    """A query and its answer; also the intent of its two reports until the relay sets `reported_at`."""
+    """A query and its answer; also the intent of its two reports until the relay sets
+    `reported_at`."""
 
     __tablename__ = "messages"
-    # The report relay's work list: only unreported messages, so it stays small however many there are.
+    # The report relay's work list: only unreported messages, so it stays small however many there
+    # are.
     __table_args__ = (
-        Index("ix_messages_unreported", "created_at",
-              postgresql_where=text("reported_at IS NULL"), sqlite_where=text("reported_at IS NULL")),
+        Index(
+            "ix_messages_unreported",
+            "created_at",
+            postgresql_where=text("reported_at IS NULL"),
+            sqlite_where=text("reported_at IS NULL"),
+        ),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
@@ -176,16 +200,21 @@ class FailedDelivery(Base):
     payload: Mapped[dict[str, Any]]
     error: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int]
-    status: Mapped[str] = mapped_column(String(16), default="failed")  # waiting | failed | redriven | discarded
+    status: Mapped[str] = mapped_column(
+        String(16), default="failed"
+    )  # waiting | failed | redriven | discarded
     next_attempt_at: Mapped[datetime | None]  # when a waiting delivery is re-driven next
-    waiting_since: Mapped[datetime | None]  # start of its re-drive window (an operator's re-drive restarts it)
+    waiting_since: Mapped[
+        datetime | None
+    ]  # start of its re-drive window (an operator's re-drive restarts it)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     redriven_at: Mapped[datetime | None]
     redrive_task_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class TaskRecord(Base):
-    """The task ledger: every task sent through the contracts or received by a worker, and its lifecycle."""
+    """The task ledger: every task sent through the contracts or received by a worker, and its
+    lifecycle."""
 
     __tablename__ = "task_ledger"
     # History pages are newest first, filtered by name or state: each filter has an index in page
@@ -194,8 +223,12 @@ class TaskRecord(Base):
     __table_args__ = (
         Index("ix_task_ledger_name_sent_at", "name", "sent_at", "task_id"),
         Index("ix_task_ledger_state_sent_at", "state", "sent_at", "task_id"),
-        Index("ix_task_ledger_sent_at_task_id", "sent_at", "task_id",
-              postgresql_include=["name", "state", "run_seconds"]),
+        Index(
+            "ix_task_ledger_sent_at_task_id",
+            "sent_at",
+            "task_id",
+            postgresql_include=["name", "state", "run_seconds"],
+        ),
     )
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     #: Null for an id revoked before any worker received it: unknown until the task shows up.

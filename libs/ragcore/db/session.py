@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from pathlib import Path
-
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, exc
@@ -17,7 +16,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ragcore.db.models import Base
 from ragcore.settings import get_settings
-
 
 _engines: dict[str, Engine] = {}
 
@@ -44,13 +42,16 @@ def _create_engine(url: str) -> Engine:
         return engine
     if parsed.drivername == "postgresql":
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5})
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={"connect_timeout": 5}
+    )
     _never_across_processes(engine)
     return engine
 
 
 def _never_across_processes(engine: Engine) -> None:
-    """A pooled connection inherited through fork (Celery's prefork pool) is never used by the child.
+    """A pooled connection inherited through fork (Celery's prefork pool) is never used by the
+    child.
 
     Two processes on one socket corrupt each other's protocol state ("server closed the connection
     unexpectedly"); SQLAlchemy's recipe: remember the pid per connection, refuse it elsewhere.
@@ -64,7 +65,9 @@ def _never_across_processes(engine: Engine) -> None:
     def _refuse_foreign(dbapi_connection, record, proxy) -> None:  # type: ignore[no-untyped-def]
         if record.info.get("pid") != os.getpid():
             record.dbapi_connection = proxy.dbapi_connection = None
-            raise exc.DisconnectionError(f"connection made in process {record.info.get('pid')}, not {os.getpid()}")
+            raise exc.DisconnectionError(
+                f"connection made in process {record.info.get('pid')}, not {os.getpid()}"
+            )
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]

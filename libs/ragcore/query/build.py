@@ -2,35 +2,47 @@
 
 from __future__ import annotations
 
-
-from ragcore.query.cache import HotCache
 from ragcore.clients.embedder import Embedder, HashingEmbedder, OpenAIEmbedder
 from ragcore.clients.transport import shared_http_client
+from ragcore.clients.vectorstore import VectorStore
+from ragcore.query.cache import HotCache
 from ragcore.query.generator import ChatGenerator, ExtractiveGenerator, Generator
 from ragcore.query.service import QueryService, TolerantHotCache
 from ragcore.redis_clients import redis_client
 from ragcore.settings import Settings
-from ragcore.clients.vectorstore import VectorStore
 
 #: The hot cache is an optimisation: never let a slow Redis hold a query longer than this.
 HOT_CACHE_TIMEOUT_SECONDS = 0.5
 
 
 def make_embedder(settings: Settings) -> Embedder:
-    """The configured OpenAI-compatible endpoint, else the local embedder the Ingest stand-in uses."""
+    """The configured OpenAI-compatible endpoint, else the local embedder the Ingest stand-in
+    uses."""
     if settings.embedding_url:
-        return OpenAIEmbedder(shared_http_client(settings), settings.embedding_url, settings.embedding_model, settings.embedding_token)
+        return OpenAIEmbedder(
+            shared_http_client(settings),
+            settings.embedding_url,
+            settings.embedding_model,
+            settings.embedding_token,
+        )
     return HashingEmbedder(settings.vector_size)
 
 
 def make_generator(settings: Settings) -> Generator:
     """The configured chat endpoint, else the extractive answer that needs no model."""
     if settings.chat_url:
-        return ChatGenerator(shared_http_client(settings), settings.chat_url, settings.chat_model, settings.chat_token)
+        return ChatGenerator(
+            shared_http_client(settings),
+            settings.chat_url,
+            settings.chat_model,
+            settings.chat_token,
+        )
     return ExtractiveGenerator()
 
 
 def build_service(settings: Settings) -> QueryService:
     client = redis_client(settings.cache, read_timeout=HOT_CACHE_TIMEOUT_SECONDS)
     hot = TolerantHotCache(HotCache(client, settings.cache_prefix, settings.cache_ttl_seconds))
-    return QueryService(settings, VectorStore(settings), make_embedder(settings), make_generator(settings), hot)
+    return QueryService(
+        settings, VectorStore(settings), make_embedder(settings), make_generator(settings), hot
+    )

@@ -29,12 +29,21 @@ def data_version(session: Session) -> int:
 def bump_data_version(session: Session) -> None:
     """Called in the transaction of every sync that changed what Qdrant holds."""
     insert = insert_for(session)
-    session.execute(insert(SyncState).values(key=DATA_VERSION_KEY, version=0).on_conflict_do_nothing())
-    session.execute(update(SyncState).where(SyncState.key == DATA_VERSION_KEY).values(version=SyncState.version + 1))
+    session.execute(
+        insert(SyncState).values(key=DATA_VERSION_KEY, version=0).on_conflict_do_nothing()
+    )
+    session.execute(
+        update(SyncState)
+        .where(SyncState.key == DATA_VERSION_KEY)
+        .values(version=SyncState.version + 1)
+    )
 
 
 def cache_key(version: int, query: str, top_k: int, filters: dict[str, Any] | None) -> str:
-    canonical = orjson.dumps({"q": " ".join(query.lower().split()), "k": top_k, "f": filters or {}}, option=orjson.OPT_SORT_KEYS)
+    canonical = orjson.dumps(
+        {"q": " ".join(query.lower().split()), "k": top_k, "f": filters or {}},
+        option=orjson.OPT_SORT_KEYS,
+    )
     return f"v{version}:{hashlib.sha256(canonical).hexdigest()}"
 
 

@@ -76,7 +76,9 @@ class ExtractiveGenerator:
 class ChatGenerator:
     """`POST {base_url}/v1/chat/completions` with the passages as numbered context."""
 
-    def __init__(self, client: httpx.Client, base_url: str, model: str, token: str | None = None) -> None:
+    def __init__(
+        self, client: httpx.Client, base_url: str, model: str, token: str | None = None
+    ) -> None:
         self._client = client
         self._url = base_url.rstrip("/") + "/v1/chat/completions"
         self._model = model
@@ -85,7 +87,9 @@ class ChatGenerator:
     def generate(self, query: str, hits: Sequence[Hit]) -> Generated:
         if not hits:  # nothing to ground an answer in: do not pay a model to say so
             return Generated(NO_PASSAGES, word_count(query, NO_PASSAGES))
-        context = "\n\n".join(f"[{i + 1}] {hit.text}" for i, hit in enumerate(hits[:MAX_CONTEXT_PASSAGES]))
+        context = "\n\n".join(
+            f"[{i + 1}] {hit.text}" for i, hit in enumerate(hits[:MAX_CONTEXT_PASSAGES])
+        )
         body = {
             "model": self._model,
             "temperature": 0,
@@ -100,7 +104,11 @@ class ChatGenerator:
         try:
             answer = str(data["choices"][0]["message"]["content"]).strip()
         except (KeyError, IndexError, TypeError) as exc:
-            raise ValueError(f"chat endpoint answered without choices[0].message.content: {str(data)[:200]}") from exc
+            raise ValueError(
+                f"chat endpoint answered without choices[0].message.content: {str(data)[:200]}"
+            ) from exc
         usage = data.get("usage") or {}
         tokens = usage.get("total_tokens")
-        return Generated(answer, int(tokens) if isinstance(tokens, int) else word_count(query, answer))
+        return Generated(
+            answer, int(tokens) if isinstance(tokens, int) else word_count(query, answer)
+        )

@@ -4,13 +4,13 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from ragcore.clients.vectorstore import Hit
 from ragcore.query.generator import (
     NO_PASSAGES,
     ChatGenerator,
     ExtractiveGenerator,
     word_count,
 )
-from ragcore.clients.vectorstore import Hit
 
 
 def hit(text: str, chunk: str = "c") -> Hit:
@@ -23,7 +23,10 @@ def test_extractive_answer_keeps_the_sentences_that_share_the_querys_words_and_c
         hit("Harbor cranes need safety checks yearly. Nothing else."),
     ]
     generated = ExtractiveGenerator().generate("harbor safety", hits)
-    assert generated.answer == "Harbor safety depends on tides. [1] Harbor cranes need safety checks yearly. [2]"
+    assert (
+        generated.answer
+        == "Harbor safety depends on tides. [1] Harbor cranes need safety checks yearly. [2]"
+    )
     assert generated.tokens_used == word_count("harbor safety", generated.answer)
 
 
@@ -32,12 +35,16 @@ def test_extractive_answer_without_passages_says_so() -> None:
 
 
 def test_extractive_answer_falls_back_to_the_best_passages_opening() -> None:
-    generated = ExtractiveGenerator().generate("zzz", [hit("First sentence. Second one."), hit("Other.")])
+    generated = ExtractiveGenerator().generate(
+        "zzz", [hit("First sentence. Second one."), hit("Other.")]
+    )
     assert generated.answer == "First sentence. [1]"
 
 
 def chat(handler: Callable[[httpx.Request], httpx.Response]) -> ChatGenerator:
-    return ChatGenerator(httpx.Client(transport=httpx.MockTransport(handler)), "http://chat.test/", "m", token="t")
+    return ChatGenerator(
+        httpx.Client(transport=httpx.MockTransport(handler)), "http://chat.test/", "m", token="t"
+    )
 
 
 def test_chat_generator_sends_numbered_passages_and_reports_the_endpoints_usage() -> None:
@@ -45,7 +52,13 @@ def test_chat_generator_sends_numbered_passages_and_reports_the_endpoints_usage(
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"choices": [{"message": {"content": " It is safe [1]. "}}], "usage": {"total_tokens": 42}})
+        return httpx.Response(
+            200,
+            json={
+                "choices": [{"message": {"content": " It is safe [1]. "}}],
+                "usage": {"total_tokens": 42},
+            },
+        )
 
     generated = chat(handler).generate("is the harbor safe?", [hit("Harbor safety is good.")])
     assert (generated.answer, generated.tokens_used) == ("It is safe [1].", 42)
@@ -59,7 +72,9 @@ def test_chat_generator_sends_numbered_passages_and_reports_the_endpoints_usage(
 
 
 def test_chat_generator_without_usage_counts_words() -> None:
-    generator = chat(lambda _: httpx.Response(200, json={"choices": [{"message": {"content": "yes"}}]}))
+    generator = chat(
+        lambda _: httpx.Response(200, json={"choices": [{"message": {"content": "yes"}}]})
+    )
     assert generator.generate("q w", [hit("x")]).tokens_used == 3
 
 

@@ -24,7 +24,9 @@ class LimitExceeded(Exception):
     """The user has used every query of the current window."""
 
     def __init__(self, user_id: str, daily_limit: int, resets_at: datetime) -> None:
-        super().__init__(f"user {user_id!r} reached the daily limit of {daily_limit} queries; it resets at {resets_at.isoformat()}")
+        super().__init__(
+            f"user {user_id!r} reached the daily limit of {daily_limit} queries; it resets at {resets_at.isoformat()}"
+        )
         self.daily_limit = daily_limit
         self.resets_at = resets_at
 
@@ -51,7 +53,9 @@ def usage(session: Session, user_id: str, settings: Settings, now: datetime) -> 
     """The user's standing in the current window (a user never seen has used nothing)."""
     user = session.get(User, user_id)
     if user is None:
-        return Usage(settings.tier_daily_limits[settings.default_tier], 0, next_reset(now, settings.timezone))
+        return Usage(
+            settings.tier_daily_limits[settings.default_tier], 0, next_reset(now, settings.timezone)
+        )
     if user.limit_reset_at is None or user.limit_reset_at <= now:
         return Usage(user.daily_limit, 0, next_reset(now, settings.timezone))
     return Usage(user.daily_limit, user.queries_today, user.limit_reset_at)
@@ -70,7 +74,12 @@ def ensure_user(session: Session, user_id: str, settings: Settings) -> None:
     tier = settings.default_tier
     session.execute(
         insert(User)
-        .values(user_id=user_id, tier=tier, daily_limit=settings.tier_daily_limits[tier], queries_today=0)
+        .values(
+            user_id=user_id,
+            tier=tier,
+            daily_limit=settings.tier_daily_limits[tier],
+            queries_today=0,
+        )
         .on_conflict_do_nothing(index_elements=["user_id"])
     )
 
@@ -82,35 +91,48 @@ def consume(session: Session, user_id: str, settings: Settings, now: datetime) -
     """
     ensure_user(session, user_id, settings)
     expired = _expired(now)
-    counted = cast(CursorResult[Any], session.execute(
-        update(User)
-        .where(User.user_id == user_id, or_(expired, User.queries_today < User.daily_limit))
-        .values(
-            queries_today=case((expired, 1), else_=User.queries_today + 1),
-            limit_reset_at=case((expired, next_reset(now, settings.timezone)), else_=User.limit_reset_at),
-        )
-        .execution_options(synchronize_session=False)
-    )).rowcount
+    counted = cast(
+        CursorResult[Any],
+        session.execute(
+            update(User)
+            .where(User.user_id == user_id, or_(expired, User.queries_today < User.daily_limit))
+            .values(
+                queries_today=case((expired, 1), else_=User.queries_today + 1),
+                limit_reset_at=case(
+                    (expired, next_reset(now, settings.timezone)), else_=User.limit_reset_at
+                ),
+            )
+            .execution_options(synchronize_session=False)
+        ),
+    ).rowcount
     if counted == 0:
-        limit, resets_at = session.execute(select(User.daily_limit, User.limit_reset_at).where(User.user_id == user_id)).one()
+        limit, resets_at = session.execute(
+            select(User.daily_limit, User.limit_reset_at).where(User.user_id == user_id)
+        ).one()
         raise LimitExceeded(user_id, limit, resets_at or next_reset(now, settings.timezone))
 
 
 def reset_user(session: Session, user_id: str, settings: Settings, now: datetime) -> int:
     """Give one user a fresh window; returns 1, or 0 for an unknown user."""
-    return cast(CursorResult[Any], session.execute(
-        update(User)
-        .where(User.user_id == user_id)
-        .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
-        .execution_options(synchronize_session=False)
-    )).rowcount
+    return cast(
+        CursorResult[Any],
+        session.execute(
+            update(User)
+            .where(User.user_id == user_id)
+            .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
+            .execution_options(synchronize_session=False)
+        ),
+    ).rowcount
 
 
 def reset_all(session: Session, settings: Settings, now: datetime) -> int:
     """Give every user who used a query a fresh window: one set-based UPDATE, not a loop."""
-    return cast(CursorResult[Any], session.execute(
-        update(User)
-        .where(User.queries_today != 0)
-        .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
-        .execution_options(synchronize_session=False)
-    )).rowcount
+    return cast(
+        CursorResult[Any],
+        session.execute(
+            update(User)
+            .where(User.queries_today != 0)
+            .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
+            .execution_options(synchronize_session=False)
+        ),
+    ).rowcount

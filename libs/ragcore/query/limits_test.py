@@ -1,4 +1,4 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -10,8 +10,7 @@ from ragcore.db.models import User
 from ragcore.query import limits
 from ragcore.settings import Settings
 
-NOW = datetime(2024, 5, 10, 15, 30, tzinfo=timezone.utc)
-
+NOW = datetime(2024, 5, 10, 15, 30, tzinfo=UTC)
 
 
 def _user(session: Session, user_id: str) -> User:
@@ -25,9 +24,9 @@ def settings() -> Settings:
 
 
 def test_next_reset_is_the_next_midnight_in_the_configured_zone() -> None:
-    assert limits.next_reset(NOW, "UTC") == datetime(2024, 5, 11, tzinfo=timezone.utc)
+    assert limits.next_reset(NOW, "UTC") == datetime(2024, 5, 11, tzinfo=UTC)
     # 15:30 UTC is 17:30 in Berlin (CEST): the next Berlin midnight is 22:00 UTC.
-    assert limits.next_reset(NOW, "Europe/Berlin") == datetime(2024, 5, 10, 22, tzinfo=timezone.utc)
+    assert limits.next_reset(NOW, "Europe/Berlin") == datetime(2024, 5, 10, 22, tzinfo=UTC)
 
 
 def test_a_new_user_gets_the_default_tiers_limit(sessions: Sessions) -> None:
@@ -36,7 +35,7 @@ def test_a_new_user_gets_the_default_tiers_limit(sessions: Sessions) -> None:
     with sessions() as session:
         user = _user(session, "u1")
         assert (user.tier, user.daily_limit, user.queries_today) == ("free", 2, 1)
-        assert user.limit_reset_at == datetime(2024, 5, 11, tzinfo=timezone.utc)
+        assert user.limit_reset_at == datetime(2024, 5, 11, tzinfo=UTC)
 
 
 def test_consume_refuses_past_the_limit_and_says_when_it_resets(sessions: Sessions) -> None:
@@ -46,7 +45,7 @@ def test_consume_refuses_past_the_limit_and_says_when_it_resets(sessions: Sessio
     with pytest.raises(limits.LimitExceeded) as refused, sessions() as session:
         limits.consume(session, "u1", settings(), NOW)
     assert refused.value.daily_limit == 2
-    assert refused.value.resets_at == datetime(2024, 5, 11, tzinfo=timezone.utc)
+    assert refused.value.resets_at == datetime(2024, 5, 11, tzinfo=UTC)
     with pytest.raises(limits.LimitExceeded), sessions() as session:
         limits.check(session, "u1", settings(), NOW)
 
@@ -63,7 +62,9 @@ def test_an_expired_window_resets_lazily_without_beat(sessions: Sessions) -> Non
         assert _user(session, "u1").queries_today == 1
 
 
-def test_reset_all_is_one_update_statement_for_every_user(sessions: Sessions, tmp_path: Path) -> None:
+def test_reset_all_is_one_update_statement_for_every_user(
+    sessions: Sessions, tmp_path: Path
+) -> None:
     for user in ("a", "b", "c"):
         with sessions() as session:
             limits.consume(session, user, settings(), NOW)

@@ -26,18 +26,24 @@ from celery import Celery
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
-from ragcore.tasks import contracts
-
-from ragcore.tasks import ledger
-from ragcore.tasks.contracts import TaskContract
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import Message
+from ragcore.tasks import contracts, ledger
+from ragcore.tasks.contracts import TaskContract
 
 log = logging.getLogger(__name__)
 
 _TASK_IDS = uuid.UUID("6f1d3c2e-8a41-4c55-9b0e-2d7f0a9c5e11")
-_COLUMNS = (Message.id, Message.user_id, Message.conversation_id, Message.query, Message.answer, Message.sources,
-            Message.tokens_used, Message.processing_time_ms)
+_COLUMNS = (
+    Message.id,
+    Message.user_id,
+    Message.conversation_id,
+    Message.query,
+    Message.answer,
+    Message.sources,
+    Message.tokens_used,
+    Message.processing_time_ms,
+)
 
 
 @dataclass(frozen=True)
@@ -56,22 +62,42 @@ def _reports(rows: list[Row[Any]]) -> list[Report]:
     """Both reports of each message (SPEC §2: each is sent after every query), results first."""
     results, statistics = [], []
     for m in rows:
-        fields = {"user_id": m.user_id, "conversation_id": m.conversation_id, "message_id": m.id, "query": m.query,
-                  "answer": m.answer, "sources": m.sources, "tokens_used": m.tokens_used,
-                  "processing_time_ms": m.processing_time_ms}
-        results.append(Report(_task_id(contracts.SEND_QUERY_RESULT, m.id), contracts.SEND_QUERY_RESULT, fields, m.id))
+        fields = {
+            "user_id": m.user_id,
+            "conversation_id": m.conversation_id,
+            "message_id": m.id,
+            "query": m.query,
+            "answer": m.answer,
+            "sources": m.sources,
+            "tokens_used": m.tokens_used,
+            "processing_time_ms": m.processing_time_ms,
+        }
+        results.append(
+            Report(
+                _task_id(contracts.SEND_QUERY_RESULT, m.id),
+                contracts.SEND_QUERY_RESULT,
+                fields,
+                m.id,
+            )
+        )
         stats = contracts.UPDATE_USER_STATISTICS
         statistics.append(Report(_task_id(stats, m.id), stats, {"user_id": m.user_id}, m.id))
     return results + statistics
 
 
 def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_scope) -> int:
-    """Publish the reports of up to `limit` unreported messages, oldest first; returns how many messages."""
+    """Publish the reports of up to `limit` unreported messages, oldest first; returns how many
+    messages."""
     with sessions() as session:
-        rows = list(session.execute(
-            select(*_COLUMNS).where(Message.reported_at.is_(None)).order_by(Message.created_at).limit(limit)
-            .with_for_update(skip_locked=True)
-        ))
+        rows = list(
+            session.execute(
+                select(*_COLUMNS)
+                .where(Message.reported_at.is_(None))
+                .order_by(Message.created_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
         if not rows:
             return 0
         reports = _reports(rows)
@@ -82,9 +108,17 @@ def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_
         with app.producer_or_acquire() as producer:  # one connection for the batch
             for i, report in enumerate(reports):
                 try:
-                    app.send_task(report.contract.name, kwargs=report.kwargs, queue=report.contract.queue.value,
-                                  task_id=report.task_id, headers={ledger.RECORDED_HEADER: True}, producer=producer)
-                except Exception as exc:  # the broker is down: these messages wait for the next round
+                    app.send_task(
+                        report.contract.name,
+                        kwargs=report.kwargs,
+                        queue=report.contract.queue.value,
+                        task_id=report.task_id,
+                        headers={ledger.RECORDED_HEADER: True},
+                        producer=producer,
+                    )
+                except (
+                    Exception
+                ) as exc:  # the broker is down: these messages wait for the next round
                     log.warning("report publish failed, will retry: %s", exc)
                     unpublished = {r.message_id for r in reports[i:]}
                     break
@@ -94,13 +128,18 @@ def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_
     done = [m.id for m in rows if m.id not in unpublished]
     if done:
         with sessions() as session:
-            session.execute(update(Message).where(Message.id.in_(done)).values(reported_at=utcnow())
-                            .execution_options(synchronize_session=False))
+            session.execute(
+                update(Message)
+                .where(Message.id.in_(done))
+                .values(reported_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
     return len(done)
 
 
 def backlog(session: Session) -> tuple[int, datetime | None]:
-    """How many messages wait for their reports, and since when (the relay or the broker is down)."""
+    """How many messages wait for their reports, and since when (the relay or the broker is
+    down)."""
     count, oldest = session.execute(
         select(func.count(), func.min(Message.created_at)).where(Message.reported_at.is_(None))
     ).one()
@@ -111,7 +150,9 @@ class ReportRelay:
     """Publishes pending reports from a background thread every `interval` seconds, in batches;
     then runs `also` (Beat: the re-drive of waiting deliveries) in the same round."""
 
-    def __init__(self, app: Celery, interval: float, also: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self, app: Celery, interval: float, also: Callable[[], object] | None = None
+    ) -> None:
         self._app = app
         self._interval = interval
         self._also = also
@@ -128,7 +169,9 @@ class ReportRelay:
     def _run(self) -> None:
         # Background work: where it shares a host's CPUs (the local stack), the answers come first.
         try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)  # this thread only (Linux)
+            os.setpriority(
+                os.PRIO_PROCESS, threading.get_native_id(), 10
+            )  # this thread only (Linux)
         except (AttributeError, OSError):
             pass
         while not self._stop.wait(self._interval):

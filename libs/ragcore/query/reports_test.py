@@ -9,12 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from ragcore.tasks import contracts
-
-from ragcore.query import reports
-from ragcore.tasks import ledger
 from ragcore.db import Sessions, utcnow
 from ragcore.db.models import Conversation, Message, TaskRecord
+from ragcore.query import reports
+from ragcore.tasks import contracts, ledger
 
 
 class Broker:
@@ -28,10 +26,20 @@ class Broker:
     def producer_or_acquire(self) -> Iterator[None]:
         yield None
 
-    def send_task(self, name: str, kwargs: dict[str, Any], queue: str, task_id: str, headers: dict[str, Any], producer: None) -> None:
+    def send_task(
+        self,
+        name: str,
+        kwargs: dict[str, Any],
+        queue: str,
+        task_id: str,
+        headers: dict[str, Any],
+        producer: None,
+    ) -> None:
         if self.fail_after is not None and len(self.sent) >= self.fail_after:
             raise ConnectionError("broker down")
-        self.sent.append({"name": name, "kwargs": kwargs, "queue": queue, "task_id": task_id, "headers": headers})
+        self.sent.append(
+            {"name": name, "kwargs": kwargs, "queue": queue, "task_id": task_id, "headers": headers}
+        )
 
 
 @pytest.fixture
@@ -41,40 +49,81 @@ def messages(sessions: Sessions) -> list[str]:
     with sessions() as session:
         session.add(Conversation(id="c", user_id="alice", created_at=now, updated_at=now))
         session.flush()
-        for i, (user, reported) in enumerate((("alice", None), ("bob", None), ("alice", None), ("alice", now))):
-            session.add(Message(id=f"m{i}", conversation_id="c", user_id=user, query=f"q{i}", answer=f"a{i}",
-                                sources=[{"document_id": "d", "chunk_id": "d/0", "score": 0.5, "text": "t", "metadata": {}}],
-                                tokens_used=i, processing_time_ms=1.5, created_at=now + timedelta(seconds=i), reported_at=reported))
+        for i, (user, reported) in enumerate(
+            (("alice", None), ("bob", None), ("alice", None), ("alice", now))
+        ):
+            session.add(
+                Message(
+                    id=f"m{i}",
+                    conversation_id="c",
+                    user_id=user,
+                    query=f"q{i}",
+                    answer=f"a{i}",
+                    sources=[
+                        {
+                            "document_id": "d",
+                            "chunk_id": "d/0",
+                            "score": 0.5,
+                            "text": "t",
+                            "metadata": {},
+                        }
+                    ],
+                    tokens_used=i,
+                    processing_time_ms=1.5,
+                    created_at=now + timedelta(seconds=i),
+                    reported_at=reported,
+                )
+            )
     return ["m0", "m1", "m2"]
 
 
 def unreported(sessions: Sessions) -> list[str]:
     with sessions() as session:
-        return list(session.scalars(select(Message.id).where(Message.reported_at.is_(None)).order_by(Message.id)))
+        return list(
+            session.scalars(
+                select(Message.id).where(Message.reported_at.is_(None)).order_by(Message.id)
+            )
+        )
 
 
-def test_each_message_gets_both_reports_recorded_in_the_ledger_before_they_are_published(sessions: Sessions, messages: list[str]) -> None:
+def test_each_message_gets_both_reports_recorded_in_the_ledger_before_they_are_published(
+    sessions: Sessions, messages: list[str]
+) -> None:
     broker = Broker()
     assert reports.publish_pending(broker, sessions=sessions) == 3
     results = [s for s in broker.sent if s["name"] == "send_query_result_to_users"]
     stats = [s for s in broker.sent if s["name"] == "update_user_statistics"]
     assert [r["kwargs"]["message_id"] for r in results] == messages
-    assert set(results[0]["kwargs"]) == {"user_id", "conversation_id", "message_id", "query", "answer", "sources",
-                                         "tokens_used", "processing_time_ms"}
+    assert set(results[0]["kwargs"]) == {
+        "user_id",
+        "conversation_id",
+        "message_id",
+        "query",
+        "answer",
+        "sources",
+        "tokens_used",
+        "processing_time_ms",
+    }
     contracts.SEND_QUERY_RESULT.validate(results[1]["kwargs"])  # what the worker will accept
     assert [s["kwargs"]["user_id"] for s in stats] == ["alice", "bob", "alice"]
-    assert {s["queue"] for s in results} == {"notifications"} and {s["queue"] for s in stats} == {"user"}
+    assert {s["queue"] for s in results} == {"notifications"} and {s["queue"] for s in stats} == {
+        "user"
+    }
     assert unreported(sessions) == []
     with sessions() as session:
         assert reports.backlog(session) == (0, None)
-    with sessions() as session:  # recorded in the ledger (before publishing), so the publisher signal skips them
+    with (
+        sessions() as session
+    ):  # recorded in the ledger (before publishing), so the publisher signal skips them
         recorded = {r.task_id: r.state for r in session.scalars(select(TaskRecord))}
     assert recorded == {s["task_id"]: "PENDING" for s in broker.sent}
     assert all(s["headers"] == {ledger.RECORDED_HEADER: True} for s in broker.sent)
     assert reports.publish_pending(broker, sessions=sessions) == 0 and len(broker.sent) == 6
 
 
-def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_task_ids(sessions: Sessions, messages: list[str]) -> None:
+def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_task_ids(
+    sessions: Sessions, messages: list[str]
+) -> None:
     down = Broker(fail_after=1)
     assert reports.publish_pending(down, sessions=sessions) == 0
     assert [s["kwargs"]["message_id"] for s in down.sent] == ["m0"]
@@ -85,7 +134,11 @@ def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_tas
         assert count == 3 and oldest is not None and (utcnow() - oldest).total_seconds() < 60
     back = Broker()
     assert reports.publish_pending(back, sessions=sessions) == 3
-    assert back.sent[0]["task_id"] == down.sent[0]["task_id"]  # the same task again: Users counts it once
+    assert (
+        back.sent[0]["task_id"] == down.sent[0]["task_id"]
+    )  # the same task again: Users counts it once
     assert unreported(sessions) == []
     with sessions() as session:
-        assert session.query(TaskRecord).count() == 6  # recorded once each, though sent in two rounds
+        assert (
+            session.query(TaskRecord).count() == 6
+        )  # recorded once each, though sent in two rounds

@@ -3,7 +3,8 @@
 That transaction counts the query against the user's limit, stores the conversation and message,
 and records the cached answer. The message row is also the intent of its two reports
 (`send_query_result_to_users`, `update_user_statistics`): stored unreported, it is published by the
-report relay (`ragcore.query.reports`) outside the API, so the reports exist exactly when the message does
+report relay (`ragcore.query.reports`) outside the API, so the reports exist exactly when the
+message does
 and cost the answer nothing.
 """
 
@@ -22,16 +23,16 @@ import redis
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
 
-from ragcore.query.cache import HotCache, cache_key, data_version
-from ragcore.tasks.contracts import Source
+from ragcore.clients.embedder import Embedder
+from ragcore.clients.vectorstore import Hit
 from ragcore.db import Sessions, insert_for, session_scope, utcnow
 from ragcore.db.models import Conversation, Message, QueryCacheEntry
-from ragcore.clients.embedder import Embedder
 from ragcore.query import limits
+from ragcore.query.cache import HotCache, cache_key, data_version
 from ragcore.query.generator import Generator
 from ragcore.query.schema import QueryAnswer, QueryRequest
 from ragcore.settings import Settings
-from ragcore.clients.vectorstore import Hit
+from ragcore.tasks.contracts import Source
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class UpstreamUnavailable(Exception):
 class Searcher(Protocol):
     def ensure_collection(self) -> None: ...
 
-    def search(self, vector: list[float], top_k: int, filters: dict[str, Any] | None = None) -> list[Hit]: ...
+    def search(
+        self, vector: list[float], top_k: int, filters: dict[str, Any] | None = None
+    ) -> list[Hit]: ...
 
 
 class TolerantHotCache:
@@ -115,7 +118,8 @@ class QueryService:
         self._ready_lock = threading.Lock()
 
     def answer(self, request: QueryRequest, reports: bool = True) -> QueryAnswer:
-        """Answer `request` and store it; `reports=False` stores it as reported already (benchmarks only)."""
+        """Answer `request` and store it; `reports=False` stores it as reported already (benchmarks
+        only)."""
         started = time.perf_counter()
         now = utcnow()
         with self._sessions() as session:
@@ -144,11 +148,15 @@ class QueryService:
     def _require_conversation(self, session: Session, user_id: str, conversation_id: str) -> None:
         found = session.scalar(
             select(Conversation.id).where(
-                Conversation.id == conversation_id, Conversation.user_id == user_id, Conversation.archived_at.is_(None)
+                Conversation.id == conversation_id,
+                Conversation.user_id == user_id,
+                Conversation.archived_at.is_(None),
             )
         )
         if found is None:
-            raise ConversationNotFound(f"no open conversation {conversation_id!r} for user {user_id!r}")
+            raise ConversationNotFound(
+                f"no open conversation {conversation_id!r} for user {user_id!r}"
+            )
 
     def _lookup(self, session: Session, request: QueryRequest) -> _Lookup:
         version = data_version(session)
@@ -157,18 +165,36 @@ class QueryService:
             hot = self._hot.get(key)
             if hot is not None:
                 return _Lookup(key, version, hot, True)
-        row = session.scalar(select(QueryCacheEntry.response).where(QueryCacheEntry.cache_key == key))
+        row = session.scalar(
+            select(QueryCacheEntry.response).where(QueryCacheEntry.cache_key == key)
+        )
         return _Lookup(key, version, row, False)
 
     def _compute(self, request: QueryRequest) -> dict[str, Any]:
-        vector = self._call("the embedding service", lambda: self._embedder.embed([request.query])[0])
-        hits: Sequence[Hit] = self._call("the vector store (Qdrant)", lambda: self._search(vector, request))
-        generated = self._call("the chat service", lambda: self._generator.generate(request.query, hits))
+        vector = self._call(
+            "the embedding service", lambda: self._embedder.embed([request.query])[0]
+        )
+        hits: Sequence[Hit] = self._call(
+            "the vector store (Qdrant)", lambda: self._search(vector, request)
+        )
+        generated = self._call(
+            "the chat service", lambda: self._generator.generate(request.query, hits)
+        )
         sources = [
-            {"document_id": h.document_id, "chunk_id": h.chunk_id, "score": h.score, "text": h.text, "metadata": h.metadata}
+            {
+                "document_id": h.document_id,
+                "chunk_id": h.chunk_id,
+                "score": h.score,
+                "text": h.text,
+                "metadata": h.metadata,
+            }
             for h in hits
         ]
-        return {"answer": generated.answer, "sources": sources, "tokens_used": generated.tokens_used}
+        return {
+            "answer": generated.answer,
+            "sources": sources,
+            "tokens_used": generated.tokens_used,
+        }
 
     def _search(self, vector: list[float], request: QueryRequest) -> list[Hit]:
         if not self._store_ready:
@@ -198,21 +224,33 @@ class QueryService:
     ) -> None:
         limits.consume(session, request.user_id, self._settings, now)
         if request.conversation_id is None:
-            session.add(Conversation(id=answer.conversation_id, user_id=request.user_id, created_at=now, updated_at=now))
+            session.add(
+                Conversation(
+                    id=answer.conversation_id,
+                    user_id=request.user_id,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
             session.flush()  # the message's foreign key needs the row
         else:
-            touched = cast(CursorResult[Any], session.execute(
-                update(Conversation)
-                .where(
-                    Conversation.id == answer.conversation_id,
-                    Conversation.user_id == request.user_id,
-                    Conversation.archived_at.is_(None),
-                )
-                .values(updated_at=now)
-                .execution_options(synchronize_session=False)
-            )).rowcount
+            touched = cast(
+                CursorResult[Any],
+                session.execute(
+                    update(Conversation)
+                    .where(
+                        Conversation.id == answer.conversation_id,
+                        Conversation.user_id == request.user_id,
+                        Conversation.archived_at.is_(None),
+                    )
+                    .values(updated_at=now)
+                    .execution_options(synchronize_session=False)
+                ),
+            ).rowcount
             if touched == 0:  # archived since the first look
-                raise ConversationNotFound(f"no open conversation {answer.conversation_id!r} for user {request.user_id!r}")
+                raise ConversationNotFound(
+                    f"no open conversation {answer.conversation_id!r} for user {request.user_id!r}"
+                )
         session.add(
             Message(
                 id=answer.message_id,
@@ -237,6 +275,13 @@ class QueryService:
         else:
             session.execute(
                 insert_for(session)(QueryCacheEntry)
-                .values(cache_key=lookup.key, data_version=lookup.version, query=request.query, response=result, hits=0, created_at=now)
+                .values(
+                    cache_key=lookup.key,
+                    data_version=lookup.version,
+                    query=request.query,
+                    response=result,
+                    hits=0,
+                    created_at=now,
+                )
                 .on_conflict_do_nothing(index_elements=["cache_key"])
             )

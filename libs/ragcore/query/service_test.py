@@ -4,10 +4,10 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
-from ragcore.query.cache import HotCache, bump_data_version
+from ragcore.clients.embedder import HashingEmbedder
+from ragcore.clients.vectorstore import Hit
 from ragcore.db import Sessions
 from ragcore.db.models import Base, Conversation, Message, QueryCacheEntry, User
-from ragcore.clients.embedder import HashingEmbedder
 from ragcore.query import (
     ConversationNotFound,
     ExtractiveGenerator,
@@ -16,11 +16,13 @@ from ragcore.query import (
     QueryService,
     UpstreamUnavailable,
 )
+from ragcore.query.cache import HotCache, bump_data_version
 from ragcore.query.service import TolerantHotCache
 from ragcore.settings import Settings
-from ragcore.clients.vectorstore import Hit
 
-SETTINGS = Settings(vector_size=64, tier_daily_limits={"free": 3}, tier_thresholds={"free": 0}, default_tier="free")
+SETTINGS = Settings(
+    vector_size=64, tier_daily_limits={"free": 3}, tier_thresholds={"free": 0}, default_tier="free"
+)
 
 
 class Store:
@@ -34,7 +36,9 @@ class Store:
     def ensure_collection(self) -> None:
         pass
 
-    def search(self, vector: list[float], top_k: int, filters: dict[str, Any] | None = None) -> list[Hit]:
+    def search(
+        self, vector: list[float], top_k: int, filters: dict[str, Any] | None = None
+    ) -> list[Hit]:
         if self.fail:
             raise ConnectionError("qdrant down")
         self.searches += 1
@@ -57,10 +61,19 @@ class DictRedis:
         self.data[key] = value
 
 
-
 @pytest.fixture
 def store() -> Store:
-    return Store([Hit("doc-1", "doc-1/c0", 0.9, "Harbor safety is checked daily. Cranes are old.", {"category": "x"})])
+    return Store(
+        [
+            Hit(
+                "doc-1",
+                "doc-1/c0",
+                0.9,
+                "Harbor safety is checked daily. Cranes are old.",
+                {"category": "x"},
+            )
+        ]
+    )
 
 
 @pytest.fixture
@@ -71,8 +84,12 @@ def hot() -> DictRedis:
 @pytest.fixture
 def service(sessions: Sessions, store: Store, hot: DictRedis) -> QueryService:
     return QueryService(
-        SETTINGS, store, HashingEmbedder(64), ExtractiveGenerator(),
-        TolerantHotCache(HotCache(cast(redis.Redis, hot), "t:", 60), pause=0.0), sessions=sessions,
+        SETTINGS,
+        store,
+        HashingEmbedder(64),
+        ExtractiveGenerator(),
+        TolerantHotCache(HotCache(cast(redis.Redis, hot), "t:", 60), pause=0.0),
+        sessions=sessions,
     )
 
 
@@ -83,22 +100,33 @@ def count(sessions: Sessions, model: type[Base]) -> int:
 
 def unreported(sessions: Sessions) -> int:
     with sessions() as session:
-        return session.execute(select(func.count()).select_from(Message).where(Message.reported_at.is_(None))).scalar_one()
+        return session.execute(
+            select(func.count()).select_from(Message).where(Message.reported_at.is_(None))
+        ).scalar_one()
 
 
-def test_an_answer_is_stored_as_a_message_whose_reports_are_pending(service: QueryService, sessions: Sessions) -> None:
+def test_an_answer_is_stored_as_a_message_whose_reports_are_pending(
+    service: QueryService, sessions: Sessions
+) -> None:
     answer = service.answer(QueryRequest(user_id="u", query="harbor safety"))
     assert answer.answer == "Harbor safety is checked daily. [1]"
     assert [s.chunk_id for s in answer.sources] == ["doc-1/c0"] and not answer.cached
     with sessions() as session:
         message = session.get(Message, answer.message_id)
         assert message is not None
-        assert message.conversation_id == answer.conversation_id and message.tokens_used == answer.tokens_used
-        assert message.processing_time_ms == answer.processing_time_ms and message.reported_at is None
+        assert (
+            message.conversation_id == answer.conversation_id
+            and message.tokens_used == answer.tokens_used
+        )
+        assert (
+            message.processing_time_ms == answer.processing_time_ms and message.reported_at is None
+        )
         assert message.sources == [s.model_dump(mode="json") for s in answer.sources]
 
 
-def test_a_repeated_query_is_cached_until_the_data_version_changes(service: QueryService, sessions: Sessions, store: Store, hot: DictRedis) -> None:
+def test_a_repeated_query_is_cached_until_the_data_version_changes(
+    service: QueryService, sessions: Sessions, store: Store, hot: DictRedis
+) -> None:
     first = service.answer(QueryRequest(user_id="u", query="harbor safety"))
     again = service.answer(QueryRequest(user_id="u", query="  Harbor   SAFETY "))
     assert again.cached and again.answer == first.answer and again.tokens_used == 0
@@ -113,9 +141,13 @@ def test_a_repeated_query_is_cached_until_the_data_version_changes(service: Quer
         assert sorted(session.scalars(select(QueryCacheEntry.hits))) == [0, 2]
 
 
-def test_a_conversation_continues_and_an_unknown_one_is_refused_before_any_work(service: QueryService, sessions: Sessions, store: Store) -> None:
+def test_a_conversation_continues_and_an_unknown_one_is_refused_before_any_work(
+    service: QueryService, sessions: Sessions, store: Store
+) -> None:
     first = service.answer(QueryRequest(user_id="u", query="harbor"))
-    second = service.answer(QueryRequest(user_id="u", query="cranes", conversation_id=first.conversation_id))
+    second = service.answer(
+        QueryRequest(user_id="u", query="cranes", conversation_id=first.conversation_id)
+    )
     assert second.conversation_id == first.conversation_id
     searches = store.searches
     for user, conversation in (("u", "nope"), ("other-user", first.conversation_id)):
@@ -125,7 +157,9 @@ def test_a_conversation_continues_and_an_unknown_one_is_refused_before_any_work(
     assert count(sessions, Conversation) == 1 and count(sessions, Message) == 2
 
 
-def test_over_the_limit_nothing_is_stored_or_reported(service: QueryService, sessions: Sessions) -> None:
+def test_over_the_limit_nothing_is_stored_or_reported(
+    service: QueryService, sessions: Sessions
+) -> None:
     for i in range(3):
         service.answer(QueryRequest(user_id="u", query=f"q{i}"))
     with pytest.raises(LimitExceeded):
@@ -136,12 +170,16 @@ def test_over_the_limit_nothing_is_stored_or_reported(service: QueryService, ses
         assert user is not None and user.queries_today == 3
 
 
-def test_without_reports_the_message_is_stored_as_reported(service: QueryService, sessions: Sessions) -> None:
+def test_without_reports_the_message_is_stored_as_reported(
+    service: QueryService, sessions: Sessions
+) -> None:
     service.answer(QueryRequest(user_id="u", query="harbor"), reports=False)
     assert count(sessions, Message) == 1 and unreported(sessions) == 0
 
 
-def test_a_vector_store_failure_is_an_upstream_error_and_stores_nothing(service: QueryService, sessions: Sessions, store: Store) -> None:
+def test_a_vector_store_failure_is_an_upstream_error_and_stores_nothing(
+    service: QueryService, sessions: Sessions, store: Store
+) -> None:
     store.fail = True
     with pytest.raises(UpstreamUnavailable, match="vector store"):
         service.answer(QueryRequest(user_id="u", query="harbor"))
@@ -151,4 +189,6 @@ def test_a_vector_store_failure_is_an_upstream_error_and_stores_nothing(service:
 def test_a_redis_outage_only_costs_the_hot_cache(service: QueryService, hot: DictRedis) -> None:
     hot.down = True
     service.answer(QueryRequest(user_id="u", query="harbor"))
-    assert service.answer(QueryRequest(user_id="u", query="harbor")).cached  # from the database record
+    assert service.answer(
+        QueryRequest(user_id="u", query="harbor")
+    ).cached  # from the database record

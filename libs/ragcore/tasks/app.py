@@ -13,12 +13,12 @@ from celery.signals import setup_logging
 from kombu.entity import Queue as KombuQueue
 from pydantic import ValidationError
 
-from ragcore.tasks import contracts
-from ragcore.tasks.contracts import Queue, TaskContract
 from ragcore.clients.transport import is_retryable
 from ragcore.logs import configure_logging
-from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.settings import Settings, get_settings
+from ragcore.tasks import contracts
+from ragcore.tasks.contracts import Queue, TaskContract
+from ragcore.tasks.locks import lock_client, periodic_lock
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ class PermanentTaskError(Exception):
     """A failure that retrying cannot fix (bad arguments, a 4xx from a neighbour)."""
 
 
-def create_app(service: str, settings: Settings | None = None, queues: tuple[Queue, ...] = ()) -> Celery:
+def create_app(
+    service: str, settings: Settings | None = None, queues: tuple[Queue, ...] = ()
+) -> Celery:
     """A Celery app with our reliability defaults; a worker passes the queues it consumes."""
     settings = settings or get_settings()
     if settings.visibility_timeout_seconds <= contracts.longest_time_limit():
@@ -45,7 +47,8 @@ def create_app(service: str, settings: Settings | None = None, queues: tuple[Que
         result_backend=settings.result_backend,
         broker_transport_options=transport,
         # The Redis backend subscribes to each sent task's result before publishing; its default
-        # policy retries that 20 times, a second apart, when Redis is down. Bounded, a publisher (the
+        # policy retries that 20 times, a second apart, when Redis is down. Bounded, a publisher
+        # (the
         # report relay, an API request) fails in well under a second and tries again later.
         result_backend_transport_options={**transport, "retry_policy": _FAIL_FAST},
         broker_connection_retry_on_startup=True,
@@ -82,11 +85,14 @@ def _json_logging(**_: Any) -> None:
 
 
 def will_retry(task: Task, contract: TaskContract, exc: BaseException) -> bool:
-    """Whether `define_task` retries the attempt of `task` that raised `exc` (False: it is the last)."""
+    """Whether `define_task` retries the attempt of `task` that raised `exc` (False: it is the
+    last)."""
     return is_retryable(exc) and task.request.retries < contract.retry.max_retries
 
 
-def define_task(app: Celery, contract: TaskContract, **options: Any) -> Callable[[Callable[..., Any]], Task]:
+def define_task(
+    app: Celery, contract: TaskContract, **options: Any
+) -> Callable[[Callable[..., Any]], Task]:
     """Register `fn` under its contract: name, limits, validated arguments, narrow retries.
 
     Network errors and 5xx are retried with exponential backoff and jitter up to the contract's
@@ -115,7 +121,9 @@ def define_task(app: Celery, contract: TaskContract, **options: Any) -> Callable
                 if will_retry(self, contract, exc):
                     countdown = contract.retry.countdown(self.request.retries, random.random())
                     log.warning("retrying %s in %.1fs: %s", contract.name, countdown, exc)
-                    raise self.retry(exc=exc, countdown=countdown, max_retries=contract.retry.max_retries)
+                    raise self.retry(
+                        exc=exc, countdown=countdown, max_retries=contract.retry.max_retries
+                    )
                 raise
 
         run.__name__ = fn.__name__

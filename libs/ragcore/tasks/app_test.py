@@ -47,8 +47,13 @@ def test_an_exclusive_task_runs_under_its_lock_and_frees_it(app: Celery) -> None
 
 def test_an_exclusive_task_skips_while_another_run_holds_its_lock(app: Celery) -> None:
     exclusive, plain, seen = _runs(app)
-    with periodic_lock(lock_client(), EXCLUSIVE.name, ttl=60) as held, periodic_lock(lock_client(), PLAIN.name, ttl=60):
+    with (
+        periodic_lock(lock_client(), EXCLUSIVE.name, ttl=60) as held,
+        periodic_lock(lock_client(), PLAIN.name, ttl=60),
+    ):
         assert held
         assert exclusive.apply().get() == contracts.SKIPPED
-        assert plain.apply().get() == {"ran": PLAIN.name}  # not exclusive: the lock is not its business
+        assert plain.apply().get() == {
+            "ran": PLAIN.name
+        }  # not exclusive: the lock is not its business
     assert seen == [True]

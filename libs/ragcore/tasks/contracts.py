@@ -40,7 +40,8 @@ NO_NUL = "^[^\\x00]*$"
 
 
 def _state_no_nul(schema: dict[str, Any], *_: Any) -> None:
-    """Every string without a pattern or format of its own gets NO_NUL in the model's JSON schema."""
+    """Every string without a pattern or format of its own gets NO_NUL in the model's JSON
+    schema."""
     if schema.get("type") == "string" and not {"pattern", "format", "enum", "const"} & set(schema):
         schema["pattern"] = NO_NUL
     for value in schema.values():
@@ -49,12 +50,15 @@ def _state_no_nul(schema: dict[str, Any], *_: Any) -> None:
                 _state_no_nul(item)
 
 
-#: RFC 3339, what OpenAPI's "date-time" says; pydantic alone also takes numbers (epoch seconds) and more.
-_RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$")
+#: RFC 3339, what OpenAPI's "date-time" says; pydantic alone also takes numbers (epoch seconds) and
+#: more.
+_RFC3339 = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
+)
 
 
 def _rfc3339(value: Any) -> Any:
-    if isinstance(value, (int, float)) or (isinstance(value, str) and not _RFC3339.fullmatch(value)):
+    if isinstance(value, int | float) or (isinstance(value, str) and not _RFC3339.fullmatch(value)):
         raise ValueError("a time is an RFC 3339 string with a timezone, e.g. 2026-01-01T00:00:00Z")
     return value
 
@@ -154,7 +158,9 @@ class RetryPolicy:
 
     def countdown(self, retries: int, jitter: float) -> float:
         """Exponential backoff, full jitter (jitter in [0, 1))."""
-        return min(self.backoff_max_seconds, self.backoff_base_seconds * 2.0**retries) * (0.5 + jitter / 2)
+        return min(self.backoff_max_seconds, self.backoff_base_seconds * 2.0**retries) * (
+            0.5 + jitter / 2
+        )
 
 
 @dataclass(frozen=True)
@@ -165,7 +171,8 @@ class TaskContract:
     retry: RetryPolicy
     soft_time_limit: int
     time_limit: int
-    #: Whether the result backend holds the task's live state (STARTED) and result. Without it (tasks
+    #: Whether the result backend holds the task's live state (STARTED) and result. Without it
+    #: (tasks
     #: sent per query, which nobody polls) the ledger alone does: status answers from it; each
     #: backend write costs a short task a sizeable share of its throughput.
     store_result: bool = True
@@ -185,10 +192,19 @@ _NONE = RetryPolicy(max_retries=0)
 
 
 def _c(
-    name: str, queue: Queue, args: type[Args], retry: RetryPolicy, soft: int, hard: int, store: bool = True,
-    exclusive: bool = False, neighbour: str | None = None,
+    name: str,
+    queue: Queue,
+    args: type[Args],
+    retry: RetryPolicy,
+    soft: int,
+    hard: int,
+    store: bool = True,
+    exclusive: bool = False,
+    neighbour: str | None = None,
 ) -> TaskContract:
-    return TaskContract(name, queue, args, retry, soft, hard, store, exclusive=exclusive, neighbour=neighbour)
+    return TaskContract(
+        name, queue, args, retry, soft, hard, store, exclusive=exclusive, neighbour=neighbour
+    )
 
 
 #: The neighbours (SPEC §5), each behind its circuit breaker; deliveries go to Users.
@@ -198,30 +214,66 @@ USERS, INGEST = "users", "ingest"
 # The soft limit comes 10 s (short tasks) to 100 s (half-hour ones) before the hard one: room for a
 # task to end cleanly before the kill. Each queue's grace period (deploy/k8s/workers.yaml) is chosen
 # against these hard limits, as the comments per queue below and the one there say.
-# sync: grace 300 s covers the drain and a document; the full sync hands itself back at a page boundary;
+# sync: grace 300 s covers the drain and a document; the full sync hands itself back at a page
+# boundary;
 # an incremental sync cut by the grace period is re-queued (lost-worker detection) and runs again.
 SYNC_EMBEDDINGS = _c("sync_embeddings_task", Queue.SYNC, SyncEmbeddingsArgs, _NET, 1700, 1800)
 PROCESS_SYNC_QUEUE = _c("process_sync_queue", Queue.SYNC, NoArgs, _NONE, 280, 300)
-TRIGGER_FULL_SYNC = _c("trigger_full_sync_task", Queue.SYNC, NoArgs, RetryPolicy(max_retries=1), 3540, 3600)
-DELETE_DOCUMENT_EMBEDDINGS = _c("delete_document_embeddings_task", Queue.SYNC, DocumentArgs, _NET, 110, 120)
+TRIGGER_FULL_SYNC = _c(
+    "trigger_full_sync_task", Queue.SYNC, NoArgs, RetryPolicy(max_retries=1), 3540, 3600
+)
+DELETE_DOCUMENT_EMBEDDINGS = _c(
+    "delete_document_embeddings_task", Queue.SYNC, DocumentArgs, _NET, 110, 120
+)
 
 # notifications: grace 300 s covers every one of these.
-SEND_QUERY_RESULT = _c("send_query_result_to_users", Queue.NOTIFICATIONS, QueryResultArgs, _NET, 50, 60, store=False,
-                       neighbour=USERS)
-SEND_USAGE_STATISTICS = _c("send_usage_statistics", Queue.NOTIFICATIONS, UsageStatisticsArgs, _NET, 280, 300, neighbour=USERS)
-SEND_SYSTEM_NOTIFICATION = _c("send_system_notification", Queue.NOTIFICATIONS, SystemNotificationArgs, _NET, 50, 60,
-                              neighbour=USERS)
+SEND_QUERY_RESULT = _c(
+    "send_query_result_to_users",
+    Queue.NOTIFICATIONS,
+    QueryResultArgs,
+    _NET,
+    50,
+    60,
+    store=False,
+    neighbour=USERS,
+)
+SEND_USAGE_STATISTICS = _c(
+    "send_usage_statistics",
+    Queue.NOTIFICATIONS,
+    UsageStatisticsArgs,
+    _NET,
+    280,
+    300,
+    neighbour=USERS,
+)
+SEND_SYSTEM_NOTIFICATION = _c(
+    "send_system_notification",
+    Queue.NOTIFICATIONS,
+    SystemNotificationArgs,
+    _NET,
+    50,
+    60,
+    neighbour=USERS,
+)
 
 # cleanup: grace 600 s covers all but the conversations' archiving, which is re-queued if cut.
 CLEANUP_OLD_CACHE = _c("cleanup_old_cache", Queue.CLEANUP, NoArgs, _NONE, 540, 600, exclusive=True)
-CLEANUP_QUERY_CACHE = _c("cleanup_query_cache", Queue.CLEANUP, CleanupQueryCacheArgs, _NONE, 540, 600, exclusive=True)
-CLEANUP_OLD_CONVERSATIONS = _c("cleanup_old_conversations", Queue.CLEANUP, CleanupConversationsArgs, _NONE, 1700, 1800)
+CLEANUP_QUERY_CACHE = _c(
+    "cleanup_query_cache", Queue.CLEANUP, CleanupQueryCacheArgs, _NONE, 540, 600, exclusive=True
+)
+CLEANUP_OLD_CONVERSATIONS = _c(
+    "cleanup_old_conversations", Queue.CLEANUP, CleanupConversationsArgs, _NONE, 1700, 1800
+)
 CLEANUP_FAILED_TASKS = _c("cleanup_failed_tasks", Queue.CLEANUP, NoArgs, _NONE, 540, 600)
 
 # user: grace 300 s covers every one of these.
 RESET_USER_DAILY_LIMIT = _c("reset_user_daily_limit", Queue.USER, UserArgs, _NET, 50, 60)
-RESET_ALL_DAILY_LIMITS = _c("reset_all_daily_limits", Queue.USER, NoArgs, _NET, 280, 300, exclusive=True)
-UPDATE_USER_STATISTICS = _c("update_user_statistics", Queue.USER, UserArgs, _NET, 50, 60, store=False)
+RESET_ALL_DAILY_LIMITS = _c(
+    "reset_all_daily_limits", Queue.USER, NoArgs, _NET, 280, 300, exclusive=True
+)
+UPDATE_USER_STATISTICS = _c(
+    "update_user_statistics", Queue.USER, UserArgs, _NET, 50, 60, store=False
+)
 CALCULATE_USER_TIER = _c("calculate_user_tier", Queue.USER, UserArgs, _NET, 50, 60)
 
 #: The 15 tasks of SPEC §2.

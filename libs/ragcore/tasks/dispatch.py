@@ -8,17 +8,20 @@ from typing import Any
 from celery import Celery
 from sqlalchemy import delete
 
-from ragcore.tasks import ledger
-from ragcore.tasks.contracts import TaskContract
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
+from ragcore.tasks import ledger
+from ragcore.tasks.contracts import TaskContract
 
 
 class PublishFailed(ConnectionError):
-    """The task could not be published (the broker, or the result store it subscribes to, is down)."""
+    """The task could not be published (the broker, or the result store it subscribes to, is
+    down)."""
 
 
-def send(app: Celery, contract: TaskContract, kwargs: dict[str, Any] | None = None, **options: Any) -> str:
+def send(
+    app: Celery, contract: TaskContract, kwargs: dict[str, Any] | None = None, **options: Any
+) -> str:
     """Validate the arguments, record the task in the ledger, publish it; return its id."""
     payload = contract.validate(kwargs)
     task_id = options.pop("task_id", None) or str(uuid.uuid4())
@@ -26,10 +29,13 @@ def send(app: Celery, contract: TaskContract, kwargs: dict[str, Any] | None = No
     with session_scope() as session:
         ledger.record_sent(session, task_id, contract, payload)
     try:
-        app.send_task(contract.name, kwargs=payload, queue=contract.queue.value, task_id=task_id, **options)
+        app.send_task(
+            contract.name, kwargs=payload, queue=contract.queue.value, task_id=task_id, **options
+        )
     except Exception as exc:  # never sent: the ledger must not show it as waiting
         with session_scope() as session:
             session.execute(delete(TaskRecord).where(TaskRecord.task_id == task_id))
-        raise PublishFailed(f"could not publish {contract.name}: {type(exc).__name__}: {exc}".strip()) from exc
+        raise PublishFailed(
+            f"could not publish {contract.name}: {type(exc).__name__}: {exc}".strip()
+        ) from exc
     return task_id
-

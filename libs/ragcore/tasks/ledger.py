@@ -1,5 +1,7 @@
-"""The task ledger: a durable record of every task sent through the contracts or received by a worker,
-kept current by the workers' signals, so status outlives Redis results and unknown ids are told apart
+"""The task ledger: a durable record of every task sent through the contracts or received by a
+worker,
+kept current by the workers' signals, so status outlives Redis results and unknown ids are told
+apart
 from pending ones.
 """
 
@@ -13,37 +15,60 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 from celery import Task, signals
 from sqlalchemy import Table, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
-from ragcore.tasks import contracts
-
 from ragcore.broker import queue_stats as queues
-from ragcore.tasks.contracts import TaskContract
 from ragcore.db import insert_for, session_scope, utcnow
 from ragcore.db.models import TaskRecord
+from ragcore.tasks import contracts
+from ragcore.tasks.contracts import TaskContract
 
 log = logging.getLogger(__name__)
 
 #: Celery keeps this many revoked ids in a worker's memory; a starting worker loads as many.
 MAX_REVOKED_IDS = 50_000
-#: A message header of publishers that recorded their tasks themselves (the publisher signal skips them).
+#: A message header of publishers that recorded their tasks themselves (the publisher signal skips
+#: them).
 RECORDED_HEADER = "ragcore_recorded"
 
 
-def record_sent(session: Session, task_id: str, contract: TaskContract, kwargs: dict[str, Any]) -> None:
-    session.add(TaskRecord(task_id=task_id, name=contract.name, queue=contract.queue.value, state="PENDING", kwargs=kwargs))
+def record_sent(
+    session: Session, task_id: str, contract: TaskContract, kwargs: dict[str, Any]
+) -> None:
+    session.add(
+        TaskRecord(
+            task_id=task_id,
+            name=contract.name,
+            queue=contract.queue.value,
+            state="PENDING",
+            kwargs=kwargs,
+        )
+    )
 
 
-def record_sent_many(session: Session, tasks: Sequence[tuple[str, TaskContract, dict[str, Any]]]) -> None:
-    """Record tasks about to be sent in one statement; an id already recorded (sent again) is kept as it is."""
-    rows = [{"task_id": task_id, "name": c.name, "queue": c.queue.value, "state": "PENDING", "kwargs": kwargs}
-            for task_id, c, kwargs in tasks]
-    session.execute(insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), rows)
+def record_sent_many(
+    session: Session, tasks: Sequence[tuple[str, TaskContract, dict[str, Any]]]
+) -> None:
+    """Record tasks about to be sent in one statement; an id already recorded (sent again) is kept
+    as it is."""
+    rows = [
+        {
+            "task_id": task_id,
+            "name": c.name,
+            "queue": c.queue.value,
+            "state": "PENDING",
+            "kwargs": kwargs,
+        }
+        for task_id, c, kwargs in tasks
+    ]
+    session.execute(
+        insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), rows
+    )
 
 
 def get(session: Session, task_id: str) -> TaskRecord | None:
@@ -53,24 +78,39 @@ def get(session: Session, task_id: str) -> TaskRecord | None:
 def _identity(name: str, delivery_info: dict[str, Any] | None) -> dict[str, str]:
     """Name and queue of a task a worker holds: the contract's queue, else the one it came from."""
     contract = contracts.BY_NAME.get(name)
-    queue = contract.queue.value if contract else str((delivery_info or {}).get("routing_key") or "")
-    return {"name": name[:128], "queue": queue[:32]}  # the columns' sizes: another client may send anything
+    queue = (
+        contract.queue.value if contract else str((delivery_info or {}).get("routing_key") or "")
+    )
+    return {
+        "name": name[:128],
+        "queue": queue[:32],
+    }  # the columns' sizes: another client may send anything
 
 
 def record_received(request: Any) -> None:
-    """Record a task that another client sent (Celery's CLI, Flower, a script) when a worker receives it.
+    """Record a task that another client sent (Celery's CLI, Flower, a script) when a worker
+    receives it.
 
     Ragcore's publishers record their tasks when they send them and stamp the message; an unstamped
-    message is another client's. Its row is written at once rather than through the batched writer: a
+    message is another client's. Its row is written at once rather than through the batched writer:
+    a
     pool process may start the task right after and must find the row to update.
     """
     if request.request_dict.get(queues.SENT_AT_HEADER) is not None:
         return
     kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
-    row = {"task_id": request.id, "state": "PENDING", "kwargs": kwargs, **_identity(request.name, request.delivery_info)}
+    row = {
+        "task_id": request.id,
+        "state": "PENDING",
+        "kwargs": kwargs,
+        **_identity(request.name, request.delivery_info),
+    }
     try:
         with session_scope() as session:
-            session.execute(insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), [row])
+            session.execute(
+                insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]),
+                [row],
+            )
     except Exception:  # the ledger must never keep a task from running
         log.exception("task ledger insert failed", extra={"ledger_task_id": request.id})
 
@@ -92,7 +132,9 @@ class _Writer:
         self._hurry = threading.Event()  # set by flush(): write without lingering
         self._pid: int | None = None
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event] = (
+            queue.SimpleQueue()
+        )
 
     def put(self, task_id: str | None, values: dict[str, Any]) -> None:
         if task_id:
@@ -108,7 +150,9 @@ class _Writer:
         done.wait(timeout)
 
     def _started(self) -> queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event]:
-        if self._pid != os.getpid():  # first use in this process (a prefork child inherits no thread)
+        if (
+            self._pid != os.getpid()
+        ):  # first use in this process (a prefork child inherits no thread)
             with self._lock:
                 if self._pid != os.getpid():
                     self._queue = queue.SimpleQueue()
@@ -120,7 +164,8 @@ class _Writer:
     def _run(self) -> None:
         while True:
             items = [self._queue.get()]
-            # One wait for the whole batch, not a wake-up per update (each would take the GIL from the task).
+            # One wait for the whole batch, not a wake-up per update (each would take the GIL from
+            # the task).
             self._hurry.wait(self._linger)
             self._hurry.clear()
             while True:
@@ -150,9 +195,15 @@ def _write(updates: list[tuple[str, dict[str, Any]]]) -> None:
     try:
         with session_scope() as session:
             for columns, rows in shapes.items():  # one executemany per set of columns
-                # Name and queue only fill what is unknown (an id revoked before any worker received it).
-                values = {c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c) for c in columns}
-                statement = update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
+                # Name and queue only fill what is unknown (an id revoked before any worker received
+                # it).
+                values = {
+                    c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c)
+                    for c in columns
+                }
+                statement = (
+                    update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
+                )
                 session.execute(statement, rows)
     except Exception:  # the ledger must never fail a task (nor stop the writer thread)
         log.exception("task ledger update failed", extra={"ledger_task_ids": list(merged)[:20]})
@@ -195,8 +246,10 @@ def report_progress(task: Task, done: int, total: int, **extra: Any) -> None:
 
 # -- revocation ---------------------------------------------------------------------------------
 
+
 def mark_revoked(record: TaskRecord) -> None:
-    """Persist a revocation: a waiting task is revoked now; a running one keeps its state until it ends."""
+    """Persist a revocation: a waiting task is revoked now; a running one keeps its state until it
+    ends."""
     record.revoked = True
     if record.state in ("PENDING", "RETRY"):
         record.state = "REVOKED"
@@ -204,14 +257,25 @@ def mark_revoked(record: TaskRecord) -> None:
 
 
 def record_revoked_unseen(session: Session, task_id: str) -> None:
-    """Revoke an id no worker has received yet; the worker that discards it fills in name and queue."""
-    row: dict[str, Any] = {"task_id": task_id, "name": None, "queue": None, "state": "REVOKED", "kwargs": {}, "revoked": True,
-           "finished_at": utcnow()}
-    session.execute(insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), [row])
+    """Revoke an id no worker has received yet; the worker that discards it fills in name and
+    queue."""
+    row: dict[str, Any] = {
+        "task_id": task_id,
+        "name": None,
+        "queue": None,
+        "state": "REVOKED",
+        "kwargs": {},
+        "revoked": True,
+        "finished_at": utcnow(),
+    }
+    session.execute(
+        insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), [row]
+    )
 
 
 def revoked_ids(session: Session, limit: int = MAX_REVOKED_IDS) -> list[str]:
-    """The most recently sent revoked tasks that may still wait in a queue (for a starting worker)."""
+    """The most recently sent revoked tasks that may still wait in a queue (for a starting
+    worker)."""
     query = (
         select(TaskRecord.task_id)
         .where(TaskRecord.revoked.is_(True), TaskRecord.state.not_in(("SUCCESS", "FAILURE")))
@@ -227,7 +291,7 @@ def revoked_ids(session: Session, limit: int = MAX_REVOKED_IDS) -> list[str]:
 #: shape the OpenAPI document can state whole: every string it admits is a cursor the ledger can use
 #: (16 digits reach the year 2286).
 CURSOR_PATTERN = r"^[0-9]{1,16}\.[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}$"
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def encode_cursor(record: TaskRecord) -> str:
@@ -243,8 +307,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def history(
-    session: Session, *, name: str | None = None, state: str | None = None, since: datetime | None = None,
-    limit: int = 50, cursor: str | None = None,
+    session: Session,
+    *,
+    name: str | None = None,
+    state: str | None = None,
+    since: datetime | None = None,
+    limit: int = 50,
+    cursor: str | None = None,
 ) -> tuple[list[TaskRecord], str | None]:
     """Tasks newest first, filtered; the cursor of the next page, or None on the last one."""
     query = select(TaskRecord)
@@ -261,12 +330,17 @@ def history(
         # A row comparison: the index on (…, sent_at, task_id) starts right after the cursor.
         after = tuple_(TaskRecord.sent_at, TaskRecord.task_id) < tuple_(sent_at, task_id)
         query = query.where(after)
-    rows = list(session.scalars(query.order_by(TaskRecord.sent_at.desc(), TaskRecord.task_id.desc()).limit(limit + 1)))
+    rows = list(
+        session.scalars(
+            query.order_by(TaskRecord.sent_at.desc(), TaskRecord.task_id.desc()).limit(limit + 1)
+        )
+    )
     next_cursor = encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
 
 
 # -- aggregates for metrics ---------------------------------------------------------------------
+
 
 def last_success(session: Session, name: str) -> TaskRecord | None:
     """The most recently sent run of task `name` that succeeded (its result, when it finished)."""
@@ -281,7 +355,8 @@ def last_success(session: Session, name: str) -> TaskRecord | None:
 
 @dataclass(frozen=True)
 class Durations:
-    """How long the finished tasks of one name ran: cumulative counts per upper bound, sum, count."""
+    """How long the finished tasks of one name ran: cumulative counts per upper bound, sum,
+    count."""
 
     name: str
     buckets: list[tuple[float, int]]
@@ -306,8 +381,14 @@ def window(session: Session, since: datetime, bounds: Sequence[float]) -> Window
     run = TaskRecord.run_seconds
     columns = [func.count(run).filter(run <= b) for b in bounds]
     query = (
-        select(TaskRecord.name, TaskRecord.state, func.count(), func.count(run),
-               func.coalesce(func.sum(run), 0.0), *columns)
+        select(
+            TaskRecord.name,
+            TaskRecord.state,
+            func.count(),
+            func.count(run),
+            func.coalesce(func.sum(run), 0.0),
+            *columns,
+        )
         # Ids revoked before any worker saw them have no name: not a task anyone ran.
         .where(TaskRecord.sent_at >= since, TaskRecord.name.is_not(None))
         .group_by(TaskRecord.name, TaskRecord.state)
@@ -318,14 +399,20 @@ def window(session: Session, since: datetime, bounds: Sequence[float]) -> Window
         counts.append((str(name), state, int(count)))
         if finished:
             before = runs.get(str(name), (0, 0.0, [0] * len(bounds)))
-            runs[str(name)] = (before[0] + int(finished), before[1] + float(total or 0.0),
-                               [a + int(b) for a, b in zip(before[2], cumulative)])
-    durations = [Durations(name, list(zip(bounds, cumulative)), total, count)
-                 for name, (count, total, cumulative) in runs.items()]
+            runs[str(name)] = (
+                before[0] + int(finished),
+                before[1] + float(total or 0.0),
+                [a + int(b) for a, b in zip(before[2], cumulative, strict=False)],
+            )
+    durations = [
+        Durations(name, list(zip(bounds, cumulative, strict=False)), total, count)
+        for name, (count, total, cumulative) in runs.items()
+    ]
     return Window(counts, durations)
 
 
 # -- signals ------------------------------------------------------------------------------------
+
 
 @signals.before_task_publish.connect(weak=False, dispatch_uid="ledger.stamp_sent_at")
 def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
@@ -362,13 +449,27 @@ def connect_worker_signals() -> None:
     def _succeeded(sender: Any, result: Any, **_: Any) -> None:
         stored = result if isinstance(result, dict) else {"value": result}
         task_id = sender.request.id
-        _update(sender, task_id, state="SUCCESS", finished_at=utcnow(), result=stored, error=None,
-                **_run_seconds(task_id))
+        _update(
+            sender,
+            task_id,
+            state="SUCCESS",
+            finished_at=utcnow(),
+            result=stored,
+            error=None,
+            **_run_seconds(task_id),
+        )
 
     @signals.task_failure.connect(weak=False, dispatch_uid="ledger.task_failure")
     def _failed(sender: Any, task_id: str, exception: BaseException, einfo: Any, **_: Any) -> None:
-        _update(sender, task_id, state="FAILURE", finished_at=utcnow(), error=f"{type(exception).__name__}: {exception}",
-                traceback=str(einfo), **_run_seconds(task_id))
+        _update(
+            sender,
+            task_id,
+            state="FAILURE",
+            finished_at=utcnow(),
+            error=f"{type(exception).__name__}: {exception}",
+            traceback=str(einfo),
+            **_run_seconds(task_id),
+        )
 
     @signals.task_received.connect(weak=False, dispatch_uid="ledger.task_received")
     def _received(request: Any, **_: Any) -> None:
@@ -376,25 +477,35 @@ def connect_worker_signals() -> None:
 
     @signals.task_revoked.connect(weak=False, dispatch_uid="ledger.task_revoked")
     def _revoked(sender: Any, request: Any, **_: Any) -> None:
-        # Celery discards a revoked task before `task_received`: an id revoked unseen learns its name here.
-        _update(sender, request.id, state="REVOKED", finished_at=utcnow(), revoked=True,
-                **_identity(sender.name, getattr(request, "delivery_info", None)))
+        # Celery discards a revoked task before `task_received`: an id revoked unseen learns its
+        # name here.
+        _update(
+            sender,
+            request.id,
+            state="REVOKED",
+            finished_at=utcnow(),
+            revoked=True,
+            **_identity(sender.name, getattr(request, "delivery_info", None)),
+        )
 
-    @signals.worker_process_shutdown.connect(weak=False, dispatch_uid="ledger.worker_process_shutdown")
+    @signals.worker_process_shutdown.connect(
+        weak=False, dispatch_uid="ledger.worker_process_shutdown"
+    )
     @signals.worker_shutdown.connect(weak=False, dispatch_uid="ledger.worker_shutdown")
     def _flush(**_: Any) -> None:
         flush()
 
 
 def connect_publisher_signals() -> None:
-    """Record in the ledger every contract task this process publishes (Beat sends without `dispatch`)."""
+    """Record in the ledger every contract task this process publishes (Beat sends without
+    `dispatch`)."""
 
     @signals.before_task_publish.connect(weak=False, dispatch_uid="ledger.before_task_publish")
     def _sent(headers: dict[str, Any], body: Any, **_: Any) -> None:
         task = contracts.BY_NAME.get(headers.get("task", ""))
         if task is None or headers.get(RECORDED_HEADER):
             return
-        kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else {}
+        kwargs = body[1] if isinstance(body, list | tuple) and len(body) > 1 else {}
         try:
             with session_scope() as session:
                 record_sent(session, headers["id"], task, kwargs)

@@ -1,21 +1,22 @@
-"""The ledger's queries: history pages, revocations, and the aggregates behind /metrics (SQLite here;
+"""The ledger's queries: history pages, revocations, and the aggregates behind /metrics (SQLite
+here;
 PostgreSQL in the integration tests)."""
 
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from ragcore.tasks import ledger
 from ragcore.db import create_schema, reset_engines, session_scope
 from ragcore.db.models import Base, TaskRecord
 from ragcore.settings import get_settings
+from ragcore.tasks import ledger
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture()
@@ -27,10 +28,24 @@ def session() -> Iterator[Session]:
     engine.dispose()
 
 
-def _task(session: Session, n: int, name: str = "cleanup_old_cache", state: str = "SUCCESS", run: float | None = None,
-          **values: object) -> TaskRecord:
+def _task(
+    session: Session,
+    n: int,
+    name: str = "cleanup_old_cache",
+    state: str = "SUCCESS",
+    run: float | None = None,
+    **values: object,
+) -> TaskRecord:
     sent = T0 + timedelta(minutes=n)
-    record = TaskRecord(task_id=f"t{n:03d}", name=name, queue="cleanup", state=state, kwargs={}, sent_at=sent, **values)
+    record = TaskRecord(
+        task_id=f"t{n:03d}",
+        name=name,
+        queue="cleanup",
+        state=state,
+        kwargs={},
+        sent_at=sent,
+        **values,
+    )
     if run is not None:
         record.started_at, record.finished_at = sent, sent + timedelta(seconds=run)
         record.run_seconds = run
@@ -59,20 +74,41 @@ def test_history_filters_by_name_state_and_time(session: Session) -> None:
     _task(session, 5, state="STARTED", progress={"done": 1, "total": 2})
     _task(session, 6, state="STARTED")
     session.flush()
-    rows, cursor = ledger.history(session, name="cleanup_old_cache", state="FAILURE", since=T0 + timedelta(minutes=2))
+    rows, cursor = ledger.history(
+        session, name="cleanup_old_cache", state="FAILURE", since=T0 + timedelta(minutes=2)
+    )
     assert [r.task_id for r in rows] == ["t003"] and cursor is None
     assert [r.task_id for r in ledger.history(session, state="PROGRESS")[0]] == ["t005"]
 
 
-@pytest.mark.parametrize("cursor", ["not-a-cursor", "", "12345", "12345.", "-1.t1", "12345678901234567.t1", "1.t\x00",
-                                    "1.t1\n", "1." + "t" * 65, "MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHx0MQ=="])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not-a-cursor",
+        "",
+        "12345",
+        "12345.",
+        "-1.t1",
+        "12345678901234567.t1",
+        "1.t\x00",
+        "1.t1\n",
+        "1." + "t" * 65,
+        "MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHx0MQ==",
+    ],
+)
 def test_a_forged_cursor_is_refused(cursor: str) -> None:
     with pytest.raises(ValueError, match="invalid cursor"):
         ledger.decode_cursor(cursor)
 
 
 def test_a_cursor_has_the_shape_the_api_publishes_and_names_its_row() -> None:
-    record = TaskRecord(task_id="t.1:a@b-c", name="x", queue="sync", state="PENDING", sent_at=T0 + timedelta(microseconds=7))
+    record = TaskRecord(
+        task_id="t.1:a@b-c",
+        name="x",
+        queue="sync",
+        state="PENDING",
+        sent_at=T0 + timedelta(microseconds=7),
+    )
     cursor = ledger.encode_cursor(record)
     assert re.fullmatch(ledger.CURSOR_PATTERN, cursor)
     assert ledger.decode_cursor(cursor) == (record.sent_at, record.task_id)
@@ -84,7 +120,11 @@ def test_revoking_a_waiting_task_ends_it_but_a_running_one_keeps_running(session
     ledger.mark_revoked(waiting)
     ledger.mark_revoked(running)
     session.flush()
-    assert (waiting.state, waiting.revoked, waiting.finished_at is not None) == ("REVOKED", True, True)
+    assert (waiting.state, waiting.revoked, waiting.finished_at is not None) == (
+        "REVOKED",
+        True,
+        True,
+    )
     assert (running.state, running.revoked) == ("STARTED", True)
     assert ledger.revoked_ids(session) == ["t002", "t001"]  # finished ones can never run again
     assert finished.task_id not in ledger.revoked_ids(session)
@@ -100,32 +140,56 @@ def test_counts_and_durations_cover_the_window(session: Session) -> None:
     since = T0 + timedelta(minutes=5)
     window = ledger.window(session, since, (1.0, 5.0, 60.0))
     assert sorted(window.counts) == [
-        ("cleanup_old_cache", "FAILURE", 1), ("cleanup_old_cache", "STARTED", 1), ("cleanup_old_cache", "SUCCESS", 2),
+        ("cleanup_old_cache", "FAILURE", 1),
+        ("cleanup_old_cache", "STARTED", 1),
+        ("cleanup_old_cache", "SUCCESS", 2),
     ]
     [d] = window.durations
     assert (d.name, d.count, d.buckets) == ("cleanup_old_cache", 3, [(1.0, 1), (5.0, 2), (60.0, 3)])
     assert d.total_seconds == pytest.approx(24.3, abs=0.01)
 
 
-def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
     get_settings.cache_clear()
     try:
         create_schema()
         with session_scope() as s:
-            s.add_all(TaskRecord(task_id=f"t{i}", name="n", queue="user", state="PENDING", kwargs={}) for i in range(3))
+            s.add_all(
+                TaskRecord(task_id=f"t{i}", name="n", queue="user", state="PENDING", kwargs={})
+                for i in range(3)
+            )
         writer = ledger._Writer()
         writer.put("t0", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
         writer.put("t1", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
         writer.put("t0", {"progress": {"done": 1, "total": 2}})
-        writer.put("t0", {"state": "SUCCESS", "finished_at": T0 + timedelta(seconds=2), "result": {"ok": True}, "error": None})
+        writer.put(
+            "t0",
+            {
+                "state": "SUCCESS",
+                "finished_at": T0 + timedelta(seconds=2),
+                "result": {"ok": True},
+                "error": None,
+            },
+        )
         writer.put("t1", {"state": "RETRY", "retries": 1, "error": "boom"})
         writer.flush()
         with session_scope() as s:
             rows = {r.task_id: r for r in s.query(TaskRecord)}
-        assert (rows["t0"].state, rows["t0"].worker, rows["t0"].result, rows["t0"].progress) == ("SUCCESS", "w@h", {"ok": True}, {"done": 1, "total": 2})
+        assert (rows["t0"].state, rows["t0"].worker, rows["t0"].result, rows["t0"].progress) == (
+            "SUCCESS",
+            "w@h",
+            {"ok": True},
+            {"done": 1, "total": 2},
+        )
         started, finished = rows["t0"].started_at, rows["t0"].finished_at
-        assert started is not None and finished is not None and finished - started == timedelta(seconds=2)
+        assert (
+            started is not None
+            and finished is not None
+            and finished - started == timedelta(seconds=2)
+        )
         assert (rows["t1"].state, rows["t1"].retries, rows["t1"].error) == ("RETRY", 1, "boom")
         assert rows["t2"].state == "PENDING"
     finally:
@@ -133,19 +197,28 @@ def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(tmp_pa
         reset_engines()
 
 
-def test_an_id_revoked_unseen_is_one_row_kept_for_workers_and_left_out_of_metrics(session: Session) -> None:
+def test_an_id_revoked_unseen_is_one_row_kept_for_workers_and_left_out_of_metrics(
+    session: Session,
+) -> None:
     _task(session, 1, state="PENDING")
     session.flush()
     for _ in range(2):
         ledger.record_revoked_unseen(session, "later")
     record = session.get(TaskRecord, "later")
-    assert record is not None and (record.name, record.queue, record.state, record.revoked) == (None, None, "REVOKED", True)
+    assert record is not None and (record.name, record.queue, record.state, record.revoked) == (
+        None,
+        None,
+        "REVOKED",
+        True,
+    )
     assert "later" in ledger.revoked_ids(session)
     counts = ledger.window(session, T0, ()).counts
     assert [(n, s) for n, s, _ in counts] == [("cleanup_old_cache", "PENDING")]
 
 
-def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
     get_settings.cache_clear()
     try:
@@ -154,7 +227,12 @@ def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_on
             ledger.record_revoked_unseen(s, "unseen")
             s.add(TaskRecord(task_id="known", name="n", queue="user", state="PENDING", kwargs={}))
         identity = {"name": "other", "queue": "sync"}
-        ledger._write([("unseen", {"state": "REVOKED", **identity}), ("known", {"state": "REVOKED", **identity})])
+        ledger._write(
+            [
+                ("unseen", {"state": "REVOKED", **identity}),
+                ("known", {"state": "REVOKED", **identity}),
+            ]
+        )
         with session_scope() as s:
             rows = {r.task_id: (r.name, r.queue, r.state) for r in s.query(TaskRecord)}
         assert rows == {"unseen": ("other", "sync", "REVOKED"), "known": ("n", "user", "REVOKED")}

@@ -20,7 +20,9 @@ from ragcore.settings import Settings, get_settings
 PREFIX = "ragcore:lock:"
 
 # Delete the key only if it still holds our token (atomic compare-and-delete).
-_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+_RELEASE = (
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
+)
 
 
 def lock_key(name: str) -> str:
@@ -29,7 +31,8 @@ def lock_key(name: str) -> str:
 
 @contextmanager
 def periodic_lock(client: redis.Redis, name: str, ttl: int) -> Iterator[bool]:
-    """`with periodic_lock(r, "cleanup_old_cache", 600) as acquired:` — False means another run holds it."""
+    """`with periodic_lock(r, "cleanup_old_cache", 600) as acquired:` — False means another run
+    holds it."""
     key, token = lock_key(name), uuid.uuid4().hex
     acquired = bool(client.set(key, token, nx=True, ex=ttl))
     try:

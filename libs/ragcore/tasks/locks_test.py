@@ -31,12 +31,16 @@ def test_the_lock_expires_with_its_ttl(client: redis.Redis) -> None:
         assert acquired and 0 < client.ttl(lock_key("ttl-job")) <= 30
 
 
-def test_a_run_whose_lock_expired_does_not_release_the_next_holders_lock(client: redis.Redis) -> None:
+def test_a_run_whose_lock_expired_does_not_release_the_next_holders_lock(
+    client: redis.Redis,
+) -> None:
     first = periodic_lock(client, "slow-job", ttl=60)
     assert first.__enter__()
     client.delete(lock_key("slow-job"))  # as if the TTL ran out under a run that overran it
     with periodic_lock(client, "slow-job", ttl=60) as second:
         assert second
-        first.__exit__(None, None, None)  # the overrunning first run ends while the second holds the lock
+        first.__exit__(
+            None, None, None
+        )  # the overrunning first run ends while the second holds the lock
         assert client.exists(lock_key("slow-job"))
     assert not client.exists(lock_key("slow-job"))

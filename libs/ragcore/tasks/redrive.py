@@ -1,4 +1,5 @@
-"""Waiting deliveries go out again by themselves: on their backoff, or all at once when a probe succeeds.
+"""Waiting deliveries go out again by themselves: on their backoff, or all at once when a probe
+succeeds.
 
 Beat's relay thread calls `redrive_due` every round. Per neighbour: while its breaker is closed,
 every waiting delivery whose `next_attempt_at` has come is published; while it is open, only one,
@@ -20,15 +21,11 @@ from celery import Celery
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from ragcore.tasks import contracts
-
-from ragcore.tasks import dispatch
-
-from ragcore.tasks import ledger
 from ragcore.clients.breaker import CLOSED, breaker
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import FailedDelivery
 from ragcore.settings import Settings
+from ragcore.tasks import contracts, dispatch, ledger
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +38,10 @@ def next_attempt(settings: Settings, waiting_since: datetime, now: datetime) -> 
     """When a waiting delivery is tried again: after as long as it has waited so far (so the delay
     doubles with each failure), at least the base and at most the cap."""
     waited = (now - waiting_since).total_seconds()
-    delay = min(settings.delivery_redrive_max_backoff_seconds, max(settings.delivery_redrive_base_seconds, waited))
+    delay = min(
+        settings.delivery_redrive_max_backoff_seconds,
+        max(settings.delivery_redrive_base_seconds, waited),
+    )
     return now + timedelta(seconds=delay)
 
 
@@ -54,7 +54,10 @@ def release_waiting(neighbour: str, sessions: Sessions = session_scope) -> int:
     with sessions() as session:
         result = session.execute(
             update(FailedDelivery)
-            .where(FailedDelivery.status == WAITING, FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)))
+            .where(
+                FailedDelivery.status == WAITING,
+                FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)),
+            )
             .values(next_attempt_at=utcnow())
             .execution_options(synchronize_session=False)
         )
@@ -65,8 +68,10 @@ def backlog(session: Session, neighbour: str) -> tuple[int, datetime | None]:
     """How many deliveries to `neighbour` wait for a re-drive, and since when (a re-drive in flight,
     for the moment it takes, is not counted: it is `redriven` until it fails and waits again)."""
     count, oldest = session.execute(
-        select(func.count(), func.min(FailedDelivery.waiting_since))
-        .where(FailedDelivery.status == WAITING, FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)))
+        select(func.count(), func.min(FailedDelivery.waiting_since)).where(
+            FailedDelivery.status == WAITING,
+            FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)),
+        )
     ).one()
     return int(count), oldest
 
@@ -76,17 +81,25 @@ def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
     with sessions() as session:
         expired = session.execute(
             update(FailedDelivery)
-            .where(FailedDelivery.status == WAITING,
-                   FailedDelivery.waiting_since < now - timedelta(seconds=settings.delivery_redrive_window_seconds))
+            .where(
+                FailedDelivery.status == WAITING,
+                FailedDelivery.waiting_since
+                < now - timedelta(seconds=settings.delivery_redrive_window_seconds),
+            )
             .values(status=FAILED, next_attempt_at=None)
             .execution_options(synchronize_session=False)
         ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
     if expired:
-        log.error("%d waiting deliveries gave up after %.0fs of re-drives; they wait for an operator",
-                  expired, settings.delivery_redrive_window_seconds)
+        log.error(
+            "%d waiting deliveries gave up after %.0fs of re-drives; they wait for an operator",
+            expired,
+            settings.delivery_redrive_window_seconds,
+        )
 
 
-def redrive_due(app: Celery, settings: Settings, limit: int = 500, sessions: Sessions = session_scope) -> int:
+def redrive_due(
+    app: Celery, settings: Settings, limit: int = 500, sessions: Sessions = session_scope
+) -> int:
     """Publish the deliveries that are due (see the module docstring); returns how many."""
     now = utcnow()
     _expire(settings, sessions, now)
@@ -103,20 +116,36 @@ def redrive_due(app: Celery, settings: Settings, limit: int = 500, sessions: Ses
         except redis.RedisError:
             return sent  # the broker is down: the relay says so; these wait for it as well
         with sessions() as session:
-            query = (select(FailedDelivery)
-                     .where(FailedDelivery.status == WAITING, FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)))
-                     .order_by(FailedDelivery.next_attempt_at, FailedDelivery.id)
-                     .with_for_update(skip_locked=True))
+            query = (
+                select(FailedDelivery)
+                .where(
+                    FailedDelivery.status == WAITING,
+                    FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)),
+                )
+                .order_by(FailedDelivery.next_attempt_at, FailedDelivery.id)
+                .with_for_update(skip_locked=True)
+            )
             # While open the probe is the oldest waiting delivery, whatever its own backoff says.
-            query = query.where(FailedDelivery.next_attempt_at <= now).limit(limit) if closed else query.limit(1)
+            query = (
+                query.where(FailedDelivery.next_attempt_at <= now).limit(limit)
+                if closed
+                else query.limit(1)
+            )
             for row in session.scalars(query):
                 task_id = str(uuid.uuid4())
                 if not closed and not gate.claim_probe(task_id):
                     break  # another process sent a probe just now
                 try:
-                    dispatch.send(app, contracts.contract(row.task_name), row.payload, task_id=task_id,
-                                  headers={REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True})
-                except dispatch.PublishFailed as exc:  # the broker is down: the rest wait for the next round
+                    dispatch.send(
+                        app,
+                        contracts.contract(row.task_name),
+                        row.payload,
+                        task_id=task_id,
+                        headers={REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True},
+                    )
+                except (
+                    dispatch.PublishFailed
+                ) as exc:  # the broker is down: the rest wait for the next round
                     log.warning("re-drive of delivery %s failed, will retry: %s", row.id, exc)
                     break
                 row.status, row.redriven_at, row.redrive_task_id = REDRIVEN, now, task_id

@@ -2,7 +2,8 @@
 
 A worker is healthy when it answers a ping (its consumer loop runs) and its queue does not wait on
 it: the queue is empty, or the worker dequeued a message within the window, or every one of its pool
-slots is busy (a long task is not a stall; time limits end stuck ones). The last dequeue and the busy
+slots is busy (a long task is not a stall; time limits end stuck ones). The last dequeue and the
+busy
 slots come from the heartbeat the worker keeps in the broker's Redis (ragcore.broker.queue_stats).
 """
 
@@ -24,7 +25,9 @@ class Health:
     reason: str
 
 
-def evaluate(*, answered_ping: bool, depth: int, record: dict[str, Any] | None, window: float, now: float) -> Health:
+def evaluate(
+    *, answered_ping: bool, depth: int, record: dict[str, Any] | None, window: float, now: float
+) -> Health:
     """The verdict from what was observed (pure, so every case is unit-tested)."""
     if not answered_ping:
         return Health(False, "the worker did not answer a ping")
@@ -37,16 +40,26 @@ def evaluate(*, answered_ping: bool, depth: int, record: dict[str, Any] | None, 
         return Health(True, f"dequeued {idle:.0f}s ago")
     if int(record.get("active", 0)) >= int(record.get("concurrency", 1)):
         return Health(True, "every pool slot is busy")
-    return Health(False, f"{depth} task(s) wait but the worker dequeued nothing for {idle:.0f}s (window {window:.0f}s)")
+    return Health(
+        False,
+        f"{depth} task(s) wait but the worker dequeued nothing for {idle:.0f}s (window {window:.0f}s)",
+    )
 
 
 def check(app: Celery, settings: Settings, hostname: str, queue: str) -> Health:
     """Ping the worker, read its queue and its heartbeat, and judge."""
-    replies = app.control.ping(destination=[hostname], timeout=max(settings.inspect_timeout_seconds, 2.0))
+    replies = app.control.ping(
+        destination=[hostname], timeout=max(settings.inspect_timeout_seconds, 2.0)
+    )
     answered = any(hostname in reply for reply in replies)
     client = queues.broker_client(settings.broker)
     ttl = queues.heartbeat_ttl(settings.worker_heartbeat_seconds)
     depth = queues.queue_stats(client, queue, ttl).depth
     record = queues.worker_record(client, hostname)
-    return evaluate(answered_ping=answered, depth=depth, record=record,
-                    window=settings.worker_dequeue_window_seconds, now=time.time())
+    return evaluate(
+        answered_ping=answered,
+        depth=depth,
+        record=record,
+        window=settings.worker_dequeue_window_seconds,
+        now=time.time(),
+    )

@@ -6,7 +6,14 @@ NOW = 1_000_000.0
 
 
 def _judge(**observed: object) -> bool:
-    args = {"answered_ping": True, "depth": 3, "record": None, "window": 60.0, "now": NOW, **observed}
+    args = {
+        "answered_ping": True,
+        "depth": 3,
+        "record": None,
+        "window": 60.0,
+        "now": NOW,
+        **observed,
+    }
     return evaluate(**args).healthy  # type: ignore[arg-type]
 
 
@@ -23,14 +30,23 @@ def test_waiting_tasks_and_a_recent_dequeue_is_healthy() -> None:
 
 
 def test_waiting_tasks_and_no_dequeue_within_the_window_is_unhealthy() -> None:
-    verdict = evaluate(answered_ping=True, depth=3, record={"last_dequeue": NOW - 61, "active": 0, "concurrency": 2},
-                       window=60.0, now=NOW)
+    verdict = evaluate(
+        answered_ping=True,
+        depth=3,
+        record={"last_dequeue": NOW - 61, "active": 0, "concurrency": 2},
+        window=60.0,
+        now=NOW,
+    )
     assert not verdict.healthy and "dequeued nothing for 61s" in verdict.reason
 
 
 def test_a_worker_that_never_dequeued_is_judged_from_its_start() -> None:
-    assert _judge(record={"last_dequeue": None, "started_at": NOW - 5, "active": 0, "concurrency": 1})
-    assert not _judge(record={"last_dequeue": None, "started_at": NOW - 500, "active": 0, "concurrency": 1})
+    assert _judge(
+        record={"last_dequeue": None, "started_at": NOW - 5, "active": 0, "concurrency": 1}
+    )
+    assert not _judge(
+        record={"last_dequeue": None, "started_at": NOW - 500, "active": 0, "concurrency": 1}
+    )
 
 
 def test_every_slot_busy_with_long_tasks_is_not_a_stall() -> None:

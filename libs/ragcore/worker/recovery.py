@@ -1,14 +1,16 @@
 """Re-queue, at once, the tasks a worker was running or holding when it died, whatever its name.
 
 With the Redis broker, a late-acknowledged message whose worker was killed stays in the transport's
-`unacked` hash until the visibility timeout (longer than the longest task: hours) has passed. A worker
+`unacked` hash until the visibility timeout (longer than the longest task: hours) has passed. A
+worker
 that starts under the same node name knows better: every task the ledger says it had STARTED and
 never finished died with its previous life, and so did the messages its previous life last noted as
 reserved (the worker's monitor notes them in Redis twice a second while they change). It puts those
 messages back on their queue when it is ready, so a crashed full sync resumes on restart instead of
 hours later, and the deliveries a notifications worker had reserved go out at once.
 
-A worker replaced under another name (a pod replacement, a node loss) never comes back: instead every
+A worker replaced under another name (a pod replacement, a node loss) never comes back: instead
+every
 live worker of its queue looks, at each heartbeat, for workers of that queue whose heartbeat lapsed
 (`worker_lost_after_seconds`). One Lua script claims a lapsed worker atomically, only while its
 heartbeat is still older than the cut-off, so however many live workers notice together, one
@@ -33,7 +35,13 @@ log = logging.getLogger(__name__)
 
 def orphaned_task_ids(hostname: str) -> set[str]:
     with session_scope() as session:
-        return set(session.scalars(select(TaskRecord.task_id).where(TaskRecord.worker == hostname, TaskRecord.state == "STARTED")))
+        return set(
+            session.scalars(
+                select(TaskRecord.task_id).where(
+                    TaskRecord.worker == hostname, TaskRecord.state == "STARTED"
+                )
+            )
+        )
 
 
 def _reserved_key(hostname: str) -> str:
@@ -61,7 +69,9 @@ def restore(channel: Any, task_ids: set[str]) -> list[str]:
         message = orjson.loads(raw)[0]
         task_id = message.get("headers", {}).get("id")
         if task_id in task_ids:
-            qos.restore_by_tag(tag.decode() if isinstance(tag, bytes) else tag, client=channel.client)
+            qos.restore_by_tag(
+                tag.decode() if isinstance(tag, bytes) else tag, client=channel.client
+            )
             restored.append(task_id)
     return restored
 
@@ -79,13 +89,19 @@ return reserved
 
 
 def claim_lapsed(client: Any, queue: str, hostname: str, cutoff: float) -> set[str] | None:
-    """The task ids `hostname` held if this caller is the one to re-queue them; None if it is not."""
-    reserved = client.eval(_CLAIM, 2, queues.BEATS_KEY.format(queue=queue), _reserved_key(hostname), hostname, cutoff)
+    """The task ids `hostname` held if this caller is the one to re-queue them; None if it is
+    not."""
+    reserved = client.eval(
+        _CLAIM, 2, queues.BEATS_KEY.format(queue=queue), _reserved_key(hostname), hostname, cutoff
+    )
     return None if reserved is None else set(orjson.loads(reserved))
 
 
-def requeue_lapsed(app: Any, client: Any, queue: str, lost_after: float, now: float) -> dict[str, list[str]]:
-    """Re-queue what the lapsed workers of `queue` held; returns the ids restored per worker claimed."""
+def requeue_lapsed(
+    app: Any, client: Any, queue: str, lost_after: float, now: float
+) -> dict[str, list[str]]:
+    """Re-queue what the lapsed workers of `queue` held; returns the ids restored per worker
+    claimed."""
     restored: dict[str, list[str]] = {}
     for hostname, last in queues.lapsed_workers(client, queue, now - lost_after):
         held = claim_lapsed(client, queue, hostname, now - lost_after)
@@ -95,8 +111,13 @@ def requeue_lapsed(app: Any, client: Any, queue: str, lost_after: float, now: fl
         with app.connection_for_write() as conn:
             restored[hostname] = restore(conn.default_channel, held) if held else []
         queues.note_in_flight(client, queue, hostname, [])
-        log.warning("worker %s lapsed (last heartbeat %.0fs ago): re-queued %d task(s): %s",
-                    hostname, now - last, len(restored[hostname]), restored[hostname])
+        log.warning(
+            "worker %s lapsed (last heartbeat %.0fs ago): re-queued %d task(s): %s",
+            hostname,
+            now - last,
+            len(restored[hostname]),
+            restored[hostname],
+        )
     return restored
 
 
@@ -105,10 +126,16 @@ def connect() -> None:
     def _recover(sender: Any, **_: Any) -> None:
         try:
             with sender.app.connection_for_write() as conn:
-                orphans = orphaned_task_ids(sender.hostname) | reserved_by(conn.default_channel.client, sender.hostname)
+                orphans = orphaned_task_ids(sender.hostname) | reserved_by(
+                    conn.default_channel.client, sender.hostname
+                )
                 if not orphans:
                     return
                 restored = restore(conn.default_channel, orphans)
-            log.warning("re-queued %d task(s) orphaned by this worker's previous run: %s", len(restored), restored)
+            log.warning(
+                "re-queued %d task(s) orphaned by this worker's previous run: %s",
+                len(restored),
+                restored,
+            )
         except Exception:  # recovery is best effort: the visibility timeout still redelivers later
             log.exception("orphaned task recovery failed")

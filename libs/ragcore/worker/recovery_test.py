@@ -8,7 +8,6 @@ import pytest
 import redis
 
 from ragcore.broker import queue_stats as queues
-
 from ragcore.worker import recovery
 from ragcore_dev.servers import redis_server
 
@@ -19,12 +18,16 @@ def client() -> Iterator[redis.Redis]:
         yield redis.Redis.from_url(server.url)
 
 
-def test_a_lapsed_worker_is_claimed_by_exactly_one_of_many_live_workers(client: redis.Redis) -> None:
+def test_a_lapsed_worker_is_claimed_by_exactly_one_of_many_live_workers(
+    client: redis.Redis,
+) -> None:
     now = time.time()
     queues.record_worker(client, "dead@a", ["sync"], {}, 15, now=now - 120)
     recovery.note_reserved(client, "dead@a", ["t1", "t2"], 3600)
     with ThreadPoolExecutor(max_workers=8) as pool:
-        claims = list(pool.map(lambda _: recovery.claim_lapsed(client, "sync", "dead@a", now - 60), range(8)))
+        claims = list(
+            pool.map(lambda _: recovery.claim_lapsed(client, "sync", "dead@a", now - 60), range(8))
+        )
     assert [c for c in claims if c is not None] == [{"t1", "t2"}]
     assert queues.lapsed_workers(client, "sync", now) == []  # claimed: nobody re-queues it again
 
@@ -32,12 +35,16 @@ def test_a_lapsed_worker_is_claimed_by_exactly_one_of_many_live_workers(client: 
 def test_a_worker_that_still_beats_is_never_claimed(client: redis.Redis) -> None:
     now = time.time()
     queues.record_worker(client, "slow@a", ["sync"], {}, 15, now=now - 120)
-    queues.record_worker(client, "slow@a", ["sync"], {}, 15, now=now)  # it beat again before the claim
+    queues.record_worker(
+        client, "slow@a", ["sync"], {}, 15, now=now
+    )  # it beat again before the claim
     assert recovery.claim_lapsed(client, "sync", "slow@a", now - 60) is None
     assert queues.lapsed_workers(client, "sync", now - 60) == []
 
 
-def test_the_in_flight_list_counts_what_every_worker_of_the_queue_holds(client: redis.Redis) -> None:
+def test_the_in_flight_list_counts_what_every_worker_of_the_queue_holds(
+    client: redis.Redis,
+) -> None:
     assert queues.note_in_flight(client, "sync", "a@x", ["t1", "t2"]) == 2
     assert queues.note_in_flight(client, "sync", "b@x", ["t3"]) == 3
     assert queues.note_in_flight(client, "sync", "a@x", []) == 1
@@ -50,5 +57,7 @@ def test_queues_flag_a_lapsed_worker_only_while_the_tasks_it_held_wait(client: r
     queues.record_worker(client, "busy@a", ["sync"], {}, 15, now=now - 30)
     queues.note_in_flight(client, "sync", "busy@a", ["t1"])
     assert queues.queue_stats(client, "sync", 15, now).lost == [("busy@a", now - 30)]
-    queues.note_in_flight(client, "sync", "busy@a", [])  # what the claim does once it re-queued them
+    queues.note_in_flight(
+        client, "sync", "busy@a", []
+    )  # what the claim does once it re-queued them
     assert queues.queue_stats(client, "sync", 15, now).lost == []

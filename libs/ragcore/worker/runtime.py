@@ -18,25 +18,21 @@ from celery.utils.nodenames import host_format
 from celery.worker import state as worker_state
 
 from ragcore import invariants
-
-from ragcore.worker import health
-
-from ragcore.tasks import ledger
-
 from ragcore.broker import queue_stats as queues
-
-from ragcore.worker import recovery
-from ragcore.tasks.app import PermanentTaskError, create_app, define_task
-from ragcore.tasks.contracts import CANARIES, CanaryArgs, Queue
 from ragcore.db import create_schema, get_engine, session_scope
 from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
+from ragcore.tasks import ledger
+from ragcore.tasks.app import PermanentTaskError, create_app, define_task
+from ragcore.tasks.contracts import CANARIES, CanaryArgs, Queue
+from ragcore.worker import health, recovery
 
 log = logging.getLogger(__name__)
 
 #: How often the monitor notes the tasks this worker holds, for recovery after a hard kill.
 RESERVED_NOTE_SECONDS = 0.5
-#: How long the "this worker stops" note lives: longer than any grace period (deploy/k8s/workers.yaml).
+#: How long the "this worker stops" note lives: longer than any grace period
+#: (deploy/k8s/workers.yaml).
 STOPPING_NOTE_SECONDS = 900
 
 
@@ -58,13 +54,19 @@ def create_worker_app(queue: Queue) -> Celery:
                 ledger.report_progress(self, done, steps)
         if args.fail:
             raise PermanentTaskError("the canary was asked to fail")
-        return {"echo": args.echo, "queue": queue.value, "hostname": socket.gethostname(), "pid": os.getpid()}
+        return {
+            "echo": args.echo,
+            "queue": queue.value,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+        }
 
     return app
 
 
 class _Monitor:
-    """The worker's main-process companion: heartbeat and last dequeue in Redis, revocations in memory.
+    """The worker's main-process companion: heartbeat and last dequeue in Redis, revocations in
+    memory.
 
     Celery keeps revoked ids in each worker's memory only. A worker loads the ledger's revocations
     before it consumes (and again once its broadcast mailbox listens, closing the gap between the
@@ -104,12 +106,15 @@ class _Monitor:
             "pool": type(pool).__module__,
             # solo and threads pools cannot stop a running task (they keep the base class's method);
             # prefork (which binds its process pool's method at start) and the green pools can.
-            "can_terminate": getattr(pool.terminate_job, "__func__", None) is not BasePool.terminate_job,
+            "can_terminate": getattr(pool.terminate_job, "__func__", None)
+            is not BasePool.terminate_job,
             "concurrency": int(consumer.controller.concurrency or 1),
             "started_at": self.started_at,
         }
         self.load_revocations()
-        queues.clear_stopping(self._client(), self._hostname)  # a previous life under this name stopped
+        queues.clear_stopping(
+            self._client(), self._hostname
+        )  # a previous life under this name stopped
         self._thread = threading.Thread(target=self._run, name="ragcore-heartbeat", daemon=True)
         self._thread.start()
 
@@ -119,7 +124,8 @@ class _Monitor:
             self._thread.join(timeout=5)
             try:
                 queues.forget_worker(self._client(), self._hostname, [self.queue.value])
-                # A warm shutdown hands its reserved messages back itself: nothing for the next life.
+                # A warm shutdown hands its reserved messages back itself: nothing for the next
+                # life.
                 recovery.note_reserved(self._client(), self._hostname, [], 1)
             except Exception:
                 log.warning("could not remove this worker's heartbeat", exc_info=True)
@@ -130,11 +136,23 @@ class _Monitor:
     def beat(self) -> None:
         settings = get_settings()
         client = self._client()
-        fields = {**self._static, "active": len(worker_state.active_requests), "last_dequeue": self.last_dequeue}
+        fields = {
+            **self._static,
+            "active": len(worker_state.active_requests),
+            "last_dequeue": self.last_dequeue,
+        }
         now = time.time()
-        queues.record_worker(client, self._hostname, [self.queue.value], fields,
-                             queues.heartbeat_ttl(settings.worker_heartbeat_seconds), now)
-        recovery.requeue_lapsed(self._app, client, self.queue.value, settings.worker_lost_after_seconds, now)
+        queues.record_worker(
+            client,
+            self._hostname,
+            [self.queue.value],
+            fields,
+            queues.heartbeat_ttl(settings.worker_heartbeat_seconds),
+            now,
+        )
+        recovery.requeue_lapsed(
+            self._app, client, self.queue.value, settings.worker_lost_after_seconds, now
+        )
         ids, self._revocations_since = queues.revocations_since(client, self._revocations_since)
         # Adding from this thread is safe: membership is a dict lookup, and only new ids are added.
         new = [task_id for task_id in ids if task_id not in worker_state.revoked]
@@ -143,13 +161,18 @@ class _Monitor:
             log.info("revoked through the feed: %s", new)
 
     def note_reserved(self) -> None:
-        """Note in Redis the tasks this worker holds, when they changed (see ragcore.worker.recovery)."""
+        """Note in Redis the tasks this worker holds, when they changed (see
+        ragcore.worker.recovery)."""
         try:
-            held = sorted(request.id for request in list(worker_state.reserved_requests))  # running ones included
+            held = sorted(
+                request.id for request in list(worker_state.reserved_requests)
+            )  # running ones included
         except RuntimeError:  # the consumer changed the set meanwhile: next tick
             return
         if held != self._noted:
-            recovery.note_reserved(self._client(), self._hostname, held, get_settings().visibility_timeout_seconds)
+            recovery.note_reserved(
+                self._client(), self._hostname, held, get_settings().visibility_timeout_seconds
+            )
             queues.note_in_flight(self._client(), self.queue.value, self._hostname, held)
             self._noted = held
 
@@ -159,9 +182,12 @@ class _Monitor:
         Celery's warm shutdown waits for running tasks, and its pool processes hear no signal of it.
         Its SIGTERM handler sends `worker_shutting_down` only from a process billiard calls
         "MainProcess", and in our workers that signal was observed never to arrive; the flag the
-        handler always sets (`should_stop`, or `should_terminate`) is what the monitor watches instead.
+        handler always sets (`should_stop`, or `should_terminate`) is what the monitor watches
+        instead.
         """
-        if not self._stopping_noted and (worker_state.should_stop is not None or worker_state.should_terminate is not None):
+        if not self._stopping_noted and (
+            worker_state.should_stop is not None or worker_state.should_terminate is not None
+        ):
             queues.note_stopping(self._client(), self._hostname, STOPPING_NOTE_SECONDS)
             self._stopping_noted = True
             log.info("shutting down: running tasks that can hand themselves back do so")
@@ -208,14 +234,18 @@ def _connect_monitor(monitor: _Monitor) -> None:
 def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     """Start consuming `queue`; extra command-line arguments go to `celery worker`.
 
-    `--healthcheck [--hostname=NAME]` instead checks that the worker NAME (default: this host's worker
+    `--healthcheck [--hostname=NAME]` instead checks that the worker NAME (default: this host's
+    worker
     of `queue`) is consuming, and exits 0 if so, 1 if not: each worker image's liveness probe.
     `--help` prints this and Celery's worker options, touching neither Redis nor the database.
     """
     if "--help" in argv:
-        print(f"usage: worker [--healthcheck [--hostname=NAME]] [CELERY WORKER OPTIONS]\n\n"
-              f"Consumes the {queue.value} queue; --healthcheck instead exits 0 while the worker NAME consumes it.\n"
-              "Configured by RAGCORE_* environment variables. Celery's worker options follow.\n", flush=True)
+        print(
+            f"usage: worker [--healthcheck [--hostname=NAME]] [CELERY WORKER OPTIONS]\n\n"
+            f"Consumes the {queue.value} queue; --healthcheck instead exits 0 while the worker NAME consumes it.\n"
+            "Configured by RAGCORE_* environment variables. Celery's worker options follow.\n",
+            flush=True,
+        )
         app.worker_main(["worker", "--help"])
         return
     settings = get_settings()
@@ -223,7 +253,9 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     if "--healthcheck" in argv:
         sys.exit(healthcheck(app, queue, argv))
     try:
-        invariants.check(settings, queues.broker_client(settings.broker), service=f"worker {queue.value}")
+        invariants.check(
+            settings, queues.broker_client(settings.broker), service=f"worker {queue.value}"
+        )
     except invariants.InvariantError as exc:
         log.critical("%s", exc)
         sys.exit(str(exc))
@@ -252,7 +284,13 @@ def healthcheck(app: Celery, queue: Queue, argv: list[str]) -> int:
         verdict = health.check(app, get_settings(), hostname, queue.value)
     except Exception as exc:  # the broker is unreachable: this worker cannot consume either
         verdict = health.Health(False, f"check failed: {type(exc).__name__}: {exc}")
-    # A JSON line like every other line a deployable writes (the orchestrator keeps it with the probe).
-    log.log(logging.INFO if verdict.healthy else logging.ERROR, "%s: %s: %s", hostname,
-            "healthy" if verdict.healthy else "UNHEALTHY", verdict.reason)
+    # A JSON line like every other line a deployable writes (the orchestrator keeps it with the
+    # probe).
+    log.log(
+        logging.INFO if verdict.healthy else logging.ERROR,
+        "%s: %s: %s",
+        hostname,
+        "healthy" if verdict.healthy else "UNHEALTHY",
+        verdict.reason,
+    )
     return 0 if verdict.healthy else 1

@@ -1,11 +1,13 @@
 """The Ingest stand-in: SPEC §5's embedding feed over a generated corpus, with test controls.
 
 Every document has a distinct pair of topic words and every chunk an aspect word, so a query such as
-"glacier harbor safety" targets one chunk; vectors come from HashingEmbedder, as the query side's do.
+"glacier harbor safety" targets one chunk; vectors come from HashingEmbedder, as the query side's
+do.
 
     python -m ragcore_dev.standins.ingest --port 7101 --documents 20 --chunks 5
 
-Control API (no auth, no faults): GET /_control/corpus, POST /_control/reset {documents, chunks, seed},
+Control API (no auth, no faults): GET /_control/corpus, POST /_control/reset {documents, chunks,
+seed},
 GET|PUT|DELETE /_control/documents/{id} (PUT body: {"texts"?, "metadata"?}), and the shared
 /_control/faults and /_control/requests of ragcore_dev.standins.server.
 """
@@ -21,14 +23,23 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import orjson
 
 from ragcore.clients.embedder import HashingEmbedder
-from ragcore_dev.standins.server import App, HTTPError, Request, Response, Running, json_response, run_until_signalled, start_in_thread
+from ragcore_dev.standins.server import (
+    App,
+    HTTPError,
+    Request,
+    Response,
+    Running,
+    json_response,
+    run_until_signalled,
+    start_in_thread,
+)
 
 WORDS = (
     "amber anchor apple arrow atlas aurora badger bamboo banner basalt beacon birch bison bridge bronze cactus "
@@ -47,8 +58,8 @@ CATEGORIES = ("science", "finance", "health", "travel")
 MAX_LIMIT = 500
 DEFAULT_LIMIT = 100
 #: The generated corpus starts here; documents changed later take the current time.
-BASE_TIME = datetime(2024, 1, 1, tzinfo=timezone.utc)
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+BASE_TIME = datetime(2024, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_micros(moment: datetime) -> int:
@@ -96,8 +107,13 @@ class Document:
 
     def chunk_metadata(self, index: int) -> dict[str, Any]:
         title = f"{self.topic[0].title()} {self.topic[1].title()}"
-        return {"title": title, "category": self.category, "chunk_index": index, "lang": "en",
-                **(self.extra_metadata or {})}
+        return {
+            "title": title,
+            "category": self.category,
+            "chunk_index": index,
+            "lang": "en",
+            **(self.extra_metadata or {}),
+        }
 
     @property
     def updated_at_iso(self) -> str:
@@ -150,8 +166,15 @@ class Corpus:
         base = to_micros(BASE_TIME)
         docs = {}
         for i, topic in enumerate(topics):
-            # Pairs of documents share a timestamp, so the feed's tie-break on document_id is exercised.
-            doc = self._build(f"doc-{i:05d}", topic, CATEGORIES[i % len(CATEGORIES)], chunks, base + (i // 2) * 1_000_000)
+            # Pairs of documents share a timestamp, so the feed's tie-break on document_id is
+            # exercised.
+            doc = self._build(
+                f"doc-{i:05d}",
+                topic,
+                CATEGORIES[i % len(CATEGORIES)],
+                chunks,
+                base + (i // 2) * 1_000_000,
+            )
             docs[doc.id] = doc
         used = set(topics)
         unused = [p for p in pairs if p not in used]
@@ -213,10 +236,19 @@ class Corpus:
         with self._lock:
             old = self._docs.get(doc_id) if doc_id else None
             if old is not None:
-                topic, category, chunks, revision = old.topic, old.category, len(old.chunk_ids), old.revision + 1
+                topic, category, chunks, revision = (
+                    old.topic,
+                    old.category,
+                    len(old.chunk_ids),
+                    old.revision + 1,
+                )
             else:
                 topic = self._unused_topics.pop()
-                category, chunks, revision = CATEGORIES[len(self._docs) % len(CATEGORIES)], self._chunks, 0
+                category, chunks, revision = (
+                    CATEGORIES[len(self._docs) % len(CATEGORIES)],
+                    self._chunks,
+                    0,
+                )
                 doc_id = doc_id or f"doc-added-{next(self._added):05d}"
             assert doc_id is not None
             at = to_micros(updated_at) if updated_at is not None else self._tick()
@@ -233,8 +265,11 @@ class Corpus:
             self._rebuild()
             return True
 
-    def page(self, since: int | None, after: tuple[int, str, str] | None, limit: int) -> tuple[list[tuple[Document, int]], tuple[int, str, str] | None]:
-        """Up to `limit` rows with updated_at >= since and key > after, and the last key if more follow."""
+    def page(
+        self, since: int | None, after: tuple[int, str, str] | None, limit: int
+    ) -> tuple[list[tuple[Document, int]], tuple[int, str, str] | None]:
+        """Up to `limit` rows with updated_at >= since and key > after, and the last key if more
+        follow."""
         with self._lock:
             keys, docs = self._keys, self._order
         position, chunk = (0 if since is None else bisect.bisect_left(keys, (since,))), 0
@@ -307,7 +342,9 @@ def parse_since(value: str) -> int:
 class IngestApp(App):
     name = "ingest"
 
-    def __init__(self, corpus: Corpus, token: str | None = None, model: str = "ragcore-hash-384") -> None:
+    def __init__(
+        self, corpus: Corpus, token: str | None = None, model: str = "ragcore-hash-384"
+    ) -> None:
         super().__init__(token)
         self.corpus = corpus
         self.model = model
@@ -352,18 +389,25 @@ class IngestApp(App):
         return json_response(
             {
                 "object": "list",
-                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                "data": [
+                    {"object": "embedding", "index": i, "embedding": v}
+                    for i, v in enumerate(vectors)
+                ],
                 "model": self.model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
 
     def control_corpus(self, _: Request) -> Response:
-        return json_response({"documents": len(self.corpus.documents()), "chunks": self.corpus.chunk_count()})
+        return json_response(
+            {"documents": len(self.corpus.documents()), "chunks": self.corpus.chunk_count()}
+        )
 
     def control_reset(self, request: Request) -> Response:
         spec = request.json() or {}
-        self.corpus.reset(int(spec.get("documents", 20)), int(spec.get("chunks", 5)), int(spec.get("seed", 0)))
+        self.corpus.reset(
+            int(spec.get("documents", 20)), int(spec.get("chunks", 5)), int(spec.get("seed", 0))
+        )
         self.faults.clear()
         self.log.clear()
         return self.control_corpus(request)
@@ -376,7 +420,9 @@ class IngestApp(App):
 
     def control_put_document(self, request: Request) -> Response:
         spec = request.json() or {}
-        doc = self.corpus.put_document(request.params["document_id"], spec.get("texts"), spec.get("metadata"))
+        doc = self.corpus.put_document(
+            request.params["document_id"], spec.get("texts"), spec.get("metadata")
+        )
         return json_response(doc.summary())
 
     def control_delete_document(self, request: Request) -> Response:
@@ -386,14 +432,22 @@ class IngestApp(App):
 
 
 def start_ingest(
-    documents: int = 20, chunks: int = 5, seed: int = 0, token: str | None = None, dim: int = 384, port: int = 0
+    documents: int = 20,
+    chunks: int = 5,
+    seed: int = 0,
+    token: str | None = None,
+    dim: int = 384,
+    port: int = 0,
 ) -> Running[IngestApp]:
-    """Serve a fresh corpus on 127.0.0.1 in a background thread; `.url`, `.app.corpus`, `.app.faults`, `.stop()`."""
+    """Serve a fresh corpus on 127.0.0.1 in a background thread; `.url`, `.app.corpus`,
+    `.app.faults`, `.stop()`."""
     return start_in_thread(IngestApp(Corpus(documents, chunks, seed, dim), token), port=port)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7101)
     parser.add_argument("--documents", type=int, default=20)
@@ -402,7 +456,11 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--token", default=None, help="require this bearer token")
     args = parser.parse_args()
-    run_until_signalled(IngestApp(Corpus(args.documents, args.chunks, args.seed, args.dim), args.token), args.host, args.port)
+    run_until_signalled(
+        IngestApp(Corpus(args.documents, args.chunks, args.seed, args.dim), args.token),
+        args.host,
+        args.port,
+    )
 
 
 if __name__ == "__main__":

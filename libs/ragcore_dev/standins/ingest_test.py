@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 from ragcore.clients.embedder import HashingEmbedder
+from ragcore_dev.processes import deployable_env, free_port, wait_until_up
 from ragcore_dev.standins.ingest import IngestApp, start_ingest
 from ragcore_dev.standins.server import Running
-from ragcore_dev.processes import deployable_env, free_port, wait_until_up
-
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +70,9 @@ def test_feed_serves_every_chunk_once_in_updated_at_document_id_order(http: http
 
 def test_last_page_has_null_cursor_even_when_it_is_exactly_full(http: httpx.Client) -> None:
     body = http.get("/api/v1/embeddings", params={"limit": 60}).json()
-    second = http.get("/api/v1/embeddings", params={"limit": 60, "cursor": body["next_cursor"]}).json()
+    second = http.get(
+        "/api/v1/embeddings", params={"limit": 60, "cursor": body["next_cursor"]}
+    ).json()
     assert len(second["items"]) == 60
     assert second["next_cursor"] is None
 
@@ -85,15 +86,25 @@ def test_limit_defaults_to_100_and_refuses_more_than_500(http: httpx.Client) -> 
 def test_since_is_inclusive_and_accepts_z_and_offsets(http: httpx.Client) -> None:
     items = feed(http, limit=500)
     pivot = items[41]["updated_at"]
-    expected = [i["id"] for i in items if datetime.fromisoformat(i["updated_at"]) >= datetime.fromisoformat(pivot)]
+    expected = [
+        i["id"]
+        for i in items
+        if datetime.fromisoformat(i["updated_at"]) >= datetime.fromisoformat(pivot)
+    ]
     assert pivot.endswith("Z")
     assert [i["id"] for i in feed(http, since=pivot, limit=9)] == expected
-    as_offset = datetime.fromisoformat(pivot).astimezone(timezone(timedelta(hours=3, minutes=30))).isoformat()
+    as_offset = (
+        datetime.fromisoformat(pivot)
+        .astimezone(timezone(timedelta(hours=3, minutes=30)))
+        .isoformat()
+    )
     assert [i["id"] for i in feed(http, since=as_offset)] == expected
 
 
 def test_since_without_timezone_or_malformed_cursor_is_a_400(http: httpx.Client) -> None:
-    assert http.get("/api/v1/embeddings", params={"since": "2024-01-01T00:00:00"}).status_code == 400
+    assert (
+        http.get("/api/v1/embeddings", params={"since": "2024-01-01T00:00:00"}).status_code == 400
+    )
     assert http.get("/api/v1/embeddings", params={"cursor": "not-a-cursor"}).status_code == 400
 
 
@@ -103,7 +114,9 @@ def test_vectors_are_hashing_embedder_vectors_of_the_text(http: httpx.Client) ->
         assert item["vector"] == embedder.embed([item["text"]])[0]
 
 
-def test_a_documents_query_retrieves_its_chunk_first(ingest: Running[IngestApp], http: httpx.Client) -> None:
+def test_a_documents_query_retrieves_its_chunk_first(
+    ingest: Running[IngestApp], http: httpx.Client
+) -> None:
     items = feed(http, limit=500)
     matrix = np.array([i["vector"] for i in items])
     embedder = HashingEmbedder(384)
@@ -139,7 +152,9 @@ def test_document_endpoint_serves_all_chunks_and_404_for_unknown_or_deleted(
 
 
 def test_added_document_appears_with_given_texts(http: httpx.Client) -> None:
-    added = http.put("/_control/documents/new-doc", json={"texts": ["alpha", "beta"], "metadata": {"lang": "fa"}}).json()
+    added = http.put(
+        "/_control/documents/new-doc", json={"texts": ["alpha", "beta"], "metadata": {"lang": "fa"}}
+    ).json()
     items = http.get("/api/v1/documents/new-doc/embeddings").json()["items"]
     assert [i["text"] for i in items] == ["alpha", "beta"]
     assert items[0]["metadata"]["lang"] == "fa"
@@ -148,7 +163,9 @@ def test_added_document_appears_with_given_texts(http: httpx.Client) -> None:
 
 
 def test_openai_embeddings_endpoint_matches_hashing_embedder(http: httpx.Client) -> None:
-    body = http.post("/v1/embeddings", json={"model": "ragcore-hash-384", "input": ["glacier harbor", "x"]}).json()
+    body = http.post(
+        "/v1/embeddings", json={"model": "ragcore-hash-384", "input": ["glacier harbor", "x"]}
+    ).json()
     assert [d["index"] for d in body["data"]] == [0, 1]
     assert body["data"][0]["embedding"] == HashingEmbedder(384).embed(["glacier harbor"])[0]
     single = http.post("/v1/embeddings", json={"model": "m", "input": "glacier harbor"}).json()
@@ -217,7 +234,9 @@ def test_stop_ends_idle_and_hanging_connections_and_leaves_no_threads() -> None:
     hung = threading.Thread(target=wait_for_answer)
     hung.start()
     deadline = time.monotonic() + 10
-    while running.app.log.count < 2 and time.monotonic() < deadline:  # the hanging request has arrived
+    while (
+        running.app.log.count < 2 and time.monotonic() < deadline
+    ):  # the hanging request has arrived
         time.sleep(0.01)
     started = time.perf_counter()
     running.stop()
@@ -231,7 +250,17 @@ def test_stop_ends_idle_and_hanging_connections_and_leaves_no_threads() -> None:
 def test_runs_as_a_process_and_exits_cleanly_on_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ragcore_dev.standins.ingest", "--port", str(port), "--documents", "3", "--chunks", "2"],
+        [
+            sys.executable,
+            "-m",
+            "ragcore_dev.standins.ingest",
+            "--port",
+            str(port),
+            "--documents",
+            "3",
+            "--chunks",
+            "2",
+        ],
         env=deployable_env(),
         stdout=subprocess.PIPE,
         text=True,
@@ -241,7 +270,10 @@ def test_runs_as_a_process_and_exits_cleanly_on_sigterm() -> None:
         assert len(httpx.get(f"http://127.0.0.1:{port}/api/v1/embeddings").json()["items"]) == 6
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
-        assert process.stdout is not None and f"listening on http://127.0.0.1:{port}" in process.stdout.read()
+        assert (
+            process.stdout is not None
+            and f"listening on http://127.0.0.1:{port}" in process.stdout.read()
+        )
     finally:
         process.kill()
         process.wait()

@@ -1,4 +1,5 @@
-"""A Qdrant stand-in: the REST subset qdrant-client uses for VectorStore, over the embedded qdrant_edge engine.
+"""A Qdrant stand-in: the REST subset qdrant-client uses for VectorStore, over the embedded
+qdrant_edge engine.
 
 It lets several processes (API, sync worker) share one persisted collection on a machine without a
 Qdrant server. Each collection is an EdgeShard under DATA/collections/<name>/. Production runs real
@@ -11,8 +12,10 @@ GET /collections/{name}/exists; PUT /collections/{name}/index, DELETE .../index/
 PUT .../points (upsert, `points` or `batch`); POST .../points/delete (ids or filter);
 POST .../points/payload (set payload keys, on ids or by filter); POST .../points/query
 and .../points/search (nearest, with filter); POST .../points/scroll; POST .../points/count.
-Control: POST /_control/collections/{name}/optimize builds the HNSW index (blocking: qdrant_edge holds
-the GIL while optimising, so it is never started behind a client's back), plus the shared faults/requests.
+Control: POST /_control/collections/{name}/optimize builds the HNSW index (blocking: qdrant_edge
+holds
+the GIL while optimising, so it is never started behind a client's back), plus the shared
+faults/requests.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import re
 import shutil
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -31,11 +34,23 @@ from typing import Any
 import orjson
 import qdrant_edge as qe
 
-from ragcore_dev.standins.server import App, HTTPError, Request, Response, Running, json_response, run_until_signalled, start_in_thread
+from ragcore_dev.standins.server import (
+    App,
+    HTTPError,
+    Request,
+    Response,
+    Running,
+    json_response,
+    run_until_signalled,
+    start_in_thread,
+)
 
 _NAME = re.compile(r"[A-Za-z0-9_\-][A-Za-z0-9_\-.]*")
 _DISTANCES = {d: getattr(qe.Distance, d) for d in ("Cosine", "Euclid", "Dot", "Manhattan")}
-_SCHEMA_TYPES = {t.lower(): getattr(qe.PayloadSchemaType, t) for t in ("Keyword", "Integer", "Float", "Geo", "Text", "Bool", "Datetime", "Uuid")}
+_SCHEMA_TYPES = {
+    t.lower(): getattr(qe.PayloadSchemaType, t)
+    for t in ("Keyword", "Integer", "Float", "Geo", "Text", "Bool", "Datetime", "Uuid")
+}
 _SCHEMA_NAMES = {schema: name for name, schema in _SCHEMA_TYPES.items()}
 
 
@@ -55,9 +70,15 @@ class Collection:
     def create(cls, name: str, path: Path, size: int, distance: str) -> Collection:
         if path.exists():
             shutil.rmtree(path)  # an earlier create died before writing collection.json
-        config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=size, distance=_DISTANCES[distance]))
+        config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=size, distance=_DISTANCES[distance])
+        )
         shard = qe.EdgeShard.create(str(path / "shard"), config)
-        meta = {"size": size, "distance": distance, "created_at": datetime.now(timezone.utc).isoformat()}
+        meta = {
+            "size": size,
+            "distance": distance,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
         # Written last: its presence marks a complete collection.
         (path / "collection.json").write_bytes(orjson.dumps(meta))
         return cls(name, path, shard, meta)
@@ -68,12 +89,16 @@ class Collection:
         return cls(path.name, path, qe.EdgeShard.load(str(path / "shard")), meta)
 
     def update(self, operation: qe.UpdateOperation, wait: bool) -> dict[str, Any]:
-        """Apply synchronously; `wait=false` only changes the status word, as the work is already done."""
+        """Apply synchronously; `wait=false` only changes the status word, as the work is already
+        done."""
         try:
             self.shard.update(operation)
         except ValueError as exc:
             raise HTTPError(400, f"Wrong input: {exc}") from exc
-        return {"operation_id": next(self._operations), "status": "completed" if wait else "acknowledged"}
+        return {
+            "operation_id": next(self._operations),
+            "status": "completed" if wait else "acknowledged",
+        }
 
     def info(self) -> dict[str, Any]:
         info = self.shard.info()
@@ -91,7 +116,8 @@ class Collection:
                     "write_consistency_factor": 1,
                     "on_disk_payload": True,
                 },
-                # Qdrant's defaults, reported because the client's model requires them; the shard uses its own.
+                # Qdrant's defaults, reported because the client's model requires them; the shard
+                # uses its own.
                 "hnsw_config": {"m": 16, "ef_construct": 100, "full_scan_threshold": 10000},
                 "optimizer_config": {
                     "deleted_threshold": 0.2,
@@ -117,7 +143,10 @@ class Collection:
         if not isinstance(vector, list):
             raise HTTPError(400, "Wrong input: a vector must be a list of numbers")
         if len(vector) != self.size:
-            raise HTTPError(400, f"Wrong input: Vector dimension error: expected dim: {self.size}, got {len(vector)}")
+            raise HTTPError(
+                400,
+                f"Wrong input: Vector dimension error: expected dim: {self.size}, got {len(vector)}",
+            )
         return vector
 
 
@@ -136,7 +165,11 @@ def to_filter(spec: Any) -> qe.Filter:
         must=_conditions(spec.get("must")),
         should=_conditions(spec.get("should")),
         must_not=_conditions(spec.get("must_not")),
-        min_should=qe.MinShould(_conditions(min_should["conditions"]) or [], min_should["min_count"]) if min_should else None,
+        min_should=qe.MinShould(
+            _conditions(min_should["conditions"]) or [], min_should["min_count"]
+        )
+        if min_should
+        else None,
     )
 
 
@@ -152,7 +185,9 @@ def _condition(spec: dict[str, Any]) -> Any:
             key=spec["key"],
             match=_match(spec["match"]) if spec.get("match") is not None else None,
             range=_range(spec["range"]) if spec.get("range") is not None else None,
-            values_count=qe.ValuesCount(**spec["values_count"]) if spec.get("values_count") else None,
+            values_count=qe.ValuesCount(**spec["values_count"])
+            if spec.get("values_count")
+            else None,
             is_empty=spec.get("is_empty"),
             is_null=spec.get("is_null"),
         )
@@ -195,7 +230,7 @@ def _range(spec: dict[str, Any]) -> Any:
 def _with_payload(spec: Any, default: bool) -> Any:
     if spec is None:
         return default
-    if isinstance(spec, (bool, list)):
+    if isinstance(spec, bool | list):
         return spec
     if isinstance(spec, dict) and "include" in spec:
         return qe.PayloadSelector.Include(spec["include"])
@@ -210,10 +245,20 @@ def _with_vector(spec: Any) -> bool:
 
 
 def _scored(points: list[qe.ScoredPoint]) -> list[dict[str, Any]]:
-    return [{"id": p.id, "version": p.version, "score": p.score, "payload": p.payload, "vector": p.vector} for p in points]
+    return [
+        {
+            "id": p.id,
+            "version": p.version,
+            "score": p.score,
+            "payload": p.payload,
+            "vector": p.vector,
+        }
+        for p in points
+    ]
 
 
-# --- the app ----------------------------------------------------------------------------------------
+# --- the app
+# ----------------------------------------------------------------------------------------
 
 
 class QdrantApp(App):
@@ -225,7 +270,9 @@ class QdrantApp(App):
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._collections = {
-            path.name: Collection.load(path) for path in sorted(self.root.iterdir()) if (path / "collection.json").exists()
+            path.name: Collection.load(path)
+            for path in sorted(self.root.iterdir())
+            if (path / "collection.json").exists()
         }
         c = "/collections/{name}"
         for method, path, handler in [
@@ -253,7 +300,11 @@ class QdrantApp(App):
 
     def authorized(self, request: Request) -> bool:
         # Qdrant takes its key as `api-key`; a bearer token works too.
-        return self.token is None or request.headers.get("api-key") == self.token or super().authorized(request)
+        return (
+            self.token is None
+            or request.headers.get("api-key") == self.token
+            or super().authorized(request)
+        )
 
     def error(self, status: int, message: str) -> Response:
         return json_response({"status": {"error": message}, "time": 0.0}, status)
@@ -267,7 +318,9 @@ class QdrantApp(App):
 
     @staticmethod
     def _ok(result: Any, started: float) -> Response:
-        return json_response({"result": result, "status": "ok", "time": time.perf_counter() - started})
+        return json_response(
+            {"result": result, "status": "ok", "time": time.perf_counter() - started}
+        )
 
     def _get(self, name: str) -> Collection:
         with self._lock:
@@ -286,7 +339,12 @@ class QdrantApp(App):
 
     def root_banner(self, _: Request) -> Response:
         # Claims the client's own version: it speaks the REST subset that client version uses.
-        return json_response({"title": "qdrant - vector search engine (ragcore stand-in)", "version": version("qdrant-client")})
+        return json_response(
+            {
+                "title": "qdrant - vector search engine (ragcore stand-in)",
+                "version": version("qdrant-client"),
+            }
+        )
 
     def health(self, _: Request) -> Response:
         return Response(200, b"healthz check passed", "text/plain")
@@ -314,14 +372,18 @@ class QdrantApp(App):
             raise HTTPError(400, f"Wrong input: invalid collection name {name!r}")
         vectors = self._body(request).get("vectors")
         if not isinstance(vectors, dict) or "size" not in vectors:
-            raise HTTPError(400, "Wrong input: the stand-in serves one unnamed dense vector: give vectors.size")
+            raise HTTPError(
+                400, "Wrong input: the stand-in serves one unnamed dense vector: give vectors.size"
+            )
         distance = vectors.get("distance")
         if distance not in _DISTANCES:
             raise HTTPError(400, f"Wrong input: unknown distance {distance!r}")
         with self._lock:
             if name in self._collections:
                 raise HTTPError(409, f"Wrong input: Collection `{name}` already exists!")
-            self._collections[name] = Collection.create(name, self.root / name, int(vectors["size"]), distance)
+            self._collections[name] = Collection.create(
+                name, self.root / name, int(vectors["size"]), distance
+            )
         return self._ok(True, started)
 
     def delete_collection(self, request: Request) -> Response:
@@ -340,8 +402,13 @@ class QdrantApp(App):
         schema = body.get("field_schema")
         type_name = schema.get("type") if isinstance(schema, dict) else schema
         if "field_name" not in body or type_name not in _SCHEMA_TYPES:
-            raise HTTPError(400, f"Wrong input: need field_name and a field_schema among {sorted(_SCHEMA_TYPES)}")
-        operation = qe.UpdateOperation.create_field_index(body["field_name"], _SCHEMA_TYPES[type_name])
+            raise HTTPError(
+                400,
+                f"Wrong input: need field_name and a field_schema among {sorted(_SCHEMA_TYPES)}",
+            )
+        operation = qe.UpdateOperation.create_field_index(
+            body["field_name"], _SCHEMA_TYPES[type_name]
+        )
         return self._ok(collection.update(operation, request.query.get("wait") == "true"), started)
 
     def delete_index(self, request: Request) -> Response:
@@ -357,23 +424,38 @@ class QdrantApp(App):
         check = collection.check_vector
         try:
             if "points" in body:
-                points = [qe.Point(p["id"], check(p["vector"]), p.get("payload")) for p in body["points"]]
+                points = [
+                    qe.Point(p["id"], check(p["vector"]), p.get("payload")) for p in body["points"]
+                ]
             elif "batch" in body:
                 batch = body["batch"]
                 ids, vectors = batch["ids"], batch["vectors"]
                 if isinstance(vectors, dict):
                     if set(vectors) != {""}:
-                        raise HTTPError(400, "Wrong input: the stand-in serves one unnamed dense vector")
+                        raise HTTPError(
+                            400, "Wrong input: the stand-in serves one unnamed dense vector"
+                        )
                     vectors = vectors[""]
                 payloads = batch.get("payloads") or [None] * len(ids)
                 if not (isinstance(vectors, list) and len(vectors) == len(ids) == len(payloads)):
-                    raise HTTPError(400, "Wrong input: batch ids, vectors and payloads must have the same length")
-                points = [qe.Point(i, check(v), p) for i, v, p in zip(ids, vectors, payloads)]
+                    raise HTTPError(
+                        400,
+                        "Wrong input: batch ids, vectors and payloads must have the same length",
+                    )
+                points = [
+                    qe.Point(i, check(v), p)
+                    for i, v, p in zip(ids, vectors, payloads, strict=False)
+                ]
             else:
                 raise HTTPError(400, "Wrong input: give `points` or `batch`")
         except (KeyError, TypeError, ValueError) as exc:
             raise HTTPError(400, f"Wrong input: {exc}") from exc
-        return self._ok(collection.update(qe.UpdateOperation.upsert_points(points), request.query.get("wait") == "true"), started)
+        return self._ok(
+            collection.update(
+                qe.UpdateOperation.upsert_points(points), request.query.get("wait") == "true"
+            ),
+            started,
+        )
 
     def delete_points(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -402,9 +484,13 @@ class QdrantApp(App):
             raise HTTPError(400, "Wrong input: give `points` or `filter`")
         return self._ok(collection.update(operation, request.query.get("wait") == "true"), started)
 
-    def _nearest(self, collection: Collection, body: dict[str, Any], vector: Any, default_limit: int) -> list[qe.ScoredPoint]:
+    def _nearest(
+        self, collection: Collection, body: dict[str, Any], vector: Any, default_limit: int
+    ) -> list[qe.ScoredPoint]:
         if body.get("prefetch") or body.get("using"):
-            raise HTTPError(400, "Wrong input: the stand-in serves plain nearest queries on the unnamed vector")
+            raise HTTPError(
+                400, "Wrong input: the stand-in serves plain nearest queries on the unnamed vector"
+            )
         params = body.get("params") or {}
         return collection.shard.query(
             qe.QueryRequest(
@@ -415,7 +501,11 @@ class QdrantApp(App):
                 score_threshold=body.get("score_threshold"),
                 with_payload=_with_payload(body.get("with_payload"), False),
                 with_vector=_with_vector(body.get("with_vector")),
-                params=qe.SearchParams(hnsw_ef=params.get("hnsw_ef"), exact=bool(params.get("exact"))) if params else None,
+                params=qe.SearchParams(
+                    hnsw_ef=params.get("hnsw_ef"), exact=bool(params.get("exact"))
+                )
+                if params
+                else None,
             )
         )
 
@@ -427,7 +517,9 @@ class QdrantApp(App):
         if isinstance(query, dict) and "nearest" in query:
             query = query["nearest"]
         if not isinstance(query, list):
-            raise HTTPError(400, "Wrong input: the stand-in serves `query` as a vector or {nearest: vector}")
+            raise HTTPError(
+                400, "Wrong input: the stand-in serves `query` as a vector or {nearest: vector}"
+            )
         return self._ok({"points": _scored(self._nearest(collection, body, query, 10))}, started)
 
     def search(self, request: Request) -> Response:
@@ -463,7 +555,9 @@ class QdrantApp(App):
         started = time.perf_counter()
         collection = self._get(request.params["name"])
         body = self._body(request)
-        count = collection.shard.count(qe.CountRequest(exact=body.get("exact", True), filter=maybe_filter(body.get("filter"))))
+        count = collection.shard.count(
+            qe.CountRequest(exact=body.get("exact", True), filter=maybe_filter(body.get("filter")))
+        )
         return self._ok({"count": count}, started)
 
     def control_optimize(self, request: Request) -> Response:
@@ -473,17 +567,26 @@ class QdrantApp(App):
         return json_response({"optimized": optimized, "seconds": time.perf_counter() - started})
 
 
-def start_qdrant(data_dir: str | Path, api_key: str | None = None, port: int = 0) -> Running[QdrantApp]:
-    """Serve `data_dir` on 127.0.0.1 in a background thread; stopping flushes and closes every shard."""
+def start_qdrant(
+    data_dir: str | Path, api_key: str | None = None, port: int = 0
+) -> Running[QdrantApp]:
+    """Serve `data_dir` on 127.0.0.1 in a background thread; stopping flushes and closes every
+    shard."""
     return start_in_thread(QdrantApp(data_dir, api_key), port=port)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=6333)
-    parser.add_argument("--data", required=True, help="directory holding the collections (created if missing)")
-    parser.add_argument("--api-key", default=None, help="require this key (`api-key` header or bearer token)")
+    parser.add_argument(
+        "--data", required=True, help="directory holding the collections (created if missing)"
+    )
+    parser.add_argument(
+        "--api-key", default=None, help="require this key (`api-key` header or bearer token)"
+    )
     args = parser.parse_args()
     run_until_signalled(QdrantApp(args.data, args.api_key), args.host, args.port)
 

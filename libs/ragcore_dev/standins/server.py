@@ -1,4 +1,5 @@
-"""What every stand-in shares: a threaded HTTP/1.1 server, routing, bearer auth, faults, a request log.
+"""What every stand-in shares: a threaded HTTP/1.1 server, routing, bearer auth, faults, a request
+log.
 
 A stand-in is an `App` (routes over JSON) served by `StandInServer`. Requests under `/_control` are
 the test's own API: they skip auth, faults and the log. Start one with `start_in_thread` (tests) or
@@ -78,8 +79,14 @@ class Fault:
     skip: int = 0  # matching requests that pass untouched before the fault starts
 
     def snapshot(self) -> dict[str, Any]:
-        return {"remaining": self.remaining, "status": self.status, "hang": self.hang, "after": self.after, "path": self.path,
-                "skip": self.skip}
+        return {
+            "remaining": self.remaining,
+            "status": self.status,
+            "hang": self.hang,
+            "after": self.after,
+            "path": self.path,
+            "skip": self.skip,
+        }
 
 
 class Faults:
@@ -97,13 +104,21 @@ class Faults:
         self.delay_seconds = 0.0
         self._outage: tuple[int, float] | None = None  # (status, monotonic deadline)
 
-    def fail(self, status: int, times: int = 1, path: str | None = None, after: bool = False, skip: int = 0) -> None:
+    def fail(
+        self,
+        status: int,
+        times: int = 1,
+        path: str | None = None,
+        after: bool = False,
+        skip: int = 0,
+    ) -> None:
         """The next `times` requests (under `path`), after `skip` that pass, answer `status`."""
         with self._lock:
             self._pending.append(Fault(times, status=status, after=after, path=path, skip=skip))
 
     def outage(self, status: int = 503, seconds: float = float("inf")) -> None:
-        """Every request answers `status` for `seconds` (until `clear()` by default): a neighbour down."""
+        """Every request answers `status` for `seconds` (until `clear()` by default): a neighbour
+        down."""
         with self._lock:
             self._outage = (status, time.monotonic() + seconds)
 
@@ -154,8 +169,11 @@ class Faults:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             outage = self._outage is not None and time.monotonic() < self._outage[1]
-            return {"pending": [f.snapshot() for f in self._pending], "delay_seconds": self.delay_seconds,
-                    "outage_status": self._outage[0] if outage and self._outage else None}
+            return {
+                "pending": [f.snapshot() for f in self._pending],
+                "delay_seconds": self.delay_seconds,
+                "outage_status": self._outage[0] if outage and self._outage else None,
+            }
 
 
 class RequestLog:
@@ -210,7 +228,8 @@ class App:
         self.route("DELETE", "/_control/faults", self._control_clear_faults)
 
     def route(self, method: str, pattern: str, handler: Route) -> None:
-        """Serve `method pattern`; `{name}` matches one path segment, given to the handler URL-decoded."""
+        """Serve `method pattern`; `{name}` matches one path segment, given to the handler
+        URL-decoded."""
         regex = re.compile("^" + _PARAM.sub(r"(?P<\1>[^/]+)", pattern) + "$")
         self._routes.append((method, regex, handler))
 
@@ -260,7 +279,9 @@ class App:
                 return handler(request)
             except HTTPError as exc:
                 return self.error(exc.status, exc.message)
-            except Exception as exc:  # a stand-in bug must show up as a 500 and a traceback, not a hang
+            except (
+                Exception
+            ) as exc:  # a stand-in bug must show up as a 500 and a traceback, not a hang
                 traceback.print_exc(file=sys.stderr)
                 return self.error(500, f"{type(exc).__name__}: {exc}")
         if allowed:
@@ -268,7 +289,9 @@ class App:
         return self.error(404, f"no route for {request.method} {request.path}")
 
     def _control_requests(self, request: Request) -> Response:
-        return json_response({"count": self.log.count, "requests": self.log.entries(request.query.get("path"))})
+        return json_response(
+            {"count": self.log.count, "requests": self.log.entries(request.query.get("path"))}
+        )
 
     def _control_clear_requests(self, _: Request) -> Response:
         self.log.clear()
@@ -276,7 +299,11 @@ class App:
 
     def _control_add_fault(self, request: Request) -> Response:
         spec = request.json() or {}
-        times, path, after = int(spec.get("times", 1)), spec.get("path"), bool(spec.get("after", False))
+        times, path, after = (
+            int(spec.get("times", 1)),
+            spec.get("path"),
+            bool(spec.get("after", False)),
+        )
         if "delay_ms" in spec:
             self.faults.set_delay(float(spec["delay_ms"]) / 1000)
         if "outage_seconds" in spec:
@@ -301,12 +328,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         if "chunked" in self.headers.get("Transfer-Encoding", ""):
-            self.send_error(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not supported; send Content-Length")
+            self.send_error(
+                HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not supported; send Content-Length"
+            )
             return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         path, _, query = self.path.partition("?")
-        request = Request(self.command, path, dict(parse_qsl(query, keep_blank_values=True)), self.headers, body)
+        request = Request(
+            self.command, path, dict(parse_qsl(query, keep_blank_values=True)), self.headers, body
+        )
         response = self.server.app.handle(request)
         if response is None:
             self.close_connection = True
@@ -359,7 +390,10 @@ class StandInServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(
-            target=self._serve_connection, args=(request, client_address), name=f"{self.name}-conn", daemon=True
+            target=self._serve_connection,
+            args=(request, client_address),
+            name=f"{self.name}-conn",
+            daemon=True,
         )
         with self._lock:
             self._connections[thread] = request
@@ -373,13 +407,15 @@ class StandInServer(ThreadingHTTPServer):
                 self._connections.pop(threading.current_thread(), None)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that gave up (timeout) or a connection cut by stop() is expected, not a stand-in bug.
+        # A client that gave up (timeout) or a connection cut by stop() is expected, not a stand-in
+        # bug.
         if self.app.stopping.is_set() or isinstance(sys.exc_info()[1], ConnectionError):
             return
         super().handle_error(request, client_address)
 
     def stop(self) -> None:
-        """Stop accepting, end open connections (idle keep-alives, delays, hangs) and wait for them."""
+        """Stop accepting, end open connections (idle keep-alives, delays, hangs) and wait for
+        them."""
         self.app.stopping.set()
         self.app.faults.wake_all()
         self.shutdown()
@@ -425,7 +461,12 @@ class Running(Generic[A]):
 def start_in_thread(app: A, host: str = "127.0.0.1", port: int = 0) -> Running[A]:
     """Serve `app` on a background thread; port 0 picks a free port."""
     server = StandInServer(app, host, port)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=f"{server.name}-server", daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever,
+        kwargs={"poll_interval": 0.1},
+        name=f"{server.name}-server",
+        daemon=True,
+    )
     thread.start()
     return Running(app, server, thread)
 

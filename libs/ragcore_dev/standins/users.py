@@ -1,22 +1,35 @@
-"""The Users stand-in: SPEC §5's reporting endpoints, recording each delivery once per Idempotency-Key.
+"""The Users stand-in: SPEC §5's reporting endpoints, recording each delivery once per
+Idempotency-Key.
 
 A first delivery of a key answers 201 and is recorded; a repeat answers 409 and is only counted.
 
     python -m ragcore_dev.standins.users --port 7102 [--token T]
 
-Control API (no auth, no faults): GET /_control/deliveries?kind=query-results|usage-statistics|notifications,
-POST /_control/reset, and the shared /_control/faults and /_control/requests of ragcore_dev.standins.server
-(an outage: POST /_control/faults {"outage_seconds": 60, "status": 503} refuses everything for a minute).
+Control API (no auth, no faults): GET
+/_control/deliveries?kind=query-results|usage-statistics|notifications,
+POST /_control/reset, and the shared /_control/faults and /_control/requests of
+ragcore_dev.standins.server
+(an outage: POST /_control/faults {"outage_seconds": 60, "status": 503} refuses everything for a
+minute).
 """
 
 from __future__ import annotations
 
 import argparse
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from ragcore_dev.standins.server import App, HTTPError, Request, Response, Running, json_response, run_until_signalled, start_in_thread
+from ragcore_dev.standins.server import (
+    App,
+    HTTPError,
+    Request,
+    Response,
+    Running,
+    json_response,
+    run_until_signalled,
+    start_in_thread,
+)
 
 #: kind (the last path segment) -> fields the body must carry.
 REQUIRED_FIELDS = {
@@ -71,7 +84,7 @@ class UsersApp(App):
                 "kind": kind,
                 "idempotency_key": key,
                 "payload": payload,
-                "received_at": datetime.now(timezone.utc).isoformat(),
+                "received_at": datetime.now(UTC).isoformat(),
             }
             self._deliveries.append(delivery)
             self._counts[kind] += 1
@@ -108,12 +121,15 @@ class UsersApp(App):
 
 
 def start_users(token: str | None = None, port: int = 0) -> Running[UsersApp]:
-    """Serve on 127.0.0.1 in a background thread; `.url`, `.app.deliveries()`, `.app.faults`, `.stop()`."""
+    """Serve on 127.0.0.1 in a background thread; `.url`, `.app.deliveries()`, `.app.faults`,
+    `.stop()`."""
     return start_in_thread(UsersApp(token), port=port)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7102)
     parser.add_argument("--token", default=None, help="require this bearer token")

@@ -1,13 +1,14 @@
-"""The Users stand-in records each delivery once per Idempotency-Key; UsersClient treats 409 as success."""
+"""The Users stand-in records each delivery once per Idempotency-Key; UsersClient treats 409 as
+success."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
-import time
 import sys
+import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -15,8 +16,8 @@ import pytest
 
 from ragcore.clients.transport import is_retryable
 from ragcore.clients.users import UsersClient
-from ragcore_dev.standins.server import Running
 from ragcore_dev.processes import deployable_env, free_port, wait_until_up
+from ragcore_dev.standins.server import Running
 from ragcore_dev.standins.users import UsersApp, start_users
 
 TOKEN = "users-secret"
@@ -48,7 +49,9 @@ def query_result(message_id: str = "msg-1") -> dict[str, Any]:
         "message_id": message_id,
         "query": "what is a glacier?",
         "answer": "ice",
-        "sources": [{"document_id": "d1", "chunk_id": "d1/0", "score": 0.9, "text": "ice", "metadata": {}}],
+        "sources": [
+            {"document_id": "d1", "chunk_id": "d1/0", "score": 0.9, "text": "ice", "metadata": {}}
+        ],
         "tokens_used": 12,
         "processing_time_ms": 34.5,
     }
@@ -66,16 +69,35 @@ def test_first_delivery_is_recorded_and_a_repeat_is_409_and_not_recorded_twice(
     assert users.app.duplicates["query-results"] == 1
 
 
-def test_the_same_key_on_another_endpoint_is_a_separate_delivery(users: Running[UsersApp], client: UsersClient) -> None:
+def test_the_same_key_on_another_endpoint_is_a_separate_delivery(
+    users: Running[UsersApp], client: UsersClient
+) -> None:
     client.send_query_result(query_result("k"))
-    payload = {"notification_type": "info", "title": "t", "message": "m", "user_ids": ["u1"], "metadata": {}}
+    payload = {
+        "notification_type": "info",
+        "title": "t",
+        "message": "m",
+        "user_ids": ["u1"],
+        "metadata": {},
+    }
     assert client.send_notification(payload, "k") == 201
     assert len(users.app.deliveries()) == 2
 
 
-def test_usage_statistics_are_keyed_by_period(users: Running[UsersApp], client: UsersClient) -> None:
-    start, end = datetime(2024, 5, 1, 10, tzinfo=timezone.utc), datetime(2024, 5, 1, 11, tzinfo=timezone.utc)
-    payload = {"period_start": start, "period_end": end, "users": [{"user_id": "u1", "queries": 3, "tokens_used": 30, "avg_processing_time_ms": 12.0}]}
+def test_usage_statistics_are_keyed_by_period(
+    users: Running[UsersApp], client: UsersClient
+) -> None:
+    start, end = (
+        datetime(2024, 5, 1, 10, tzinfo=UTC),
+        datetime(2024, 5, 1, 11, tzinfo=UTC),
+    )
+    payload = {
+        "period_start": start,
+        "period_end": end,
+        "users": [
+            {"user_id": "u1", "queries": 3, "tokens_used": 30, "avg_processing_time_ms": 12.0}
+        ],
+    }
     assert client.send_usage_statistics(payload) == 201
     assert client.send_usage_statistics(payload) == 409
     [delivery] = users.app.deliveries("usage-statistics")
@@ -83,9 +105,14 @@ def test_usage_statistics_are_keyed_by_period(users: Running[UsersApp], client: 
     assert delivery["payload"]["period_start"] == "2024-05-01T10:00:00+00:00"
 
 
-def test_control_api_lists_deliveries_by_kind(users: Running[UsersApp], client: UsersClient) -> None:
+def test_control_api_lists_deliveries_by_kind(
+    users: Running[UsersApp], client: UsersClient
+) -> None:
     client.send_query_result(query_result("a"))
-    client.send_notification({"notification_type": "x", "title": "t", "message": "m", "user_ids": [], "metadata": {}}, "n1")
+    client.send_notification(
+        {"notification_type": "x", "title": "t", "message": "m", "user_ids": [], "metadata": {}},
+        "n1",
+    )
     body = httpx.get(users.url + "/_control/deliveries", params={"kind": "notifications"}).json()
     assert [d["idempotency_key"] for d in body["deliveries"]] == ["n1"]
     assert len(httpx.get(users.url + "/_control/deliveries").json()["deliveries"]) == 2
@@ -111,13 +138,17 @@ def test_missing_fields_are_a_permanent_422(client: UsersClient) -> None:
 
 def test_missing_idempotency_key_is_refused(users: Running[UsersApp]) -> None:
     response = httpx.post(
-        users.url + "/api/v1/rag/query-results", json=query_result(), headers={"Authorization": f"Bearer {TOKEN}"}
+        users.url + "/api/v1/rag/query-results",
+        json=query_result(),
+        headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert response.status_code == 400
     assert users.app.deliveries() == []
 
 
-def test_injected_503_is_retryable_and_records_nothing(users: Running[UsersApp], client: UsersClient) -> None:
+def test_injected_503_is_retryable_and_records_nothing(
+    users: Running[UsersApp], client: UsersClient
+) -> None:
     users.app.faults.fail(503, times=1)
     with pytest.raises(httpx.HTTPStatusError) as caught:
         client.send_query_result(query_result())
@@ -126,7 +157,9 @@ def test_injected_503_is_retryable_and_records_nothing(users: Running[UsersApp],
     assert client.send_query_result(query_result()) == 201
 
 
-def test_answer_lost_after_recording_then_retry_counts_once(users: Running[UsersApp], client: UsersClient) -> None:
+def test_answer_lost_after_recording_then_retry_counts_once(
+    users: Running[UsersApp], client: UsersClient
+) -> None:
     users.app.faults.fail(500, times=1, after=True)  # Users stored it, but the 2xx never arrived
     with pytest.raises(httpx.HTTPStatusError) as caught:
         client.send_query_result(query_result())
@@ -149,7 +182,8 @@ def test_hang_after_recording_times_out_then_retry_counts_once(users: Running[Us
 def test_runs_as_a_process_and_exits_cleanly_on_sigterm() -> None:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "ragcore_dev.standins.users", "--port", str(port), "--token", "t"], env=deployable_env()
+        [sys.executable, "-m", "ragcore_dev.standins.users", "--port", str(port), "--token", "t"],
+        env=deployable_env(),
     )
     try:
         url = f"http://127.0.0.1:{port}"
