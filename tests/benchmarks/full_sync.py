@@ -178,7 +178,8 @@ def print_round(figures: dict[str, Any]) -> None:
         rate, seconds, cpu = figures[stage]
         busy = "  ".join(f"{name} {value:5.2f}" for name, value in cpu.items())
         print(
-            f"  {stage:>13}: {rate:8,.0f} points/s  {seconds:6.2f} s   cpu s: {busy}  (total {sum(cpu.values()):5.2f})"
+            f"  {stage:>13}: {rate:8,.0f} points/s  {seconds:6.2f} s   "
+            f"cpu s: {busy}  (total {sum(cpu.values()):5.2f})"
         )
     task = figures["full_task"]
     outside = figures["full"][1] - task["copy"] - task["remove"]
@@ -258,8 +259,10 @@ def main() -> None:
             stack.producer.AsyncResult(warm).get(timeout=120)
             meter = Meter({"ingest": ingest, "qdrant": qdrant, "worker": worker})
             print(
-                f"corpus: {n:,} chunks of {settings.vector_size} dims; batch size {settings.sync_batch_size}; "
-                f"{args.stale:,} stale points{'; a re-sync' if args.resync else ''}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+                f"corpus: {n:,} chunks of {settings.vector_size} dims; "
+                f"batch size {settings.sync_batch_size}; "
+                f"{args.stale:,} stale points{'; a re-sync' if args.resync else ''}; "
+                f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
             )
             rounds = []
             for r in range(args.rounds):

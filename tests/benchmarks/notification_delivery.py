@@ -160,11 +160,13 @@ def main() -> None:
         delivered = len(users.app.deliveries("query-results"))
         assert delivered == sent, f"Users recorded {delivered} deliveries, {sent} were sent"
         print(
-            f"deliveries recorded by Users: {delivered} of {sent} sent; duplicates: {users.app.duplicates['query-results']}"
+            f"deliveries recorded by Users: {delivered} of {sent} sent; "
+            f"duplicates: {users.app.duplicates['query-results']}"
         )
         for name, values in rates.items():
             print(
-                f"{name:>34}: median {statistics.median(values):7.1f} tasks/s   runs {' '.join(f'{v:.0f}' for v in values)}"
+                f"{name:>34}: median {statistics.median(values):7.1f} tasks/s   "
+                f"runs {' '.join(f'{v:.0f}' for v in values)}"
             )
         median = {name: statistics.median(values) for name, values in rates.items()}
         # Paired by round: both measured minutes apart at most, under the same load.
@@ -172,7 +174,8 @@ def main() -> None:
             s / f for s, f in zip(rates["shared"], rates["fresh"], strict=False)
         )
         print(
-            f"shared / fresh = {median['shared'] / median['fresh']:.1f} (median per round {per_round:.1f}; target >= 10)"
+            f"shared / fresh = {median['shared'] / median['fresh']:.1f} "
+            f"(median per round {per_round:.1f}; target >= 10)"
         )
         print(f"shared / no-op = {median['shared'] / median['no-op']:.2f} (target >= 0.5)")
 

@@ -137,9 +137,12 @@ def summarize(blocks: dict[str, list[list[float]]], cpu: dict[str, float]) -> No
             for b, n in zip(mode_blocks, blocks["none"], strict=False)
         )
         print(
-            f"  {mode:>8}: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  mean {statistics.fmean(s):6.2f} ms  "
-            f"p50/none {p50 / percentile(base, 0.5):.3f}  p99/none {p99 / percentile(base, 0.99):.3f}  "
-            f"median per-round p50 ratio {paired:.3f}  CPU of the API process {1000 * cpu[mode] / len(s):.2f} ms/query"
+            f"  {mode:>8}: p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  "
+            f"mean {statistics.fmean(s):6.2f} ms  "
+            f"p50/none {p50 / percentile(base, 0.5):.3f}  "
+            f"p99/none {p99 / percentile(base, 0.99):.3f}  "
+            f"median per-round p50 ratio {paired:.3f}  "
+            f"CPU of the API process {1000 * cpu[mode] / len(s):.2f} ms/query"
         )
 
 
@@ -148,7 +151,8 @@ def run(stack: Stack, args: argparse.Namespace) -> None:
     corpus = Corpus(args.documents, args.chunks, dim=settings.vector_size)
     store = VectorStore(settings)
     print(
-        f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; {args.rounds} rounds of {args.block_size} queries per mode; "
+        f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; "
+        f"{args.rounds} rounds of {args.block_size} queries per mode; "
         f"relay every {settings.report_relay_seconds} s"
     )
     store.close()
@@ -161,7 +165,8 @@ def run(stack: Stack, args: argparse.Namespace) -> None:
     )
     blocks = bench.rounds()
     print(
-        f"reports published: {bench.published} results for {args.rounds + 1} blocks of {args.block_size} queries"
+        f"reports published: {bench.published} results "
+        f"for {args.rounds + 1} blocks of {args.block_size} queries"
     )
     summarize(blocks, bench.cpu)
     print("target: p50 with reports / without <= 1.02")

@@ -87,34 +87,37 @@ def main() -> None:
     baseline_pages = pages / (time.perf_counter() - started)
     del corpus
 
-    with standin(
-        "ingest", "--documents", str(args.documents), "--chunks", str(args.chunks)
-    ) as ingest_url:
-        with httpx.Client(timeout=60) as http:
-            started = time.perf_counter()
-            chunks: list[Chunk] = [
-                c
-                for page in IngestClient(http, ingest_url).iter_pages(limit=PAGE)
-                for c in page.items
+    with (
+        standin(
+            "ingest", "--documents", str(args.documents), "--chunks", str(args.chunks)
+        ) as ingest_url,
+        httpx.Client(timeout=60) as http,
+    ):
+        started = time.perf_counter()
+        chunks: list[Chunk] = [
+            c for page in IngestClient(http, ingest_url).iter_pages(limit=PAGE) for c in page.items
+        ]
+        elapsed = time.perf_counter() - started
+        picks = random.Random(0).sample(chunks, args.queries)
+        topics = {
+            c.document_id: http.get(f"{ingest_url}/_control/documents/{c.document_id}").json()[
+                "topic"
             ]
-            elapsed = time.perf_counter() - started
-            picks = random.Random(0).sample(chunks, args.queries)
-            topics = {
-                c.document_id: http.get(f"{ingest_url}/_control/documents/{c.document_id}").json()[
-                    "topic"
-                ]
-                for c in picks
-            }
+            for c in picks
+        }
     fetched_pages = -(-len(chunks) // PAGE)
     print(
-        f"ingest feed: {fetched_pages / elapsed:.1f} pages/s ({len(chunks) / elapsed:,.0f} chunks/s) via IngestClient; "
-        f"baseline page build+serialise {baseline_pages:.1f} pages/s; ratio {fetched_pages / elapsed / baseline_pages:.2f}"
+        f"ingest feed: {fetched_pages / elapsed:.1f} pages/s "
+        f"({len(chunks) / elapsed:,.0f} chunks/s) via IngestClient; "
+        f"baseline page build+serialise {baseline_pages:.1f} pages/s; "
+        f"ratio {fetched_pages / elapsed / baseline_pages:.2f}"
     )
     embedder = HashingEmbedder(384)
     queries = [
         embedder.embed(
             [
-                f"{topics[c.document_id][0]} {topics[c.document_id][1]} {aspect(c.metadata['chunk_index'])}"
+                f"{topics[c.document_id][0]} {topics[c.document_id][1]} "
+                f"{aspect(c.metadata['chunk_index'])}"
             ]
         )[0]
         for c in picks
@@ -178,11 +181,14 @@ def main() -> None:
 
         latency, right = store_search()
         print(
-            f"qdrant upsert: {rate:,.0f} points/s via VectorStore (batches of {BATCH}); bare qdrant_edge {edge_rate:,.0f} points/s; ratio {rate / edge_rate:.2f}"
+            f"qdrant upsert: {rate:,.0f} points/s via VectorStore (batches of {BATCH}); "
+            f"bare qdrant_edge {edge_rate:,.0f} points/s; ratio {rate / edge_rate:.2f}"
         )
         print(
-            f"qdrant search (plain index): p50 {statistics.median(latency) * 1000:.2f} ms, p95 {percentile(latency, 0.95) * 1000:.2f} ms via VectorStore; "
-            f"bare p50 {statistics.median(edge_latency) * 1000:.2f} ms; ratio {statistics.median(latency) / statistics.median(edge_latency):.2f}; "
+            f"qdrant search (plain index): p50 {statistics.median(latency) * 1000:.2f} ms, "
+            f"p95 {percentile(latency, 0.95) * 1000:.2f} ms via VectorStore; "
+            f"bare p50 {statistics.median(edge_latency) * 1000:.2f} ms; "
+            f"ratio {statistics.median(latency) / statistics.median(edge_latency):.2f}; "
             f"top hit is the targeted chunk for {right}/{len(picks)} queries"
         )
         if args.optimize:
@@ -193,8 +199,10 @@ def main() -> None:
             latency, right = store_search()
             edge_latency = edge_search()
             print(
-                f"qdrant search (HNSW, built in {seconds:.0f} s): p50 {statistics.median(latency) * 1000:.2f} ms via VectorStore; "
-                f"bare p50 {statistics.median(edge_latency) * 1000:.2f} ms; ratio {statistics.median(latency) / statistics.median(edge_latency):.2f}; "
+                f"qdrant search (HNSW, built in {seconds:.0f} s): "
+                f"p50 {statistics.median(latency) * 1000:.2f} ms via VectorStore; "
+                f"bare p50 {statistics.median(edge_latency) * 1000:.2f} ms; "
+                f"ratio {statistics.median(latency) / statistics.median(edge_latency):.2f}; "
                 f"top hit right for {right}/{len(picks)}"
             )
         store.close()

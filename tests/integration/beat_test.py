@@ -240,9 +240,7 @@ def _queued(stack: Stack, queue: Queue, task: str) -> list[dict[str, Any]]:
     return found
 
 
-def test_beat_rides_out_a_broker_outage_fires_the_next_due_entry_once_and_relays_reports_made_during_it() -> (
-    None
-):
+def test_beat_rides_out_broker_outage_fires_next_due_entry_once_relays_reports_made_in_it() -> None:
     period = 3
     with running_stack(
         beat_schedule=json.dumps({"cleanup_old_cache": str(period)}), report_relay_seconds="0.2"
@@ -280,7 +278,8 @@ def test_beat_rides_out_a_broker_outage_fires_the_next_due_entry_once_and_relays
         statistics = _queued(stack, Queue.USER, contracts.UPDATE_USER_STATISTICS.name)
 
     print(
-        f"beat: the first run after the broker returned was sent {(first - back).total_seconds():.1f}s later"
+        "beat: the first run after the broker returned was sent "
+        f"{(first - back).total_seconds():.1f}s later"
     )
     assert (first - back).total_seconds() <= period + 1.5  # the due entry fired, without a restart
     assert all(gap >= period - EARLY for gap in _gaps(times)), _gaps(

@@ -25,7 +25,9 @@ def api(stack: Stack) -> Iterator[tuple[Stack, Deployable]]:
 
 def _kib(pid: int, field: str) -> int:
     line = next(
-        l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith(field + ":")
+        row
+        for row in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if row.startswith(field + ":")
     )
     return int(line.split()[1]) * 1024
 

@@ -81,7 +81,8 @@ def rig() -> Iterator[Rig]:
         stack.start_api()
         task_id = dispatch.send(stack.producer, contracts.SYNC_EMBEDDINGS)
         assert stack.producer.AsyncResult(task_id).get(timeout=60)["copied"] == 18
-        sync.stop()  # the rest of the test needs only the notifications worker: fewer processes on the CPUs
+        # The rest of the test needs only the notifications worker: fewer processes on the CPUs.
+        sync.stop()
         yield Rig(stack, ingest, users)
 
 
@@ -106,7 +107,8 @@ def _outage_then_return(
 ) -> float:
     """20 queries while Users refuses everything for `outage_seconds`; returns how long after Users
     returned every report had arrived. Asserts each arrived once and nobody called the API for it,
-    and that when Users returned each waiting report's own next attempt was `backoff_left` away or more."""
+    and that when Users returned each waiting report's own next attempt was `backoff_left` away or
+    more."""
     rig.users.app.faults.outage(503)
     down_at = time.monotonic()
     message_ids = {rig.ask(n) for n in range(QUERIES)}
@@ -163,7 +165,8 @@ def _outage_then_return(
     assert statuses and set(statuses) == {"redriven"}  # none left for an operator
     assert rig.metric("ragcore_circuit_breaker_state", neighbour="users", state="closed") == 1
     print(
-        f"outage {outage_seconds:.0f}s: {refused} requests refused, all {QUERIES} reports at Users {healed:.1f}s after it returned"
+        f"outage {outage_seconds:.0f}s: {refused} requests refused, "
+        f"all {QUERIES} reports at Users {healed:.1f}s after it returned"
     )
     return healed
 
@@ -181,7 +184,7 @@ def test_twenty_reports_made_during_a_60s_users_outage_reach_users_once_within_6
 # breaker's probe can bring them out within 60 s. (A genuine 10-minute outage with the default
 # settings, run once by hand with this module's helpers: 44 requests reached Users while it was
 # down, and all 20 reports were there 2.8 s after it returned.)
-def test_reports_deep_in_their_backoff_after_a_long_outage_reach_users_once_within_60s_of_its_return(
+def test_reports_deep_in_backoff_after_a_long_outage_reach_users_once_within_60s_of_its_return(
     rig: Rig,
 ) -> None:
     with notifications_worker(

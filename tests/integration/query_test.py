@@ -1,5 +1,6 @@
 """POST /api/v1/query/ answers from synced documents, keeps per-user limits and a data-versioned
-cache, and its two reports reach Users and the statistics exactly once — even across a broker outage."""
+cache, and its two reports reach Users and the statistics exactly once — even across a broker
+outage."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ class Rig:
         for queue, worker in self.workers.items():
             hostname = f"{queue.value}@test"
 
-            def settled() -> bool:
+            def settled(worker: Deployable = worker, hostname: str = hostname) -> bool:
                 if not worker.running:
                     return True
                 try:
@@ -142,7 +143,7 @@ def rig() -> Iterator[Rig]:
         yield rig
 
 
-def test_a_query_over_synced_documents_answers_from_the_right_chunk_and_is_reported_and_counted_once(
+def test_query_over_synced_documents_answers_from_the_right_chunk_and_is_reported_and_counted_once(
     rig: Rig,
 ) -> None:
     doc = rig.ingest.app.corpus.documents()["doc-00003"]
@@ -282,7 +283,7 @@ def test_over_the_daily_limit_is_429_with_the_reset_time_until_reset_all_daily_l
     assert rig.ask("erin", doc.query(0)).status_code == 200
 
 
-def test_with_the_broker_stopped_a_query_still_answers_and_its_report_reaches_users_once_after_it_returns(
+def test_with_the_broker_stopped_a_query_still_answers_and_reports_to_users_once_after_it_returns(
     rig: Rig,
 ) -> None:
     doc = rig.ingest.app.corpus.documents()["doc-00009"]

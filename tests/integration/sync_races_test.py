@@ -72,19 +72,19 @@ def rig() -> Iterator[Rig]:
     with (
         start_ingest(documents=12, chunks=4) as ingest,
         start_qdrant(tempfile.mkdtemp(prefix="qdrant-")) as qdrant,
-    ):
-        with running_stack(
+        running_stack(
             ingest_url=ingest.url, qdrant_url=qdrant.url, qdrant_collection=COLLECTION
-        ) as stack:
-            store = VectorStore(get_settings())
-            store.ensure_collection()
-            # Nothing listens there: the sync worker must not need a cache Redis at all.
-            stack.start_worker(Queue.SYNC, cache_url=f"redis://127.0.0.1:{free_port()}/0")
-            stack.start_api()
-            rig = Rig(stack, ingest, qdrant, store)
-            assert rig.run(contracts.SYNC_EMBEDDINGS)["copied"] == 48
-            yield rig
-            store.close()
+        ) as stack,
+    ):
+        store = VectorStore(get_settings())
+        store.ensure_collection()
+        # Nothing listens there: the sync worker must not need a cache Redis at all.
+        stack.start_worker(Queue.SYNC, cache_url=f"redis://127.0.0.1:{free_port()}/0")
+        stack.start_api()
+        rig = Rig(stack, ingest, qdrant, store)
+        assert rig.run(contracts.SYNC_EMBEDDINGS)["copied"] == 48
+        yield rig
+        store.close()
 
 
 @pytest.fixture(autouse=True)

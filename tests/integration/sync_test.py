@@ -60,16 +60,16 @@ def rig() -> Iterator[SyncRig]:
     with (
         start_ingest(documents=12, chunks=4) as ingest,
         start_qdrant(tempfile.mkdtemp(prefix="qdrant-")) as qdrant,
-    ):
-        with running_stack(
+        running_stack(
             ingest_url=ingest.url, qdrant_url=qdrant.url, qdrant_collection="sync_test"
-        ) as stack:
-            store = VectorStore(get_settings())
-            store.ensure_collection()
-            worker = stack.start_worker(Queue.SYNC)
-            stack.start_api()
-            yield SyncRig(stack, ingest, store, worker, qdrant)
-            store.close()
+        ) as stack,
+    ):
+        store = VectorStore(get_settings())
+        store.ensure_collection()
+        worker = stack.start_worker(Queue.SYNC)
+        stack.start_api()
+        yield SyncRig(stack, ingest, store, worker, qdrant)
+        store.close()
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +116,8 @@ def test_full_sync_leaves_exactly_ingests_chunks_and_reports_progress(rig: SyncR
 
 def test_full_sync_progress_is_visible_in_task_status(rig: SyncRig) -> None:
     rig.ingest.app.faults.set_delay(0.3)
-    get_settings()  # batch size comes from the worker's settings (256): make pages small by corpus size
+    # batch size comes from the worker's settings (256): make pages small by corpus size
+    get_settings()
     task_id = dispatch.send(rig.stack.producer, contracts.TRIGGER_FULL_SYNC)
     with rig.stack.api(ADMIN_KEY) as api:
         final = wait_until(
@@ -389,7 +390,8 @@ def test_sigterm_mid_full_sync_hands_it_back_at_a_page_boundary_and_another_work
     assert rig.qdrant_point_ids() == rig.ingest_point_ids() and stale not in rig.qdrant_point_ids()
     assert len(rig.ingest.app.log.entries("/api/v1/embeddings")) <= 12 + 1
     print(
-        f"SIGTERM: handed back in {stopped:.1f}s, finished {time.monotonic() - stopping:.1f}s after it"
+        f"SIGTERM: handed back in {stopped:.1f}s, "
+        f"finished {time.monotonic() - stopping:.1f}s after it"
     )
 
 
