@@ -153,8 +153,10 @@ def test_a_redrive_that_fails_again_waits_again_as_long_as_it_has_waited(session
     [again] = recorded(sessions)
     assert (again.status, again.attempts) == ("waiting", 5)
     assert (
-        timedelta(minutes=9) < again.next_attempt_at - utcnow() <= timedelta(minutes=10, seconds=5)
-    )  # type: ignore[operator]
+        timedelta(minutes=9)
+        < again.next_attempt_at - utcnow()  # type: ignore[operator]
+        <= timedelta(minutes=10, seconds=5)
+    )
 
 
 def test_a_redrive_refused_or_out_of_its_window_fails_for_an_operator(sessions) -> None:  # type: ignore[no-untyped-def]

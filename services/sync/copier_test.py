@@ -13,7 +13,7 @@ import pytest
 
 from ragcore.clients.ingest import Chunk, Page
 from ragcore.clients.vectorstore import VectorStore, point_id
-from services.sync.copier import copy_pages
+from services.sync.copier import CopyReport, copy_pages
 
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -187,7 +187,7 @@ def test_pages_are_checkpointed_in_feed_order_only_once_applied() -> None:
     )  # the first write is the slowest: later ones finish first
     checkpoints: list[tuple[str | None, int, int]] = []
 
-    def applied(page: Page, report: object) -> None:
+    def applied(page: Page, report: CopyReport) -> None:
         checkpoints.append(
             (
                 page.next_cursor,
