@@ -93,9 +93,12 @@ def main(argv: list[str] | None = None) -> None:
     # Options first: `--help` answers without binding the port or opening Redis or the database.
     argparse.ArgumentParser(
         prog="server",
-        description="The ragcore control plane: the FastAPI app on uvicorn (no options but --help).",
-        epilog="Configured by RAGCORE_* environment variables, e.g. RAGCORE_API_HOST and RAGCORE_API_PORT "
-        "(default 7001), RAGCORE_REDIS_URL, RAGCORE_DATABASE_URL, RAGCORE_API_KEYS.",
+        description=(
+            "The ragcore control plane: the FastAPI app on uvicorn (no options but --help)."
+        ),
+        epilog="Configured by RAGCORE_* environment variables, e.g. RAGCORE_API_HOST and "
+        "RAGCORE_API_PORT (default 7001), RAGCORE_REDIS_URL, RAGCORE_DATABASE_URL, "
+        "RAGCORE_API_KEYS.",
     ).parse_args(argv)
     settings = get_settings()
     configure_logging("api", settings.log_level)

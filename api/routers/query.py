@@ -53,7 +53,10 @@ _RESPONSES: Responses = {
     },
     503: {
         "model": UnavailableBody,
-        "description": "A dependency of the answer (embedding service, Qdrant, chat service, database) is unavailable",
+        "description": (
+            "A dependency of the answer (embedding service, Qdrant, chat service, database)"
+            " is unavailable"
+        ),
     },
 }
 

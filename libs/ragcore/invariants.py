@@ -21,8 +21,9 @@ def visibility_timeout_problem(settings: Settings) -> str | None:
     longest = contracts.longest_time_limit()
     if settings.visibility_timeout_seconds <= longest:
         return (
-            f"the visibility timeout ({settings.visibility_timeout_seconds}s) must exceed the longest task "
-            f"time limit ({longest}s), or Redis redelivers tasks that are still running"
+            f"the visibility timeout ({settings.visibility_timeout_seconds}s) "
+            f"must exceed the longest task time limit ({longest}s), "
+            "or Redis redelivers tasks that are still running"
         )
     return None
 
@@ -46,8 +47,8 @@ def eviction_problem(client: redis.Redis) -> str | None:
         return None
     if policy.startswith("allkeys-"):
         return (
-            f"the broker's Redis evicts keys (maxmemory-policy={policy}): queued tasks would be lost "
-            f"under memory pressure; set maxmemory-policy to noeviction"
+            f"the broker's Redis evicts keys (maxmemory-policy={policy}): "
+            "queued tasks would be lost under memory pressure; set maxmemory-policy to noeviction"
         )
     return None
 

@@ -215,9 +215,10 @@ class Settings(BaseSettings):
                         else f"(a plain key of {len(entry)} characters)"
                     )
                     raise ValueError(
-                        f'RAGCORE_API_KEYS entry {which} for scope {scope!r} is a placeholder (prod takes "sha256:<64 '
-                        f'lowercase hex digits>" or a plain key of at least {MIN_PLAIN_KEY_LENGTH} characters); make '
-                        f"a key and its entry with: {MAKE_KEY}"
+                        f"RAGCORE_API_KEYS entry {which} for scope {scope!r} is a placeholder "
+                        '(prod takes "sha256:<64 lowercase hex digits>" or a plain key of at '
+                        f"least {MIN_PLAIN_KEY_LENGTH} characters); "
+                        f"make a key and its entry with: {MAKE_KEY}"
                     )
         if self.default_tier not in self.tier_daily_limits:
             raise ValueError(
@@ -225,7 +226,8 @@ class Settings(BaseSettings):
             )
         if self.worker_lost_after_seconds < 3 * self.worker_heartbeat_seconds:
             raise ValueError(
-                "worker_lost_after_seconds must be at least three heartbeats (worker_heartbeat_seconds)"
+                "worker_lost_after_seconds must be at least three heartbeats "
+                "(worker_heartbeat_seconds)"
             )
         if set(self.tier_thresholds) != set(self.tier_daily_limits):
             raise ValueError("tier_thresholds and tier_daily_limits must name the same tiers")

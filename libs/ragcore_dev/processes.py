@@ -4,6 +4,7 @@ run, their environment, free ports, and waiting for them — the one copy of the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -57,10 +58,8 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
 
 def signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
     """`sig` to the process's whole group (its pool children too); an empty group is no error."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 class Deployable:

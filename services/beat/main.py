@@ -41,7 +41,8 @@ ledger.connect_publisher_signals()
 def main() -> None:
     if "--help" in sys.argv[1:]:  # before the database and Redis: usage only
         print(
-            "usage: scheduler [CELERY BEAT OPTIONS]\n\nRuns the RedBeat schedule and the report relay. "
+            "usage: scheduler [CELERY BEAT OPTIONS]\n\n"
+            "Runs the RedBeat schedule and the report relay. "
             "Configured by RAGCORE_* environment variables. Celery's beat options follow.\n",
             flush=True,
         )

@@ -44,7 +44,9 @@ def describe(exc: BaseException) -> str:
     """The error as an operator needs it: for an HTTP answer its status, request and body."""
     if isinstance(exc, httpx.HTTPStatusError):
         response = exc.response
-        return f"HTTP {response.status_code} from {exc.request.method} {exc.request.url}: {response.text[:_BODY_EXCERPT]}"
+        request = exc.request
+        excerpt = response.text[:_BODY_EXCERPT]
+        return f"HTTP {response.status_code} from {request.method} {request.url}: {excerpt}"
     return f"{type(exc).__name__}: {exc}"
 
 

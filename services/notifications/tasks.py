@@ -69,7 +69,8 @@ def send_usage_statistics(self: Task, args: UsageStatisticsArgs) -> dict[str, An
         start = usage.hour_start(args.period_start.astimezone(UTC))
         if start > latest:
             raise PermanentTaskError(
-                f"the hour starting {start.isoformat()} is not reportable yet: queries of it may still run"
+                f"the hour starting {start.isoformat()} is not reportable yet: "
+                "queries of it may still run"
             )
         periods = [start]
     reported: list[dict[str, Any]] = []

@@ -150,7 +150,8 @@ def copy_pages(
                     apply_oldest()
                 if chunks:
                     in_flight.append((pool.submit(write, chunks), ids, page))
-                else:  # nothing to write, but its checkpoint comes in order after the pages before it
+                else:
+                    # nothing to write, but its checkpoint comes in order after the pages before it
                     done: Future[int] = Future()
                     done.set_result(0)
                     in_flight.append((done, ids, page))

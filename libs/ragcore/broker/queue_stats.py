@@ -184,7 +184,11 @@ def last_heartbeat(client: redis.Redis, queue: str, hostname: str) -> float | No
 # KEDA's redis scaler reads a list's length only, so the held tasks of all workers of a queue are
 # kept as one list, rebuilt atomically whenever one worker's share changes.
 _NOTE_IN_FLIGHT = """
-if ARGV[2] == '[]' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+if ARGV[2] == '[]' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
 redis.call('DEL', KEYS[2])
 local held = redis.call('HVALS', KEYS[1])
 for _, ids in ipairs(held) do redis.call('RPUSH', KEYS[2], unpack(cjson.decode(ids))) end

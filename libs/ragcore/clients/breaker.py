@@ -36,7 +36,8 @@ class BreakerOpen(RetryLater):
 
     def __init__(self, neighbour: str) -> None:
         super().__init__(
-            f"the circuit breaker of {neighbour} is open (it failed repeatedly); waiting for a probe to succeed"
+            f"the circuit breaker of {neighbour} is open (it failed repeatedly); "
+            "waiting for a probe to succeed"
         )
         self.neighbour = neighbour
 
@@ -61,7 +62,8 @@ class Breaker:
                 CLOSED, client, namespace=f"{PREFIX}{neighbour}"
             ),
             name=neighbour,
-            throw_new_error_on_trip=False,  # the caller records the neighbour's own error, not "tripped"
+            # the caller records the neighbour's own error, not "tripped"
+            throw_new_error_on_trip=False,
         )
 
     def ping(self) -> None:

@@ -91,9 +91,8 @@ def test_a_since_without_timezone_is_refused_before_any_request(
 def test_bearer_token_is_sent_and_a_wrong_one_is_a_permanent_401(
     ingest: Running[IngestApp],
 ) -> None:
-    with httpx.Client(timeout=2) as http:
-        with pytest.raises(httpx.HTTPStatusError) as caught:
-            next(IngestClient(http, ingest.url, "wrong").iter_pages())
+    with httpx.Client(timeout=2) as http, pytest.raises(httpx.HTTPStatusError) as caught:
+        next(IngestClient(http, ingest.url, "wrong").iter_pages())
     assert caught.value.response.status_code == 401
     assert not is_retryable(caught.value)
 
@@ -143,16 +142,20 @@ def test_a_500_mid_feed_is_retryable_and_a_retry_resumes(
 
 def test_a_timeout_is_retryable(ingest: Running[IngestApp]) -> None:
     ingest.app.faults.hang(times=1)
-    with make_http_client(Settings(http_timeout_seconds=0.3)) as http:
-        with pytest.raises(httpx.ReadTimeout) as caught:
-            next(IngestClient(http, ingest.url, TOKEN).iter_pages())
+    with (
+        make_http_client(Settings(http_timeout_seconds=0.3)) as http,
+        pytest.raises(httpx.ReadTimeout) as caught,
+    ):
+        next(IngestClient(http, ingest.url, TOKEN).iter_pages())
     assert is_retryable(caught.value)
 
 
 def test_connection_refused_is_retryable() -> None:
-    with make_http_client(Settings(http_timeout_seconds=1)) as http:
-        with pytest.raises(httpx.ConnectError) as caught:
-            next(IngestClient(http, f"http://127.0.0.1:{free_port()}").iter_pages())
+    with (
+        make_http_client(Settings(http_timeout_seconds=1)) as http,
+        pytest.raises(httpx.ConnectError) as caught,
+    ):
+        next(IngestClient(http, f"http://127.0.0.1:{free_port()}").iter_pages())
     assert is_retryable(caught.value)
 
 

@@ -123,12 +123,14 @@ class VectorStore:
         vectors = info.config.params.vectors
         if not isinstance(vectors, models.VectorParams):
             raise CollectionMismatch(
-                f"collection {self.collection!r} has named vectors; ragcore expects one unnamed vector"
+                f"collection {self.collection!r} has named vectors; "
+                "ragcore expects one unnamed vector"
             )
         if vectors.size != self.vector_size or vectors.distance != self.distance:
             raise CollectionMismatch(
-                f"collection {self.collection!r} holds {vectors.size}-dim {vectors.distance.value} vectors, but the "
-                f"settings say {self.vector_size}-dim {self.distance.value}: re-create it or fix RAGCORE_VECTOR_SIZE/RAGCORE_DISTANCE"
+                f"collection {self.collection!r} holds {vectors.size}-dim "
+                f"{vectors.distance.value} vectors, but the settings say {self.vector_size}-dim "
+                f"{self.distance.value}: re-create it or fix RAGCORE_VECTOR_SIZE/RAGCORE_DISTANCE"
             )
         options = self.client.init_options
         # Local mode has no payload indexes (and warns if asked); a server filters deletions by this
@@ -148,7 +150,8 @@ class VectorStore:
     def _check_vector(self, vector: list[float], what: str) -> None:
         if len(vector) != self.vector_size:
             raise ValueError(
-                f"{what} has {len(vector)} dimensions, the collection {self.collection!r} holds {self.vector_size}"
+                f"{what} has {len(vector)} dimensions, "
+                f"the collection {self.collection!r} holds {self.vector_size}"
             )
 
     def upsert(self, chunks: Iterable[Chunk], wait: bool = True, generation: int = 0) -> int:

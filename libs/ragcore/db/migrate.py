@@ -84,7 +84,8 @@ def adopt_unversioned_schema(config: Config) -> bool:
     if differences:
         raise SchemaMismatch(
             "the database has ragcore tables but no migration version, and differs from the models "
-            f"(first differences: {differences[:5]}); bring it to a known revision and `stamp` it by hand"
+            f"(first differences: {differences[:5]}); "
+            "bring it to a known revision and `stamp` it by hand"
         )
     log.warning("the database has the models' tables but no migration version: stamping it at head")
     command.stamp(config, "head")

@@ -25,7 +25,8 @@ class LimitExceeded(Exception):
 
     def __init__(self, user_id: str, daily_limit: int, resets_at: datetime) -> None:
         super().__init__(
-            f"user {user_id!r} reached the daily limit of {daily_limit} queries; it resets at {resets_at.isoformat()}"
+            f"user {user_id!r} reached the daily limit of {daily_limit} queries; "
+            f"it resets at {resets_at.isoformat()}"
         )
         self.daily_limit = daily_limit
         self.resets_at = resets_at

@@ -13,6 +13,7 @@ message once (Users by its idempotency key, the statistics by message).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -168,12 +169,9 @@ class ReportRelay:
 
     def _run(self) -> None:
         # Background work: where it shares a host's CPUs (the local stack), the answers come first.
-        try:
-            os.setpriority(
-                os.PRIO_PROCESS, threading.get_native_id(), 10
-            )  # this thread only (Linux)
-        except (AttributeError, OSError):
-            pass
+        with contextlib.suppress(AttributeError, OSError):
+            # this thread only (Linux)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while not self._stop.wait(self._interval):
             try:
                 while publish_pending(self._app) and not self._stop.is_set():

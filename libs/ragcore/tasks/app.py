@@ -35,10 +35,12 @@ def create_app(
 ) -> Celery:
     """A Celery app with our reliability defaults; a worker passes the queues it consumes."""
     settings = settings or get_settings()
-    if settings.visibility_timeout_seconds <= contracts.longest_time_limit():
+    longest = contracts.longest_time_limit()
+    if settings.visibility_timeout_seconds <= longest:
         raise RuntimeError(
-            f"visibility timeout ({settings.visibility_timeout_seconds}s) must exceed the longest task "
-            f"time limit ({contracts.longest_time_limit()}s), or Redis redelivers tasks still running"
+            f"visibility timeout ({settings.visibility_timeout_seconds}s) "
+            f"must exceed the longest task time limit ({longest}s), "
+            "or Redis redelivers tasks still running"
         )
     app = Celery(service, set_as_current=True)
     transport = {"visibility_timeout": settings.visibility_timeout_seconds}
@@ -123,7 +125,7 @@ def define_task(
                     log.warning("retrying %s in %.1fs: %s", contract.name, countdown, exc)
                     raise self.retry(
                         exc=exc, countdown=countdown, max_retries=contract.retry.max_retries
-                    )
+                    ) from exc
                 raise
 
         run.__name__ = fn.__name__

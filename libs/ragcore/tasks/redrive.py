@@ -109,7 +109,8 @@ def redrive_due(
             continue
         try:
             gate = breaker(neighbour, settings)
-            gate.ping()  # pybreaker reads a Redis it cannot reach as "closed": nothing to decide without it
+            # pybreaker reads a Redis it cannot reach as "closed": nothing to decide without it
+            gate.ping()
             closed = gate.state == CLOSED
             if not closed and not gate.probe_due(now):
                 continue  # the rest wait for the probe

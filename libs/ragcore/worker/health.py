@@ -42,7 +42,8 @@ def evaluate(
         return Health(True, "every pool slot is busy")
     return Health(
         False,
-        f"{depth} task(s) wait but the worker dequeued nothing for {idle:.0f}s (window {window:.0f}s)",
+        f"{depth} task(s) wait but the worker dequeued nothing for {idle:.0f}s "
+        f"(window {window:.0f}s)",
     )
 
 

@@ -242,7 +242,8 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     if "--help" in argv:
         print(
             f"usage: worker [--healthcheck [--hostname=NAME]] [CELERY WORKER OPTIONS]\n\n"
-            f"Consumes the {queue.value} queue; --healthcheck instead exits 0 while the worker NAME consumes it.\n"
+            f"Consumes the {queue.value} queue; "
+            "--healthcheck instead exits 0 while the worker NAME consumes it.\n"
             "Configured by RAGCORE_* environment variables. Celery's worker options follow.\n",
             flush=True,
         )

@@ -42,17 +42,18 @@ from ragcore_dev.standins.server import (
 )
 
 WORDS = (
-    "amber anchor apple arrow atlas aurora badger bamboo banner basalt beacon birch bison bridge bronze cactus "
-    "canal canyon cedar cobalt comet copper coral cotton crater crystal delta desert dolphin dune eagle ember "
-    "falcon fern fjord forest fossil garnet geyser ginger glacier granite harbor hazel heron horizon iris island "
-    "ivory jasmine jungle kestrel lagoon lantern lava lemon lichen lotus magnet maple marble meadow mesa meteor "
-    "mint mirror monsoon mosaic nectar nickel oasis obsidian ocean orchid otter oyster pebble pepper pine "
-    "plateau prairie quartz quill raven reef river saffron salmon sapphire savanna sequoia shale sierra silver "
-    "spruce summit tundra thistle thunder tidal timber topaz tulip valley velvet violet walnut willow zephyr"
+    "amber anchor apple arrow atlas aurora badger bamboo banner basalt beacon birch bison bridge "
+    "bronze cactus canal canyon cedar cobalt comet copper coral cotton crater crystal delta desert "
+    "dolphin dune eagle ember falcon fern fjord forest fossil garnet geyser ginger glacier granite "
+    "harbor hazel heron horizon iris island ivory jasmine jungle kestrel lagoon lantern lava lemon "
+    "lichen lotus magnet maple marble meadow mesa meteor mint mirror monsoon mosaic nectar nickel "
+    "oasis obsidian ocean orchid otter oyster pebble pepper pine plateau prairie quartz quill "
+    "raven reef river saffron salmon sapphire savanna sequoia shale sierra silver spruce summit "
+    "tundra thistle thunder tidal timber topaz tulip valley velvet violet walnut willow zephyr"
 ).split()
 ASPECTS = (
-    "history design costs safety maintenance regulation training outlook suppliers logistics energy "
-    "materials testing warranty recycling staffing"
+    "history design costs safety maintenance regulation training outlook suppliers logistics "
+    "energy materials testing warranty recycling staffing"
 ).split()
 CATEGORIES = ("science", "finance", "health", "travel")
 MAX_LIMIT = 500
@@ -144,8 +145,8 @@ def aspect(index: int) -> str:
 def chunk_text(topic: tuple[str, str], word: str, revision: int) -> str:
     a, b = topic
     return (
-        f"{a.title()} and {b}: {word}. This part of the {a} {b} dossier covers the {word} of {a} {b} "
-        f"(revision {revision})."
+        f"{a.title()} and {b}: {word}. "
+        f"This part of the {a} {b} dossier covers the {word} of {a} {b} (revision {revision})."
     )
 
 

@@ -145,7 +145,8 @@ class Collection:
         if len(vector) != self.size:
             raise HTTPError(
                 400,
-                f"Wrong input: Vector dimension error: expected dim: {self.size}, got {len(vector)}",
+                "Wrong input: Vector dimension error: "
+                f"expected dim: {self.size}, got {len(vector)}",
             )
         return vector
 

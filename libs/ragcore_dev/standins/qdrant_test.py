@@ -309,7 +309,10 @@ def test_processes_share_one_collection_and_it_survives_sigterm_and_restart(tmp_
         return process
 
     def count_in_another_process() -> int:
-        code = f"from qdrant_client import QdrantClient; print(QdrantClient(url={url!r}, check_compatibility=False).count('shared').count)"
+        code = (
+            "from qdrant_client import QdrantClient; "
+            f"print(QdrantClient(url={url!r}, check_compatibility=False).count('shared').count)"
+        )
         return int(
             subprocess.run(
                 [sys.executable, "-c", code],

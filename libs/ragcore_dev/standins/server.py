@@ -9,6 +9,7 @@ the test's own API: they skip auth, faults and the log. Start one with `start_in
 from __future__ import annotations
 
 import collections
+import contextlib
 import re
 import signal
 import socket
@@ -422,10 +423,8 @@ class StandInServer(ThreadingHTTPServer):
         with self._lock:
             connections = list(self._connections.items())
         for _, sock in connections:
-            try:
+            with contextlib.suppress(OSError):  # already closed by its own thread
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by its own thread
         for thread, _ in connections:
             thread.join(timeout=10)
         self.server_close()

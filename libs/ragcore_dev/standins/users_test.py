@@ -121,9 +121,8 @@ def test_control_api_lists_deliveries_by_kind(
 
 
 def test_wrong_token_is_a_permanent_401(users: Running[UsersApp]) -> None:
-    with httpx.Client(timeout=2) as http:
-        with pytest.raises(httpx.HTTPStatusError) as caught:
-            UsersClient(http, users.url, "wrong").send_query_result(query_result())
+    with httpx.Client(timeout=2) as http, pytest.raises(httpx.HTTPStatusError) as caught:
+        UsersClient(http, users.url, "wrong").send_query_result(query_result())
     assert caught.value.response.status_code == 401
     assert not is_retryable(caught.value)
     assert users.app.deliveries() == []
