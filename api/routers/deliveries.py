@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import ColumnElement, func, select, update
 
 from api.auth import AdminKey
@@ -17,7 +17,7 @@ from api.errors import ERROR_RESPONSES, ErrorBody, Responses
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
 from ragcore.tasks import dispatch
-from ragcore.tasks.contracts import BY_NAME
+from ragcore.tasks.contracts import BY_NAME, Timestamp
 from ragcore.tasks.redrive import DISCARDED, FAILED, WAITING
 
 log = logging.getLogger(__name__)
@@ -139,10 +139,8 @@ class DeliveryFilter(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task_name: str | None = Field(None, description="Only deliveries of this task")
-    failed_after: AwareDatetime | None = Field(
-        None, description="First failed at or after this time"
-    )
-    failed_before: AwareDatetime | None = Field(None, description="First failed before this time")
+    failed_after: Timestamp | None = Field(None, description="First failed at or after this time")
+    failed_before: Timestamp | None = Field(None, description="First failed before this time")
     error_contains: str | None = Field(
         None, min_length=1, max_length=500, description="Error text contains this (any case)"
     )
