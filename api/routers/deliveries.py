@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, func, select, update
 
 from api.auth import AdminKey
 from api.deps import CeleryDep, SessionDep, commit
-from api.errors import ERROR_RESPONSES, ErrorBody, Responses
+from api.errors import ERROR_RESPONSES, NOT_STORED_RESPONSE, ErrorBody, Responses
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
 from ragcore.tasks import dispatch
@@ -203,7 +203,7 @@ class BulkResult(BaseModel):
     matched: int = Field(description="Deliveries the filter took")
 
 
-@router.post("/redrive")
+@router.post("/redrive", responses=NOT_STORED_RESPONSE)
 def redrive_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> BulkResult:
     """Re-drive every matching delivery: they wait, due now, and Beat sends each once (the breaker
     permitting).
@@ -219,11 +219,12 @@ def redrive_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> 
         .values(status=WAITING, next_attempt_at=now, waiting_since=now)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+    commit(session)  # the count answered is what is stored
     log.info("bulk re-drive of %d deliveries (%s)", matched, body.model_dump(exclude_none=True))
     return BulkResult(matched=matched)
 
 
-@router.post("/discard")
+@router.post("/discard", responses=NOT_STORED_RESPONSE)
 def discard_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> BulkResult:
     """Discard every matching delivery: never sent, kept for the record as `discarded`."""
     matched = session.execute(
@@ -232,5 +233,6 @@ def discard_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> 
         .values(status=DISCARDED, next_attempt_at=None)
         .execution_options(synchronize_session=False)
     ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+    commit(session)
     log.info("discarded %d deliveries (%s)", matched, body.model_dump(exclude_none=True))
     return BulkResult(matched=matched)
