@@ -151,3 +151,32 @@ def test_a_redrive_whose_commit_fails_is_a_503_and_stays_failed(
             assert kept is not None and kept.status == "failed"
 
         assert api.post(f"/api/v1/deliveries/{row.id}/retry").status_code == 202
+
+
+@pytest.mark.parametrize("action", ["redrive", "discard"])
+def test_a_bulk_action_whose_commit_fails_is_a_503_and_changes_nothing(
+    stack: Stack, holder: Connection, action: str
+) -> None:
+    with session_scope() as session:
+        row = FailedDelivery(
+            task_name="send_system_notification",
+            task_id=f"cut-bulk-{action}",
+            payload={"idempotency_key": f"cut-bulk-{action}"},
+            error=f"HTTP 500 cut-bulk-{action}",
+            attempts=4,
+        )
+        session.add(row)
+    _commit_waits_on_hold(holder, "failed_deliveries", "UPDATE")
+    only_this = {"error_contains": f"cut-bulk-{action}"}
+    with stack.api(ADMIN_KEY) as api:
+        answer = _cut_connection_mid_commit(
+            holder, lambda: api.post(f"/api/v1/deliveries/{action}", json=only_this)
+        )
+        assert answer.status_code == 503, answer.text
+        assert "nothing was stored" in answer.json()["detail"]
+        with session_scope() as session:
+            kept = session.get(FailedDelivery, row.id)
+            assert kept is not None and kept.status == "failed"
+
+        again = api.post(f"/api/v1/deliveries/{action}", json=only_this)
+    assert again.status_code == 200 and again.json() == {"matched": 1}
