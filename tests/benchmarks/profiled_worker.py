@@ -1,6 +1,7 @@
 """Any benchmark's worker entrypoint with cProfile in its pool process (diagnosis only).
 
-    PYTHONPATH=libs:. python -m tests.benchmarks.profiled_worker OUT.prof MODULE [WORKER ARGS]
+    PYTHONPATH=libs:. python -m tests.benchmarks.profiled_worker --profile=OUT.prof \
+        --profile-module=MODULE [WORKER ARGS]
 
 Imports MODULE (e.g. `services.notifications.worker`, `tests.benchmarks.bare_worker`) and runs its
 `main()`; each forked pool process profiles itself from its start and writes OUT.prof.<pid> when it
@@ -17,8 +18,16 @@ from typing import Any
 
 from celery import signals
 
-_out = sys.argv.pop(1)
-_module = importlib.import_module(sys.argv.pop(1))
+
+def _option(name: str) -> str:
+    """Take `--name=value` out of the worker's arguments."""
+    arg = next(a for a in sys.argv if a.startswith(f"--{name}="))
+    sys.argv.remove(arg)
+    return arg.split("=", 1)[1]
+
+
+_out = _option("profile")
+_module = importlib.import_module(_option("profile-module"))
 _profiler = cProfile.Profile()
 
 
