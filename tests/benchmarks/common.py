@@ -1,10 +1,19 @@
-"""What the benchmarks share: percentiles, and the Ingest stand-in's corpus written into Qdrant."""
+"""What the benchmarks share: percentiles, the Ingest stand-in's corpus written into Qdrant, and
+timed drains of idle worker processes."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from celery import Celery
+
 from ragcore.clients.ingest import Chunk
 from ragcore.clients.vectorstore import VectorStore
+from ragcore_dev.processes import wait_until
 from ragcore_dev.standins.ingest import Corpus, from_micros
+from tests.support.stack import Stack
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -25,3 +34,30 @@ def load_corpus(store: VectorStore, corpus: Corpus) -> int:
         ]
     store.ensure_collection()
     return store.upsert(chunks)
+
+
+@dataclass
+class Phase:
+    name: str
+    hostname: str
+    queue: str
+    tasks: int
+    publish: Callable[[int], str]
+
+
+def timed_drain(producer: Celery, phase: Phase, done: Callable[[Phase, str], bool]) -> float:
+    """Tasks per second for the phase's tasks queued up front and drained by its worker alone."""
+    last = [phase.publish(i) for i in range(phase.tasks)][-1]
+    started = time.perf_counter()
+    producer.control.add_consumer(phase.queue, destination=[phase.hostname], reply=True)
+    wait_until(lambda: done(phase, last), 600, f"{phase.tasks} tasks", interval=0.005)
+    elapsed = time.perf_counter() - started
+    producer.control.cancel_consumer(phase.queue, destination=[phase.hostname], reply=True)
+    return phase.tasks / elapsed
+
+
+def start_idle_worker(stack: Stack, module: str, hostname: str, queue: str, *args: str) -> None:
+    """Start a worker process (`--concurrency=1`); its consumer waits cancelled for a drain."""
+    worker = stack.start(module, f"--hostname={hostname}", "--concurrency=1", *args)
+    stack.wait_consuming(hostname, worker)
+    stack.producer.control.cancel_consumer(queue, destination=[hostname], reply=True)

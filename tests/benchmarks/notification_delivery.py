@@ -26,17 +26,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from celery import Celery
 
 from ragcore.tasks.contracts import CANARIES, SEND_QUERY_RESULT, Queue
-from ragcore_dev.processes import wait_until
 from ragcore_dev.standins.users import start_users
-from tests.support.stack import Stack, running_stack
+from tests.benchmarks.common import Phase, start_idle_worker, timed_drain
+from tests.support.stack import running_stack
 
 QUEUE = Queue.NOTIFICATIONS.value
 
@@ -60,31 +55,6 @@ def report(i: int) -> dict[str, object]:
         "tokens_used": 9,
         "processing_time_ms": 12.5,
     }
-
-
-@dataclass
-class Phase:
-    name: str
-    hostname: str
-    tasks: int
-    publish: Callable[[int], str]
-
-
-def timed_drain(producer: Celery, phase: Phase, done: Callable[[Phase, str], bool]) -> float:
-    """Tasks per second for the phase's tasks queued up front and drained by its worker alone."""
-    last = [phase.publish(i) for i in range(phase.tasks)][-1]
-    started = time.perf_counter()
-    producer.control.add_consumer(QUEUE, destination=[phase.hostname], reply=True)
-    wait_until(lambda: done(phase, last), 600, f"{phase.tasks} tasks", interval=0.005)
-    elapsed = time.perf_counter() - started
-    producer.control.cancel_consumer(QUEUE, destination=[phase.hostname], reply=True)
-    return phase.tasks / elapsed
-
-
-def start_idle_worker(stack: Stack, module: str, hostname: str, *args: str) -> None:
-    worker = stack.start(module, f"--hostname={hostname}", "--concurrency=1", *args)
-    stack.wait_consuming(hostname, worker)
-    stack.producer.control.cancel_consumer(QUEUE, destination=[hostname], reply=True)
 
 
 def main() -> None:
@@ -129,27 +99,31 @@ def main() -> None:
                 return ready
             return users.app.count("query-results") >= sent
 
-        start_idle_worker(stack, "services.notifications.worker", "shared@bench")
-        start_idle_worker(stack, "tests.benchmarks.fresh_client_worker", "fresh@bench")
+        start_idle_worker(stack, "services.notifications.worker", "shared@bench", QUEUE)
+        start_idle_worker(stack, "tests.benchmarks.fresh_client_worker", "fresh@bench", QUEUE)
         phases = [
-            Phase("no-op", "shared@bench", args.tasks, canary),
-            Phase("shared", "shared@bench", args.tasks, delivery),
-            Phase("fresh", "fresh@bench", args.fresh_tasks, delivery),
+            Phase("no-op", "shared@bench", QUEUE, args.tasks, canary),
+            Phase("shared", "shared@bench", QUEUE, args.tasks, delivery),
+            Phase("fresh", "fresh@bench", QUEUE, args.fresh_tasks, delivery),
         ]
         if args.diagnose:
-            start_idle_worker(stack, "tests.benchmarks.lean_worker", "lean@bench")
-            start_idle_worker(stack, "tests.benchmarks.lean_worker", "leaner@bench", "--no-events")
+            start_idle_worker(stack, "tests.benchmarks.lean_worker", "lean@bench", QUEUE)
+            start_idle_worker(
+                stack, "tests.benchmarks.lean_worker", "leaner@bench", QUEUE, "--no-events"
+            )
             phases += [
-                Phase("no-op, no ledger", "lean@bench", args.tasks, canary),
-                Phase("shared, no ledger", "lean@bench", args.tasks, delivery),
-                Phase("no-op, no ledger/events/started", "leaner@bench", args.tasks, canary),
-                Phase("shared, no ledger/events/started", "leaner@bench", args.tasks, delivery),
+                Phase("no-op, no ledger", "lean@bench", QUEUE, args.tasks, canary),
+                Phase("shared, no ledger", "lean@bench", QUEUE, args.tasks, delivery),
+                Phase("no-op, no ledger/events/started", "leaner@bench", QUEUE, args.tasks, canary),
+                Phase(
+                    "shared, no ledger/events/started", "leaner@bench", QUEUE, args.tasks, delivery
+                ),
             ]
         for hostname in sorted(
             {p.hostname for p in phases}
         ):  # warm up: the child's client, pools, imports
             sent += 50
-            timed_drain(producer, Phase("warm-up", hostname, 50, delivery), done)
+            timed_drain(producer, Phase("warm-up", hostname, QUEUE, 50, delivery), done)
         rates: dict[str, list[float]] = {p.name: [] for p in phases}
         for r in range(args.rounds):
             for i in range(len(phases)):

@@ -1,0 +1,135 @@
+"""Benchmark: tasks/s of each shipped worker's canary vs a bare Celery app with the same options.
+
+    PYTHONPATH=libs:. python -m tests.benchmarks.worker_overhead [--rounds 5 --tasks 300]
+    [--diagnose]
+
+One private Redis, one fresh PostgreSQL database, worker processes with `--concurrency=1` (prefork)
+started from their entrypoints: each shipped worker (`python -m services.<queue>.worker`, its
+prefetch as shipped) and the bare app (tests.benchmarks.bare_worker) once per prefetch the shipped
+workers use. Each shipped worker runs its canary `ragcore.canary.<queue>`, sent as the API sends
+tasks (`ragcore.tasks.dispatch`: recorded in the ledger, then published): a trivial task that keeps
+its result, so it pays what every such task pays (argument validation, two synchronous ledger
+updates, the STARTED and SUCCESS results). The bare app runs a no-op task that keeps its result.
+
+All workers run throughout with their consumer cancelled; a measurement queues its tasks, re-adds
+one worker's consumer and times until the last task's result is stored (one process consumes FIFO),
+then cancels the consumer again. Rounds rotate the order, so drift in the machine's load falls on
+all. Each shipped worker's ratio is to the bare app with its prefetch, median of per-round ratios.
+With `--diagnose`, also the notifications worker without the ledger's signal receivers, and also
+without task events and `track_started` (tests.benchmarks.lean_worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from ragcore.settings import get_settings
+from ragcore.tasks import dispatch
+from ragcore.tasks.contracts import CANARIES, Queue
+from tests.benchmarks import bare_worker
+from tests.benchmarks.common import Phase, start_idle_worker, timed_drain
+from tests.support.stack import running_stack
+
+TARGET = 0.9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tasks", type=int, default=300, help="tasks per measurement")
+    parser.add_argument(
+        "--diagnose", action="store_true", help="also the worker without the ledger, events"
+    )
+    args = parser.parse_args()
+    prefetch = get_settings().worker_prefetch
+
+    with running_stack() as stack:
+        producer = stack.producer
+
+        def canary(queue: Queue) -> Phase:
+            def publish(i: int) -> str:
+                return dispatch.send(producer, CANARIES[queue], {"echo": str(i)})
+
+            return Phase(
+                f"{queue.value} canary", f"{queue.value}@bench", queue.value, args.tasks, publish
+            )
+
+        def bare(multiplier: int) -> Phase:
+            def publish(i: int) -> str:
+                task_id: str = producer.send_task(
+                    bare_worker.TASK, kwargs={"echo": str(i)}, queue=bare_worker.QUEUE
+                ).id
+                return task_id
+
+            hostname = f"bare-{multiplier}@bench"
+            return Phase(
+                f"bare, prefetch {multiplier}", hostname, bare_worker.QUEUE, args.tasks, publish
+            )
+
+        phases: list[Phase] = []
+        baseline: dict[str, str] = {}  # a shipped phase -> the bare phase with its prefetch
+        for multiplier in sorted({prefetch.get(q.value, 1) for q in Queue}):
+            phase = bare(multiplier)
+            start_idle_worker(
+                stack,
+                "tests.benchmarks.bare_worker",
+                phase.hostname,
+                phase.queue,
+                f"--prefetch-multiplier={multiplier}",
+            )
+            phases.append(phase)
+        for queue in Queue:
+            phase = canary(queue)
+            start_idle_worker(stack, f"services.{queue.value}.worker", phase.hostname, phase.queue)
+            phases.append(phase)
+            baseline[phase.name] = bare(prefetch.get(queue.value, 1)).name
+        if args.diagnose:
+            notifications = canary(Queue.NOTIFICATIONS)
+            for name, hostname, extra in (
+                ("notifications canary, no ledger", "lean@bench", ()),
+                (
+                    "notifications canary, no ledger/events/started",
+                    "leaner@bench",
+                    ("--no-events",),
+                ),
+            ):
+                start_idle_worker(
+                    stack, "tests.benchmarks.lean_worker", hostname, notifications.queue, *extra
+                )
+                phases.append(
+                    Phase(name, hostname, notifications.queue, args.tasks, notifications.publish)
+                )
+                baseline[name] = bare(prefetch.get(Queue.NOTIFICATIONS.value, 1)).name
+
+        def done(_: Phase, last: str) -> bool:
+            ready: bool = producer.AsyncResult(last).ready()
+            return ready
+
+        for phase in phases:  # warm up: the pool process's imports, connections, pools
+            timed_drain(
+                producer, Phase("warm-up", phase.hostname, phase.queue, 50, phase.publish), done
+            )
+        rates: dict[str, list[float]] = {p.name: [] for p in phases}
+        for r in range(args.rounds):
+            for i in range(len(phases)):
+                phase = phases[(r + i) % len(phases)]
+                rates[phase.name].append(timed_drain(producer, phase, done))
+
+        width = max(len(name) for name in rates)
+        for name, values in rates.items():
+            line = f"{name:>{width}}: median {statistics.median(values):6.1f} tasks/s"
+            if name in baseline:
+                # Paired by round: both measured seconds apart, under the same load.
+                ratio = statistics.median(
+                    s / b for s, b in zip(values, rates[baseline[name]], strict=True)
+                )
+                verdict = "met" if ratio >= TARGET else "NOT met"
+                line += f"   / {baseline[name]}: {ratio:.2f} (target >= {TARGET}: {verdict})"
+            print(f"{line}   runs {' '.join(f'{v:.0f}' for v in values)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
