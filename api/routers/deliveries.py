@@ -14,10 +14,11 @@ from sqlalchemy import ColumnElement, func, select, update
 from api.auth import AdminKey
 from api.deps import CeleryDep, SessionDep, commit
 from api.errors import ERROR_RESPONSES, NOT_STORED_RESPONSE, ErrorBody, Responses
+from api.schemas.tasks import TaskName
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
 from ragcore.tasks import dispatch
-from ragcore.tasks.contracts import BY_NAME, Timestamp
+from ragcore.tasks.contracts import BY_NAME, NO_NUL, Timestamp
 from ragcore.tasks.redrive import DISCARDED, FAILED, WAITING
 
 log = logging.getLogger(__name__)
@@ -133,27 +134,36 @@ def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: Cel
     return Redriven(id=row.id, task_id=task_id, status=row.status)
 
 
+#: A bulk action needs at least one of these, not null: an empty filter would take every delivery.
+CRITERIA = ("task_name", "failed_after", "failed_before", "error_contains")
+
+
+def _state_some_criterion(schema: dict[str, Any]) -> None:
+    # The OpenAPI document states the rule that `_some_criterion` enforces.
+    schema["anyOf"] = [
+        {"required": [name], "properties": {name: {"not": {"type": "null"}}}} for name in CRITERIA
+    ]
+
+
 class DeliveryFilter(BaseModel):
     """Which failed or waiting deliveries a bulk action takes; at least one criterion."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_state_some_criterion)
 
-    task_name: str | None = Field(None, description="Only deliveries of this task")
+    task_name: TaskName | None = Field(None, description="Only deliveries of this task")
     failed_after: Timestamp | None = Field(None, description="First failed at or after this time")
     failed_before: Timestamp | None = Field(None, description="First failed before this time")
+    # No NUL: PostgreSQL cannot compare text with it.
     error_contains: str | None = Field(
-        None, min_length=1, max_length=500, description="Error text contains this (any case)"
+        None,
+        min_length=1,
+        max_length=500,
+        pattern=NO_NUL,
+        description="Error text contains this (any case)",
     )
     status: Literal["failed", "waiting", "any"] = Field(
         "any", description="failed (an operator's), waiting (automatic), or both"
     )
-
-    @field_validator("task_name")
-    @classmethod
-    def _known_task(cls, name: str | None) -> str | None:
-        if name is not None and name not in BY_NAME:
-            raise ValueError(f"no task named {name!r}")
-        return name
 
     @field_validator("failed_after", "failed_before")
     @classmethod
@@ -163,33 +173,17 @@ class DeliveryFilter(BaseModel):
         except OverflowError:
             raise ValueError("out of range once in UTC") from None
 
-    @field_validator("error_contains")
-    @classmethod
-    def _no_nul(cls, text: str | None) -> str | None:
-        if text is not None and "\x00" in text:
-            raise ValueError(
-                "text must not contain NUL characters"
-            )  # PostgreSQL cannot compare them
-        return text
-
     @model_validator(mode="after")
     def _some_criterion(self) -> DeliveryFilter:
-        if (
-            self.task_name is None
-            and self.failed_after is None
-            and self.failed_before is None
-            and self.error_contains is None
-        ):
-            raise ValueError(
-                "give at least one of task_name, failed_after, failed_before, error_contains"
-            )
+        if all(getattr(self, name) is None for name in CRITERIA):
+            raise ValueError(f"give at least one of {', '.join(CRITERIA)}")
         return self
 
     def where(self) -> list[ColumnElement[bool]]:
         states = [FAILED, WAITING] if self.status == "any" else [self.status]
         where: list[ColumnElement[bool]] = [FailedDelivery.status.in_(states)]
         if self.task_name is not None:
-            where.append(FailedDelivery.task_name == self.task_name)
+            where.append(FailedDelivery.task_name == self.task_name.value)
         if self.failed_after is not None:
             where.append(FailedDelivery.created_at >= self.failed_after)
         if self.failed_before is not None:
