@@ -20,8 +20,8 @@ _header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 def scope_of(key: str, configured: Mapping[str, ApiScope]) -> ApiScope | None:
     """The scope of `key`, or None. A "sha256:<hex digest>" entry admits only the key it hashes,
-    never
-    its own text: whoever reads the stored entry (a Secret, a log line) must not hold the scope."""
+    never its own text: whoever reads the stored entry (a Secret, a log line) must not hold the
+    scope."""
     digest = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
     found: ApiScope | None = None
     for candidate, scope in configured.items():

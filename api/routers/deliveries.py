@@ -15,7 +15,7 @@ from api.auth import AdminKey
 from api.deps import CeleryDep, SessionDep, commit
 from api.errors import ERROR_RESPONSES, NOT_STORED_RESPONSE, ErrorBody, Responses
 from api.schemas.tasks import TaskName
-from ragcore.db import utcnow
+from ragcore.db import rows_affected, utcnow
 from ragcore.db.models import FailedDelivery
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import BY_NAME, NO_NUL, Timestamp
@@ -116,9 +116,8 @@ def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: Cel
             status.HTTP_409_CONFLICT,
             f"delivery {delivery_id} is of task {row.task_name!r}, which no contract defines",
         )
-    payload = task.validate(
-        row.payload
-    )  # a payload no contract accepts is a 422, not a publish failure
+    # a payload no contract accepts is a 422, not a publish failure
+    payload = task.validate(row.payload)
     try:
         task_id = dispatch.send(celery, task, payload)
     except Exception as exc:  # broker down: nothing was marked, the operator can retry later
@@ -128,9 +127,8 @@ def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: Cel
             f"could not publish the task: {type(exc).__name__}: {exc}",
         ) from None
     row.status, row.redriven_at, row.redrive_task_id = "redriven", utcnow(), task_id
-    commit(
-        session
-    )  # before the 202; if it fails, a second re-drive sends under the same idempotency key
+    # before the 202; if it fails, a second re-drive sends under the same idempotency key
+    commit(session)
     return Redriven(id=row.id, task_id=task_id, status=row.status)
 
 
@@ -207,12 +205,13 @@ def redrive_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> 
     # Waiting rows are what the re-driver publishes (locked, marked, once each); it runs every relay
     # round.
     now = utcnow()
-    matched = session.execute(
+    matched = rows_affected(
+        session,
         update(FailedDelivery)
         .where(*body.where())
         .values(status=WAITING, next_attempt_at=now, waiting_since=now)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        .execution_options(synchronize_session=False),
+    )
     commit(session)  # the count answered is what is stored
     log.info("bulk re-drive of %d deliveries (%s)", matched, body.model_dump(exclude_none=True))
     return BulkResult(matched=matched)
@@ -221,12 +220,13 @@ def redrive_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> 
 @router.post("/discard", responses=NOT_STORED_RESPONSE)
 def discard_matching(body: DeliveryFilter, _: AdminKey, session: SessionDep) -> BulkResult:
     """Discard every matching delivery: never sent, kept for the record as `discarded`."""
-    matched = session.execute(
+    matched = rows_affected(
+        session,
         update(FailedDelivery)
         .where(*body.where())
         .values(status=DISCARDED, next_attempt_at=None)
-        .execution_options(synchronize_session=False)
-    ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        .execution_options(synchronize_session=False),
+    )
     commit(session)
     log.info("discarded %d deliveries (%s)", matched, body.model_dump(exclude_none=True))
     return BulkResult(matched=matched)

@@ -3,11 +3,9 @@
 Queues (depth, oldest waiting task, consumers) come from the broker; the reports still to publish
 from the messages; deliveries waiting for a re-drive from failed_deliveries, each neighbour's
 circuit breaker from its state in Redis; the rows the last retention run deleted from its ledger
-row;
-task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds` — so
-they are gauges (and a gauge
-histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that
-window.
+row; task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds`
+— so they are gauges (and a gauge histogram): `histogram_quantile(0.95,
+ragcore_task_duration_seconds_bucket)` is the p95 of that window.
 
 Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then
 keep the port private to the cluster).
@@ -190,9 +188,8 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
             queues.broker_client(settings.broker),
             queues.heartbeat_ttl(settings.worker_heartbeat_seconds),
         )
-        deliveries = _delivery_families(
-            settings, session
-        )  # breaker states live in the broker's Redis
+        # breaker states live in the broker's Redis
+        deliveries = _delivery_families(settings, session)
     except redis.RedisError as exc:
         log.warning("broker unreachable for metrics: %s", exc)
         raise HTTPException(503, BROKER_UNREACHABLE) from None

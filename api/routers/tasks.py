@@ -6,7 +6,6 @@ results; list and workers ask the workers themselves with a bounded wait; queues
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -28,7 +27,6 @@ from api.schemas.tasks import (
     TaskList,
     TaskName,
     TaskState,
-    TaskStatus,
     TaskSummary,
     TriggeredTask,
     WorkerInfo,
@@ -38,6 +36,7 @@ from ragcore.broker import queue_stats, workers
 from ragcore.tasks import contracts, dispatch, ledger
 from ragcore.tasks import status as task_view
 from ragcore.tasks.contracts import TaskContract, Timestamp
+from ragcore.tasks.status import TaskStatus
 
 _NOT_FOUND: Responses = {
     404: {"model": ErrorBody, "description": "No task with this id was ever sent"}
@@ -71,7 +70,7 @@ def task_status(
         )
     if scope != "admin":
         view.traceback = None  # internals are for operators only
-    return TaskStatus(**asdict(view))
+    return view
 
 
 # -- history ------------------------------------------------------------------------------------

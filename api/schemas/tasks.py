@@ -21,28 +21,6 @@ TaskName = Enum(  # type: ignore[misc]
 TaskState = Literal["PENDING", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 
 
-class TaskStatus(BaseModel):
-    task_id: str
-    status: str
-    result: Any = None
-    error: str | None = None
-    traceback: str | None = None
-    name: str | None = None
-    queue: str | None = None
-    progress: dict[str, Any] | None = None
-    sent_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    worker: str | None = None
-    retries: int = 0
-    revoked: bool = False
-    #: The worker running it stopped heartbeating: a live worker of its queue re-queues it
-    #: (`worker_lost_after_seconds` after `worker_lost_since`), and its progress is not moving
-    #: meanwhile.
-    worker_lost: bool = False
-    worker_lost_since: datetime | None = None
-
-
 class HistoryItem(BaseModel):
     task_id: str
     #: Null for an id revoked before any worker received it.

@@ -1,10 +1,10 @@
 """What the deployment files promise, checked: one worker service per queue, scaling, KEDA, Beat.
 
 Usage: check_manifests.py COMPOSE_CONFIG_YAML K8S_DIR VERSION
+
 COMPOSE_CONFIG_YAML is `docker-compose config` output (anchors and variables resolved). Needs
-PyYAML.
-Kubernetes' own schemas are checked by kubernetes-validate; this checks what no schema knows,
-including the KEDA ScaledObjects (a CRD that kubernetes-validate has no schema for).
+PyYAML. Kubernetes' own schemas are checked by kubernetes-validate; this checks what no schema
+knows, including the KEDA ScaledObjects (a CRD that kubernetes-validate has no schema for).
 """
 
 from __future__ import annotations

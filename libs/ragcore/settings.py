@@ -121,8 +121,8 @@ class Settings(BaseSettings):
     )
 
     # Hourly usage statistics report an hour once it ended this long ago: longer than a query can
-    # take
-    # from its start (its message's created_at) to its commit, so no query of the hour is in flight.
+    # take from its start (its message's created_at) to its commit, so no query of the hour is in
+    # flight.
     usage_report_lag_seconds: int = Field(600, ge=0)
 
     # Beat: task name -> when it runs: a 5-field crontab ("0 2 * * *") or an interval in seconds.
@@ -140,9 +140,9 @@ class Settings(BaseSettings):
 
     # Retention (apply_retention, daily): how many days each table keeps its rows. Only rows that
     # can never change again go; unfinished tasks, unresolved deliveries and events still to apply
-    # stay however old they are.
-    # Finished tasks: status and history of the last month (incident reviews span weeks); at a
-    # million queries a day (two rows each) that bounds the ledger near 60M rows instead of growing.
+    # stay however old they are. Finished tasks: status and history of the last month (incident
+    # reviews span weeks); at a million queries a day (two rows each) that bounds the ledger near
+    # 60M rows instead of growing.
     retention_task_ledger_days: int = Field(30, ge=1)
     # Resolved failed deliveries: few rows (only exhausted retries), kept a quarter for audits.
     retention_failed_deliveries_days: int = Field(90, ge=1)
@@ -160,11 +160,9 @@ class Settings(BaseSettings):
 
     # Request bodies: the most a route reads, refused with 413 while streaming in (before the key is
     # checked or anything parses it). Path prefix -> bytes, the longest matching prefix wins, else
-    # the
-    # default. 64 KiB holds the largest valid query (4,000 characters, 16 filters) with room for
-    # JSON
-    # escapes; 8 MiB holds a full events batch (10,000 events with 512-character document ids ≈ 6
-    # MB).
+    # the default. 64 KiB holds the largest valid query (4,000 characters, 16 filters) with room for
+    # JSON escapes; 8 MiB holds a full events batch (10,000 events with 512-character document ids ≈
+    # 6 MB).
     max_body_bytes: int = Field(64 * 1024, gt=0)
     body_limits: dict[str, int] = Field(
         default_factory=lambda: {"/api/v1/sync/events": 8 * 1024 * 1024}
@@ -179,9 +177,8 @@ class Settings(BaseSettings):
     # Workers record a heartbeat (and their last dequeue) in the broker's Redis this often.
     worker_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
     # A worker whose heartbeat is this old is gone: a live worker of its queue re-queues what it
-    # held.
-    # Well above the heartbeat's own lapse (three beats), so a slow beat never re-queues a running
-    # task.
+    # held. Well above the heartbeat's own lapse (three beats), so a slow beat never re-queues a
+    # running task.
     worker_lost_after_seconds: float = Field(60.0, gt=0)
     # Health: a worker with waiting tasks that dequeued nothing for this long is not consuming.
     worker_dequeue_window_seconds: float = Field(120.0, gt=0)

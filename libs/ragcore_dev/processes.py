@@ -1,6 +1,5 @@
 """Processes for the local stack and the tests: deployables started from the entrypoints their
-images
-run, their environment, free ports, and waiting for them — the one copy of these helpers."""
+images run, their environment, free ports, and waiting for them — the one copy of these helpers."""
 
 from __future__ import annotations
 
@@ -43,8 +42,7 @@ def deployable_env(**settings: str) -> dict[str, str]:
 
 def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """A `preexec_fn`: the child gets `sig` when the process that started it dies (a killed pytest
-    or
-    stack leaves nothing behind)."""
+    or stack leaves nothing behind)."""
     parent = os.getpid()
 
     def arrange() -> None:
@@ -72,10 +70,14 @@ class Deployable:
         self.log_path = Path(tempfile.mkstemp(prefix=f"{module}-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
 
+    def command(self) -> list[str]:
+        """How it is started: `python -m <module>` (a pex subclass runs its file instead)."""
+        return [sys.executable, "-m", self.module, *self.args]
+
     def start(self) -> Deployable:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.args],
+            self.command(),
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -7,9 +7,9 @@ from the stored last runs instead of re-firing or skipping what was due. A broke
 Beat, it does not end it (`services.beat.scheduler`).
 
 Beat also runs the report relay (`ragcore.query.reports`): the one publisher of the query reports,
-in the
-one process that publishes on a timer anyway, and off the API's cores; each of its rounds re-drives
-the waiting deliveries that are due (`ragcore.tasks.redrive`). Started by the entrypoint only.
+in the one process that publishes on a timer anyway, and off the API's cores; each of its rounds
+re-drives the waiting deliveries that are due (`ragcore.tasks.redrive`). Started by the entrypoint
+only.
 """
 
 import sys

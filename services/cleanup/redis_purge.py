@@ -18,8 +18,7 @@ RESULT_PREFIX = "celery-task-meta-"
 
 # Delete each key whose stored result says FAILURE, reading and deleting in one atomic step so a
 # result rewritten meanwhile (a re-run under the same id) is judged by its new value. pcall: a key
-# of
-# another type or a value that is not JSON is left alone instead of aborting the batch.
+# of another type or a value that is not JSON is left alone instead of aborting the batch.
 _DELETE_FAILED = """
 local removed = 0
 for _, key in ipairs(KEYS) do

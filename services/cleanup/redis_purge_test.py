@@ -29,9 +29,8 @@ def test_glob_escape_makes_pattern_characters_literal() -> None:
 def test_stale_versions_go_across_scan_batches_and_everything_else_stays(
     client: redis.Redis,
 ) -> None:
-    cache = HotCache(
-        client, "rc[1]:cache:", 3600
-    )  # glob characters in the prefix are taken literally
+    # glob characters in the prefix are taken literally
+    cache = HotCache(client, "rc[1]:cache:", 3600)
     for version in (1, 2, 3, 4):
         for n in range(7):
             cache.put(f"v{version}:{n:064x}", {"answer": version})
@@ -48,11 +47,12 @@ def test_stale_versions_go_across_scan_batches_and_everything_else_stays(
 
     result = purge_stale_cache(cache, current_version=3, batch_size=4)
 
+    # 28 versioned + "vx:1" scanned
     assert result == {
         "scanned": 29,
         "removed": 14,
         "data_version": 3,
-    }  # 28 versioned + "vx:1" scanned
+    }
     remaining = {k.decode() for k in client.scan_iter(count=100)}
     assert {cache.version_of(k) for k in remaining if cache.version_of(k) is not None} == {3, 4}
     assert set(others) <= remaining

@@ -10,12 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from celery import states
-from sqlalchemy import ColumnElement, CursorResult, delete, exists, select, update
+from sqlalchemy import ColumnElement, delete, exists, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from ragcore.db import rows_affected
 from ragcore.db.models import (
     Conversation,
     FailedDelivery,
@@ -55,9 +56,7 @@ def delete_old_query_cache(
             if keys:
                 # The age is checked again: a row refreshed since the SELECT stays.
                 old = (QueryCacheEntry.cache_key.in_(keys), QueryCacheEntry.created_at < cutoff)
-                deleted += cast(
-                    CursorResult[Any], session.execute(delete(QueryCacheEntry).where(*old))
-                ).rowcount
+                deleted += rows_affected(session, delete(QueryCacheEntry).where(*old))
         if len(keys) < batch_size:
             return {"deleted": deleted}
 
@@ -75,8 +74,7 @@ def _delete_in_batches(
             keys: Sequence[Any] = session.scalars(select(key).where(*old).limit(batch_size)).all()
             if keys:
                 # The conditions are checked again: a row that changed since the SELECT stays.
-                result = session.execute(delete(key.class_).where(key.in_(keys), *old))
-                deleted += cast(CursorResult[Any], result).rowcount
+                deleted += rows_affected(session, delete(key.class_).where(key.in_(keys), *old))
         if len(keys) < batch_size:
             return deleted
 
@@ -168,15 +166,11 @@ def archive_old_conversations(
                 archived = session.scalars(archive.returning(Conversation.id)).all()
                 conversations += len(archived)
                 if archived:
-                    messages += cast(
-                        CursorResult[Any],
-                        session.execute(
-                            update(Message)
-                            .where(
-                                Message.conversation_id.in_(archived), Message.archived_at.is_(None)
-                            )
-                            .values(archived_at=now)
-                        ),
-                    ).rowcount
+                    messages += rows_affected(
+                        session,
+                        update(Message)
+                        .where(Message.conversation_id.in_(archived), Message.archived_at.is_(None))
+                        .values(archived_at=now),
+                    )
         if len(ids) < batch_size:
             return {"archived_conversations": conversations, "archived_messages": messages}

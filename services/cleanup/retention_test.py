@@ -106,9 +106,8 @@ def test_idle_conversations_are_archived_with_their_messages_and_nothing_is_dele
             _conversation(s, f"idle{i}", 120, [130, 125])
         _conversation(s, "idle-empty", 95, [])
         _conversation(s, "recent", 2, [2])
-        _conversation(
-            s, "stale-flag-but-recent-message", 120, [150, 3]
-        )  # updated_at was never touched
+        # updated_at was never touched
+        _conversation(s, "stale-flag-but-recent-message", 120, [150, 3])
         _conversation(s, "already", 300, [300], archived=earlier)
 
     result = archive_old_conversations(sessions, NOW, days=90, batch_size=2)

@@ -53,11 +53,9 @@ def send_usage_statistics(self: Task, args: UsageStatisticsArgs) -> dict[str, An
     period is the key.
 
     An hour is due once it ended `usage_report_lag_seconds` ago, so no query of it is still in
-    flight.
-    Hours are recorded once Users has them, so hours missed during an outage (of this worker, Beat
-    or
-    Users) are sent by the next run, oldest first, each once; a retry recomputes them from the
-    record.
+    flight. Hours are recorded once Users has them, so hours missed during an outage (of this
+    worker, Beat or Users) are sent by the next run, oldest first, each once; a retry recomputes
+    them from the record.
     """
     latest = usage.latest_reportable_hour(
         utcnow(), timedelta(seconds=get_settings().usage_report_lag_seconds)
@@ -99,9 +97,8 @@ def _report_hour(self: Task, start: datetime, again: bool) -> dict[str, Any] | N
         try:
             code = deliver(self, task, pinned, lambda: users().send_usage_statistics(report))
         except Exception as exc:
-            if not is_retryable(
-                exc
-            ):  # refused for good (a failed delivery to re-drive): later hours go on
+            # refused for good (a failed delivery to re-drive): later hours go on
+            if not is_retryable(exc):
                 with session_scope() as session:
                     usage.record(session, start, "refused")
             raise

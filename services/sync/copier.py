@@ -143,8 +143,8 @@ def copy_pages(
                 chunks = [c for c in page.items if not skip(c)]
                 ids = {c.id for c in chunks}
                 # A chunk updated while the sync runs comes again later in the feed: its newer
-                # version
-                # must not race its older one, so it waits until the writes in flight are applied.
+                # version must not race its older one, so it waits until the writes in flight are
+                # applied.
                 overlaps = any(not ids.isdisjoint(pending) for _, pending, _ in in_flight)
                 while in_flight and (overlaps or len(in_flight) >= writers):
                     apply_oldest()
@@ -165,10 +165,7 @@ def copy_pages(
             while in_flight:
                 apply_oldest()
         finally:
-            for (
-                future,
-                _,
-                _,
-            ) in in_flight:  # after a failure: send nothing more; the pool waits for the rest
+            # after a failure: send nothing more; the pool waits for the rest
+            for future, _, _ in in_flight:
                 future.cancel()
     return report

@@ -119,9 +119,8 @@ def test_each_write_is_tagged_with_the_generation_and_retagged_if_a_full_sync_be
 
 
 def test_no_more_writes_than_writers_are_in_flight_and_that_many_are() -> None:
-    store = RecordingStore(
-        delay=0.02
-    )  # slow writes: every page is fetched long before its write ends
+    # slow writes: every page is fetched long before its write ends
+    store = RecordingStore(delay=0.02)
     assert copy_pages(iter(feed(12)), as_store(store), writers=3).copied == 36
     assert store.max_in_flight == 3
 
@@ -182,9 +181,8 @@ def test_pages_are_fetched_while_a_write_is_in_flight() -> None:
 
 def test_pages_are_checkpointed_in_feed_order_only_once_applied() -> None:
     pages = feed(6)
-    store = RecordingStore(
-        delays={1: 0.2}
-    )  # the first write is the slowest: later ones finish first
+    # the first write is the slowest: later ones finish first
+    store = RecordingStore(delays={1: 0.2})
     checkpoints: list[tuple[str | None, int, int]] = []
 
     def applied(page: Page, report: CopyReport) -> None:
@@ -221,6 +219,5 @@ def test_halt_stops_fetching_but_writes_and_checkpoints_every_page_already_fetch
         on_applied=lambda page, _: applied.append(page),
     )
     assert len(fetched) < 20  # it stopped fetching
-    assert applied == pages[: len(fetched)] and report.pages == len(
-        fetched
-    )  # nothing fetched is lost
+    # nothing fetched is lost
+    assert applied == pages[: len(fetched)] and report.pages == len(fetched)

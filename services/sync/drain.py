@@ -13,7 +13,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from ragcore.db import session_scope, utcnow
+from ragcore.db import rows_affected, session_scope, utcnow
 from ragcore.db.models import SyncDocument, SyncEvent
 
 log = logging.getLogger(__name__)
@@ -117,12 +117,12 @@ def coalesce(events: list[SyncEvent]) -> dict[str, SyncEvent]:
 def release(token: str) -> int:
     """Hand back what `token` claimed and did not finish: due at once, no attempt counted."""
     with session_scope() as session:
-        result = session.execute(
+        return rows_affected(
+            session,
             update(SyncEvent)
             .where(SyncEvent.claimed_by == token, SyncEvent.status == "claimed")
-            .values(status="pending", claimed_until=None, available_at=utcnow())
+            .values(status="pending", claimed_until=None, available_at=utcnow()),
         )
-        return result.rowcount  # type: ignore[attr-defined, no-any-return]  # an UPDATE's CursorResult
 
 
 def settle(token: str, document_id: str, error: Exception | None) -> None:

@@ -34,8 +34,6 @@ from services.sync.drain import DocumentBusy, check_not_stale, drain, record_app
 
 log = logging.getLogger(__name__)
 
-log = logging.getLogger(__name__)
-
 INCREMENTAL = "incremental"
 #: The SyncState row whose `version` is the sync generation every write to Qdrant tags points with.
 GENERATION = "generation"
@@ -247,9 +245,8 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
             )
         except Exception as exc:
             if not will_retry(self, contracts.TRIGGER_FULL_SYNC, exc):
-                _forget_checkpoint(
-                    task_id
-                )  # it fails for good: a new full sync starts from the first page
+                # it fails for good: a new full sync starts from the first page
+                _forget_checkpoint(task_id)
             raise
         # Halted before the last page: the next run goes on from here.
         if halt.is_set() and cursor[0] is not None:
@@ -261,9 +258,8 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
                 "stage": "handed back at shutdown: resumes from its checkpoint",
             }
             ledger.handed_back(task_id, waiting)
-            self.update_state(
-                state="PENDING", meta=waiting
-            )  # Celery stores nothing for a rejected task
+            # Celery stores nothing for a rejected task
+            self.update_state(state="PENDING", meta=waiting)
             raise Reject("the worker stops: handed back at a page boundary", requeue=True)
         copied = time.perf_counter()
         # A newer full sync began meanwhile: the points written since carry its generation, and its
@@ -332,10 +328,9 @@ def delete_document_embeddings(self: Task, args: DocumentArgs) -> dict[str, Any]
 
 def process_sync_queue(self: Task, args: NoArgs) -> dict[str, Any]:
     """Drain the durable sync queue, one action per document however many events it has."""
-    # A message may carry its own limits; the worker applies the task's otherwise.
-    soft_limit = (self.request.timelimit or (None, None))[
-        1
-    ] or contracts.PROCESS_SYNC_QUEUE.soft_time_limit
+    # A message may carry its own limits (hard, soft); the worker applies the task's otherwise.
+    _, soft = self.request.timelimit or (None, None)
+    soft_limit = soft or contracts.PROCESS_SYNC_QUEUE.soft_time_limit
     report = drain(_apply_document, claim_until=time.monotonic() + CLAIM_FRACTION * soft_limit)
     return {
         "claimed": report.claimed,

@@ -45,9 +45,8 @@ def test_tier_for_picks_the_highest_threshold_reached() -> None:
 
 
 def test_crossing_a_threshold_changes_the_tier_and_its_daily_limit(sessions: Sessions) -> None:
-    add_messages(
-        sessions, "u", timedelta(days=1), timedelta(days=31)
-    )  # the old one is outside the window
+    # the old one is outside the window
+    add_messages(sessions, "u", timedelta(days=1), timedelta(days=31))
     with sessions() as session:
         assert tiers.apply_tier(session, "u", SETTINGS, NOW)["tier"] == "free"
     add_messages(sessions, "u", timedelta(hours=1))

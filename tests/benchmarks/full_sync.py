@@ -4,11 +4,10 @@
     --resync --rounds 3]
 
 Everything is a separate process, as deployed locally: the Ingest stand-in serving documents ×
-chunks
-384-dim vectors over HTTP, the Qdrant stand-in (the local stack's Qdrant), a private Redis, a fresh
-PostgreSQL database, and a real sync worker started from its entrypoint. Per round (after the fetch,
-which feeds the upserts, the other three run in an order that rotates from round to round, so drift
-in the machine's load does not always fall on the same one):
+chunks 384-dim vectors over HTTP, the Qdrant stand-in (the local stack's Qdrant), a private Redis, a
+fresh PostgreSQL database, and a real sync worker started from its entrypoint. Per round (after the
+fetch, which feeds the upserts, the other three run in an order that rotates from round to round, so
+drift in the machine's load does not always fall on the same one):
 
 - fetch alone:  every page through IngestClient.iter_pages (the settings' batch size), nothing
 written;
@@ -133,9 +132,8 @@ def run_round(
 
     def upsert_copier() -> None:
         store = fresh_store(settings, "bench_upsert_copier")
-        report, seconds, cpu = meter.run(
-            lambda: copy_pages(iter(pages), store)
-        )  # the copier's writers, fed from memory
+        # the copier's writers, fed from memory
+        report, seconds, cpu = meter.run(lambda: copy_pages(iter(pages), store))
         assert report.copied == total == store.count()
         figures["upsert_copier"] = (total / seconds, seconds, cpu)
         store.client.delete_collection(store.collection)
@@ -238,9 +236,8 @@ def main() -> None:
     qdrant.start()
     try:
         wait_http_ok(f"http://127.0.0.1:{qdrant_port}/healthz", 60, qdrant)
-        wait_until_up(
-            f"http://127.0.0.1:{ingest_port}", timeout=600
-        )  # it binds once the corpus is built
+        # it binds once the corpus is built
+        wait_until_up(f"http://127.0.0.1:{ingest_port}", timeout=600)
         with running_stack(
             ingest_url=f"http://127.0.0.1:{ingest_port}",
             qdrant_url=f"http://127.0.0.1:{qdrant_port}",
@@ -249,9 +246,8 @@ def main() -> None:
         ) as stack:
             settings = get_settings()
             # One pool process, warmed by an incremental sync that copies nothing (its store,
-            # clients and
-            # lazy imports are ready): the timing is the full sync's, not a cold process's first
-            # task.
+            # clients and lazy imports are ready): the timing is the full sync's, not a cold
+            # process's first task.
             worker = stack.start_worker(Queue.SYNC, "--concurrency=1", name="bench-sync")
             warm = dispatch.send(
                 stack.producer, contracts.SYNC_EMBEDDINGS, {"since": "2999-01-01T00:00:00Z"}

@@ -10,9 +10,9 @@ does not hold the corpus's vectors), the Qdrant stand-in, a private Redis, a fre
 database. Per size, in order: Ingest is reset to the corpus, the collection emptied and seeded with
 `--stale` points Ingest does not have, and a fresh sync worker (its entrypoint, concurrency 1)
 warmed by an incremental sync that copies nothing; then `trigger_full_sync_task` is timed from
-dispatch to its result. Peak RSS is each worker process's VmHWM (/proc: the kernel's high-water
-mark since the process started, so no sampling misses a spike), for the pool process that ran the
-task and for the whole worker (parent + pool).
+dispatch to its result. Peak RSS is each worker process's VmHWM (/proc: the kernel's high-water mark
+since the process started, so no sampling misses a spike), for the pool process that ran the task
+and for the whole worker (parent + pool).
 """
 
 from __future__ import annotations

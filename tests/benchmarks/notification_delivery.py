@@ -119,9 +119,8 @@ def main() -> None:
                     "shared, no ledger/events/started", "leaner@bench", QUEUE, args.tasks, delivery
                 ),
             ]
-        for hostname in sorted(
-            {p.hostname for p in phases}
-        ):  # warm up: the child's client, pools, imports
+        # warm up: the child's client, pools, imports
+        for hostname in sorted({p.hostname for p in phases}):
             sent += 50
             timed_drain(producer, Phase("warm-up", hostname, QUEUE, 50, delivery), done)
         rates: dict[str, list[float]] = {p.name: [] for p in phases}

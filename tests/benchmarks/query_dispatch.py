@@ -4,11 +4,10 @@
 
 The query service runs in this process exactly as the API's endpoint calls it; PostgreSQL, a private
 Redis (broker and hot cache), the Qdrant stand-in and Beat (whose report relay publishes the
-reports,
-as deployed) are real, separate processes. No worker consumes the tasks (in a deployment they run
-elsewhere). Every query is new: a cache miss that embeds, searches, generates and stores. Each round
-runs one block of each mode, in an order that alternates, so drift in the machine's load falls on
-both:
+reports, as deployed) are real, separate processes. No worker consumes the tasks (in a deployment
+they run elsewhere). Every query is new: a cache miss that embeds, searches, generates and stores.
+Each round runs one block of each mode, in an order that alternates, so drift in the machine's load
+falls on both:
 
 - none:    `reports=False`: the message is stored as reported already, nothing for the relay;
 - reports: as deployed: the message is stored unreported and the relay (polling every
@@ -102,9 +101,8 @@ class Bench:
         cpu_start = time.process_time()
         timings = [self.ask(mode == "reports") for _ in range(self.args.block_size)]
         cpu = time.process_time() - cpu_start
-        if (
-            mode == "reports"
-        ):  # untimed: the block's reports are all published before the next block
+        # untimed: the block's reports are all published before the next block
+        if mode == "reports":
             wait_until(
                 lambda: int(self.broker.llen("notifications")) - before >= self.args.block_size,
                 60,

@@ -5,8 +5,7 @@ run.
 
 Both stand-ins run as separate processes, as in a deployment. Baselines: the Ingest stand-in's own
 page building and serialisation (no HTTP, no client), and qdrant_edge driven directly in this
-process
-with the same points (no HTTP, no qdrant-client).
+process with the same points (no HTTP, no qdrant-client).
 """
 
 from __future__ import annotations

@@ -95,9 +95,8 @@ def _process_groups(groups: set[int]) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue  # it exited while we looked
-        state, _ppid, group = stat.rsplit(")", 1)[1].split()[
-            :3
-        ]  # the command, in parentheses, may hold spaces
+        # the command, in parentheses, may hold spaces
+        state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
         if int(group) in groups and state != "Z":
             found.append(int(entry.name))
     return found
@@ -326,9 +325,8 @@ def test_ctrl_c_stops_every_part_and_leaves_no_process_behind(local: RunningStac
         for path in (local.root / "pids").glob("*.pid")
         if path.stem != "stack"
     }
-    assert (
-        len(groups) == 4 + len(Queue) + 3
-    )  # redis, qdrant, ingest, users; workers; api, beat, flower
+    # redis, qdrant, ingest, users; workers; api, beat, flower
+    assert len(groups) == 4 + len(Queue) + 3
     assert _process_groups(groups)
 
     local.process.send_signal(signal.SIGINT)  # what Ctrl-C sends

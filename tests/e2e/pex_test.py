@@ -10,7 +10,7 @@ import pytest
 
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import CANARIES, Queue
-from ragcore_dev.processes import Deployable, die_with_parent, free_port, wait_http_ok, wait_until
+from ragcore_dev.processes import Deployable, free_port, wait_http_ok, wait_until
 from tests.support.stack import Stack
 
 PEXES: dict[object, Path] = {
@@ -29,24 +29,14 @@ def _pex(key: object) -> Path:
 
 
 class PexDeployable(Deployable):
+    """Run as the Dockerfile's ENTRYPOINT runs it: the pex carries its code and dependencies."""
+
     def __init__(self, pex: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
-        super().__init__(pex.stem, env, args)
+        super().__init__(pex.stem, {k: v for k, v in env.items() if k != "PYTHONPATH"}, args)
         self.pex = pex
 
-    def start(self) -> "PexDeployable":
-        log = self.log_path.open("ab")
-        # As the Dockerfile's ENTRYPOINT does; the pex carries its own code and dependencies only.
-        env = {k: v for k, v in self.env.items() if k != "PYTHONPATH"}
-        self.process = subprocess.Popen(
-            [sys.executable, str(self.pex), *self.args],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )
-        log.close()
-        return self
+    def command(self) -> list[str]:
+        return [sys.executable, str(self.pex), *self.args]
 
 
 def _pex_contents(pex: Path) -> list[str]:
@@ -127,8 +117,7 @@ USAGE: dict[object, tuple[str, ...]] = {
 @pytest.mark.parametrize("key", list(PEXES), ids=str)
 def test_every_pex_prints_its_usage_for_help_without_redis_or_the_database(key: object) -> None:
     # Nothing listens on port 1: a pex that opened Redis or the database would fail or hang, one
-    # that
-    # served would never exit.
+    # that served would never exit.
     env = {
         k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("RAGCORE_")
     }

@@ -104,9 +104,8 @@ def test_events_whose_commit_fails_are_a_503_and_not_stored(
                 == 0
             )
 
-        again = api.post(
-            "/api/v1/sync/events", json=body
-        )  # the database is back: Ingest's re-send is stored
+        # the database is back: Ingest's re-send is stored
+        again = api.post("/api/v1/sync/events", json=body)
     assert again.status_code == 202 and again.json() == {"stored": 1}
     with session_scope() as session:
         assert (

@@ -182,12 +182,10 @@ def test_a_restarted_beat_neither_repeats_nor_drops_a_due_entry() -> None:
         restarted = _lock_acquired_at(third)
         third.stop()
         assert restarted is not None
-        assert (
-            abs((t3 - restarted).total_seconds()) <= 1.5
-        )  # not dropped: sent as soon as Beat is back
-        assert (
-            period - EARLY <= (t4 - t3).total_seconds() <= period + 1.5
-        )  # not replayed in a burst
+        # not dropped: sent as soon as Beat is back
+        assert abs((t3 - restarted).total_seconds()) <= 1.5
+        # not replayed in a burst
+        assert period - EARLY <= (t4 - t3).total_seconds() <= period + 1.5
         assert len(_times(stack, "cleanup_old_cache")) == 4
 
 
@@ -197,9 +195,8 @@ def test_a_stale_beat_run_is_discarded_by_the_worker_and_a_fresh_one_runs() -> N
         cache = HotCache(stack.redis_client(), settings.cache_prefix, 3600)
         with session_scope() as session:
             bump_data_version(session)
-        cache.put(
-            "v0:stale", {"answer": "from an older data version"}
-        )  # any run of the task removes it
+        # any run of the task removes it
+        cache.put("v0:stale", {"answer": "from an older data version"})
 
         beat = _start_beat(stack)
         _wait_sends(stack, "cleanup_old_cache", 1)
@@ -248,9 +245,8 @@ def test_beat_rides_out_broker_outage_fires_next_due_entry_once_relays_reports_m
         beat = _start_beat(stack)
         _wait_sends(stack, "cleanup_old_cache", 1)
         stack.redis.stop()
-        with (
-            session_scope() as session
-        ):  # a query answered during the outage: its message is its reports' intent
+        # a query answered during the outage: its message is its reports' intent
+        with session_scope() as session:
             session.add(Conversation(id="conv-outage", user_id="olga"))
             session.flush()
             session.add(
@@ -282,10 +278,8 @@ def test_beat_rides_out_broker_outage_fires_next_due_entry_once_relays_reports_m
         f"{(first - back).total_seconds():.1f}s later"
     )
     assert (first - back).total_seconds() <= period + 1.5  # the due entry fired, without a restart
-    assert all(gap >= period - EARLY for gap in _gaps(times)), _gaps(
-        times
-    )  # once, not a burst of the missed runs
-    assert [r["message_id"] for r in reports] == [
-        "msg-outage"
-    ]  # the report made during the outage, once
+    # once, not a burst of the missed runs
+    assert all(gap >= period - EARLY for gap in _gaps(times)), _gaps(times)
+    # the report made during the outage, once
+    assert [r["message_id"] for r in reports] == ["msg-outage"]
     assert statistics == [{"user_id": "olga"}]

@@ -60,9 +60,8 @@ def _post(
         while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
             try:
                 chunk = sock.recv(65536)
-            except (
-                ConnectionResetError
-            ):  # the server closed with our bytes unread; what it sent first stays
+            # the server closed with our bytes unread; what it sent first stays
+            except ConnectionResetError:
                 break
             if not chunk:
                 break

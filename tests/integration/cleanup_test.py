@@ -87,9 +87,8 @@ def test_cleanup_old_cache_removes_entries_of_older_data_versions_and_no_other_k
         <= after
     )
     assert r.llen(Queue.USER.value) == 1 and stack.producer.AsyncResult(pending).state == "PENDING"
-    assert (
-        0 < r.ttl(f"{settings.cache_prefix}v3:{0:064x}") <= 3600
-    )  # current entries keep their TTL
+    # current entries keep their TTL
+    assert 0 < r.ttl(f"{settings.cache_prefix}v3:{0:064x}") <= 3600
 
 
 def test_cleanup_query_cache_deletes_only_rows_older_than_days(stack: Stack, worker: None) -> None:
@@ -118,12 +117,10 @@ def test_cleanup_query_cache_deletes_only_rows_older_than_days(stack: Stack, wor
     assert kept == {
         f"{label}-{n}" for label in ("edge-new", "fresh") for n in range(ages[label][0])
     }
-    assert _run(stack, contracts.CLEANUP_QUERY_CACHE, {"days": 1}) == {
-        "deleted": 5
-    }  # 29.9 days > 1 day
-    assert _run(stack, contracts.CLEANUP_QUERY_CACHE) == {
-        "deleted": 0
-    }  # default 30 days: nothing left
+    # 29.9 days > 1 day
+    assert _run(stack, contracts.CLEANUP_QUERY_CACHE, {"days": 1}) == {"deleted": 5}
+    # default 30 days: nothing left
+    assert _run(stack, contracts.CLEANUP_QUERY_CACHE) == {"deleted": 0}
 
 
 def test_cleanup_old_conversations_archives_idle_ones_with_their_messages_and_deletes_nothing(

@@ -125,9 +125,8 @@ def _outage_then_return(
     wait_until(all_waiting, outage_seconds, "every report waiting for a re-drive", interval=0.5)
     assert rig.reported(message_ids) == set()
     assert rig.metric("ragcore_circuit_breaker_state", neighbour="users", state="open") == 1
-    assert (
-        rig.metric("ragcore_deliveries_waiting", neighbour="users") >= QUERIES - 1
-    )  # one may be a probe in flight
+    # one may be a probe in flight
+    assert rig.metric("ragcore_deliveries_waiting", neighbour="users") >= QUERIES - 1
     assert rig.metric("ragcore_deliveries_oldest_waiting_age_seconds", neighbour="users") > 0
     time.sleep(max(0.0, outage_seconds - (time.monotonic() - down_at)))
     refused = len(rig.users.app.log.entries(QUERY_RESULTS))
@@ -153,10 +152,8 @@ def _outage_then_return(
     assert rig.users.app.duplicates["query-results"] == 0
     assert healed <= 60, f"the reports took {healed:.1f}s after Users returned"
     # The breaker stopped the flood: no more than the requests that opened it, plus one probe per
-    # interval.
-    breaker_opened_by = (
-        5 + 4
-    )  # breaker_fail_max, and the requests of the worker's 4 processes in flight
+    # interval. breaker_fail_max, and the requests of the worker's 4 processes in flight
+    breaker_opened_by = 5 + 4
     assert (
         refused <= breaker_opened_by + outage_seconds / 15 + 2
     ), f"{refused} requests reached Users while it was down"
@@ -216,9 +213,8 @@ def _refused_then_operator(rig: Rig) -> None:
     assert rig.reported(set(message_ids)) == set()  # nobody re-drives a refusal by itself
 
     with rig.stack.api() as api:
-        assert (
-            api.post("/api/v1/deliveries/redrive", json={}).status_code == 422
-        )  # no filter: refused
+        # no filter: refused
+        assert api.post("/api/v1/deliveries/redrive", json={}).status_code == 422
         assert api.post("/api/v1/deliveries/redrive", json={"task_name": "nope"}).status_code == 422
         nothing = api.post(
             "/api/v1/deliveries/discard", json={"error_contains": "no such error text"}

@@ -79,9 +79,8 @@ def test_metrics_count_finished_tasks_by_state_and_bucket_their_durations(
     assert samples[("ragcore_tasks", (("name", name), ("state", "SUCCESS")))] == 1
     assert samples[("ragcore_tasks", (("name", name), ("state", "FAILURE")))] == 1
     bucket = "ragcore_task_duration_seconds_bucket"
-    assert (
-        samples[(bucket, (("le", "0.5"), ("name", name)))] == 1
-    )  # the failure, at once; not the 0.6 s sleeper
+    # the failure, at once; not the 0.6 s sleeper
+    assert samples[(bucket, (("le", "0.5"), ("name", name)))] == 1
     assert samples[(bucket, (("le", "+Inf"), ("name", name)))] == 2
     assert samples[("ragcore_task_duration_seconds_gsum", (("name", name),))] >= 0.6
     worker.stop()

@@ -1,6 +1,6 @@
 """The notifications worker reports to the Users stand-in once per idempotency key, retries only
-what
-may succeed later, and records what it gives up on for an operator to re-drive through the API."""
+what may succeed later, and records what it gives up on for an operator to re-drive through the
+API."""
 
 from __future__ import annotations
 
@@ -111,9 +111,8 @@ def test_users_503_then_200_is_retried_and_delivered_once(
 def test_an_answer_lost_after_users_recorded_it_is_not_counted_twice(
     stack: Stack, users: Running[UsersApp]
 ) -> None:
-    users.app.faults.fail(
-        503, times=1, path=QUERY_RESULTS, after=True
-    )  # recorded, then the answer is lost
+    # recorded, then the answer is lost
+    users.app.faults.fail(503, times=1, path=QUERY_RESULTS, after=True)
     payload = query_result()
     assert (
         finished(stack, dispatch.send(stack.producer, contracts.SEND_QUERY_RESULT, payload))

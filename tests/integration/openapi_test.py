@@ -63,6 +63,5 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 )
 def test_the_api_answers_generated_requests_exactly_as_its_schema_says(case: Any) -> None:
     # Every check schemathesis has (its default): no 5xx, documented statuses, content types,
-    # headers
-    # and bodies, invalid data refused and valid data accepted.
+    # headers and bodies, invalid data refused and valid data accepted.
     case.call_and_validate()

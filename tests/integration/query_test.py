@@ -89,10 +89,11 @@ class Rig:
                     return True
                 try:
                     replies = self.stack.producer.control.ping(destination=[hostname], timeout=0.5)
+                # a stale socket of the old Redis
                 except (
                     redis.ConnectionError,
                     kombu.exceptions.OperationalError,
-                ):  # a stale socket of the old Redis
+                ):
                     return False
                 return any(hostname in reply for reply in replies)
 
@@ -293,9 +294,8 @@ def test_with_the_broker_stopped_a_query_still_answers_and_reports_to_users_once
         response = rig.ask("frank", doc.query(1))
         assert response.status_code == 200, response.text
         message_id = response.json()["message_id"]
-        with (
-            session_scope() as session
-        ):  # the message is the reports' intent, waiting for the relay
+        # the message is the reports' intent, waiting for the relay
+        with session_scope() as session:
             assert (
                 session.scalar(select(Message.reported_at).where(Message.id == message_id)) is None
             )

@@ -74,9 +74,8 @@ def test_every_route_admits_exactly_the_scopes_of_the_readme_table(api_url: str)
 def test_a_sync_key_reads_the_status_of_sync_tasks_only_and_never_a_traceback(
     stack: Stack, api_url: str
 ) -> None:
-    sync_task = dispatch.send(
-        stack.producer, SYNC_EMBEDDINGS, {}
-    )  # no sync worker yet: it waits, PENDING
+    # no sync worker yet: it waits, PENDING
+    sync_task = dispatch.send(stack.producer, SYNC_EMBEDDINGS, {})
     other_task = dispatch.send(stack.producer, CANARIES[Queue.CLEANUP], {})
     with httpx.Client(base_url=api_url, timeout=30) as client:
 

@@ -1,6 +1,6 @@
 """The sync queue under races: events applied in order, the soft time limit honoured, caches never
-stale,
-and its per-document locks on the broker's Redis (this worker's cache Redis is down throughout)."""
+stale, and its per-document locks on the broker's Redis (this worker's cache Redis is down
+throughout)."""
 
 from __future__ import annotations
 
@@ -110,9 +110,8 @@ def test_a_delete_due_after_a_newer_upsert_was_applied_is_dropped_and_the_docume
     deleted_at = datetime.now(UTC) - timedelta(minutes=1)  # both events older than the next tests'
     rig.qdrant.app.faults.fail(500, times=1, path=f"/collections/{COLLECTION}/points/delete")
     rig.post_events((doc, "delete", deleted_at))
-    assert (
-        rig.run(contracts.PROCESS_SYNC_QUEUE)["failed"] == 1
-    )  # the delete re-pends with a backoff
+    # the delete re-pends with a backoff
+    assert rig.run(contracts.PROCESS_SYNC_QUEUE)["failed"] == 1
 
     rig.post_events((doc, "upsert", deleted_at + timedelta(seconds=1)))  # Ingest has it again
     assert rig.run(contracts.PROCESS_SYNC_QUEUE)["applied"] == 1
@@ -162,9 +161,8 @@ def test_a_sync_that_fails_after_its_first_page_makes_the_next_query_a_cache_mis
     rig.ingest.app.corpus.put_document(
         doc.id, texts=[t.replace("(revision 0)", "(revision 1)") for t in doc.texts]
     )
-    rig.ingest.app.faults.fail(
-        404, times=1, path="/api/v1/embeddings", skip=1
-    )  # the second page fails for good
+    # the second page fails for good
+    rig.ingest.app.faults.fail(404, times=1, path="/api/v1/embeddings", skip=1)
     task_id = dispatch.send(rig.stack.producer, contracts.SYNC_EMBEDDINGS, {"batch_size": 2})
     rig.stack.producer.AsyncResult(task_id).get(timeout=60, propagate=False)
     assert rig.stack.producer.AsyncResult(task_id).state == "FAILURE"

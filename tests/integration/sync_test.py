@@ -148,9 +148,8 @@ def test_worker_killed_mid_full_sync_finishes_on_restart_with_exact_count(rig: S
     rig.worker.kill()
     rig.ingest.app.faults.clear()
 
-    rig.worker = rig.stack.start_worker(
-        Queue.SYNC
-    )  # same node name: it re-queues what it was running
+    # same node name: it re-queues what it was running
+    rig.worker = rig.stack.start_worker(Queue.SYNC)
     result = rig.stack.producer.AsyncResult(task_id).get(timeout=120)
     assert result["points"] == corpus.chunk_count() == 600
     assert rig.qdrant_point_ids() == rig.ingest_point_ids()
@@ -260,9 +259,8 @@ def test_duplicate_events_coalesce_into_one_action_per_document(rig: SyncRig) ->
         "stale": 0,
         "released": 0,
     }
-    assert (
-        len(rig.ingest.app.log.entries(f"/api/v1/documents/{keep}/")) == 1
-    )  # three events, one fetch
+    # three events, one fetch
+    assert len(rig.ingest.app.log.entries(f"/api/v1/documents/{keep}/")) == 1
     assert rig.qdrant_point_ids() == rig.ingest_point_ids()
 
 
@@ -300,9 +298,8 @@ def test_a_worker_lost_mid_full_sync_is_replaced_under_another_name_and_the_sync
         60,
         "full sync to start",
     )
-    rig.worker.signal(
-        signal.SIGKILL
-    )  # a node loss: its pod comes back, if ever, under another name
+    # a node loss: its pod comes back, if ever, under another name
+    rig.worker.signal(signal.SIGKILL)
     rig.worker.kill()
     killed = time.monotonic()
     rig.ingest.app.faults.clear()
@@ -338,9 +335,8 @@ def test_sigterm_mid_full_sync_hands_it_back_at_a_page_boundary_and_another_work
 ) -> None:
     corpus = rig.ingest.app.corpus
     corpus.reset(documents=60, chunks=10)  # 600 chunks, 12 pages of 50
-    stale = rig.store.point_id(
-        "gone/chunk-000"
-    )  # a point Ingest does not have: the resumed run removes it
+    # a point Ingest does not have: the resumed run removes it
+    stale = rig.store.point_id("gone/chunk-000")
     rig.store.upsert(
         [
             Chunk(
@@ -373,9 +369,8 @@ def test_sigterm_mid_full_sync_hands_it_back_at_a_page_boundary_and_another_work
         record = session.get(TaskRecord, task_id)
         assert record is not None and record.state == "PENDING"
         assert record.progress is not None and record.progress["stage"].startswith("handed back")
-    assert (
-        rig.stack.redis_client().llen(Queue.SYNC.value) == 1
-    )  # back in the queue, not in `unacked`
+    # back in the queue, not in `unacked`
+    assert rig.stack.redis_client().llen(Queue.SYNC.value) == 1
     with rig.stack.api(ADMIN_KEY) as api:
         waiting = api.get(f"/api/v1/tasks/status/{task_id}").json()
     assert waiting["status"] == "PENDING" and not waiting["worker_lost"]

@@ -1,6 +1,6 @@
 """The task-management API against real workers: status through a task's life, list, revoke
-(persisted),
-terminate, workers, triggers, and the ledger answering once Redis has forgotten everything."""
+(persisted), terminate, workers, triggers, and the ledger answering once Redis has forgotten
+everything."""
 
 from __future__ import annotations
 
@@ -126,9 +126,8 @@ def test_list_shows_an_active_long_task(
         and active[task_id]["kwargs"]["sleep_seconds"] == 5
     )
     assert CLEANUP_WORKER in listing["workers"]
-    api.post(
-        f"/api/v1/tasks/revoke/{task_id}", params={"terminate": True}
-    )  # free the worker for the next test
+    # free the worker for the next test
+    api.post(f"/api/v1/tasks/revoke/{task_id}", params={"terminate": True})
     _wait_status(api, task_id, "REVOKED")
 
 
@@ -149,9 +148,8 @@ def test_terminate_stops_a_running_task_and_the_worker_goes_on(
     )
     stopped = _wait_status(api, task_id, "REVOKED")
     assert stopped["revoked"] is True and _ledger(task_id).state == "REVOKED"
-    after = _wait_status(
-        api, _canary(stack, echo="after"), "SUCCESS"
-    )  # a fresh pool process took over
+    # a fresh pool process took over
+    after = _wait_status(api, _canary(stack, echo="after"), "SUCCESS")
     assert after["result"]["echo"] == "after" and after["result"]["pid"] != running["worker_pid"]
 
 

@@ -1,7 +1,6 @@
 """Tasks that other clients send (the Celery CLI, a bare Celery app, as Flower does) against real
-workers:
-revoked by id through the API, sent or not yet, they never run, across a worker restart too; the
-ones that run reach the ledger."""
+workers: revoked by id through the API, sent or not yet, they never run, across a worker restart
+too; the ones that run reach the ledger."""
 
 from __future__ import annotations
 
@@ -145,20 +144,17 @@ def test_a_cli_task_with_a_countdown_revoked_through_the_api_never_runs_even_aft
         "--kwargs",
         json.dumps({"echo": "must not run"}),
     )
-    ledger_record(
-        task_id, "PENDING"
-    )  # the worker received it and holds it until its countdown ends
+    # the worker received it and holds it until its countdown ends
+    ledger_record(task_id, "PENDING")
     response = api.post(f"/api/v1/tasks/revoke/{task_id}")
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "REVOKED"
 
     first.stop()
-    assert task_id in _queued_ids(
-        stack
-    )  # handed back unrun: only the durable revocation can stop it now
-    second = stack.start_worker(
-        Queue.USER, name="user-cli-second"
-    )  # knows nothing of the broadcast
+    # handed back unrun: only the durable revocation can stop it now
+    assert task_id in _queued_ids(stack)
+    # knows nothing of the broadcast
+    second = stack.start_worker(Queue.USER, name="user-cli-second")
     wait_until(lambda: task_id not in _queued_ids(stack), 30, "the second worker to take the task")
     _discarded(task_id)
     assert f"Discarding revoked task: {CANARY}[{task_id}]" in second.logs()
@@ -199,12 +195,10 @@ def test_an_id_revoked_before_it_was_sent_is_discarded_by_a_worker_started_later
     stack: Stack, api: httpx.Client
 ) -> None:
     task_id = str(uuid.uuid4())
-    assert (
-        api.post(f"/api/v1/tasks/revoke/{task_id}").status_code == 202
-    )  # no worker runs: none heard it
-    stack.redis_client().delete(
-        queues.REVOKED_KEY
-    )  # nor can one read it from Redis: the ledger must carry it
+    # no worker runs: none heard it
+    assert api.post(f"/api/v1/tasks/revoke/{task_id}").status_code == 202
+    # nor can one read it from Redis: the ledger must carry it
+    stack.redis_client().delete(queues.REVOKED_KEY)
     _send_from_a_bare_app(stack, task_id, echo="must not run")
     worker = stack.start_worker(Queue.USER, name="user-later")
     _discarded(task_id)

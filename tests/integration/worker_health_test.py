@@ -1,6 +1,5 @@
 """The worker image's liveness probe (`worker --healthcheck`) proves consumption, and deployables
-refuse
-to start on a broker that may evict queued tasks."""
+refuse to start on a broker that may evict queued tasks."""
 
 from __future__ import annotations
 

@@ -55,9 +55,8 @@ def test_a_worker_killed_while_holding_deliveries_hands_them_all_over_when_it_re
     stack: Stack,
 ) -> None:
     with start_users() as users:
-        users.app.faults.set_delay(
-            0.4
-        )  # each delivery takes a while: the worker holds the rest reserved
+        # each delivery takes a while: the worker holds the rest reserved
+        users.app.faults.set_delay(0.4)
         settings = {"users_url": users.url, "http_timeout_seconds": "5"}
         worker = stack.start_worker(Queue.NOTIFICATIONS, "--concurrency=1", name="held", **settings)
         message_ids = [str(uuid.uuid4()) for _ in range(6)]
@@ -82,9 +81,8 @@ def test_a_worker_killed_while_holding_deliveries_hands_them_all_over_when_it_re
             30,
             "the worker to hold several deliveries",
         )
-        worker.signal(
-            signal.SIGKILL
-        )  # the whole process group: no warm shutdown hands anything back
+        # the whole process group: no warm shutdown hands anything back
+        worker.signal(signal.SIGKILL)
         worker.kill()
         users.app.faults.clear()
 
@@ -96,15 +94,13 @@ def test_a_worker_killed_while_holding_deliveries_hands_them_all_over_when_it_re
             return {d["idempotency_key"] for d in users.app.deliveries("query-results")}
 
         wait_until(lambda: delivered() == set(message_ids), 30, "every delivery after the restart")
-        assert (
-            users.app.count("query-results") == 6
-        )  # each once (one sent before the kill may be refused as a duplicate)
+        # each once (one sent before the kill may be refused as a duplicate)
+        assert users.app.count("query-results") == 6
 
 
 def _keda_lists(queue: Queue) -> list[str]:
     """The Redis lists the queue's KEDA ScaledObject scales on (read as text: PyYAML is no
-    dependency
-    of ours, and deploy/images/check_manifests.py checks the file's structure)."""
+    dependency of ours, and deploy/images/check_manifests.py checks the file's structure)."""
     documents = Path("deploy/k8s/keda.yaml").read_text().split("\n---\n")
     (scaled,) = (
         d for d in documents if re.search(rf"^  name: ragcore-worker-{queue.value}$", d, re.M)
@@ -122,9 +118,8 @@ def test_keda_counts_a_running_task_while_the_waiting_list_is_empty(stack: Stack
         30,
         "the canary to run",
     )
-    assert (
-        client.llen(Queue.CLEANUP.value) == 0
-    )  # nothing waits: the waiting list alone would read idle
+    # nothing waits: the waiting list alone would read idle
+    assert client.llen(Queue.CLEANUP.value) == 0
     wait_until(
         lambda: sum(client.llen(name) for name in lists) > 0,
         5,

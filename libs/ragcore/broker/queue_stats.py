@@ -131,9 +131,8 @@ def record_worker(
     for queue in queues:
         consumers = _CONSUMERS_KEY.format(queue=queue)
         pipe.zadd(consumers, {hostname: now})
-        pipe.zremrangebyscore(
-            consumers, "-inf", now - ttl
-        )  # forget workers that died without a goodbye
+        # forget workers that died without a goodbye
+        pipe.zremrangebyscore(consumers, "-inf", now - ttl)
         pipe.zadd(BEATS_KEY.format(queue=queue), {hostname: now})
     pipe.execute()
 
@@ -143,9 +142,8 @@ def forget_worker(client: redis.Redis, hostname: str, queues: Iterable[str]) -> 
     pipe.delete(_WORKER_KEY.format(hostname=hostname))
     for queue in queues:
         pipe.zrem(_CONSUMERS_KEY.format(queue=queue), hostname)
-        pipe.zrem(
-            BEATS_KEY.format(queue=queue), hostname
-        )  # a warm shutdown hands back what it held
+        # a warm shutdown hands back what it held
+        pipe.zrem(BEATS_KEY.format(queue=queue), hostname)
     pipe.execute()
     for queue in queues:
         note_in_flight(client, queue, hostname, [])
@@ -230,9 +228,8 @@ def publish_revocation(client: redis.Redis, task_id: str, now: float | None = No
     now = time.time() if now is None else now
     pipe = client.pipeline(transaction=False)
     pipe.zadd(REVOKED_KEY, {task_id: now})
-    pipe.zremrangebyscore(
-        REVOKED_KEY, "-inf", now - 7 * 24 * 3600
-    )  # a starting worker reads the ledger
+    # a starting worker reads the ledger
+    pipe.zremrangebyscore(REVOKED_KEY, "-inf", now - 7 * 24 * 3600)
     pipe.execute()
 
 

@@ -50,9 +50,8 @@ def test_depth_counts_every_priority_list_and_age_is_the_oldest_message(
 ) -> None:
     now = time.time()
     client.lpush("sync", _message(now - 10))
-    client.lpush(
-        "sync\x06\x166", _message(now - 100)
-    )  # priority 6: a list of its own, older message
+    # priority 6: a list of its own, older message
+    client.lpush("sync\x06\x166", _message(now - 100))
     client.lpush("sync\x06\x166", _message(now - 1))
     stats = queues.queue_stats(client, "sync", heartbeat_ttl=15, now=now)
     assert stats.depth == 3 and stats.oldest_age_seconds == pytest.approx(100)

@@ -36,9 +36,8 @@ def refused() -> int:
 
 def trip(breaker: Breaker) -> None:
     for _ in range(SETTINGS.breaker_fail_max):
-        with pytest.raises(
-            httpx.HTTPStatusError
-        ):  # the neighbour's own error, also on the call that trips it
+        # the neighbour's own error, also on the call that trips it
+        with pytest.raises(httpx.HTTPStatusError):
             breaker.call(down)
 
 
@@ -66,9 +65,8 @@ def test_once_the_probe_interval_passes_one_probe_goes_and_its_success_closes_th
 ) -> None:
     one, other = Breaker("users", client, SETTINGS), Breaker("users", client, SETTINGS)
     trip(one)
-    time.sleep(
-        SETTINGS.breaker_probe_seconds + 1.1
-    )  # pybreaker stores the opening time in whole seconds
+    # pybreaker stores the opening time in whole seconds
+    time.sleep(SETTINGS.breaker_probe_seconds + 1.1)
     assert one.probe_due()
     assert one.claim_probe("probe-task")
     assert not other.probe_due() and not other.claim_probe("another-task")

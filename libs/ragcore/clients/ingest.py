@@ -90,9 +90,8 @@ class IngestClient:
     def _get(self, path: str, params: dict[str, str | int] | None = None) -> Any:
         if self._gate is None:
             return self._fetch(path, params)
-        return self._gate.call(lambda: self._fetch(path, params))[
-            0
-        ]  # BreakerOpen while Ingest is down
+        # BreakerOpen while Ingest is down
+        return self._gate.call(lambda: self._fetch(path, params))[0]
 
     def _fetch(self, path: str, params: dict[str, str | int] | None) -> Any:
         response = self._client.get(self._base + path, params=params, headers=self._headers)

@@ -57,9 +57,8 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
         return True
     # qdrant-client's REST errors, recognised by shape so that workers without qdrant-client can
-    # import
-    # this module: UnexpectedResponse carries the status, ResponseHandlingException the error it
-    # wraps.
+    # import this module: UnexpectedResponse carries the status, ResponseHandlingException the error
+    # it wraps.
     status = getattr(exc, "status_code", None)
     if isinstance(status, int):
         return status >= 500

@@ -80,9 +80,8 @@ class VectorStore:
             self.client = client
         elif settings.qdrant_url:
             # The server's version banner is not needed, and a stand-in need not serve the exact
-            # version.
-            # Explicit limits: for a 127.0.0.1 URL the client would otherwise open a connection per
-            # call.
+            # version. Explicit limits: for a 127.0.0.1 URL the client would otherwise open a
+            # connection per call.
             self.client = QdrantClient(
                 url=settings.qdrant_url,
                 api_key=settings.qdrant_api_key,

@@ -149,10 +149,11 @@ def test_replace_document_leaves_exactly_the_new_chunks_and_touches_no_other_doc
     chunks = corpus[0]
     doc_id = chunks[0].document_id
     old = [c for c in chunks if c.document_id == doc_id]
+    # 4 chunks become 2
     new = [
         replace(old[0], text="rewritten"),
         replace(old[1], id=f"{doc_id}/new-chunk"),
-    ]  # 4 chunks become 2
+    ]
     filled.replace_document(doc_id, new)
     own = filled.search(new[0].vector, 10, {"document_id": doc_id})
     assert sorted(h.chunk_id for h in own) == sorted(c.id for c in new)

@@ -7,6 +7,7 @@ from ragcore.db.session import (
     get_engine,
     insert_for,
     reset_engines,
+    rows_affected,
     session_scope,
 )
 
@@ -17,6 +18,7 @@ __all__ = [
     "get_engine",
     "insert_for",
     "reset_engines",
+    "rows_affected",
     "session_scope",
     "utcnow",
 ]

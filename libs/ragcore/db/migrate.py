@@ -42,9 +42,8 @@ def database_url(config: Config) -> str:
 def migration_engine(url: str) -> Engine:
     """One short-lived connection at a time, not the deployables' pool: a migration runs once."""
     parsed = make_url(url)
-    if (
-        parsed.drivername == "postgresql"
-    ):  # as ragcore.db.session: psycopg 3 is the installed driver
+    # as ragcore.db.session: psycopg 3 is the installed driver
+    if parsed.drivername == "postgresql":
         parsed = parsed.set(drivername="postgresql+psycopg")
     return create_engine(parsed, poolclass=NullPool)
 

@@ -87,9 +87,8 @@ class SyncEvent(Base):
     action: Mapped[str] = mapped_column(String(16))
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    status: Mapped[str] = mapped_column(
-        String(16), default="pending"
-    )  # pending | claimed | done | failed
+    # pending | claimed | done | failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
     available_at: Mapped[datetime] = mapped_column(default=utcnow)  # retry later after a failure
     claimed_by: Mapped[str | None] = mapped_column(String(64))
@@ -113,9 +112,8 @@ class UsageReport(Base):
 
     __tablename__ = "usage_reports"
     period_start: Mapped[datetime] = mapped_column(primary_key=True)
-    outcome: Mapped[str] = mapped_column(
-        String(16)
-    )  # accepted | refused (for good: an operator re-drives it)
+    # accepted | refused (for good: an operator re-drives it)
+    outcome: Mapped[str] = mapped_column(String(16))
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -200,13 +198,11 @@ class FailedDelivery(Base):
     payload: Mapped[dict[str, Any]]
     error: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int]
-    status: Mapped[str] = mapped_column(
-        String(16), default="failed"
-    )  # waiting | failed | redriven | discarded
+    # waiting | failed | redriven | discarded
+    status: Mapped[str] = mapped_column(String(16), default="failed")
     next_attempt_at: Mapped[datetime | None]  # when a waiting delivery is re-driven next
-    waiting_since: Mapped[
-        datetime | None
-    ]  # start of its re-drive window (an operator's re-drive restarts it)
+    # start of its re-drive window (an operator's re-drive restarts it)
+    waiting_since: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     redriven_at: Mapped[datetime | None]
     redrive_task_id: Mapped[str | None] = mapped_column(String(64))

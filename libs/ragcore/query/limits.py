@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
-from typing import Any, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, CursorResult, case, or_, select, update
+from sqlalchemy import ColumnElement, case, or_, select, update
 from sqlalchemy.orm import Session
 
-from ragcore.db import insert_for
+from ragcore.db import insert_for, rows_affected
 from ragcore.db.models import User
 from ragcore.settings import Settings
 
@@ -92,20 +91,18 @@ def consume(session: Session, user_id: str, settings: Settings, now: datetime) -
     """
     ensure_user(session, user_id, settings)
     expired = _expired(now)
-    counted = cast(
-        CursorResult[Any],
-        session.execute(
-            update(User)
-            .where(User.user_id == user_id, or_(expired, User.queries_today < User.daily_limit))
-            .values(
-                queries_today=case((expired, 1), else_=User.queries_today + 1),
-                limit_reset_at=case(
-                    (expired, next_reset(now, settings.timezone)), else_=User.limit_reset_at
-                ),
-            )
-            .execution_options(synchronize_session=False)
-        ),
-    ).rowcount
+    counted = rows_affected(
+        session,
+        update(User)
+        .where(User.user_id == user_id, or_(expired, User.queries_today < User.daily_limit))
+        .values(
+            queries_today=case((expired, 1), else_=User.queries_today + 1),
+            limit_reset_at=case(
+                (expired, next_reset(now, settings.timezone)), else_=User.limit_reset_at
+            ),
+        )
+        .execution_options(synchronize_session=False),
+    )
     if counted == 0:
         limit, resets_at = session.execute(
             select(User.daily_limit, User.limit_reset_at).where(User.user_id == user_id)
@@ -115,25 +112,21 @@ def consume(session: Session, user_id: str, settings: Settings, now: datetime) -
 
 def reset_user(session: Session, user_id: str, settings: Settings, now: datetime) -> int:
     """Give one user a fresh window; returns 1, or 0 for an unknown user."""
-    return cast(
-        CursorResult[Any],
-        session.execute(
-            update(User)
-            .where(User.user_id == user_id)
-            .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
-            .execution_options(synchronize_session=False)
-        ),
-    ).rowcount
+    return rows_affected(
+        session,
+        update(User)
+        .where(User.user_id == user_id)
+        .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
+        .execution_options(synchronize_session=False),
+    )
 
 
 def reset_all(session: Session, settings: Settings, now: datetime) -> int:
     """Give every user who used a query a fresh window: one set-based UPDATE, not a loop."""
-    return cast(
-        CursorResult[Any],
-        session.execute(
-            update(User)
-            .where(User.queries_today != 0)
-            .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
-            .execution_options(synchronize_session=False)
-        ),
-    ).rowcount
+    return rows_affected(
+        session,
+        update(User)
+        .where(User.queries_today != 0)
+        .values(queries_today=0, limit_reset_at=next_reset(now, settings.timezone))
+        .execution_options(synchronize_session=False),
+    )

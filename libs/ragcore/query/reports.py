@@ -117,9 +117,8 @@ def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_
                         headers={ledger.RECORDED_HEADER: True},
                         producer=producer,
                     )
-                except (
-                    Exception
-                ) as exc:  # the broker is down: these messages wait for the next round
+                # the broker is down: these messages wait for the next round
+                except Exception as exc:
                     log.warning("report publish failed, will retry: %s", exc)
                     unpublished = {r.message_id for r in reports[i:]}
                     break

@@ -112,9 +112,8 @@ def test_each_message_gets_both_reports_recorded_in_the_ledger_before_they_are_p
     assert unreported(sessions) == []
     with sessions() as session:
         assert reports.backlog(session) == (0, None)
-    with (
-        sessions() as session
-    ):  # recorded in the ledger (before publishing), so the publisher signal skips them
+    # recorded in the ledger (before publishing), so the publisher signal skips them
+    with sessions() as session:
         recorded = {r.task_id: r.state for r in session.scalars(select(TaskRecord))}
     assert recorded == {s["task_id"]: "PENDING" for s in broker.sent}
     assert all(s["headers"] == {ledger.RECORDED_HEADER: True} for s in broker.sent)
@@ -134,11 +133,9 @@ def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_tas
         assert count == 3 and oldest is not None and (utcnow() - oldest).total_seconds() < 60
     back = Broker()
     assert reports.publish_pending(back, sessions=sessions) == 3
-    assert (
-        back.sent[0]["task_id"] == down.sent[0]["task_id"]
-    )  # the same task again: Users counts it once
+    # the same task again: Users counts it once
+    assert back.sent[0]["task_id"] == down.sent[0]["task_id"]
     assert unreported(sessions) == []
     with sessions() as session:
-        assert (
-            session.query(TaskRecord).count() == 6
-        )  # recorded once each, though sent in two rounds
+        # recorded once each, though sent in two rounds
+        assert session.query(TaskRecord).count() == 6

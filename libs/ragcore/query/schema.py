@@ -10,8 +10,7 @@ from ragcore.tasks.contracts import Args, Source
 
 #: Qdrant matches exact keyword, integer (64-bit signed) and boolean values; a keyword is at most as
 #: long as a document id. The integer bound is written `< 2**63`: the OpenAPI document carries
-#: bounds
-#: as doubles, which state 2**63 exactly and 2**63 - 1 not at all.
+#: bounds as doubles, which state 2**63 exactly and 2**63 - 1 not at all.
 FilterValue = (
     Annotated[str, Field(max_length=512)] | Annotated[int, Field(ge=-(2**63), lt=2**63)] | bool
 )

@@ -1,11 +1,10 @@
 """The query path: limit, cache, embed, search, generate, then one transaction for everything kept.
 
-That transaction counts the query against the user's limit, stores the conversation and message,
-and records the cached answer. The message row is also the intent of its two reports
+That transaction counts the query against the user's limit, stores the conversation and message, and
+records the cached answer. The message row is also the intent of its two reports
 (`send_query_result_to_users`, `update_user_statistics`): stored unreported, it is published by the
 report relay (`ragcore.query.reports`) outside the API, so the reports exist exactly when the
-message does
-and cost the answer nothing.
+message does and cost the answer nothing.
 """
 
 from __future__ import annotations
@@ -17,15 +16,15 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar
 
 import redis
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from ragcore.clients.embedder import Embedder
 from ragcore.clients.vectorstore import Hit
-from ragcore.db import Sessions, insert_for, session_scope, utcnow
+from ragcore.db import Sessions, insert_for, rows_affected, session_scope, utcnow
 from ragcore.db.models import Conversation, Message, QueryCacheEntry
 from ragcore.query import limits
 from ragcore.query.cache import HotCache, cache_key, data_version
@@ -234,19 +233,17 @@ class QueryService:
             )
             session.flush()  # the message's foreign key needs the row
         else:
-            touched = cast(
-                CursorResult[Any],
-                session.execute(
-                    update(Conversation)
-                    .where(
-                        Conversation.id == answer.conversation_id,
-                        Conversation.user_id == request.user_id,
-                        Conversation.archived_at.is_(None),
-                    )
-                    .values(updated_at=now)
-                    .execution_options(synchronize_session=False)
-                ),
-            ).rowcount
+            touched = rows_affected(
+                session,
+                update(Conversation)
+                .where(
+                    Conversation.id == answer.conversation_id,
+                    Conversation.user_id == request.user_id,
+                    Conversation.archived_at.is_(None),
+                )
+                .values(updated_at=now)
+                .execution_options(synchronize_session=False),
+            )
             if touched == 0:  # archived since the first look
                 raise ConversationNotFound(
                     f"no open conversation {answer.conversation_id!r} for user {request.user_id!r}"

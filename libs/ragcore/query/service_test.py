@@ -189,6 +189,5 @@ def test_a_vector_store_failure_is_an_upstream_error_and_stores_nothing(
 def test_a_redis_outage_only_costs_the_hot_cache(service: QueryService, hot: DictRedis) -> None:
     hot.down = True
     service.answer(QueryRequest(user_id="u", query="harbor"))
-    assert service.answer(
-        QueryRequest(user_id="u", query="harbor")
-    ).cached  # from the database record
+    # from the database record
+    assert service.answer(QueryRequest(user_id="u", query="harbor")).cached

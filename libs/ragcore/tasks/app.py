@@ -50,8 +50,7 @@ def create_app(
         broker_transport_options=transport,
         # The Redis backend subscribes to each sent task's result before publishing; its default
         # policy retries that 20 times, a second apart, when Redis is down. Bounded, a publisher
-        # (the
-        # report relay, an API request) fails in well under a second and tries again later.
+        # (the report relay, an API request) fails in well under a second and tries again later.
         result_backend_transport_options={**transport, "retry_policy": _FAIL_FAST},
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,

@@ -53,7 +53,6 @@ def test_an_exclusive_task_skips_while_another_run_holds_its_lock(app: Celery) -
     ):
         assert held
         assert exclusive.apply().get() == contracts.SKIPPED
-        assert plain.apply().get() == {
-            "ran": PLAIN.name
-        }  # not exclusive: the lock is not its business
+        # not exclusive: the lock is not its business
+        assert plain.apply().get() == {"ran": PLAIN.name}
     assert seen == [True]

@@ -172,9 +172,8 @@ class TaskContract:
     soft_time_limit: int
     time_limit: int
     #: Whether the result backend holds the task's live state (STARTED) and result. Without it
-    #: (tasks
-    #: sent per query, which nobody polls) the ledger alone does: status answers from it; each
-    #: backend write costs a short task a sizeable share of its throughput.
+    #: (tasks sent per query, which nobody polls) the ledger alone does: status answers from it;
+    #: each backend write costs a short task a sizeable share of its throughput.
     store_result: bool = True
     #: Whether runs must never overlap (a Beat-driven sweep): a run that finds another one holding
     #: the task's lock returns `SKIPPED` at once (`define_task` applies the lock).
@@ -213,10 +212,9 @@ USERS, INGEST = "users", "ingest"
 
 # The soft limit comes 10 s (short tasks) to 100 s (half-hour ones) before the hard one: room for a
 # task to end cleanly before the kill. Each queue's grace period (deploy/k8s/workers.yaml) is chosen
-# against these hard limits, as the comments per queue below and the one there say.
-# sync: grace 300 s covers the drain and a document; the full sync hands itself back at a page
-# boundary;
-# an incremental sync cut by the grace period is re-queued (lost-worker detection) and runs again.
+# against these hard limits, as the comments per queue below and the one there say. sync: grace 300
+# s covers the drain and a document; the full sync hands itself back at a page boundary; an
+# incremental sync cut by the grace period is re-queued (lost-worker detection) and runs again.
 SYNC_EMBEDDINGS = _c("sync_embeddings_task", Queue.SYNC, SyncEmbeddingsArgs, _NET, 1700, 1800)
 PROCESS_SYNC_QUEUE = _c("process_sync_queue", Queue.SYNC, NoArgs, _NONE, 280, 300)
 TRIGGER_FULL_SYNC = _c(

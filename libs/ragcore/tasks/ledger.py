@@ -1,8 +1,6 @@
 """The task ledger: a durable record of every task sent through the contracts or received by a
-worker,
-kept current by the workers' signals, so status outlives Redis results and unknown ids are told
-apart
-from pending ones.
+worker, kept current by the workers' signals, so status outlives Redis results and unknown ids are
+told apart from pending ones.
 """
 
 from __future__ import annotations
@@ -81,10 +79,11 @@ def _identity(name: str, delivery_info: dict[str, Any] | None) -> dict[str, str]
     queue = (
         contract.queue.value if contract else str((delivery_info or {}).get("routing_key") or "")
     )
+    # the columns' sizes: another client may send anything
     return {
         "name": name[:128],
         "queue": queue[:32],
-    }  # the columns' sizes: another client may send anything
+    }
 
 
 def record_received(request: Any) -> None:
@@ -93,8 +92,7 @@ def record_received(request: Any) -> None:
 
     Ragcore's publishers record their tasks when they send them and stamp the message; an unstamped
     message is another client's. Its row is written at once rather than through the batched writer:
-    a
-    pool process may start the task right after and must find the row to update.
+    a pool process may start the task right after and must find the row to update.
     """
     if request.request_dict.get(queues.SENT_AT_HEADER) is not None:
         return
@@ -150,9 +148,8 @@ class _Writer:
         done.wait(timeout)
 
     def _started(self) -> queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event]:
-        if (
-            self._pid != os.getpid()
-        ):  # first use in this process (a prefork child inherits no thread)
+        # first use in this process (a prefork child inherits no thread)
+        if self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
                     self._queue = queue.SimpleQueue()

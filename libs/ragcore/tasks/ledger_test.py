@@ -1,6 +1,5 @@
 """The ledger's queries: history pages, revocations, and the aggregates behind /metrics (SQLite
-here;
-PostgreSQL in the integration tests)."""
+here; PostgreSQL in the integration tests)."""
 
 import re
 from collections.abc import Iterator

@@ -39,8 +39,7 @@ def test_a_run_whose_lock_expired_does_not_release_the_next_holders_lock(
     client.delete(lock_key("slow-job"))  # as if the TTL ran out under a run that overran it
     with periodic_lock(client, "slow-job", ttl=60) as second:
         assert second
-        first.__exit__(
-            None, None, None
-        )  # the overrunning first run ends while the second holds the lock
+        # the overrunning first run ends while the second holds the lock
+        first.__exit__(None, None, None)
         assert client.exists(lock_key("slow-job"))
     assert not client.exists(lock_key("slow-job"))

@@ -22,7 +22,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from ragcore.clients.breaker import CLOSED, breaker
-from ragcore.db import Sessions, session_scope, utcnow
+from ragcore.db import Sessions, rows_affected, session_scope, utcnow
 from ragcore.db.models import FailedDelivery
 from ragcore.settings import Settings
 from ragcore.tasks import contracts, dispatch, ledger
@@ -52,16 +52,16 @@ def within_window(settings: Settings, waiting_since: datetime, now: datetime) ->
 def release_waiting(neighbour: str, sessions: Sessions = session_scope) -> int:
     """Make every waiting delivery of `neighbour` due now (its breaker just closed)."""
     with sessions() as session:
-        result = session.execute(
+        return rows_affected(
+            session,
             update(FailedDelivery)
             .where(
                 FailedDelivery.status == WAITING,
                 FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)),
             )
             .values(next_attempt_at=utcnow())
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False),
         )
-    return int(result.rowcount or 0)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
 
 
 def backlog(session: Session, neighbour: str) -> tuple[int, datetime | None]:
@@ -79,7 +79,8 @@ def backlog(session: Session, neighbour: str) -> tuple[int, datetime | None]:
 def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
     """Waiting deliveries older than the window stop being re-driven: an operator decides."""
     with sessions() as session:
-        expired = session.execute(
+        expired = rows_affected(
+            session,
             update(FailedDelivery)
             .where(
                 FailedDelivery.status == WAITING,
@@ -87,8 +88,8 @@ def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
                 < now - timedelta(seconds=settings.delivery_redrive_window_seconds),
             )
             .values(status=FAILED, next_attempt_at=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            .execution_options(synchronize_session=False),
+        )
     if expired:
         log.error(
             "%d waiting deliveries gave up after %.0fs of re-drives; they wait for an operator",
@@ -144,9 +145,8 @@ def redrive_due(
                         task_id=task_id,
                         headers={REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True},
                     )
-                except (
-                    dispatch.PublishFailed
-                ) as exc:  # the broker is down: the rest wait for the next round
+                # the broker is down: the rest wait for the next round
+                except dispatch.PublishFailed as exc:
                     log.warning("re-drive of delivery %s failed, will retry: %s", row.id, exc)
                     break
                 row.status, row.redriven_at, row.redrive_task_id = REDRIVEN, now, task_id

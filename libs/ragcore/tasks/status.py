@@ -7,9 +7,10 @@ answers for a task long after its result is gone.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
+
+from pydantic import BaseModel
 
 from ragcore.db.models import TaskRecord
 
@@ -29,9 +30,8 @@ class LiveResult(Protocol):
     def traceback(self) -> str | None: ...
 
 
-@dataclass
-class TaskView:
-    """A task as the status route answers it (field for field its `TaskStatus`)."""
+class TaskStatus(BaseModel):
+    """A task as `GET /api/v1/tasks/status/{id}` answers it (its OpenAPI schema)."""
 
     task_id: str
     status: str
@@ -47,6 +47,9 @@ class TaskView:
     worker: str | None = None
     retries: int = 0
     revoked: bool = False
+    #: The worker running it stopped heartbeating: a live worker of its queue re-queues it
+    #: (`worker_lost_after_seconds` after `worker_lost_since`), and its progress is not moving
+    #: meanwhile.
     worker_lost: bool = False
     worker_lost_since: datetime | None = None
 
@@ -78,7 +81,7 @@ def merge(
     live: LiveResult,
     record: TaskRecord | None,
     lost_since: datetime | None = None,
-) -> TaskView | None:
+) -> TaskStatus | None:
     """The task's status; None for an id that was never sent (no ledger row, nothing live).
 
     `state` is `live_state(live)`, read before `record` was: the ledger then holds at least what
@@ -86,9 +89,9 @@ def merge(
     """
     if record is None and state in (None, "PENDING"):
         return None
-    view = TaskView(task_id=task_id, status=state or "PENDING")
+    view = TaskStatus(task_id=task_id, status=state or "PENDING")
     if record is not None:
-        view = TaskView(
+        view = TaskStatus(
             task_id=task_id,
             status=state or "PENDING",
             name=record.name,
@@ -114,7 +117,7 @@ def merge(
     return view
 
 
-def _complete_from_live(view: TaskView, state: str, live: LiveResult) -> None:
+def _complete_from_live(view: TaskStatus, state: str, live: LiveResult) -> None:
     if state == "PROGRESS" and isinstance(live.info, dict):
         view.progress = live.info
     elif state == "SUCCESS":

@@ -34,7 +34,7 @@ def _record(state: str, **values: Any) -> TaskRecord:
     )  # fmt: skip
 
 
-def _merge(live: Live, record: TaskRecord | None, **kw: Any) -> status.TaskView | None:
+def _merge(live: Live, record: TaskRecord | None, **kw: Any) -> status.TaskStatus | None:
     return status.merge("t1", status.live_state(live), live, record, **kw)
 
 

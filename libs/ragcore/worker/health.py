@@ -3,8 +3,8 @@
 A worker is healthy when it answers a ping (its consumer loop runs) and its queue does not wait on
 it: the queue is empty, or the worker dequeued a message within the window, or every one of its pool
 slots is busy (a long task is not a stall; time limits end stuck ones). The last dequeue and the
-busy
-slots come from the heartbeat the worker keeps in the broker's Redis (ragcore.broker.queue_stats).
+busy slots come from the heartbeat the worker keeps in the broker's Redis
+(ragcore.broker.queue_stats).
 """
 
 from __future__ import annotations

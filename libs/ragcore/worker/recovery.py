@@ -10,10 +10,9 @@ messages back on their queue when it is ready, so a crashed full sync resumes on
 hours later, and the deliveries a notifications worker had reserved go out at once.
 
 A worker replaced under another name (a pod replacement, a node loss) never comes back: instead
-every
-live worker of its queue looks, at each heartbeat, for workers of that queue whose heartbeat lapsed
-(`worker_lost_after_seconds`). One Lua script claims a lapsed worker atomically, only while its
-heartbeat is still older than the cut-off, so however many live workers notice together, one
+every live worker of its queue looks, at each heartbeat, for workers of that queue whose heartbeat
+lapsed (`worker_lost_after_seconds`). One Lua script claims a lapsed worker atomically, only while
+its heartbeat is still older than the cut-off, so however many live workers notice together, one
 re-queues its tasks, once, and never those of a worker that beats again.
 """
 

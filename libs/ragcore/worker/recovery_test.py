@@ -35,9 +35,8 @@ def test_a_lapsed_worker_is_claimed_by_exactly_one_of_many_live_workers(
 def test_a_worker_that_still_beats_is_never_claimed(client: redis.Redis) -> None:
     now = time.time()
     queues.record_worker(client, "slow@a", ["sync"], {}, 15, now=now - 120)
-    queues.record_worker(
-        client, "slow@a", ["sync"], {}, 15, now=now
-    )  # it beat again before the claim
+    # it beat again before the claim
+    queues.record_worker(client, "slow@a", ["sync"], {}, 15, now=now)
     assert recovery.claim_lapsed(client, "sync", "slow@a", now - 60) is None
     assert queues.lapsed_workers(client, "sync", now - 60) == []
 
@@ -57,7 +56,6 @@ def test_queues_flag_a_lapsed_worker_only_while_the_tasks_it_held_wait(client: r
     queues.record_worker(client, "busy@a", ["sync"], {}, 15, now=now - 30)
     queues.note_in_flight(client, "sync", "busy@a", ["t1"])
     assert queues.queue_stats(client, "sync", 15, now).lost == [("busy@a", now - 30)]
-    queues.note_in_flight(
-        client, "sync", "busy@a", []
-    )  # what the claim does once it re-queued them
+    # what the claim does once it re-queued them
+    queues.note_in_flight(client, "sync", "busy@a", [])
     assert queues.queue_stats(client, "sync", 15, now).lost == []

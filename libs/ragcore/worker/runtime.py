@@ -112,9 +112,8 @@ class _Monitor:
             "started_at": self.started_at,
         }
         self.load_revocations()
-        queues.clear_stopping(
-            self._client(), self._hostname
-        )  # a previous life under this name stopped
+        # a previous life under this name stopped
+        queues.clear_stopping(self._client(), self._hostname)
         self._thread = threading.Thread(target=self._run, name="ragcore-heartbeat", daemon=True)
         self._thread.start()
 
@@ -164,9 +163,8 @@ class _Monitor:
         """Note in Redis the tasks this worker holds, when they changed (see
         ragcore.worker.recovery)."""
         try:
-            held = sorted(
-                request.id for request in list(worker_state.reserved_requests)
-            )  # running ones included
+            # running ones included
+            held = sorted(request.id for request in list(worker_state.reserved_requests))
         except RuntimeError:  # the consumer changed the set meanwhile: next tick
             return
         if held != self._noted:

@@ -7,8 +7,7 @@ do.
     python -m ragcore_dev.standins.ingest --port 7101 --documents 20 --chunks 5
 
 Control API (no auth, no faults): GET /_control/corpus, POST /_control/reset {documents, chunks,
-seed},
-GET|PUT|DELETE /_control/documents/{id} (PUT body: {"texts"?, "metadata"?}), and the shared
+seed}, GET|PUT|DELETE /_control/documents/{id} (PUT body: {"texts"?, "metadata"?}), and the shared
 /_control/faults and /_control/requests of ragcore_dev.standins.server.
 """
 

@@ -234,9 +234,8 @@ def test_stop_ends_idle_and_hanging_connections_and_leaves_no_threads() -> None:
     hung = threading.Thread(target=wait_for_answer)
     hung.start()
     deadline = time.monotonic() + 10
-    while (
-        running.app.log.count < 2 and time.monotonic() < deadline
-    ):  # the hanging request has arrived
+    # the hanging request has arrived
+    while running.app.log.count < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     started = time.perf_counter()
     running.stop()

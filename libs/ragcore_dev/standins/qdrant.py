@@ -7,15 +7,13 @@ Qdrant through the same VectorStore code.
 
     python -m ragcore_dev.standins.qdrant --port 6333 --data DIR [--api-key KEY]
 
-Served: GET /, /healthz, /readyz, /livez; GET /collections; GET|PUT|DELETE /collections/{name};
-GET /collections/{name}/exists; PUT /collections/{name}/index, DELETE .../index/{field};
-PUT .../points (upsert, `points` or `batch`); POST .../points/delete (ids or filter);
-POST .../points/payload (set payload keys, on ids or by filter); POST .../points/query
-and .../points/search (nearest, with filter); POST .../points/scroll; POST .../points/count.
-Control: POST /_control/collections/{name}/optimize builds the HNSW index (blocking: qdrant_edge
-holds
-the GIL while optimising, so it is never started behind a client's back), plus the shared
-faults/requests.
+Served: GET /, /healthz, /readyz, /livez; GET /collections; GET|PUT|DELETE /collections/{name}; GET
+/collections/{name}/exists; PUT /collections/{name}/index, DELETE .../index/{field}; PUT .../points
+(upsert, `points` or `batch`); POST .../points/delete (ids or filter); POST .../points/payload (set
+payload keys, on ids or by filter); POST .../points/query and .../points/search (nearest, with
+filter); POST .../points/scroll; POST .../points/count. Control: POST
+/_control/collections/{name}/optimize builds the HNSW index (blocking: qdrant_edge holds the GIL
+while optimising, so it is never started behind a client's back), plus the shared faults/requests.
 """
 
 from __future__ import annotations

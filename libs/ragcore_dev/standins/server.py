@@ -280,9 +280,8 @@ class App:
                 return handler(request)
             except HTTPError as exc:
                 return self.error(exc.status, exc.message)
-            except (
-                Exception
-            ) as exc:  # a stand-in bug must show up as a 500 and a traceback, not a hang
+            # a stand-in bug must show up as a 500 and a traceback, not a hang
+            except Exception as exc:
                 traceback.print_exc(file=sys.stderr)
                 return self.error(500, f"{type(exc).__name__}: {exc}")
         if allowed:

@@ -6,11 +6,9 @@ A first delivery of a key answers 201 and is recorded; a repeat answers 409 and 
     python -m ragcore_dev.standins.users --port 7102 [--token T]
 
 Control API (no auth, no faults): GET
-/_control/deliveries?kind=query-results|usage-statistics|notifications,
-POST /_control/reset, and the shared /_control/faults and /_control/requests of
-ragcore_dev.standins.server
-(an outage: POST /_control/faults {"outage_seconds": 60, "status": 503} refuses everything for a
-minute).
+/_control/deliveries?kind=query-results|usage-statistics|notifications, POST /_control/reset, and
+the shared /_control/faults and /_control/requests of ragcore_dev.standins.server (an outage: POST
+/_control/faults {"outage_seconds": 60, "status": 503} refuses everything for a minute).
 """
 
 from __future__ import annotations
