@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request, Response
 from api import errors
 from api.body_limit import BodyLimit
 from api.routers import deliveries, health, metrics, query, sync, tasks
-from ragcore import invariants
+from ragcore import invariants, tracing
 from ragcore.broker import broker_client
 from ragcore.db import create_schema
 from ragcore.logs import configure_logging, request_id_var
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
     ):
         app.include_router(router)
+    tracing.instrument_app(app)
     return app
 
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ).parse_args(argv)
     settings = get_settings()
     configure_logging("api", settings.log_level)
+    tracing.configure("api", settings.trace_file)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

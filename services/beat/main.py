@@ -14,6 +14,7 @@ only.
 
 import sys
 
+from ragcore import tracing
 from ragcore.db import create_schema
 from ragcore.logs import configure_logging
 from ragcore.query.reports import ReportRelay
@@ -49,6 +50,7 @@ def main() -> None:
         app.start(["beat", "--help"])
         return
     configure_logging("beat", settings.log_level)
+    tracing.configure("beat", settings.trace_file)
     create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
     relay = ReportRelay(
         app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings)

@@ -11,6 +11,7 @@ import httpx
 from celery import Task
 from sqlalchemy import select
 
+from ragcore import tracing
 from ragcore.clients.breaker import Breaker, BreakerOpen, breaker
 from ragcore.clients.transport import is_retryable
 from ragcore.db import Sessions, session_scope, utcnow
@@ -79,6 +80,7 @@ def record(
                 status=WAITING if waits else FAILED,
                 next_attempt_at=next_attempt(get_settings(), now, now) if waits else None,
                 waiting_since=now if waits else None,
+                traceparent=tracing.current_traceparent(),  # each re-drive's span links to it
             )
         )
     if waits:

@@ -13,6 +13,7 @@ by the server. Several waited upserts in flight keep Qdrant as busy as unwaited 
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections import deque
@@ -21,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ragcore import tracing
 from ragcore.clients.ingest import Chunk, Page
 from ragcore.clients.vectorstore import VectorStore, point_id
 
@@ -72,7 +74,8 @@ def prefetch(
     def read() -> None:
         try:
             while not halt.is_set():
-                page = next(pages, None)
+                with tracing.span("sync.fetch_page"):
+                    page = next(pages, None)
                 if page is None:
                     break
                 while not stop.is_set():
@@ -87,7 +90,10 @@ def prefetch(
         except BaseException as exc:  # handed to the consumer, which raises it in the task
             buffer.put(exc)
 
-    reader = threading.Thread(target=read, name="ingest-prefetch", daemon=True)
+    # The reader runs in the caller's context (its trace: each page's fetch under the sync's span).
+    reader = threading.Thread(
+        target=contextvars.copy_context().run, args=(read,), name="ingest-prefetch", daemon=True
+    )
     reader.start()
     try:
         while True:
@@ -123,11 +129,12 @@ def copy_pages(
 
     def write(chunks: list[Chunk]) -> int:
         ids = [point_id(c.id) for c in chunks]
-        write_in_generation(
-            generation,
-            lambda tag: store.upsert(chunks, True, tag),
-            lambda tag: store.set_generation(ids, tag),
-        )
+        with tracing.span("sync.upsert_page", chunks=len(chunks)):
+            write_in_generation(
+                generation,
+                lambda tag: store.upsert(chunks, True, tag),
+                lambda tag: store.set_generation(ids, tag),
+            )
         return len(chunks)
 
     in_flight: deque[tuple[Future[int], set[str], Page]] = deque()
@@ -149,7 +156,9 @@ def copy_pages(
                 while in_flight and (overlaps or len(in_flight) >= writers):
                     apply_oldest()
                 if chunks:
-                    in_flight.append((pool.submit(write, chunks), ids, page))
+                    # each write in a copy of this context: its span joins the sync's trace
+                    write_in_context = contextvars.copy_context().run
+                    in_flight.append((pool.submit(write_in_context, write, chunks), ids, page))
                 else:
                     # nothing to write, but its checkpoint comes in order after the pages before it
                     done: Future[int] = Future()

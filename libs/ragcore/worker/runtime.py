@@ -17,7 +17,7 @@ from celery.concurrency.base import BasePool
 from celery.utils.nodenames import host_format
 from celery.worker import state as worker_state
 
-from ragcore import invariants
+from ragcore import invariants, tracing
 from ragcore.broker import queue_stats as queues
 from ragcore.db import create_schema, get_engine, session_scope
 from ragcore.logs import configure_logging
@@ -249,6 +249,10 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
         return
     settings = get_settings()
     configure_logging(f"worker-{queue.value}", settings.log_level, settings.log_task_lifecycle)
+    if tracing.exporters():
+        from ragcore.tracing import worker_signals
+
+        worker_signals.connect(f"worker-{queue.value}", settings.trace_file)
     if "--healthcheck" in argv:
         sys.exit(healthcheck(app, queue, argv))
     try:
