@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from api import errors
+from api import errors, request_metrics
 from api.body_limit import BodyLimit
 from api.routers import deliveries, health, metrics, query, sync, tasks
 from ragcore import invariants, tracing
@@ -60,7 +60,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request.state.request_id = rid
         started = time.perf_counter()
         try:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:  # the generic handler answers 500 outside this middleware
+                request_metrics.count_response(500)
+                raise
+            request_metrics.count_response(response.status_code)
             # One access line per request, inside the request's context (uvicorn's own is off).
             access_log.info(
                 "%s %s %d",

@@ -77,6 +77,19 @@ def backlog(session: Session, neighbour: str) -> tuple[int, datetime | None]:
     return int(count), oldest
 
 
+def failed_count(session: Session, neighbour: str) -> int:
+    """How many deliveries to `neighbour` failed for good and wait for an operator."""
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                FailedDelivery.status == FAILED,
+                FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)),
+            )
+        )
+        or 0
+    )
+
+
 def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
     """Waiting deliveries older than the window stop being re-driven: an operator decides."""
     with sessions() as session:
