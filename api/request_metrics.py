@@ -47,8 +47,11 @@ RESPONSES = Counter(
     labelnames=["code"],
     registry=REGISTRY,
 )
-for _outcome in Outcome:  # every series exists from the start: rate() over a fresh one is 0
+# Every series exists from the start, so rate() over a quiet one is 0, not absent.
+for _outcome in Outcome:
     QUERIES.labels(_outcome.value)
+for _cached in ("true", "false"):
+    QUERY_SECONDS.labels(_cached)
 for _code in ("2xx", "4xx", "5xx"):
     RESPONSES.labels(_code)
 

@@ -14,7 +14,10 @@ from unittest import mock
 
 import orjson
 import pytest
+from sqlalchemy import select
 
+from ragcore.db import session_scope
+from ragcore.db.models import FailedDelivery
 from ragcore.tasks.contracts import Queue
 from ragcore_dev.processes import Deployable, wait_until
 from ragcore_dev.standins.collector import CollectorApp, start_collector
@@ -81,6 +84,7 @@ def rig() -> Iterator[Rig]:
             qdrant_collection="tracing_test",
             users_url=users.url,
             sync_batch_size="10",
+            delivery_redrive_base_seconds="1",  # a waiting delivery is re-driven within seconds
         ) as stack,
     ):
         workers = [
@@ -187,3 +191,47 @@ def test_one_trace_from_the_query_to_users_with_the_report_task_linked_to_the_qu
         if line.get("logger") == "ragcore.access" and line.get("request_id") == request_id
     ]
     assert access and access[0]["trace_id"] == trace_id and len(access[0]["span_id"]) == 16
+
+
+def test_a_re_driven_delivery_links_to_its_first_attempt(rig: Rig) -> None:
+    doc = rig.ingest.app.corpus.documents()["doc-00004"]
+    rig.users.app.faults.outage(503)  # Users down: the report's quick retries fail, then it waits
+    try:
+        with rig.stack.api(QUERY_KEY) as api:
+            response = api.post("/api/v1/query/", json={"user_id": "uma", "query": doc.query(0)})
+        assert response.status_code == 200, response.text
+        message_id = response.json()["message_id"]
+
+        def waiting() -> FailedDelivery | None:
+            with session_scope() as session:
+                return session.scalars(
+                    select(FailedDelivery).where(
+                        FailedDelivery.payload["message_id"].as_string() == message_id
+                    )
+                ).first()
+
+        row = wait_until(waiting, 60, "the report waiting for a re-drive")
+    finally:
+        rig.users.app.faults.clear()
+    assert row.traceparent, "the failed delivery keeps its first attempt's span context"
+    _, first_trace, first_span, _ = row.traceparent.split("-")
+    query_trace = rig.trace_of("POST /api/v1/query/")
+    assert first_trace == query_trace  # the first attempt ran in the query's trace
+
+    def redriven() -> Span | None:
+        return next(
+            (
+                s
+                for s in rig.collector.app.spans()
+                if s["name"] == "run/send_query_result_to_users"
+                and {"trace_id": first_trace, "span_id": first_span} in s["links"]
+            ),
+            None,
+        )
+
+    redrive = wait_until(redriven, 60, "the re-driven task's span, linked to the first attempt")
+    assert redrive["trace_id"] != query_trace  # Beat's re-drive round, not the query, started it
+    [first] = [s for s in rig.spans(first_trace) if s["span_id"] == first_span]
+    assert first["name"] == "run/send_query_result_to_users"
+    [publish] = [s for s in rig.spans(redrive["trace_id"]) if s["name"] == "delivery.redrive"]
+    assert {"trace_id": first_trace, "span_id": first_span} in publish["links"]

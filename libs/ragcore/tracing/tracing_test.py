@@ -74,6 +74,7 @@ def test_on_sql_joins_its_span_log_lines_carry_its_ids_and_client_roots_are_drop
     out = run(
         """
         import logging
+        import os
         from sqlalchemy import text
         from ragcore import tracing
         from ragcore.db import session_scope
@@ -88,7 +89,7 @@ def test_on_sql_joins_its_span_log_lines_carry_its_ids_and_client_roots_are_drop
             logging.getLogger("probe").info("inside")
         logging.getLogger("probe").info("outside")
         tracing.shutdown()
-        """.replace("import logging", "import logging, os"),
+        """,
         OTEL_TRACES_EXPORTER="console",
         SPANS=str(spans_file),
         RAGCORE_DATABASE_URL=f"sqlite:///{tmp_path}/db.sqlite",
