@@ -113,7 +113,8 @@ def test_a_full_syncs_trace_shows_each_pages_fetch_and_upsert_under_its_task(rig
     def complete() -> list[Span] | None:
         spans = rig.spans(trace_id)
         # 24 chunks in pages of 10: three pages (and the fetch that finds no more)
-        return spans if len(named(spans, "sync.upsert_page")) == 3 else None
+        pages = len(named(spans, "sync.upsert_page"))
+        return spans if pages == 3 and named(spans, "run/trigger_full_sync_task") else None
 
     spans = wait_until(complete, 30, "the full sync's page spans")
     [run] = named(spans, "run/trigger_full_sync_task")
@@ -233,5 +234,7 @@ def test_a_re_driven_delivery_links_to_its_first_attempt(rig: Rig) -> None:
     assert redrive["trace_id"] != query_trace  # Beat's re-drive round, not the query, started it
     [first] = [s for s in rig.spans(first_trace) if s["span_id"] == first_span]
     assert first["name"] == "run/send_query_result_to_users"
-    [publish] = [s for s in rig.spans(redrive["trace_id"]) if s["name"] == "delivery.redrive"]
+    [publish] = wait_until(
+        lambda: named(rig.spans(redrive["trace_id"]), "delivery.redrive"), 30, "Beat's re-drive"
+    )
     assert {"trace_id": first_trace, "span_id": first_span} in publish["links"]

@@ -121,9 +121,12 @@ class QueryService:
         """Answer `request` and store it; `reports=False` stores it as reported already (benchmarks
         only)."""
         with tracing.span("query.answer", top_k=request.top_k):
-            return self._answer(request, reports)
+            # The query's span: its reports, published later, continue this trace and link to it.
+            return self._answer(request, reports, tracing.current_traceparent())
 
-    def _answer(self, request: QueryRequest, reports: bool) -> QueryAnswer:
+    def _answer(
+        self, request: QueryRequest, reports: bool, traceparent: str | None
+    ) -> QueryAnswer:
         started = time.perf_counter()
         now = utcnow()
         with tracing.span("query.lookup"), self._sessions() as session:
@@ -143,9 +146,11 @@ class QueryService:
             processing_time_ms=round((time.perf_counter() - started) * 1000, 3),
             cached=cached,
         )
-        # The answer's one transaction; the message keeps this trace for its reports.
+        # The answer's one transaction.
         with tracing.span("query.store", cached=cached), self._sessions() as session:
-            self._store_answer(session, request, answer, lookup, result, now, reports)
+            self._store_answer(
+                session, request, answer, lookup, result, now, reports, traceparent
+            )
         if self._hot is not None and not lookup.from_hot:
             self._hot.put(lookup.key, result)
         return answer
@@ -229,6 +234,7 @@ class QueryService:
         result: dict[str, Any],
         now: datetime,
         reports: bool,
+        traceparent: str | None,
     ) -> None:
         limits.consume(session, request.user_id, self._settings, now)
         if request.conversation_id is None:
@@ -269,7 +275,7 @@ class QueryService:
                 processing_time_ms=answer.processing_time_ms,
                 created_at=now,
                 reported_at=None if reports else now,
-                traceparent=tracing.current_traceparent(),
+                traceparent=traceparent,
             )
         )
         if answer.cached:
