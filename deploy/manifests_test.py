@@ -43,9 +43,9 @@ def test_compose_flower_cannot_start_without_basic_auth() -> None:
 
 def test_the_prometheus_rule_is_alerts_yaml_as_made_by_its_generator() -> None:
     shipped = (DEPLOY / "k8s/prometheus-rule.yaml").read_text()
-    assert shipped == prometheus_rule.render((DEPLOY / "monitoring/alerts.yaml").read_text()), (
-        "regenerate: python -m deploy.monitoring.prometheus_rule > deploy/k8s/prometheus-rule.yaml"
-    )
+    assert shipped == prometheus_rule.render(
+        (DEPLOY / "monitoring/alerts.yaml").read_text()
+    ), "regenerate: python -m deploy.monitoring.prometheus_rule > deploy/k8s/prometheus-rule.yaml"
 
 
 def test_the_service_monitor_scrapes_the_api_services_metrics_with_a_bearer_key() -> None:
@@ -54,7 +54,9 @@ def test_the_service_monitor_scrapes_the_api_services_metrics_with_a_bearer_key(
         for name in ("api.yaml", "monitoring.yaml")
         for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text())
     ]
-    [service] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "ragcore-api"]
+    [service] = [
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "ragcore-api"
+    ]
     [monitor] = [d for d in docs if d["kind"] == "ServiceMonitor"]
     assert monitor["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
     [endpoint] = monitor["spec"]["endpoints"]
@@ -62,6 +64,8 @@ def test_the_service_monitor_scrapes_the_api_services_metrics_with_a_bearer_key(
     assert endpoint["path"] == "/metrics" and endpoint["authorization"]["type"] == "Bearer"
     secret = endpoint["authorization"]["credentials"]
     assert any(
-        d["kind"] == "Secret" and d["metadata"]["name"] == secret["name"] and secret["key"] in d["stringData"]
+        d["kind"] == "Secret"
+        and d["metadata"]["name"] == secret["name"]
+        and secret["key"] in d["stringData"]
         for d in docs
     )

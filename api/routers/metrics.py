@@ -87,7 +87,8 @@ def _queue_families(stats: Iterable[queues.QueueStats]) -> list[Metric]:
         "ragcore_queue_consumers", "Workers consuming the queue", labels=["queue"]
     )
     in_flight = GaugeMetricFamily(
-        "ragcore_queue_in_flight", "Tasks the queue's workers hold (running or reserved)",
+        "ragcore_queue_in_flight",
+        "Tasks the queue's workers hold (running or reserved)",
         labels=["queue"],
     )
     lost = GaugeMetricFamily(

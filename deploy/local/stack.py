@@ -388,7 +388,9 @@ def banner(stack: LocalStack, urls: dict[str, str], documents: int) -> str:
     api = urls["api"]
     demo = f", {documents} demo documents" if standin["ingest"] else ""
     received = "; what it received: /_control/deliveries" if standin["users"] else ""
-    traces = f"  Traces     {urls['traces']} (README: one query's trace)\n" if "traces" in urls else ""
+    traces = (
+        f"  Traces     {urls['traces']} (README: one query's trace)\n" if "traces" in urls else ""
+    )
     return f"""
 ragcore is running (logs in {stack.root}/logs, pids in {stack.root}/pids):
   API        {api}  (docs {api}/docs; keys dev-admin-key, dev-query-key, dev-sync-key)

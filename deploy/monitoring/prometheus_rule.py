@@ -15,8 +15,8 @@ import yaml
 
 ALERTS = Path(__file__).with_name("alerts.yaml")
 HEADER = (
-    "# Generated from deploy/monitoring/alerts.yaml by `python -m deploy.monitoring.prometheus_rule`:"
-    "\n# edit that file, then regenerate this one (deploy/manifests_test.py checks they agree).\n"
+    "# Made from deploy/monitoring/alerts.yaml by python -m deploy.monitoring.prometheus_rule:\n"
+    "# edit that file, then regenerate this one (deploy/manifests_test.py checks they agree).\n"
 )
 
 
@@ -38,7 +38,10 @@ def rule(alerts: dict[str, Any]) -> dict[str, Any]:
         "kind": "PrometheusRule",
         "metadata": {
             "name": "ragcore",
-            "labels": {"app.kubernetes.io/name": "ragcore", "app.kubernetes.io/component": "alerts"},
+            "labels": {
+                "app.kubernetes.io/name": "ragcore",
+                "app.kubernetes.io/component": "alerts",
+            },
         },
         "spec": {"groups": alerts["groups"]},
     }

@@ -34,7 +34,9 @@ def test_every_alert_fires_on_its_sample_series_as_its_unit_test_expects() -> No
 
 
 def test_every_alert_has_a_summary_a_runbook_a_severity_and_a_unit_test() -> None:
-    rules = [r for g in yaml.safe_load((HERE / "alerts.yaml").read_text())["groups"] for r in g["rules"]]
+    rules = [
+        r for g in yaml.safe_load((HERE / "alerts.yaml").read_text())["groups"] for r in g["rules"]
+    ]
     tests = yaml.safe_load((HERE / "alerts_test.yaml").read_text())["tests"]
     fired = {
         check["alertname"]

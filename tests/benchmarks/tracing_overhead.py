@@ -86,7 +86,10 @@ class Bench:
         self.count += 1
         doc = self.docs[self.count % len(self.docs)]
         # The trailing word makes every question new (a cache miss) without moving it off its chunk.
-        body = {"user_id": f"user-{self.count % 50}", "query": f"{doc.query(self.count % self.chunks)} q{self.count}"}
+        body = {
+            "user_id": f"user-{self.count % 50}",
+            "query": f"{doc.query(self.count % self.chunks)} q{self.count}",
+        }
         started = time.perf_counter()
         response = self.apis[mode].post("/api/v1/query/", json=body)
         elapsed = (time.perf_counter() - started) * 1000
@@ -108,8 +111,10 @@ def run(stack: Stack, args: argparse.Namespace, collector: str) -> None:
     settings = get_settings()
     corpus = Corpus(args.documents, args.chunks, dim=settings.vector_size)
     store = VectorStore(settings)
-    print(f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; "
-          f"{args.rounds} rounds of {args.block_size} queries per mode")
+    print(
+        f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; "
+        f"{args.rounds} rounds of {args.block_size} queries per mode"
+    )
     store.close()
     stack.start("services.beat.main")  # the report relay, as deployed
     urls = {
@@ -136,9 +141,10 @@ def run(stack: Stack, args: argparse.Namespace, collector: str) -> None:
             percentile(b, 0.5) / percentile(o, 0.5)
             for b, o in zip(mode_blocks, blocks["off"], strict=True)
         )
+        p50 = percentile(s, 0.5)
         print(
-            f"  tracing {mode:>3}: p50 {percentile(s, 0.5):6.2f} ms  p95 {percentile(s, 0.95):6.2f} ms  "
-            f"mean {statistics.fmean(s):6.2f} ms  p50/off {percentile(s, 0.5) / percentile(base, 0.5):.3f}  "
+            f"  tracing {mode:>3}: p50 {p50:6.2f} ms  p95 {percentile(s, 0.95):6.2f} ms  "
+            f"mean {statistics.fmean(s):6.2f} ms  p50/off {p50 / percentile(base, 0.5):.3f}  "
             f"median per-round p50 ratio {paired:.3f}"
         )
     print(f"spans exported by the traced API: {spans}")

@@ -22,8 +22,19 @@ SUFFIXES = {
     "histogram": ("_bucket", "_sum", "_count", "_created"),
     "gaugehistogram": ("_bucket", "_gsum", "_gcount"),
 }
-KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
-            "bool", "offset"}
+KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+}
 
 
 def metric_names(expr: str) -> set[str]:

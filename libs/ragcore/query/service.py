@@ -124,9 +124,7 @@ class QueryService:
             # The query's span: its reports, published later, continue this trace and link to it.
             return self._answer(request, reports, tracing.current_traceparent())
 
-    def _answer(
-        self, request: QueryRequest, reports: bool, traceparent: str | None
-    ) -> QueryAnswer:
+    def _answer(self, request: QueryRequest, reports: bool, traceparent: str | None) -> QueryAnswer:
         started = time.perf_counter()
         now = utcnow()
         with tracing.span("query.lookup"), self._sessions() as session:
@@ -148,9 +146,7 @@ class QueryService:
         )
         # The answer's one transaction.
         with tracing.span("query.store", cached=cached), self._sessions() as session:
-            self._store_answer(
-                session, request, answer, lookup, result, now, reports, traceparent
-            )
+            self._store_answer(session, request, answer, lookup, result, now, reports, traceparent)
         if self._hot is not None and not lookup.from_hot:
             self._hot.put(lookup.key, result)
         return answer

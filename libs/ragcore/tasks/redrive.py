@@ -151,7 +151,7 @@ def redrive_due(
                 task_id = str(uuid.uuid4())
                 if not closed and not gate.claim_probe(task_id):
                     break  # another process sent a probe just now
-                headers = {REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True}
+                headers: dict[str, object] = {REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True}
                 if row.traceparent:  # the re-drive's task span links to the first attempt's
                     headers[tracing.LINK_HEADER] = row.traceparent
                 try:

@@ -96,7 +96,7 @@ def install(service: str, chosen: Sequence[tracing.Exporter], console_file: str 
 
 def _instrument() -> None:
     # Producer side injects traceparent into each message's headers; worker side continues it.
-    CeleryInstrumentor().instrument()
+    CeleryInstrumentor().instrument()  # type: ignore[no-untyped-call]  # its __init__ is untyped
     # Connected after the instrumentor's own task_prerun: its task span is current here.
     signals.task_prerun.connect(_link_from_header, weak=False, dispatch_uid="ragcore.trace_link")
     HTTPXClientInstrumentor().instrument()  # every neighbour call carries traceparent

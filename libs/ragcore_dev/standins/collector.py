@@ -76,7 +76,7 @@ class CollectorApp(App):
             export.ParseFromString(body)
         except Exception as exc:  # a malformed body is the sender's fault
             raise HTTPError(400, f"not an OTLP ExportTraceServiceRequest: {exc}") from exc
-        received = []
+        received: list[dict[str, Any]] = []
         for resource_spans in export.resource_spans:
             service = next(
                 (
