@@ -27,7 +27,7 @@ from ragcore.query.cache import bump_data_version
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts, ledger
 from ragcore.tasks.app import define_task, will_retry
-from ragcore.tasks.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
+from ragcore.tasks.arguments import DocumentArgs, NoArgs, SyncEmbeddingsArgs
 from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore.tasks.states import TaskState
 from services.sync.copier import CopyReport, copy_pages, write_in_generation
