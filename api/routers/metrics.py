@@ -33,11 +33,12 @@ from api import request_metrics
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody
-from ragcore.broker import queue_stats as queues
+from ragcore import deliveries
+from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.query import reports
 from ragcore.settings import Settings
-from ragcore.tasks import contracts, ledger, redrive
+from ragcore.tasks import contracts, ledger
 from ragcore.tasks.contracts import APPLY_RETENTION
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class _Snapshot(Collector):
         yield from self.families
 
 
-def _queue_families(stats: Iterable[queues.QueueStats]) -> list[Metric]:
+def _queue_families(stats: Iterable[depths.QueueStats]) -> list[Metric]:
     depth = GaugeMetricFamily("ragcore_queue_depth", "Tasks waiting in the queue", labels=["queue"])
     age = GaugeMetricFamily(
         "ragcore_queue_oldest_task_age_seconds",
@@ -171,10 +172,10 @@ def _delivery_families(settings: Settings, session: Session) -> list[Metric]:
         labels=["neighbour"],
     )
     for neighbour in contracts.neighbours():
-        count, oldest = redrive.backlog(session, neighbour)
+        count, oldest = deliveries.backlog(session, neighbour)
         waiting.add_metric([neighbour], count)
         age.add_metric([neighbour], (now - oldest).total_seconds() if oldest else 0.0)
-        failed.add_metric([neighbour], redrive.failed_count(session, neighbour))
+        failed.add_metric([neighbour], deliveries.failed_count(session, neighbour))
         current = breaker(neighbour, settings).state
         for name in (CLOSED, OPEN, HALF_OPEN):
             state.add_metric([neighbour, name], 1.0 if current == name else 0.0)
@@ -244,12 +245,12 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     """Queue and task metrics in the Prometheus text format."""
     started = time.monotonic()
     try:
-        stats = queues.all_queue_stats(
-            queues.broker_client(settings.broker),
-            queues.heartbeat_ttl(settings.worker_heartbeat_seconds),
+        stats = depths.all_queue_stats(
+            broker_client(settings.broker),
+            heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
         )
         # breaker states live in the broker's Redis
-        deliveries = _delivery_families(settings, session)
+        delivery_families = _delivery_families(settings, session)
     except redis.RedisError as exc:
         log.warning("broker unreachable for metrics: %s", exc)
         raise HTTPException(503, BROKER_UNREACHABLE) from None
@@ -260,7 +261,7 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
         _queue_families(stats)
         + _ledger_families(settings, session)
         + _report_families(session)
-        + deliveries
+        + delivery_families
         + _sync_families(session)
         + _retention_families(session)
         + list(request_metrics.REGISTRY.collect())  # this API process's queries and responses
