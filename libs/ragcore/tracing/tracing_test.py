@@ -60,7 +60,7 @@ def test_off_the_query_path_imports_nothing_of_opentelemetry(tmp_path: Path) -> 
         from ragcore import tracing
         from ragcore.logs import configure_logging
         from ragcore.query import reports, service
-        from ragcore.tasks import redrive
+        from ragcore.deliveries import redriver
         configure_logging("test")
         assert tracing.configure("test") is False
         with tracing.span("nothing", parent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"):
