@@ -71,3 +71,11 @@ def test_metrics_count_dead_letters_and_their_messages_by_queue_and_reason(
     assert 'ragcore_dead_letters{queue="notifications",reason="undecodable"} 1.0' in text
     assert 'ragcore_dead_letter_messages{queue="notifications",reason="undecodable"} 2.0' in text
     assert 'ragcore_dead_letters{queue="notifications",reason="invalid_arguments"} 1.0' in text
+
+
+def test_a_method_the_path_does_not_take_is_405_naming_every_method_it_does(
+    client: TestClient,
+) -> None:
+    # Starlette names only the first route's methods; GET and DELETE are two routes here.
+    response = client.request("OPTIONS", "/api/v1/deadletters/1", headers=as_key(ADMIN))
+    assert (response.status_code, response.headers["allow"]) == (405, "DELETE, GET, HEAD")

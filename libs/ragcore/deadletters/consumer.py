@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from celery.worker.consumer import consumer as celery_consumer
-from kombu.message import Message
+from kombu.message import Message  # pants: no-infer-dep (with celery)
 
 from ragcore.deadletters import store, transport
 from ragcore.deadletters.store import Poison, Reason

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from celery.utils.dispatch import Signal
-from kombu.transport import redis as kombu_redis
-from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.transport import redis as kombu_redis  # pants: no-infer-dep (with celery)
+from kombu.utils.encoding import bytes_to_str  # pants: no-infer-dep (with celery)
+from kombu.utils.json import loads  # pants: no-infer-dep (with celery)
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,6 @@ poison_received = Signal(name="poison_received", providing_args={"queue", "body"
 
 class Channel(kombu_redis.Channel):
     if TYPE_CHECKING:  # what is used below of kombu's channel, which does not annotate it
-
         Message: Any
         _in_poll: Any
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kombu.connection import Connection
-from kombu.entity import Exchange, Queue
-from kombu.messaging import Consumer, Producer
+from kombu.connection import Connection  # pants: no-infer-dep (with celery)
+from kombu.entity import Exchange, Queue  # pants: no-infer-dep (with celery)
+from kombu.messaging import Consumer, Producer  # pants: no-infer-dep (with celery)
 
 from ragcore.deadletters import transport
 from ragcore_dev.servers import RedisServer, redis_server
