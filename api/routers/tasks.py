@@ -26,17 +26,17 @@ from api.schemas.tasks import (
     TaskId,
     TaskList,
     TaskName,
-    TaskState,
     TaskSummary,
     TriggeredTask,
     WorkerInfo,
     WorkersResponse,
 )
-from ragcore.broker import queue_stats, workers
-from ragcore.tasks import contracts, dispatch, ledger
-from ragcore.tasks import status as task_view
-from ragcore.tasks.contracts import TaskContract, Timestamp
-from ragcore.tasks.status import TaskStatus
+from ragcore.broker import broker_client, depths, heartbeats, workers
+from ragcore.tasks import contracts, dispatch, ledger, revoking
+from ragcore.tasks.arguments import Timestamp
+from ragcore.tasks.contracts import TaskContract
+from ragcore.tasks.states import TaskState
+from ragcore.tasks.status import TaskStatus, live_state, merge
 
 _NOT_FOUND: Responses = {
     404: {"model": ErrorBody, "description": "No task with this id was ever sent"}
@@ -55,12 +55,12 @@ def task_status(
     """Live state from the result backend, completed by the ledger; 404 for ids never sent.
     A sync key (Ingest) reads the sync tasks only; admin reads every task."""
     live = AsyncResult(task_id, app=celery)
-    state = task_view.live_state(live)
+    state = live_state(live)
     # Read after the live state: the ledger then holds at least what the worker wrote before it.
     record = ledger.get(session, task_id)
-    client = queue_stats.broker_client(settings.broker)
+    client = broker_client(settings.broker)
     lost_since = workers.lost_since(client, record) if record is not None else None
-    view = task_view.merge(task_id, state, live, record, lost_since)
+    view = merge(task_id, state, live, record, lost_since)
     if view is None:
         raise HTTPException(404, f"no task with id {task_id!r} was ever sent")
     if scope == "sync" and view.queue != contracts.Queue.SYNC.value:
@@ -110,23 +110,7 @@ def task_history(
         )
     except ValueError as exc:
         raise HTTPException(422, f"invalid request: cursor: {exc}") from None
-    items = [
-        HistoryItem(
-            task_id=r.task_id,
-            name=r.name,
-            queue=r.queue,
-            status=task_view.ledger_state(r),
-            sent_at=r.sent_at,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            worker=r.worker,
-            retries=r.retries,
-            revoked=r.revoked,
-            progress=r.progress,
-            error=r.error,
-        )
-        for r in rows
-    ]
+    items = [HistoryItem.model_validate(r) for r in rows]
     return HistoryPage(items=items, next_cursor=next_cursor)
 
 
@@ -188,14 +172,14 @@ def list_workers(_: AdminKey, celery: CeleryDep, settings: SettingsDep) -> Worke
 @router.get("/queues", responses=BROKER_DOWN)
 def list_queues(_: AdminKey, settings: SettingsDep) -> QueuesResponse:
     """Depth, oldest waiting task and consumers of each of the four queues, from the broker."""
-    stats = queue_stats.all_queue_stats(
-        queue_stats.broker_client(settings.broker),
-        queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds),
+    stats = depths.all_queue_stats(
+        broker_client(settings.broker),
+        heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
     )
     return QueuesResponse(queues=[_queue_info(s) for s in stats])
 
 
-def _queue_info(stats: queue_stats.QueueStats) -> QueueInfo:
+def _queue_info(stats: depths.QueueStats) -> QueueInfo:
     lost = [
         LostWorker(name=host, last_heartbeat=datetime.fromtimestamp(at, UTC))
         for host, at in stats.lost
@@ -213,7 +197,7 @@ def _queue_info(stats: queue_stats.QueueStats) -> QueueInfo:
     )
 
 
-def _queue_warning(stats: queue_stats.QueueStats) -> str | None:
+def _queue_warning(stats: depths.QueueStats) -> str | None:
     problems = ["no worker consumes this queue"] if stats.unconsumed else []
     if stats.lost:
         problems.append(
@@ -224,11 +208,6 @@ def _queue_warning(stats: queue_stats.QueueStats) -> str | None:
 
 
 # -- revoke -------------------------------------------------------------------------------------
-
-_NOT_SEEN = (
-    "not seen yet: no worker has received a task with this id; revoked, so whichever worker "
-    "receives it discards it, now or after a restart"
-)
 
 
 @router.post(
@@ -256,53 +235,15 @@ def revoke_task(
 ) -> RevokeResult:
     """Revoke a task for good, as Celery does any id, sent or not: recorded in the ledger, so a
     worker started later skips it too."""
-    client = queue_stats.broker_client(settings.broker)
-    record = ledger.get(session, task_id)
-    # No worker has received it (another client may send it later).
-    if record is None or record.name is None:
-        ledger.record_revoked_unseen(session, task_id)
-        session.commit()  # durable before any worker hears of it
-        queue_stats.publish_revocation(client, task_id)
-        # Nothing runs it (a worker that receives a task records it): nothing to terminate.
-        celery.control.revoke(task_id)
+    try:
+        revocation = revoking.revoke(
+            session, celery, broker_client(settings.broker), task_id, terminate
+        )
+    except (revoking.AlreadyFinished, revoking.CannotTerminate) as exc:
+        raise HTTPException(409, str(exc)) from None
+    if not revocation.seen:
         response.status_code = status.HTTP_202_ACCEPTED
-        return RevokeResult(
-            task_id=task_id, revoked=True, terminated=False, status="REVOKED", detail=_NOT_SEEN
-        )
-    if record.state in ("SUCCESS", "FAILURE"):
-        raise HTTPException(
-            409, f"task {task_id} already finished ({record.state}); there is nothing to revoke"
-        )
-    live_state = task_view.live_state(AsyncResult(task_id, app=celery)) or record.state
-    running = record.state == "STARTED" or live_state in ("STARTED", "PROGRESS")
-    if terminate and running and record.worker:
-        worker = queue_stats.worker_record(client, record.worker)
-        if worker is not None and not worker.get("can_terminate", True):
-            raise HTTPException(
-                409,
-                (
-                    f"task {task_id} runs on {record.worker}, whose pool ({worker.get('pool')}) "
-                    "cannot terminate a running task; revoke without terminate to keep it from "
-                    "running again, or restart that worker"
-                ),
-            )
-    ledger.mark_revoked(record)
-    session.commit()  # durable before any worker hears of it
-    queue_stats.publish_revocation(client, task_id)
-    celery.control.revoke(task_id, terminate=terminate and running, signal="SIGTERM")
-    if terminate and running:
-        detail = "revoked; the running task is being terminated"
-    elif running:
-        detail = "revoked; the running task finishes, but will never run again"
-    else:
-        detail = "revoked; it will not run"
-    return RevokeResult(
-        task_id=task_id,
-        revoked=True,
-        terminated=terminate and running,
-        status=task_view.ledger_state(record),
-        detail=detail,
-    )
+    return RevokeResult.model_validate(revocation, from_attributes=True)
 
 
 # -- manual triggers ----------------------------------------------------------------------------

@@ -16,17 +16,13 @@ from celery import Celery, Task
 from ragcore.clients.transport import is_retryable, shared_http_client
 from ragcore.clients.users import UsersClient
 from ragcore.db import session_scope, utcnow
+from ragcore.deliveries import deliver
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts
 from ragcore.tasks.app import PermanentTaskError, define_task
-from ragcore.tasks.contracts import (
-    QueryResultArgs,
-    SystemNotificationArgs,
-    UsageStatisticsArgs,
-)
+from ragcore.tasks.arguments import QueryResultArgs, SystemNotificationArgs, UsageStatisticsArgs
 from ragcore.tasks.locks import lock_client, periodic_lock
 from services.notifications import usage
-from services.notifications.failures import deliver
 
 
 def http_client() -> httpx.Client:

@@ -31,7 +31,7 @@ from ragcore.query.cache import HotCache, cache_key, data_version
 from ragcore.query.generator import Generator
 from ragcore.query.schema import QueryAnswer, QueryRequest
 from ragcore.settings import Settings
-from ragcore.tasks.contracts import Source
+from ragcore.tasks.arguments import Source
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,14 @@ answers for a task long after its result is gone.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from ragcore.db.models import TaskRecord
+from ragcore.tasks.states import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,39 @@ class TaskStatus(BaseModel):
     worker_lost: bool = False
     worker_lost_since: datetime | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_record(cls, data: Any) -> Any:
+        # `model_validate(record)`: the columns shown whatever the live state (result and error
+        # only once it expired: `merge`).
+        if isinstance(data, TaskRecord):
+            return ledger_view(data, _LEDGER_COLUMNS)
+        return data
+
+
+#: The ledger's columns a task's status shows whatever its live state.
+_LEDGER_COLUMNS = (
+    "task_id",
+    "name",
+    "queue",
+    "progress",
+    "sent_at",
+    "started_at",
+    "finished_at",
+    "worker",
+    "retries",
+    "revoked",
+)
+
+
+def ledger_view(record: TaskRecord, columns: Iterable[str]) -> dict[str, Any]:
+    """`columns` of a ledger row and its `status` as `ledger_state` names it: what a view of the
+    task validates from."""
+    return {
+        **{name: getattr(record, name) for name in columns if name != "status"},
+        "status": ledger_state(record),
+    }
+
 
 def live_state(live: LiveResult) -> str | None:
     """The result backend's state, or None while it is unreachable (the ledger answers then)."""
@@ -65,7 +100,9 @@ def live_state(live: LiveResult) -> str | None:
 
 def ledger_state(record: TaskRecord) -> str:
     """The ledger's state, as Celery names it: a started task that reported progress is PROGRESS."""
-    return "PROGRESS" if record.state == "STARTED" and record.progress else record.state
+    if record.state == TaskState.STARTED and record.progress:
+        return TaskState.PROGRESS
+    return record.state
 
 
 def ledger_result(record: TaskRecord) -> Any:
@@ -84,29 +121,18 @@ def merge(
 ) -> TaskStatus | None:
     """The task's status; None for an id that was never sent (no ledger row, nothing live).
 
-    `state` is `live_state(live)`, read before `record` was: the ledger then holds at least what
-    the worker wrote before it. `lost_since`: when the worker running it last beat, if it lapsed.
+        `state` is `live_state(live)`, read before `record` was: the ledger then holds at least what
+        the worker wrote before it. `lost_since`: when the worker running it last beat, if it is
+    lost (its heartbeat stopped).
     """
-    if record is None and state in (None, "PENDING"):
+    if record is None and state in (None, TaskState.PENDING):
         return None
-    view = TaskStatus(task_id=task_id, status=state or "PENDING")
+    view = TaskStatus(task_id=task_id, status=state or TaskState.PENDING)
     if record is not None:
-        view = TaskStatus(
-            task_id=task_id,
-            status=state or "PENDING",
-            name=record.name,
-            queue=record.queue,
-            progress=record.progress,
-            sent_at=record.sent_at,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            worker=record.worker,
-            retries=record.retries,
-            revoked=record.revoked,
-            worker_lost=lost_since is not None,
-            worker_lost_since=lost_since,
-        )
-        if view.status == "PENDING" and record.state != "PENDING":
+        view = TaskStatus.model_validate(record)
+        view.status = state or TaskState.PENDING
+        view.worker_lost, view.worker_lost_since = lost_since is not None, lost_since
+        if view.status == TaskState.PENDING and record.state != TaskState.PENDING:
             # The Redis result expired or was flushed (or was never written): the ledger knows.
             view.status = ledger_state(record)
             view.result = ledger_result(record)
@@ -118,11 +144,11 @@ def merge(
 
 
 def _complete_from_live(view: TaskStatus, state: str, live: LiveResult) -> None:
-    if state == "PROGRESS" and isinstance(live.info, dict):
+    if state == TaskState.PROGRESS and isinstance(live.info, dict):
         view.progress = live.info
-    elif state == "SUCCESS":
+    elif state == TaskState.SUCCESS:
         view.result = live.result
-    elif state in ("FAILURE", "RETRY", "REVOKED"):
+    elif state in (TaskState.FAILURE, TaskState.RETRY, TaskState.REVOKED):
         error = live.result
         view.error = (
             f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
