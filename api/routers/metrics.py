@@ -3,9 +3,9 @@
 Queues (depth, oldest waiting task, consumers, tasks held, lost workers, heartbeat age) come from
 the broker; the reports still to publish from the messages; deliveries waiting for a re-drive and
 failed for good from failed_deliveries, each neighbour's circuit breaker from its state in Redis;
-the last retention run and each sync task's last success from the ledger; this API process's
-queries (outcome, latency) and responses (status class) from its own counters
-(api.request_metrics); task counts and durations from the ledger, over the tasks sent within
+the last retention run and each sync task's last success from the ledger; dead letters by queue
+and reason from dead_letters; this API process's queries (outcome, latency) and responses (status
+class) from its own counters (api.request_metrics); task counts and durations from the ledger, over the tasks sent within
 `metrics_window_seconds` — so they are gauges (and a gauge histogram): `histogram_quantile(0.95,
 ragcore_task_duration_seconds_bucket)` is the p95 of that window.
 
@@ -33,7 +33,7 @@ from api import request_metrics
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody
-from ragcore import deliveries
+from ragcore import deadletters, deliveries
 from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.query import reports
@@ -229,6 +229,23 @@ def _sync_families(session: Session) -> list[Metric]:
     return [finished, duration, points]
 
 
+def _dead_letter_families(session: Session) -> list[Metric]:
+    letters = GaugeMetricFamily(
+        "ragcore_dead_letters",
+        "Dead letters kept (poison messages taken off their queue), by queue and reason",
+        labels=["queue", "reason"],
+    )
+    messages = GaugeMetricFamily(
+        "ragcore_dead_letter_messages",
+        "Poison messages those dead letters stand for (a repeated message counts each time)",
+        labels=["queue", "reason"],
+    )
+    for t in deadletters.totals(session):
+        letters.add_metric([t.queue, t.reason], t.letters)
+        messages.add_metric([t.queue, t.reason], t.messages)
+    return [letters, messages]
+
+
 @router.get(
     "/metrics",
     dependencies=[Depends(metrics_access)],
@@ -264,6 +281,7 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
         + delivery_families
         + _sync_families(session)
         + _retention_families(session)
+        + _dead_letter_families(session)
         + list(request_metrics.REGISTRY.collect())  # this API process's queries and responses
     )
     scrape.add_metric([], time.monotonic() - started)
