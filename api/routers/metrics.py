@@ -5,9 +5,9 @@ the broker; the reports still to publish from the messages; deliveries waiting f
 failed for good from failed_deliveries, each neighbour's circuit breaker from its state in Redis;
 the last retention run and each sync task's last success from the ledger; dead letters by queue
 and reason from dead_letters; this API process's queries (outcome, latency) and responses (status
-class) from its own counters (api.request_metrics); task counts and durations from the ledger, over the tasks sent within
-`metrics_window_seconds` — so they are gauges (and a gauge histogram): `histogram_quantile(0.95,
-ragcore_task_duration_seconds_bucket)` is the p95 of that window.
+class) from its own counters (api.request_metrics); task counts and durations from the ledger,
+over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge histogram):
+`histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
 
 Access: an admin key (X-API-Key, or a bearer token), unless `metrics_public` is set for scrapers
 that can send neither (then keep the port private to the cluster).
