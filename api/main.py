@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from api import errors
+from api import console, errors
 from api.body_limit import BodyLimit
 from api.routers import deliveries, health, metrics, query, sync, tasks
 from ragcore import invariants
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
     ):
         app.include_router(router)
+    console.install(app, settings)
     return app
 
 

@@ -309,13 +309,29 @@ def history(
     name: str | None = None,
     state: str | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
+    queue: str | None = None,
+    worker: str | None = None,
+    id_prefix: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[TaskRecord], str | None]:
-    """Tasks newest first, filtered; the cursor of the next page, or None on the last one."""
+    """Tasks newest first, filtered; the cursor of the next page, or None on the last one.
+
+    Name and state have an index in page order; queue, worker and id prefix filter the rows the
+    sent_at index yields (the console's filters, measured in docs/benchmarks.md).
+    """
     query = select(TaskRecord)
     if name is not None:
         query = query.where(TaskRecord.name == name)
+    if queue is not None:
+        query = query.where(TaskRecord.queue == queue)
+    if worker is not None:
+        query = query.where(TaskRecord.worker == worker)
+    if id_prefix is not None:
+        query = query.where(TaskRecord.task_id.startswith(id_prefix, autoescape=True))
+    if until is not None:
+        query = query.where(TaskRecord.sent_at < until)
     if state == "PROGRESS":  # the ledger keeps STARTED (see set_progress) and the progress itself
         query = query.where(TaskRecord.state == "STARTED", TaskRecord.progress.is_not(None))
     elif state is not None:
