@@ -5,11 +5,11 @@ deliveries, for an admin key (README "Try it"). Off (every URL a 404) with RAGCO
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from urllib.parse import quote
 
 from api.console import actions, pages
 from api.console.render import error
@@ -34,9 +34,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     async def _sign_in(request: Request, _: SignInRequired) -> Response:
         if request.method != "GET":
             return error(request, None, 401, "your session ended: sign in again")
-        return RedirectResponse(
-            f"/console/sign-in?next={quote(request.url.path)}", status_code=303
-        )
+        return RedirectResponse(f"/console/sign-in?next={quote(request.url.path)}", status_code=303)
 
     @app.exception_handler(CsrfRefused)
     async def _csrf(request: Request, _: CsrfRefused) -> Response:

@@ -9,20 +9,20 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api.console import deliveries_view, session as console_session
+from api.console import deliveries_view, session
 from api.console.render import Notice, error, page
 from api.console.session import CheckedSession, ConsoleSession, KeyRefused
 from api.deps import CeleryDep, SessionDep, SettingsDep, commit
-from api.routers import deliveries as deliveries_api
-from api.routers import tasks as tasks_api
+from api.routers import deliveries, tasks
 from ragcore.tasks import ledger, rerun
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
 def _see(url: str, notice: Notice | None = None, **extra: object) -> RedirectResponse:
-    query = "&".join([*([f"notice={notice.name}"] if notice else []),
-                      *(f"{k}={v}" for k, v in extra.items())])
+    query = "&".join(
+        [*([f"notice={notice.name}"] if notice else []), *(f"{k}={v}" for k, v in extra.items())]
+    )
     return RedirectResponse(f"{url}?{query}" if query else url, status_code=303)
 
 
@@ -31,11 +31,11 @@ def _see(url: str, notice: Notice | None = None, **extra: object) -> RedirectRes
 
 @router.get("/sign-in", response_class=HTMLResponse)
 def sign_in_form(request: Request) -> Response:
-    token = console_session.form_token(request)
+    token = session.form_token(request)
     response = page(
         request, "sign_in.html", None, csrf=token, next=request.query_params.get("next", "")
     )
-    console_session.keep_form_token(request, response, token)
+    session.keep_form_token(request, response, token)
     return response
 
 
@@ -47,15 +47,20 @@ def sign_in(
     csrf: Annotated[str, Form(max_length=128)] = "",
     next_page: Annotated[str, Form(alias="next", max_length=2048)] = "/console",
 ) -> Response:
-    console_session.check_form_token(request, csrf)
+    session.check_form_token(request, csrf)
     # Only a console page: never a redirect elsewhere ("//host" is another site).
     local = next_page.startswith("/console") and not next_page.startswith("//")
     response = _see(next_page if local else "/console")
     try:
-        console_session.sign_in(request, response, settings, key)
+        session.sign_in(request, response, settings, key)
     except KeyRefused as exc:
         return page(
-            request, "sign_in.html", None, exc.status_code, csrf=csrf, error=str(exc),
+            request,
+            "sign_in.html",
+            None,
+            exc.status_code,
+            csrf=csrf,
+            error=str(exc),
             next=next_page,
         )
     return response
@@ -64,7 +69,7 @@ def sign_in(
 @router.post("/sign-out")
 def sign_out(_: CheckedSession) -> Response:
     response = _see("/console/sign-in", Notice.SIGNED_OUT)
-    console_session.sign_out(response)
+    session.sign_out(response)
     return response
 
 
@@ -73,19 +78,27 @@ def sign_out(_: CheckedSession) -> Response:
 
 @router.get("/tasks/{task_id}/revoke", response_class=HTMLResponse)
 def confirm_revoke(
-    request: Request, task_id: str, session: ConsoleSession, db: SessionDep, terminate: bool = False
+    request: Request,
+    task_id: str,
+    operator: ConsoleSession,
+    db: SessionDep,
+    terminate: bool = False,
 ) -> Response:
     record = ledger.get(db, task_id)
     what = "Terminate" if terminate else "Revoke"
+    known = f"{record.name} ({record.state})" if record else "an id no worker has received yet"
     return page(
         request,
         "confirm.html",
-        session,
+        operator,
         title=f"{what} task {task_id}?",
         detail=(
-            f"{record.name if record else 'an unseen id'} ({record.state if record else 'not seen yet'}): "
-            + ("revoked, and stopped if it is running." if terminate
-               else "it will not run; if it is running, it finishes but never runs again.")
+            f"{known}: "
+            + (
+                "revoked, and stopped if it is running."
+                if terminate
+                else "it will not run; if it is running, it finishes but never runs again."
+            )
         ),
         action=f"/console/tasks/{task_id}/revoke",
         fields={"terminate": "true" if terminate else "false"},
@@ -98,30 +111,34 @@ def confirm_revoke(
 def revoke(
     request: Request,
     task_id: str,
-    session: CheckedSession,
+    operator: CheckedSession,
     celery: CeleryDep,
     db: SessionDep,
     settings: SettingsDep,
     terminate: Annotated[bool, Form()] = False,
 ) -> Response:
     try:
-        result = tasks_api.revoke_task(
+        result = tasks.revoke_task(
             task_id, "admin", celery, db, settings, Response(), terminate=terminate
         )
     except HTTPException as exc:
-        return error(request, session, exc.status_code, str(exc.detail))
-    return _see(f"/console/tasks/{task_id}", Notice.TERMINATED if result.terminated else Notice.REVOKED)
+        return error(request, operator, exc.status_code, str(exc.detail))
+    return _see(
+        f"/console/tasks/{task_id}", Notice.TERMINATED if result.terminated else Notice.REVOKED
+    )
 
 
 @router.get("/tasks/{task_id}/run-again", response_class=HTMLResponse)
-def confirm_run_again(request: Request, task_id: str, session: ConsoleSession, db: SessionDep) -> Response:
+def confirm_run_again(
+    request: Request, task_id: str, operator: ConsoleSession, db: SessionDep
+) -> Response:
     record = ledger.get(db, task_id)
     if record is None:
-        return error(request, session, 404, f"no task with id {task_id!r} was ever sent")
+        return error(request, operator, 404, f"no task with id {task_id!r} was ever sent")
     return page(
         request,
         "confirm.html",
-        session,
+        operator,
         title=f"Run {record.name} again?",
         detail=f"A new task with the arguments of {task_id}: {record.kwargs or 'none'}.",
         action=f"/console/tasks/{task_id}/run-again",
@@ -133,15 +150,15 @@ def confirm_run_again(request: Request, task_id: str, session: ConsoleSession, d
 
 @router.post("/tasks/{task_id}/run-again")
 def run_again(
-    request: Request, task_id: str, session: CheckedSession, celery: CeleryDep, db: SessionDep
+    request: Request, task_id: str, operator: CheckedSession, celery: CeleryDep, db: SessionDep
 ) -> Response:
     record = ledger.get(db, task_id)
     if record is None:
-        return error(request, session, 404, f"no task with id {task_id!r} was ever sent")
+        return error(request, operator, 404, f"no task with id {task_id!r} was ever sent")
     try:
         new_id = rerun.run_again(celery, db, record)
     except rerun.CannotRunAgain as exc:
-        return error(request, session, 409, str(exc))
+        return error(request, operator, 409, str(exc))
     return _see(f"/console/tasks/{new_id}", Notice.RAN_AGAIN)
 
 
@@ -151,17 +168,17 @@ _VERBS = {"redrive": "Re-drive", "discard": "Discard"}
 
 
 @router.get("/deliveries/{verb}", response_class=HTMLResponse)
-def confirm_bulk(request: Request, verb: str, session: ConsoleSession, db: SessionDep) -> Response:
+def confirm_bulk(request: Request, verb: str, operator: ConsoleSession, db: SessionDep) -> Response:
     if verb not in _VERBS:
-        return error(request, session, 404, f"no deliveries action {verb!r}")
+        return error(request, operator, 404, f"no deliveries action {verb!r}")
     chosen = deliveries_view.bulk(request.query_params)
     if isinstance(chosen, str):
-        return error(request, session, 422, f"choose which deliveries: {chosen}")
+        return error(request, operator, 422, f"choose which deliveries: {chosen}")
     _, total = deliveries_view.matching(db, chosen, limit=0)
     return page(
         request,
         "confirm.html",
-        session,
+        operator,
         title=f"{_VERBS[verb]} {total} deliver{'y' if total == 1 else 'ies'}?",
         detail=(
             "They wait, due now, and Beat sends each once (the breaker permitting)."
@@ -177,26 +194,30 @@ def confirm_bulk(request: Request, verb: str, session: ConsoleSession, db: Sessi
 
 
 @router.post("/deliveries/{verb}")
-async def bulk_action(request: Request, verb: str, session: CheckedSession, db: SessionDep) -> Response:
+async def bulk_action(
+    request: Request, verb: str, operator: CheckedSession, db: SessionDep
+) -> Response:
     if verb not in _VERBS:
-        return error(request, session, 404, f"no deliveries action {verb!r}")
+        return error(request, operator, 404, f"no deliveries action {verb!r}")
     chosen = deliveries_view.bulk(await request.form())
     if isinstance(chosen, str):
-        return error(request, session, 422, f"choose which deliveries: {chosen}")
-    act = deliveries_api.redrive_matching if verb == "redrive" else deliveries_api.discard_matching
+        return error(request, operator, 422, f"choose which deliveries: {chosen}")
+    act = deliveries.redrive_matching if verb == "redrive" else deliveries.discard_matching
     result = act(chosen, "admin", db)
     notice = Notice.REDRIVEN if verb == "redrive" else Notice.DISCARDED
     return _see("/console/deliveries", notice, count=result.matched, status=chosen.status)
 
 
 @router.get("/delivery/{delivery_id}/{verb}", response_class=HTMLResponse)
-def confirm_one(request: Request, delivery_id: int, verb: str, session: ConsoleSession) -> Response:
+def confirm_one(
+    request: Request, delivery_id: int, verb: str, operator: ConsoleSession
+) -> Response:
     if verb not in _VERBS:
-        return error(request, session, 404, f"no deliveries action {verb!r}")
+        return error(request, operator, 404, f"no deliveries action {verb!r}")
     return page(
         request,
         "confirm.html",
-        session,
+        operator,
         title=f"{_VERBS[verb]} delivery {delivery_id}?",
         detail="Sent again now with its recorded payload (same idempotency key)."
         if verb == "redrive"
@@ -213,19 +234,21 @@ def one_action(
     request: Request,
     delivery_id: int,
     verb: str,
-    session: CheckedSession,
+    operator: CheckedSession,
     db: SessionDep,
     celery: CeleryDep,
 ) -> Response:
     if verb == "redrive":
         try:
-            deliveries_api.retry(delivery_id, "admin", db, celery)
+            deliveries.retry(delivery_id, "admin", db, celery)
         except HTTPException as exc:
-            return error(request, session, exc.status_code, str(exc.detail))
+            return error(request, operator, exc.status_code, str(exc.detail))
         return _see("/console/deliveries", Notice.REDRIVEN, count=1)
     if verb == "discard":
         if not deliveries_view.discard_one(db, delivery_id):
-            return error(request, session, 409, f"delivery {delivery_id} is neither failed nor waiting")
+            return error(
+                request, operator, 409, f"delivery {delivery_id} is neither failed nor waiting"
+            )
         commit(db)
         return _see("/console/deliveries", Notice.DISCARDED, count=1)
-    return error(request, session, 404, f"no deliveries action {verb!r}")
+    return error(request, operator, 404, f"no deliveries action {verb!r}")

@@ -54,14 +54,15 @@ def bulk(values: Mapping[str, Any]) -> DeliveryFilter | str:
 
 def query_string(f: DeliveryFilter) -> str:
     return urlencode(
-        {k: v.isoformat() if hasattr(v, "isoformat") else getattr(v, "value", v)
-         for k, v in f.model_dump(include=set(FIELDS)).items() if v is not None}
+        {
+            k: v.isoformat() if hasattr(v, "isoformat") else getattr(v, "value", v)
+            for k, v in f.model_dump(include=set(FIELDS)).items()
+            if v is not None
+        }
     )
 
 
-def matching(
-    session: Session, f: DeliveryFilter, limit: int
-) -> tuple[list[FailedDelivery], int]:
+def matching(session: Session, f: DeliveryFilter, limit: int) -> tuple[list[FailedDelivery], int]:
     """The newest `limit` deliveries the filter takes, and how many it takes in all."""
     where = f.where()
     total = session.scalar(select(func.count()).select_from(FailedDelivery).where(*where)) or 0

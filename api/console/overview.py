@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -51,9 +52,7 @@ class Overview:
     histograms: list[Histogram] = field(default_factory=list)
 
 
-def _last_dequeue_age(
-    client: queue_stats.redis.Redis, consumers: list[str], now: float
-) -> float | None:
+def _last_dequeue_age(client: redis.Redis, consumers: list[str], now: float) -> float | None:
     stamps = []
     for host in consumers:
         record = queue_stats.worker_record(client, host) or {}

@@ -4,34 +4,39 @@ the JSON API calls."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
+from celery import Celery
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.console import deadletters, deliveries_view, overview
 from api.console.render import error, page
-from api.console.session import ConsoleSession
+from api.console.session import ConsoleSession, Operator
 from api.deps import CeleryDep, SessionDep, SettingsDep
-from api.routers import tasks as tasks_api
+from api.routers import tasks
 from ragcore.broker import queue_stats
 from ragcore.db.models import TaskRecord
+from ragcore.settings import Settings
 from ragcore.tasks import contracts, ledger, rerun
-from ragcore.tasks import status as task_view
+from ragcore.tasks.status import TaskStatus, ledger_state
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 STATES = ("PENDING", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
 _RUNNING = ("PENDING", "STARTED", "PROGRESS", "RETRY")
 PAGE_SIZE = 50
+NAMES = sorted(contracts.BY_NAME)
+QUEUES = [q.value for q in contracts.Queue]
 
 
 @router.get("", response_class=HTMLResponse)
 def overview_page(
-    request: Request, session: ConsoleSession, settings: SettingsDep, db: SessionDep
+    request: Request, operator: ConsoleSession, settings: SettingsDep, db: SessionDep
 ) -> HTMLResponse:
-    return page(request, "overview.html", session, view=overview.read(settings, db))
+    return page(request, "overview.html", operator, view=overview.read(settings, db))
 
 
 def _moment(value: str | None, field: str) -> datetime | None:
@@ -48,7 +53,7 @@ def _moment(value: str | None, field: str) -> datetime | None:
 @router.get("/tasks", response_class=HTMLResponse)
 def tasks_page(
     request: Request,
-    session: ConsoleSession,
+    operator: ConsoleSession,
     db: SessionDep,
     name: Annotated[str, Query(max_length=128)] = "",
     state: Annotated[str, Query(max_length=16)] = "",
@@ -60,20 +65,20 @@ def tasks_page(
     cursor: Annotated[str, Query(max_length=90)] = "",
 ) -> Response:
     filters = {
-        "name": name, "state": state, "queue": queue, "worker": worker, "id": task_id,
-        "since": since, "until": until,
-    }
-    choices = {
-        "names": sorted(contracts.BY_NAME),
-        "states": STATES,
-        "queues": [q.value for q in contracts.Queue],
+        "name": name,
+        "state": state,
+        "queue": queue,
+        "worker": worker,
+        "id": task_id,
+        "since": since,
+        "until": until,
     }
     try:
         if name and name not in contracts.BY_NAME:
             raise ValueError(f"name: no task is named {name!r}")
         if state and state not in STATES:
             raise ValueError(f"state: {state!r} is not one of {', '.join(STATES)}")
-        if queue and queue not in choices["queues"]:
+        if queue and queue not in QUEUES:
             raise ValueError(f"queue: no queue is named {queue!r}")
         if task_id and ledger.get(db, task_id) is not None:
             return RedirectResponse(f"/console/tasks/{task_id}", status_code=303)
@@ -90,21 +95,30 @@ def tasks_page(
             cursor=cursor or None,
         )
     except ValueError as exc:
-        return page(
-            request, "tasks.html", session, 422, error=str(exc), rows=[], filters=filters,
-            next_cursor=None, **choices,
-        )
-    items = [(r, task_view.ledger_state(r)) for r in rows]
+        return _tasks(request, operator, 422, error=str(exc), rows=[], filters=filters)
+    items = [(r, ledger_state(r)) for r in rows]
+    return _tasks(request, operator, rows=items, filters=filters, next_cursor=next_cursor)
+
+
+def _tasks(request: Request, operator: Operator, status_code: int = 200, **values: Any) -> Response:
     return page(
-        request, "tasks.html", session, rows=items, filters=filters, next_cursor=next_cursor,
-        **choices,
+        request,
+        "tasks.html",
+        operator,
+        status_code,
+        names=NAMES,
+        states=STATES,
+        queues=QUEUES,
+        **values,
     )
 
 
-def _task(request: Request, celery: CeleryDep, db: SessionDep, settings: SettingsDep, task_id: str):  # type: ignore[no-untyped-def]
+def _task(
+    celery: Celery, db: Session, settings: Settings, task_id: str
+) -> tuple[TaskStatus | None, TaskRecord | None]:
     """The task's status as GET /api/v1/tasks/status answers it, and its ledger row."""
     try:
-        view = tasks_api.task_status(task_id, "admin", celery, db, settings)
+        view = tasks.task_status(task_id, "admin", celery, db, settings)
     except HTTPException:
         return None, None
     return view, ledger.get(db, task_id)
@@ -114,18 +128,18 @@ def _task(request: Request, celery: CeleryDep, db: SessionDep, settings: Setting
 def task_page(
     request: Request,
     task_id: str,
-    session: ConsoleSession,
+    operator: ConsoleSession,
     celery: CeleryDep,
     db: SessionDep,
     settings: SettingsDep,
 ) -> Response:
-    view, record = _task(request, celery, db, settings, task_id)
+    view, record = _task(celery, db, settings, task_id)
     if view is None:
-        return error(request, session, 404, f"no task with id {task_id!r} was ever sent")
+        return error(request, operator, 404, f"no task with id {task_id!r} was ever sent")
     return page(
         request,
         "task.html",
-        session,
+        operator,
         task=view,
         kwargs=record.kwargs if record else {},
         running=view.status in _RUNNING,
@@ -141,48 +155,62 @@ def task_page(
 def task_progress(
     request: Request,
     task_id: str,
-    session: ConsoleSession,
+    operator: ConsoleSession,
     celery: CeleryDep,
     db: SessionDep,
     settings: SettingsDep,
 ) -> Response:
     """The progress bar alone, for the page's script to swap in while the task runs."""
-    view, _ = _task(request, celery, db, settings, task_id)
+    view, _ = _task(celery, db, settings, task_id)
     if view is None:
-        return error(request, session, 404, f"no task with id {task_id!r} was ever sent")
-    return page(request, "progress.html", session, task=view, running=view.status in _RUNNING)
+        return error(request, operator, 404, f"no task with id {task_id!r} was ever sent")
+    return page(request, "progress.html", operator, task=view, running=view.status in _RUNNING)
 
 
 @router.get("/deliveries", response_class=HTMLResponse)
 def deliveries_page(
-    request: Request, session: ConsoleSession, db: SessionDep, filters: deliveries_view.FilterDep
+    request: Request, operator: ConsoleSession, db: SessionDep, filters: deliveries_view.FilterDep
 ) -> Response:
     form = {k: v for k, v in request.query_params.items() if k in deliveries_view.FIELDS and v}
     if isinstance(filters, str):
         return page(
-            request, "deliveries.html", session, 422, error=filters, rows=[], total=0, form=form,
+            request,
+            "deliveries.html",
+            operator,
+            422,
+            error=filters,
+            rows=[],
+            total=0,
+            form=form,
             names=deliveries_view.NAMES,
         )
     rows, total = deliveries_view.matching(db, filters, limit=100)
     return page(
-        request, "deliveries.html", session, rows=rows, total=total, form=form,
+        request,
+        "deliveries.html",
+        operator,
+        rows=rows,
+        total=total,
+        form=form,
         names=deliveries_view.NAMES,
     )
 
 
 @router.get("/dead-letters", response_class=HTMLResponse)
-def dead_letters_page(request: Request, session: ConsoleSession) -> HTMLResponse:
-    return page(request, "dead_letters.html", session, available=deadletters.available())
+def dead_letters_page(request: Request, operator: ConsoleSession) -> HTMLResponse:
+    return page(request, "dead_letters.html", operator, available=deadletters.available())
 
 
 @router.get("/workers", response_class=HTMLResponse)
 def workers_page(
-    request: Request, session: ConsoleSession, settings: SettingsDep, db: SessionDep
+    request: Request, operator: ConsoleSession, settings: SettingsDep, db: SessionDep
 ) -> HTMLResponse:
     """Every worker with a current heartbeat, from the broker; what it runs, from the ledger."""
     client = queue_stats.broker_client(settings.broker)
     hosts = sorted(
-        queue_stats.live_workers(client, queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds))
+        queue_stats.live_workers(
+            client, queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+        )
     )
     running = db.execute(
         select(TaskRecord.worker, TaskRecord.task_id, TaskRecord.name)
@@ -200,7 +228,9 @@ def workers_page(
                 "concurrency": record.get("concurrency"),
                 "pool": record.get("pool"),
                 "active": record.get("active"),
-                "heartbeat_age": now - float(record["heartbeat"]) if record.get("heartbeat") else None,
+                "heartbeat_age": now - float(record["heartbeat"])
+                if record.get("heartbeat")
+                else None,
                 "last_dequeue_age": now - float(record["last_dequeue"])
                 if record.get("last_dequeue")
                 else None,
@@ -214,5 +244,4 @@ def workers_page(
         )
         if s.lost
     }
-    return page(request, "workers.html", session, workers=workers, lost=lost)
-
+    return page(request, "workers.html", operator, workers=workers, lost=lost)

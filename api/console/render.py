@@ -11,7 +11,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from api.console.session import Session
+from api.console.session import Operator
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
@@ -46,21 +46,23 @@ templates.env.filters["moment"] = moment
 def page(
     request: Request,
     name: str,
-    session: Session | None,
+    operator: Operator | None,
     status_code: int = 200,
     **values: Any,
 ) -> HTMLResponse:
-    notice = request.query_params.get("notice")
+    notice = request.query_params.get("notice", "")
     values.setdefault("notice", Notice[notice].value if notice in Notice.__members__ else None)
     count = request.query_params.get("count", "")
     values.setdefault("count", int(count) if count.isdigit() else None)
     return templates.TemplateResponse(
         request,
         name,
-        {"session": session, "now": datetime.now(UTC), **values},
+        {"operator": operator, "now": datetime.now(UTC), **values},
         status_code=status_code,
     )
 
 
-def error(request: Request, session: Session | None, status_code: int, message: str) -> HTMLResponse:
-    return page(request, "error.html", session, status_code=status_code, message=message)
+def error(
+    request: Request, operator: Operator | None, status_code: int, message: str
+) -> HTMLResponse:
+    return page(request, "error.html", operator, status_code=status_code, message=message)

@@ -44,7 +44,9 @@ class KeyRefused(ValueError):
 
 
 @dataclass(frozen=True)
-class Session:
+class Operator:
+    """The signed-in operator: which admin key (its fingerprint) and the session's CSRF token."""
+
     fingerprint: str
     csrf: str
 
@@ -99,7 +101,7 @@ def _write(request: Request, response: Response, data: dict[str, str], max_age: 
     )
 
 
-def current(request: Request, settings: SettingsDep) -> Session:
+def current(request: Request, settings: SettingsDep) -> Operator:
     """The signed-in session; SignInRequired when there is none or its key is gone."""
     data = _read(request, settings.console_session_seconds)
     if not data or "fp" not in data or "csrf" not in data:
@@ -110,7 +112,7 @@ def current(request: Request, settings: SettingsDep) -> Session:
         matched |= hmac.compare_digest(fingerprint, data["fp"])
     if not matched:
         raise SignInRequired
-    return Session(data["fp"], data["csrf"])
+    return Operator(data["fp"], data["csrf"])
 
 
 def form_token(request: Request) -> str:
@@ -133,11 +135,11 @@ def sign_in(request: Request, response: Response, settings: Settings, key: str) 
     """Start a session for `key` if it is an admin key; KeyRefused says why not."""
     scope = scope_of(key, settings.api_keys) if key else None
     if scope is None:
-        raise KeyRefused("this key is not configured (RAGCORE_API_KEYS); check it and try again", 401)
-    if scope != "admin":
         raise KeyRefused(
-            f"this key's scope is {scope!r}: the console takes an admin key", 403
+            "this key is not configured (RAGCORE_API_KEYS); check it and try again", 401
         )
+    if scope != "admin":
+        raise KeyRefused(f"this key's scope is {scope!r}: the console takes an admin key", 403)
     digest = hashlib.sha256(key.encode()).hexdigest()
     data = {"fp": _fingerprint(request, digest), "csrf": secrets.token_urlsafe(24)}
     _write(request, response, data, settings.console_session_seconds)
@@ -147,12 +149,14 @@ def sign_out(response: Response) -> None:
     response.delete_cookie(COOKIE, path=PATH, httponly=True, samesite="strict")
 
 
-def checked(session: Annotated[Session, Depends(current)], csrf: Annotated[str, Form()] = "") -> Session:
+def checked(
+    operator: Annotated[Operator, Depends(current)], csrf: Annotated[str, Form()] = ""
+) -> Operator:
     """The session of a POST whose form carries the session's CSRF token; CsrfRefused otherwise."""
-    if not csrf or not hmac.compare_digest(csrf, session.csrf):
+    if not csrf or not hmac.compare_digest(csrf, operator.csrf):
         raise CsrfRefused
-    return session
+    return operator
 
 
-ConsoleSession = Annotated[Session, Depends(current)]
-CheckedSession = Annotated[Session, Depends(checked)]
+ConsoleSession = Annotated[Operator, Depends(current)]
+CheckedSession = Annotated[Operator, Depends(checked)]

@@ -49,7 +49,9 @@ def runs_again(session: Session, task_id: str) -> list[str]:
     candidates = _candidates(first)
     if not candidates:
         return []
-    found = set(session.scalars(select(TaskRecord.task_id).where(TaskRecord.task_id.in_(candidates))))
+    found = set(
+        session.scalars(select(TaskRecord.task_id).where(TaskRecord.task_id.in_(candidates)))
+    )
     return [c for c in candidates if c in found]
 
 
