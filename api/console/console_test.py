@@ -191,6 +191,25 @@ def test_a_bulk_action_counts_before_it_confirms_and_needs_a_criterion(
     assert refused.status_code == 422 and "give at least one of" in refused.text
 
 
+def test_the_pictures_draw_each_queue_and_each_finished_tasks_durations(
+    signed_in: TestClient,
+) -> None:
+    task_id = dispatch.send(signed_in.app.state.celery, contracts.CLEANUP_OLD_CACHE)  # type: ignore[attr-defined]
+    with session_scope() as session:
+        record = session.get(TaskRecord, task_id)
+        assert record is not None
+        record.state, record.run_seconds = "SUCCESS", 0.3
+        record.started_at = record.finished_at = record.sent_at
+    queues = signed_in.get("/console/charts/queues.svg")
+    assert queues.headers["content-type"] == "image/svg+xml"
+    for queue in contracts.Queue:
+        assert f">{queue.value}</text>" in queues.text
+    assert "1 finished" in queues.text  # the cleanup task, in the last step
+    durations = signed_in.get("/console/charts/durations.svg").text
+    assert ">cleanup_old_cache</text>" in durations and "1 runs, mean 0.30s" in durations
+    assert "1 took up to 0.5s" in durations
+
+
 def test_the_console_is_not_in_the_openapi_document(client: TestClient) -> None:
     assert "/console" not in client.get("/openapi.json").text
 

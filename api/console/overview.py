@@ -1,9 +1,10 @@
-"""What the overview page shows, read from the broker, the breakers and the ledger."""
+"""What the overview page shows, read from the broker, the breakers and the ledger; and its
+pictures, which read the ledger's last hour and load as images of their own."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import redis
@@ -18,10 +19,10 @@ from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
 from ragcore.settings import Settings
 from ragcore.tasks import contracts, ledger
-from ragcore.tasks.activity import queue_activity
+from ragcore.tasks.activity import failed_since, queue_activity
 from ragcore.tasks.redrive import FAILED, WAITING
 
-#: The charts' window and its steps (5 minutes each).
+#: The pictures' window and its steps (5 minutes each); "failed in the last hour" too.
 WINDOW = timedelta(hours=1)
 STEPS = 12
 
@@ -31,17 +32,9 @@ class QueueRow:
     stats: queue_stats.QueueStats
     #: Seconds since a consumer of the queue last took a task (None: none has yet).
     last_dequeue_age: float | None
-    chart: str
 
 
 @dataclass(frozen=True)
-class Histogram:
-    name: str
-    count: int
-    chart: str
-
-
-@dataclass
 class Overview:
     queues: list[QueueRow]
     breakers: dict[str, str]
@@ -49,7 +42,12 @@ class Overview:
     failed_last_hour: int
     since: datetime
     dead_letters: int | None
-    histograms: list[Histogram] = field(default_factory=list)
+
+
+def _queues(settings: Settings) -> tuple[redis.Redis, list[queue_stats.QueueStats]]:
+    client = queue_stats.broker_client(settings.broker)
+    ttl = queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+    return client, queue_stats.all_queue_stats(client, ttl)
 
 
 def _last_dequeue_age(client: redis.Redis, consumers: list[str], now: float) -> float | None:
@@ -62,22 +60,9 @@ def _last_dequeue_age(client: redis.Redis, consumers: list[str], now: float) -> 
 
 
 def read(settings: Settings, session: Session) -> Overview:
-    client = queue_stats.broker_client(settings.broker)
-    stats = queue_stats.all_queue_stats(
-        client, queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds)
-    )
-    now = utcnow()
-    since = now - WINDOW
-    activity = queue_activity(session, now, WINDOW, STEPS)
-    queues = [
-        QueueRow(
-            s,
-            _last_dequeue_age(client, s.consumers, time.time()),
-            charts.queue_chart(activity.get(s.name), s.depth),
-        )
-        for s in stats
-    ]
-    window = ledger.window(session, since, DURATION_BOUNDS)
+    client, stats = _queues(settings)
+    now = time.time()
+    since = utcnow() - WINDOW
     counts = dict(
         session.execute(
             select(FailedDelivery.status, func.count())
@@ -86,14 +71,21 @@ def read(settings: Settings, session: Session) -> Overview:
         ).all()
     )
     return Overview(
-        queues=queues,
+        queues=[QueueRow(s, _last_dequeue_age(client, s.consumers, now)) for s in stats],
         breakers={n: breaker(n, settings).state for n in contracts.neighbours()},
         deliveries={WAITING: int(counts.get(WAITING, 0)), FAILED: int(counts.get(FAILED, 0))},
-        failed_last_hour=sum(n for _, state, n in window.counts if state == "FAILURE"),
+        failed_last_hour=failed_since(session, since),
         since=since,
         dead_letters=deadletters.count(session),
-        histograms=[
-            Histogram(d.name, d.count, charts.duration_histogram(d))
-            for d in sorted(window.durations, key=lambda d: d.name)
-        ],
     )
+
+
+def queues_picture(settings: Settings, session: Session) -> str:
+    _, stats = _queues(settings)
+    activity = queue_activity(session, utcnow(), WINDOW, STEPS)
+    return charts.queues_picture(activity, {s.name: s.depth for s in stats})
+
+
+def durations_picture(session: Session) -> str:
+    window = ledger.window(session, utcnow() - WINDOW, DURATION_BOUNDS)
+    return charts.durations_picture(sorted(window.durations, key=lambda d: d.name))

@@ -39,6 +39,23 @@ def overview_page(
     return page(request, "overview.html", operator, view=overview.read(settings, db))
 
 
+_SVG = "image/svg+xml"
+# Drawn afresh at most every few seconds by each browser; the overview itself is never cached.
+_PICTURE_HEADERS = {"Cache-Control": "private, max-age=5"}
+
+
+@router.get("/charts/queues.svg")
+def queues_picture(_: ConsoleSession, settings: SettingsDep, db: SessionDep) -> Response:
+    svg = overview.queues_picture(settings, db)
+    return Response(svg, media_type=_SVG, headers=_PICTURE_HEADERS)
+
+
+@router.get("/charts/durations.svg")
+def durations_picture(_: ConsoleSession, db: SessionDep) -> Response:
+    svg = overview.durations_picture(db)
+    return Response(svg, media_type=_SVG, headers=_PICTURE_HEADERS)
+
+
 def _moment(value: str | None, field: str) -> datetime | None:
     """A time from a filter: ISO 8601, or a browser's datetime-local (read as UTC)."""
     if not value:

@@ -60,3 +60,9 @@ def queue_activity(
             [int(n) for n in counts[steps:]],
         )
     return found
+
+
+def failed_since(session: Session, since: datetime) -> int:
+    """Tasks sent since `since` that failed (read from the (state, sent_at) index)."""
+    query = select(func.count()).where(TaskRecord.state == "FAILURE", TaskRecord.sent_at >= since)
+    return int(session.scalar(query) or 0)

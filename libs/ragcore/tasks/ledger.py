@@ -318,8 +318,9 @@ def history(
 ) -> tuple[list[TaskRecord], str | None]:
     """Tasks newest first, filtered; the cursor of the next page, or None on the last one.
 
-    Name and state have an index in page order; queue, worker and id prefix filter the rows the
-    sent_at index yields (the console's filters, measured in docs/benchmarks.md).
+    Name and state have an index in page order, an id prefix the primary key; queue and worker
+    filter the rows the sent_at index yields (the console's filters, measured in
+    docs/benchmarks.md).
     """
     query = select(TaskRecord)
     if name is not None:
@@ -328,8 +329,15 @@ def history(
         query = query.where(TaskRecord.queue == queue)
     if worker is not None:
         query = query.where(TaskRecord.worker == worker)
-    if id_prefix is not None:
-        query = query.where(TaskRecord.task_id.startswith(id_prefix, autoescape=True))
+    if id_prefix:
+        # A range of the primary key, which its index answers at any ledger size (ids compare
+        # bytewise in the C and C.UTF-8 collations), then the prefix test itself.
+        after = id_prefix[:-1] + chr(ord(id_prefix[-1]) + 1)
+        query = query.where(
+            TaskRecord.task_id >= id_prefix,
+            TaskRecord.task_id < after,
+            TaskRecord.task_id.startswith(id_prefix, autoescape=True),
+        )
     if until is not None:
         query = query.where(TaskRecord.sent_at < until)
     if state == "PROGRESS":  # the ledger keeps STARTED (see set_progress) and the progress itself
