@@ -102,7 +102,9 @@ def durations_picture(durations: Sequence[Durations]) -> str:
             f'<g transform="translate({x},{y + 2 * _PAD})">{_histogram(d)}</g>'
         )
     if not cells:
-        cells.append(f'<text class="name" x="0" y="{_PAD}">No task finished in the last hour.</text>')
+        cells.append(
+            f'<text class="name" x="0" y="{_PAD}">No task finished in the last hour.</text>'
+        )
     rows = max(1, -(-len(durations) // _COLUMNS))
     return _document(
         _COLUMNS * cell_w,

@@ -3,7 +3,9 @@ pictures, which read the ledger's last hour and load as images of their own."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -25,6 +27,34 @@ from ragcore.tasks.redrive import FAILED, WAITING
 #: The pictures' window and its steps (5 minutes each); "failed in the last hour" too.
 WINDOW = timedelta(hours=1)
 STEPS = 12
+#: How long a drawn picture is shown again. Drawing reads every task of the window from the
+#: ledger's heap (~250 ms at 83,000 tasks an hour: docs/benchmarks.md), so each API process draws
+#: each picture at most this often, however many operators look.
+PICTURE_SECONDS = 10.0
+
+
+class Recent:
+    """The last drawing of each picture, reused while it is younger than PICTURE_SECONDS; one
+    drawing at a time (a second request waits for it instead of reading the ledger again)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._drawn: dict[tuple[str, ...], tuple[float, str]] = {}
+
+    def get(self, key: tuple[str, ...], draw: Callable[[], str]) -> str:
+        with self._lock:
+            at, picture = self._drawn.get(key, (0.0, ""))
+            if time.monotonic() - at >= PICTURE_SECONDS:
+                picture = draw()
+                self._drawn[key] = (time.monotonic(), picture)
+            return picture
+
+    def clear(self) -> None:
+        with self._lock:
+            self._drawn.clear()
+
+
+recent = Recent()
 
 
 @dataclass(frozen=True)
@@ -81,11 +111,17 @@ def read(settings: Settings, session: Session) -> Overview:
 
 
 def queues_picture(settings: Settings, session: Session) -> str:
-    _, stats = _queues(settings)
-    activity = queue_activity(session, utcnow(), WINDOW, STEPS)
-    return charts.queues_picture(activity, {s.name: s.depth for s in stats})
+    def draw() -> str:
+        _, stats = _queues(settings)
+        activity = queue_activity(session, utcnow(), WINDOW, STEPS)
+        return charts.queues_picture(activity, {s.name: s.depth for s in stats})
+
+    return recent.get(("queues", settings.database_url, settings.broker), draw)
 
 
-def durations_picture(session: Session) -> str:
-    window = ledger.window(session, utcnow() - WINDOW, DURATION_BOUNDS)
-    return charts.durations_picture(sorted(window.durations, key=lambda d: d.name))
+def durations_picture(settings: Settings, session: Session) -> str:
+    def draw() -> str:
+        window = ledger.window(session, utcnow() - WINDOW, DURATION_BOUNDS)
+        return charts.durations_picture(sorted(window.durations, key=lambda d: d.name))
+
+    return recent.get(("durations", settings.database_url), draw)

@@ -40,8 +40,8 @@ def overview_page(
 
 
 _SVG = "image/svg+xml"
-# Drawn afresh at most every few seconds by each browser; the overview itself is never cached.
-_PICTURE_HEADERS = {"Cache-Control": "private, max-age=5"}
+# Drawn at most every PICTURE_SECONDS by each API process (see overview.Recent).
+_PICTURE_HEADERS = {"Cache-Control": f"private, max-age={overview.PICTURE_SECONDS:g}"}
 
 
 @router.get("/charts/queues.svg")
@@ -51,8 +51,8 @@ def queues_picture(_: ConsoleSession, settings: SettingsDep, db: SessionDep) -> 
 
 
 @router.get("/charts/durations.svg")
-def durations_picture(_: ConsoleSession, db: SessionDep) -> Response:
-    svg = overview.durations_picture(db)
+def durations_picture(_: ConsoleSession, settings: SettingsDep, db: SessionDep) -> Response:
+    svg = overview.durations_picture(settings, db)
     return Response(svg, media_type=_SVG, headers=_PICTURE_HEADERS)
 
 

@@ -225,6 +225,13 @@ class Settings(BaseSettings):
                         f"least {MIN_PLAIN_KEY_LENGTH} characters); "
                         f"make a key and its entry with: {MAKE_KEY}"
                     )
+            secret = self.console_secret.get_secret_value() if self.console_secret else None
+            if secret is not None and len(secret) < MIN_PLAIN_KEY_LENGTH:
+                raise ValueError(
+                    "RAGCORE_CONSOLE_SECRET is a placeholder (prod takes at least "
+                    f"{MIN_PLAIN_KEY_LENGTH} characters): python3 -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'"
+                )
         if self.default_tier not in self.tier_daily_limits:
             raise ValueError(
                 f"default_tier {self.default_tier!r} has no entry in tier_daily_limits"

@@ -8,6 +8,8 @@ PostgreSQL database migrated to head: ~83,000 rows in the last hour, 2 % rare na
 failures), plus 2,000 failed deliveries. The app answers through Starlette's TestClient; the figure
 is the API's own time per request (its access line), p50 of `--samples` after a warm call. Printed
 per page: the console's p50, its JSON twin's, their ratio, and the page against the 100 ms target.
+A picture is timed twice: drawn from the ledger (its store of recent drawings emptied before each
+call) and shown again (drawn within the last PICTURE_SECONDS, as every request but one is).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from api.console import overview
 from api.main import create_app
 from ragcore.db import migrate
 from ragcore.settings import get_settings
@@ -40,12 +43,14 @@ FROM generate_series(1, 2000) AS i
 
 
 def pairs(rows: int) -> dict[str, tuple[str, str | None]]:
-    """Console page -> the JSON route that answers the same question (None: the JSON API has none)."""
+    """Console page -> the JSON route answering the same question (None: the JSON API has none)."""
     some = task_id(rows // 2)
     return {
         "overview": ("/console", "/api/v1/tasks/queues"),
-        "picture: queues": ("/console/charts/queues.svg", "/metrics"),
-        "picture: durations": ("/console/charts/durations.svg", "/metrics"),
+        "picture: queues (drawn)": ("/console/charts/queues.svg", "/metrics"),
+        "picture: queues (shown)": ("/console/charts/queues.svg", "/metrics"),
+        "picture: durations (drawn)": ("/console/charts/durations.svg", "/metrics"),
+        "picture: durations (shown)": ("/console/charts/durations.svg", "/metrics"),
         "tasks": ("/console/tasks", "/api/v1/tasks/history?limit=50"),
         "tasks ?name=rare": (
             "/console/tasks?name=calculate_user_tier",
@@ -85,8 +90,14 @@ def sign_in(client: TestClient) -> None:
     assert response.status_code == 200 and "Overview" in response.text, response.text
 
 
-def p50(client: TestClient, path: str, samples: int, headers: dict[str, str]) -> float:
+def p50(
+    client: TestClient, path: str, samples: int, headers: dict[str, str], draw: bool = False
+) -> float:
+    """`draw`: forget the drawn pictures before each call, so each is drawn from the ledger."""
+
     def call() -> None:
+        if draw:
+            overview.recent.clear()
         response = client.get(path, headers=headers)
         assert response.status_code == 200, (path, response.status_code, response.text[:300])
 
@@ -105,14 +116,14 @@ def run(database_url: str, args: argparse.Namespace) -> None:
     with TestClient(create_app()) as client:
         sign_in(client)
         print(f"\n{args.rows:,} rows, p50 of {args.samples} (the API's own time per request)")
-        print(f"  {'page':24} {'console':>10} {'JSON twin':>10} {'ratio':>7}  target {TARGET_MS:g} ms")
+        print(
+            f"  {'page':24} {'console':>10} {'JSON twin':>10} {'ratio':>7}  target {TARGET_MS:g} ms"
+        )
         met = 0
         table = pairs(args.rows)
         for label, (page, twin) in table.items():
-            console = p50(client, page, args.samples, {})
-            json_ms = (
-                p50(client, twin, args.samples, {"X-API-Key": ADMIN_KEY}) if twin else None
-            )
+            console = p50(client, page, args.samples, {}, draw="(drawn)" in label)
+            json_ms = p50(client, twin, args.samples, {"X-API-Key": ADMIN_KEY}) if twin else None
             ratio = f"{console / json_ms:7.2f}" if json_ms else "      –"
             twin_text = f"{json_ms:7.2f} ms" if json_ms is not None else "         –"
             verdict = "met" if console <= TARGET_MS else "NOT met"

@@ -332,10 +332,10 @@ def history(
     if id_prefix:
         # A range of the primary key, which its index answers at any ledger size (ids compare
         # bytewise in the C and C.UTF-8 collations), then the prefix test itself.
-        after = id_prefix[:-1] + chr(ord(id_prefix[-1]) + 1)
+        beyond = id_prefix[:-1] + chr(ord(id_prefix[-1]) + 1)
         query = query.where(
             TaskRecord.task_id >= id_prefix,
-            TaskRecord.task_id < after,
+            TaskRecord.task_id < beyond,
             TaskRecord.task_id.startswith(id_prefix, autoescape=True),
         )
     if until is not None:
