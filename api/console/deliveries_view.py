@@ -12,13 +12,13 @@ from pydantic import ValidationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from api.routers.deliveries import CRITERIA, DeliveryFilter
+from api.schemas.deliveries import CRITERIA, DeliveryFilter
 from ragcore.db import rows_affected
 from ragcore.db.models import FailedDelivery
+from ragcore.deliveries import UNRESOLVED, DeliveryStatus
 from ragcore.tasks import contracts
-from ragcore.tasks.redrive import DISCARDED, FAILED, WAITING
 
-STATUSES = ("any", WAITING, FAILED)
+STATUSES = ("any", DeliveryStatus.WAITING.value, DeliveryStatus.FAILED.value)
 NAMES = sorted(name for n in contracts.neighbours() for name in contracts.deliveries_to(n))
 FIELDS = (*CRITERIA, "status")
 
@@ -64,7 +64,7 @@ def query_string(f: DeliveryFilter) -> str:
 
 def matching(session: Session, f: DeliveryFilter, limit: int) -> tuple[list[FailedDelivery], int]:
     """The newest `limit` deliveries the filter takes, and how many it takes in all."""
-    where = f.where()
+    where = f.criteria().where()
     total = session.scalar(select(func.count()).select_from(FailedDelivery).where(*where)) or 0
     rows = session.scalars(
         select(FailedDelivery).where(*where).order_by(FailedDelivery.id.desc()).limit(limit)
@@ -78,8 +78,8 @@ def discard_one(session: Session, delivery_id: int) -> bool:
         rows_affected(
             session,
             update(FailedDelivery)
-            .where(FailedDelivery.id == delivery_id, FailedDelivery.status.in_((FAILED, WAITING)))
-            .values(status=DISCARDED, next_attempt_at=None),
+            .where(FailedDelivery.id == delivery_id, FailedDelivery.status.in_(list(UNRESOLVED)))
+            .values(status=DeliveryStatus.DISCARDED, next_attempt_at=None),
         )
     )
 

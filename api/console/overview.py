@@ -15,14 +15,14 @@ from sqlalchemy.orm import Session
 
 from api.console import charts, deadletters
 from api.routers.metrics import DURATION_BOUNDS
-from ragcore.broker import queue_stats
+from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.clients.breaker import breaker
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
+from ragcore.deliveries import DeliveryStatus
 from ragcore.settings import Settings
 from ragcore.tasks import contracts, ledger
 from ragcore.tasks.activity import failed_since, queue_activity
-from ragcore.tasks.redrive import FAILED, WAITING
 
 #: The pictures' window and its steps (5 minutes each); "failed in the last hour" too.
 WINDOW = timedelta(hours=1)
@@ -59,7 +59,7 @@ recent = Recent()
 
 @dataclass(frozen=True)
 class QueueRow:
-    stats: queue_stats.QueueStats
+    stats: depths.QueueStats
     #: Seconds since a consumer of the queue last took a task (None: none has yet).
     last_dequeue_age: float | None
 
@@ -74,16 +74,16 @@ class Overview:
     dead_letters: int | None
 
 
-def _queues(settings: Settings) -> tuple[redis.Redis, list[queue_stats.QueueStats]]:
-    client = queue_stats.broker_client(settings.broker)
-    ttl = queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds)
-    return client, queue_stats.all_queue_stats(client, ttl)
+def _queues(settings: Settings) -> tuple[redis.Redis, list[depths.QueueStats]]:
+    client = broker_client(settings.broker)
+    ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+    return client, depths.all_queue_stats(client, ttl)
 
 
 def _last_dequeue_age(client: redis.Redis, consumers: list[str], now: float) -> float | None:
     stamps = []
     for host in consumers:
-        record = queue_stats.worker_record(client, host) or {}
+        record = heartbeats.worker_record(client, host) or {}
         if record.get("last_dequeue"):
             stamps.append(float(record["last_dequeue"]))
     return now - max(stamps) if stamps else None
@@ -96,14 +96,16 @@ def read(settings: Settings, session: Session) -> Overview:
     counts = dict(
         session.execute(
             select(FailedDelivery.status, func.count())
-            .where(FailedDelivery.status.in_((WAITING, FAILED)))
+            .where(FailedDelivery.status.in_((DeliveryStatus.WAITING, DeliveryStatus.FAILED)))
             .group_by(FailedDelivery.status)
         ).all()
     )
     return Overview(
         queues=[QueueRow(s, _last_dequeue_age(client, s.consumers, now)) for s in stats],
         breakers={n: breaker(n, settings).state for n in contracts.neighbours()},
-        deliveries={WAITING: int(counts.get(WAITING, 0)), FAILED: int(counts.get(FAILED, 0))},
+        deliveries={
+            s.value: int(counts.get(s, 0)) for s in (DeliveryStatus.WAITING, DeliveryStatus.FAILED)
+        },
         failed_last_hour=failed_since(session, since),
         since=since,
         dead_letters=deadletters.count(session),

@@ -17,16 +17,17 @@ from api.console.render import error, page
 from api.console.session import ConsoleSession, Operator
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.routers import tasks
-from ragcore.broker import queue_stats
+from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings
 from ragcore.tasks import contracts, ledger, rerun
+from ragcore.tasks.states import FINISHED, TaskState
 from ragcore.tasks.status import TaskStatus, ledger_state
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
-STATES = ("PENDING", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
-_RUNNING = ("PENDING", "STARTED", "PROGRESS", "RETRY")
+STATES = tuple(s.value for s in TaskState)
+_RUNNING = tuple(s.value for s in TaskState if s not in FINISHED)
 PAGE_SIZE = 50
 NAMES = sorted(contracts.BY_NAME)
 QUEUES = [q.value for q in contracts.Queue]
@@ -102,7 +103,7 @@ def tasks_page(
         rows, next_cursor = ledger.history(
             db,
             name=name or None,
-            state=state or None,
+            state=TaskState(state) if state else None,
             queue=queue or None,
             worker=worker or None,
             id_prefix=task_id or None,
@@ -161,7 +162,7 @@ def task_page(
         kwargs=record.kwargs if record else {},
         running=view.status in _RUNNING,
         can_run_again=record is not None
-        and record.state in rerun.FINISHED
+        and record.state in FINISHED
         and record.name in contracts.BY_NAME,
         first_run=rerun.first_run(task_id),
         runs_again=[t for t in rerun.runs_again(db, task_id) if t != task_id],
@@ -223,21 +224,19 @@ def workers_page(
     request: Request, operator: ConsoleSession, settings: SettingsDep, db: SessionDep
 ) -> HTMLResponse:
     """Every worker with a current heartbeat, from the broker; what it runs, from the ledger."""
-    client = queue_stats.broker_client(settings.broker)
+    client = broker_client(settings.broker)
     hosts = sorted(
-        queue_stats.live_workers(
-            client, queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds)
-        )
+        heartbeats.live_workers(client, heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds))
     )
     running = db.execute(
         select(TaskRecord.worker, TaskRecord.task_id, TaskRecord.name)
-        .where(TaskRecord.state == "STARTED", TaskRecord.worker.in_(hosts))
+        .where(TaskRecord.state == TaskState.STARTED, TaskRecord.worker.in_(hosts))
         .order_by(TaskRecord.sent_at.desc())
     ).all()
     now = datetime.now(UTC).timestamp()
     workers = []
     for host in hosts:
-        record = queue_stats.worker_record(client, host) or {}
+        record = heartbeats.worker_record(client, host) or {}
         workers.append(
             {
                 "name": host,
@@ -256,8 +255,8 @@ def workers_page(
         )
     lost = {
         s.name: [(host, datetime.fromtimestamp(at, UTC)) for host, at in s.lost]
-        for s in queue_stats.all_queue_stats(
-            client, queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+        for s in depths.all_queue_stats(
+            client, heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
         )
         if s.lost
     }

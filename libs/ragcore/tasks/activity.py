@@ -10,6 +10,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from ragcore.db.models import TaskRecord
+from ragcore.tasks.states import TaskState
 
 
 @dataclass(frozen=True)
@@ -64,5 +65,7 @@ def queue_activity(
 
 def failed_since(session: Session, since: datetime) -> int:
     """Tasks sent since `since` that failed (read from the (state, sent_at) index)."""
-    query = select(func.count()).where(TaskRecord.state == "FAILURE", TaskRecord.sent_at >= since)
+    query = select(func.count()).where(
+        TaskRecord.state == TaskState.FAILURE, TaskRecord.sent_at >= since
+    )
     return int(session.scalar(query) or 0)

@@ -18,13 +18,12 @@ from sqlalchemy.orm import Session
 
 from ragcore.db.models import TaskRecord
 from ragcore.tasks import contracts, dispatch
+from ragcore.tasks.states import FINISHED
 
 #: How many runs again of one task are linked (found by lookup) before new ones go unlinked.
 MAX_LINKED = 100
 _MAX_ID = 64
 _AGAIN = re.compile(r"^(?P<first>.+)\.again\.(?P<n>[1-9][0-9]{0,2})$")
-#: States after which a task may run again (a task still waiting or running may not).
-FINISHED = ("SUCCESS", "FAILURE", "REVOKED")
 
 
 class CannotRunAgain(ValueError):
