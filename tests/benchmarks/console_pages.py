@@ -61,7 +61,11 @@ def pairs(rows: int) -> dict[str, tuple[str, str | None]]:
             "/api/v1/tasks/history?status=FAILURE&limit=50",
         ),
         "tasks ?queue=user": ("/console/tasks?queue=user", None),
+        # A queue and a worker no row has (the loader fills notifications and user only): read
+        # along the sent_at index to its end, the worst case of these two filters.
+        "tasks ?queue=cleanup (none)": ("/console/tasks?queue=cleanup", None),
         "tasks ?worker=": ("/console/tasks?worker=worker%40bench", None),
+        "tasks ?worker=absent (none)": ("/console/tasks?worker=nobody%40nowhere", None),
         "tasks ?id=prefix(8)": (f"/console/tasks?id={some[:8]}", None),
         "tasks ?since&until": (
             "/console/tasks?since=2026-01-01T00:00&until=2100-01-01T00:00",
@@ -128,7 +132,7 @@ def run(database_url: str, args: argparse.Namespace) -> None:
             twin_text = f"{json_ms:7.2f} ms" if json_ms is not None else "         –"
             verdict = "met" if console <= TARGET_MS else "NOT met"
             met += console <= TARGET_MS
-            print(f"  {label:24} {console:7.2f} ms {twin_text} {ratio}  {verdict}", flush=True)
+            print(f"  {label:28} {console:7.2f} ms {twin_text} {ratio}  {verdict}", flush=True)
         print(f"  {met} of {len(table)} pages within {TARGET_MS:g} ms")
 
 
