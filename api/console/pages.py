@@ -9,15 +9,13 @@ from typing import Annotated, Any
 from celery import Celery
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.console import deadletters, deliveries_view, overview
+from api.console import deadletters, deliveries_view, overview, workers_view
 from api.console.render import error, page
 from api.console.session import ConsoleSession, Operator
 from api.deps import CeleryDep, SessionDep, SettingsDep
 from api.routers import tasks
-from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings
 from ragcore.tasks import contracts, ledger, rerun
@@ -224,40 +222,10 @@ def workers_page(
     request: Request, operator: ConsoleSession, settings: SettingsDep, db: SessionDep
 ) -> HTMLResponse:
     """Every worker with a current heartbeat, from the broker; what it runs, from the ledger."""
-    client = broker_client(settings.broker)
-    hosts = sorted(
-        heartbeats.live_workers(client, heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds))
+    return page(
+        request,
+        "workers.html",
+        operator,
+        workers=workers_view.live(settings, db),
+        lost=workers_view.lost(settings),
     )
-    running = db.execute(
-        select(TaskRecord.worker, TaskRecord.task_id, TaskRecord.name)
-        .where(TaskRecord.state == TaskState.STARTED, TaskRecord.worker.in_(hosts))
-        .order_by(TaskRecord.sent_at.desc())
-    ).all()
-    now = datetime.now(UTC).timestamp()
-    workers = []
-    for host in hosts:
-        record = heartbeats.worker_record(client, host) or {}
-        workers.append(
-            {
-                "name": host,
-                "queue": record.get("queue"),
-                "concurrency": record.get("concurrency"),
-                "pool": record.get("pool"),
-                "active": record.get("active"),
-                "heartbeat_age": now - float(record["heartbeat"])
-                if record.get("heartbeat")
-                else None,
-                "last_dequeue_age": now - float(record["last_dequeue"])
-                if record.get("last_dequeue")
-                else None,
-                "running": [(t, n) for w, t, n in running if w == host],
-            }
-        )
-    lost = {
-        s.name: [(host, datetime.fromtimestamp(at, UTC)) for host, at in s.lost]
-        for s in depths.all_queue_stats(
-            client, heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
-        )
-        if s.lost
-    }
-    return page(request, "workers.html", operator, workers=workers, lost=lost)
