@@ -205,7 +205,7 @@ def test_the_console_the_banner_names_serves_its_pages_from_the_api_pex(
     local: RunningStack,
 ) -> None:
     console = local.wait_output(r"Console +(\S+)", 5).group(1)
-    with httpx.Client(timeout=30) as browser:
+    with httpx.Client(timeout=30, follow_redirects=True) as browser:
         form = browser.get(f"{console}/sign-in")
         assert form.status_code == 200 and 'name="csrf"' in form.text  # templates in the pex
         assert browser.get(f"{console}/static/console.js").status_code == 200
