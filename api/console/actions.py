@@ -9,12 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from api.console import deliveries_view, session
+from api.console import deadletters, deliveries_view, session
 from api.console.render import Notice, error, page
 from api.console.session import CheckedSession, ConsoleSession, KeyRefused
 from api.deps import CeleryDep, SessionDep, SettingsDep, commit
-from api.routers import deliveries, tasks
-from ragcore.tasks import ledger, rerun
+from api.routers import deliveries
+from ragcore.broker import broker_client
+from ragcore.tasks import ledger, rerun, revoking
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -118,14 +119,11 @@ def revoke(
     terminate: Annotated[bool, Form()] = False,
 ) -> Response:
     try:
-        result = tasks.revoke_task(
-            task_id, "admin", celery, db, settings, Response(), terminate=terminate
-        )
-    except HTTPException as exc:
-        return error(request, operator, exc.status_code, str(exc.detail))
-    return _see(
-        f"/console/tasks/{task_id}", Notice.TERMINATED if result.terminated else Notice.REVOKED
-    )
+        revocation = revoking.revoke(db, celery, broker_client(settings.broker), task_id, terminate)
+    except (revoking.AlreadyFinished, revoking.CannotTerminate) as exc:
+        return error(request, operator, 409, str(exc))
+    notice = Notice.TERMINATED if revocation.terminated else Notice.REVOKED
+    return _see(f"/console/tasks/{task_id}", notice)
 
 
 @router.get("/tasks/{task_id}/run-again", response_class=HTMLResponse)
@@ -252,3 +250,31 @@ def one_action(
         commit(db)
         return _see("/console/deliveries", Notice.DISCARDED, count=1)
     return error(request, operator, 404, f"no deliveries action {verb!r}")
+
+
+# -- dead letters -------------------------------------------------------------------------------
+
+
+@router.get("/dead-letters/{letter_id}/discard", response_class=HTMLResponse)
+def confirm_discard_letter(request: Request, letter_id: int, operator: ConsoleSession) -> Response:
+    return page(
+        request,
+        "confirm.html",
+        operator,
+        title=f"Discard dead letter {letter_id}?",
+        detail="It is deleted; the same message coming again is a new dead letter.",
+        action=f"/console/dead-letters/{letter_id}/discard",
+        fields={},
+        button="Discard",
+        back="/console/dead-letters",
+    )
+
+
+@router.post("/dead-letters/{letter_id}/discard")
+def discard_letter(
+    request: Request, letter_id: int, operator: CheckedSession, db: SessionDep
+) -> Response:
+    if not deadletters.discard(db, letter_id):
+        return error(request, operator, 404, f"no dead letter with id {letter_id}")
+    commit(db)
+    return _see("/console/dead-letters", Notice.DEAD_LETTER_DISCARDED)

@@ -4,7 +4,6 @@ and the console off."""
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,9 +11,10 @@ from fastapi.testclient import TestClient
 from api.conftest import ADMIN, QUERY
 from api.main import create_app
 from ragcore.db import session_scope
-from ragcore.db.models import TaskRecord
+from ragcore.db.models import DeadLetter, TaskRecord
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts, dispatch
+from ragcore_dev.processes import wait_until
 
 PAGES = (
     "/console",
@@ -160,14 +160,20 @@ def test_removing_the_admin_key_ends_its_sessions_at_once(signed_in: TestClient)
 
 
 def test_a_session_expires(monkeypatch: pytest.MonkeyPatch, app_settings: None) -> None:
-    monkeypatch.setenv("RAGCORE_CONSOLE_SESSION_SECONDS", "1")
+    monkeypatch.setenv("RAGCORE_CONSOLE_SESSION_SECONDS", "3")
     get_settings.cache_clear()
     app = create_app()
     with TestClient(app) as client:
         sign_in(client)
         assert client.get("/console", follow_redirects=False).status_code == 200
-        time.sleep(2.1)  # the signature's age is counted in whole seconds
-        assert client.get("/console", follow_redirects=False).status_code == 303
+        # The signature's age is counted in whole seconds: expired within 3-5 s of the sign-in.
+        wait_until(
+            lambda: client.get("/console", follow_redirects=False).status_code == 303,
+            15,
+            "the session to expire",
+            interval=0.5,
+        )
+        assert client.get("/console/sign-in").status_code == 200  # the sign-in page still opens
     app.state.celery.close()
 
 
@@ -208,6 +214,33 @@ def test_the_pictures_draw_each_queue_and_each_finished_tasks_durations(
     durations = signed_in.get("/console/charts/durations.svg").text
     assert ">cleanup_old_cache</text>" in durations and "1 runs, mean 0.30s" in durations
     assert "1 took up to 0.5s" in durations
+
+
+def test_a_dead_letter_is_listed_counted_and_discarded_after_a_confirmation(
+    signed_in: TestClient,
+) -> None:
+    with session_scope() as session:
+        letter = DeadLetter(
+            digest="d" * 64,
+            queue="sync",
+            reason="unknown_task",
+            task_name="no_such_task",
+            detail="no task named 'no_such_task'",
+            body=b"{}",
+            body_bytes=2,
+        )
+        session.add(letter)
+        session.flush()
+        letter_id = letter.id
+    assert ">1 kept</a>" in signed_in.get("/console").text
+    listed = signed_in.get("/console/dead-letters").text
+    assert "no_such_task" in listed and f"/console/dead-letters/{letter_id}/discard" in listed
+    confirm = signed_in.get(f"/console/dead-letters/{letter_id}/discard")
+    done = signed_in.post(
+        f"/console/dead-letters/{letter_id}/discard", data={"csrf": _csrf(confirm.text)}
+    )
+    assert "dead letter discarded" in _messages(done.text)
+    assert "No dead letter is kept" in done.text
 
 
 def test_the_console_is_not_in_the_openapi_document(client: TestClient) -> None:

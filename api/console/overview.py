@@ -71,7 +71,7 @@ class Overview:
     deliveries: dict[str, int]
     failed_last_hour: int
     since: datetime
-    dead_letters: int | None
+    dead_letters: int
 
 
 def _queues(settings: Settings) -> tuple[redis.Redis, list[depths.QueueStats]]:

@@ -213,8 +213,14 @@ def deliveries_page(
 
 
 @router.get("/dead-letters", response_class=HTMLResponse)
-def dead_letters_page(request: Request, operator: ConsoleSession) -> HTMLResponse:
-    return page(request, "dead_letters.html", operator, available=deadletters.available())
+def dead_letters_page(
+    request: Request,
+    operator: ConsoleSession,
+    db: SessionDep,
+    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+) -> HTMLResponse:
+    rows, next_cursor = deadletters.page(db, before)
+    return page(request, "dead_letters.html", operator, rows=rows, next_cursor=next_cursor)
 
 
 @router.get("/workers", response_class=HTMLResponse)

@@ -25,6 +25,7 @@ class Notice(StrEnum):
     RAN_AGAIN = "sent again as this task"
     REDRIVEN = "re-driven"
     DISCARDED = "discarded"
+    DEAD_LETTER_DISCARDED = "dead letter discarded"
 
 
 def age(seconds: float | None) -> str:

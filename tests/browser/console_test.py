@@ -245,7 +245,7 @@ def test_the_main_pages_render_and_sign_out_ends_the_session(rig: Rig, page: Pag
     expect(page.locator("#workers")).to_contain_text("sync@test")
     rig.shot(page, "workers")
     page.click("nav >> text=Dead letters")
-    expect(page.locator("main")).to_contain_text("ot available yet")
+    expect(page.locator("main")).to_contain_text("No dead letter is kept")
     page.click("#sign-out")
     expect(page.locator(".notice")).to_have_text("signed out")
     page.goto("/console/workers")
