@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from api import errors, request_metrics
+from api import console, errors, request_metrics
 from api.body_limit import BodyLimit
 from api.routers import deadletters, deliveries, health, metrics, query, sync, tasks
 from ragcore import invariants, tracing
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
     ):
         app.include_router(router)
+    console.install(app, settings)
     tracing.instrument_app(app)
     return app
 

@@ -394,6 +394,7 @@ def banner(stack: LocalStack, urls: dict[str, str], documents: int) -> str:
     return f"""
 ragcore is running (logs in {stack.root}/logs, pids in {stack.root}/pids):
   API        {api}  (docs {api}/docs; keys dev-admin-key, dev-query-key, dev-sync-key)
+  Console    {api}/console  (sign in with dev-admin-key)
   Flower     {urls['flower']}  (API {urls['flower']}/api/workers)
   Redis      {urls['redis']}
   Database   {urls['database']}

@@ -6,7 +6,7 @@ import re
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Keys that only make sense on a developer's machine; refused outside `environment=dev`.
@@ -178,6 +178,14 @@ class Settings(BaseSettings):
     metrics_public: bool = False
     # Task counts and durations in /metrics cover the tasks sent within this window.
     metrics_window_seconds: int = Field(3600, gt=0)
+    # The operator console at /console (admin key sign-in); false: every /console URL is a 404.
+    console: bool = True
+    # How long a console session lasts after sign-in (the signed cookie's age and Max-Age).
+    console_session_seconds: int = Field(8 * 3600, gt=0, le=7 * 24 * 3600)
+    # Signs the console's session cookies. Unset, each API process draws its own at start: sessions
+    # then end with the process and hold only on the replica that made them; set it (the same on
+    # every replica) when several serve the console.
+    console_secret: SecretStr | None = None
     # Workers record a heartbeat (and their last dequeue) in the broker's Redis this often.
     worker_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
     # A worker whose heartbeat is this old is gone: a live worker of its queue re-queues what it
@@ -221,6 +229,13 @@ class Settings(BaseSettings):
                         f"least {MIN_PLAIN_KEY_LENGTH} characters); "
                         f"make a key and its entry with: {MAKE_KEY}"
                     )
+            secret = self.console_secret.get_secret_value() if self.console_secret else None
+            if secret is not None and len(secret) < MIN_PLAIN_KEY_LENGTH:
+                raise ValueError(
+                    "RAGCORE_CONSOLE_SECRET is a placeholder (prod takes at least "
+                    f"{MIN_PLAIN_KEY_LENGTH} characters): python3 -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))'"
+                )
         if self.default_tier not in self.tier_daily_limits:
             raise ValueError(
                 f"default_tier {self.default_tier!r} has no entry in tier_daily_limits"

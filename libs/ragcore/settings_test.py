@@ -34,3 +34,11 @@ def test_prod_accepts_hashed_and_long_plain_keys() -> None:
 
 def test_dev_keeps_its_short_development_keys() -> None:
     assert "dev-admin-key" in Settings(environment="dev").api_keys
+
+
+def test_prod_refuses_a_placeholder_console_secret_without_showing_it() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(environment="prod", api_keys={REAL_HASH: "admin"}, console_secret="CHANGE-ME")
+    assert "RAGCORE_CONSOLE_SECRET is a placeholder" in str(refused.value)
+    long = "s" * 32
+    assert Settings(environment="prod", api_keys={REAL_HASH: "admin"}, console_secret=long)

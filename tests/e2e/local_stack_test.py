@@ -239,6 +239,21 @@ def test_with_trace_one_querys_spans_from_the_api_beat_and_the_workers_share_its
     wait_until(services, 60, f"spans of every part in trace {trace}")
 
 
+def test_the_console_the_banner_names_serves_its_pages_from_the_api_pex(
+    local: RunningStack,
+) -> None:
+    console = local.wait_output(r"Console +(\S+)", 5).group(1)
+    with httpx.Client(timeout=30, follow_redirects=True) as browser:
+        form = browser.get(f"{console}/sign-in")
+        assert form.status_code == 200 and 'name="csrf"' in form.text  # templates in the pex
+        assert browser.get(f"{console}/static/console.js").status_code == 200
+        csrf = form.text.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        overview = browser.post(
+            f"{console}/sign-in", data={"key": ADMIN["X-API-Key"], "csrf": csrf}
+        )
+    assert overview.status_code == 200 and "<h1>Overview</h1>" in overview.text
+
+
 def test_flower_lists_the_four_workers_each_with_its_own_queue(local: RunningStack) -> None:
     def queues_by_worker() -> dict[str, list[str]] | None:
         workers = httpx.get(

@@ -36,13 +36,37 @@ def history(
     name: str | None = None,
     state: TaskState | None = None,
     since: datetime | None = None,
+    until: datetime | None = None,
+    queue: str | None = None,
+    worker: str | None = None,
+    id_prefix: str | None = None,
     limit: int = 50,
     cursor: str | None = None,
 ) -> tuple[list[TaskRecord], str | None]:
-    """Tasks newest first, filtered; the cursor of the next page, or None on the last one."""
+    """Tasks newest first, filtered; the cursor of the next page, or None on the last one.
+
+    Name and state have an index in page order, an id prefix the primary key; queue and worker
+    filter the rows the sent_at index yields (the console's filters, measured in
+    docs/benchmarks.md).
+    """
     query = select(TaskRecord)
     if name is not None:
         query = query.where(TaskRecord.name == name)
+    if queue is not None:
+        query = query.where(TaskRecord.queue == queue)
+    if worker is not None:
+        query = query.where(TaskRecord.worker == worker)
+    if id_prefix:
+        # A range of the primary key, which its index answers at any ledger size (ids compare
+        # bytewise in the C and C.UTF-8 collations), then the prefix test itself.
+        beyond = id_prefix[:-1] + chr(ord(id_prefix[-1]) + 1)
+        query = query.where(
+            TaskRecord.task_id >= id_prefix,
+            TaskRecord.task_id < beyond,
+            TaskRecord.task_id.startswith(id_prefix, autoescape=True),
+        )
+    if until is not None:
+        query = query.where(TaskRecord.sent_at < until)
     if state == TaskState.PROGRESS:  # the ledger keeps STARTED and the progress itself
         query = query.where(TaskRecord.state == TaskState.STARTED, TaskRecord.progress.is_not(None))
     elif state is not None:
