@@ -23,7 +23,12 @@ import redis
 from fastapi import APIRouter, Depends, HTTPException, Response, Security
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
@@ -34,7 +39,7 @@ from ragcore.broker import queue_stats as queues
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.query import reports
 from ragcore.settings import Settings
-from ragcore.tasks import contracts, ledger, redrive
+from ragcore.tasks import contracts, ledger, reconcile, redrive
 from ragcore.tasks.contracts import APPLY_RETENTION
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,19 @@ def _queue_families(stats: Iterable[queues.QueueStats]) -> list[Metric]:
         age.add_metric([s.name], s.oldest_age_seconds or 0.0)
         consumers.add_metric([s.name], len(s.consumers))
     return [depth, age, consumers]
+
+
+def _reconcile_families(client: redis.Redis) -> list[Metric]:
+    # Kept in the broker's Redis by the reconcilers: a counter, restarting when Redis loses its data.
+    family = CounterMetricFamily(
+        "ragcore_reconciled",
+        "Tasks the broker had lost, published again from the ledger (reason lost, worker_gone) or "
+        "ended (finished, contract_gone, invalid_arguments, revoked), by queue and reason",
+        labels=["queue", "reason"],
+    )
+    for (queue, reason), count in sorted(reconcile.counts(client).items()):
+        family.add_metric([queue, reason], count)
+    return [family]
 
 
 def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
@@ -184,10 +202,11 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     """Queue and task metrics in the Prometheus text format."""
     started = time.monotonic()
     try:
+        client = queues.broker_client(settings.broker)
         stats = queues.all_queue_stats(
-            queues.broker_client(settings.broker),
-            queues.heartbeat_ttl(settings.worker_heartbeat_seconds),
+            client, queues.heartbeat_ttl(settings.worker_heartbeat_seconds)
         )
+        reconciled = _reconcile_families(client)
         # breaker states live in the broker's Redis
         deliveries = _delivery_families(settings, session)
     except redis.RedisError as exc:
@@ -198,6 +217,7 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     )
     families = (
         _queue_families(stats)
+        + reconciled
         + _ledger_families(settings, session)
         + _report_families(session)
         + deliveries

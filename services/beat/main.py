@@ -8,7 +8,8 @@ Beat, it does not end it (`services.beat.scheduler`).
 
 Beat also runs the report relay (`ragcore.query.reports`): the one publisher of the query reports,
 in the one process that publishes on a timer anyway, and off the API's cores; each of its rounds
-re-drives the waiting deliveries that are due (`ragcore.tasks.redrive`). Started by the entrypoint
+re-drives the waiting deliveries that are due (`ragcore.tasks.redrive`); and the reconciler
+(`ragcore.tasks.reconciler`), which publishes again what the broker lost. Started by the entrypoint
 only.
 """
 
@@ -20,6 +21,7 @@ from ragcore.query.reports import ReportRelay
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger, redrive
 from ragcore.tasks.app import create_app
+from ragcore.tasks.reconciler import Reconciler
 from services.beat import schedule
 from services.beat.scheduler import OutageTolerantScheduler
 
@@ -53,10 +55,13 @@ def main() -> None:
     relay = ReportRelay(
         app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings)
     )
+    reconciler = Reconciler(app, settings)
     relay.start()
+    reconciler.start()
     try:
         app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
     finally:
+        reconciler.stop()
         relay.stop()
 
 

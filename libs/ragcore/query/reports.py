@@ -28,6 +28,7 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
 from ragcore.db import Sessions, session_scope, utcnow
+from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.db.models import Message
 from ragcore.tasks import contracts, ledger
 from ragcore.tasks.contracts import TaskContract
@@ -158,6 +159,7 @@ class ReportRelay:
         self._also = also
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="report-relay", daemon=True)
+        self._outage = Outage("report relay")
 
     def start(self) -> None:
         self._thread.start()
@@ -172,10 +174,20 @@ class ReportRelay:
             # this thread only (Linux)
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while not self._stop.wait(self._interval):
-            try:
-                while publish_pending(self._app) and not self._stop.is_set():
-                    pass
-                if self._also is not None:
-                    self._also()
-            except Exception:
-                log.exception("report relay round failed")
+            self.round()
+
+    def round(self) -> None:
+        """Publish what is pending, then `also`; a database outage is logged as it begins and ends."""
+        published = 0
+        try:
+            while (n := publish_pending(self._app)) and not self._stop.is_set():
+                published += n
+            if self._also is not None:
+                self._also()
+        except DATABASE_ERRORS as exc:
+            self._outage.failed(exc)
+            return
+        except Exception:
+            log.exception("report relay round failed")
+            return
+        self._outage.over(messages_reported=published)

@@ -20,6 +20,7 @@ from celery import Task, signals
 from sqlalchemy import Table, bindparam, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
+from ragcore.broker import held
 from ragcore.broker import queue_stats as queues
 from ragcore.db import insert_for, session_scope, utcnow
 from ragcore.db.models import TaskRecord
@@ -412,11 +413,15 @@ def window(session: Session, since: datetime, bounds: Sequence[float]) -> Window
 
 
 @signals.before_task_publish.connect(weak=False, dispatch_uid="ledger.stamp_sent_at")
-def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+def _stamp_sent_at(
+    headers: dict[str, Any] | None = None, routing_key: str | None = None, **_: Any
+) -> None:
     # Every publisher of contract tasks imports this module (dispatch, reports, Beat, workers): the
-    # publish time in the message is what the oldest-waiting-task age of a queue is measured from.
+    # publish time in the message is what the oldest-waiting-task age of a queue is measured from,
+    # and the id joins its queue's waiting set (what the reconciler asks instead of the queue).
     if headers is not None:
         queues.stamp_sent_at(headers)
+        held.note_publish(headers, routing_key)
 
 
 #: When each task running in this process started (perf_counter): its run time is written with

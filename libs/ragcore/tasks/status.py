@@ -52,6 +52,11 @@ class TaskStatus(BaseModel):
     #: meanwhile.
     worker_lost: bool = False
     worker_lost_since: datetime | None = None
+    #: The broker had lost it: the reconciler published it again from the ledger, or ended it
+    #: (`reconcile_reason`: lost, worker_gone, finished, contract_gone, invalid_arguments, revoked).
+    reconciled: bool = False
+    reconciled_at: datetime | None = None
+    reconcile_reason: str | None = None
 
 
 def live_state(live: LiveResult) -> str | None:
@@ -105,6 +110,9 @@ def merge(
             revoked=record.revoked,
             worker_lost=lost_since is not None,
             worker_lost_since=lost_since,
+            reconciled=record.reconciled_at is not None,
+            reconciled_at=record.reconciled_at,
+            reconcile_reason=record.reconcile_reason,
         )
         if view.status == "PENDING" and record.state != "PENDING":
             # The Redis result expired or was flushed (or was never written): the ledger knows.

@@ -1,0 +1,67 @@
+"""The reconciler's loop: a round of `ragcore.tasks.reconcile` every `reconcile_seconds`, in Beat.
+
+In Beat rather than as a periodic task on a worker: the reconciler exists for the moments the
+broker lost its messages, and a Beat-sent task is a message like the others (lost with them, and
+waiting behind a million others in a deep queue); a loop needs no queue, no consuming worker of its
+own, and starts its first round by itself once Redis answers again. Beat already publishes from the
+database on a timer (the report relay). Two Beats (a handover, one started by mistake) take turns
+through a non-blocking Redis lock, and a round that outlives it is still safe (each act is a
+conditional update of its row).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import redis
+from celery import Celery
+
+from ragcore.db.outage import DATABASE_ERRORS, Outage
+from ragcore.settings import Settings
+from ragcore.tasks.locks import lock_client, periodic_lock
+from ragcore.tasks.reconcile import reconcile_round
+
+log = logging.getLogger(__name__)
+
+LOCK = "reconcile"
+
+
+class Reconciler:
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self._app = app
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        self._database = Outage("reconciler")
+        self._broker = Outage("reconciler", "the broker")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._settings.reconcile_seconds):
+            self.round()
+
+    def round(self) -> None:
+        # A round is bounded (a batch of rows): the lock outlives it, and frees itself if Beat dies.
+        ttl = int(max(60.0, 2 * self._settings.reconcile_seconds))
+        try:
+            with periodic_lock(lock_client(self._settings), LOCK, ttl=ttl) as acquired:
+                if acquired:
+                    reconcile_round(self._app, self._settings)
+        except DATABASE_ERRORS as exc:
+            self._database.failed(exc)
+            return
+        except redis.RedisError as exc:
+            self._broker.failed(exc)
+            return
+        except Exception:
+            log.exception("reconcile round failed")
+            return
+        self._database.over()
+        self._broker.over()
