@@ -90,7 +90,7 @@ def _queue_families(stats: Iterable[queues.QueueStats]) -> list[Metric]:
 
 
 def _reconcile_families(client: redis.Redis) -> list[Metric]:
-    # Kept in the broker's Redis by the reconcilers: a counter, restarting when Redis loses its data.
+    # Kept in the broker's Redis by the reconcilers: a counter, restarting when Redis loses data.
     family = CounterMetricFamily(
         "ragcore_reconciled",
         "Tasks the broker had lost, published again from the ledger (reason lost, worker_gone) or "

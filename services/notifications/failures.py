@@ -4,6 +4,7 @@ for an operator."""
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,6 +16,7 @@ from ragcore.clients.breaker import Breaker, BreakerOpen, breaker
 from ragcore.clients.transport import is_retryable
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import FailedDelivery
+from ragcore.db.outage import DATABASE_ERRORS
 from ragcore.settings import get_settings
 from ragcore.tasks.app import PermanentTaskError, will_retry
 from ragcore.tasks.contracts import TaskContract
@@ -34,6 +36,8 @@ T = TypeVar("T")
 
 #: Enough of a neighbour's error body to tell why it refused, not a whole page.
 _BODY_EXCERPT = 500
+#: A failure that cannot be recorded (the database is down) is tried again after about this long.
+RECORD_RETRY_SECONDS = 10.0
 
 
 class DeliveryDeferred(Exception):
@@ -143,19 +147,47 @@ def deliver(
         if gate is None:
             return send()
         result, closed_it = gate.call(send, task.request.id)
-        if closed_it:
-            log.info("%s answers again: releasing its waiting deliveries", gate.neighbour)
-            release_waiting(gate.neighbour, sessions)
-        return result
     except Exception as exc:
-        if redrive is not None:
-            waits = reschedule(task, redrive, exc, sessions)
-        elif not isinstance(exc, BreakerOpen) and will_retry(task, contract, exc):
+        if redrive is None and not isinstance(exc, BreakerOpen) and will_retry(task, contract, exc):
             raise  # a quick retry; while the breaker is open they would only wait for it
-        else:
-            waits = record(task, contract, payload, exc, sessions)
+        waits = _record_or_retry(task, contract, payload, exc, redrive, sessions)
         if waits:
             raise DeliveryDeferred(f"{describe(exc)} (waits for an automatic re-drive)") from exc
         if redrive is not None:  # its row is final: no quick retries for a re-drive
             raise PermanentTaskError(describe(exc)) from exc
         raise
+    if closed_it:
+        log.info("%s answers again: releasing its waiting deliveries", gate.neighbour)
+        try:
+            release_waiting(gate.neighbour, sessions)
+        except DATABASE_ERRORS as exc:  # they go out at their own next attempt instead
+            log.warning("could not release the waiting deliveries of %s: %s", gate.neighbour, exc)
+    return result
+
+
+def _record_or_retry(
+    task: Task,
+    contract: TaskContract,
+    payload: dict[str, Any],
+    exc: BaseException,
+    redrive: int | None,
+    sessions: Sessions,
+) -> bool:
+    """Record the failure (whether it waits); if the database cannot take it, the delivery stays in
+    the broker: retried later (a new message, then this one is acknowledged), never dropped."""
+    try:
+        if redrive is not None:
+            return reschedule(task, redrive, exc, sessions)
+        return record(task, contract, payload, exc, sessions)
+    except DATABASE_ERRORS as db_error:
+        countdown = RECORD_RETRY_SECONDS * (0.5 + random.random())
+        log.warning(
+            "delivery %s of %s failed (%s) and the database cannot record it (%s): "
+            "tried again in %.0fs",
+            task.request.id,
+            contract.name,
+            describe(exc),
+            type(db_error).__name__,
+            countdown,
+        )
+        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc

@@ -28,8 +28,8 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
 from ragcore.db import Sessions, session_scope, utcnow
-from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.db.models import Message
+from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.tasks import contracts, ledger
 from ragcore.tasks.contracts import TaskContract
 
@@ -177,7 +177,8 @@ class ReportRelay:
             self.round()
 
     def round(self) -> None:
-        """Publish what is pending, then `also`; a database outage is logged as it begins and ends."""
+        """Publish what is pending, then `also`; a database outage is logged as it begins and
+        ends."""
         published = 0
         try:
             while (n := publish_pending(self._app)) and not self._stop.is_set():

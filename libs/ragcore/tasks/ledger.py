@@ -24,7 +24,9 @@ from ragcore.broker import held
 from ragcore.broker import queue_stats as queues
 from ragcore.db import insert_for, session_scope, utcnow
 from ragcore.db.models import TaskRecord
+from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.tasks import contracts
+from ragcore.tasks.backlog import Backlog
 from ragcore.tasks.contracts import TaskContract
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,11 @@ MAX_REVOKED_IDS = 50_000
 #: A message header of publishers that recorded their tasks themselves (the publisher signal skips
 #: them).
 RECORDED_HEADER = "ragcore_recorded"
+#: A message header of a publish the ledger could not record (the database was down): the worker
+#: that receives it records it, as it does another client's task.
+UNRECORDED_HEADER = "ragcore_unrecorded"
+#: How often a ledger writer tries a database that is down again.
+RETRY_SECONDS = 2.0
 
 
 def record_sent(
@@ -95,7 +102,9 @@ def record_received(request: Any) -> None:
     message is another client's. Its row is written at once rather than through the batched writer:
     a pool process may start the task right after and must find the row to update.
     """
-    if request.request_dict.get(queues.SENT_AT_HEADER) is not None:
+    if request.request_dict.get(queues.SENT_AT_HEADER) is not None and not request.request_dict.get(
+        UNRECORDED_HEADER
+    ):
         return
     kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
     row = {
@@ -124,6 +133,11 @@ class _Writer:
     one row update), in one transaction. One queue and one thread keep each task's updates in order.
     A process flushes before it exits; a SIGKILL loses at most the last `linger` seconds of updates
     (the worker's next life still re-queues what it was running: see ragcore.worker.recovery).
+
+    While the database is down the updates wait in a bounded backlog (ragcore.tasks.backlog), tried
+    again every `RETRY_SECONDS`, and the outage is logged once as it begins and once as it ends.
+    Every update of the process goes through the backlog while it is not empty, so none overtakes
+    an older one.
     """
 
     def __init__(self, linger: float = 0.2) -> None:
@@ -134,6 +148,12 @@ class _Writer:
         self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event] = (
             queue.SimpleQueue()
         )
+        self._backlog = Backlog()
+        self._outage = Outage("task ledger writer")
+
+    @property
+    def backlogged(self) -> bool:
+        return self._pid == os.getpid() and (len(self._backlog) > 0 or self._outage.ongoing)
 
     def put(self, task_id: str | None, values: dict[str, Any]) -> None:
         if task_id:
@@ -155,13 +175,19 @@ class _Writer:
                 if self._pid != os.getpid():
                     self._queue = queue.SimpleQueue()
                     self._hurry = threading.Event()
+                    self._backlog = Backlog()
+                    self._outage = Outage("task ledger writer")
                     threading.Thread(target=self._run, name="ledger-writer", daemon=True).start()
                     self._pid = os.getpid()
         return self._queue
 
     def _run(self) -> None:
         while True:
-            items = [self._queue.get()]
+            try:
+                # With a backlog, wake up to try the database again even if nothing new comes.
+                items = [self._queue.get(timeout=RETRY_SECONDS if len(self._backlog) else None)]
+            except queue.Empty:
+                items = []
             # One wait for the whole batch, not a wake-up per update (each would take the GIL from
             # the task).
             self._hurry.wait(self._linger)
@@ -172,11 +198,26 @@ class _Writer:
                 except queue.Empty:
                     break
             updates = [item for item in items if not isinstance(item, threading.Event)]
-            if updates:
-                _write(updates)
+            self._backlog.add(updates)
+            if len(self._backlog):
+                self._write_backlog()
             for item in items:
                 if isinstance(item, threading.Event):
                     item.set()
+
+    def _write_backlog(self) -> None:
+        try:
+            _write(self._backlog.items())
+        except DATABASE_ERRORS as exc:
+            self._outage.failed(exc)
+            return
+        except Exception:  # the ledger must never fail a task (nor stop the writer thread)
+            log.exception(
+                "task ledger update failed",
+                extra={"ledger_task_ids": [task_id for task_id, _ in self._backlog.items()[:20]]},
+            )
+        written, dropped = self._backlog.clear()
+        self._outage.over(ledger_rows_written=written, updates_dropped=dropped)
 
 
 _IDENTITY = frozenset(("name", "queue"))
@@ -190,24 +231,34 @@ def _write(updates: list[tuple[str, dict[str, Any]]]) -> None:
     for task_id, values in merged.items():
         shapes.setdefault(tuple(sorted(values)), []).append({"_task_id": task_id, **values})
     table = cast(Table, TaskRecord.__table__)  # declared on the model, so a Table
-    try:
-        with session_scope() as session:
-            for columns, rows in shapes.items():  # one executemany per set of columns
-                # Name and queue only fill what is unknown (an id revoked before any worker received
-                # it).
-                values = {
-                    c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c)
-                    for c in columns
-                }
-                statement = (
-                    update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
-                )
-                session.execute(statement, rows)
-    except Exception:  # the ledger must never fail a task (nor stop the writer thread)
-        log.exception("task ledger update failed", extra={"ledger_task_ids": list(merged)[:20]})
+    with session_scope() as session:
+        for columns, rows in shapes.items():  # one executemany per set of columns
+            # Name and queue only fill what is unknown (an id revoked before any worker received
+            # it).
+            values = {
+                c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c)
+                for c in columns
+            }
+            statement = update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
+            session.execute(statement, rows)
 
 
 _writer = _Writer()
+
+
+def _write_now(task_id: str, values: dict[str, Any]) -> None:
+    """Written at once; while the database is down (or older updates still wait) kept by the writer
+    in order instead."""
+    if not _writer.backlogged:
+        try:
+            _write([(task_id, values)])
+            return
+        except DATABASE_ERRORS:
+            pass  # the writer keeps it, and says once that the database is down
+        except Exception:  # the ledger must never fail a task
+            log.exception("task ledger update failed", extra={"ledger_task_ids": [task_id]})
+            return
+    _writer.put(task_id, values)
 
 
 def _update(task: Any, task_id: str | None, **values: Any) -> None:
@@ -217,7 +268,7 @@ def _update(task: Any, task_id: str | None, **values: Any) -> None:
     if contract is not None and not contract.store_result:
         _writer.put(task_id, values)
     elif task_id:
-        _write([(task_id, values)])
+        _write_now(task_id, values)
 
 
 def flush() -> None:
@@ -227,12 +278,12 @@ def flush() -> None:
 
 def set_progress(task_id: str, progress: dict[str, Any]) -> None:
     # The state stays STARTED: orphan recovery looks for STARTED tasks; status shows PROGRESS.
-    _write([(task_id, {"progress": progress})])
+    _write_now(task_id, {"progress": progress})
 
 
 def handed_back(task_id: str, progress: dict[str, Any]) -> None:
     """A running task gave its message back to the queue (its worker stops): it waits again."""
-    _write([(task_id, {"state": "PENDING", "progress": progress})])
+    _write_now(task_id, {"state": "PENDING", "progress": progress})
 
 
 def report_progress(task: Task, done: int, total: int, **extra: Any) -> None:
@@ -498,6 +549,9 @@ def connect_worker_signals() -> None:
         flush()
 
 
+publisher_outage = Outage("task ledger (publishing)")
+
+
 def connect_publisher_signals() -> None:
     """Record in the ledger every contract task this process publishes (Beat sends without
     `dispatch`)."""
@@ -511,5 +565,12 @@ def connect_publisher_signals() -> None:
         try:
             with session_scope() as session:
                 record_sent(session, headers["id"], task, kwargs)
+        except DATABASE_ERRORS as exc:
+            # Sent all the same: the worker that receives it records it.
+            headers[UNRECORDED_HEADER] = True
+            publisher_outage.failed(exc)
+            return
         except Exception:
             log.exception("task ledger insert failed", extra={"ledger_task_id": headers.get("id")})
+            return
+        publisher_outage.over()

@@ -183,7 +183,12 @@ class _BrokerView:
     """What the broker holds of one batch of candidates, read in a few bounded calls."""
 
     def __init__(
-        self, app: Celery, client: redis.Redis, settings: Settings, rows: list[Candidate], now: float
+        self,
+        app: Celery,
+        client: redis.Redis,
+        settings: Settings,
+        rows: list[Candidate],
+        now: float,
     ) -> None:
         self._app = app
         self._client = client
@@ -278,7 +283,9 @@ def _stored(result: Any) -> dict[str, Any]:
     return result if isinstance(result, dict) else {"value": result}
 
 
-def _end(row: Candidate, reason: Reason, values: dict[str, Any], sessions: Sessions) -> Reason | None:
+def _end(
+    row: Candidate, reason: Reason, values: dict[str, Any], sessions: Sessions
+) -> Reason | None:
     ended = _claim(row, reason, {**values, "finished_at": utcnow()}, sessions)
     return reason if ended else None
 

@@ -90,7 +90,12 @@ def claim_lapsed(client: Any, queue: str, hostname: str, cutoff: float) -> set[s
     """The task ids `hostname` held if this caller is the one to re-queue them; None if it is
     not."""
     reserved = client.eval(
-        _CLAIM, 2, queues.BEATS_KEY.format(queue=queue), broker_held.reserved_note_key(hostname), hostname, cutoff
+        _CLAIM,
+        2,
+        queues.BEATS_KEY.format(queue=queue),
+        broker_held.reserved_note_key(hostname),
+        hostname,
+        cutoff,
     )
     return None if reserved is None else set(orjson.loads(reserved))
 
