@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -190,4 +191,6 @@ def _record_or_retry(
             type(db_error).__name__,
             countdown,
         )
-        raise task.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+        # Celery reads max_retries=None as "the task's own limit": unbounded is a number it never
+        # reaches.
+        raise task.retry(exc=exc, countdown=countdown, max_retries=sys.maxsize) from exc

@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import redis
 from celery import Celery
+from sqlalchemy import text
 
+from ragcore.db import session_scope
 from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.settings import Settings
 from ragcore.tasks.locks import lock_client, periodic_lock
-from ragcore.tasks.reconcile import reconcile_round
+from ragcore.tasks.reconcile import reconcile_round, settle_seconds
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,9 @@ class Reconciler:
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self._database = Outage("reconciler")
         self._broker = Outage("reconciler", "the broker")
+        #: After a database outage, the workers' ledger writers still write what they kept: no
+        #: round acts on rows that may be stale until then.
+        self._quiet_until = 0.0
 
     def start(self) -> None:
         self._thread.start()
@@ -48,9 +54,14 @@ class Reconciler:
             self.round()
 
     def round(self) -> None:
+        if time.monotonic() < self._quiet_until:
+            return
         # A round is bounded (a batch of rows): the lock outlives it, and frees itself if Beat dies.
         ttl = int(max(60.0, 2 * self._settings.reconcile_seconds))
         try:
+            if self._database.ongoing:
+                self._database_returns()
+                return
             with periodic_lock(lock_client(self._settings), LOCK, ttl=ttl) as acquired:
                 if acquired:
                     reconcile_round(self._app, self._settings)
@@ -63,5 +74,12 @@ class Reconciler:
         except Exception:
             log.exception("reconcile round failed")
             return
-        self._database.over()
         self._broker.over()
+
+    def _database_returns(self) -> None:
+        """Once the database answers again, wait for the workers' ledger writers to write what they
+        kept: until then a row may say PENDING for a task that ended."""
+        with session_scope() as session:
+            session.execute(text("SELECT 1"))
+        self._database.over()
+        self._quiet_until = time.monotonic() + settle_seconds(self._settings)
