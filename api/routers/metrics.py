@@ -35,11 +35,12 @@ from sqlalchemy.orm import Session
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody
-from ragcore.broker import queue_stats as queues
+from ragcore import deliveries
+from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.query import reports
 from ragcore.settings import Settings
-from ragcore.tasks import contracts, ledger, reconcile, redrive
+from ragcore.tasks import contracts, ledger, reconcile
 from ragcore.tasks.contracts import APPLY_RETENTION
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,7 @@ class _Snapshot(Collector):
         yield from self.families
 
 
-def _queue_families(stats: Iterable[queues.QueueStats]) -> list[Metric]:
+def _queue_families(stats: Iterable[depths.QueueStats]) -> list[Metric]:
     depth = GaugeMetricFamily("ragcore_queue_depth", "Tasks waiting in the queue", labels=["queue"])
     age = GaugeMetricFamily(
         "ragcore_queue_oldest_task_age_seconds",
@@ -157,7 +158,7 @@ def _delivery_families(settings: Settings, session: Session) -> list[Metric]:
         labels=["neighbour", "state"],
     )
     for neighbour in contracts.neighbours():
-        count, oldest = redrive.backlog(session, neighbour)
+        count, oldest = deliveries.backlog(session, neighbour)
         waiting.add_metric([neighbour], count)
         age.add_metric([neighbour], (now - oldest).total_seconds() if oldest else 0.0)
         current = breaker(neighbour, settings).state
@@ -202,9 +203,9 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     """Queue and task metrics in the Prometheus text format."""
     started = time.monotonic()
     try:
-        client = queues.broker_client(settings.broker)
-        stats = queues.all_queue_stats(
-            client, queues.heartbeat_ttl(settings.worker_heartbeat_seconds)
+        client = broker_client(settings.broker)
+        stats = depths.all_queue_stats(
+            client, heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
         )
         reconciled = _reconcile_families(client)
         # breaker states live in the broker's Redis

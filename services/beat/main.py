@@ -6,20 +6,22 @@ started by mistake waits for the lock instead of doubling the schedule, and a re
 from the stored last runs instead of re-firing or skipping what was due. A broker outage pauses
 Beat, it does not end it (`services.beat.scheduler`).
 
-Beat also runs the report relay (`ragcore.query.reports`): the one publisher of the query reports,
-in the one process that publishes on a timer anyway, and off the API's cores; each of its rounds
-re-drives the waiting deliveries that are due (`ragcore.tasks.redrive`); and the reconciler
-(`ragcore.tasks.reconciler`), which publishes again what the broker lost. Started by the entrypoint
-only.
+Beat also runs three threads, started by the entrypoint only: the report relay
+(`ragcore.query.reports`), the one publisher of the query reports, in the one process that
+publishes on a timer anyway, and off the API's cores; and the delivery re-driver
+(`ragcore.deliveries.redriver`), which re-drives the waiting deliveries that are due, at the same
+interval; and the reconciler (`ragcore.tasks.reconciler`), which publishes again what the broker
+lost.
 """
 
 import sys
 
 from ragcore.db import create_schema
+from ragcore.deliveries import Redriver
 from ragcore.logs import configure_logging
 from ragcore.query.reports import ReportRelay
 from ragcore.settings import get_settings
-from ragcore.tasks import ledger, redrive
+from ragcore.tasks import ledger
 from ragcore.tasks.app import create_app
 from ragcore.tasks.reconciler import Reconciler
 from services.beat import schedule
@@ -52,17 +54,18 @@ def main() -> None:
         return
     configure_logging("beat", settings.log_level)
     create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
-    relay = ReportRelay(
-        app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings)
-    )
-    reconciler = Reconciler(app, settings)
-    relay.start()
-    reconciler.start()
+    threads = [
+        ReportRelay(app, settings.report_relay_seconds),
+        Redriver(app, settings, settings.report_relay_seconds),
+        Reconciler(app, settings),
+    ]
+    for thread in threads:
+        thread.start()
     try:
         app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
     finally:
-        reconciler.stop()
-        relay.stop()
+        for thread in threads:
+            thread.stop()
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from ragcore.db import session_scope
-from ragcore.db.models import UNFINISHED, TaskRecord
+from ragcore.db.models import TaskRecord
 from ragcore.tasks import contracts, dispatch
 from ragcore.tasks.contracts import Queue
+from ragcore.tasks.states import UNFINISHED
 from ragcore_dev.processes import wait_until
 from ragcore_dev.servers import postgres_database
 from ragcore_dev.standins.ingest import IngestApp, start_ingest
@@ -128,7 +129,7 @@ def _outage(database_url: str, proxy: TcpProxy) -> None:
                     session.scalars(
                         select(TaskRecord.task_id).where(
                             TaskRecord.name == contracts.SEND_QUERY_RESULT.name,
-                            TaskRecord.state.in_(UNFINISHED),
+                            TaskRecord.state.in_(sorted(UNFINISHED)),
                         )
                     )
                 )
@@ -136,7 +137,9 @@ def _outage(database_url: str, proxy: TcpProxy) -> None:
         wait_until(lambda: unfinished() == [], 60, "no report task left unfinished in the ledger")
         settled = time.monotonic() - back
 
-        arrived = [d for d in users.app.deliveries("query-results") if d["idempotency_key"] in answered]
+        arrived = [
+            d for d in users.app.deliveries("query-results") if d["idempotency_key"] in answered
+        ]
         assert len({d["idempotency_key"] for d in arrived}) == len(answered)
         assert len(arrived) == len(answered), "a report reached Users twice"
         outage_beat = beat.logs().splitlines()[beat_lines:]
@@ -148,7 +151,7 @@ def _outage(database_url: str, proxy: TcpProxy) -> None:
             if "Traceback" in line and "OperationalError" in line
         ]
         assert len(tracebacks) <= 2, "\n".join(tracebacks[:5])
-        relay = [line for line in outage_beat if "report relay: the database" in line]
+        relay = [line for line in outage_beat if "report-relay: the database" in line]
         assert len(relay) == 2, relay  # one as it went, one as it came back
         assert "unreachable" in relay[0] and "is back" in relay[1]
         print(

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from ragcore.broker import queue_stats
+from ragcore.broker import depths
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.settings import get_settings
@@ -34,7 +34,7 @@ GRACE = 3
 
 
 def _depth(client: redis.Redis, queue: Queue) -> int:
-    return sum(int(client.llen(name)) for name in queue_stats.list_names(queue.value))
+    return sum(int(client.llen(name)) for name in depths.list_names(queue.value))
 
 
 def _broadcast_works(app: Celery) -> bool:

@@ -25,7 +25,8 @@ import orjson
 import redis
 from kombu.transport.redis import Channel
 
-from ragcore.broker import queue_stats
+from ragcore.broker import depths
+from ragcore.broker.client import broker_client
 from ragcore.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def forget_drained(client: redis.Redis, queue: str, older_than: float) -> int:
     whose removal died with its worker); left alone it would hide a task the broker lost.
     """
     pipe = client.pipeline(transaction=False)
-    for name in queue_stats.list_names(queue):
+    for name in depths.list_names(queue):
         pipe.llen(name)
     if any(int(n) for n in pipe.execute()):
         return 0
@@ -106,6 +107,6 @@ def note_publish(headers: dict[str, Any], routing_key: str | None) -> None:
     if not task_id or not routing_key:
         return
     try:
-        mark_published(queue_stats.broker_client(get_settings().broker), routing_key, [task_id])
+        mark_published(broker_client(get_settings().broker), routing_key, [task_id])
     except redis.RedisError as exc:
         log.warning("could not mark task %s published: %s", task_id, exc)

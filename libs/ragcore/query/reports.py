@@ -13,12 +13,8 @@ message once (Users by its idempotency key, the statistics by message).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,9 +23,9 @@ from celery import Celery
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
+from ragcore.background import PeriodicThread
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import Message
-from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.tasks import contracts, ledger
 from ragcore.tasks.contracts import TaskContract
 
@@ -147,48 +143,16 @@ def backlog(session: Session) -> tuple[int, datetime | None]:
     return int(count), oldest
 
 
-class ReportRelay:
-    """Publishes pending reports from a background thread every `interval` seconds, in batches;
-    then runs `also` (Beat: the re-drive of waiting deliveries) in the same round."""
+class ReportRelay(PeriodicThread):
+    """Beat's `report-relay` thread: every `interval` seconds, publishes pending reports in batches
+    until none is left."""
 
-    def __init__(
-        self, app: Celery, interval: float, also: Callable[[], object] | None = None
-    ) -> None:
+    def __init__(self, app: Celery, interval: float) -> None:
+        super().__init__("report-relay", interval, self._round, counted="messages_reported")
         self._app = app
-        self._interval = interval
-        self._also = also
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="report-relay", daemon=True)
-        self._outage = Outage("report relay")
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        # Background work: where it shares a host's CPUs (the local stack), the answers come first.
-        with contextlib.suppress(AttributeError, OSError):
-            # this thread only (Linux)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        while not self._stop.wait(self._interval):
-            self.round()
-
-    def round(self) -> None:
-        """Publish what is pending, then `also`; a database outage is logged as it begins and
-        ends."""
+    def _round(self) -> int:
         published = 0
-        try:
-            while (n := publish_pending(self._app)) and not self._stop.is_set():
-                published += n
-            if self._also is not None:
-                self._also()
-        except DATABASE_ERRORS as exc:
-            self._outage.failed(exc)
-            return
-        except Exception:
-            log.exception("report relay round failed")
-            return
-        self._outage.over(messages_reported=published)
+        while (n := publish_pending(self._app)) and not self.stopping:
+            published += n
+        return published

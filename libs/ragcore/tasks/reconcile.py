@@ -32,11 +32,13 @@ from celery import Celery
 from pydantic import ValidationError
 from sqlalchemy import select, tuple_, update
 
-from ragcore.broker import held, queue_stats
+from ragcore.broker import heartbeats, held
+from ragcore.broker.client import broker_client
 from ragcore.db import Sessions, rows_affected, session_scope, utcnow
-from ragcore.db.models import UNFINISHED, TaskRecord
+from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings
 from ragcore.tasks import contracts, dispatch
+from ragcore.tasks.states import FINISHED, UNFINISHED, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,6 @@ COUNTS_KEY = "ragcore:reconciled"
 _CURSOR_KEY = "ragcore:reconcile:cursor"
 #: When this Redis was first seen by a reconciler: missing after Redis lost its data.
 _SINCE_KEY = "ragcore:reconcile:since"
-_FINAL = frozenset(("SUCCESS", "FAILURE", "REVOKED"))
 
 
 class Reason(StrEnum):
@@ -88,7 +89,7 @@ class RoundResult:
 
 def settle_seconds(settings: Settings) -> float:
     """How long a Redis that lost its data is left for live workers to beat and note again."""
-    return queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds) + (
+    return heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds) + (
         settings.worker_heartbeat_seconds
     )
 
@@ -101,7 +102,7 @@ def reconcile_round(
     sessions: Sessions = session_scope,
 ) -> RoundResult:
     """One round (see the module docstring)."""
-    client = client or queue_stats.broker_client(settings.broker)
+    client = client or broker_client(settings.broker)
     now = time.time()
     client.set(_SINCE_KEY, now, nx=True)
     if now - float(client.get(_SINCE_KEY) or now) < settle_seconds(settings):
@@ -172,7 +173,7 @@ def _candidates(
         TaskRecord.revoked,
         TaskRecord.sent_at,
         TaskRecord.reconciled_at,
-    ).where(TaskRecord.state.in_(UNFINISHED), TaskRecord.sent_at < cutoff)
+    ).where(TaskRecord.state.in_(sorted(UNFINISHED)), TaskRecord.sent_at < cutoff)
     if cursor is not None:
         query = query.where(tuple_(TaskRecord.sent_at, TaskRecord.task_id) > tuple_(*cursor))
     query = query.order_by(TaskRecord.sent_at, TaskRecord.task_id).limit(limit)
@@ -204,8 +205,8 @@ class _BrokerView:
             for task_id in held.waiting(client, queue, ids)
         }
         self._unacked = held.unacked(client) if rows else set()
-        ttl = queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds)
-        self._live = queue_stats.live_workers(client, ttl) if rows else set()
+        ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+        self._live = heartbeats.live_workers(client, ttl) if rows else set()
         self._noted = held.held_by(client, self._live)
         self._finals: dict[str, dict[str, Any]] = {}
 
@@ -214,10 +215,10 @@ class _BrokerView:
             return True
         if row.task_id in self._noted:
             return True
-        if row.state == "STARTED" and row.worker:
+        if row.state == TaskState.STARTED and row.worker:
             if row.worker in self._live:
                 return True  # never re-publish what a live worker may still run
-            last = queue_stats.last_heartbeat(self._client, row.queue or "", row.worker)
+            last = heartbeats.last_heartbeat(self._client, row.queue or "", row.worker)
             # Lapsed, not claimed yet: the lost-worker recovery re-queues it from `unacked` first.
             if last is not None and last > self._now - self._lost_after:
                 return True
@@ -236,7 +237,7 @@ class _BrokerView:
         if not raw:
             return None
         meta: dict[str, Any] = backend.decode_result(raw)
-        return meta if meta.get("status") in _FINAL else None
+        return meta if meta.get("status") in FINISHED else None
 
 
 def _act(
@@ -245,10 +246,11 @@ def _act(
     """Publish `row` again or end it; None when another reconciler (or its worker) acted first."""
     contract = contracts.BY_NAME.get(row.name or "")
     if final is not None:
-        error = final.get("result") if final["status"] != "SUCCESS" else None
+        succeeded = final["status"] == TaskState.SUCCESS
+        error = None if succeeded else final.get("result")
         values: dict[str, Any] = {
             "state": final["status"],
-            "result": _stored(final.get("result")) if final["status"] == "SUCCESS" else None,
+            "result": _stored(final.get("result")) if succeeded else None,
             "error": None if error is None else str(error),
             "traceback": final.get("traceback"),
         }
@@ -258,14 +260,14 @@ def _act(
             row, Reason.CONTRACT_GONE, _failure(f"no task contract named {row.name!r}"), sessions
         )
     if row.revoked:
-        return _end(row, Reason.REVOKED, {"state": "REVOKED"}, sessions)
+        return _end(row, Reason.REVOKED, {"state": TaskState.REVOKED}, sessions)
     try:
         payload = contract.validate(row.kwargs)
     except ValidationError as exc:
         message = f"its arguments no longer fit {contract.name}: {exc}"
         return _end(row, Reason.INVALID_ARGUMENTS, _failure(message), sessions)
-    reason = Reason.WORKER_GONE if row.state == "STARTED" else Reason.LOST
-    if not _claim(row, reason, {"state": "PENDING"}, sessions):
+    reason = Reason.WORKER_GONE if row.state == TaskState.STARTED else Reason.LOST
+    if not _claim(row, reason, {"state": TaskState.PENDING}, sessions):
         return None
     try:
         dispatch.send_again(app, contract, payload, row.task_id)
@@ -276,7 +278,7 @@ def _act(
 
 
 def _failure(message: str) -> dict[str, Any]:
-    return {"state": "FAILURE", "error": f"ReconcileError: {message}"}
+    return {"state": TaskState.FAILURE, "error": f"ReconcileError: {message}"}
 
 
 def _stored(result: Any) -> dict[str, Any]:

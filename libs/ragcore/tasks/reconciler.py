@@ -12,13 +12,13 @@ conditional update of its row).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import redis
 from celery import Celery
 from sqlalchemy import text
 
+from ragcore.background import PeriodicThread
 from ragcore.db import session_scope
 from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.settings import Settings
@@ -30,28 +30,18 @@ log = logging.getLogger(__name__)
 LOCK = "reconcile"
 
 
-class Reconciler:
+class Reconciler(PeriodicThread):
+    """Beat's `reconciler` thread; it tells database outages itself (see `_database_returns`)."""
+
     def __init__(self, app: Celery, settings: Settings) -> None:
+        super().__init__("reconciler", settings.reconcile_seconds, self.round)
         self._app = app
         self._settings = settings
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self._database = Outage("reconciler")
         self._broker = Outage("reconciler", "the broker")
         #: After a database outage, the workers' ledger writers still write what they kept: no
         #: round acts on rows that may be stale until then.
         self._quiet_until = 0.0
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._settings.reconcile_seconds):
-            self.round()
 
     def round(self) -> None:
         if time.monotonic() < self._quiet_until:
