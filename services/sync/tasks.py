@@ -16,7 +16,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from sqlalchemy import delete, select, update
 
-from ragcore.broker import broker_client, stop_flags
+from ragcore.broker import broker_client, held, stop_flags
 from ragcore.clients.breaker import breaker
 from ragcore.clients.ingest import DocumentNotFound, IngestClient, Page
 from ragcore.clients.transport import shared_http_client
@@ -261,6 +261,10 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
             ledger.handed_back(task_id, waiting)
             # Celery stores nothing for a rejected task
             self.update_state(state=TaskState.PENDING, meta=waiting)
+            # Back in its queue without a publish: waiting again, so no reconciler sends it twice.
+            held.mark_published(
+                broker_client(get_settings().broker), contracts.TRIGGER_FULL_SYNC.queue.value, [task_id]
+            )
             raise Reject("the worker stops: handed back at a page boundary", requeue=True)
         copied = time.perf_counter()
         # A newer full sync began meanwhile: the points written since carry its generation, and its

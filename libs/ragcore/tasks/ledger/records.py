@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from ragcore.broker import depths
 from ragcore.db import insert_for, session_scope
 from ragcore.db.models import TaskRecord
+from ragcore.db.outage import DATABASE_ERRORS
 from ragcore.tasks import contracts
 from ragcore.tasks.contracts import TaskContract
 from ragcore.tasks.states import TaskState
@@ -105,5 +106,7 @@ def record_received(request: Any) -> None:
     try:
         with session_scope() as session:
             insert_new(session, [row])
+    except DATABASE_ERRORS as exc:  # the database is down: a line, not a traceback per task
+        log.warning("task ledger insert of %s failed: %s", request.id, type(exc).__name__)
     except Exception:  # the ledger must never keep a task from running
         log.exception("task ledger insert failed", extra={"ledger_task_id": request.id})
