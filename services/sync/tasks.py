@@ -263,7 +263,9 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
             self.update_state(state=TaskState.PENDING, meta=waiting)
             # Back in its queue without a publish: waiting again, so no reconciler sends it twice.
             held.mark_published(
-                broker_client(get_settings().broker), contracts.TRIGGER_FULL_SYNC.queue.value, [task_id]
+                broker_client(get_settings().broker),
+                contracts.TRIGGER_FULL_SYNC.queue.value,
+                [task_id],
             )
             raise Reject("the worker stops: handed back at a page boundary", requeue=True)
         copied = time.perf_counter()
