@@ -191,7 +191,7 @@ class Settings(BaseSettings):
     reconcile_grace_seconds: float = Field(120.0, ge=0)
     # Ledger rows looked at per round (oldest unfinished first, a cursor walking on): the round's
     # cost, whatever the depth of the queues.
-    reconcile_batch_size: int = Field(10_000, ge=1, le=100_000)
+    reconcile_batch_size: int = Field(2000, ge=1, le=100_000)
 
     @property
     def broker(self) -> str:
