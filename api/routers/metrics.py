@@ -25,7 +25,12 @@ import redis
 from fastapi import APIRouter, Depends, HTTPException, Response, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeHistogramMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
@@ -38,7 +43,7 @@ from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.query import reports
 from ragcore.settings import Settings
-from ragcore.tasks import contracts, ledger
+from ragcore.tasks import contracts, ledger, reconcile
 from ragcore.tasks.contracts import APPLY_RETENTION
 
 log = logging.getLogger(__name__)
@@ -110,6 +115,19 @@ def _queue_families(stats: Iterable[depths.QueueStats]) -> list[Metric]:
         lost.add_metric([s.name], len(s.lost))
         heartbeat.add_metric([s.name], s.stalest_heartbeat_age_seconds or 0.0)
     return [depth, age, consumers, in_flight, lost, heartbeat]
+
+
+def _reconcile_families(client: redis.Redis) -> list[Metric]:
+    # Kept in the broker's Redis by the reconcilers: a counter, restarting when Redis loses data.
+    family = CounterMetricFamily(
+        "ragcore_reconciled",
+        "Tasks the broker had lost, published again from the ledger (reason lost, worker_gone) or "
+        "ended (finished, contract_gone, invalid_arguments, revoked), by queue and reason",
+        labels=["queue", "reason"],
+    )
+    for (queue, reason), count in sorted(reconcile.counts(client).items()):
+        family.add_metric([queue, reason], count)
+    return [family]
 
 
 def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
@@ -262,10 +280,11 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     """Queue and task metrics in the Prometheus text format."""
     started = time.monotonic()
     try:
+        client = broker_client(settings.broker)
         stats = depths.all_queue_stats(
-            broker_client(settings.broker),
-            heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
+            client, heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
         )
+        reconciled = _reconcile_families(client)
         # breaker states live in the broker's Redis
         delivery_families = _delivery_families(settings, session)
     except redis.RedisError as exc:
@@ -276,6 +295,7 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     )
     families = (
         _queue_families(stats)
+        + reconciled
         + _ledger_families(settings, session)
         + _report_families(session)
         + delivery_families

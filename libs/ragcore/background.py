@@ -1,4 +1,9 @@
-"""A named background thread that runs one round of work every `interval` seconds until stopped."""
+"""A named background thread that runs one round of work every `interval` seconds until stopped.
+
+A round that meets a database it cannot reach is not a traceback per round: the thread logs one
+line as the outage begins and one as it ends, with what the first round after it did
+(ragcore.db.outage).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,23 @@ import os
 import threading
 from collections.abc import Callable
 
+from ragcore.db.outage import DATABASE_ERRORS, Outage
+
 log = logging.getLogger(__name__)
 
 
 class PeriodicThread:
     """Runs `round_` every `interval` seconds on a daemon thread called `name`; a round that raises
-    is logged and the next one runs on time."""
+    is logged and the next one runs on time. A round that returns a number says how many things it
+    did (`counted`: what they are), told when an outage ends."""
 
-    def __init__(self, name: str, interval: float, round_: Callable[[], object]) -> None:
+    def __init__(
+        self, name: str, interval: float, round_: Callable[[], object], counted: str = "done"
+    ) -> None:
         self._interval = interval
         self._round = round_
+        self._counted = counted
+        self._outage = Outage(name)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -39,6 +51,10 @@ class PeriodicThread:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         while not self._stop.wait(self._interval):
             try:
-                self._round()
+                done = self._round()
+            except DATABASE_ERRORS as exc:
+                self._outage.failed(exc)
             except Exception:
                 log.exception("%s round failed", self._thread.name)
+            else:
+                self._outage.over(**({self._counted: done} if isinstance(done, int) else {}))

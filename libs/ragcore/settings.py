@@ -194,6 +194,16 @@ class Settings(BaseSettings):
     worker_lost_after_seconds: float = Field(60.0, gt=0)
     # Health: a worker with waiting tasks that dequeued nothing for this long is not consuming.
     worker_dequeue_window_seconds: float = Field(120.0, gt=0)
+    # Reconciliation (Beat): this often, the ledger's unfinished tasks that the broker no longer
+    # holds are published again (ragcore.tasks.reconcile).
+    reconcile_seconds: float = Field(60.0, gt=0, le=3600)
+    # A task is left alone this long after it was sent (or last reconciled): its publish is still
+    # in flight, or a worker just took it. Above a heartbeat's lapse, so a worker that was just
+    # handed a task has noted it.
+    reconcile_grace_seconds: float = Field(120.0, ge=0)
+    # Ledger rows looked at per round (oldest unfinished first, a cursor walking on): the round's
+    # cost, whatever the depth of the queues.
+    reconcile_batch_size: int = Field(2000, ge=1, le=100_000)
 
     @property
     def broker(self) -> str:

@@ -21,7 +21,7 @@ from celery import Task
 from celery.exceptions import Reject
 from sqlalchemy import delete, select
 
-from ragcore.broker import broker_client, stop_flags
+from ragcore.broker import broker_client, held, stop_flags
 from ragcore.clients.ingest import Page
 from ragcore.db import session_scope
 from ragcore.db.models import FullSyncPage
@@ -195,6 +195,12 @@ class FullSyncRun:
         ledger.handed_back(self.task_id, waiting)
         # Celery stores nothing for a rejected task
         self.task.update_state(state=TaskState.PENDING, meta=waiting)
+        # Back in its queue without a publish: waiting again, so no reconciler sends it twice.
+        held.mark_published(
+            broker_client(get_settings().broker),
+            contracts.TRIGGER_FULL_SYNC.queue.value,
+            [self.task_id],
+        )
         raise Reject("the worker stops: handed back at a page boundary", requeue=True)
 
     def _remove_others(self) -> tuple[bool, int]:

@@ -4,6 +4,7 @@
 - `depths`: what waits in each queue and since when (`QueueStats`), the publish-time stamp
 - `heartbeats`: workers' heartbeats, live and lost workers
 - `in_flight`: the tasks each worker holds, the list KEDA reads
+- `held`: which task ids the broker holds (waiting, unacked, noted by a worker): the reconciler
 - `stop_flags`: a stopping worker tells its tasks
 - `revocation_feed`: revoked ids for running workers
 - `workers`: the bounded broadcast that asks the workers; since when a task's worker is lost

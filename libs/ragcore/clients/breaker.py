@@ -101,7 +101,11 @@ class Breaker:
         once the probe interval has passed; every other call raises `BreakerOpen` at once.
         """
         if self.state == CLOSED:
-            return self._cb.call(send), False
+            try:
+                return self._cb.call(send), False
+            except pybreaker.CircuitBreakerError:
+                # Another process opened it since `state` was read: this call is held back too.
+                raise BreakerOpen(self.neighbour) from None
         token = token or uuid.uuid4().hex
         if not (
             self._redis.get(self._probe_key) == token.encode()

@@ -84,3 +84,23 @@ def test_a_failed_probe_opens_the_breaker_again_for_another_interval(client: red
         breaker.call(down)  # the probe
     assert breaker.state == OPEN and not breaker.probe_due()
     assert breaker.state != HALF_OPEN
+
+
+class _ReadClosedJustBefore(Breaker):
+    """A process that read the breaker closed an instant before another one opened it."""
+
+    @property
+    def state(self) -> str:
+        return CLOSED
+
+
+def test_a_call_that_read_the_breaker_closed_just_before_another_process_opened_it_is_held_back(
+    client: redis.Redis,
+) -> None:
+    patient = SETTINGS.model_copy(update={"breaker_probe_seconds": 600})
+    trip(Breaker("users", client, patient))
+    called: list[int] = []
+    # Before: pybreaker's own CircuitBreakerError, which no retry policy knows: failed for good.
+    with pytest.raises(BreakerOpen):
+        _ReadClosedJustBefore("users", client, patient).call(lambda: called.append(1))
+    assert called == []

@@ -215,6 +215,10 @@ class FailedDelivery(Base):
     traceparent: Mapped[str | None] = mapped_column(String(64))
 
 
+#: The predicate of the reconciler's index: ragcore.tasks.states.UNFINISHED, in SQL.
+UNFINISHED_SQL = "state IN ('PENDING', 'RETRY', 'STARTED')"
+
+
 class TaskRecord(Base):
     """The task ledger: every task sent through the contracts or received by a worker, and its
     lifecycle."""
@@ -231,6 +235,15 @@ class TaskRecord(Base):
             "sent_at",
             "task_id",
             postgresql_include=["name", "state", "run_seconds"],
+        ),
+        # The reconciler's work list, oldest first: only unfinished rows, so it stays as small as
+        # what waits or runs however large the ledger grows (ragcore.tasks.reconcile).
+        Index(
+            "ix_task_ledger_unfinished",
+            "sent_at",
+            "task_id",
+            postgresql_where=text(UNFINISHED_SQL),
+            sqlite_where=text(UNFINISHED_SQL),
         ),
     )
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -252,6 +265,10 @@ class TaskRecord(Base):
     traceback: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     revoked: Mapped[bool] = mapped_column(default=False)
+    #: When the reconciler last published the task again (the broker had lost it) or ended it, and
+    #: why (ragcore.tasks.reconcile.Reason).
+    reconciled_at: Mapped[datetime | None]
+    reconcile_reason: Mapped[str | None] = mapped_column(String(32))
 
 
 class DeadLetter(Base):

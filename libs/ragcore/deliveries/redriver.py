@@ -145,4 +145,9 @@ class Redriver(PeriodicThread):
     """Beat's `delivery-redriver` thread: `redrive_due` every `interval` seconds."""
 
     def __init__(self, app: Celery, settings: Settings, interval: float) -> None:
-        super().__init__("delivery-redriver", interval, lambda: redrive_due(app, settings))
+        super().__init__(
+            "delivery-redriver",
+            interval,
+            lambda: redrive_due(app, settings),
+            counted="deliveries_redriven",
+        )

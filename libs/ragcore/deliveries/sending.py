@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -10,6 +12,7 @@ from celery import Task
 
 from ragcore.clients.breaker import Breaker, BreakerOpen, breaker
 from ragcore.db import Sessions, session_scope
+from ragcore.db.outage import DATABASE_ERRORS
 from ragcore.deliveries.recording import describe, record, reschedule
 from ragcore.deliveries.redriver import REDRIVE_HEADER, release_waiting
 from ragcore.settings import get_settings
@@ -19,6 +22,9 @@ from ragcore.tasks.contracts import TaskContract
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: A failure that cannot be recorded (the database is down) is tried again after about this long.
+RECORD_RETRY_SECONDS = 10.0
 
 
 class DeliveryDeferred(Exception):
@@ -47,19 +53,49 @@ def deliver(
         if gate is None:
             return send()
         result, closed_it = gate.call(send, task.request.id)
-        if closed_it:
-            log.info("%s answers again: releasing its waiting deliveries", gate.neighbour)
-            release_waiting(gate.neighbour, sessions)
-        return result
     except Exception as exc:
-        if redrive is not None:
-            waits = reschedule(task, redrive, exc, sessions)
-        elif not isinstance(exc, BreakerOpen) and will_retry(task, contract, exc):
+        if redrive is None and not isinstance(exc, BreakerOpen) and will_retry(task, contract, exc):
             raise  # a quick retry; while the breaker is open they would only wait for it
-        else:
-            waits = record(task, contract, payload, exc, sessions)
+        waits = _record_or_retry(task, contract, payload, exc, redrive, sessions)
         if waits:
             raise DeliveryDeferred(f"{describe(exc)} (waits for an automatic re-drive)") from exc
         if redrive is not None:  # its row is final: no quick retries for a re-drive
             raise PermanentTaskError(describe(exc)) from exc
         raise
+    if closed_it:
+        log.info("%s answers again: releasing its waiting deliveries", gate.neighbour)
+        try:
+            release_waiting(gate.neighbour, sessions)
+        except DATABASE_ERRORS as exc:  # they go out at their own next attempt instead
+            log.warning("could not release the waiting deliveries of %s: %s", gate.neighbour, exc)
+    return result
+
+
+def _record_or_retry(
+    task: Task,
+    contract: TaskContract,
+    payload: dict[str, Any],
+    exc: BaseException,
+    redrive: int | None,
+    sessions: Sessions,
+) -> bool:
+    """Record the failure (whether it waits); if the database cannot take it, the delivery stays in
+    the broker: retried later (a new message, then this one is acknowledged), never dropped."""
+    try:
+        if redrive is not None:
+            return reschedule(task, redrive, exc, sessions)
+        return record(task, contract, payload, exc, sessions)
+    except DATABASE_ERRORS as db_error:
+        countdown = RECORD_RETRY_SECONDS * (0.5 + random.random())
+        log.warning(
+            "delivery %s of %s failed (%s) and the database cannot record it (%s): "
+            "tried again in %.0fs",
+            task.request.id,
+            contract.name,
+            describe(exc),
+            type(db_error).__name__,
+            countdown,
+        )
+        # Celery reads max_retries=None as "the task's own limit": unbounded is a number it never
+        # reaches.
+        raise task.retry(exc=exc, countdown=countdown, max_retries=sys.maxsize) from exc

@@ -177,9 +177,11 @@ class ReportRelay(PeriodicThread):
     until none is left."""
 
     def __init__(self, app: Celery, interval: float) -> None:
-        super().__init__("report-relay", interval, self._round)
+        super().__init__("report-relay", interval, self._round, counted="messages_reported")
         self._app = app
 
-    def _round(self) -> None:
-        while publish_pending(self._app) and not self.stopping:
-            pass
+    def _round(self) -> int:
+        published = 0
+        while (n := publish_pending(self._app)) and not self.stopping:
+            published += n
+        return published

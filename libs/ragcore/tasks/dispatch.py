@@ -29,13 +29,28 @@ def send(
     with session_scope() as session:
         ledger.record_sent(session, task_id, contract, payload)
     try:
+        _publish(app, contract, payload, task_id, **options)
+    except PublishFailed:  # never sent: the ledger must not show it as waiting
+        with session_scope() as session:
+            session.execute(delete(TaskRecord).where(TaskRecord.task_id == task_id))
+        raise
+    return task_id
+
+
+def send_again(app: Celery, contract: TaskContract, payload: dict[str, Any], task_id: str) -> None:
+    """Publish a task the ledger holds already (the broker lost it): same id, same arguments, its
+    contract's queue; its row is left as it is."""
+    _publish(app, contract, payload, task_id, headers={ledger.RECORDED_HEADER: True})
+
+
+def _publish(
+    app: Celery, contract: TaskContract, payload: dict[str, Any], task_id: str, **options: Any
+) -> None:
+    try:
         app.send_task(
             contract.name, kwargs=payload, queue=contract.queue.value, task_id=task_id, **options
         )
-    except Exception as exc:  # never sent: the ledger must not show it as waiting
-        with session_scope() as session:
-            session.execute(delete(TaskRecord).where(TaskRecord.task_id == task_id))
+    except Exception as exc:
         raise PublishFailed(
             f"could not publish {contract.name}: {type(exc).__name__}: {exc}".strip()
         ) from exc
-    return task_id

@@ -24,5 +24,9 @@ FINISHED: frozenset[TaskState] = frozenset(
 )
 #: Finished by running to its end: revoking it changes nothing.
 RAN: frozenset[TaskState] = frozenset({TaskState.SUCCESS, TaskState.FAILURE})
+#: Not finished: what the reconciler looks at (ragcore.tasks.reconcile).
+UNFINISHED: frozenset[TaskState] = frozenset(
+    {TaskState.PENDING, TaskState.RETRY, TaskState.STARTED}
+)
 #: Not taken by a worker yet: revoking it ends it at once.
 WAITING: frozenset[TaskState] = frozenset({TaskState.PENDING, TaskState.RETRY})

@@ -54,6 +54,11 @@ class TaskStatus(BaseModel):
     #: meanwhile.
     worker_lost: bool = False
     worker_lost_since: datetime | None = None
+    #: The broker had lost it: the reconciler published it again from the ledger, or ended it
+    #: (`reconcile_reason`: lost, worker_gone, finished, contract_gone, invalid_arguments, revoked).
+    reconciled: bool = False
+    reconciled_at: datetime | None = None
+    reconcile_reason: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -61,7 +66,8 @@ class TaskStatus(BaseModel):
         # `model_validate(record)`: the columns shown whatever the live state (result and error
         # only once it expired: `merge`).
         if isinstance(data, TaskRecord):
-            return ledger_view(data, _LEDGER_COLUMNS)
+            view = ledger_view(data, _LEDGER_COLUMNS)
+            return {**view, "reconciled": data.reconciled_at is not None}
         return data
 
 
@@ -77,6 +83,8 @@ _LEDGER_COLUMNS = (
     "worker",
     "retries",
     "revoked",
+    "reconciled_at",
+    "reconcile_reason",
 )
 
 

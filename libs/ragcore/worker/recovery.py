@@ -26,6 +26,7 @@ from celery import signals
 from sqlalchemy import select
 
 from ragcore.broker import heartbeats, in_flight
+from ragcore.broker import held as broker_held
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.tasks.states import TaskState
@@ -45,20 +46,16 @@ def started_task_ids(hostname: str) -> set[str]:
         )
 
 
-def _reserved_key(hostname: str) -> str:
-    return f"ragcore:reserved:{hostname}"
-
-
 def note_reserved(client: Any, hostname: str, task_ids: list[str], ttl: int) -> None:
     """What this worker holds now (running or reserved ahead), for its next life to re-queue."""
     if task_ids:
-        client.set(_reserved_key(hostname), orjson.dumps(task_ids), ex=ttl)
+        client.set(broker_held.reserved_note_key(hostname), orjson.dumps(task_ids), ex=ttl)
     else:
-        client.delete(_reserved_key(hostname))
+        client.delete(broker_held.reserved_note_key(hostname))
 
 
 def reserved_by(client: Any, hostname: str) -> set[str]:
-    raw = client.get(_reserved_key(hostname))
+    raw = client.get(broker_held.reserved_note_key(hostname))
     return set(orjson.loads(raw)) if raw else set()
 
 
@@ -67,9 +64,11 @@ def restore(channel: Any, task_ids: set[str]) -> list[str]:
     qos = channel.qos
     restored: list[str] = []
     for tag, raw in channel.client.hscan_iter(qos.unacked_key):
-        message = orjson.loads(raw)[0]
+        message, _, routing_key = orjson.loads(raw)
         task_id = message.get("headers", {}).get("id")
         if task_id in task_ids:
+            # back in its queue without a publish: waiting again (ragcore.broker.held)
+            broker_held.mark_published(channel.client, routing_key, [task_id])
             qos.restore_by_tag(
                 tag.decode() if isinstance(tag, bytes) else tag, client=channel.client
             )
@@ -96,7 +95,7 @@ def claim_lost(client: Any, queue: str, hostname: str, cutoff: float) -> set[str
         _CLAIM,
         2,
         heartbeats.BEATS_KEY.format(queue=queue),
-        _reserved_key(hostname),
+        broker_held.reserved_note_key(hostname),
         hostname,
         cutoff,
     )

@@ -16,9 +16,11 @@ from celery import Celery, Task, signals
 from celery.concurrency.base import BasePool
 from celery.utils.nodenames import host_format
 from celery.worker import state as worker_state
+from celery.worker.request import Request
 
 from ragcore import invariants, tracing
 from ragcore.broker import broker_client, heartbeats, in_flight, revocation_feed, stop_flags
+from ragcore.broker import held as broker_held
 from ragcore.db import create_schema, get_engine, session_scope
 from ragcore.deadletters import consumer as dead_letters
 from ragcore.logs import configure_logging
@@ -97,7 +99,10 @@ class _Monitor:
         self._static: dict[str, Any] = {}
         self._noted: list[str] = []
         self._app: Celery | None = None
+        self._timer: Any = None
         self._stopping_noted = False
+        #: Ids received since the last tick: they no longer wait in the queue (ragcore.broker.held).
+        self._received: list[str] = []
 
     def load_revocations(self) -> None:
         try:
@@ -113,6 +118,7 @@ class _Monitor:
         pool = consumer.pool
         self._hostname = consumer.hostname
         self._app = consumer.app
+        self._timer = consumer.timer
         self._static = {
             "queue": self.queue.value,
             "pid": os.getpid(),
@@ -135,6 +141,9 @@ class _Monitor:
         if self._thread is not None:
             self._thread.join(timeout=5)
             try:
+                self.note_received()
+                # The messages it held go back to the queue (kombu restores them): waiting again.
+                broker_held.mark_published(self._client(), self.queue.value, self._noted)
                 heartbeats.forget_worker(self._client(), self._hostname, [self.queue.value])
                 # A warm shutdown hands its reserved messages back itself: nothing for the next
                 # life.
@@ -174,15 +183,32 @@ class _Monitor:
             worker_state.revoked.update(new)
             log.info("revoked through the feed: %s", new)
 
-    def note_reserved(self) -> None:
-        """Note in Redis the tasks this worker holds, when they changed (see
-        ragcore.worker.recovery)."""
+    def received(self, task_id: str) -> None:
+        self._received.append(task_id)  # from the consumer's thread: list.append is atomic
+
+    def note_received(self) -> None:
+        """Take the ids received since the last tick off their queue's waiting set, in one call."""
+        ids, self._received = self._received, []
+        broker_held.mark_received(self._client(), self.queue.value, ids)
+
+    def held(self) -> list[str]:
+        """Every task this worker holds: running, reserved ahead, and waiting on a countdown or ETA
+        in its timer (a retry), each of which is also in the transport's `unacked` hash."""
+        held = {request.id for request in list(worker_state.reserved_requests)}
+        for entry in list(self._timer.schedule.queue) if self._timer is not None else ():
+            request = next(iter(getattr(entry.entry, "args", None) or ()), None)
+            if isinstance(request, Request):
+                held.add(request.id)
+        return sorted(held)
+
+    def note_reserved(self, again: bool = False) -> None:
+        """Note in Redis the tasks this worker holds, when they changed, or `again` (a Redis that
+        lost its data lost the note; see ragcore.worker.recovery and ragcore.tasks.reconcile)."""
         try:
-            # running ones included
-            held = sorted(request.id for request in list(worker_state.reserved_requests))
+            held = self.held()
         except RuntimeError:  # the consumer changed the set meanwhile: next tick
             return
-        if held != self._noted:
+        if held != self._noted or again:
             recovery.note_reserved(
                 self._client(), self._hostname, held, get_settings().visibility_timeout_seconds
             )
@@ -211,10 +237,12 @@ class _Monitor:
         while True:
             try:
                 self.note_stopping()
-                if time.monotonic() >= next_beat:
+                beat = time.monotonic() >= next_beat
+                if beat:
                     self.beat()
                     next_beat = time.monotonic() + interval
-                self.note_reserved()
+                self.note_received()
+                self.note_reserved(again=beat)
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
             if self._stop.wait(min(interval, RESERVED_NOTE_SECONDS)):
@@ -231,8 +259,9 @@ def _connect_monitor(monitor: _Monitor) -> None:
         monitor.start(sender)
 
     @signals.task_received.connect(weak=False, dispatch_uid="worker.dequeued")
-    def _received(**_: Any) -> None:
+    def _received(request: Any, **_: Any) -> None:
         monitor.last_dequeue = time.time()
+        monitor.received(request.id)
 
     @signals.worker_shutdown.connect(weak=False, dispatch_uid="worker.heartbeat_stop")
     def _shutdown(**_: Any) -> None:

@@ -9,10 +9,17 @@ from typing import Any
 
 from celery import signals
 
-from ragcore.broker import depths
+from ragcore.broker import depths, held
 from ragcore.db import session_scope, utcnow
+from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.tasks import contracts
-from ragcore.tasks.ledger.records import RECORDED_HEADER, identity, record_received, record_sent
+from ragcore.tasks.ledger.records import (
+    RECORDED_HEADER,
+    UNRECORDED_HEADER,
+    identity,
+    record_received,
+    record_sent,
+)
 from ragcore.tasks.ledger.writer import flush, update_task
 from ragcore.tasks.states import TaskState
 
@@ -20,11 +27,15 @@ log = logging.getLogger(__name__)
 
 
 @signals.before_task_publish.connect(weak=False, dispatch_uid="ledger.stamp_sent_at")
-def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+def _stamp_sent_at(
+    headers: dict[str, Any] | None = None, routing_key: str | None = None, **_: Any
+) -> None:
     # Every publisher of contract tasks imports the ledger (dispatch, reports, Beat, workers): the
-    # publish time in the message is what the oldest-waiting-task age of a queue is measured from.
+    # publish time in the message is what the oldest-waiting-task age of a queue is measured from,
+    # and the id joins its queue's waiting set (what the reconciler asks instead of the queue).
     if headers is not None:
         depths.stamp_sent_at(headers)
+        held.note_publish(headers, routing_key)
 
 
 #: When each task running in this process started (perf_counter): its run time is written with
@@ -124,8 +135,18 @@ def _sent(headers: dict[str, Any], body: Any, **_: Any) -> None:
     try:
         with session_scope() as session:
             record_sent(session, headers["id"], task, kwargs)
+    except DATABASE_ERRORS as exc:
+        # Sent all the same: the worker that receives it records it.
+        headers[UNRECORDED_HEADER] = True
+        _publisher_outage.failed(exc)
+        return
     except Exception:
         log.exception("task ledger insert failed", extra={"ledger_task_id": headers.get("id")})
+        return
+    _publisher_outage.over()
+
+
+_publisher_outage = Outage("task ledger (publishing)")
 
 
 def connect_publisher_signals() -> None:

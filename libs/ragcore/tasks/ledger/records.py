@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from ragcore.broker import depths
 from ragcore.db import insert_for, session_scope
 from ragcore.db.models import TaskRecord
+from ragcore.db.outage import DATABASE_ERRORS
 from ragcore.tasks import contracts
 from ragcore.tasks.contracts import TaskContract
 from ragcore.tasks.states import TaskState
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 #: A message header of publishers that recorded their tasks themselves (the publisher signal skips
 #: them).
 RECORDED_HEADER = "ragcore_recorded"
+#: A message header of a publish the ledger could not record (the database was down): the worker
+#: that receives it records it, as it does another client's task.
+UNRECORDED_HEADER = "ragcore_unrecorded"
 
 
 def record_sent(
@@ -89,7 +93,8 @@ def record_received(request: Any) -> None:
     message is another client's. Its row is written at once rather than through the batched writer:
     a pool process may start the task right after and must find the row to update.
     """
-    if request.request_dict.get(depths.SENT_AT_HEADER) is not None:
+    stamped = request.request_dict.get(depths.SENT_AT_HEADER) is not None
+    if stamped and not request.request_dict.get(UNRECORDED_HEADER):
         return
     kwargs = request.kwargs if isinstance(request.kwargs, dict) else {}
     row = {
@@ -101,5 +106,7 @@ def record_received(request: Any) -> None:
     try:
         with session_scope() as session:
             insert_new(session, [row])
+    except DATABASE_ERRORS as exc:  # the database is down: a line, not a traceback per task
+        log.warning("task ledger insert of %s failed: %s", request.id, type(exc).__name__)
     except Exception:  # the ledger must never keep a task from running
         log.exception("task ledger insert failed", extra={"ledger_task_id": request.id})

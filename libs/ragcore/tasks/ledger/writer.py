@@ -14,10 +14,15 @@ from sqlalchemy import Table, bindparam, func, update
 
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
+from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.tasks import contracts
+from ragcore.tasks.backlog import Backlog
 from ragcore.tasks.states import TaskState
 
 log = logging.getLogger(__name__)
+
+#: How often a ledger writer tries a database that is down again.
+RETRY_SECONDS = 2.0
 
 
 class Writer:
@@ -30,6 +35,11 @@ class Writer:
     one row update), in one transaction. One queue and one thread keep each task's updates in order.
     A process flushes before it exits; a SIGKILL loses at most the last `linger` seconds of updates
     (the worker's next life still re-queues what it was running: see ragcore.worker.recovery).
+
+    While the database is down the updates wait in a bounded backlog (ragcore.tasks.backlog), tried
+    again every `RETRY_SECONDS`, and the outage is logged once as it begins and once as it ends.
+    Every update of the process goes through the backlog while it is not empty, so none overtakes
+    an older one.
     """
 
     def __init__(self, linger: float = 0.2) -> None:
@@ -40,6 +50,12 @@ class Writer:
         self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event] = (
             queue.SimpleQueue()
         )
+        self._backlog = Backlog()
+        self._outage = Outage("task ledger writer")
+
+    @property
+    def backlogged(self) -> bool:
+        return self._pid == os.getpid() and (len(self._backlog) > 0 or self._outage.ongoing)
 
     def put(self, task_id: str | None, values: dict[str, Any]) -> None:
         if task_id:
@@ -61,13 +77,19 @@ class Writer:
                 if self._pid != os.getpid():
                     self._queue = queue.SimpleQueue()
                     self._hurry = threading.Event()
+                    self._backlog = Backlog()
+                    self._outage = Outage("task ledger writer")
                     threading.Thread(target=self._run, name="ledger-writer", daemon=True).start()
                     self._pid = os.getpid()
         return self._queue
 
     def _run(self) -> None:
         while True:
-            items = [self._queue.get()]
+            try:
+                # With a backlog, wake up to try the database again even if nothing new comes.
+                items = [self._queue.get(timeout=RETRY_SECONDS if len(self._backlog) else None)]
+            except queue.Empty:
+                items = []
             # One wait for the whole batch, not a wake-up per update (each would take the GIL from
             # the task).
             self._hurry.wait(self._linger)
@@ -78,17 +100,31 @@ class Writer:
                 except queue.Empty:
                     break
             updates = [item for item in items if not isinstance(item, threading.Event)]
-            if updates:
-                write(updates)
+            self._backlog.add(updates)
+            if len(self._backlog):
+                self._write_backlog()
             for item in items:
                 if isinstance(item, threading.Event):
                     item.set()
+
+    def _write_backlog(self) -> None:
+        try:
+            write(self._backlog.items())
+        except DATABASE_ERRORS as exc:
+            self._outage.failed(exc)
+            return
+        except Exception:  # the ledger must never fail a task (nor stop the writer thread)
+            ids = [task_id for task_id, _ in self._backlog.items()[:20]]
+            log.exception("task ledger update failed", extra={"ledger_task_ids": ids})
+        written, dropped = self._backlog.clear()
+        self._outage.over(ledger_rows_written=written, updates_dropped=dropped)
 
 
 _IDENTITY = frozenset(("name", "queue"))
 
 
 def write(updates: list[tuple[str, dict[str, Any]]]) -> None:
+    """Write `updates` (merged per task) in one transaction; raises what the database raises."""
     merged: dict[str, dict[str, Any]] = {}
     for task_id, values in updates:
         merged.setdefault(task_id, {}).update(values)
@@ -96,24 +132,34 @@ def write(updates: list[tuple[str, dict[str, Any]]]) -> None:
     for task_id, values in merged.items():
         shapes.setdefault(tuple(sorted(values)), []).append({"_task_id": task_id, **values})
     table = cast(Table, TaskRecord.__table__)  # declared on the model, so a Table
-    try:
-        with session_scope() as session:
-            for columns, rows in shapes.items():  # one executemany per set of columns
-                # Name and queue only fill what is unknown (an id revoked before any worker received
-                # it).
-                values = {
-                    c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c)
-                    for c in columns
-                }
-                statement = (
-                    update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
-                )
-                session.execute(statement, rows)
-    except Exception:  # the ledger must never fail a task (nor stop the writer thread)
-        log.exception("task ledger update failed", extra={"ledger_task_ids": list(merged)[:20]})
+    with session_scope() as session:
+        for columns, rows in shapes.items():  # one executemany per set of columns
+            # Name and queue only fill what is unknown (an id revoked before any worker received
+            # it).
+            values = {
+                c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c)
+                for c in columns
+            }
+            statement = update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
+            session.execute(statement, rows)
 
 
 _writer = Writer()
+
+
+def write_now(task_id: str, values: dict[str, Any]) -> None:
+    """Written at once; while the database is down (or older updates still wait) kept by the writer
+    in order instead."""
+    if not _writer.backlogged:
+        try:
+            write([(task_id, values)])
+            return
+        except DATABASE_ERRORS:
+            pass  # the writer keeps it, and says once that the database is down
+        except Exception:  # the ledger must never fail a task
+            log.exception("task ledger update failed", extra={"ledger_task_ids": [task_id]})
+            return
+    _writer.put(task_id, values)
 
 
 def update_task(task: Any, task_id: str | None, **values: Any) -> None:
@@ -123,7 +169,7 @@ def update_task(task: Any, task_id: str | None, **values: Any) -> None:
     if contract is not None and not contract.store_result:
         _writer.put(task_id, values)
     elif task_id:
-        write([(task_id, values)])
+        write_now(task_id, values)
 
 
 def flush() -> None:
@@ -134,12 +180,12 @@ def flush() -> None:
 def set_progress(task_id: str, progress: dict[str, Any]) -> None:
     # The state stays STARTED: recovery of lost workers looks for STARTED tasks; status shows
     # PROGRESS.
-    write([(task_id, {"progress": progress})])
+    write_now(task_id, {"progress": progress})
 
 
 def handed_back(task_id: str, progress: dict[str, Any]) -> None:
     """A running task gave its message back to the queue (its worker stops): it waits again."""
-    write([(task_id, {"state": TaskState.PENDING, "progress": progress})])
+    write_now(task_id, {"state": TaskState.PENDING, "progress": progress})
 
 
 def report_progress(task: Task, done: int, total: int, **extra: Any) -> None:
