@@ -25,7 +25,7 @@ from ragcore.settings import get_settings
 from ragcore.tasks import ledger
 from ragcore.tasks.app import PermanentTaskError, create_app, define_task
 from ragcore.tasks.contracts import CANARIES, CanaryArgs, Queue
-from ragcore.worker import health, recovery
+from ragcore.worker import health, reconnect, recovery
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def create_worker_app(queue: Queue) -> Celery:
     app = create_app(f"worker-{queue.value}", queues=(queue,))
     ledger.connect_worker_signals()
     recovery.connect()
+    reconnect.connect(app)
     _connect_monitor(_Monitor(queue))
 
     @define_task(app, CANARIES[queue])
