@@ -257,7 +257,7 @@ class Settings(BaseSettings):
                 "worker_lost_after_seconds must be at least three heartbeats "
                 "(worker_heartbeat_seconds)"
             )
-        if self.redis_sentinels is not None:
+        if self.redis_sentinels:  # empty: no Sentinel (compose passes an unset variable so)
             urls = (self.redis_url, self.broker_url, self.result_backend_url, self.cache_url)
             _check_sentinels(self.redis_sentinels, [u for u in urls if u])
         if set(self.tier_thresholds) != set(self.tier_daily_limits):
