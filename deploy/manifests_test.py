@@ -56,7 +56,9 @@ def _patched(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict
     return document
 
 
-def test_the_kubernetes_sentinel_overlay_gives_ragcore_and_every_keda_trigger_the_sentinels() -> None:
+def test_the_kubernetes_sentinel_overlay_gives_ragcore_and_every_keda_trigger_the_sentinels() -> (
+    None
+):
     overlay = yaml.safe_load((DEPLOY / "k8s-sentinel/kustomization.yaml").read_text())
     patches = {p["target"]["kind"]: yaml.safe_load(p["patch"]) for p in overlay["patches"]}
     config = yaml.safe_load((DEPLOY / "k8s/config.yaml").read_text())
@@ -82,7 +84,11 @@ def test_the_compose_sentinel_override_reaches_every_service_that_reads_the_sett
     base = yaml.safe_load((DEPLOY / "compose/docker-compose.yml").read_text())["services"]
     override = yaml.safe_load((DEPLOY / "compose/sentinel.yml").read_text())["services"]
     readers = {name for name, s in base.items() if "RAGCORE_REDIS_URL" in s.get("environment", {})}
-    given = {name for name, s in override.items() if "RAGCORE_REDIS_SENTINELS" in s.get("environment", {})}
+    given = {
+        name
+        for name, s in override.items()
+        if "RAGCORE_REDIS_SENTINELS" in s.get("environment", {})
+    }
     assert readers and given == readers
     env = override["api"]["environment"]
     settings = Settings(

@@ -62,13 +62,14 @@ def _client(
         sentinel = Sentinel(
             nodes, sentinel_kwargs={**timeouts, "password": sentinel_password}, **timeouts
         )
-        return sentinel.master_for(
+        client: redis.Redis = sentinel.master_for(
             master,
             db=db,
             username=username,
             password=password,
             health_check_interval=health_check,
         )
+        return client
     return redis.Redis.from_url(url, health_check_interval=health_check, **timeouts)
 
 
@@ -142,12 +143,20 @@ def sentinel_view(settings: Settings) -> tuple[set[str], list[redis.Redis]] | No
     sentinel = Sentinel(settings.sentinel_nodes, sentinel_kwargs=sentinel_kwargs(settings))
     for node in sentinel.sentinels:
         try:
-            masters = set(node.sentinel_masters())
+            masters = {str(name) for name in node.sentinel_masters()}
         except redis.RedisError:
             continue  # another sentinel may answer
         _, db, username, password = _sentinel_url(settings.broker)
         replicas = [
-            redis.Redis(host, port, db, username=username, password=password, **_timeouts(settings))
+            redis.Redis(
+                host,
+                port,
+                db,
+                username=username,
+                password=password,
+                socket_timeout=settings.redis_read_timeout_seconds,
+                socket_connect_timeout=settings.redis_connect_timeout_seconds,
+            )
             for host, port in sentinel.discover_slaves(settings.redis_sentinel_master)
         ]
         return masters, replicas

@@ -79,7 +79,9 @@ def test_through_sentinel_a_client_reaches_the_promoted_replica_after_the_primar
     assert client.get("before") == b"1"  # replicated before the kill
 
 
-def test_kombu_celery_and_redbeat_get_the_timeouts_and_with_sentinel_the_master_and_sentinels() -> None:
+def test_kombu_celery_and_redbeat_get_the_timeouts_and_with_sentinel_the_master_and_sentinels() -> (
+    None
+):
     plain = Settings()
     assert redis_clients.transport_options(plain) == {
         "socket_timeout": plain.redis_read_timeout_seconds,

@@ -36,7 +36,7 @@ def test_dev_keeps_its_short_development_keys() -> None:
     assert "dev-admin-key" in Settings(environment="dev").api_keys
 
 
-def test_with_sentinels_every_redis_url_becomes_one_sentinel_url_per_sentinel_keeping_db_and_password() -> None:
+def test_with_sentinels_each_redis_url_names_every_sentinel_keeping_db_and_password() -> None:
     settings = Settings(
         redis_url="redis://:s%40cret@ignored:6379/0",
         cache_url="redis://ignored/3",

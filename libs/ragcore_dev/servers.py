@@ -139,12 +139,13 @@ class SentinelCluster:
     def master_port(self, sentinel: RedisServer) -> int | None:
         """The master's port as `sentinel` names it (None if it does not answer)."""
         try:
-            address = redis.Redis(port=sentinel.port, socket_timeout=1).sentinel_get_master_addr_by_name(
-                self.master
-            )
+            address = redis.Redis(
+                port=sentinel.port, socket_timeout=1
+            ).sentinel_get_master_addr_by_name(self.master)
         except redis.RedisError:
             return None
-        return int(address[1]) if address else None
+        # redis-py types the reply loosely: (host, port), or None for an unknown master
+        return int(address[1]) if isinstance(address, tuple | list) else None
 
     def replicating(self) -> bool:
         try:
@@ -177,7 +178,9 @@ class SentinelCluster:
 
 
 @contextmanager
-def sentinel_cluster(down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> Iterator[SentinelCluster]:
+def sentinel_cluster(
+    down_after_ms: int = 1000, failover_timeout_ms: int = 3000
+) -> Iterator[SentinelCluster]:
     cluster = SentinelCluster(down_after_ms=down_after_ms, failover_timeout_ms=failover_timeout_ms)
     try:
         cluster.start()

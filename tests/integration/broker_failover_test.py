@@ -8,6 +8,7 @@ RedBeat client and its report relay), the four workers, and this test's own prod
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import tempfile
@@ -118,7 +119,9 @@ def where(message_ids: list[str]) -> dict[str, int]:
     """Where the delivery tasks of `message_ids` are: their ledger state, and whether the broker
     (the promoted replica) holds them waiting or unacknowledged."""
     broker = redis_client(get_settings().broker)
-    waiting = {json.loads(raw)["headers"]["id"] for raw in broker.lrange(Queue.NOTIFICATIONS.value, 0, -1)}
+    waiting = {
+        json.loads(raw)["headers"]["id"] for raw in broker.lrange(Queue.NOTIFICATIONS.value, 0, -1)
+    }
     unacked = {json.loads(raw)[0]["headers"]["id"] for raw in broker.hvals("unacked")}
     with session_scope() as session:
         records = session.scalars(
@@ -172,7 +175,9 @@ def test_the_primary_killed_under_queries_fails_over_and_every_answered_report_a
     assert stack.sentinel is not None
     cluster = stack.sentinel
     # Every deployable, each started from its entrypoint, through the sentinels.
-    workers = {q: stack.start(f"services.{q.value}.worker", f"--hostname={q.value}@test") for q in Queue}
+    workers = {
+        q: stack.start(f"services.{q.value}.worker", f"--hostname={q.value}@test") for q in Queue
+    }
     beat = stack.start("services.beat.main")
     api_url = stack.start_api()
     for queue, worker in workers.items():
@@ -201,12 +206,10 @@ def test_the_primary_killed_under_queries_fails_over_and_every_answered_report_a
             counts = Counter(d["idempotency_key"] for d in users.app.deliveries("query-results"))
             return {m: counts[m] for m in answered}
 
-        try:
+        with contextlib.suppress(TimeoutError):  # reported below, with the counts
             wait_until(
                 lambda: all(delivered().values()), REPORTS_SECONDS, "every answered query's report"
             )
-        except TimeoutError:
-            pass  # reported below, with the counts
     statuses = Counter(a.status for a in load.asked)
     after_kill = [a for a in load.asked if a.sent >= killed_at]
     first_good = min((a.answered for a in after_kill if a.status == 200), default=None)

@@ -111,7 +111,11 @@ def running_stack(*, sentinel: bool = False, **extra: str) -> Iterator[Stack]:
         cluster = stack.enter_context(sentinel_cluster()) if sentinel else None
         server = cluster.primary if cluster else stack.enter_context(redis_server())
         if cluster:
-            extra = {"redis_sentinels": cluster.nodes, "redis_sentinel_master": cluster.master, **extra}
+            extra = {
+                "redis_sentinels": cluster.nodes,
+                "redis_sentinel_master": cluster.master,
+                **extra,
+            }
         database_url = stack.enter_context(postgres_database())
         settings = {
             "environment": "test",

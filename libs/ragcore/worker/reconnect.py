@@ -1,4 +1,4 @@
-"""Re-queue, when a worker's consumer reconnects, the tasks it held when its broker connection broke.
+"""Re-queue, when a worker's consumer reconnects, the tasks it held when its connection broke.
 
 On a connection loss kombu hands the worker's unacknowledged messages back at once, through the
 connection that just broke. After a failover that attempt meets the dead primary (the sentinels
@@ -63,7 +63,7 @@ def connect(app: Celery) -> None:
     def _received(request: Request, **_: Any) -> None:
         held.received(request)
 
-    class RequeueOnReconnect(bootsteps.StartStopStep):
+    class RequeueOnReconnect(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped here
         """Runs at every start of the consumer, once its connection and task consumer are up."""
 
         requires = ("celery.worker.consumer.tasks:Tasks",)
