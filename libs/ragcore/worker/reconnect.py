@@ -6,8 +6,9 @@ still name it for a second or two) and fails, while the promoted replica keeps t
 `unacked` hash: Redis would redeliver them only after the visibility timeout (hours), and the
 ledger's reconciler leaves alone what `unacked` holds. Celery itself drops the requests it had
 reserved (their delivery tags died with the channel). So the worker remembers the requests it
-received and has not acknowledged, and once its consumer runs again it moves back to their queue the
-messages of those it no longer runs. Where kombu's own hand-back worked, nothing is left to move.
+received and has not acknowledged, and once its consumer runs again it moves back to their queue,
+by delivery tag, the messages that kombu failed to hand back and that it no longer runs. What kombu
+did hand back is left alone: another worker may hold it by now.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from typing import Any
 from celery import Celery, bootsteps, signals
 from celery.worker import state as worker_state
 from celery.worker.request import Request
-
-from ragcore.worker import recovery
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +38,28 @@ class HeldRequests:
                 del self._requests[task_id]
             self._requests[request.id] = request
 
-    def dropped(self) -> set[str]:
-        """The ids held and no longer running: Celery forgot them when the connection broke."""
+    def dropped(self) -> dict[str, str]:
+        """Task id -> delivery tag of the requests held and no longer running that kombu did not
+        hand back: Celery forgot them when the connection broke, and they wait in `unacked`."""
         running = {request.id for request in list(worker_state.active_requests)}
         with self._lock:
             return {
-                task_id
+                task_id: request.message.delivery_tag
                 for task_id, request in self._requests.items()
-                if not request.acknowledged and task_id not in running
+                if not request.acknowledged and task_id not in running and _not_handed_back(request)
             }
 
     def forget(self, task_ids: set[str]) -> None:
         with self._lock:
             for task_id in task_ids:
                 self._requests.pop(task_id, None)
+
+
+def _not_handed_back(request: Request) -> bool:
+    # kombu's Redis QoS forgets its delivered tags only once it handed them all back; after a
+    # failed hand-back the broken channel's QoS still lists them.
+    qos = getattr(request.message.channel, "qos", None)
+    return request.message.delivery_tag in (getattr(qos, "_delivered", None) or {})
 
 
 def connect(app: Celery) -> None:
@@ -77,17 +84,19 @@ def connect(app: Celery) -> None:
                 return
             try:
                 with c.app.connection_for_write() as conn:
-                    restored = recovery.restore(conn.default_channel, dropped)
+                    channel = conn.default_channel
+                    for tag in dropped.values():
+                        # moves the message from `unacked` to its queue, if `unacked` still has it
+                        channel.qos.restore_by_tag(tag, client=channel.client)
             except Exception:  # best effort: the reconciler and the visibility timeout remain
                 log.exception("re-queueing the tasks held before the connection loss failed")
                 return
-            held.forget(dropped)
+            held.forget(set(dropped))
             log.warning(
-                "broker connection re-established: re-queued %d task(s) held before it broke "
-                "(%d already handed back or not in the broker): %s",
-                len(restored),
-                len(dropped) - len(restored),
-                restored,
+                "broker connection re-established: handed back %d task(s) held when it broke that "
+                "kombu could not hand back (those the broker still held are queued again): %s",
+                len(dropped),
+                sorted(dropped),
             )
 
     app.steps["consumer"].add(RequeueOnReconnect)
