@@ -6,20 +6,22 @@ started by mistake waits for the lock instead of doubling the schedule, and a re
 from the stored last runs instead of re-firing or skipping what was due. A broker outage pauses
 Beat, it does not end it (`services.beat.scheduler`).
 
-Beat also runs the report relay (`ragcore.query.reports`): the one publisher of the query reports,
-in the one process that publishes on a timer anyway, and off the API's cores; each of its rounds
-re-drives the waiting deliveries that are due (`ragcore.tasks.redrive`). Started by the entrypoint
-only.
+Beat also runs two threads, started by the entrypoint only: the report relay
+(`ragcore.query.reports`), the one publisher of the query reports, in the one process that
+publishes on a timer anyway, and off the API's cores; and the delivery re-driver
+(`ragcore.deliveries.redriver`), which re-drives the waiting deliveries that are due, at the same
+interval.
 """
 
 import sys
 
 from ragcore import redis_clients
 from ragcore.db import create_schema
+from ragcore.deliveries import Redriver
 from ragcore.logs import configure_logging
 from ragcore.query.reports import ReportRelay
 from ragcore.settings import get_settings
-from ragcore.tasks import ledger, redrive
+from ragcore.tasks import ledger
 from ragcore.tasks.app import create_app
 from services.beat import schedule
 from services.beat.scheduler import OutageTolerantScheduler
@@ -52,14 +54,17 @@ def main() -> None:
         return
     configure_logging("beat", settings.log_level)
     create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
-    relay = ReportRelay(
-        app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings)
-    )
-    relay.start()
+    threads = [
+        ReportRelay(app, settings.report_relay_seconds),
+        Redriver(app, settings, settings.report_relay_seconds),
+    ]
+    for thread in threads:
+        thread.start()
     try:
         app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
     finally:
-        relay.stop()
+        for thread in threads:
+            thread.stop()
 
 
 if __name__ == "__main__":
