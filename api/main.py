@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request, Response
 
 from api import errors
 from api.body_limit import BodyLimit
-from api.routers import deliveries, health, metrics, query, sync, tasks
+from api.routers import deadletters, deliveries, health, metrics, query, sync, tasks
 from ragcore import invariants
 from ragcore.broker import broker_client
 from ragcore.db import create_schema
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sync.router,
         tasks.router,
         deliveries.router,
+        deadletters.router,
         metrics.router,
     ):
         app.include_router(router)
