@@ -88,8 +88,9 @@ class SyncEvent(Base):
     action: Mapped[str] = mapped_column(String(16))
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # pending | claimed | done | failed
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # a ragcore.sync_events.SyncEventStatus, written by every insert (no default here: that module
+    # imports these models)
+    status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(default=0)
     available_at: Mapped[datetime] = mapped_column(default=utcnow)  # retry later after a failure
     claimed_by: Mapped[str | None] = mapped_column(String(64))

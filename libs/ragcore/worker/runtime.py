@@ -50,6 +50,12 @@ def create_worker_app(queue: Queue) -> Celery:
     recovery.connect()
     reconnect.connect(app)
     _connect_monitor(_Monitor(queue))
+    define_canary(app, queue)
+    return app
+
+
+def define_canary(app: Celery, queue: Queue) -> Task:
+    """Register `queue`'s canary on `app`: it proves the worker consumes its queue."""
 
     @define_task(app, CANARIES[queue])
     def canary(self: Task, args: CanaryArgs) -> dict[str, Any]:
@@ -69,7 +75,7 @@ def create_worker_app(queue: Queue) -> Celery:
             "pid": os.getpid(),
         }
 
-    return app
+    return canary
 
 
 class _Monitor:
