@@ -1,4 +1,5 @@
-"""What the shipped manifests hold: no API key that works, and Flower behind its login."""
+"""What the shipped manifests hold: no API key that works, Flower behind its login, sentinels that
+ragcore accepts."""
 
 import json
 import re
@@ -69,3 +70,13 @@ def test_the_service_monitor_scrapes_the_api_services_metrics_with_a_bearer_key(
         and secret["key"] in d["stringData"]
         for d in docs
     )
+def test_the_sentinel_overlays_name_sentinels_ragcore_accepts() -> None:
+    # Read as text (PyYAML is no dependency of ours); check_manifests.py checks their structure.
+    overlay = (DEPLOY / "k8s-sentinel/kustomization.yaml").read_text()
+    compose = (DEPLOY / "compose/sentinel.yml").read_text()
+    k8s = re.search(r"RAGCORE_REDIS_SENTINELS\n\s+value: (\S+)", overlay)
+    local = re.search(r"RAGCORE_REDIS_SENTINELS: (\S+)", compose)
+    assert k8s and local
+    for sentinels in (k8s[1], local[1]):
+        settings = Settings(redis_sentinels=sentinels, redis_sentinel_master="ragcore")
+        assert settings.broker.count("sentinel://") == len(settings.sentinel_nodes) == 3

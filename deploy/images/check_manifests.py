@@ -1,4 +1,5 @@
-"""What the deployment files promise, checked: one worker service per queue, scaling, KEDA, Beat.
+"""What the deployment files promise, checked: one worker service per queue, scaling, KEDA, Beat,
+and the Sentinel overlays (deploy/k8s-sentinel, deploy/compose/sentinel.yml).
 
 Usage: check_manifests.py COMPOSE_CONFIG_YAML K8S_DIR VERSION
 
@@ -235,10 +236,71 @@ def check_k8s(directory: Path, version: str) -> None:
     )
 
 
+def _patched(document: dict[str, Any], operations: list[dict[str, Any]]) -> dict[str, Any]:
+    """`document` after kustomize's JSON 6902 `operations` (add, replace, remove)."""
+    for operation in operations:
+        *parents, last = operation["path"].strip("/").split("/")
+        node: Any = document
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        if operation["op"] == "remove":
+            del node[last]
+        else:
+            node[int(last) if isinstance(node, list) else last] = operation["value"]
+    return document
+
+
+def _sentinel_nodes(value: str) -> list[str]:
+    """The hosts of RAGCORE_REDIS_SENTINELS ("host:port,host:port"), or a problem noted."""
+    nodes = [n.strip().rpartition(":") for n in value.split(",")]
+    expect(all(h and p.isdigit() for h, _, p in nodes), f"sentinels {value!r} are not host:port")
+    return [h for h, _, _ in nodes]
+
+
+def check_sentinel_overlays(deploy: Path) -> None:
+    """deploy/k8s-sentinel gives ragcore and every KEDA trigger the same sentinels and master;
+    deploy/compose/sentinel.yml gives them to every service that reads the settings."""
+    overlay = yaml.safe_load((deploy / "k8s-sentinel/kustomization.yaml").read_text())
+    expect(overlay["resources"] == ["../k8s"], "k8s-sentinel: must overlay ../k8s")
+    patches = {p["target"]["kind"]: yaml.safe_load(p["patch"]) for p in overlay["patches"]}
+    config = yaml.safe_load((deploy / "k8s/config.yaml").read_text())
+    env = _patched(config, patches["ConfigMap"])["data"]
+    _sentinel_nodes(env.get("RAGCORE_REDIS_SENTINELS", ""))
+    expect(bool(env.get("RAGCORE_REDIS_SENTINEL_MASTER")), "k8s-sentinel: no master name")
+    for scaled in yaml.safe_load_all((deploy / "k8s/keda.yaml").read_text()):
+        name = scaled["metadata"]["name"]
+        for trigger in _patched(scaled, patches["ScaledObject"])["spec"]["triggers"]:
+            metadata = trigger["metadata"]
+            expect(
+                trigger["type"] == "redis-sentinel"
+                and "addressFromEnv" not in metadata
+                and metadata.get("addressesFromEnv") == "RAGCORE_REDIS_SENTINELS"
+                and metadata.get("sentinelMasterFromEnv") == "RAGCORE_REDIS_SENTINEL_MASTER",
+                f"k8s-sentinel: ScaledObject {name} trigger {metadata.get('listName')} does not "
+                "read ragcore's sentinels and master",
+            )
+    base = yaml.safe_load((deploy / "compose/docker-compose.yml").read_text())["services"]
+    override = yaml.safe_load((deploy / "compose/sentinel.yml").read_text())["services"]
+    readers = {n for n, s in base.items() if "RAGCORE_REDIS_URL" in s.get("environment", {})}
+    given = {
+        n for n, s in override.items() if "RAGCORE_REDIS_SENTINELS" in s.get("environment", {})
+    }
+    expect(
+        bool(readers) and given == readers,
+        f"compose sentinel.yml: sentinels for {sorted(given)}, not {sorted(readers)}",
+    )
+    hosts = _sentinel_nodes(override["api"]["environment"]["RAGCORE_REDIS_SENTINELS"])
+    expect(
+        set(hosts) == {n for n in override if n.startswith("sentinel-")},
+        f"compose sentinel.yml: RAGCORE_REDIS_SENTINELS {hosts} are not its sentinel services",
+    )
+
+
 def main() -> None:
     compose_config, k8s_dir, version = sys.argv[1:4]
     check_compose(yaml.safe_load(Path(compose_config).read_text()))
     check_k8s(Path(k8s_dir), version)
+    check_sentinel_overlays(Path(k8s_dir).parent)
     for p in problems:
         print(f"FAIL {p}")
     if problems:

@@ -6,6 +6,7 @@ import logging
 
 import redis
 
+from ragcore import redis_clients
 from ragcore.settings import Settings
 from ragcore.tasks import contracts
 from ragcore.tasks.contracts import Queue
@@ -28,7 +29,7 @@ def visibility_timeout_problem(settings: Settings) -> str | None:
     return None
 
 
-def eviction_problem(client: redis.Redis) -> str | None:
+def eviction_problem(client: redis.Redis, which: str = "the broker's Redis") -> str | None:
     """The broker's Redis must never evict keys: an evicted queue list loses every task in it.
 
     Volatile policies evict only keys with a TTL, and the broker's lists have none; `allkeys-*` may
@@ -47,10 +48,35 @@ def eviction_problem(client: redis.Redis) -> str | None:
         return None
     if policy.startswith("allkeys-"):
         return (
-            f"the broker's Redis evicts keys (maxmemory-policy={policy}): "
+            f"{which} evicts keys (maxmemory-policy={policy}): "
             "queued tasks would be lost under memory pressure; set maxmemory-policy to noeviction"
         )
     return None
+
+
+def sentinel_problems(settings: Settings) -> list[str]:
+    """With Sentinel: the sentinels must know our master (a mistyped name would look like a broker
+    outage for ever), and no replica they may promote may evict keys. Sentinels that do not answer
+    cannot be judged: logged, as a broker outage is."""
+    if not settings.redis_sentinels:
+        return []
+    view = redis_clients.sentinel_view(settings)
+    if view is None:
+        log.warning("no sentinel of RAGCORE_REDIS_SENTINELS answers at start-up; unchecked")
+        return []
+    masters, replicas = view
+    if settings.redis_sentinel_master not in masters:
+        return [
+            f"the sentinels know no master named {settings.redis_sentinel_master!r} "
+            f"(they know {sorted(masters)}): set RAGCORE_REDIS_SENTINEL_MASTER"
+        ]
+    which = "a replica that Sentinel may promote to broker ({}:{})"
+    found = []
+    for replica in replicas:
+        address = replica.connection_pool.connection_kwargs
+        found.append(eviction_problem(replica, which.format(address["host"], address["port"])))
+        replica.close()
+    return [p for p in found if p]
 
 
 def queue_contract_problems() -> list[str]:
@@ -60,6 +86,7 @@ def queue_contract_problems() -> list[str]:
 
 def problems(settings: Settings, client: redis.Redis, *, api: bool = False) -> list[str]:
     found = [p for p in (visibility_timeout_problem(settings), eviction_problem(client)) if p]
+    found += sentinel_problems(settings)
     if api:
         found += queue_contract_problems()
     return found

@@ -1,5 +1,5 @@
-"""The Redis client factory bounds every wait: a hung Redis is an error in seconds, not a stuck
-worker."""
+"""The Redis client factory bounds every wait (a hung Redis is an error in seconds, not a stuck
+worker) and, through Sentinel, follows the master across a failover."""
 
 import socket
 import time
@@ -8,7 +8,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from ragcore import redis_clients
 from ragcore.redis_clients import redis_client
+from ragcore.settings import Settings, get_settings
+from ragcore_dev.processes import wait_until
+from ragcore_dev.servers import SentinelCluster, sentinel_cluster
 
 
 @pytest.fixture
@@ -41,4 +45,63 @@ def test_one_client_per_url_and_timeout_and_every_client_checks_idle_connections
         options["socket_timeout"]
         and options["socket_connect_timeout"]
         and options["health_check_interval"]
+    )
+
+
+@pytest.fixture
+def sentinels(monkeypatch: pytest.MonkeyPatch) -> Iterator[SentinelCluster]:
+    with sentinel_cluster() as cluster:
+        monkeypatch.setenv("RAGCORE_REDIS_SENTINELS", cluster.nodes)
+        monkeypatch.setenv("RAGCORE_REDIS_SENTINEL_MASTER", cluster.master)
+        get_settings.cache_clear()
+        yield cluster
+    get_settings.cache_clear()
+
+
+def test_through_sentinel_a_client_reaches_the_promoted_replica_after_the_primary_dies(
+    sentinels: SentinelCluster,
+) -> None:
+    client = redis_client(get_settings().broker)
+    client.set("before", 1)
+    assert client.info("server")["tcp_port"] == sentinels.primary.port
+    options = client.connection_pool.connection_kwargs
+    assert options["socket_timeout"] and options["socket_connect_timeout"]
+    sentinels.primary.kill()
+
+    def written() -> bool:
+        try:
+            return bool(client.set("after", 2))
+        except redis.ConnectionError:  # the dead primary, then no master until the promotion
+            return False
+
+    wait_until(written, 30, "a write on the promoted replica")
+    assert client.info("server")["tcp_port"] == sentinels.replica.port
+    assert client.get("before") == b"1"  # replicated before the kill
+
+
+def test_kombu_celery_and_redbeat_get_the_timeouts_and_with_sentinel_the_master_and_sentinels() -> (
+    None
+):
+    plain = Settings()
+    assert redis_clients.transport_options(plain) == {
+        "socket_timeout": plain.redis_read_timeout_seconds,
+        "socket_connect_timeout": plain.redis_connect_timeout_seconds,
+    }
+    assert redis_clients.redbeat_options(plain)[0] == plain.broker
+    guarded = Settings(
+        redis_url="redis://:pw@x/2",
+        redis_sentinels="s1:1,s2:2",
+        redis_sentinel_master="m",
+        redis_sentinel_password="sp",
+    )
+    options = redis_clients.transport_options(guarded)
+    assert options["master_name"] == "m" and options["sentinel_kwargs"]["password"] == "sp"
+    assert options["sentinel_kwargs"]["socket_timeout"] == guarded.redis_read_timeout_seconds
+    url, beat = redis_clients.redbeat_options(guarded)
+    assert url == "redis-sentinel://"
+    assert (beat["sentinels"], beat["service_name"], beat["db"], beat["password"]) == (
+        [("s1", 1), ("s2", 2)],
+        "m",
+        2,
+        "pw",
     )

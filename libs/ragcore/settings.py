@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +64,13 @@ class Settings(BaseSettings):
     redis_connect_timeout_seconds: float = Field(5.0, gt=0)
     redis_read_timeout_seconds: float = Field(10.0, gt=0)
     redis_health_check_seconds: int = Field(30, ge=0)
+    # Redis Sentinel (README "Failover"): "host:port,host:port". When set, every Redis above is the
+    # master these sentinels name, and its URL (redis_url, broker_url, ...) says only the database
+    # and the data nodes' password; its host and port are not used. The sentinels' own password,
+    # if they have one, is separate.
+    redis_sentinels: str | None = None
+    redis_sentinel_master: str = "ragcore"
+    redis_sentinel_password: str | None = None
 
     database_url: str = "sqlite:///./.local/ragcore.db"
 
@@ -207,15 +215,38 @@ class Settings(BaseSettings):
 
     @property
     def broker(self) -> str:
-        return self.broker_url or self.redis_url
+        return self._through_sentinels(self.broker_url or self.redis_url)
 
     @property
     def result_backend(self) -> str:
-        return self.result_backend_url or self.redis_url
+        return self._through_sentinels(self.result_backend_url or self.redis_url)
 
     @property
     def cache(self) -> str:
-        return self.cache_url or self.redis_url
+        return self._through_sentinels(self.cache_url or self.redis_url)
+
+    @property
+    def sentinel_nodes(self) -> list[tuple[str, int]]:
+        """(host, port) of each sentinel; empty without Sentinel."""
+        nodes = []
+        for node in (self.redis_sentinels or "").split(","):
+            host, _, port = node.strip().rpartition(":")
+            nodes.append((host, int(port)))
+        return nodes if self.redis_sentinels else []
+
+    def _through_sentinels(self, url: str) -> str:
+        """`url` as Celery's and kombu's Sentinel transports take it: one `sentinel://` per
+        sentinel, each with the URL's credentials and database (ragcore.redis_clients reads it
+        too)."""
+        if not self.redis_sentinels:
+            return url
+        parts = urlsplit(url)
+        credentials = parts.netloc.rpartition("@")[0]
+        auth = f"{credentials}@" if credentials else ""
+        return ";".join(
+            f"sentinel://{auth}{host}:{port}{parts.path or '/0'}"
+            for host, port in self.sentinel_nodes
+        )
 
     @model_validator(mode="after")
     def _refuse_unsafe_defaults(self) -> Settings:
@@ -255,9 +286,28 @@ class Settings(BaseSettings):
                 "worker_lost_after_seconds must be at least three heartbeats "
                 "(worker_heartbeat_seconds)"
             )
+        if self.redis_sentinels:  # empty: no Sentinel (compose passes an unset variable so)
+            urls = (self.redis_url, self.broker_url, self.result_backend_url, self.cache_url)
+            _check_sentinels(self.redis_sentinels, [u for u in urls if u])
         if set(self.tier_thresholds) != set(self.tier_daily_limits):
             raise ValueError("tier_thresholds and tier_daily_limits must name the same tiers")
         return self
+
+
+def _check_sentinels(sentinels: str, urls: list[str]) -> None:
+    for node in sentinels.split(","):
+        host, _, port = node.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"RAGCORE_REDIS_SENTINELS entry {node.strip()!r} is not host:port "
+                '(expected e.g. "sentinel-0:26379,sentinel-1:26379,sentinel-2:26379")'
+            )
+    if any(urlsplit(url).scheme != "redis" for url in urls):
+        # The URLs only lend their database and password to the sentinel:// ones (plain TCP).
+        raise ValueError(
+            "with RAGCORE_REDIS_SENTINELS, the Redis URLs (RAGCORE_REDIS_URL, RAGCORE_BROKER_URL, "
+            "RAGCORE_RESULT_BACKEND_URL, RAGCORE_CACHE_URL) must be redis:// URLs"
+        )
 
 
 def _is_real_key(entry: str) -> bool:

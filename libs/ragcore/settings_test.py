@@ -42,3 +42,28 @@ def test_prod_refuses_a_placeholder_console_secret_without_showing_it() -> None:
     assert "RAGCORE_CONSOLE_SECRET is a placeholder" in str(refused.value)
     long = "s" * 32
     assert Settings(environment="prod", api_keys={REAL_HASH: "admin"}, console_secret=long)
+def test_with_sentinels_each_redis_url_names_every_sentinel_keeping_db_and_password() -> None:
+    settings = Settings(
+        redis_url="redis://:s%40cret@ignored:6379/0",
+        cache_url="redis://ignored/3",
+        redis_sentinels="s1:26379, s2:26380",
+    )
+    assert settings.broker == "sentinel://:s%40cret@s1:26379/0;sentinel://:s%40cret@s2:26380/0"
+    assert settings.cache == "sentinel://s1:26379/3;sentinel://s2:26380/3"
+    assert settings.sentinel_nodes == [("s1", 26379), ("s2", 26380)]
+    assert Settings(redis_sentinels="").broker == Settings().broker == Settings().redis_url
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"redis_sentinels": "s1:26379,s2"}, "'s2' is not host:port"),
+        ({"redis_sentinels": "s1:99999"}, "'s1:99999' is not host:port"),
+        ({"redis_sentinels": "s1:1", "broker_url": "rediss://b:6380/0"}, "must be redis:// URLs"),
+    ],
+)
+def test_a_sentinel_setting_that_cannot_work_is_refused_saying_why(
+    changes: dict[str, str], named: str
+) -> None:
+    with pytest.raises(ValidationError, match=named):
+        Settings(**changes)  # type: ignore[arg-type]  # str values for the fields under test

@@ -16,7 +16,7 @@ lost.
 
 import sys
 
-from ragcore import tracing
+from ragcore import redis_clients, tracing
 from ragcore.db import create_schema
 from ragcore.deliveries import Redriver
 from ragcore.logs import configure_logging
@@ -29,13 +29,14 @@ from services.beat import schedule
 from services.beat.scheduler import OutageTolerantScheduler
 
 settings = get_settings()
+redbeat_url, redbeat_options = redis_clients.redbeat_options(settings)
 app = create_app("beat")
 app.conf.update(
     beat_schedule=schedule.build(settings),
     beat_scheduler=OutageTolerantScheduler,  # RedBeat, riding out broker outages
-    redbeat_redis_url=settings.broker,
-    # The broker's transport options are not RedBeat's (RedBeat 2.5 stops reading them): say so.
-    redbeat_redis_options={},
+    # RedBeat's own client: the broker's Redis, with our timeouts (and sentinels, if configured).
+    redbeat_redis_url=redbeat_url,
+    redbeat_redis_options=redbeat_options,
     redbeat_key_prefix="ragcore:redbeat:",
     redbeat_lock_timeout=30,  # a crashed leader's lock frees within this many seconds
     beat_max_loop_interval=5,  # the leader renews its lock (and checks due entries) this often

@@ -17,7 +17,13 @@ from ragcore.settings import get_settings
 from ragcore.tasks.app import create_app
 from ragcore.tasks.contracts import Queue
 from ragcore_dev.processes import Deployable, deployable_env, free_port, wait_http_ok, wait_until
-from ragcore_dev.servers import RedisServer, postgres_database, redis_server
+from ragcore_dev.servers import (
+    RedisServer,
+    SentinelCluster,
+    postgres_database,
+    redis_server,
+    sentinel_cluster,
+)
 
 ADMIN_KEY, QUERY_KEY, SYNC_KEY = "test-admin-key", "test-query-key", "test-sync-key"
 API_KEYS = f'{{"{ADMIN_KEY}": "admin", "{QUERY_KEY}": "query", "{SYNC_KEY}": "sync"}}'
@@ -25,9 +31,15 @@ API_KEYS = f'{{"{ADMIN_KEY}": "admin", "{QUERY_KEY}": "query", "{SYNC_KEY}": "sy
 
 class Stack:
     def __init__(
-        self, redis_server: RedisServer, database_url: str, settings: dict[str, str]
+        self,
+        redis_server: RedisServer,
+        database_url: str,
+        settings: dict[str, str],
+        sentinel: SentinelCluster | None = None,
     ) -> None:
+        #: The broker's Redis: with Sentinel, the primary (until it fails over).
         self.redis = redis_server
+        self.sentinel = sentinel
         self.database_url = database_url
         self.settings = settings
         self.deployables: list[Deployable] = []
@@ -89,10 +101,21 @@ class Stack:
 
 
 @contextmanager
-def running_stack(**extra: str) -> Iterator[Stack]:
-    """Private Redis + fresh PostgreSQL database; the test process reads the same settings."""
+def running_stack(*, sentinel: bool = False, **extra: str) -> Iterator[Stack]:
+    """Private Redis + fresh PostgreSQL database; the test process reads the same settings.
+
+    `sentinel`: the Redis is a primary with a replica and three sentinels, and every deployable
+    finds it through them (RAGCORE_REDIS_SENTINELS).
+    """
     with ExitStack() as stack:
-        server = stack.enter_context(redis_server())
+        cluster = stack.enter_context(sentinel_cluster()) if sentinel else None
+        server = cluster.primary if cluster else stack.enter_context(redis_server())
+        if cluster:
+            extra = {
+                "redis_sentinels": cluster.nodes,
+                "redis_sentinel_master": cluster.master,
+                **extra,
+            }
         database_url = stack.enter_context(postgres_database())
         settings = {
             "environment": "test",
@@ -108,7 +131,7 @@ def running_stack(**extra: str) -> Iterator[Stack]:
         os.environ.update({f"RAGCORE_{k.upper()}": v for k, v in settings.items()})
         _reset_cached_settings()
         create_schema()
-        running = Stack(server, database_url, settings)
+        running = Stack(server, database_url, settings, cluster)
         try:
             yield running
         finally:

@@ -18,6 +18,7 @@ import pybreaker
 import redis
 
 from ragcore.clients.transport import RetryLater, is_retryable
+from ragcore.redis_clients import redis_client
 from ragcore.settings import Settings
 
 T = TypeVar("T")
@@ -128,6 +129,6 @@ def breaker(neighbour: str, settings: Settings) -> Breaker:
     """This process's breaker of `neighbour` (its state lives in the broker's Redis)."""
     key = (neighbour, settings.broker)
     if key not in _breakers:
-        client = redis.Redis.from_url(settings.broker, socket_timeout=5, socket_connect_timeout=5)
-        _breakers[key] = Breaker(neighbour, client, settings)
+        # A short read budget: the breaker is asked before every call to the neighbour.
+        _breakers[key] = Breaker(neighbour, redis_client(settings.broker, read_timeout=5), settings)
     return _breakers[key]

@@ -14,7 +14,7 @@ from celery.signals import setup_logging
 from kombu.entity import Queue as KombuQueue
 from pydantic import ValidationError
 
-from ragcore import deadletters
+from ragcore import deadletters, redis_clients
 from ragcore.clients.transport import is_retryable
 from ragcore.logs import configure_logging
 from ragcore.settings import Settings, get_settings
@@ -45,7 +45,12 @@ def create_app(
             "or Redis redelivers tasks still running"
         )
     app = Celery(service, set_as_current=True)
-    transport = {"visibility_timeout": settings.visibility_timeout_seconds}
+    # Timeouts (and with Sentinel, the master's name and the sentinels) for the transport and the
+    # backend alike: their connections are kombu's and Celery's, not ragcore.redis_clients'.
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        **redis_clients.transport_options(settings),
+    }
     app.conf.update(
         broker_url=settings.broker,
         # kombu's Redis transport, except that poison is set aside, not fatal (ragcore.deadletters)
@@ -56,6 +61,8 @@ def create_app(
         # policy retries that 20 times, a second apart, when Redis is down. Bounded, a publisher
         # (the report relay, an API request) fails in well under a second and tries again later.
         result_backend_transport_options={**transport, "retry_policy": _FAIL_FAST},
+        redis_socket_timeout=settings.redis_read_timeout_seconds,
+        redis_socket_connect_timeout=settings.redis_connect_timeout_seconds,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,
         task_publish_retry_policy=_FAIL_FAST,

@@ -29,7 +29,7 @@ from ragcore.tasks import ledger
 from ragcore.tasks.app import PermanentTaskError, create_app, define_task
 from ragcore.tasks.arguments import CanaryArgs
 from ragcore.tasks.contracts import CANARIES, Queue
-from ragcore.worker import health, recovery
+from ragcore.worker import health, reconnect, recovery
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def create_worker_app(queue: Queue) -> Celery:
     dead_letters.connect()
     ledger.connect_worker_signals()
     recovery.connect()
+    reconnect.connect(app)
     _connect_monitor(_Monitor(queue))
     define_canary(app, queue)
     return app
