@@ -17,7 +17,6 @@ from api.body_limit import BodyLimit
 from api.routers import deliveries, health, metrics, query, sync, tasks
 from ragcore import invariants
 from ragcore.broker import broker_client
-from ragcore.db import create_schema
 from ragcore.logs import configure_logging, request_id_var
 from ragcore.settings import Settings, get_settings
 from ragcore.tasks.app import create_app as create_celery_app
@@ -40,7 +39,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        create_schema()
         refuse_unsafe_start(settings)
         yield
 

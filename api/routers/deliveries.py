@@ -13,7 +13,7 @@ from sqlalchemy import ColumnElement, func, select, update
 
 from api.auth import AdminKey
 from api.deps import CeleryDep, SessionDep, commit
-from api.errors import ERROR_RESPONSES, NOT_STORED_RESPONSE, ErrorBody, Responses
+from api.errors import ERROR_RESPONSES, NOT_STORED_RESPONSE, ErrorBody, Responses, UnavailableBody
 from api.schemas.tasks import TaskName
 from ragcore.db import rows_affected, utcnow
 from ragcore.db.models import FailedDelivery
@@ -29,7 +29,7 @@ _RETRY_RESPONSES: Responses = {
     404: {"model": ErrorBody, "description": "No failed delivery with this id"},
     409: {"model": ErrorBody, "description": "Already re-driven"},
     503: {
-        "model": ErrorBody,
+        "model": UnavailableBody,
         "description": "The broker (Redis) is unreachable; nothing was marked",
     },
 }
@@ -118,14 +118,9 @@ def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: Cel
         )
     # a payload no contract accepts is a 422, not a publish failure
     payload = task.validate(row.payload)
-    try:
-        task_id = dispatch.send(celery, task, payload)
-    except Exception as exc:  # broker down: nothing was marked, the operator can retry later
-        log.warning("re-drive of delivery %s failed: %s", delivery_id, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"could not publish the task: {type(exc).__name__}: {exc}",
-        ) from None
+    # Broker down: PublishFailed rises to the one broker handler (a 503 naming the broker and the
+    # request id; what Redis said is logged only), nothing was marked, the operator can retry.
+    task_id = dispatch.send(celery, task, payload)
     row.status, row.redriven_at, row.redrive_task_id = "redriven", utcnow(), task_id
     # before the 202; if it fails, a second re-drive sends under the same idempotency key
     commit(session)

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
-from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody
+from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, UnavailableBody
 from ragcore.broker import queue_stats as queues
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.query import reports
@@ -177,7 +177,7 @@ def _retention_families(session: Session) -> list[Metric]:
             "content": {"text/plain": {"schema": {"type": "string"}}},
             "description": "Prometheus text format",
         },
-        503: {"model": ErrorBody, "description": "The broker is unreachable"},
+        503: {"model": UnavailableBody, "description": "The broker is unreachable"},
     },
 )
 def metrics(settings: SettingsDep, session: SessionDep) -> Response:

@@ -28,16 +28,30 @@ def redis_client(url: str, read_timeout: float | None = None) -> redis.Redis:
     )
 
 
+def redis_options() -> dict[str, float]:
+    """The keyword arguments of every client: for a client made elsewhere (RedBeat's, from its
+    `redbeat_redis_options`)."""
+    settings = get_settings()
+    return _options(
+        settings.redis_connect_timeout_seconds,
+        settings.redis_read_timeout_seconds,
+        settings.redis_health_check_seconds,
+    )
+
+
+def _options(connect_timeout: float, read_timeout: float, health_check: int) -> dict[str, float]:
+    return {
+        # A caller's short budget (the hot cache's) covers connecting too.
+        "socket_connect_timeout": min(connect_timeout, read_timeout),
+        "socket_timeout": read_timeout,
+        # A pooled connection idle this long is pinged before use: one a restart or a NAT dropped
+        # fails the ping, not the caller's command.
+        "health_check_interval": health_check,
+    }
+
+
 @lru_cache
 def _client(
     url: str, connect_timeout: float, read_timeout: float, health_check: int
 ) -> redis.Redis:
-    return redis.Redis.from_url(
-        url,
-        # A caller's short budget (the hot cache's) covers connecting too.
-        socket_connect_timeout=min(connect_timeout, read_timeout),
-        socket_timeout=read_timeout,
-        # A pooled connection idle this long is pinged before use: one a restart or a NAT dropped
-        # fails the ping, not the caller's command.
-        health_check_interval=health_check,
-    )
+    return redis.Redis.from_url(url, **_options(connect_timeout, read_timeout, health_check))

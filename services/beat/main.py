@@ -12,17 +12,23 @@ re-drives the waiting deliveries that are due (`ragcore.tasks.redrive`). Started
 only.
 """
 
+import logging
 import sys
 
-from ragcore.db import create_schema
+from redbeat.schedulers import get_redis
+
+from ragcore import invariants
+from ragcore.broker import broker_client
 from ragcore.logs import configure_logging
 from ragcore.query.reports import ReportRelay
+from ragcore.redis_clients import redis_options
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger, redrive
 from ragcore.tasks.app import create_app
 from services.beat import schedule
 from services.beat.scheduler import OutageTolerantScheduler
 
+log = logging.getLogger(__name__)
 settings = get_settings()
 app = create_app("beat")
 app.conf.update(
@@ -30,7 +36,9 @@ app.conf.update(
     beat_scheduler=OutageTolerantScheduler,  # RedBeat, riding out broker outages
     redbeat_redis_url=settings.broker,
     # The broker's transport options are not RedBeat's (RedBeat 2.5 stops reading them): say so.
-    redbeat_redis_options={},
+    # Its client gets our connect and read timeouts (without them it waits forever on a Redis that
+    # stopped answering); the start-up invariants check it.
+    redbeat_redis_options=redis_options(),
     redbeat_key_prefix="ragcore:redbeat:",
     redbeat_lock_timeout=30,  # a crashed leader's lock frees within this many seconds
     beat_max_loop_interval=5,  # the leader renews its lock (and checks due entries) this often
@@ -49,7 +57,16 @@ def main() -> None:
         app.start(["beat", "--help"])
         return
     configure_logging("beat", settings.log_level)
-    create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
+    try:
+        invariants.check(
+            settings,
+            broker_client(settings.broker),
+            service="beat",
+            redis_clients={"RedBeat's Redis client (redbeat_redis_options)": get_redis(app)},
+        )
+    except invariants.InvariantError as exc:
+        log.critical("%s", exc)
+        sys.exit(str(exc))
     relay = ReportRelay(
         app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings)
     )

@@ -19,7 +19,7 @@ from celery.worker import state as worker_state
 
 from ragcore import invariants
 from ragcore.broker import queue_stats as queues
-from ragcore.db import create_schema, get_engine, session_scope
+from ragcore.db import get_engine, session_scope
 from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger
@@ -258,7 +258,6 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     except invariants.InvariantError as exc:
         log.critical("%s", exc)
         sys.exit(str(exc))
-    create_schema()
     app.worker_main(
         [
             "--quiet",  # no banner on stdout: every line a deployable writes is JSON
