@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, Response
 
 from api import errors
 from api.body_limit import BodyLimit
+from api.key_gate import KeyGate
 from api.routers import deliveries, health, metrics, query, sync, tasks
 from ragcore import invariants
 from ragcore.broker import broker_client
@@ -46,6 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.celery = create_celery_app("api", settings)
     errors.install(app)
+    # Inside BodyLimit (a declared oversize body is a 413 first) and before the app reads a body.
+    app.add_middleware(
+        KeyGate,
+        keys=settings.api_keys,
+        large_bytes=settings.max_body_bytes,
+        concurrent_large=settings.max_concurrent_large_bodies,
+    )
     # Added before the request-id middleware, so it runs inside it: a 413 carries X-Request-ID too.
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, limits=settings.body_limits)
 
