@@ -5,12 +5,12 @@ parsed a few at a time."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send  # pants: no-infer-dep (with fastapi)
 
 from api.auth import MISSING_KEY, UNKNOWN_KEY, scope_of
+from api.body_limit import refuse
 from ragcore.settings import ApiScope
 
 #: Every route under it takes a key (README's scope table); the probes and /metrics are elsewhere.
@@ -47,7 +47,7 @@ class KeyGate:
         headers = dict(scope["headers"])
         key = headers.get(b"x-api-key", b"").decode("latin-1")
         if not key or scope_of(key, self.keys) is None:
-            await _unauthorized(send, UNKNOWN_KEY if key else MISSING_KEY)
+            await refuse(send, 401, UNKNOWN_KEY if key else MISSING_KEY)
             return
         declared = headers.get(b"content-length")
         small = declared is not None and declared.isdigit() and int(declared) <= self.large_bytes
@@ -58,20 +58,3 @@ class KeyGate:
             self._slots = asyncio.Semaphore(self.concurrent_large)
         async with self._slots:
             await self.app(scope, receive, send)
-
-
-async def _unauthorized(send: Send, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                # The body was never read: the connection cannot carry another request.
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
