@@ -155,6 +155,13 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/api/v1/sync/trigger-sync"): {},
     ("POST", "/api/v1/deliveries/redrive"): {"task_name": "send_system_notification"},
     ("POST", "/api/v1/deliveries/discard"): {"task_name": "send_system_notification"},
+    ("POST", "/api/v1/notifications"): {
+        "notification_type": "maintenance",
+        "title": "Maintenance",
+        "message": "Tonight at 22:00",
+        "user_ids": ["u1"],
+        "idempotency_key": "walk",
+    },
 }
 #: What a 5xx body may say: which dependency, never what it said.
 DEPENDENCY_DETAILS = {

@@ -20,7 +20,7 @@ from ragcore.db.session import get_engine
 log = logging.getLogger(__name__)
 
 #: The migration this code's models are (tests/integration/migrations_test.py: it is the head).
-REVISION = "0008"
+REVISION = "0011"
 #: How an operator brings the database to it (the migration job's pex runs the same module).
 MIGRATE = "python -m ragcore.db.migrate"
 
