@@ -30,11 +30,12 @@ from sqlalchemy.orm import Session
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, UnavailableBody
-from ragcore.broker import queue_stats as queues
+from ragcore import deliveries
+from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.query import reports
 from ragcore.settings import Settings
-from ragcore.tasks import contracts, ledger, redrive
+from ragcore.tasks import contracts, ledger
 from ragcore.tasks.contracts import APPLY_RETENTION
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class _Snapshot(Collector):
         yield from self.families
 
 
-def _queue_families(stats: Iterable[queues.QueueStats]) -> list[Metric]:
+def _queue_families(stats: Iterable[depths.QueueStats]) -> list[Metric]:
     depth = GaugeMetricFamily("ragcore_queue_depth", "Tasks waiting in the queue", labels=["queue"])
     age = GaugeMetricFamily(
         "ragcore_queue_oldest_task_age_seconds",
@@ -139,7 +140,7 @@ def _delivery_families(settings: Settings, session: Session) -> list[Metric]:
         labels=["neighbour", "state"],
     )
     for neighbour in contracts.neighbours():
-        count, oldest = redrive.backlog(session, neighbour)
+        count, oldest = deliveries.backlog(session, neighbour)
         waiting.add_metric([neighbour], count)
         age.add_metric([neighbour], (now - oldest).total_seconds() if oldest else 0.0)
         current = breaker(neighbour, settings).state
@@ -184,9 +185,9 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     """Queue and task metrics in the Prometheus text format."""
     started = time.monotonic()
     try:
-        stats = queues.all_queue_stats(
-            queues.broker_client(settings.broker),
-            queues.heartbeat_ttl(settings.worker_heartbeat_seconds),
+        stats = depths.all_queue_stats(
+            broker_client(settings.broker),
+            heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
         )
         # breaker states live in the broker's Redis
         deliveries = _delivery_families(settings, session)

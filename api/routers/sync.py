@@ -8,7 +8,7 @@ from api.auth import SyncKey
 from api.deps import CeleryDep, SessionDep, commit
 from api.errors import BROKER_DOWN, ERROR_RESPONSES, NOT_STORED_RESPONSE
 from api.schemas.sync import DocumentId, EventsAccepted, TaskAccepted
-from ragcore import sync_events as sync_queue
+from ragcore import sync_events
 from ragcore.tasks import contracts, dispatch
 from ragcore.tasks.contracts import SyncEmbeddingsArgs
 
@@ -45,10 +45,10 @@ def delete_document(document_id: DocumentId, _: SyncKey, celery: CeleryDep) -> T
 
 @router.post("/events", status_code=status.HTTP_202_ACCEPTED, responses=NOT_STORED_RESPONSE)
 def receive_events(
-    body: sync_queue.ChangeEvents, _: SyncKey, session: SessionDep
+    body: sync_events.ChangeEvents, _: SyncKey, session: SessionDep
 ) -> EventsAccepted:
     """Store Ingest's change events in the durable sync queue (all or nothing), committed before the
     202."""
-    stored = sync_queue.store(session, body.events)
+    stored = sync_events.store(session, body.events)
     commit(session)
     return EventsAccepted(stored=stored)

@@ -27,18 +27,17 @@ from api.schemas.tasks import (
     TaskId,
     TaskList,
     TaskName,
-    TaskState,
     TaskSummary,
     TriggeredTask,
     WorkerInfo,
     WorkersResponse,
 )
-from ragcore.broker import queue_stats, workers
+from ragcore.broker import broker_client, depths, heartbeats, revocation_feed, workers
 from ragcore.logs import request_id_var
 from ragcore.tasks import contracts, dispatch, ledger
-from ragcore.tasks import status as task_view
 from ragcore.tasks.contracts import TaskContract, Timestamp
-from ragcore.tasks.status import TaskStatus
+from ragcore.tasks.states import RAN, TaskState
+from ragcore.tasks.status import TaskStatus, error_summary, ledger_state, live_state, merge
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +58,12 @@ def task_status(
     """Live state from the result backend, completed by the ledger; 404 for ids never sent.
     A sync key (Ingest) reads the sync tasks only; admin reads every task."""
     live = AsyncResult(task_id, app=celery)
-    state = task_view.live_state(live)
+    state = live_state(live)
     # Read after the live state: the ledger then holds at least what the worker wrote before it.
     record = ledger.get(session, task_id)
-    client = queue_stats.broker_client(settings.broker)
+    client = broker_client(settings.broker)
     lost_since = workers.lost_since(client, record) if record is not None else None
-    view = task_view.merge(task_id, state, live, record, lost_since)
+    view = merge(task_id, state, live, record, lost_since)
     if view is None:
         raise HTTPException(404, f"no task with id {task_id!r} was ever sent")
     if scope == "sync" and view.queue != contracts.Queue.SYNC.value:
@@ -76,7 +75,7 @@ def task_status(
         view.traceback = None
         if view.error is not None:
             log.info("task %s error, summarised for a %s key: %s", task_id, scope, view.error)
-            view.error = task_view.error_summary(view.error, request_id_var.get())
+            view.error = error_summary(view.error, request_id_var.get())
     return view
 
 
@@ -122,7 +121,7 @@ def task_history(
             task_id=r.task_id,
             name=r.name,
             queue=r.queue,
-            status=task_view.ledger_state(r),
+            status=ledger_state(r),
             sent_at=r.sent_at,
             started_at=r.started_at,
             finished_at=r.finished_at,
@@ -195,14 +194,14 @@ def list_workers(_: AdminKey, celery: CeleryDep, settings: SettingsDep) -> Worke
 @router.get("/queues", responses=BROKER_DOWN)
 def list_queues(_: AdminKey, settings: SettingsDep) -> QueuesResponse:
     """Depth, oldest waiting task and consumers of each of the four queues, from the broker."""
-    stats = queue_stats.all_queue_stats(
-        queue_stats.broker_client(settings.broker),
-        queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds),
+    stats = depths.all_queue_stats(
+        broker_client(settings.broker),
+        heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
     )
     return QueuesResponse(queues=[_queue_info(s) for s in stats])
 
 
-def _queue_info(stats: queue_stats.QueueStats) -> QueueInfo:
+def _queue_info(stats: depths.QueueStats) -> QueueInfo:
     lost = [
         LostWorker(name=host, last_heartbeat=datetime.fromtimestamp(at, UTC))
         for host, at in stats.lost
@@ -220,7 +219,7 @@ def _queue_info(stats: queue_stats.QueueStats) -> QueueInfo:
     )
 
 
-def _queue_warning(stats: queue_stats.QueueStats) -> str | None:
+def _queue_warning(stats: depths.QueueStats) -> str | None:
     problems = ["no worker consumes this queue"] if stats.unconsumed else []
     if stats.lost:
         problems.append(
@@ -263,27 +262,34 @@ def revoke_task(
 ) -> RevokeResult:
     """Revoke a task for good, as Celery does any id, sent or not: recorded in the ledger, so a
     worker started later skips it too."""
-    client = queue_stats.broker_client(settings.broker)
+    client = broker_client(settings.broker)
     record = ledger.get(session, task_id)
     # No worker has received it (another client may send it later).
     if record is None or record.name is None:
         ledger.record_revoked_unseen(session, task_id)
         session.commit()  # durable before any worker hears of it
-        queue_stats.publish_revocation(client, task_id)
+        revocation_feed.publish_revocation(client, task_id)
         # Nothing runs it (a worker that receives a task records it): nothing to terminate.
         celery.control.revoke(task_id)
         response.status_code = status.HTTP_202_ACCEPTED
         return RevokeResult(
-            task_id=task_id, revoked=True, terminated=False, status="REVOKED", detail=_NOT_SEEN
+            task_id=task_id,
+            revoked=True,
+            terminated=False,
+            status=TaskState.REVOKED,
+            detail=_NOT_SEEN,
         )
-    if record.state in ("SUCCESS", "FAILURE"):
+    if record.state in RAN:
         raise HTTPException(
             409, f"task {task_id} already finished ({record.state}); there is nothing to revoke"
         )
-    live_state = task_view.live_state(AsyncResult(task_id, app=celery)) or record.state
-    running = record.state == "STARTED" or live_state in ("STARTED", "PROGRESS")
+    now = live_state(AsyncResult(task_id, app=celery)) or record.state
+    running = record.state == TaskState.STARTED or now in (
+        TaskState.STARTED,
+        TaskState.PROGRESS,
+    )
     if terminate and running and record.worker:
-        worker = queue_stats.worker_record(client, record.worker)
+        worker = heartbeats.worker_record(client, record.worker)
         if worker is not None and not worker.get("can_terminate", True):
             raise HTTPException(
                 409,
@@ -295,7 +301,7 @@ def revoke_task(
             )
     ledger.mark_revoked(record)
     session.commit()  # durable before any worker hears of it
-    queue_stats.publish_revocation(client, task_id)
+    revocation_feed.publish_revocation(client, task_id)
     celery.control.revoke(task_id, terminate=terminate and running, signal="SIGTERM")
     if terminate and running:
         detail = "revoked; the running task is being terminated"
@@ -307,7 +313,7 @@ def revoke_task(
         task_id=task_id,
         revoked=True,
         terminated=terminate and running,
-        status=task_view.ledger_state(record),
+        status=ledger_state(record),
         detail=detail,
     )
 

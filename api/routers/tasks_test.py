@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from api.conftest import ADMIN, QUERY, SYNC, as_key
 from api.errors import BROKER_UNREACHABLE
-from ragcore.broker import queue_stats
+from ragcore.broker import revocation_feed
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.tasks import contracts
@@ -173,7 +173,7 @@ def test_an_id_no_worker_received_is_revoked_ahead_with_202(
     with session_scope() as session:
         record = session.get(TaskRecord, "t-future")
         assert record is not None and record.revoked
-    revoked, _ = queue_stats.revocations_since(redis.Redis.from_url(broker.url), 0)
+    revoked, _ = revocation_feed.revocations_since(redis.Redis.from_url(broker.url), 0)
     assert revoked == ["t-future"]
 
 

@@ -18,7 +18,6 @@ TaskId = Annotated[
 TaskName = Enum(  # type: ignore[misc]
     "TaskName", {name: name for name in contracts.BY_NAME}, type=str
 )
-TaskState = Literal["PENDING", "STARTED", "PROGRESS", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
 
 
 class HistoryItem(BaseModel):
@@ -93,7 +92,7 @@ class QueueInfo(BaseModel):
     workers: list[str]
     #: Tasks its workers hold (running or reserved ahead): what KEDA counts beside `depth`.
     in_flight: int = 0
-    #: Workers whose heartbeat lapsed and whose tasks wait to be re-queued by a live worker.
+    #: Lost workers (heartbeat stopped) whose tasks wait to be re-queued by a live worker.
     lost_workers: list[LostWorker] = []
     #: True when no worker consumes this queue (its tasks wait until one starts) or a worker is
     #: lost.

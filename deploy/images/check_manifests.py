@@ -174,7 +174,7 @@ def check_k8s(directory: Path, version: str) -> None:
             so["spec"]["scaleTargetRef"]["name"] == f"ragcore-worker-{q}",
             f"k8s: ScaledObject {q} target",
         )
-        # Waiting and in-flight work (ragcore.broker.queue_stats.IN_FLIGHT_KEY): a pod busy with an
+        # Waiting and in-flight work (ragcore.broker.in_flight.IN_FLIGHT_KEY): a pod busy with an
         # empty list is not idle.
         triggers = so["spec"]["triggers"]
         lists = sorted(t["metadata"].get("listName", "") for t in triggers if t["type"] == "redis")

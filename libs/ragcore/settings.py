@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     # Workers record a heartbeat (and their last dequeue) in the broker's Redis this often.
     worker_heartbeat_seconds: float = Field(5.0, gt=0, le=60)
     # A worker whose heartbeat is this old is gone: a live worker of its queue re-queues what it
-    # held. Well above the heartbeat's own lapse (three beats), so a slow beat never re-queues a
+    # held. Well above the heartbeat's own expiry (three beats), so a slow beat never re-queues a
     # running task.
     worker_lost_after_seconds: float = Field(60.0, gt=0)
     # Health: a worker with waiting tasks that dequeued nothing for this long is not consuming.

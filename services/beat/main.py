@@ -6,10 +6,11 @@ started by mistake waits for the lock instead of doubling the schedule, and a re
 from the stored last runs instead of re-firing or skipping what was due. A broker outage pauses
 Beat, it does not end it (`services.beat.scheduler`).
 
-Beat also runs the report relay (`ragcore.query.reports`): the one publisher of the query reports,
-in the one process that publishes on a timer anyway, and off the API's cores; each of its rounds
-re-drives the waiting deliveries that are due (`ragcore.tasks.redrive`). Started by the entrypoint
-only.
+Beat also runs two threads, started by the entrypoint only: the report relay
+(`ragcore.query.reports`), the one publisher of the query reports, in the one process that
+publishes on a timer anyway, and off the API's cores; and the delivery re-driver
+(`ragcore.deliveries.redriver`), which re-drives the waiting deliveries that are due, at the same
+interval.
 """
 
 import logging
@@ -19,11 +20,12 @@ from redbeat.schedulers import get_redis
 
 from ragcore import invariants
 from ragcore.broker import broker_client
+from ragcore.deliveries import Redriver
 from ragcore.logs import configure_logging
 from ragcore.query.reports import ReportRelay
 from ragcore.redis_clients import redis_options
 from ragcore.settings import get_settings
-from ragcore.tasks import ledger, redrive
+from ragcore.tasks import ledger
 from ragcore.tasks.app import create_app
 from services.beat import schedule
 from services.beat.scheduler import OutageTolerantScheduler
@@ -67,14 +69,17 @@ def main() -> None:
     except invariants.InvariantError as exc:
         log.critical("%s", exc)
         sys.exit(str(exc))
-    relay = ReportRelay(
-        app, settings.report_relay_seconds, lambda: redrive.redrive_due(app, settings)
-    )
-    relay.start()
+    threads = [
+        ReportRelay(app, settings.report_relay_seconds),
+        Redriver(app, settings, settings.report_relay_seconds),
+    ]
+    for thread in threads:
+        thread.start()
     try:
         app.start(["--quiet", "beat", f"--loglevel={settings.log_level}", *sys.argv[1:]])
     finally:
-        relay.stop()
+        for thread in threads:
+            thread.stop()
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
 from typing import Any
 
-from celery import states
 from sqlalchemy import ColumnElement, delete, exists, select, update
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from ragcore import deliveries
 from ragcore.db import rows_affected
 from ragcore.db.models import (
     Conversation,
@@ -26,16 +26,10 @@ from ragcore.db.models import (
     TaskRecord,
 )
 from ragcore.settings import Settings
+from ragcore.tasks.states import FINISHED
 
 Sessions = Callable[[], AbstractContextManager[Session]]
 
-#: Ledger states after which a task never changes again (Celery's READY_STATES: SUCCESS, FAILURE,
-#: REVOKED). PENDING, STARTED (PROGRESS is STARTED with progress), RETRY are never deleted.
-FINISHED_TASK_STATES: frozenset[str] = frozenset(states.READY_STATES)
-#: The only failed-delivery statuses that retention may delete: an operator (or the automatic
-#: re-drive) has dealt with them. Any other status, including ones added later, means still
-#: failed or waiting and is kept — a new resolved status must be added here on purpose.
-RESOLVED_DELIVERY_STATUSES: frozenset[str] = frozenset({"redriven", "discarded"})
 #: Sync events that were applied; pending, claimed and failed ones are still work.
 DONE_SYNC_EVENT_STATUS = "done"
 
@@ -89,7 +83,7 @@ def delete_finished_tasks(
     # is written so today) is aged by when it was sent.
     old = (
         TaskRecord.sent_at < cutoff,
-        TaskRecord.state.in_(FINISHED_TASK_STATES),
+        TaskRecord.state.in_(FINISHED),
         TaskRecord.finished_at.is_(None) | (TaskRecord.finished_at < cutoff),
     )
     return _delete_in_batches(sessions, TaskRecord.task_id, old, batch_size)
@@ -98,11 +92,11 @@ def delete_finished_tasks(
 def delete_resolved_deliveries(
     sessions: Sessions, now: datetime, days: int, batch_size: int = 1000
 ) -> int:
-    """Delete failed deliveries resolved (see RESOLVED_DELIVERY_STATUSES) more than `days` ago."""
+    """Delete failed deliveries resolved (see ragcore.deliveries.RESOLVED) more than `days` ago."""
     cutoff = now - timedelta(days=days)
     resolved_at = FailedDelivery.redriven_at.is_(None) | (FailedDelivery.redriven_at < cutoff)
     old = (
-        FailedDelivery.status.in_(RESOLVED_DELIVERY_STATUSES),
+        FailedDelivery.status.in_(deliveries.RESOLVED),
         FailedDelivery.created_at < cutoff,
         resolved_at,
     )

@@ -17,6 +17,7 @@ from ragcore import notification_keys
 from ragcore.clients.transport import is_retryable, shared_http_client
 from ragcore.clients.users import UsersClient, content_digest
 from ragcore.db import session_scope, utcnow
+from ragcore.deliveries import deliver
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts
 from ragcore.tasks.app import PermanentTaskError, define_task
@@ -27,7 +28,6 @@ from ragcore.tasks.contracts import (
 )
 from ragcore.tasks.locks import lock_client, periodic_lock
 from services.notifications import usage
-from services.notifications.failures import deliver
 
 
 def http_client() -> httpx.Client:

@@ -16,7 +16,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from sqlalchemy import delete, select, update
 
-from ragcore.broker import queue_stats as queues
+from ragcore.broker import broker_client, stop_flags
 from ragcore.clients.breaker import breaker
 from ragcore.clients.ingest import DocumentNotFound, IngestClient, Page
 from ragcore.clients.transport import shared_http_client
@@ -29,6 +29,7 @@ from ragcore.tasks import contracts, ledger
 from ragcore.tasks.app import define_task, will_retry
 from ragcore.tasks.contracts import DocumentArgs, NoArgs, SyncEmbeddingsArgs
 from ragcore.tasks.locks import lock_client, periodic_lock
+from ragcore.tasks.states import TaskState
 from services.sync.copier import CopyReport, copy_pages, write_in_generation
 from services.sync.drain import DocumentBusy, check_not_stale, drain, record_applied
 
@@ -200,11 +201,11 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
     before = store.count()
     reported = [-PROGRESS_SECONDS]
     halt = threading.Event()
-    broker = queues.broker_client(get_settings().broker)
+    broker = broker_client(get_settings().broker)
     applied, cursor = [resumed.pages], [resumed.cursor]
 
     def on_page(report: CopyReport) -> None:
-        if not halt.is_set() and queues.is_stopping(broker, self.request.hostname):
+        if not halt.is_set() and stop_flags.is_stopping(broker, self.request.hostname):
             halt.set()  # this worker shuts down: fetch no more, write what is fetched, hand back
             log.info(
                 "the worker stops: the full sync hands itself back after the pages already fetched"
@@ -259,7 +260,7 @@ def trigger_full_sync(self: Task, args: NoArgs) -> dict[str, Any]:
             }
             ledger.handed_back(task_id, waiting)
             # Celery stores nothing for a rejected task
-            self.update_state(state="PENDING", meta=waiting)
+            self.update_state(state=TaskState.PENDING, meta=waiting)
             raise Reject("the worker stops: handed back at a page boundary", requeue=True)
         copied = time.perf_counter()
         # A newer full sync began meanwhile: the points written since carry its generation, and its

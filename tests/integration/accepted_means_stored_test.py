@@ -13,6 +13,7 @@ from sqlalchemy import Connection, create_engine, func, select, text
 
 from ragcore.db import session_scope
 from ragcore.db.models import FailedDelivery, SyncEvent
+from ragcore.deliveries import DeliveryStatus
 from ragcore_dev.processes import wait_until
 from tests.support.stack import ADMIN_KEY, SYNC_KEY, Stack, running_stack
 
@@ -136,6 +137,7 @@ def test_a_redrive_whose_commit_fails_is_a_503_and_stays_failed(
             payload=payload,
             error="HTTP 500",
             attempts=4,
+            status=DeliveryStatus.FAILED,
         )
         session.add(row)
     _commit_waits_on_hold(holder, "failed_deliveries", "UPDATE")
@@ -163,6 +165,7 @@ def test_a_bulk_action_whose_commit_fails_is_a_503_and_changes_nothing(
             payload={"idempotency_key": f"cut-bulk-{action}"},
             error=f"HTTP 500 cut-bulk-{action}",
             attempts=4,
+            status=DeliveryStatus.FAILED,
         )
         session.add(row)
     _commit_waits_on_hold(holder, "failed_deliveries", "UPDATE")

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ragcore.broker import queue_stats as queues
+from ragcore.broker import revocation_feed
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.tasks import contracts, dispatch, ledger
@@ -215,7 +215,7 @@ def test_a_worker_that_missed_the_revoke_broadcast_learns_it_from_the_feed(
         record = session.get(TaskRecord, target)
         assert record is not None
         ledger.mark_revoked(record)
-    queues.publish_revocation(stack.redis_client(), target)
+    revocation_feed.publish_revocation(stack.redis_client(), target)
 
     _wait_status(api, busy, "SUCCESS")
     wait_until(

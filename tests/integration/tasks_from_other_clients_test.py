@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ragcore.broker import queue_stats as queues
+from ragcore.broker import revocation_feed
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.tasks.contracts import CANARIES, Queue
@@ -198,7 +198,7 @@ def test_an_id_revoked_before_it_was_sent_is_discarded_by_a_worker_started_later
     # no worker runs: none heard it
     assert api.post(f"/api/v1/tasks/revoke/{task_id}").status_code == 202
     # nor can one read it from Redis: the ledger must carry it
-    stack.redis_client().delete(queues.REVOKED_KEY)
+    stack.redis_client().delete(revocation_feed.REVOKED_KEY)
     _send_from_a_bare_app(stack, task_id, echo="must not run")
     worker = stack.start_worker(Queue.USER, name="user-later")
     _discarded(task_id)

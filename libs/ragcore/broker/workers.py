@@ -1,4 +1,4 @@
-"""The workers as the API sees them: a bounded broadcast to ask them, and whose heartbeat lapsed."""
+"""The workers as the API sees them: a bounded broadcast to ask them, and since when one is lost."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ from typing import Any
 import redis
 from celery import Celery
 
-from ragcore.broker import queue_stats
+from ragcore.broker import heartbeats
+from ragcore.broker.client import broker_client
 from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings
+from ragcore.tasks.states import TaskState
 
 
 def ask(celery: Celery, settings: Settings, *methods: str) -> list[dict[str, Any]]:
     """Ask every worker, all `methods` of Celery's inspect at once; one dict (worker -> reply) per
     method. Stops waiting once each worker with a current heartbeat answered, or at the timeout."""
     try:
-        client = queue_stats.broker_client(settings.broker)
-        ttl = queue_stats.heartbeat_ttl(settings.worker_heartbeat_seconds)
-        expected = len(queue_stats.live_workers(client, ttl))
+        client = broker_client(settings.broker)
+        ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+        expected = len(heartbeats.live_workers(client, ttl))
     except redis.RedisError:
         expected = 0  # the broadcast below says whether the broker is reachable
     inspect = celery.control.inspect(
@@ -34,14 +36,14 @@ def ask(celery: Celery, settings: Settings, *methods: str) -> list[dict[str, Any
 
 
 def lost_since(client: redis.Redis, record: TaskRecord) -> datetime | None:
-    """When the worker running `record` last beat, if its heartbeat lapsed; None while it beats
-    (or while the broker is down: nothing is known of the worker then)."""
-    if record.state != "STARTED" or not record.worker or not record.queue:
+    """When the worker running `record` last beat, if that worker is lost (its heartbeat stopped);
+    None while it beats (or while the broker is down: nothing is known of the worker then)."""
+    if record.state != TaskState.STARTED or not record.worker or not record.queue:
         return None
     try:
-        if queue_stats.worker_record(client, record.worker) is not None:
+        if heartbeats.worker_record(client, record.worker) is not None:
             return None
-        last = queue_stats.last_heartbeat(client, record.queue, record.worker)
+        last = heartbeats.last_heartbeat(client, record.queue, record.worker)
     except redis.RedisError:
         return None
     # No heartbeat left: already re-queued (it waits for a worker) or a warm shutdown handed it

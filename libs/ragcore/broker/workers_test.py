@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from ragcore.broker import queue_stats, workers
+from ragcore.broker import heartbeats, workers
 from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings
 
@@ -43,7 +43,7 @@ def _settings() -> Settings:
 
 
 def test_each_method_answers_in_order_and_a_silent_one_is_empty(monkeypatch: Any) -> None:
-    monkeypatch.setattr(queue_stats, "live_workers", lambda client, ttl: {"a@h", "b@h"})
+    monkeypatch.setattr(heartbeats, "live_workers", lambda client, ttl: {"a@h", "b@h"})
     celery = Celery({"active": {"a@h": [{"id": "t1"}]}, "stats": None})
     active, stats = workers.ask(celery, _settings(), "active", "stats")
     assert (active, stats) == ({"a@h": [{"id": "t1"}]}, {})
@@ -55,7 +55,7 @@ def test_with_no_heartbeats_readable_the_timeout_alone_bounds_the_wait(monkeypat
     def down(client: Any, ttl: float) -> set[str]:
         raise redis.ConnectionError("down")
 
-    monkeypatch.setattr(queue_stats, "live_workers", down)
+    monkeypatch.setattr(heartbeats, "live_workers", down)
     celery = Celery({"registered": {}})
     assert workers.ask(celery, _settings(), "registered") == [{}]
     assert celery.control.options == {"timeout": 0.5, "limit": None}
@@ -78,13 +78,13 @@ def _started(**values: Any) -> TaskRecord:
 def test_a_task_whose_worker_stopped_beating_is_lost_since_its_last_beat(
     monkeypatch: Any, record: TaskRecord, last: float | None, expected: datetime
 ) -> None:
-    monkeypatch.setattr(queue_stats, "worker_record", lambda client, host: None)
-    monkeypatch.setattr(queue_stats, "last_heartbeat", lambda client, queue, host: last)
+    monkeypatch.setattr(heartbeats, "worker_record", lambda client, host: None)
+    monkeypatch.setattr(heartbeats, "last_heartbeat", lambda client, queue, host: last)
     assert workers.lost_since(redis.Redis(), record) == expected
 
 
 def test_a_beating_worker_a_finished_task_or_a_down_broker_lose_nothing(monkeypatch: Any) -> None:
-    monkeypatch.setattr(queue_stats, "worker_record", lambda client, host: {"pool": "prefork"})
+    monkeypatch.setattr(heartbeats, "worker_record", lambda client, host: {"pool": "prefork"})
     assert workers.lost_since(redis.Redis(), _started()) is None
     finished = _started()
     finished.state = "SUCCESS"

@@ -227,8 +227,9 @@ class FailedDelivery(Base):
     payload: Mapped[dict[str, Any]]
     error: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int]
-    # waiting | failed | redriven | discarded
-    status: Mapped[str] = mapped_column(String(16), default="failed")
+    # a ragcore.deliveries.DeliveryStatus, written by every insert (no default here: the enum's
+    # package imports these models)
+    status: Mapped[str] = mapped_column(String(16))
     next_attempt_at: Mapped[datetime | None]  # when a waiting delivery is re-driven next
     # start of its re-drive window (an operator's re-drive restarts it)
     waiting_since: Mapped[datetime | None]

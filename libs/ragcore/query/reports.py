@@ -13,12 +13,8 @@ message once (Users by its idempotency key, the statistics by message).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +23,7 @@ from celery import Celery
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
+from ragcore.background import PeriodicThread
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import Message
 from ragcore.tasks import contracts, ledger
@@ -146,36 +143,14 @@ def backlog(session: Session) -> tuple[int, datetime | None]:
     return int(count), oldest
 
 
-class ReportRelay:
-    """Publishes pending reports from a background thread every `interval` seconds, in batches;
-    then runs `also` (Beat: the re-drive of waiting deliveries) in the same round."""
+class ReportRelay(PeriodicThread):
+    """Beat's `report-relay` thread: every `interval` seconds, publishes pending reports in batches
+    until none is left."""
 
-    def __init__(
-        self, app: Celery, interval: float, also: Callable[[], object] | None = None
-    ) -> None:
+    def __init__(self, app: Celery, interval: float) -> None:
+        super().__init__("report-relay", interval, self._round)
         self._app = app
-        self._interval = interval
-        self._also = also
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="report-relay", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        # Background work: where it shares a host's CPUs (the local stack), the answers come first.
-        with contextlib.suppress(AttributeError, OSError):
-            # this thread only (Linux)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        while not self._stop.wait(self._interval):
-            try:
-                while publish_pending(self._app) and not self._stop.is_set():
-                    pass
-                if self._also is not None:
-                    self._also()
-            except Exception:
-                log.exception("report relay round failed")
+    def _round(self) -> None:
+        while publish_pending(self._app) and not self.stopping:
+            pass

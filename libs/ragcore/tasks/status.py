@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 
 from ragcore.db.models import TaskRecord
+from ragcore.tasks.states import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ def live_state(live: LiveResult) -> str | None:
 
 def ledger_state(record: TaskRecord) -> str:
     """The ledger's state, as Celery names it: a started task that reported progress is PROGRESS."""
-    return "PROGRESS" if record.state == "STARTED" and record.progress else record.state
+    if record.state == TaskState.STARTED and record.progress:
+        return TaskState.PROGRESS
+    return record.state
 
 
 def ledger_result(record: TaskRecord) -> Any:
@@ -97,16 +100,17 @@ def merge(
 ) -> TaskStatus | None:
     """The task's status; None for an id that was never sent (no ledger row, nothing live).
 
-    `state` is `live_state(live)`, read before `record` was: the ledger then holds at least what
-    the worker wrote before it. `lost_since`: when the worker running it last beat, if it lapsed.
+        `state` is `live_state(live)`, read before `record` was: the ledger then holds at least what
+        the worker wrote before it. `lost_since`: when the worker running it last beat, if it is
+    lost (its heartbeat stopped).
     """
-    if record is None and state in (None, "PENDING"):
+    if record is None and state in (None, TaskState.PENDING):
         return None
-    view = TaskStatus(task_id=task_id, status=state or "PENDING")
+    view = TaskStatus(task_id=task_id, status=state or TaskState.PENDING)
     if record is not None:
         view = TaskStatus(
             task_id=task_id,
-            status=state or "PENDING",
+            status=state or TaskState.PENDING,
             name=record.name,
             queue=record.queue,
             progress=record.progress,
@@ -119,7 +123,7 @@ def merge(
             worker_lost=lost_since is not None,
             worker_lost_since=lost_since,
         )
-        if view.status == "PENDING" and record.state != "PENDING":
+        if view.status == TaskState.PENDING and record.state != TaskState.PENDING:
             # The Redis result expired or was flushed (or was never written): the ledger knows.
             view.status = ledger_state(record)
             view.result = ledger_result(record)
@@ -131,11 +135,11 @@ def merge(
 
 
 def _complete_from_live(view: TaskStatus, state: str, live: LiveResult) -> None:
-    if state == "PROGRESS" and isinstance(live.info, dict):
+    if state == TaskState.PROGRESS and isinstance(live.info, dict):
         view.progress = live.info
-    elif state == "SUCCESS":
+    elif state == TaskState.SUCCESS:
         view.result = live.result
-    elif state in ("FAILURE", "RETRY", "REVOKED"):
+    elif state in (TaskState.FAILURE, TaskState.RETRY, TaskState.REVOKED):
         error = live.result
         view.error = (
             f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)

@@ -100,7 +100,7 @@ def test_a_task_only_redis_knows_takes_its_name_and_queue_from_the_result() -> N
     )  # fmt: skip
 
 
-def test_a_lapsed_worker_marks_the_task_as_lost_since_its_last_beat() -> None:
+def test_a_lost_worker_marks_the_task_as_lost_since_its_last_beat() -> None:
     view = _merge(Live("STARTED"), _record("STARTED", worker="sync@a"), lost_since=T0)
     assert view is not None and (view.worker_lost, view.worker_lost_since) == (True, T0)
     beating = _merge(Live("STARTED"), _record("STARTED", worker="sync@a"))

@@ -4,7 +4,7 @@ A worker is healthy when it answers a ping (its consumer loop runs) and its queu
 it: the queue is empty, or the worker dequeued a message within the window, or every one of its pool
 slots is busy (a long task is not a stall; time limits end stuck ones). The last dequeue and the
 busy slots come from the heartbeat the worker keeps in the broker's Redis
-(ragcore.broker.queue_stats).
+(ragcore.broker.heartbeats).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from ragcore.broker import queue_stats as queues
+from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.settings import Settings
 
 
@@ -53,10 +53,10 @@ def check(app: Celery, settings: Settings, hostname: str, queue: str) -> Health:
         destination=[hostname], timeout=max(settings.inspect_timeout_seconds, 2.0)
     )
     answered = any(hostname in reply for reply in replies)
-    client = queues.broker_client(settings.broker)
-    ttl = queues.heartbeat_ttl(settings.worker_heartbeat_seconds)
-    depth = queues.queue_stats(client, queue, ttl).depth
-    record = queues.worker_record(client, hostname)
+    client = broker_client(settings.broker)
+    ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+    depth = depths.queue_stats(client, queue, ttl).depth
+    record = heartbeats.worker_record(client, hostname)
     return evaluate(
         answered_ping=answered,
         depth=depth,

@@ -10,10 +10,10 @@ messages back on their queue when it is ready, so a crashed full sync resumes on
 hours later, and the deliveries a notifications worker had reserved go out at once.
 
 A worker replaced under another name (a pod replacement, a node loss) never comes back: instead
-every live worker of its queue looks, at each heartbeat, for workers of that queue whose heartbeat
-lapsed (`worker_lost_after_seconds`). One Lua script claims a lapsed worker atomically, only while
-its heartbeat is still older than the cut-off, so however many live workers notice together, one
-re-queues its tasks, once, and never those of a worker that beats again.
+every live worker of its queue looks, at each heartbeat, for lost workers of that queue: their
+heartbeat stopped (`worker_lost_after_seconds`). One Lua script claims a lost worker atomically,
+only while its heartbeat is still older than the cut-off, so however many live workers notice
+together, one re-queues its tasks, once, and never those of a worker that beats again.
 """
 
 from __future__ import annotations
@@ -25,19 +25,21 @@ import orjson
 from celery import signals
 from sqlalchemy import select
 
-from ragcore.broker import queue_stats as queues
+from ragcore.broker import heartbeats, in_flight
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
+from ragcore.tasks.states import TaskState
 
 log = logging.getLogger(__name__)
 
 
-def orphaned_task_ids(hostname: str) -> set[str]:
+def started_task_ids(hostname: str) -> set[str]:
+    """What the ledger says `hostname` had STARTED and never finished."""
     with session_scope() as session:
         return set(
             session.scalars(
                 select(TaskRecord.task_id).where(
-                    TaskRecord.worker == hostname, TaskRecord.state == "STARTED"
+                    TaskRecord.worker == hostname, TaskRecord.state == TaskState.STARTED
                 )
             )
         )
@@ -75,7 +77,7 @@ def restore(channel: Any, task_ids: set[str]) -> list[str]:
     return restored
 
 
-# KEYS: the queue's heartbeats, the lapsed worker's reserved note. ARGV: its hostname, the cut-off.
+# KEYS: the queue's heartbeats, the lost worker's reserved note. ARGV: its hostname, the cut-off.
 # Removing the heartbeat entry is the claim; the reserved note goes with it, read and deleted.
 _CLAIM = """
 local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -87,31 +89,36 @@ return reserved
 """
 
 
-def claim_lapsed(client: Any, queue: str, hostname: str, cutoff: float) -> set[str] | None:
+def claim_lost(client: Any, queue: str, hostname: str, cutoff: float) -> set[str] | None:
     """The task ids `hostname` held if this caller is the one to re-queue them; None if it is
     not."""
     reserved = client.eval(
-        _CLAIM, 2, queues.BEATS_KEY.format(queue=queue), _reserved_key(hostname), hostname, cutoff
+        _CLAIM,
+        2,
+        heartbeats.BEATS_KEY.format(queue=queue),
+        _reserved_key(hostname),
+        hostname,
+        cutoff,
     )
     return None if reserved is None else set(orjson.loads(reserved))
 
 
-def requeue_lapsed(
+def requeue_lost(
     app: Any, client: Any, queue: str, lost_after: float, now: float
 ) -> dict[str, list[str]]:
-    """Re-queue what the lapsed workers of `queue` held; returns the ids restored per worker
+    """Re-queue what the lost workers of `queue` held; returns the ids restored per worker
     claimed."""
     restored: dict[str, list[str]] = {}
-    for hostname, last in queues.lapsed_workers(client, queue, now - lost_after):
-        held = claim_lapsed(client, queue, hostname, now - lost_after)
+    for hostname, last in heartbeats.lost_workers(client, queue, now - lost_after):
+        held = claim_lost(client, queue, hostname, now - lost_after)
         if held is None:
             continue  # another live worker claimed it first, or it beats again
-        held |= orphaned_task_ids(hostname)
+        held |= started_task_ids(hostname)
         with app.connection_for_write() as conn:
             restored[hostname] = restore(conn.default_channel, held) if held else []
-        queues.note_in_flight(client, queue, hostname, [])
+        in_flight.note_in_flight(client, queue, hostname, [])
         log.warning(
-            "worker %s lapsed (last heartbeat %.0fs ago): re-queued %d task(s): %s",
+            "worker %s lost (last heartbeat %.0fs ago): re-queued %d task(s): %s",
             hostname,
             now - last,
             len(restored[hostname]),
@@ -125,16 +132,16 @@ def connect() -> None:
     def _recover(sender: Any, **_: Any) -> None:
         try:
             with sender.app.connection_for_write() as conn:
-                orphans = orphaned_task_ids(sender.hostname) | reserved_by(
+                left = started_task_ids(sender.hostname) | reserved_by(
                     conn.default_channel.client, sender.hostname
                 )
-                if not orphans:
+                if not left:
                     return
-                restored = restore(conn.default_channel, orphans)
+                restored = restore(conn.default_channel, left)
             log.warning(
-                "re-queued %d task(s) orphaned by this worker's previous run: %s",
+                "re-queued %d task(s) left by this worker's previous run: %s",
                 len(restored),
                 restored,
             )
         except Exception:  # recovery is best effort: the visibility timeout still redelivers later
-            log.exception("orphaned task recovery failed")
+            log.exception("recovery of the previous run's tasks failed")

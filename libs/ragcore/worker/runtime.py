@@ -18,7 +18,7 @@ from celery.utils.nodenames import host_format
 from celery.worker import state as worker_state
 
 from ragcore import invariants
-from ragcore.broker import queue_stats as queues
+from ragcore.broker import broker_client, heartbeats, in_flight, revocation_feed, stop_flags
 from ragcore.db import get_engine, session_scope
 from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
@@ -113,7 +113,7 @@ class _Monitor:
         }
         self.load_revocations()
         # a previous life under this name stopped
-        queues.clear_stopping(self._client(), self._hostname)
+        stop_flags.clear_stopping(self._client(), self._hostname)
         self._thread = threading.Thread(target=self._run, name="ragcore-heartbeat", daemon=True)
         self._thread.start()
 
@@ -122,7 +122,7 @@ class _Monitor:
         if self._thread is not None:
             self._thread.join(timeout=5)
             try:
-                queues.forget_worker(self._client(), self._hostname, [self.queue.value])
+                heartbeats.forget_worker(self._client(), self._hostname, [self.queue.value])
                 # A warm shutdown hands its reserved messages back itself: nothing for the next
                 # life.
                 recovery.note_reserved(self._client(), self._hostname, [], 1)
@@ -130,7 +130,7 @@ class _Monitor:
                 log.warning("could not remove this worker's heartbeat", exc_info=True)
 
     def _client(self) -> Any:
-        return queues.broker_client(get_settings().broker)
+        return broker_client(get_settings().broker)
 
     def beat(self) -> None:
         settings = get_settings()
@@ -141,18 +141,20 @@ class _Monitor:
             "last_dequeue": self.last_dequeue,
         }
         now = time.time()
-        queues.record_worker(
+        heartbeats.record_worker(
             client,
             self._hostname,
             [self.queue.value],
             fields,
-            queues.heartbeat_ttl(settings.worker_heartbeat_seconds),
+            heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
             now,
         )
-        recovery.requeue_lapsed(
+        recovery.requeue_lost(
             self._app, client, self.queue.value, settings.worker_lost_after_seconds, now
         )
-        ids, self._revocations_since = queues.revocations_since(client, self._revocations_since)
+        ids, self._revocations_since = revocation_feed.revocations_since(
+            client, self._revocations_since
+        )
         # Adding from this thread is safe: membership is a dict lookup, and only new ids are added.
         new = [task_id for task_id in ids if task_id not in worker_state.revoked]
         if new:
@@ -171,7 +173,7 @@ class _Monitor:
             recovery.note_reserved(
                 self._client(), self._hostname, held, get_settings().visibility_timeout_seconds
             )
-            queues.note_in_flight(self._client(), self.queue.value, self._hostname, held)
+            in_flight.note_in_flight(self._client(), self.queue.value, self._hostname, held)
             self._noted = held
 
     def note_stopping(self) -> None:
@@ -186,7 +188,7 @@ class _Monitor:
         if not self._stopping_noted and (
             worker_state.should_stop is not None or worker_state.should_terminate is not None
         ):
-            queues.note_stopping(self._client(), self._hostname, STOPPING_NOTE_SECONDS)
+            stop_flags.note_stopping(self._client(), self._hostname, STOPPING_NOTE_SECONDS)
             self._stopping_noted = True
             log.info("shutting down: running tasks that can hand themselves back do so")
 
@@ -252,9 +254,7 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     if "--healthcheck" in argv:
         sys.exit(healthcheck(app, queue, argv))
     try:
-        invariants.check(
-            settings, queues.broker_client(settings.broker), service=f"worker {queue.value}"
-        )
+        invariants.check(settings, broker_client(settings.broker), service=f"worker {queue.value}")
     except invariants.InvariantError as exc:
         log.critical("%s", exc)
         sys.exit(str(exc))

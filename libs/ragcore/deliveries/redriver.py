@@ -1,10 +1,11 @@
 """Waiting deliveries go out again by themselves: on their backoff, or all at once when a probe
 succeeds.
 
-Beat's relay thread calls `redrive_due` every round. Per neighbour: while its breaker is closed,
-every waiting delivery whose `next_attempt_at` has come is published; while it is open, only one,
-the probe, once the probe interval has passed. A probe that succeeds closes the breaker and makes
-every waiting delivery of the neighbour due (`release_waiting`), so they go out on the next round.
+Beat's `delivery-redriver` thread (`Redriver`) calls `redrive_due` every round. Per neighbour:
+while its breaker is closed, every waiting delivery whose `next_attempt_at` has come is published;
+while it is open, only one, the probe, once the probe interval has passed. A probe that succeeds
+closes the breaker and makes every waiting delivery of the neighbour due (`release_waiting`), so
+they go out on the next round.
 Rows are locked while published and marked `redriven` with the task id, so two Beats send each
 once; the re-driven task carries the row id (`REDRIVE_HEADER`) and puts the row back to waiting if
 it fails again. Users de-duplicates by the idempotency key, which the recorded payload pins.
@@ -14,16 +15,18 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import redis
 from celery import Celery
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
 
+from ragcore.background import PeriodicThread
 from ragcore.clients.breaker import CLOSED, breaker
 from ragcore.db import Sessions, rows_affected, session_scope, utcnow
 from ragcore.db.models import FailedDelivery
+from ragcore.deliveries.policy import window_start
+from ragcore.deliveries.status import DeliveryStatus
 from ragcore.settings import Settings
 from ragcore.tasks import contracts, dispatch, ledger
 
@@ -31,22 +34,6 @@ log = logging.getLogger(__name__)
 
 #: Message header of a re-drive: the id of the failed-delivery row it belongs to.
 REDRIVE_HEADER = "ragcore_redrive"
-WAITING, FAILED, REDRIVEN, DISCARDED = "waiting", "failed", "redriven", "discarded"
-
-
-def next_attempt(settings: Settings, waiting_since: datetime, now: datetime) -> datetime:
-    """When a waiting delivery is tried again: after as long as it has waited so far (so the delay
-    doubles with each failure), at least the base and at most the cap."""
-    waited = (now - waiting_since).total_seconds()
-    delay = min(
-        settings.delivery_redrive_max_backoff_seconds,
-        max(settings.delivery_redrive_base_seconds, waited),
-    )
-    return now + timedelta(seconds=delay)
-
-
-def within_window(settings: Settings, waiting_since: datetime, now: datetime) -> bool:
-    return now - waiting_since < timedelta(seconds=settings.delivery_redrive_window_seconds)
 
 
 def release_waiting(neighbour: str, sessions: Sessions = session_scope) -> int:
@@ -56,24 +43,12 @@ def release_waiting(neighbour: str, sessions: Sessions = session_scope) -> int:
             session,
             update(FailedDelivery)
             .where(
-                FailedDelivery.status == WAITING,
+                FailedDelivery.status == DeliveryStatus.WAITING,
                 FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)),
             )
             .values(next_attempt_at=utcnow())
             .execution_options(synchronize_session=False),
         )
-
-
-def backlog(session: Session, neighbour: str) -> tuple[int, datetime | None]:
-    """How many deliveries to `neighbour` wait for a re-drive, and since when (a re-drive in flight,
-    for the moment it takes, is not counted: it is `redriven` until it fails and waits again)."""
-    count, oldest = session.execute(
-        select(func.count(), func.min(FailedDelivery.waiting_since)).where(
-            FailedDelivery.status == WAITING,
-            FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)),
-        )
-    ).one()
-    return int(count), oldest
 
 
 def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
@@ -83,11 +58,10 @@ def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
             session,
             update(FailedDelivery)
             .where(
-                FailedDelivery.status == WAITING,
-                FailedDelivery.waiting_since
-                < now - timedelta(seconds=settings.delivery_redrive_window_seconds),
+                FailedDelivery.status == DeliveryStatus.WAITING,
+                FailedDelivery.waiting_since < window_start(settings, now),
             )
-            .values(status=FAILED, next_attempt_at=None)
+            .values(status=DeliveryStatus.FAILED, next_attempt_at=None)
             .execution_options(synchronize_session=False),
         )
     if expired:
@@ -121,7 +95,7 @@ def redrive_due(
             query = (
                 select(FailedDelivery)
                 .where(
-                    FailedDelivery.status == WAITING,
+                    FailedDelivery.status == DeliveryStatus.WAITING,
                     FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)),
                 )
                 .order_by(FailedDelivery.next_attempt_at, FailedDelivery.id)
@@ -149,8 +123,19 @@ def redrive_due(
                 except dispatch.PublishFailed as exc:
                     log.warning("re-drive of delivery %s failed, will retry: %s", row.id, exc)
                     break
-                row.status, row.redriven_at, row.redrive_task_id = REDRIVEN, now, task_id
+                row.status, row.redriven_at, row.redrive_task_id = (
+                    DeliveryStatus.REDRIVEN,
+                    now,
+                    task_id,
+                )
                 sent += 1
     if sent:
         log.info("re-drove %d waiting deliveries", sent)
     return sent
+
+
+class Redriver(PeriodicThread):
+    """Beat's `delivery-redriver` thread: `redrive_due` every `interval` seconds."""
+
+    def __init__(self, app: Celery, settings: Settings, interval: float) -> None:
+        super().__init__("delivery-redriver", interval, lambda: redrive_due(app, settings))

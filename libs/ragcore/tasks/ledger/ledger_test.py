@@ -14,6 +14,7 @@ from ragcore.db import create_schema, reset_engines, session_scope
 from ragcore.db.models import Base, TaskRecord
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger
+from ragcore.tasks.states import TaskState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -74,10 +75,10 @@ def test_history_filters_by_name_state_and_time(session: Session) -> None:
     _task(session, 6, state="STARTED")
     session.flush()
     rows, cursor = ledger.history(
-        session, name="cleanup_old_cache", state="FAILURE", since=T0 + timedelta(minutes=2)
+        session, name="cleanup_old_cache", state=TaskState.FAILURE, since=T0 + timedelta(minutes=2)
     )
     assert [r.task_id for r in rows] == ["t003"] and cursor is None
-    assert [r.task_id for r in ledger.history(session, state="PROGRESS")[0]] == ["t005"]
+    assert [r.task_id for r in ledger.history(session, state=TaskState.PROGRESS)[0]] == ["t005"]
 
 
 @pytest.mark.parametrize(
@@ -160,7 +161,7 @@ def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(
                 TaskRecord(task_id=f"t{i}", name="n", queue="user", state="PENDING", kwargs={})
                 for i in range(3)
             )
-        writer = ledger._Writer()
+        writer = ledger.Writer()
         writer.put("t0", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
         writer.put("t1", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
         writer.put("t0", {"progress": {"done": 1, "total": 2}})
@@ -226,7 +227,7 @@ def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_on
             ledger.record_revoked_unseen(s, "unseen")
             s.add(TaskRecord(task_id="known", name="n", queue="user", state="PENDING", kwargs={}))
         identity = {"name": "other", "queue": "sync"}
-        ledger._write(
+        ledger.write(
             [
                 ("unseen", {"state": "REVOKED", **identity}),
                 ("known", {"state": "REVOKED", **identity}),

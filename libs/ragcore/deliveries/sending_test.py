@@ -10,11 +10,11 @@ from sqlalchemy import select
 from ragcore.clients.breaker import BreakerOpen
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
+from ragcore.deliveries import sending
+from ragcore.deliveries.redriver import REDRIVE_HEADER
+from ragcore.deliveries.sending import DeliveryDeferred
 from ragcore.tasks.app import PermanentTaskError
 from ragcore.tasks.contracts import SEND_QUERY_RESULT
-from ragcore.tasks.redrive import REDRIVE_HEADER
-from services.notifications import failures
-from services.notifications.failures import DeliveryDeferred
 
 
 class Gate:
@@ -39,7 +39,7 @@ def deliver(
     sessions: Any,
     gate: Gate | None = None,
 ) -> Any:
-    return failures.deliver(t, contract, payload, send, sessions, gate or Gate())  # type: ignore[arg-type]
+    return sending.deliver(t, contract, payload, send, sessions, gate or Gate())  # type: ignore[arg-type]
 
 
 def task(retries: int, task_id: str = "t-1", **headers: Any) -> SimpleNamespace:

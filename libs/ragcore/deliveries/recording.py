@@ -4,40 +4,24 @@ for an operator."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from celery import Task
 from sqlalchemy import select
 
-from ragcore.clients.breaker import Breaker, BreakerOpen, breaker
 from ragcore.clients.transport import is_retryable
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import FailedDelivery
+from ragcore.deliveries.policy import next_attempt, within_window
+from ragcore.deliveries.status import DeliveryStatus
 from ragcore.settings import get_settings
-from ragcore.tasks.app import PermanentTaskError, will_retry
 from ragcore.tasks.contracts import TaskContract
-from ragcore.tasks.redrive import (
-    FAILED,
-    REDRIVE_HEADER,
-    REDRIVEN,
-    WAITING,
-    next_attempt,
-    release_waiting,
-    within_window,
-)
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 #: Enough of a neighbour's error body to tell why it refused, not a whole page.
 _BODY_EXCERPT = 500
-
-
-class DeliveryDeferred(Exception):
-    """The delivery failed on a retryable error and waits in failed_deliveries for its re-drive."""
 
 
 def describe(exc: BaseException) -> str:
@@ -76,7 +60,7 @@ def record(
                 payload=payload,
                 error=describe(exc),
                 attempts=attempts,
-                status=WAITING if waits else FAILED,
+                status=DeliveryStatus.WAITING if waits else DeliveryStatus.FAILED,
                 next_attempt_at=next_attempt(get_settings(), now, now) if waits else None,
                 waiting_since=now if waits else None,
             )
@@ -108,54 +92,21 @@ def reschedule(
     settings, now = get_settings(), utcnow()
     with sessions() as session:
         row = session.get(FailedDelivery, delivery_id, with_for_update=True)
-        if row is None or row.status != REDRIVEN or row.redrive_task_id != task.request.id:
+        if (
+            row is None
+            or row.status != DeliveryStatus.REDRIVEN
+            or row.redrive_task_id != task.request.id
+        ):
             return is_retryable(exc)  # an operator discarded or re-drove it meanwhile
         row.attempts += 1
         row.error = describe(exc)
         since = row.waiting_since or now
         if is_retryable(exc) and within_window(settings, since, now):
-            row.status, row.next_attempt_at = WAITING, next_attempt(settings, since, now)
+            row.status, row.next_attempt_at = (
+                DeliveryStatus.WAITING,
+                next_attempt(settings, since, now),
+            )
             return True
-        row.status, row.next_attempt_at = FAILED, None
+        row.status, row.next_attempt_at = DeliveryStatus.FAILED, None
     log.error("re-drive %s of delivery %s failed for good: %s", task.request.id, delivery_id, exc)
     return False
-
-
-def deliver(
-    task: Task,
-    contract: TaskContract,
-    payload: dict[str, Any],
-    send: Callable[[], T],
-    sessions: Sessions = session_scope,
-    gate: Breaker | None = None,
-) -> T:
-    """Run `send` through the neighbour's breaker; record what fails for good or waits, then raise.
-
-    The contract's quick retries come first (`define_task`); a delivery still failing on a retryable
-    error, or held back by the open breaker, waits for `ragcore.tasks.redrive` and raises
-    DeliveryDeferred.
-    `payload` is what a re-drive sends: the task's arguments with every idempotency input pinned.
-    """
-    gate = gate or (breaker(contract.neighbour, get_settings()) if contract.neighbour else None)
-    # Celery hands custom message headers to the task as request attributes.
-    redrive: int | None = getattr(task.request, REDRIVE_HEADER, None)
-    try:
-        if gate is None:
-            return send()
-        result, closed_it = gate.call(send, task.request.id)
-        if closed_it:
-            log.info("%s answers again: releasing its waiting deliveries", gate.neighbour)
-            release_waiting(gate.neighbour, sessions)
-        return result
-    except Exception as exc:
-        if redrive is not None:
-            waits = reschedule(task, redrive, exc, sessions)
-        elif not isinstance(exc, BreakerOpen) and will_retry(task, contract, exc):
-            raise  # a quick retry; while the breaker is open they would only wait for it
-        else:
-            waits = record(task, contract, payload, exc, sessions)
-        if waits:
-            raise DeliveryDeferred(f"{describe(exc)} (waits for an automatic re-drive)") from exc
-        if redrive is not None:  # its row is final: no quick retries for a re-drive
-            raise PermanentTaskError(describe(exc)) from exc
-        raise

@@ -1,0 +1,149 @@
+"""The ledger's updates as workers make them: one thread per process writes them in batches for
+the tasks that keep no result in Redis, at once for the others; progress and hand-backs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from typing import Any, cast
+
+from celery import Task
+from sqlalchemy import Table, bindparam, func, update
+
+from ragcore.db import session_scope
+from ragcore.db.models import TaskRecord
+from ragcore.tasks import contracts
+from ragcore.tasks.states import TaskState
+
+log = logging.getLogger(__name__)
+
+
+class Writer:
+    """A worker process's ledger updates of the tasks that keep no result in Redis, written by one
+    thread in batches.
+
+    Such a task (a delivery, sent per query) is short and frequent: its bookkeeping must not cost it
+    database round trips. The signal receivers queue the update and return; the thread writes what
+    queued within `linger` seconds of the first update, merged per task (STARTED and SUCCESS become
+    one row update), in one transaction. One queue and one thread keep each task's updates in order.
+    A process flushes before it exits; a SIGKILL loses at most the last `linger` seconds of updates
+    (the worker's next life still re-queues what it was running: see ragcore.worker.recovery).
+    """
+
+    def __init__(self, linger: float = 0.2) -> None:
+        self._linger = linger
+        self._hurry = threading.Event()  # set by flush(): write without lingering
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event] = (
+            queue.SimpleQueue()
+        )
+
+    def put(self, task_id: str | None, values: dict[str, Any]) -> None:
+        if task_id:
+            self._started().put((task_id, values))
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until what was queued before the call is written."""
+        if self._pid != os.getpid():
+            return  # nothing queued in this process
+        done = threading.Event()
+        self._queue.put(done)
+        self._hurry.set()
+        done.wait(timeout)
+
+    def _started(self) -> queue.SimpleQueue[tuple[str, dict[str, Any]] | threading.Event]:
+        # first use in this process (a prefork child inherits no thread)
+        if self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._queue = queue.SimpleQueue()
+                    self._hurry = threading.Event()
+                    threading.Thread(target=self._run, name="ledger-writer", daemon=True).start()
+                    self._pid = os.getpid()
+        return self._queue
+
+    def _run(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            # One wait for the whole batch, not a wake-up per update (each would take the GIL from
+            # the task).
+            self._hurry.wait(self._linger)
+            self._hurry.clear()
+            while True:
+                try:
+                    items.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            updates = [item for item in items if not isinstance(item, threading.Event)]
+            if updates:
+                write(updates)
+            for item in items:
+                if isinstance(item, threading.Event):
+                    item.set()
+
+
+_IDENTITY = frozenset(("name", "queue"))
+
+
+def write(updates: list[tuple[str, dict[str, Any]]]) -> None:
+    merged: dict[str, dict[str, Any]] = {}
+    for task_id, values in updates:
+        merged.setdefault(task_id, {}).update(values)
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for task_id, values in merged.items():
+        shapes.setdefault(tuple(sorted(values)), []).append({"_task_id": task_id, **values})
+    table = cast(Table, TaskRecord.__table__)  # declared on the model, so a Table
+    try:
+        with session_scope() as session:
+            for columns, rows in shapes.items():  # one executemany per set of columns
+                # Name and queue only fill what is unknown (an id revoked before any worker received
+                # it).
+                values = {
+                    c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c)
+                    for c in columns
+                }
+                statement = (
+                    update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
+                )
+                session.execute(statement, rows)
+    except Exception:  # the ledger must never fail a task (nor stop the writer thread)
+        log.exception("task ledger update failed", extra={"ledger_task_ids": list(merged)[:20]})
+
+
+_writer = Writer()
+
+
+def update_task(task: Any, task_id: str | None, **values: Any) -> None:
+    """Batched for tasks that keep no result in Redis; written at once for the others, so that what
+    the result backend shows (STARTED, SUCCESS...) the ledger shows too (status reads both)."""
+    contract = contracts.BY_NAME.get(getattr(task, "name", None) or "")
+    if contract is not None and not contract.store_result:
+        _writer.put(task_id, values)
+    elif task_id:
+        write([(task_id, values)])
+
+
+def flush() -> None:
+    """Write this process's queued ledger updates now (before it exits)."""
+    _writer.flush()
+
+
+def set_progress(task_id: str, progress: dict[str, Any]) -> None:
+    # The state stays STARTED: recovery of lost workers looks for STARTED tasks; status shows
+    # PROGRESS.
+    write([(task_id, {"progress": progress})])
+
+
+def handed_back(task_id: str, progress: dict[str, Any]) -> None:
+    """A running task gave its message back to the queue (its worker stops): it waits again."""
+    write([(task_id, {"state": TaskState.PENDING, "progress": progress})])
+
+
+def report_progress(task: Task, done: int, total: int, **extra: Any) -> None:
+    """Progress where status reads it: the result backend (live) and the ledger (durable)."""
+    meta = {"done": done, "total": total, **extra}
+    task.update_state(state=TaskState.PROGRESS, meta=meta)
+    set_progress(task.request.id, meta)
