@@ -283,12 +283,7 @@ def revoke_task(
         raise HTTPException(
             409, f"task {task_id} already finished ({record.state}); there is nothing to revoke"
         )
-    now = live_state(AsyncResult(task_id, app=celery)) or record.state
-    running = record.state == TaskState.STARTED or now in (
-        TaskState.STARTED,
-        TaskState.PROGRESS,
-    )
-    if terminate and running and record.worker:
+    if terminate and record.state == TaskState.STARTED and record.worker:
         worker = heartbeats.worker_record(client, record.worker)
         if worker is not None and not worker.get("can_terminate", True):
             raise HTTPException(
@@ -299,8 +294,12 @@ def revoke_task(
                     "running again, or restart that worker"
                 ),
             )
-    ledger.mark_revoked(record)
+    # The decision: one conditional UPDATE, atomic with the worker's start (ledger.claim_start).
+    after = ledger.revoke(session, task_id)
     session.commit()  # durable before any worker hears of it
+    if after is None:  # it ended between the read and the revocation
+        raise HTTPException(409, f"task {task_id} already finished; there is nothing to revoke")
+    running = after != TaskState.REVOKED
     revocation_feed.publish_revocation(client, task_id)
     celery.control.revoke(task_id, terminate=terminate and running, signal="SIGTERM")
     if terminate and running:
@@ -309,6 +308,7 @@ def revoke_task(
         detail = "revoked; the running task finishes, but will never run again"
     else:
         detail = "revoked; it will not run"
+    session.refresh(record)
     return RevokeResult(
         task_id=task_id,
         revoked=True,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, Task, current_app
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.signals import setup_logging
 from kombu.entity import Queue as KombuQueue
 from pydantic import ValidationError
@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from ragcore.clients.transport import is_retryable
 from ragcore.logs import configure_logging
 from ragcore.settings import Settings, get_settings
-from ragcore.tasks import contracts
+from ragcore.tasks import contracts, ledger
 from ragcore.tasks.contracts import Queue, TaskContract
 from ragcore.tasks.locks import lock_client, periodic_lock
 
@@ -104,6 +104,12 @@ def define_task(
 
     def decorator(fn: Callable[..., Any]) -> Task:
         def run(self: Task, **kwargs: Any) -> Any:
+            # Atomic with a revocation (ledger.revoke): revoked while it waited, it never runs.
+            if not ledger.claim_start(self.request.id, self.request.hostname):
+                log.info(
+                    "%s %s was revoked before it started: not run", contract.name, self.request.id
+                )
+                raise Ignore()
             try:
                 args = contract.args.model_validate(kwargs)
             except ValidationError as exc:
