@@ -98,6 +98,14 @@ def _begin_generation() -> int:
         return state.version
 
 
+def _bump_for_page(page: Page, _: CopyReport) -> None:
+    """A page Qdrant applied may change a cached answer's sources: the data version moves with the
+    pages, not only at the sync's end (a full sync runs for minutes)."""
+    if page.items:
+        with session_scope() as session:
+            bump_data_version(session)
+
+
 def _save_mark(report: CopyReport, changed: bool) -> None:
     """Store the incremental high-water mark, and bump the data version if Qdrant changed."""
     with session_scope() as session:
@@ -131,6 +139,7 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
             store,
             skip=lambda c: c.updated_at == mark and c.id in skip_ids,
             generation=current_generation,
+            on_applied=_bump_for_page,
         )
     _save_mark(report, changed=report.copied > 0)
     return {
@@ -167,7 +176,10 @@ def load_checkpoint(task_id: str) -> Checkpoint:
 def _record_page(
     task_id: str, page: int, next_cursor: str | None, copied: int, generation: int
 ) -> None:
+    """The page's checkpoint, and a new data version in the same transaction: no cached answer
+    outlives a page that changed its sources."""
     with session_scope() as session:
+        bump_data_version(session)
         session.add(
             FullSyncPage(
                 task_id=task_id,
