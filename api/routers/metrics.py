@@ -190,7 +190,7 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
             heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
         )
         # breaker states live in the broker's Redis
-        deliveries = _delivery_families(settings, session)
+        delivery_families = _delivery_families(settings, session)
     except redis.RedisError as exc:
         log.warning("broker unreachable for metrics: %s", exc)
         raise HTTPException(503, BROKER_UNREACHABLE) from None
@@ -201,7 +201,7 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
         _queue_families(stats)
         + _ledger_families(settings, session)
         + _report_families(session)
-        + deliveries
+        + delivery_families
         + _retention_families(session)
     )
     scrape.add_metric([], time.monotonic() - started)

@@ -13,7 +13,7 @@ from api.errors import BROKER_DOWN, ERROR_RESPONSES, ErrorBody
 from api.schemas.sync import TaskAccepted
 from ragcore import notification_keys
 from ragcore.tasks import contracts, dispatch
-from ragcore.tasks.contracts import SystemNotificationArgs
+from ragcore.tasks.arguments import SystemNotificationArgs
 
 router = APIRouter(
     prefix="/api/v1/notifications", tags=["notifications"], responses=ERROR_RESPONSES

@@ -10,7 +10,7 @@ from api.errors import BROKER_DOWN, ERROR_RESPONSES, NOT_STORED_RESPONSE
 from api.schemas.sync import DocumentId, EventsAccepted, TaskAccepted
 from ragcore import sync_events
 from ragcore.tasks import contracts, dispatch
-from ragcore.tasks.contracts import SyncEmbeddingsArgs
+from ragcore.tasks.arguments import SyncEmbeddingsArgs
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"], responses=ERROR_RESPONSES)
 

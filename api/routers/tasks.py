@@ -32,12 +32,13 @@ from api.schemas.tasks import (
     WorkerInfo,
     WorkersResponse,
 )
-from ragcore.broker import broker_client, depths, heartbeats, revocation_feed, workers
+from ragcore.broker import broker_client, depths, heartbeats, workers
 from ragcore.logs import request_id_var
-from ragcore.tasks import contracts, dispatch, ledger
-from ragcore.tasks.contracts import TaskContract, Timestamp
-from ragcore.tasks.states import RAN, TaskState
-from ragcore.tasks.status import TaskStatus, error_summary, ledger_state, live_state, merge
+from ragcore.tasks import contracts, dispatch, ledger, revoking
+from ragcore.tasks.arguments import Timestamp
+from ragcore.tasks.contracts import TaskContract
+from ragcore.tasks.states import TaskState
+from ragcore.tasks.status import TaskStatus, error_summary, live_state, merge
 
 log = logging.getLogger(__name__)
 
@@ -116,23 +117,7 @@ def task_history(
         )
     except ValueError as exc:
         raise HTTPException(422, f"invalid request: cursor: {exc}") from None
-    items = [
-        HistoryItem(
-            task_id=r.task_id,
-            name=r.name,
-            queue=r.queue,
-            status=ledger_state(r),
-            sent_at=r.sent_at,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-            worker=r.worker,
-            retries=r.retries,
-            revoked=r.revoked,
-            progress=r.progress,
-            error=r.error,
-        )
-        for r in rows
-    ]
+    items = [HistoryItem.model_validate(r) for r in rows]
     return HistoryPage(items=items, next_cursor=next_cursor)
 
 
@@ -231,11 +216,6 @@ def _queue_warning(stats: depths.QueueStats) -> str | None:
 
 # -- revoke -------------------------------------------------------------------------------------
 
-_NOT_SEEN = (
-    "not seen yet: no worker has received a task with this id; revoked, so whichever worker "
-    "receives it discards it, now or after a restart"
-)
-
 
 @router.post(
     "/revoke/{task_id}",
@@ -262,60 +242,15 @@ def revoke_task(
 ) -> RevokeResult:
     """Revoke a task for good, as Celery does any id, sent or not: recorded in the ledger, so a
     worker started later skips it too."""
-    client = broker_client(settings.broker)
-    record = ledger.get(session, task_id)
-    # No worker has received it (another client may send it later).
-    if record is None or record.name is None:
-        ledger.record_revoked_unseen(session, task_id)
-        session.commit()  # durable before any worker hears of it
-        revocation_feed.publish_revocation(client, task_id)
-        # Nothing runs it (a worker that receives a task records it): nothing to terminate.
-        celery.control.revoke(task_id)
+    try:
+        revocation = revoking.revoke(
+            session, celery, broker_client(settings.broker), task_id, terminate
+        )
+    except (revoking.AlreadyFinished, revoking.CannotTerminate) as exc:
+        raise HTTPException(409, str(exc)) from None
+    if not revocation.seen:
         response.status_code = status.HTTP_202_ACCEPTED
-        return RevokeResult(
-            task_id=task_id,
-            revoked=True,
-            terminated=False,
-            status=TaskState.REVOKED,
-            detail=_NOT_SEEN,
-        )
-    if record.state in RAN:
-        raise HTTPException(
-            409, f"task {task_id} already finished ({record.state}); there is nothing to revoke"
-        )
-    if terminate and record.state == TaskState.STARTED and record.worker:
-        worker = heartbeats.worker_record(client, record.worker)
-        if worker is not None and not worker.get("can_terminate", True):
-            raise HTTPException(
-                409,
-                (
-                    f"task {task_id} runs on {record.worker}, whose pool ({worker.get('pool')}) "
-                    "cannot terminate a running task; revoke without terminate to keep it from "
-                    "running again, or restart that worker"
-                ),
-            )
-    # The decision: one conditional UPDATE, atomic with the worker's start (ledger.claim_start).
-    after = ledger.revoke(session, task_id)
-    session.commit()  # durable before any worker hears of it
-    if after is None:  # it ended between the read and the revocation
-        raise HTTPException(409, f"task {task_id} already finished; there is nothing to revoke")
-    running = after != TaskState.REVOKED
-    revocation_feed.publish_revocation(client, task_id)
-    celery.control.revoke(task_id, terminate=terminate and running, signal="SIGTERM")
-    if terminate and running:
-        detail = "revoked; the running task is being terminated"
-    elif running:
-        detail = "revoked; the running task finishes, but will never run again"
-    else:
-        detail = "revoked; it will not run"
-    session.refresh(record)
-    return RevokeResult(
-        task_id=task_id,
-        revoked=True,
-        terminated=terminate and running,
-        status=ledger_state(record),
-        detail=detail,
-    )
+    return RevokeResult.model_validate(revocation, from_attributes=True)
 
 
 # -- manual triggers ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from api.schemas.tasks import TaskName
 from ragcore.deliveries import UNRESOLVED, DeliveryCriteria, DeliveryStatus
-from ragcore.tasks.contracts import NO_NUL, Timestamp
+from ragcore.tasks.arguments import NO_NUL, Timestamp
 
 
 class FailedDeliveryOut(BaseModel):

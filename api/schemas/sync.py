@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Path
 from pydantic import BaseModel
 
-from ragcore.tasks.contracts import NO_NUL
+from ragcore.tasks.arguments import NO_NUL
 
 #: Any document id Ingest may send, `/` included (the route takes the rest of the path).
 DocumentId = Annotated[str, Path(min_length=1, max_length=512, pattern=NO_NUL)]

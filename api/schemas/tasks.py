@@ -7,9 +7,11 @@ from enum import Enum
 from typing import Annotated, Any, Literal
 
 from fastapi import Path
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
+from ragcore.db.models import TaskRecord
 from ragcore.tasks import contracts
+from ragcore.tasks.status import ledger_view
 
 TaskId = Annotated[
     str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$")
@@ -34,6 +36,12 @@ class HistoryItem(BaseModel):
     revoked: bool
     progress: dict[str, Any] | None
     error: str | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_record(cls, data: Any) -> Any:
+        # `model_validate(record)`: a ledger row, its state as the status routes name it
+        return ledger_view(data, cls.model_fields) if isinstance(data, TaskRecord) else data
 
 
 class HistoryPage(BaseModel):

@@ -10,7 +10,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from ragcore.db.models import SyncEvent
-from ragcore.tasks.contracts import Args, Timestamp
+from ragcore.tasks.arguments import Args, Timestamp
 
 
 class ChangeEvent(Args):

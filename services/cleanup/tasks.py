@@ -13,7 +13,7 @@ from ragcore.redis_clients import redis_client
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts
 from ragcore.tasks.app import define_task
-from ragcore.tasks.contracts import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs
+from ragcore.tasks.arguments import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs
 from services.cleanup import redis_purge, retention
 
 

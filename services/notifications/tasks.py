@@ -21,11 +21,7 @@ from ragcore.deliveries import deliver
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts
 from ragcore.tasks.app import PermanentTaskError, define_task
-from ragcore.tasks.contracts import (
-    QueryResultArgs,
-    SystemNotificationArgs,
-    UsageStatisticsArgs,
-)
+from ragcore.tasks.arguments import QueryResultArgs, SystemNotificationArgs, UsageStatisticsArgs
 from ragcore.tasks.locks import lock_client, periodic_lock
 from services.notifications import usage
 

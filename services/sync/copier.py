@@ -41,6 +41,15 @@ class CopyReport:
     #: Chunk ids whose updated_at equals `latest` (the next incremental run skips them).
     latest_ids: set[str] = field(default_factory=set)
 
+    def note_page(self, page: Page) -> None:
+        """Count a fetched page and keep the newest `updated_at` in it, with the ids at it."""
+        self.pages += 1
+        for chunk in page.items:
+            if self.latest is None or chunk.updated_at > self.latest:
+                self.latest, self.latest_ids = chunk.updated_at, {chunk.id}
+            elif chunk.updated_at == self.latest:
+                self.latest_ids.add(chunk.id)
+
 
 def write_in_generation(
     generation: Callable[[], int], write: Callable[[int], object], retag: Callable[[int], object]
@@ -119,53 +128,68 @@ def copy_pages(
     Once `halt` is set no further page is fetched; the ones already fetched are written.
     Returns once every write is applied; the first failed write (or fetch) is raised.
     """
-    report = CopyReport()
+    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="qdrant-writer") as pool:
+        copy = _Writes(pool, writers, store, generation, on_applied)
+        try:
+            for page in prefetch(pages, halt=halt):
+                copy.submit(page, [c for c in page.items if not skip(c)])
+                copy.report.note_page(page)
+                on_page(copy.report)
+            copy.apply_all()
+        finally:
+            copy.cancel()  # after a failure: send nothing more; the pool waits for the rest
+    return copy.report
 
-    def write(chunks: list[Chunk]) -> int:
+
+class _Writes:
+    """The writes of one `copy_pages`: in flight on the pool, applied oldest first."""
+
+    def __init__(
+        self,
+        pool: ThreadPoolExecutor,
+        writers: int,
+        store: VectorStore,
+        generation: Callable[[], int],
+        on_applied: Callable[[Page, CopyReport], None],
+    ) -> None:
+        self._pool, self._writers, self._store = pool, writers, store
+        self._generation, self._on_applied = generation, on_applied
+        self._in_flight: deque[tuple[Future[int], set[str], Page]] = deque()
+        self.report = CopyReport()
+
+    def submit(self, page: Page, chunks: list[Chunk]) -> None:
+        ids = {c.id for c in chunks}
+        # A chunk updated while the sync runs comes again later in the feed: its newer version
+        # must not race its older one, so it waits until the writes in flight are applied.
+        overlaps = any(not ids.isdisjoint(pending) for _, pending, _ in self._in_flight)
+        while self._in_flight and (overlaps or len(self._in_flight) >= self._writers):
+            self._apply_oldest()
+        if chunks:
+            future = self._pool.submit(self._write, chunks)
+        else:
+            # nothing to write, but its checkpoint comes in order after the pages before it
+            future = Future()
+            future.set_result(0)
+        self._in_flight.append((future, ids, page))
+
+    def apply_all(self) -> None:
+        while self._in_flight:
+            self._apply_oldest()
+
+    def cancel(self) -> None:
+        for future, _, _ in self._in_flight:
+            future.cancel()
+
+    def _write(self, chunks: list[Chunk]) -> int:
         ids = [point_id(c.id) for c in chunks]
         write_in_generation(
-            generation,
-            lambda tag: store.upsert(chunks, True, tag),
-            lambda tag: store.set_generation(ids, tag),
+            self._generation,
+            lambda tag: self._store.upsert(chunks, True, tag),
+            lambda tag: self._store.set_generation(ids, tag),
         )
         return len(chunks)
 
-    in_flight: deque[tuple[Future[int], set[str], Page]] = deque()
-
-    def apply_oldest() -> None:
-        future, _, page = in_flight.popleft()
-        report.copied += future.result()
-        on_applied(page, report)
-
-    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="qdrant-writer") as pool:
-        try:
-            for page in prefetch(pages, halt=halt):
-                chunks = [c for c in page.items if not skip(c)]
-                ids = {c.id for c in chunks}
-                # A chunk updated while the sync runs comes again later in the feed: its newer
-                # version must not race its older one, so it waits until the writes in flight are
-                # applied.
-                overlaps = any(not ids.isdisjoint(pending) for _, pending, _ in in_flight)
-                while in_flight and (overlaps or len(in_flight) >= writers):
-                    apply_oldest()
-                if chunks:
-                    in_flight.append((pool.submit(write, chunks), ids, page))
-                else:
-                    # nothing to write, but its checkpoint comes in order after the pages before it
-                    done: Future[int] = Future()
-                    done.set_result(0)
-                    in_flight.append((done, ids, page))
-                report.pages += 1
-                for chunk in page.items:
-                    if report.latest is None or chunk.updated_at > report.latest:
-                        report.latest, report.latest_ids = chunk.updated_at, {chunk.id}
-                    elif chunk.updated_at == report.latest:
-                        report.latest_ids.add(chunk.id)
-                on_page(report)
-            while in_flight:
-                apply_oldest()
-        finally:
-            # after a failure: send nothing more; the pool waits for the rest
-            for future, _, _ in in_flight:
-                future.cancel()
-    return report
+    def _apply_oldest(self) -> None:
+        future, _, page = self._in_flight.popleft()
+        self.report.copied += future.result()
+        self._on_applied(page, self.report)

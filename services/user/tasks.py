@@ -11,7 +11,7 @@ from ragcore.query import limits
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts
 from ragcore.tasks.app import define_task
-from ragcore.tasks.contracts import NoArgs, UserArgs
+from ragcore.tasks.arguments import NoArgs, UserArgs
 from services.user import stats, tiers
 
 

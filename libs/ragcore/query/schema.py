@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, StringConstraints, field_validator
 
-from ragcore.tasks.contracts import Args, Source
+from ragcore.tasks.arguments import Args, Source
 
 #: Qdrant matches exact keyword, integer (64-bit signed) and boolean values; a keyword is at most as
 #: long as a document id. The integer bound is written `< 2**63`: the OpenAPI document carries

@@ -31,7 +31,7 @@ from ragcore.query.cache import HotCache, cache_key, data_version
 from ragcore.query.generator import Generator
 from ragcore.query.schema import QueryAnswer, QueryRequest
 from ragcore.settings import Settings
-from ragcore.tasks.contracts import Source
+from ragcore.tasks.arguments import Source
 
 log = logging.getLogger(__name__)
 
@@ -222,32 +222,7 @@ class QueryService:
         reports: bool,
     ) -> None:
         limits.consume(session, request.user_id, self._settings, now)
-        if request.conversation_id is None:
-            session.add(
-                Conversation(
-                    id=answer.conversation_id,
-                    user_id=request.user_id,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            session.flush()  # the message's foreign key needs the row
-        else:
-            touched = rows_affected(
-                session,
-                update(Conversation)
-                .where(
-                    Conversation.id == answer.conversation_id,
-                    Conversation.user_id == request.user_id,
-                    Conversation.archived_at.is_(None),
-                )
-                .values(updated_at=now)
-                .execution_options(synchronize_session=False),
-            )
-            if touched == 0:  # archived since the first look
-                raise ConversationNotFound(
-                    f"no open conversation {answer.conversation_id!r} for user {request.user_id!r}"
-                )
+        _open_conversation(session, request, answer, now)
         session.add(
             Message(
                 id=answer.message_id,
@@ -262,23 +237,67 @@ class QueryService:
                 reported_at=None if reports else now,
             )
         )
-        if answer.cached:
-            session.execute(
-                update(QueryCacheEntry)
-                .where(QueryCacheEntry.cache_key == lookup.key)
-                .values(hits=QueryCacheEntry.hits + 1)
-                .execution_options(synchronize_session=False)
+        _cache_answer(session, request, answer, lookup, result, now)
+
+
+def _open_conversation(
+    session: Session, request: QueryRequest, answer: QueryAnswer, now: datetime
+) -> None:
+    """Start the answer's conversation, or mark the open one it continues as updated."""
+    if request.conversation_id is None:
+        session.add(
+            Conversation(
+                id=answer.conversation_id,
+                user_id=request.user_id,
+                created_at=now,
+                updated_at=now,
             )
-        else:
-            session.execute(
-                insert_for(session)(QueryCacheEntry)
-                .values(
-                    cache_key=lookup.key,
-                    data_version=lookup.version,
-                    query=request.query,
-                    response=result,
-                    hits=0,
-                    created_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=["cache_key"])
-            )
+        )
+        session.flush()  # the message's foreign key needs the row
+        return
+    touched = rows_affected(
+        session,
+        update(Conversation)
+        .where(
+            Conversation.id == answer.conversation_id,
+            Conversation.user_id == request.user_id,
+            Conversation.archived_at.is_(None),
+        )
+        .values(updated_at=now)
+        .execution_options(synchronize_session=False),
+    )
+    if touched == 0:  # archived since the first look
+        raise ConversationNotFound(
+            f"no open conversation {answer.conversation_id!r} for user {request.user_id!r}"
+        )
+
+
+def _cache_answer(
+    session: Session,
+    request: QueryRequest,
+    answer: QueryAnswer,
+    lookup: _Lookup,
+    result: dict[str, Any],
+    now: datetime,
+) -> None:
+    """Count a hit on the cached answer, or cache a new one (a concurrent twin's row stands)."""
+    if answer.cached:
+        session.execute(
+            update(QueryCacheEntry)
+            .where(QueryCacheEntry.cache_key == lookup.key)
+            .values(hits=QueryCacheEntry.hits + 1)
+            .execution_options(synchronize_session=False)
+        )
+        return
+    session.execute(
+        insert_for(session)(QueryCacheEntry)
+        .values(
+            cache_key=lookup.key,
+            data_version=lookup.version,
+            query=request.query,
+            response=result,
+            hits=0,
+            created_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["cache_key"])
+    )

@@ -8,7 +8,7 @@ import pytest
 from celery import Celery, Task
 
 from ragcore.settings import get_settings
-from ragcore.tasks import contracts
+from ragcore.tasks import arguments, contracts
 from ragcore.tasks.app import define_task
 from ragcore.tasks.locks import lock_client, lock_key, periodic_lock
 from ragcore_dev.servers import redis_server
@@ -29,7 +29,7 @@ def app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
 def _runs(app: Celery) -> tuple[Any, Any, list[bool]]:
     seen: list[bool] = []
 
-    def body(self: Task, args: contracts.NoArgs) -> dict[str, str]:
+    def body(self: Task, args: arguments.NoArgs) -> dict[str, str]:
         # While it runs, the lock is held exactly when the contract is exclusive.
         seen.append(bool(lock_client().exists(lock_key(self.name))))
         return {"ran": self.name}

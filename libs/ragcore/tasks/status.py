@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
 
 from ragcore.db.models import TaskRecord
 from ragcore.tasks.states import TaskState
@@ -54,6 +55,39 @@ class TaskStatus(BaseModel):
     #: meanwhile.
     worker_lost: bool = False
     worker_lost_since: datetime | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_record(cls, data: Any) -> Any:
+        # `model_validate(record)`: the columns shown whatever the live state (result and error
+        # only once it expired: `merge`).
+        if isinstance(data, TaskRecord):
+            return ledger_view(data, _LEDGER_COLUMNS)
+        return data
+
+
+#: The ledger's columns a task's status shows whatever its live state.
+_LEDGER_COLUMNS = (
+    "task_id",
+    "name",
+    "queue",
+    "progress",
+    "sent_at",
+    "started_at",
+    "finished_at",
+    "worker",
+    "retries",
+    "revoked",
+)
+
+
+def ledger_view(record: TaskRecord, columns: Iterable[str]) -> dict[str, Any]:
+    """`columns` of a ledger row and its `status` as `ledger_state` names it: what a view of the
+    task validates from."""
+    return {
+        **{name: getattr(record, name) for name in columns if name != "status"},
+        "status": ledger_state(record),
+    }
 
 
 #: The form of an error's first word that names its exception class (`"OperationalError: ..."`).
@@ -108,21 +142,9 @@ def merge(
         return None
     view = TaskStatus(task_id=task_id, status=state or TaskState.PENDING)
     if record is not None:
-        view = TaskStatus(
-            task_id=task_id,
-            status=state or TaskState.PENDING,
-            name=record.name,
-            queue=record.queue,
-            progress=record.progress,
-            sent_at=record.sent_at,
-            started_at=record.started_at,
-            finished_at=record.finished_at,
-            worker=record.worker,
-            retries=record.retries,
-            revoked=record.revoked,
-            worker_lost=lost_since is not None,
-            worker_lost_since=lost_since,
-        )
+        view = TaskStatus.model_validate(record)
+        view.status = state or TaskState.PENDING
+        view.worker_lost, view.worker_lost_since = lost_since is not None, lost_since
         if view.status == TaskState.PENDING and record.state != TaskState.PENDING:
             # The Redis result expired or was flushed (or was never written): the ledger knows.
             view.status = ledger_state(record)

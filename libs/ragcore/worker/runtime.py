@@ -24,7 +24,8 @@ from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger
 from ragcore.tasks.app import PermanentTaskError, create_app, define_task
-from ragcore.tasks.contracts import CANARIES, CanaryArgs, Queue
+from ragcore.tasks.arguments import CanaryArgs
+from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore.worker import health, recovery
 
 log = logging.getLogger(__name__)
