@@ -8,6 +8,7 @@ exception text) is logged under that request id only.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,7 +113,26 @@ def _failed(
     )
 
 
+def _documented_methods(request: Request) -> str | None:
+    """Every method the OpenAPI document gives this path (Starlette's 405 names the first route's
+    only, so a path with a GET and a DELETE route would say `Allow: GET`); None if it has none."""
+    methods = {
+        method.upper()
+        for template, operations in request.app.openapi()["paths"].items()
+        if re.fullmatch(
+            "[^/]+".join(re.escape(part) for part in re.split(r"\{[^}]+\}", template)),
+            request.url.path,
+        )
+        for method in operations
+    }
+    if "GET" in methods:
+        methods.add("HEAD")  # Starlette answers HEAD wherever it answers GET
+    return ", ".join(sorted(methods)) or None
+
+
 async def _http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 405 and (allowed := _documented_methods(request)):
+        exc.headers = {**(exc.headers or {}), "Allow": allowed}
     if exc.status_code < 500:
         return await http_exception_handler(request, exc)
     return _failed(request, exc.status_code, str(exc.detail), exc.headers)

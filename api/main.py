@@ -15,7 +15,7 @@ from fastapi import FastAPI, Request, Response
 from api import errors
 from api.body_limit import BodyLimit
 from api.key_gate import KeyGate
-from api.routers import deliveries, health, metrics, notifications, query, sync, tasks
+from api.routers import deadletters, deliveries, health, metrics, notifications, query, sync, tasks
 from ragcore import invariants
 from ragcore.broker import broker_client
 from ragcore.logs import configure_logging, request_id_var
@@ -90,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks.router,
         deliveries.router,
         notifications.router,
+        deadletters.router,
         metrics.router,
     ):
         app.include_router(router)

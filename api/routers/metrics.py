@@ -3,9 +3,10 @@
 Queues (depth, oldest waiting task, consumers) come from the broker; the reports still to publish
 from the messages; deliveries waiting for a re-drive from failed_deliveries, each neighbour's
 circuit breaker from its state in Redis; the rows the last retention run deleted from its ledger
-row; task counts and durations from the ledger, over the tasks sent within `metrics_window_seconds`
-— so they are gauges (and a gauge histogram): `histogram_quantile(0.95,
-ragcore_task_duration_seconds_bucket)` is the p95 of that window.
+row; dead letters by queue and reason from dead_letters; task counts and durations from the
+ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
+histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that
+window.
 
 Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then
 keep the port private to the cluster).
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, UnavailableBody
-from ragcore import deliveries
+from ragcore import deadletters, deliveries
 from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
 from ragcore.query import reports
@@ -169,6 +170,23 @@ def _retention_families(session: Session) -> list[Metric]:
     return [deleted, finished]
 
 
+def _dead_letter_families(session: Session) -> list[Metric]:
+    letters = GaugeMetricFamily(
+        "ragcore_dead_letters",
+        "Dead letters kept (poison messages taken off their queue), by queue and reason",
+        labels=["queue", "reason"],
+    )
+    messages = GaugeMetricFamily(
+        "ragcore_dead_letter_messages",
+        "Poison messages those dead letters stand for (a repeated message counts each time)",
+        labels=["queue", "reason"],
+    )
+    for t in deadletters.totals(session):
+        letters.add_metric([t.queue, t.reason], t.letters)
+        messages.add_metric([t.queue, t.reason], t.messages)
+    return [letters, messages]
+
+
 @router.get(
     "/metrics",
     dependencies=[Depends(metrics_access)],
@@ -203,6 +221,7 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
         + _report_families(session)
         + delivery_families
         + _retention_families(session)
+        + _dead_letter_families(session)
     )
     scrape.add_metric([], time.monotonic() - started)
     registry = CollectorRegistry(auto_describe=False)

@@ -26,12 +26,10 @@ from ragcore.db.models import (
     TaskRecord,
 )
 from ragcore.settings import Settings
+from ragcore.sync_events import SyncEventStatus
 from ragcore.tasks.states import FINISHED
 
 Sessions = Callable[[], AbstractContextManager[Session]]
-
-#: Sync events that were applied; pending, claimed and failed ones are still work.
-DONE_SYNC_EVENT_STATUS = "done"
 
 
 def delete_old_query_cache(
@@ -108,7 +106,7 @@ def delete_done_sync_events(
 ) -> int:
     """Delete sync events applied (`done`) and received more than `days` before `now`."""
     cutoff = now - timedelta(days=days)
-    old = (SyncEvent.status == DONE_SYNC_EVENT_STATUS, SyncEvent.received_at < cutoff)
+    old = (SyncEvent.status == SyncEventStatus.DONE, SyncEvent.received_at < cutoff)
     return _delete_in_batches(sessions, SyncEvent.id, old, batch_size)
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from ragcore.db import rows_affected, session_scope, utcnow
 from ragcore.db.models import SyncDocument, SyncEvent
+from ragcore.sync_events import SyncEventStatus
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ def claim(token: str, batch: int) -> list[SyncEvent]:
     """
     now = utcnow()
     claimable = or_(
-        (SyncEvent.status == "pending") & (SyncEvent.available_at <= now),
-        (SyncEvent.status == "claimed") & (SyncEvent.claimed_until < now),
+        (SyncEvent.status == SyncEventStatus.PENDING) & (SyncEvent.available_at <= now),
+        (SyncEvent.status == SyncEventStatus.CLAIMED) & (SyncEvent.claimed_until < now),
     )
     with session_scope() as session:
         ids = (
@@ -88,7 +89,7 @@ def claim(token: str, batch: int) -> list[SyncEvent]:
             update(SyncEvent)
             .where(SyncEvent.id.in_(ids), claimable)
             .values(
-                status="claimed",
+                status=SyncEventStatus.CLAIMED,
                 claimed_by=token,
                 claimed_until=now + timedelta(seconds=CLAIM_SECONDS),
             )
@@ -98,7 +99,7 @@ def claim(token: str, batch: int) -> list[SyncEvent]:
         return list(
             session.scalars(
                 select(SyncEvent).where(
-                    SyncEvent.claimed_by == token, SyncEvent.status == "claimed"
+                    SyncEvent.claimed_by == token, SyncEvent.status == SyncEventStatus.CLAIMED
                 )
             )
         )
@@ -120,8 +121,8 @@ def release(token: str) -> int:
         return rows_affected(
             session,
             update(SyncEvent)
-            .where(SyncEvent.claimed_by == token, SyncEvent.status == "claimed")
-            .values(status="pending", claimed_until=None, available_at=utcnow()),
+            .where(SyncEvent.claimed_by == token, SyncEvent.status == SyncEventStatus.CLAIMED)
+            .values(status=SyncEventStatus.PENDING, claimed_until=None, available_at=utcnow()),
         )
 
 
@@ -131,13 +132,13 @@ def settle(token: str, document_id: str, error: Exception | None) -> None:
         mine = (
             (SyncEvent.claimed_by == token)
             & (SyncEvent.document_id == document_id)
-            & (SyncEvent.status == "claimed")
+            & (SyncEvent.status == SyncEventStatus.CLAIMED)
         )
         if error is None:
             session.execute(
                 update(SyncEvent)
                 .where(mine)
-                .values(status="done", claimed_until=None, last_error=None)
+                .values(status=SyncEventStatus.DONE, claimed_until=None, last_error=None)
             )
             return
         if isinstance(error, DocumentBusy):
@@ -145,7 +146,7 @@ def settle(token: str, document_id: str, error: Exception | None) -> None:
                 update(SyncEvent)
                 .where(mine)
                 .values(
-                    status="pending",
+                    status=SyncEventStatus.PENDING,
                     claimed_until=None,
                     available_at=utcnow() + timedelta(seconds=5),
                 )
@@ -154,7 +155,11 @@ def settle(token: str, document_id: str, error: Exception | None) -> None:
         for event in session.scalars(select(SyncEvent).where(mine)):
             event.attempts += 1
             event.last_error = f"{type(error).__name__}: {error}"[:2000]
-            event.status = "failed" if event.attempts >= MAX_ATTEMPTS else "pending"
+            event.status = (
+                SyncEventStatus.FAILED
+                if event.attempts >= MAX_ATTEMPTS
+                else SyncEventStatus.PENDING
+            )
             event.available_at = utcnow() + timedelta(seconds=min(3600, 30 * 2**event.attempts))
             event.claimed_until = None
 

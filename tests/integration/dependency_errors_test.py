@@ -190,7 +190,7 @@ def _walk(stack: Stack, *internals: str) -> dict[tuple[str, str], int]:
     seen: dict[tuple[str, str], int] = {}
     for method, template, has_body in _operations(stack):
         path = template.replace("{delivery_id}", "1").replace("{task_id}", "t1")
-        path = path.replace("{document_id}", "d1")
+        path = path.replace("{document_id}", "d1").replace("{dead_letter_id}", "1")
         if has_body:
             assert (method, template) in BODIES, f"give {method} {template} a valid body here"
         response, request_id = _call(

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -87,8 +88,9 @@ class SyncEvent(Base):
     action: Mapped[str] = mapped_column(String(16))
     occurred_at: Mapped[datetime]
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
-    # pending | claimed | done | failed
-    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # a ragcore.sync_events.SyncEventStatus, written by every insert (no default here: that module
+    # imports these models)
+    status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(default=0)
     available_at: Mapped[datetime] = mapped_column(default=utcnow)  # retry later after a failure
     claimed_by: Mapped[str | None] = mapped_column(String(64))
@@ -275,3 +277,26 @@ class TaskRecord(Base):
     traceback: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     revoked: Mapped[bool] = mapped_column(default=False)
+
+
+class DeadLetter(Base):
+    """A message no worker could run (poison), taken off its queue and kept for an operator: one
+    row per distinct message (queue, reason, task name and body), counted each time it comes."""
+
+    __tablename__ = "dead_letters"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    #: SHA-256 (hex) of queue, reason, task name and the whole body: the same poison again is the
+    #: same row, its count raised.
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    queue: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(32))
+    task_name: Mapped[str | None] = mapped_column(String(128))
+    #: The last one's task id, when the message named one.
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text)
+    #: The raw body's first bytes (bytes: poison may hold NUL or invalid UTF-8).
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    body_bytes: Mapped[int]
+    count: Mapped[int] = mapped_column(default=1)
+    first_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -237,7 +237,7 @@ class QueryService:
                 reported_at=None if reports else now,
             )
         )
-        _cache_answer(session, request, answer, lookup, result, now)
+        _cache_answer(session, request.query, answer.cached, lookup, result, now)
 
 
 def _open_conversation(
@@ -274,14 +274,14 @@ def _open_conversation(
 
 def _cache_answer(
     session: Session,
-    request: QueryRequest,
-    answer: QueryAnswer,
+    query: str,
+    cached: bool,
     lookup: _Lookup,
     result: dict[str, Any],
     now: datetime,
 ) -> None:
     """Count a hit on the cached answer, or cache a new one (a concurrent twin's row stands)."""
-    if answer.cached:
+    if cached:
         session.execute(
             update(QueryCacheEntry)
             .where(QueryCacheEntry.cache_key == lookup.key)
@@ -294,7 +294,7 @@ def _cache_answer(
         .values(
             cache_key=lookup.key,
             data_version=lookup.version,
-            query=request.query,
+            query=query,
             response=result,
             hits=0,
             created_at=now,

@@ -7,12 +7,14 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from celery import Celery, Task, current_app
 from celery.exceptions import Ignore, Reject
 from celery.signals import setup_logging
 from kombu.entity import Queue as KombuQueue
 from pydantic import ValidationError
 
+from ragcore import deadletters
 from ragcore.clients.transport import is_retryable
 from ragcore.logs import configure_logging
 from ragcore.settings import Settings, get_settings
@@ -46,6 +48,8 @@ def create_app(
     transport = {"visibility_timeout": settings.visibility_timeout_seconds}
     app.conf.update(
         broker_url=settings.broker,
+        # kombu's Redis transport, except that poison is set aside, not fatal (ragcore.deadletters)
+        broker_transport=deadletters.transport_for(settings.broker),
         result_backend=settings.result_backend,
         broker_transport_options=transport,
         # The Redis backend subscribes to each sent task's result before publishing; its default
@@ -91,6 +95,30 @@ def will_retry(task: Task, contract: TaskContract, exc: BaseException) -> bool:
     return is_retryable(exc) and task.request.retries < contract.retry.max_retries
 
 
+def _dead_letter(
+    task: Task,
+    contract: TaskContract,
+    positional: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    exc: Exception,
+) -> None:
+    """Keep a task whose arguments fail its contract as a dead letter too (it also ends FAILURE),
+    so every kind of poison is listed and counted in one place."""
+    body = orjson.dumps(
+        {"args": positional, "kwargs": kwargs}, option=orjson.OPT_SORT_KEYS, default=repr
+    )
+    deadletters.record(
+        deadletters.Poison(
+            queue=contract.queue.value,
+            reason=deadletters.Reason.INVALID_ARGUMENTS,
+            body=body,
+            detail=str(exc),
+            task_name=contract.name,
+            task_id=task.request.id,
+        )
+    )
+
+
 def define_task(
     app: Celery, contract: TaskContract, **options: Any
 ) -> Callable[[Callable[..., Any]], Task]:
@@ -103,7 +131,7 @@ def define_task(
     """
 
     def decorator(fn: Callable[..., Any]) -> Task:
-        def run(self: Task, **kwargs: Any) -> Any:
+        def run(self: Task, *positional: Any, **kwargs: Any) -> Any:
             # Atomic with a revocation (ledger.revoke): revoked while it waited, it never runs.
             if not ledger.claim_start(self.request.id, self.request.hostname):
                 log.info(
@@ -111,8 +139,11 @@ def define_task(
                 )
                 raise Ignore()
             try:
+                if positional:
+                    raise ValueError("contracts take keyword arguments only")
                 args = contract.args.model_validate(kwargs)
-            except ValidationError as exc:
+            except (ValidationError, ValueError) as exc:
+                _dead_letter(self, contract, positional, kwargs, exc)
                 raise PermanentTaskError(f"invalid arguments for {contract.name}: {exc}") from None
             if not contract.exclusive:
                 return attempt(self, args)

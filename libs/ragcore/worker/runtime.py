@@ -20,6 +20,7 @@ from celery.worker import state as worker_state
 from ragcore import invariants
 from ragcore.broker import broker_client, heartbeats, in_flight, revocation_feed, stop_flags
 from ragcore.db import get_engine, session_scope
+from ragcore.deadletters import consumer as dead_letters
 from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger
@@ -40,6 +41,11 @@ STOPPING_NOTE_SECONDS = 900
 def create_worker_app(queue: Queue) -> Celery:
     """The app of the worker that consumes `queue` (and only it)."""
     app = create_app(f"worker-{queue.value}", queues=(queue,))
+    # Celery's consumer, its poison hooks storing dead letters (a path: conf is shown by `inspect`).
+    app.conf.worker_consumer = (
+        f"{dead_letters.Consumer.__module__}:{dead_letters.Consumer.__name__}"
+    )
+    dead_letters.connect()
     ledger.connect_worker_signals()
     recovery.connect()
     _connect_monitor(_Monitor(queue))

@@ -1,4 +1,6 @@
-# The `sync` worker image: its own pex (this service + libs), nothing of the other services.
+# A worker image, one per queue (`sync`, `notifications`, `cleanup`, `user`): its own pex (that
+# service + libs), nothing of the other services. The four images share this file; each BUILD
+# passes its QUEUE.
 # BASE_IMAGE: CPython 3.11 as python3 on Debian; deploy/images/base-image makes the default
 # locally (no registry needed); python:3.11-slim works too.
 ARG BASE_IMAGE=localhost/debian-py311:bookworm
@@ -8,7 +10,9 @@ ARG VERSION=dev
 # The pex becomes a venv once, here, byte-compiled, at the fixed path /opt/app: a container starts
 # without unpacking anything, as a non-root user, on a read-only root filesystem.
 FROM ${BASE_IMAGE} AS install
-COPY services.sync/worker.pex /tmp/worker.pex
+# The queue whose worker this image runs: the service folder its pex was built in.
+ARG QUEUE
+COPY services.${QUEUE}/worker.pex /tmp/worker.pex
 RUN PEX_ROOT=/opt/pex PEX_INTERPRETER=1 python3 /tmp/worker.pex -c 'import os, sys; os.symlink(sys.prefix, "/opt/app")' \
  && python3 -m compileall -q -j 0 /opt/pex/installed_wheels /opt/app/lib
 
