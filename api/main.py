@@ -12,11 +12,11 @@ from contextlib import asynccontextmanager
 import uvicorn
 from fastapi import FastAPI, Request, Response
 
-from api import errors
+from api import errors, request_metrics
 from api.body_limit import BodyLimit
 from api.key_gate import KeyGate
 from api.routers import deadletters, deliveries, health, metrics, notifications, query, sync, tasks
-from ragcore import invariants
+from ragcore import invariants, tracing
 from ragcore.broker import broker_client
 from ragcore.logs import configure_logging, request_id_var
 from ragcore.settings import Settings, get_settings
@@ -66,7 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         request.state.request_id = rid
         started = time.perf_counter()
         try:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except Exception:  # the generic handler answers 500 outside this middleware
+                request_metrics.count_response(500)
+                raise
+            request_metrics.count_response(response.status_code)
             # One access line per request, inside the request's context (uvicorn's own is off).
             access_log.info(
                 "%s %s %d",
@@ -94,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.router,
     ):
         app.include_router(router)
+    tracing.instrument_app(app)
     return app
 
 
@@ -110,6 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     ).parse_args(argv)
     settings = get_settings()
     configure_logging("api", settings.log_level)
+    tracing.configure("api", settings.trace_file)
     uvicorn.run(
         create_app(settings),
         host=settings.api_host,

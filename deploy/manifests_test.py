@@ -5,9 +5,11 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from api.auth import scope_of
+from deploy.monitoring import prometheus_rule
 from ragcore.settings import ApiScope, Settings
 
 DEPLOY = Path(__file__).parent
@@ -37,3 +39,33 @@ def test_compose_flower_cannot_start_without_basic_auth() -> None:
     compose = (DEPLOY / "compose/docker-compose.yml").read_text()
     flower = compose[compose.index("\n  flower:") :]
     assert re.search(r"FLOWER_BASIC_AUTH: \$\{FLOWER_BASIC_AUTH:\?", flower)
+
+
+def test_the_prometheus_rule_is_alerts_yaml_as_made_by_its_generator() -> None:
+    shipped = (DEPLOY / "k8s/prometheus-rule.yaml").read_text()
+    assert shipped == prometheus_rule.render(
+        (DEPLOY / "monitoring/alerts.yaml").read_text()
+    ), "regenerate: python -m deploy.monitoring.prometheus_rule > deploy/k8s/prometheus-rule.yaml"
+
+
+def test_the_service_monitor_scrapes_the_api_services_metrics_with_a_bearer_key() -> None:
+    docs = [
+        d
+        for name in ("api.yaml", "monitoring.yaml")
+        for d in yaml.safe_load_all((DEPLOY / "k8s" / name).read_text())
+    ]
+    [service] = [
+        d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "ragcore-api"
+    ]
+    [monitor] = [d for d in docs if d["kind"] == "ServiceMonitor"]
+    assert monitor["spec"]["selector"]["matchLabels"] == service["metadata"]["labels"]
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics" and endpoint["authorization"]["type"] == "Bearer"
+    secret = endpoint["authorization"]["credentials"]
+    assert any(
+        d["kind"] == "Secret"
+        and d["metadata"]["name"] == secret["name"]
+        and secret["key"] in d["stringData"]
+        for d in docs
+    )

@@ -1,15 +1,16 @@
-"""GET /metrics: Prometheus text for autoscalers (KEDA) and alerts.
+"""GET /metrics: Prometheus text for autoscalers (KEDA), alerts and dashboards (deploy/monitoring).
 
-Queues (depth, oldest waiting task, consumers) come from the broker; the reports still to publish
-from the messages; deliveries waiting for a re-drive from failed_deliveries, each neighbour's
-circuit breaker from its state in Redis; the rows the last retention run deleted from its ledger
-row; dead letters by queue and reason from dead_letters; task counts and durations from the
-ledger, over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge
-histogram): `histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that
-window.
+Queues (depth, oldest waiting task, consumers, tasks held, lost workers, heartbeat age) come from
+the broker; the reports still to publish from the messages; deliveries waiting for a re-drive and
+failed for good from failed_deliveries, each neighbour's circuit breaker from its state in Redis;
+the last retention run and each sync task's last success from the ledger; dead letters by queue
+and reason from dead_letters; this API process's queries (outcome, latency) and responses (status
+class) from its own counters (api.request_metrics); task counts and durations from the ledger,
+over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge histogram):
+`histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
 
-Access: an admin key, unless `metrics_public` is set for scrapers that cannot send X-API-Key (then
-keep the port private to the cluster).
+Access: an admin key (X-API-Key, or a bearer token), unless `metrics_public` is set for scrapers
+that can send neither (then keep the port private to the cluster).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Annotated
 
 import redis
 from fastapi import APIRouter, Depends, HTTPException, Response, Security
-from fastapi.security import APIKeyHeader
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
 
+from api import request_metrics
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
 from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, UnavailableBody
@@ -45,13 +47,19 @@ log = logging.getLogger(__name__)
 DURATION_BOUNDS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
 
 _key = APIKeyHeader(name="X-API-Key", auto_error=False)
+_bearer = HTTPBearer(auto_error=False)
 _admin = require("admin")
 
 
-def metrics_access(settings: SettingsDep, key: Annotated[str | None, Security(_key)]) -> None:
-    """Admin key required unless metrics are public."""
+def metrics_access(
+    settings: SettingsDep,
+    key: Annotated[str | None, Security(_key)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+) -> None:
+    """Admin key required unless metrics are public: as X-API-Key, or as a bearer token, which is
+    what a Prometheus Operator ServiceMonitor can send (deploy/k8s/monitoring.yaml)."""
     if not settings.metrics_public:
-        _admin(settings, key)
+        _admin(settings, key or (bearer.credentials if bearer else None))
 
 
 router = APIRouter(
@@ -79,11 +87,29 @@ def _queue_families(stats: Iterable[depths.QueueStats]) -> list[Metric]:
     consumers = GaugeMetricFamily(
         "ragcore_queue_consumers", "Workers consuming the queue", labels=["queue"]
     )
+    in_flight = GaugeMetricFamily(
+        "ragcore_queue_in_flight",
+        "Tasks the queue's workers hold (running or reserved)",
+        labels=["queue"],
+    )
+    lost = GaugeMetricFamily(
+        "ragcore_workers_lost",
+        "Workers of the queue whose heartbeat lapsed holding tasks nobody re-queued yet",
+        labels=["queue"],
+    )
+    heartbeat = GaugeMetricFamily(
+        "ragcore_worker_heartbeat_age_seconds",
+        "Age of the stalest heartbeat among the queue's consumers (0 without consumers)",
+        labels=["queue"],
+    )
     for s in stats:
         depth.add_metric([s.name], s.depth)
         age.add_metric([s.name], s.oldest_age_seconds or 0.0)
         consumers.add_metric([s.name], len(s.consumers))
-    return [depth, age, consumers]
+        in_flight.add_metric([s.name], s.in_flight)
+        lost.add_metric([s.name], len(s.lost))
+        heartbeat.add_metric([s.name], s.stalest_heartbeat_age_seconds or 0.0)
+    return [depth, age, consumers, in_flight, lost, heartbeat]
 
 
 def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
@@ -140,14 +166,20 @@ def _delivery_families(settings: Settings, session: Session) -> list[Metric]:
         "1 for the state each neighbour's circuit breaker is in",
         labels=["neighbour", "state"],
     )
+    failed = GaugeMetricFamily(
+        "ragcore_deliveries_failed",
+        "Deliveries that failed for good and wait for an operator (re-drive or discard)",
+        labels=["neighbour"],
+    )
     for neighbour in contracts.neighbours():
         count, oldest = deliveries.backlog(session, neighbour)
         waiting.add_metric([neighbour], count)
         age.add_metric([neighbour], (now - oldest).total_seconds() if oldest else 0.0)
+        failed.add_metric([neighbour], deliveries.failed_count(session, neighbour))
         current = breaker(neighbour, settings).state
         for name in (CLOSED, OPEN, HALF_OPEN):
             state.add_metric([neighbour, name], 1.0 if current == name else 0.0)
-    return [waiting, age, state]
+    return [waiting, age, state, failed]
 
 
 def _retention_families(session: Session) -> list[Metric]:
@@ -168,6 +200,33 @@ def _retention_families(session: Session) -> list[Metric]:
         if run.finished_at is not None:
             finished.add_metric([], run.finished_at.timestamp())
     return [deleted, finished]
+
+
+def _sync_families(session: Session) -> list[Metric]:
+    # The last successful run of each sync task, from the ledger (absent before the first).
+    finished = GaugeMetricFamily(
+        "ragcore_sync_last_success_timestamp_seconds",
+        "When the last successful run of each sync task finished (Unix time)",
+        labels=["task"],
+    )
+    duration = GaugeMetricFamily(
+        "ragcore_sync_last_duration_seconds",
+        "How long the last successful run of each sync task ran",
+        labels=["task"],
+    )
+    points = GaugeMetricFamily(
+        "ragcore_sync_points", "Points in Qdrant after the last successful full sync"
+    )
+    for contract in (contracts.TRIGGER_FULL_SYNC, contracts.SYNC_EMBEDDINGS):
+        run = ledger.last_success(session, contract.name)
+        if run is None or run.finished_at is None:
+            continue
+        finished.add_metric([contract.name], run.finished_at.timestamp())
+        if run.run_seconds is not None:
+            duration.add_metric([contract.name], run.run_seconds)
+        if contract is contracts.TRIGGER_FULL_SYNC and run.result and "points" in run.result:
+            points.add_metric([], run.result["points"])
+    return [finished, duration, points]
 
 
 def _dead_letter_families(session: Session) -> list[Metric]:
@@ -220,8 +279,10 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
         + _ledger_families(settings, session)
         + _report_families(session)
         + delivery_families
+        + _sync_families(session)
         + _retention_families(session)
         + _dead_letter_families(session)
+        + list(request_metrics.REGISTRY.collect())  # this API process's queries and responses
     )
     scrape.add_metric([], time.monotonic() - started)
     registry = CollectorRegistry(auto_describe=False)

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from api.auth import QueryKey
 from api.errors import ERROR_RESPONSES, ErrorBody, Responses, UnavailableBody
+from api.request_metrics import Outcome, observe_query
 from api.schemas.query import LimitReached
 from ragcore.db import utcnow
 from ragcore.query import (
@@ -68,23 +69,29 @@ def answer_query(
 ) -> QueryAnswer | JSONResponse:
     """Answer a question from the synced documents; its reports to Users follow in the
     background."""
-    try:
-        return service.answer(body)
-    except LimitExceeded as exc:
-        retry_after = max(1, math.ceil((exc.resets_at - utcnow()).total_seconds()))
-        return JSONResponse(
-            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
-            content={
-                "detail": str(exc),
-                "daily_limit": exc.daily_limit,
-                "resets_at": exc.resets_at.isoformat(),
-            },
-            headers={"Retry-After": str(retry_after)},
-        )
-    except ConversationNotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
-    except UpstreamUnavailable as exc:
-        # What it said is in the log (QueryService), under this request's id.
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc.what} is unavailable; try again"
-        ) from None
+    with observe_query() as timer:
+        try:
+            answer = service.answer(body)
+        except LimitExceeded as exc:
+            timer.outcome = Outcome.LIMITED
+            retry_after = max(1, math.ceil((exc.resets_at - utcnow()).total_seconds()))
+            return JSONResponse(
+                status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+                content={
+                    "detail": str(exc),
+                    "daily_limit": exc.daily_limit,
+                    "resets_at": exc.resets_at.isoformat(),
+                },
+                headers={"Retry-After": str(retry_after)},
+            )
+        except ConversationNotFound as exc:
+            timer.outcome = Outcome.NOT_FOUND
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+        except UpstreamUnavailable as exc:
+            timer.outcome = Outcome.UNAVAILABLE
+            # What it said is in the log (QueryService), under this request's id.
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc.what} is unavailable; try again"
+            ) from None
+        timer.outcome = Outcome.CACHED if answer.cached else Outcome.ANSWERED
+        return answer

@@ -4,7 +4,8 @@ Usage: check_manifests.py COMPOSE_CONFIG_YAML K8S_DIR VERSION
 
 COMPOSE_CONFIG_YAML is `docker-compose config` output (anchors and variables resolved). Needs
 PyYAML. Kubernetes' own schemas are checked by kubernetes-validate; this checks what no schema
-knows, including the KEDA ScaledObjects (a CRD that kubernetes-validate has no schema for).
+knows, including the KEDA ScaledObjects and the Prometheus Operator's ServiceMonitor and
+PrometheusRule (CRDs that kubernetes-validate has no schema for).
 """
 
 from __future__ import annotations
@@ -217,6 +218,20 @@ def check_k8s(directory: Path, version: str) -> None:
         "ragcore-config" in by_kind.get("ConfigMap", {})
         and "ragcore-secrets" in by_kind.get("Secret", {}),
         "k8s: ConfigMap ragcore-config and Secret ragcore-secrets",
+    )
+    # One source for the alert rules: deploy/monitoring/alerts.yaml (promtool-tested).
+    rule = by_kind.get("PrometheusRule", {}).get("ragcore")
+    alerts = yaml.safe_load((directory.parent / "monitoring/alerts.yaml").read_text())
+    expect(
+        rule is not None and rule["spec"]["groups"] == alerts["groups"],
+        "k8s: PrometheusRule ragcore differs from deploy/monitoring/alerts.yaml (regenerate it)",
+    )
+    monitor = by_kind.get("ServiceMonitor", {}).get("ragcore-api")
+    expect(
+        monitor is not None
+        and monitor["spec"]["selector"]["matchLabels"]
+        == by_kind.get("Service", {}).get("ragcore-api", {}).get("metadata", {}).get("labels"),
+        "k8s: no ServiceMonitor ragcore-api selecting the API Service",
     )
 
 

@@ -227,8 +227,9 @@ def _last_error(log: Path) -> str:
     return lines[-1] if lines else "(no output)"
 
 
-def child_env(root: Path) -> dict[str, str]:
-    """The parts' environment: ours, with the local defaults for what is not set."""
+def child_env(root: Path, trace: bool = False) -> dict[str, str]:
+    """The parts' environment: ours, with the local defaults for what is not set; with `trace`,
+    every part writes its spans to `<root>/traces.jsonl` (console exporter, one span per line)."""
     # A pex reads PEX_* variables meant for the one that started us (e.g. a sandbox-relative
     # PEX_ROOT under a test runner, which would unpack every pex again), and PYTHONPATH would mix
     # a checkout's sources into the packaged ones.
@@ -239,6 +240,9 @@ def child_env(root: Path) -> dict[str, str]:
     }
     env.setdefault("RAGCORE_ENVIRONMENT", "dev")
     env.setdefault("RAGCORE_DATABASE_URL", f"sqlite:///{root}/ragcore.db")
+    if trace:  # an OTEL_TRACES_EXPORTER of one's own (otlp to a collector) is kept
+        env.setdefault("OTEL_TRACES_EXPORTER", "console")
+        env.setdefault("RAGCORE_TRACE_FILE", str(root / "traces.jsonl"))
     if "RAGCORE_BEAT_SCHEDULE" not in env:
         # Beat drains Ingest's pushed change events every 30 s here instead of every 5 minutes, so
         # a developer who pushes one sees it applied while watching; the rest of the schedule stays.
@@ -249,9 +253,11 @@ def child_env(root: Path) -> dict[str, str]:
     return env
 
 
-def start_all(stack: LocalStack, port_offset: int, documents: int) -> dict[str, str]:
+def start_all(
+    stack: LocalStack, port_offset: int, documents: int, trace: bool = False
+) -> dict[str, str]:
     """Start every part, the infrastructure first; return where each one answers."""
-    env = child_env(stack.root)
+    env = child_env(stack.root, trace)
     ports = {name: port + port_offset for name, port in PORTS.items()}
     if "RAGCORE_API_PORT" in env:
         ports["api"] = int(env["RAGCORE_API_PORT"])
@@ -368,6 +374,8 @@ def start_all(stack: LocalStack, port_offset: int, documents: int) -> dict[str, 
         "ingest": env["RAGCORE_INGEST_URL"],
         "users": env["RAGCORE_USERS_URL"],
     }
+    if env.get("OTEL_TRACES_EXPORTER"):
+        urls["traces"] = env.get("RAGCORE_TRACE_FILE") or env["OTEL_TRACES_EXPORTER"]
     wait_http(f"{urls['api']}/readyz", api)
     wait_http(f"{urls['flower']}/healthcheck", flower)
     return urls
@@ -380,6 +388,9 @@ def banner(stack: LocalStack, urls: dict[str, str], documents: int) -> str:
     api = urls["api"]
     demo = f", {documents} demo documents" if standin["ingest"] else ""
     received = "; what it received: /_control/deliveries" if standin["users"] else ""
+    traces = (
+        f"  Traces     {urls['traces']} (README: one query's trace)\n" if "traces" in urls else ""
+    )
     return f"""
 ragcore is running (logs in {stack.root}/logs, pids in {stack.root}/pids):
   API        {api}  (docs {api}/docs; keys dev-admin-key, dev-query-key, dev-sync-key)
@@ -389,7 +400,7 @@ ragcore is running (logs in {stack.root}/logs, pids in {stack.root}/pids):
   Qdrant     {urls['qdrant']}{standin['qdrant']}
   Ingest     {urls['ingest']}{standin['ingest']}{demo}
   Users      {urls['users']}{standin['users']}{received}
-  processes  {', '.join(p.name for p in stack.parts)}
+{traces}  processes  {', '.join(p.name for p in stack.parts)}
 Ctrl-C stops everything."""
 
 
@@ -437,6 +448,12 @@ def main() -> None:
         help="add this to every default port (env RAGCORE_LOCAL_PORT_OFFSET)",
     )
     parser.add_argument("--no-initial-sync", action="store_true")
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="trace every part: spans to ROOT/traces.jsonl (OTEL_TRACES_EXPORTER=otlp instead "
+        "sends them to OTEL_EXPORTER_OTLP_ENDPOINT)",
+    )
     args = parser.parse_args()
 
     root = Path(args.root).resolve()
@@ -460,7 +477,7 @@ def main() -> None:
     stack_pid.write_text(f"{os.getpid()}\n")
     code = 0
     try:
-        urls = start_all(stack, args.port_offset, args.documents)
+        urls = start_all(stack, args.port_offset, args.documents, args.trace)
         sync_task = None
         if not args.no_initial_sync:
             response = httpx.post(

@@ -104,7 +104,7 @@ def test_a_database_behind_this_code_is_refused_naming_the_revision_and_the_comm
     url = f"sqlite:///{tmp_path}/old.db"
     migrate.upgrade(url, "0004")
     problem = invariants.schema_problem(Settings(database_url=url)) or ""
-    assert f"is at migration revision 0004 and this version needs revision {schema.REVISION}" in (
+    assert f"is at migration revision 0004 and this version needs revision {schema.revision()}" in (
         problem
     )
     assert "python -m ragcore.db.migrate" in problem

@@ -19,6 +19,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _real_stderr: TextIO | None = None  # where JSON lines go once stdout/stderr are wrapped
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+#: What ragcore.tracing's log correlation sets on each record; written as trace_id and span_id.
+_TRACE_ATTRS = {"otelTraceID", "otelSpanID", "otelTraceSampled", "otelServiceName"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,12 +39,16 @@ class JsonFormatter(logging.Formatter):
         entry.update(_task_context())
         if (request_id := request_id_var.get()) is not None:
             entry["request_id"] = request_id
+        # "0" outside any span (tracing on), absent with tracing off.
+        if (trace_id := getattr(record, "otelTraceID", "0")) != "0":
+            entry["trace_id"] = trace_id
+            entry["span_id"] = getattr(record, "otelSpanID", "0")
         # Anything passed as `extra=` travels as its own field.
         entry.update(
             {
                 k: v
                 for k, v in vars(record).items()
-                if k not in _STANDARD_ATTRS and not k.startswith("_")
+                if k not in _STANDARD_ATTRS and k not in _TRACE_ATTRS and not k.startswith("_")
             }
         )
         if record.exc_info:
@@ -58,6 +64,11 @@ def _task_context() -> dict[str, str]:
     if task and task.request and task.request.id:
         return {"task_id": task.request.id, "task_name": task.name}
     return {}
+
+
+def raw_stderr() -> TextIO:
+    """Where JSON lines go: the process's stderr before `configure_logging` wrapped it."""
+    return _real_stderr or sys.stderr
 
 
 class _LinesAsJson(io.TextIOBase):

@@ -39,6 +39,10 @@ class Settings(BaseSettings):
     # Flower's task events and the error lines tell the same, and at hundreds of tasks/s the two
     # lines cost a short task ~7 % of its throughput.
     log_task_lifecycle: bool = False
+    # Traces are configured by the standard OTEL_* variables (ragcore.tracing); with
+    # OTEL_TRACES_EXPORTER=console, spans go to this file (one JSON object per line) if set, else
+    # to stderr among the log lines.
+    trace_file: str | None = None
     timezone: str = "UTC"
 
     api_host: str = "127.0.0.1"

@@ -18,7 +18,7 @@ import sys
 
 from redbeat.schedulers import get_redis
 
-from ragcore import invariants
+from ragcore import invariants, tracing
 from ragcore.broker import broker_client
 from ragcore.deliveries import Redriver
 from ragcore.logs import configure_logging
@@ -59,6 +59,7 @@ def main() -> None:
         app.start(["beat", "--help"])
         return
     configure_logging("beat", settings.log_level)
+    tracing.configure("beat", settings.trace_file)
     try:
         invariants.check(
             settings,

@@ -13,6 +13,7 @@ by the server. Several waited upserts in flight keep Qdrant as busy as unwaited 
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from collections import deque
@@ -21,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from ragcore import tracing
 from ragcore.clients.ingest import Chunk, Page
 from ragcore.clients.vectorstore import VectorStore, point_id
 
@@ -81,7 +83,8 @@ def prefetch(
     def read() -> None:
         try:
             while not halt.is_set():
-                page = next(pages, None)
+                with tracing.span("sync.fetch_page"):
+                    page = next(pages, None)
                 if page is None:
                     break
                 while not stop.is_set():
@@ -96,7 +99,10 @@ def prefetch(
         except BaseException as exc:  # handed to the consumer, which raises it in the task
             buffer.put(exc)
 
-    reader = threading.Thread(target=read, name="ingest-prefetch", daemon=True)
+    # The reader runs in the caller's context (its trace: each page's fetch under the sync's span).
+    reader = threading.Thread(
+        target=contextvars.copy_context().run, args=(read,), name="ingest-prefetch", daemon=True
+    )
     reader.start()
     try:
         while True:
@@ -165,7 +171,8 @@ class _Writes:
         while self._in_flight and (overlaps or len(self._in_flight) >= self._writers):
             self._apply_oldest()
         if chunks:
-            future = self._pool.submit(self._write, chunks)
+            # in a copy of this context: the write's span joins the sync's trace
+            future = self._pool.submit(contextvars.copy_context().run, self._write, chunks)
         else:
             # nothing to write, but its checkpoint comes in order after the pages before it
             future = Future()
@@ -182,11 +189,12 @@ class _Writes:
 
     def _write(self, chunks: list[Chunk]) -> int:
         ids = [point_id(c.id) for c in chunks]
-        write_in_generation(
-            self._generation,
-            lambda tag: self._store.upsert(chunks, True, tag),
-            lambda tag: self._store.set_generation(ids, tag),
-        )
+        with tracing.span("sync.upsert_page", chunks=len(chunks)):
+            write_in_generation(
+                self._generation,
+                lambda tag: self._store.upsert(chunks, True, tag),
+                lambda tag: self._store.set_generation(ids, tag),
+            )
         return len(chunks)
 
     def _apply_oldest(self) -> None:

@@ -136,6 +136,7 @@ def local() -> Iterator[RunningStack]:
                 str(offset),
                 "--documents",
                 str(DOCUMENTS),
+                "--trace",  # every part writes its spans to state/traces.jsonl
             ],
             env=_env(),
             stdout=out,
@@ -199,6 +200,43 @@ def test_stack_answers_readyz_completes_the_initial_sync_and_answers_a_query(
         )
     assert answer.status_code == 200, answer.text
     assert answer.json()["sources"][0]["chunk_id"] == "doc-00003/chunk-002"
+
+
+def test_with_trace_one_querys_spans_from_the_api_beat_and_the_workers_share_its_trace(
+    local: RunningStack,
+) -> None:
+    with local.api({**QUERY, "X-Request-ID": "traced-query"}) as api:
+        answer = api.post(
+            "/api/v1/query/",
+            json={"user_id": "e2e-trace", "query": _query_for_chunk(local, "doc-00002", 1)},
+        )
+    assert answer.status_code == 200, answer.text
+
+    def trace_id() -> str | None:
+        for line in (local.root / "logs/api.log").read_text().splitlines():
+            entry = json.loads(line) if line.startswith("{") else {}
+            if (
+                entry.get("logger") == "ragcore.access"
+                and entry.get("request_id") == "traced-query"
+            ):
+                return str(entry["trace_id"])
+        return None
+
+    trace = "0x" + wait_until(trace_id, 30, "the query's access line with its trace_id")
+    wanted = {"ragcore-api", "ragcore-beat", "ragcore-worker-notifications", "ragcore-worker-user"}
+
+    def services() -> set[str] | None:
+        spans = [
+            json.loads(line) for line in (local.root / "traces.jsonl").read_text().splitlines()
+        ]
+        found = {
+            s["resource"]["attributes"]["service.name"]
+            for s in spans
+            if s["context"]["trace_id"] == trace
+        }
+        return found if wanted <= found else None
+
+    wait_until(services, 60, f"spans of every part in trace {trace}")
 
 
 def test_flower_lists_the_four_workers_each_with_its_own_queue(local: RunningStack) -> None:

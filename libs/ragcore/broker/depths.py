@@ -57,6 +57,8 @@ class QueueStats:
     in_flight: int = 0
     #: Lost workers (heartbeat stopped) holding tasks not re-queued yet: (hostname, last heartbeat).
     lost: list[tuple[str, float]] = field(default_factory=list)
+    #: Age of the stalest heartbeat among the consumers, None without consumers.
+    stalest_heartbeat_age_seconds: float | None = None
 
     @property
     def unconsumed(self) -> bool:
@@ -71,7 +73,9 @@ def queue_stats(
     for name in list_names(queue):
         pipe.llen(name)
         pipe.lindex(name, -1)
-    pipe.zrangebyscore(CONSUMERS_KEY.format(queue=queue), now - heartbeat_ttl, "+inf")
+    pipe.zrangebyscore(
+        CONSUMERS_KEY.format(queue=queue), now - heartbeat_ttl, "+inf", withscores=True
+    )
     pipe.llen(IN_FLIGHT_KEY.format(queue=queue))
     pipe.zrangebyscore(BEATS_KEY.format(queue=queue), "-inf", now - heartbeat_ttl, withscores=True)
     pipe.hkeys(HELD_KEY.format(queue=queue))
@@ -82,7 +86,10 @@ def queue_stats(
     # A gone worker that held nothing leaves nothing to wait for: only the ones whose tasks wait
     # count.
     lost = [(host.decode(), float(at)) for host, at in stopped if host in set(holders)]
-    return QueueStats(queue, depth, oldest, sorted(c.decode() for c in consumers), int(held), lost)
+    stalest = max(0.0, now - min(at for _, at in consumers)) if consumers else None
+    return QueueStats(
+        queue, depth, oldest, sorted(c.decode() for c, _ in consumers), int(held), lost, stalest
+    )
 
 
 def all_queue_stats(client: redis.Redis, heartbeat_ttl: float) -> list[QueueStats]:

@@ -96,3 +96,14 @@ def test_the_revocation_feed_returns_what_was_revoked_since_a_time(client: redis
     assert ids == ["new"] and latest > time.time() - 10
     assert revocation_feed.revocations_since(client, latest + 1) == ([], latest + 1)
     assert client.zscore(revocation_feed.REVOKED_KEY, "old") is None  # a week-old entry was trimmed
+
+
+def test_the_stalest_consumer_heartbeat_is_the_age_of_the_oldest_current_one(
+    client: redis.Redis,
+) -> None:
+    now = time.time()
+    heartbeats.record_worker(client, "cleanup@a", ["cleanup"], {}, ttl=15, now=now - 2)
+    heartbeats.record_worker(client, "cleanup@b", ["cleanup"], {}, ttl=15, now=now - 9)
+    stats = depths.queue_stats(client, "cleanup", heartbeat_ttl=15, now=now)
+    assert stats.consumers == ["cleanup@a", "cleanup@b"]
+    assert stats.stalest_heartbeat_age_seconds == pytest.approx(9)

@@ -203,6 +203,8 @@ class Message(Base):
     reported_at: Mapped[datetime | None]
     #: When update_user_statistics added it to the user's counters (null: not yet).
     stats_counted_at: Mapped[datetime | None]
+    #: The W3C traceparent of the query's span (tracing on): its reports' spans continue its trace.
+    traceparent: Mapped[str | None] = mapped_column(String(64))
 
 
 class QueryCacheEntry(Base):
@@ -238,6 +240,8 @@ class FailedDelivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     redriven_at: Mapped[datetime | None]
     redrive_task_id: Mapped[str | None] = mapped_column(String(64))
+    #: The W3C traceparent of the first attempt's span (tracing on): each re-drive links to it.
+    traceparent: Mapped[str | None] = mapped_column(String(64))
 
 
 class TaskRecord(Base):

@@ -40,6 +40,19 @@ def backlog(session: Session, neighbour: str) -> tuple[int, datetime | None]:
     return int(count), oldest
 
 
+def failed_count(session: Session, neighbour: str) -> int:
+    """How many deliveries to `neighbour` failed for good and wait for an operator."""
+    return int(
+        session.scalar(
+            select(func.count()).where(
+                FailedDelivery.status == DeliveryStatus.FAILED,
+                FailedDelivery.task_name.in_(contracts.deliveries_to(neighbour)),
+            )
+        )
+        or 0
+    )
+
+
 def page(
     session: Session, status: DeliveryStatus | None, limit: int, offset: int
 ) -> tuple[Sequence[FailedDelivery], int]:

@@ -10,6 +10,7 @@ import httpx
 from celery import Task
 from sqlalchemy import select
 
+from ragcore import tracing
 from ragcore.clients.transport import is_retryable
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import FailedDelivery
@@ -63,6 +64,7 @@ def record(
                 status=DeliveryStatus.WAITING if waits else DeliveryStatus.FAILED,
                 next_attempt_at=next_attempt(get_settings(), now, now) if waits else None,
                 waiting_since=now if waits else None,
+                traceparent=tracing.current_traceparent(),  # each re-drive's span links to it
             )
         )
     if waits:

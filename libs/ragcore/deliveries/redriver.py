@@ -21,6 +21,7 @@ import redis
 from celery import Celery
 from sqlalchemy import select, update
 
+from ragcore import tracing
 from ragcore.background import PeriodicThread
 from ragcore.clients.breaker import CLOSED, breaker
 from ragcore.db import Sessions, rows_affected, session_scope, utcnow
@@ -111,14 +112,20 @@ def redrive_due(
                 task_id = str(uuid.uuid4())
                 if not closed and not gate.claim_probe(task_id):
                     break  # another process sent a probe just now
+                headers: dict[str, object] = {REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True}
+                if row.traceparent:  # the re-drive's task span links to the first attempt's
+                    headers[tracing.LINK_HEADER] = row.traceparent
                 try:
-                    dispatch.send(
-                        app,
-                        contracts.contract(row.task_name),
-                        row.payload,
-                        task_id=task_id,
-                        headers={REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True},
-                    )
+                    with tracing.span(
+                        "delivery.redrive", links=(row.traceparent,), delivery_id=row.id
+                    ):
+                        dispatch.send(
+                            app,
+                            contracts.contract(row.task_name),
+                            row.payload,
+                            task_id=task_id,
+                            headers=headers,
+                        )
                 # the broker is down: the rest wait for the next round
                 except dispatch.PublishFailed as exc:
                     log.warning("re-drive of delivery %s failed, will retry: %s", row.id, exc)

@@ -23,6 +23,7 @@ from celery import Celery
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
+from ragcore import tracing
 from ragcore.background import PeriodicThread
 from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import Message
@@ -41,6 +42,7 @@ _COLUMNS = (
     Message.sources,
     Message.tokens_used,
     Message.processing_time_ms,
+    Message.traceparent,
 )
 
 
@@ -50,6 +52,8 @@ class Report:
     contract: TaskContract
     kwargs: dict[str, Any]
     message_id: str
+    #: The query's span context (tracing on): the report's publish and task continue its trace.
+    traceparent: str | None = None
 
 
 def _task_id(contract: TaskContract, message_id: str) -> str:
@@ -76,10 +80,13 @@ def _reports(rows: list[Row[Any]]) -> list[Report]:
                 contracts.SEND_QUERY_RESULT,
                 fields,
                 m.id,
+                m.traceparent,
             )
         )
         stats = contracts.UPDATE_USER_STATISTICS
-        statistics.append(Report(_task_id(stats, m.id), stats, {"user_id": m.user_id}, m.id))
+        statistics.append(
+            Report(_task_id(stats, m.id), stats, {"user_id": m.user_id}, m.id, m.traceparent)
+        )
     return results + statistics
 
 
@@ -101,27 +108,8 @@ def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_
         reports = _reports(rows)
         # Committed before publishing: a worker that starts the task finds its ledger row.
         ledger.record_sent_many(session, [(r.task_id, r.contract, r.kwargs) for r in reports])
-    unpublished: set[str] = set()
-    try:
-        with app.producer_or_acquire() as producer:  # one connection for the batch
-            for i, report in enumerate(reports):
-                try:
-                    app.send_task(
-                        report.contract.name,
-                        kwargs=report.kwargs,
-                        queue=report.contract.queue.value,
-                        task_id=report.task_id,
-                        headers={ledger.RECORDED_HEADER: True},
-                        producer=producer,
-                    )
-                # the broker is down: these messages wait for the next round
-                except Exception as exc:
-                    log.warning("report publish failed, will retry: %s", exc)
-                    unpublished = {r.message_id for r in reports[i:]}
-                    break
-    except Exception as exc:  # no connection at all
-        log.warning("report relay cannot reach the broker, will retry: %s", exc)
-        unpublished = {r.message_id for r in reports}
+    with tracing.span("report_relay.publish", messages=len(rows)):
+        unpublished = _publish(app, reports)
     done = [m.id for m in rows if m.id not in unpublished]
     if done:
         with sessions() as session:
@@ -132,6 +120,47 @@ def publish_pending(app: Celery, limit: int = 500, sessions: Sessions = session_
                 .execution_options(synchronize_session=False)
             )
     return len(done)
+
+
+def _publish(app: Celery, reports: list[Report]) -> set[str]:
+    """Publish `reports` on one connection; returns the messages whose reports wait for the next
+    round (the broker is down)."""
+    batch = tracing.current_traceparent()
+    try:
+        with app.producer_or_acquire() as producer:  # one connection for the batch
+            for i, report in enumerate(reports):
+                # In the query's trace, not the round's (which it links to): the trace of a query
+                # shows its reports, however late and in whichever batch they went out.
+                with tracing.span(
+                    "report.publish",
+                    parent=report.traceparent,
+                    links=(batch,),
+                    task=report.contract.name,
+                ):
+                    try:
+                        app.send_task(
+                            report.contract.name,
+                            kwargs=report.kwargs,
+                            queue=report.contract.queue.value,
+                            task_id=report.task_id,
+                            headers=_headers(report),
+                            producer=producer,
+                        )
+                    # the broker is down: these messages wait for the next round
+                    except Exception as exc:
+                        log.warning("report publish failed, will retry: %s", exc)
+                        return {r.message_id for r in reports[i:]}
+    except Exception as exc:  # no connection at all
+        log.warning("report relay cannot reach the broker, will retry: %s", exc)
+        return {r.message_id for r in reports}
+    return set()
+
+
+def _headers(report: Report) -> dict[str, Any]:
+    headers: dict[str, Any] = {ledger.RECORDED_HEADER: True}
+    if report.traceparent:  # the task's span links to the query's
+        headers[tracing.LINK_HEADER] = report.traceparent
+    return headers
 
 
 def backlog(session: Session) -> tuple[int, datetime | None]:

@@ -22,6 +22,7 @@ import redis
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from ragcore import tracing
 from ragcore.clients.embedder import Embedder
 from ragcore.clients.vectorstore import Hit
 from ragcore.db import Sessions, insert_for, rows_affected, session_scope, utcnow
@@ -119,9 +120,14 @@ class QueryService:
     def answer(self, request: QueryRequest, reports: bool = True) -> QueryAnswer:
         """Answer `request` and store it; `reports=False` stores it as reported already (benchmarks
         only)."""
+        with tracing.span("query.answer", top_k=request.top_k):
+            # The query's span: its reports, published later, continue this trace and link to it.
+            return self._answer(request, reports, tracing.current_traceparent())
+
+    def _answer(self, request: QueryRequest, reports: bool, traceparent: str | None) -> QueryAnswer:
         started = time.perf_counter()
         now = utcnow()
-        with self._sessions() as session:
+        with tracing.span("query.lookup"), self._sessions() as session:
             limits.check(session, request.user_id, self._settings, now)
             if request.conversation_id is not None:
                 self._require_conversation(session, request.user_id, request.conversation_id)
@@ -138,8 +144,9 @@ class QueryService:
             processing_time_ms=round((time.perf_counter() - started) * 1000, 3),
             cached=cached,
         )
-        with self._sessions() as session:
-            self._store_answer(session, request, answer, lookup, result, now, reports)
+        # The answer's one transaction.
+        with tracing.span("query.store", cached=cached), self._sessions() as session:
+            self._store_answer(session, request, answer, lookup, result, now, reports, traceparent)
         if self._hot is not None and not lookup.from_hot:
             self._hot.put(lookup.key, result)
         return answer
@@ -170,15 +177,18 @@ class QueryService:
         return _Lookup(key, version, row, False)
 
     def _compute(self, request: QueryRequest) -> dict[str, Any]:
-        vector = self._call(
-            "the embedding service", lambda: self._embedder.embed([request.query])[0]
-        )
-        hits: Sequence[Hit] = self._call(
-            "the vector store (Qdrant)", lambda: self._search(vector, request)
-        )
-        generated = self._call(
-            "the chat service", lambda: self._generator.generate(request.query, hits)
-        )
+        with tracing.span("query.embed"):
+            vector = self._call(
+                "the embedding service", lambda: self._embedder.embed([request.query])[0]
+            )
+        with tracing.span("query.vector_search", top_k=request.top_k):
+            hits: Sequence[Hit] = self._call(
+                "the vector store (Qdrant)", lambda: self._search(vector, request)
+            )
+        with tracing.span("query.generate"):
+            generated = self._call(
+                "the chat service", lambda: self._generator.generate(request.query, hits)
+            )
         sources = [
             {
                 "document_id": h.document_id,
@@ -220,6 +230,7 @@ class QueryService:
         result: dict[str, Any],
         now: datetime,
         reports: bool,
+        traceparent: str | None,
     ) -> None:
         limits.consume(session, request.user_id, self._settings, now)
         _open_conversation(session, request, answer, now)
@@ -235,6 +246,7 @@ class QueryService:
                 processing_time_ms=answer.processing_time_ms,
                 created_at=now,
                 reported_at=None if reports else now,
+                traceparent=traceparent,
             )
         )
         _cache_answer(session, request.query, answer.cached, lookup, result, now)

@@ -17,7 +17,7 @@ from celery.concurrency.base import BasePool
 from celery.utils.nodenames import host_format
 from celery.worker import state as worker_state
 
-from ragcore import invariants
+from ragcore import invariants, tracing
 from ragcore.broker import broker_client, heartbeats, in_flight, revocation_feed, stop_flags
 from ragcore.db import get_engine, session_scope
 from ragcore.deadletters import consumer as dead_letters
@@ -49,6 +49,12 @@ def create_worker_app(queue: Queue) -> Celery:
     ledger.connect_worker_signals()
     recovery.connect()
     _connect_monitor(_Monitor(queue))
+    define_canary(app, queue)
+    return app
+
+
+def define_canary(app: Celery, queue: Queue) -> Task:
+    """Register `queue`'s canary on `app`: it proves the worker consumes its queue."""
 
     @define_task(app, CANARIES[queue])
     def canary(self: Task, args: CanaryArgs) -> dict[str, Any]:
@@ -68,7 +74,7 @@ def create_worker_app(queue: Queue) -> Celery:
             "pid": os.getpid(),
         }
 
-    return app
+    return canary
 
 
 class _Monitor:
@@ -258,6 +264,10 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
         return
     settings = get_settings()
     configure_logging(f"worker-{queue.value}", settings.log_level, settings.log_task_lifecycle)
+    if tracing.exporters():
+        from ragcore.tracing import worker_signals
+
+        worker_signals.connect(f"worker-{queue.value}", settings.trace_file)
     if "--healthcheck" in argv:
         sys.exit(healthcheck(app, queue, argv))
     try:

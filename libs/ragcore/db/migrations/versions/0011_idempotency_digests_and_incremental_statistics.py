@@ -3,7 +3,7 @@ content's digest; user statistics counted incrementally (messages.stats_counted_
 window read by (user_id, created_at)
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0012
 Create Date: 2026-12-02 18:10:00
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0009"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
