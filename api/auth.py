@@ -16,6 +16,9 @@ from ragcore.settings import ApiScope
 Scope = ApiScope
 
 _header = APIKeyHeader(name="X-API-Key", auto_error=False)
+#: What a caller hears without a key, or with one no entry admits (api.key_gate says it too).
+MISSING_KEY = "missing X-API-Key header"
+UNKNOWN_KEY = "unknown API key"
 
 
 def scope_of(key: str, configured: Mapping[str, ApiScope]) -> ApiScope | None:
@@ -37,10 +40,10 @@ def require(*allowed: Scope):  # type: ignore[no-untyped-def]
 
     def check(settings: SettingsDep, key: Annotated[str | None, Security(_header)]) -> str:
         if not key:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing X-API-Key header")
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, MISSING_KEY)
         scope = scope_of(key, settings.api_keys)
         if scope is None:
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "unknown API key")
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, UNKNOWN_KEY)
         if scope != "admin" and scope not in allowed:
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN, f"this key's scope {scope!r} does not allow this"

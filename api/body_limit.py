@@ -69,13 +69,17 @@ class BodyLimit:
 
 
 async def _too_large(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {"detail": f"request body larger than this route's limit of {limit} bytes"}
-    ).encode()
+    await refuse(send, 413, f"request body larger than this route's limit of {limit} bytes")
+
+
+async def refuse(send: Send, status: int, detail: str) -> None:
+    """Answer `{"detail": ...}` and close: the body was not (all) read, so the connection cannot
+    carry another request."""
+    body = json.dumps({"detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),

@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.main import create_app
-from ragcore.db import reset_engines
+from ragcore.db import create_schema, reset_engines
 from ragcore.settings import get_settings
 from ragcore_dev.servers import RedisServer, redis_server
 
@@ -47,6 +47,7 @@ def app_settings(
     get_settings.cache_clear()
     reset_engines()
     redis.Redis.from_url(broker.url).flushall()  # each test starts from an empty broker
+    create_schema()  # as the migration job leaves it: the API never writes the schema
     yield
     get_settings.cache_clear()
     reset_engines()

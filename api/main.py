@@ -14,10 +14,10 @@ from fastapi import FastAPI, Request, Response
 
 from api import console, errors, request_metrics
 from api.body_limit import BodyLimit
-from api.routers import deadletters, deliveries, health, metrics, query, sync, tasks
+from api.key_gate import KeyGate
+from api.routers import deadletters, deliveries, health, metrics, notifications, query, sync, tasks
 from ragcore import invariants, tracing
 from ragcore.broker import broker_client
-from ragcore.db import create_schema
 from ragcore.logs import configure_logging, request_id_var
 from ragcore.settings import Settings, get_settings
 from ragcore.tasks.app import create_app as create_celery_app
@@ -40,7 +40,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        create_schema()
         refuse_unsafe_start(settings)
         yield
 
@@ -48,6 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.celery = create_celery_app("api", settings)
     errors.install(app)
+    # Inside BodyLimit (a declared oversize body is a 413 first) and before the app reads a body.
+    app.add_middleware(
+        KeyGate,
+        keys=settings.api_keys,
+        large_bytes=settings.max_body_bytes,
+        concurrent_large=settings.max_concurrent_large_bodies,
+    )
     # Added before the request-id middleware, so it runs inside it: a 413 carries X-Request-ID too.
     app.add_middleware(BodyLimit, default=settings.max_body_bytes, limits=settings.body_limits)
 
@@ -88,6 +94,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sync.router,
         tasks.router,
         deliveries.router,
+        notifications.router,
         deadletters.router,
         metrics.router,
     ):

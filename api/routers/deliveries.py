@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from api.auth import AdminKey
 from api.deps import CeleryDep, SessionDep, commit
-from api.errors import ERROR_RESPONSES, NOT_STORED_RESPONSE, ErrorBody, Responses
+from api.errors import ERROR_RESPONSES, NOT_STORED_RESPONSE, ErrorBody, Responses, UnavailableBody
 from api.schemas.deliveries import (
     BulkResult,
     DeliveryFilter,
@@ -20,7 +20,6 @@ from api.schemas.deliveries import (
 )
 from ragcore import deliveries
 from ragcore.deliveries import DeliveryStatus
-from ragcore.tasks import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +29,7 @@ _RETRY_RESPONSES: Responses = {
     404: {"model": ErrorBody, "description": "No failed delivery with this id"},
     409: {"model": ErrorBody, "description": "Already re-driven"},
     503: {
-        "model": ErrorBody,
+        "model": UnavailableBody,
         "description": "The broker (Redis) is unreachable; nothing was marked",
     },
 }
@@ -67,18 +66,14 @@ def list_failed(
 def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: CeleryDep) -> Redriven:
     """Send the delivery's task again with its recorded payload (same idempotency key); mark it
     re-driven."""
+    # Broker down: PublishFailed rises to the one broker handler (a 503 naming the broker and the
+    # request id; what Redis said is logged only), nothing was marked, the operator can retry.
     try:
         row = deliveries.redrive_one(session, celery, delivery_id)
     except deliveries.DeliveryNotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except deliveries.NotRedrivable as exc:
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
-    except dispatch.PublishFailed as exc:  # nothing was marked: the operator can retry later
-        log.warning("re-drive of delivery %s failed: %s", delivery_id, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            f"could not publish the task: {type(exc).__name__}: {exc}",
-        ) from None
     # before the 202; if it fails, a second re-drive sends under the same idempotency key
     commit(session)
     return Redriven.model_validate(row)

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session
 from api import request_metrics
 from api.auth import require
 from api.deps import SessionDep, SettingsDep
-from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, ErrorBody
+from api.errors import BROKER_UNREACHABLE, ERROR_RESPONSES, UnavailableBody
 from ragcore import deadletters, deliveries
 from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, breaker
@@ -273,7 +273,7 @@ def _dead_letter_families(session: Session) -> list[Metric]:
             "content": {"text/plain": {"schema": {"type": "string"}}},
             "description": "Prometheus text format",
         },
-        503: {"model": ErrorBody, "description": "The broker is unreachable"},
+        503: {"model": UnavailableBody, "description": "The broker is unreachable"},
     },
 )
 def metrics(settings: SettingsDep, session: SessionDep) -> Response:

@@ -6,6 +6,7 @@ results; list and workers ask the workers themselves with a bounded wait; queues
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -32,11 +33,14 @@ from api.schemas.tasks import (
     WorkersResponse,
 )
 from ragcore.broker import broker_client, depths, heartbeats, workers
+from ragcore.logs import request_id_var
 from ragcore.tasks import contracts, dispatch, ledger, revoking
 from ragcore.tasks.arguments import Timestamp
 from ragcore.tasks.contracts import TaskContract
 from ragcore.tasks.states import TaskState
-from ragcore.tasks.status import TaskStatus, live_state, merge
+from ragcore.tasks.status import TaskStatus, error_summary, live_state, merge
+
+log = logging.getLogger(__name__)
 
 _NOT_FOUND: Responses = {
     404: {"model": ErrorBody, "description": "No task with this id was ever sent"}
@@ -68,8 +72,11 @@ def task_status(
             status.HTTP_403_FORBIDDEN,
             "this key's scope 'sync' reads the status of sync tasks only",
         )
-    if scope != "admin":
-        view.traceback = None  # internals are for operators only
+    if scope != "admin":  # internals are for operators only
+        view.traceback = None
+        if view.error is not None:
+            log.info("task %s error, summarised for a %s key: %s", task_id, scope, view.error)
+            view.error = error_summary(view.error, request_id_var.get())
     return view
 
 

@@ -41,6 +41,17 @@ def redis_client(url: str, read_timeout: float | None = None) -> redis.Redis:
     )
 
 
+def _options(connect_timeout: float, read_timeout: float, health_check: int) -> dict[str, float]:
+    return {
+        # A caller's short budget (the hot cache's) covers connecting too.
+        "socket_connect_timeout": min(connect_timeout, read_timeout),
+        "socket_timeout": read_timeout,
+        # A pooled connection idle this long is pinged before use: one a restart or a NAT dropped
+        # fails the ping, not the caller's command.
+        "health_check_interval": health_check,
+    }
+
+
 @lru_cache
 def _client(
     url: str,
@@ -50,15 +61,10 @@ def _client(
     master: str,
     sentinel_password: str | None,
 ) -> redis.Redis:
-    timeouts = {
-        # A caller's short budget (the hot cache's) covers connecting too.
-        "socket_connect_timeout": min(connect_timeout, read_timeout),
-        "socket_timeout": read_timeout,
-    }
-    # A pooled connection idle this long is pinged before use: one a restart or a NAT dropped fails
-    # the ping, not the caller's command.
+    options = _options(connect_timeout, read_timeout, health_check)
     if urlsplit(url).scheme == SENTINEL_SCHEME:
         nodes, db, username, password = _sentinel_url(url)
+        timeouts = {k: options[k] for k in ("socket_connect_timeout", "socket_timeout")}
         sentinel = Sentinel(
             nodes, sentinel_kwargs={**timeouts, "password": sentinel_password}, **timeouts
         )
@@ -70,7 +76,7 @@ def _client(
             health_check_interval=health_check,
         )
         return client
-    return redis.Redis.from_url(url, health_check_interval=health_check, **timeouts)
+    return redis.Redis.from_url(url, **options)
 
 
 def _sentinel_url(url: str) -> tuple[list[tuple[str, int]], int, str | None, str | None]:

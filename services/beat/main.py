@@ -14,10 +14,13 @@ interval; and the reconciler (`ragcore.tasks.reconciler`), which publishes again
 lost.
 """
 
+import logging
 import sys
 
-from ragcore import redis_clients, tracing
-from ragcore.db import create_schema
+from redbeat.schedulers import get_redis
+
+from ragcore import invariants, redis_clients, tracing
+from ragcore.broker import broker_client
 from ragcore.deliveries import Redriver
 from ragcore.logs import configure_logging
 from ragcore.query.reports import ReportRelay
@@ -28,6 +31,7 @@ from ragcore.tasks.reconciler import Reconciler
 from services.beat import schedule
 from services.beat.scheduler import OutageTolerantScheduler
 
+log = logging.getLogger(__name__)
 settings = get_settings()
 redbeat_url, redbeat_options = redis_clients.redbeat_options(settings)
 app = create_app("beat")
@@ -56,7 +60,16 @@ def main() -> None:
         return
     configure_logging("beat", settings.log_level)
     tracing.configure("beat", settings.trace_file)
-    create_schema()  # the ledger records what Beat sends, even when Beat starts before any worker
+    try:
+        invariants.check(
+            settings,
+            broker_client(settings.broker),
+            service="beat",
+            redis_clients={"RedBeat's Redis client (redbeat_redis_options)": get_redis(app)},
+        )
+    except invariants.InvariantError as exc:
+        log.critical("%s", exc)
+        sys.exit(str(exc))
     threads = [
         ReportRelay(app, settings.report_relay_seconds),
         Redriver(app, settings, settings.report_relay_seconds),

@@ -13,8 +13,9 @@ from typing import Any
 import httpx
 from celery import Celery, Task
 
+from ragcore import notification_keys
 from ragcore.clients.transport import is_retryable, shared_http_client
-from ragcore.clients.users import UsersClient
+from ragcore.clients.users import UsersClient, content_digest
 from ragcore.db import session_scope, utcnow
 from ragcore.deliveries import deliver
 from ragcore.settings import get_settings
@@ -90,19 +91,25 @@ def _report_hour(self: Task, start: datetime, again: bool) -> dict[str, Any] | N
             if not again and usage.is_recorded(session, start):
                 return {"period_start": pinned["period_start"], "status_code": None}
             report = usage.usage_report(session, start, start + usage.HOUR)
+            digest = content_digest(report)
+            # Same numbers, same key; recomputed numbers that differ go under a key of their own.
+            revision = usage.revision_for(session, start, digest)
         try:
-            code = deliver(self, task, pinned, lambda: users().send_usage_statistics(report))
+            code = deliver(
+                self, task, pinned, lambda: users().send_usage_statistics(report, revision)
+            )
         except Exception as exc:
             # refused for good (a failed delivery to re-drive): later hours go on
             if not is_retryable(exc):
                 with session_scope() as session:
-                    usage.record(session, start, "refused")
+                    usage.record(session, start, "refused", revision, digest)
             raise
         with session_scope() as session:
-            usage.record(session, start, "accepted")
+            usage.record(session, start, "accepted", revision, digest)
     return {
         "period_start": pinned["period_start"],
         "users": len(report["users"]),
+        "revision": revision,
         "status_code": code,
     }
 
@@ -112,6 +119,11 @@ def send_system_notification(self: Task, args: SystemNotificationArgs) -> dict[s
     key = args.idempotency_key or self.request.id
     body = args.model_dump(mode="json", exclude={"idempotency_key"})
     pinned = {**body, "idempotency_key": key}  # a re-drive runs under a new task id, same key
+    try:  # also for tasks sent by other clients (not through the API's check)
+        with session_scope() as session:
+            notification_keys.claim(session, key, body, self.request.id)
+    except notification_keys.KeyReused as exc:
+        raise PermanentTaskError(str(exc)) from None
     code = deliver(
         self,
         contracts.SEND_SYSTEM_NOTIFICATION,

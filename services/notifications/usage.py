@@ -55,15 +55,30 @@ def is_recorded(session: Session, start: datetime) -> bool:
     return session.get(UsageReport, start) is not None
 
 
-def record(session: Session, start: datetime, outcome: str) -> None:
-    """Note the hour as done with: Users accepted it, or refused it for good."""
+def revision_for(session: Session, start: datetime, digest: str) -> int:
+    """The revision to send the hour's numbers (of `digest`) under: the recorded one while they are
+    the numbers recorded, the next one once a recomputation changed them (an unknown digest, from
+    before revision 0011, counts as changed)."""
+    recorded = session.get(UsageReport, start)
+    if recorded is None:
+        return 0
+    return recorded.revision if recorded.digest == digest else recorded.revision + 1
+
+
+def record(session: Session, start: datetime, outcome: str, revision: int, digest: str) -> None:
+    """Note the hour as done with: Users accepted it, or refused it for good, under `revision`."""
     statement = insert_for(session)(UsageReport).values(
-        period_start=start, outcome=outcome, reported_at=utcnow()
+        period_start=start, outcome=outcome, reported_at=utcnow(), revision=revision, digest=digest
     )
     session.execute(
         statement.on_conflict_do_update(
             index_elements=["period_start"],
-            set_={"outcome": outcome, "reported_at": statement.excluded.reported_at},
+            set_={
+                "outcome": outcome,
+                "reported_at": statement.excluded.reported_at,
+                "revision": revision,
+                "digest": digest,
+            },
         )
     )
 

@@ -6,6 +6,7 @@ from services.notifications.usage import (
     due_periods,
     latest_reportable_hour,
     record,
+    revision_for,
     usage_report,
 )
 
@@ -22,12 +23,12 @@ def test_an_hour_is_reportable_once_it_ended_the_lag_ago() -> None:
 def test_due_hours_are_the_latest_at_first_then_every_one_after_the_last_recorded(sessions) -> None:  # type: ignore[no-untyped-def]
     with sessions() as session:
         assert due_periods(session, START) == [START]
-        record(session, START - 3 * HOUR, "accepted")
+        record(session, START - 3 * HOUR, "accepted", 0, "d")
     with sessions() as session:
         assert due_periods(session, START) == [START - 2 * HOUR, START - HOUR, START]
-        record(session, START - 2 * HOUR, "refused")
-        record(session, START - HOUR, "accepted")
-        record(session, START, "accepted")
+        record(session, START - 2 * HOUR, "refused", 0, "d")
+        record(session, START - HOUR, "accepted", 0, "d")
+        record(session, START, "accepted", 0, "d")
     with sessions() as session:
         assert due_periods(session, START) == []
 
@@ -66,3 +67,16 @@ def test_usage_counts_each_users_messages_inside_the_period_only(sessions) -> No
             {"user_id": "b", "queries": 1, "tokens_used": 7, "avg_processing_time_ms": 50.0},
         ],
     }
+
+
+def test_a_recomputed_hour_is_the_next_revision_only_when_its_numbers_changed(sessions) -> None:  # type: ignore[no-untyped-def]
+    with sessions() as session:
+        assert revision_for(session, START, "first") == 0
+        record(session, START, "accepted", 0, "first")
+    with sessions() as session:
+        assert revision_for(session, START, "first") == 0  # the same numbers: the same key
+        assert revision_for(session, START, "changed") == 1
+        record(session, START, "accepted", 1, "changed")
+    with sessions() as session:
+        assert revision_for(session, START, "changed") == 1
+        assert revision_for(session, START, "again") == 2

@@ -25,6 +25,7 @@ from ragcore.broker import broker_client, held, stop_flags
 from ragcore.clients.ingest import Page
 from ragcore.db import session_scope
 from ragcore.db.models import FullSyncPage
+from ragcore.query.cache import bump_data_version
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts, ledger
 from ragcore.tasks.app import will_retry
@@ -66,7 +67,10 @@ def load_checkpoint(task_id: str) -> Checkpoint:
 def _record_page(
     task_id: str, page: int, next_cursor: str | None, copied: int, generation: int
 ) -> None:
+    """The page's checkpoint, and a new data version in the same transaction: no cached answer
+    outlives a page that changed its sources."""
     with session_scope() as session:
+        bump_data_version(session)
         session.add(
             FullSyncPage(
                 task_id=task_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
+from ragcore.clients.ingest import Page
 from ragcore.db import insert_for, session_scope
 from ragcore.db.models import SyncState
 from ragcore.query.cache import bump_data_version
@@ -33,6 +34,14 @@ def begin_generation() -> int:
         state = session.get(SyncState, GENERATION)
         assert state is not None
         return state.version
+
+
+def bump_for_page(page: Page, _: CopyReport) -> None:
+    """A page Qdrant applied may change a cached answer's sources: the data version moves with the
+    pages, not only at the sync's end (a full sync runs for minutes)."""
+    if page.items:
+        with session_scope() as session:
+            bump_data_version(session)
 
 
 def save_mark(report: CopyReport, changed: bool) -> None:

@@ -21,7 +21,7 @@ from ragcore.tasks.locks import lock_client, periodic_lock
 from services.sync.copier import copy_pages, write_in_generation
 from services.sync.drain import DocumentBusy, check_not_stale, drain, record_applied
 from services.sync.full_sync import trigger_full_sync
-from services.sync.generations import INCREMENTAL, current_generation, save_mark
+from services.sync.generations import INCREMENTAL, bump_for_page, current_generation, save_mark
 from services.sync.neighbours import ingest, store, writes_qdrant
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,7 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
             vectors,
             skip=lambda c: c.updated_at == mark and c.id in skip_ids,
             generation=current_generation,
+            on_applied=bump_for_page,
         )
     save_mark(report, changed=report.copied > 0)
     return {

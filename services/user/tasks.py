@@ -29,9 +29,10 @@ def reset_all_daily_limits(self: Task, args: NoArgs) -> dict[str, Any]:
 
 
 def update_user_statistics(self: Task, args: UserArgs) -> dict[str, Any]:
-    """Recompute the user's statistics from their messages (idempotent), and the tier they reach."""
+    """Add the user's new messages to their statistics (each counted once), and set the tier they
+    reach."""
     with session_scope() as session:
-        result = stats.recompute(session, args.user_id)
+        result = stats.count_new(session, args.user_id)
         # The tier follows the 30-day count, which just changed: keep it current as queries come in.
         result["tier"] = tiers.apply_tier(session, args.user_id, get_settings(), utcnow())["tier"]
     return result

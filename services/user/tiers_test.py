@@ -64,13 +64,24 @@ def test_crossing_a_threshold_changes_the_tier_and_its_daily_limit(sessions: Ses
         assert (user.tier, user.daily_limit) == ("pro", 100)
 
 
-def test_recomputing_statistics_twice_counts_each_message_once(sessions: Sessions) -> None:
+def test_counting_statistics_twice_counts_each_message_once(sessions: Sessions) -> None:
     add_messages(sessions, "u", timedelta(hours=2), timedelta(hours=1))
     for _ in range(2):
         with sessions() as session:
-            stats.recompute(session, "u")
+            stats.count_new(session, "u")
     with sessions() as session:
         row = session.get(UserStatistics, "u")
         assert row is not None
         assert (row.total_queries, row.total_tokens, row.avg_processing_time_ms) == (2, 10, 10.0)
         assert row.last_query_at == NOW - timedelta(hours=1)
+
+
+def test_a_run_counts_only_the_messages_that_are_new(sessions: Sessions) -> None:
+    add_messages(sessions, "u", timedelta(hours=3), timedelta(hours=2))
+    with sessions() as session:
+        assert stats.count_new(session, "u")["counted"] == 2
+    add_messages(sessions, "u", timedelta(minutes=30))
+    with sessions() as session:
+        result = stats.count_new(session, "u")
+    assert (result["counted"], result["total_queries"], result["total_tokens"]) == (1, 3, 15)
+    assert result["last_query_at"] == (NOW - timedelta(minutes=30)).isoformat()

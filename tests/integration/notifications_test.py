@@ -225,3 +225,80 @@ def test_a_system_notification_is_sent_under_the_senders_key(
     [sent] = users.app.deliveries("notifications")
     assert sent["idempotency_key"] == "maintenance-2024-05-10"
     assert sent["payload"] == {k: v for k, v in args.items() if k != "idempotency_key"}
+
+
+def test_a_recomputed_usage_hour_goes_out_under_a_key_of_its_own(
+    stack: Stack, users: Running[UsersApp]
+) -> None:
+    start = latest_reportable_hour(utcnow(), timedelta(0)) - timedelta(hours=5)
+    period = f"{start.isoformat()}/{(start + timedelta(hours=1)).isoformat()}"
+
+    def add(i: int) -> None:
+        with session_scope() as session:
+            if session.get(Conversation, "recomputed") is None:
+                session.add(Conversation(id="recomputed", user_id="late"))
+            session.add(
+                Message(
+                    id=f"recomputed-{i}",
+                    conversation_id="recomputed",
+                    user_id="late",
+                    query="q",
+                    answer="a",
+                    sources=[],
+                    tokens_used=10,
+                    processing_time_ms=1.0,
+                    created_at=start + timedelta(minutes=10 + i),
+                )
+            )
+
+    def report_hour() -> None:
+        pinned = {"period_start": start.isoformat()}  # an operator's recomputation of the hour
+        task_id = dispatch.send(stack.producer, contracts.SEND_USAGE_STATISTICS, pinned)
+        assert finished(stack, task_id) == "SUCCESS"
+
+    add(0)
+    report_hour()
+    report_hour()  # the same numbers again: the same key, and Users' 409 means delivered
+    add(1)  # a late query changes the hour's numbers
+    report_hour()
+    sent = [
+        (d["idempotency_key"], d["payload"]["users"][0]["queries"])
+        for d in users.app.deliveries("usage-statistics")
+        if d["payload"]["period_start"] == start.isoformat()
+    ]
+    # SPEC's key for the first numbers; the recomputed ones under revision 1, not dropped as seen
+    assert sent == [(period, 1), (f"{period}/r1", 2)]
+    assert users.app.duplicates["usage-statistics"] == 1
+
+
+def test_a_notification_key_already_sent_with_other_content_is_refused_at_the_api(
+    stack: Stack, users: Running[UsersApp]
+) -> None:
+    first = {
+        "notification_type": "maintenance",
+        "title": "Downtime",
+        "message": "Tonight 02:00 UTC",
+        "user_ids": ["u1"],
+        "idempotency_key": "colliding-key",
+    }
+    with stack.api() as api:
+        accepted = api.post("/api/v1/notifications", json=first)
+        assert accepted.status_code == 202, accepted.text
+        assert finished(stack, accepted.json()["task_id"]) == "SUCCESS"
+        again = api.post("/api/v1/notifications", json=first)  # the same content: fine
+        assert again.status_code == 202
+        refused = api.post("/api/v1/notifications", json={**first, "message": "Postponed"})
+    assert refused.status_code == 409
+    assert (
+        "'colliding-key' was already used for a notification with other content"
+        in (refused.json()["detail"])
+    )
+    # a task sent by another client with that key fails with the reason, not dropped at Users
+    other = dispatch.send(
+        stack.producer, contracts.SEND_SYSTEM_NOTIFICATION, {**first, "message": "Postponed"}
+    )
+    assert finished(stack, other) == "FAILURE"
+    with stack.api() as api:
+        assert "already used" in api.get(f"/api/v1/tasks/status/{other}").json()["error"]
+    sent = deliveries_of(users, "notifications", "colliding-key")
+    assert [d["payload"]["message"] for d in sent] == ["Tonight 02:00 UTC"]

@@ -212,9 +212,7 @@ def test_a_worker_that_missed_the_revoke_broadcast_learns_it_from_the_feed(
     target = _canary(stack, Queue.USER, echo="must not run")
     # What the revoke endpoint does, minus the broadcast (as if this worker was disconnected then).
     with session_scope() as session:
-        record = session.get(TaskRecord, target)
-        assert record is not None
-        ledger.mark_revoked(record)
+        assert ledger.revoke(session, target) == "REVOKED"
     revocation_feed.publish_revocation(stack.redis_client(), target)
 
     _wait_status(api, busy, "SUCCESS")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +17,20 @@ NOTIFICATIONS_PATH = "/api/v1/rag/notifications"
 def _key_part(value: Any) -> str:
     # A datetime must give the same key on every retry, whatever str() would print for it.
     return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def content_digest(payload: dict[str, Any]) -> str:
+    """SHA-256 of the payload as canonical JSON (sorted keys): equal content, equal digest."""
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def usage_key(payload: dict[str, Any], revision: int = 0) -> str:
+    """SPEC §5's key, the period (`<period_start>/<period_end>`), for the numbers first sent for
+    it; a recomputation whose numbers differ is revision n = 1, 2, ... under
+    `<period_start>/<period_end>/r<n>`, so a 409 keeps meaning "these numbers, already
+    delivered"."""
+    period = f"{_key_part(payload['period_start'])}/{_key_part(payload['period_end'])}"
+    return f"{period}/r{revision}" if revision else period
 
 
 class UsersClient:
@@ -46,10 +61,9 @@ class UsersClient:
         """Report one answered query; the message id is the key."""
         return self._post(QUERY_RESULTS_PATH, payload, _key_part(payload["message_id"]))
 
-    def send_usage_statistics(self, payload: dict[str, Any]) -> int:
-        """Report one period's usage; the period is the key."""
-        key = f"{_key_part(payload['period_start'])}/{_key_part(payload['period_end'])}"
-        return self._post(USAGE_STATISTICS_PATH, payload, key)
+    def send_usage_statistics(self, payload: dict[str, Any], revision: int = 0) -> int:
+        """Report one period's usage under `usage_key`."""
+        return self._post(USAGE_STATISTICS_PATH, payload, usage_key(payload, revision))
 
     def send_notification(self, payload: dict[str, Any], idempotency_key: str) -> int:
         """Send a system notification under a key chosen by the sender."""

@@ -1,9 +1,9 @@
 """The database: tables and sessions."""
 
 from ragcore.db.models import Base, utcnow
+from ragcore.db.schema import create_schema
 from ragcore.db.session import (
     Sessions,
-    create_schema,
     get_engine,
     insert_for,
     reset_engines,

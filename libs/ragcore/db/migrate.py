@@ -63,10 +63,11 @@ def adopt_unversioned_schema(config: Config) -> bool:
     """Stamp head on a database whose tables a deployable made (`create_schema`) before any
     migration.
 
-    Deployables still create missing tables at start; one that starts before the migration job, or
-    a database from before migrations existed, has every table and no version, and `upgrade` would
-    fail on "table exists". When that schema is exactly the models' (= head's), it is adopted;
-    when it differs, nothing is guessed: SchemaMismatch says what differs.
+    Deployables created missing tables at start before revision 0011 (now they refuse a database
+    behind their code): a database they made, or one from before migrations existed, has every
+    table and no version, and `upgrade` would fail on "table exists". When that schema is exactly
+    the models' (= head's), it is adopted; when it differs, nothing is guessed: SchemaMismatch says
+    what differs.
     """
     engine = migration_engine(database_url(config))
     try:

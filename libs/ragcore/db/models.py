@@ -117,6 +117,22 @@ class UsageReport(Base):
     # accepted | refused (for good: an operator re-drives it)
     outcome: Mapped[str] = mapped_column(String(16))
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: 0 for the hour as first sent (the SPEC key, the period); each recomputation whose numbers
+    #: differ from those sent is the next revision, under a key of its own.
+    revision: Mapped[int] = mapped_column(default=0)
+    #: SHA-256 of the body sent under this revision's key (null: sent before revision 0011).
+    digest: Mapped[str | None] = mapped_column(String(64))
+
+
+class NotificationKey(Base):
+    """Every Idempotency-Key ragcore sent a notification under, with a digest of its content: the
+    same key with other content is refused here, not dropped at Users as "already seen"."""
+
+    __tablename__ = "notification_keys"
+    key: Mapped[str] = mapped_column(String(256), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    task_id: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class User(Base):
@@ -134,6 +150,8 @@ class UserStatistics(Base):
     user_id: Mapped[str] = mapped_column(String(256), primary_key=True)
     total_queries: Mapped[int] = mapped_column(default=0)
     total_tokens: Mapped[int] = mapped_column(default=0)
+    #: The sum behind the average, so each counted message adds to it (services.user.stats).
+    total_processing_time_ms: Mapped[float] = mapped_column(default=0.0)
     avg_processing_time_ms: Mapped[float] = mapped_column(default=0.0)
     last_query_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -162,6 +180,15 @@ class Message(Base):
             postgresql_where=text("reported_at IS NULL"),
             sqlite_where=text("reported_at IS NULL"),
         ),
+        # The user's statistics count only what is new: a user's messages not counted yet.
+        Index(
+            "ix_messages_uncounted",
+            "user_id",
+            postgresql_where=text("stats_counted_at IS NULL"),
+            sqlite_where=text("stats_counted_at IS NULL"),
+        ),
+        # A user's tier reads their last 30 days, not their whole history.
+        Index("ix_messages_user_id_created_at", "user_id", "created_at"),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     conversation_id: Mapped[str] = mapped_column(ForeignKey("conversations.id"), index=True)
@@ -174,6 +201,8 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     archived_at: Mapped[datetime | None]
     reported_at: Mapped[datetime | None]
+    #: When update_user_statistics added it to the user's counters (null: not yet).
+    stats_counted_at: Mapped[datetime | None]
     #: The W3C traceparent of the query's span (tracing on): its reports' spans continue its trace.
     traceparent: Mapped[str | None] = mapped_column(String(64))
 

@@ -15,7 +15,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from ragcore.db.models import Base
 from ragcore.settings import get_settings
 
 _engines: dict[str, Engine] = {}
@@ -128,7 +127,3 @@ def rows_affected(session: Session, statement: Executable) -> int:
 def insert_for(session: Session) -> Any:
     """The INSERT of the session's dialect: PostgreSQL's and SQLite's both have ON CONFLICT."""
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-
-
-def create_schema(url: str | None = None) -> None:
-    Base.metadata.create_all(get_engine(url))

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from celery import Celery, Task, current_app
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.signals import setup_logging
 from kombu.entity import Queue as KombuQueue
 from pydantic import ValidationError
@@ -18,7 +18,7 @@ from ragcore import deadletters, redis_clients
 from ragcore.clients.transport import is_retryable
 from ragcore.logs import configure_logging
 from ragcore.settings import Settings, get_settings
-from ragcore.tasks import contracts
+from ragcore.tasks import contracts, ledger
 from ragcore.tasks.contracts import Queue, TaskContract
 from ragcore.tasks.locks import lock_client, periodic_lock
 
@@ -139,6 +139,12 @@ def define_task(
 
     def decorator(fn: Callable[..., Any]) -> Task:
         def run(self: Task, *positional: Any, **kwargs: Any) -> Any:
+            # Atomic with a revocation (ledger.revoke): revoked while it waited, it never runs.
+            if not ledger.claim_start(self.request.id, self.request.hostname):
+                log.info(
+                    "%s %s was revoked before it started: not run", contract.name, self.request.id
+                )
+                raise Ignore()
             try:
                 if positional:
                     raise ValueError("contracts take keyword arguments only")

@@ -103,8 +103,9 @@ class SystemNotificationArgs(Args):
     message: str = Field(min_length=1, max_length=10_000)
     user_ids: list[str] = Field(min_length=1)
     metadata: dict[str, Any] = Field(default_factory=dict)
-    #: The Users system de-duplicates by this; the sender chooses it (SPEC §5).
-    idempotency_key: str | None = None
+    #: The Users system de-duplicates by this; the sender chooses it (SPEC §5). One key, one
+    #: content: a key ragcore sent with other content is refused (ragcore.notification_keys).
+    idempotency_key: str | None = Field(None, min_length=1, max_length=256, pattern=NO_NUL)
 
 
 class UsageStatisticsArgs(Args):

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 
 import redis
 from celery import Celery
-from celery.result import AsyncResult
 from sqlalchemy.orm import Session
 
 from ragcore.broker import heartbeats, revocation_feed
 from ragcore.db.models import TaskRecord
 from ragcore.tasks import ledger
 from ragcore.tasks.states import RAN, TaskState
-from ragcore.tasks.status import ledger_state, live_state
+from ragcore.tasks.status import ledger_state
 
 NOT_SEEN = (
     "not seen yet: no worker has received a task with this id; revoked, so whichever worker "
@@ -58,13 +57,16 @@ def revoke(
         raise AlreadyFinished(
             f"task {task_id} already finished ({record.state}); there is nothing to revoke"
         )
-    state = live_state(AsyncResult(task_id, app=app)) or record.state
-    running = record.state == TaskState.STARTED or state in (TaskState.STARTED, TaskState.PROGRESS)
-    stop = terminate and running
-    if stop:
+    if terminate and record.state == TaskState.STARTED:
         _check_can_terminate(client, record)
-    ledger.mark_revoked(record)
+    # The decision: one conditional UPDATE, atomic with the worker's start (ledger.claim_start):
+    # REVOKED, it was waiting and will not run; STARTED, it runs and terminate applies.
+    after = ledger.revoke(session, task_id)
     session.commit()  # durable before any worker hears of it
+    if after is None:  # it ran to its end between the read and the revocation
+        raise AlreadyFinished(f"task {task_id} already finished; there is nothing to revoke")
+    running = after != TaskState.REVOKED
+    stop = terminate and running
     revocation_feed.publish_revocation(client, task_id)
     app.control.revoke(task_id, terminate=stop, signal="SIGTERM")
     if stop:
@@ -73,6 +75,7 @@ def revoke(
         detail = "revoked; the running task finishes, but will never run again"
     else:
         detail = "revoked; it will not run"
+    session.refresh(record)
     return Revocation(task_id, terminated=stop, status=ledger_state(record), detail=detail)
 
 

@@ -7,6 +7,7 @@ answers for a task long after its result is gone.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
@@ -95,6 +96,18 @@ def ledger_view(record: TaskRecord, columns: Iterable[str]) -> dict[str, Any]:
         **{name: getattr(record, name) for name in columns if name != "status"},
         "status": ledger_state(record),
     }
+
+
+#: The form of an error's first word that names its exception class (`"OperationalError: ..."`).
+_EXCEPTION_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*(?=:|$)")
+
+
+def error_summary(error: str, request_id: str | None) -> str:
+    """What a non-admin caller reads of a task's error: the exception's name, never its text (a
+    database host, a neighbour's answer), and the request id an operator looks it up under."""
+    name = _EXCEPTION_NAME.match(error)
+    what = f"the task failed ({name.group(0)})" if name else "the task failed"
+    return f"{what}; an admin key reads the details (request id {request_id})"
 
 
 def live_state(live: LiveResult) -> str | None:

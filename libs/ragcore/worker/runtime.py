@@ -21,7 +21,7 @@ from celery.worker.request import Request
 from ragcore import invariants, tracing
 from ragcore.broker import broker_client, heartbeats, in_flight, revocation_feed, stop_flags
 from ragcore.broker import held as broker_held
-from ragcore.db import create_schema, get_engine, session_scope
+from ragcore.db import get_engine, session_scope
 from ragcore.deadletters import consumer as dead_letters
 from ragcore.logs import configure_logging
 from ragcore.settings import get_settings
@@ -305,7 +305,6 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     except invariants.InvariantError as exc:
         log.critical("%s", exc)
         sys.exit(str(exc))
-    create_schema()
     app.worker_main(
         [
             "--quiet",  # no banner on stdout: every line a deployable writes is JSON

@@ -21,8 +21,9 @@ from ragcore.tasks.ledger.records import (
 )
 from ragcore.tasks.ledger.revocation import (
     MAX_REVOKED_IDS,
-    mark_revoked,
+    claim_start,
     record_revoked_unseen,
+    revoke,
     revoked_ids,
 )
 from ragcore.tasks.ledger.window import Durations, Window, last_success, window
@@ -38,6 +39,8 @@ from ragcore.tasks.ledger.writer import (
 __all__ = [
     "CURSOR_PATTERN",
     "MAX_REVOKED_IDS",
+    "claim_start",
+    "revoke",
     "RECORDED_HEADER",
     "Durations",
     "Window",
@@ -51,7 +54,6 @@ __all__ = [
     "handed_back",
     "history",
     "last_success",
-    "mark_revoked",
     "record_received",
     "record_revoked_unseen",
     "record_sent",

@@ -117,9 +117,13 @@ def test_a_cursor_has_the_shape_the_api_publishes_and_names_its_row() -> None:
 def test_revoking_a_waiting_task_ends_it_but_a_running_one_keeps_running(session: Session) -> None:
     waiting, running = _task(session, 1, state="PENDING"), _task(session, 2, state="STARTED")
     finished = _task(session, 3, state="SUCCESS", revoked=True)
-    ledger.mark_revoked(waiting)
-    ledger.mark_revoked(running)
     session.flush()
+    # the state the one conditional UPDATE leaves is the answer
+    assert ledger.revoke(session, "t001") == TaskState.REVOKED
+    assert ledger.revoke(session, "t002") == TaskState.STARTED
+    assert ledger.revoke(session, "t003") is None  # ran to its end: nothing to revoke
+    for record in (waiting, running, finished):
+        session.refresh(record)
     assert (waiting.state, waiting.revoked, waiting.finished_at is not None) == (
         "REVOKED",
         True,
@@ -128,6 +132,38 @@ def test_revoking_a_waiting_task_ends_it_but_a_running_one_keeps_running(session
     assert (running.state, running.revoked) == ("STARTED", True)
     assert ledger.revoked_ids(session) == ["t002", "t001"]  # finished ones can never run again
     assert finished.task_id not in ledger.revoked_ids(session)
+
+
+@pytest.fixture()
+def configured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The configured database (what workers' session_scope() opens) on a fresh SQLite file."""
+    monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    get_settings.cache_clear()
+    create_schema()
+    yield
+    reset_engines()
+    get_settings.cache_clear()
+
+
+def test_revoke_and_a_workers_start_are_decided_one_against_the_other(configured: None) -> None:
+    with session_scope() as s:
+        s.add_all(
+            TaskRecord(task_id=t, name="n", queue="user", state="PENDING", kwargs={})
+            for t in ("revoked-first", "started-first")
+        )
+    # revoked while it waited: the worker that takes it next must not run it ...
+    with session_scope() as s:
+        assert ledger.revoke(s, "revoked-first") == TaskState.REVOKED
+    assert ledger.claim_start("revoked-first", "w@h") is False
+    # ... and the worker's batched STARTED write (queued at prerun) does not undo the revocation
+    ledger.write([("revoked-first", {"state": "STARTED", "started_at": T0, "worker": "w@h"})])
+    # started first: the revocation sees it running, so terminate applies and the answer says so
+    assert ledger.claim_start("started-first", "w@h") is True
+    with session_scope() as s:
+        assert ledger.revoke(s, "started-first") == TaskState.STARTED
+        rows = {r.task_id: (r.state, r.revoked) for r in s.query(TaskRecord)}
+    assert rows == {"revoked-first": ("REVOKED", True), "started-first": ("STARTED", True)}
+    assert ledger.claim_start("never-recorded", "w@h") is True  # another client's, unrecorded
 
 
 def test_counts_and_durations_cover_the_window(session: Session) -> None:

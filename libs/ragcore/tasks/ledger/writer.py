@@ -10,7 +10,7 @@ import threading
 from typing import Any, cast
 
 from celery import Task
-from sqlalchemy import Table, bindparam, func, update
+from sqlalchemy import Table, bindparam, func, or_, update
 
 from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
@@ -141,6 +141,13 @@ def write(updates: list[tuple[str, dict[str, Any]]]) -> None:
                 for c in columns
             }
             statement = update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
+            if "state" in columns:  # a task revoked while it waited stays REVOKED
+                statement = statement.where(
+                    or_(
+                        table.c.state != TaskState.REVOKED.value,
+                        bindparam("state") == TaskState.REVOKED.value,
+                    )
+                )
             session.execute(statement, rows)
 
 
