@@ -70,6 +70,8 @@ def test_the_service_monitor_scrapes_the_api_services_metrics_with_a_bearer_key(
         and secret["key"] in d["stringData"]
         for d in docs
     )
+
+
 def test_the_sentinel_overlays_name_sentinels_ragcore_accepts() -> None:
     # Read as text (PyYAML is no dependency of ours); check_manifests.py checks their structure.
     overlay = (DEPLOY / "k8s-sentinel/kustomization.yaml").read_text()

@@ -110,7 +110,9 @@ def timeout_problems(clients: Mapping[str, redis.Redis]) -> list[str]:
         options = client.connection_pool.connection_kwargs
         # redis-py connects within socket_timeout when no socket_connect_timeout is given
         # (RedBeat's Sentinel client passes only the former).
-        missing = [] if options.get("socket_timeout") else ["socket_connect_timeout", "socket_timeout"]
+        missing = (
+            [] if options.get("socket_timeout") else ["socket_connect_timeout", "socket_timeout"]
+        )
         if missing:
             found.append(
                 f"{name} has no {' and no '.join(missing)}: it would wait forever on a Redis that "

@@ -42,6 +42,8 @@ def test_prod_refuses_a_placeholder_console_secret_without_showing_it() -> None:
     assert "RAGCORE_CONSOLE_SECRET is a placeholder" in str(refused.value)
     long = "s" * 32
     assert Settings(environment="prod", api_keys={REAL_HASH: "admin"}, console_secret=long)
+
+
 def test_with_sentinels_each_redis_url_names_every_sentinel_keeping_db_and_password() -> None:
     settings = Settings(
         redis_url="redis://:s%40cret@ignored:6379/0",
