@@ -25,8 +25,10 @@ from pytest_celery import (
 # pytest-docker-tools comes with pytest-celery (which runs its containers through it).
 from pytest_docker_tools import build, container, fxtr, image  # pants: no-infer-dep
 
+from ragcore.db import migrate
 from ragcore.tasks.contracts import Queue
 from ragcore_dev.processes import free_port
+from ragcore_dev.servers import postgres_database
 from tests.images.redis_vendor import REDIS_IMAGE, BaseImageRedisContainer
 from tests.images.worker_vendor import (
     WORKER_CONTAINERS,
@@ -44,6 +46,15 @@ ragcore_redis_image = build(
     buildargs={"BASE_IMAGE": os.environ.get("BASE_IMAGE", "localhost/debian-py311:bookworm")},
     network_mode="host",  # apt-get reaches Debian's mirror: the engine has no bridge
 )
+
+
+@pytest.fixture(scope="session")
+def ragcore_database_url() -> Iterator[str]:
+    """What production gives the workers: a PostgreSQL database the migration job brought to head
+    (a deployable refuses a database behind its code, and prod refuses SQLite)."""
+    with postgres_database() as url:
+        migrate.upgrade(url)
+        yield url
 
 
 @pytest.fixture
@@ -93,8 +104,12 @@ def celery_setup_cls() -> type[CeleryTestSetup]:
 
 
 def _worker_container(cls: type[RagcoreWorkerContainer]) -> Any:
-    def environment(celery_worker_cluster_config: dict[str, Any]) -> dict[str, str]:
-        return cls.initial_env(celery_worker_cluster_config)
+    def environment(
+        celery_worker_cluster_config: dict[str, Any], ragcore_database_url: str
+    ) -> dict[str, str]:
+        return cls.initial_env(
+            celery_worker_cluster_config, {"RAGCORE_DATABASE_URL": ragcore_database_url}
+        )
 
     return container(
         image=f"{{ragcore_{cls.queue.value}_worker_image.id}}",

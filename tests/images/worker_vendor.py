@@ -18,10 +18,10 @@ from tests.images.host_network import HostNetworkContainer
 #: The release under test: build-and-check exports it (./VERSION); Pants tags `latest` too.
 VERSION = os.environ.get("VERSION", "latest")
 
-#: What production gives every worker, beyond its Redis: a read-only root with its database in
-#: /tmp, and the prod settings' refusal of short API keys answered with a long placeholder.
+#: What production gives every worker, beyond its Redis and its database (conftest's
+#: `ragcore_database_url`): a read-only root with Qdrant's files in /tmp, and the prod settings'
+#: refusal of short API keys answered with a long placeholder.
 PROD_ENV = {
-    "RAGCORE_DATABASE_URL": "sqlite:////tmp/ragcore.db",
     "RAGCORE_API_KEYS": '{"images-test-admin-key-of-32-or-more-chars": "admin"}',
     "RAGCORE_QDRANT_PATH": "/tmp/qdrant",
     # INFO and the task lifecycle: the tests read "ready." and each task's id in the logs.
