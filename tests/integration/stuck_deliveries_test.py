@@ -100,7 +100,8 @@ def test_a_redrive_that_never_completes_is_sent_again_until_one_delivers(rig: Ri
     message_id = str(uuid.uuid4())
     delivery = _waiting(_report(message_id))
     # No notifications worker yet: the first re-drive waits in the queue.
-    first = wait_until(lambda: _row(delivery).redrive_task_id, 60, "the first re-drive")
+    # Beat starts slowly on a loaded machine: a generous deadline.
+    first = wait_until(lambda: _row(delivery).redrive_task_id, 180, "the first re-drive")
     # Revoked before any worker took it: this re-drive will never deliver.
     with session_scope() as session:
         revoked = revoking.revoke(

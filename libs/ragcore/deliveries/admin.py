@@ -76,7 +76,8 @@ def page(
 
 def redrive_one(session: Session, app: Celery, delivery_id: int) -> FailedDelivery:
     """Send the delivery's task again with its recorded payload (same idempotency key), with a
-    fresh re-drive window; its row waits for that re-drive's outcome (`ragcore.deliveries.redriver`).
+    fresh re-drive window; its row waits for that re-drive's outcome
+    (`ragcore.deliveries.redriver`).
 
     Raises DeliveryNotFound, NotRedrivable (resolved, of a task no contract defines, or a re-drive
     of it still on its way), pydantic's ValidationError for a payload its contract refuses, and

@@ -94,7 +94,9 @@ def delivered(task: Task, delivery_id: int, sessions: Sessions = session_scope) 
     with sessions() as session:
         session.execute(
             update(FailedDelivery)
-            .where(FailedDelivery.id == delivery_id, FailedDelivery.status == DeliveryStatus.WAITING)
+            .where(
+                FailedDelivery.id == delivery_id, FailedDelivery.status == DeliveryStatus.WAITING
+            )
             .values(
                 status=DeliveryStatus.REDRIVEN,
                 redrive_task_id=task.request.id,

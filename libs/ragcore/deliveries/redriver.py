@@ -67,7 +67,9 @@ class Unsendable(Exception):
     validates."""
 
 
-def publish(app: Celery, row: FailedDelivery, settings: Settings, now: datetime, task_id: str) -> None:
+def publish(
+    app: Celery, row: FailedDelivery, settings: Settings, now: datetime, task_id: str
+) -> None:
     """Send `row`'s task again as `task_id` and leave the row waiting for that outcome.
 
     Raises Unsendable (no contract), pydantic's ValidationError (a payload the contract refuses)
