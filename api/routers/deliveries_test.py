@@ -73,7 +73,8 @@ def test_a_retry_sends_the_task_once_and_waits_for_its_outcome(client: TestClien
     assert first.json() == {"id": delivery_id, "task_id": task_id, "status": "waiting"}
     row = _row(delivery_id)
     assert (row.status, row.redrive_task_id) == (DeliveryStatus.WAITING, task_id)
-    assert row.next_attempt_at is not None and row.next_attempt_at > row.waiting_since
+    assert row.next_attempt_at is not None and row.waiting_since is not None
+    assert row.next_attempt_at > row.waiting_since  # one backoff away, for the outcome
     with session_scope() as session:
         sent = session.scalar(select(TaskRecord.name).where(TaskRecord.task_id == task_id))
     assert sent == contracts.SEND_SYSTEM_NOTIFICATION.name

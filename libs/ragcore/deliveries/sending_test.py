@@ -185,7 +185,8 @@ def test_a_redrive_refused_or_out_of_its_window_fails_for_an_operator(sessions) 
 
 def test_a_redrive_that_delivers_resolves_its_row(sessions) -> None:  # type: ignore[no-untyped-def]
     row = _redriven(sessions, timedelta(minutes=1))
-    deliver(task(0, "t-2", **{REDRIVE_HEADER: row.id}), SEND_QUERY_RESULT, {}, lambda: 201, sessions)
+    redrive = task(0, "t-2", **{REDRIVE_HEADER: row.id})
+    deliver(redrive, SEND_QUERY_RESULT, {}, lambda: 201, sessions)
     assert [(r.status, r.next_attempt_at) for r in recorded(sessions)] == [("redriven", None)]
 
 
