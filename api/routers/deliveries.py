@@ -64,8 +64,8 @@ def list_failed(
     "/{delivery_id}/retry", status_code=status.HTTP_202_ACCEPTED, responses=_RETRY_RESPONSES
 )
 def retry(delivery_id: DeliveryId, _: AdminKey, session: SessionDep, celery: CeleryDep) -> Redriven:
-    """Send the delivery's task again with its recorded payload (same idempotency key); mark it
-    re-driven."""
+    """Send the delivery's task again with its recorded payload (same idempotency key); it waits
+    for that re-drive's outcome, and is `redriven` once it delivers."""
     # Broker down: PublishFailed rises to the one broker handler (a 503 naming the broker and the
     # request id; what Redis said is logged only), nothing was marked, the operator can retry.
     try:

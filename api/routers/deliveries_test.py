@@ -64,14 +64,17 @@ def test_the_routes_need_the_admin_key(client: TestClient) -> None:
     assert client.get("/api/v1/deliveries/failed", headers=as_key(QUERY)).status_code == 403
 
 
-def test_a_retry_sends_the_task_once_and_marks_the_row(client: TestClient) -> None:
+def test_a_retry_sends_the_task_once_and_waits_for_its_outcome(client: TestClient) -> None:
     delivery_id = _failed(DeliveryStatus.FAILED)
     first = client.post(f"/api/v1/deliveries/{delivery_id}/retry", headers=as_key(ADMIN))
     assert first.status_code == 202, first.text
     task_id = first.json()["task_id"]
-    assert first.json() == {"id": delivery_id, "task_id": task_id, "status": "redriven"}
+    # resolved by the re-drive's outcome, not by its publish
+    assert first.json() == {"id": delivery_id, "task_id": task_id, "status": "waiting"}
     row = _row(delivery_id)
-    assert (row.status, row.redrive_task_id) == (DeliveryStatus.REDRIVEN, task_id)
+    assert (row.status, row.redrive_task_id) == (DeliveryStatus.WAITING, task_id)
+    assert row.next_attempt_at is not None and row.waiting_since is not None
+    assert row.next_attempt_at > row.waiting_since  # one backoff away, for the outcome
     with session_scope() as session:
         sent = session.scalar(select(TaskRecord.name).where(TaskRecord.task_id == task_id))
     assert sent == contracts.SEND_SYSTEM_NOTIFICATION.name

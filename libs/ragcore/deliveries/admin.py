@@ -4,6 +4,7 @@ how many wait (for `/metrics`). The caller commits."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,8 +15,12 @@ from sqlalchemy.orm import Session
 
 from ragcore.db import rows_affected, utcnow
 from ragcore.db.models import FailedDelivery
+from ragcore.deliveries.policy import next_attempt
+from ragcore.deliveries.redriver import Unsendable, in_flight, publish
 from ragcore.deliveries.status import UNRESOLVED, DeliveryStatus
-from ragcore.tasks import contracts, dispatch
+from ragcore.settings import get_settings
+from ragcore.tasks import contracts
+from ragcore.tasks.states import UNFINISHED
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +34,8 @@ class NotRedrivable(Exception):
 
 
 def backlog(session: Session, neighbour: str) -> tuple[int, datetime | None]:
-    """How many deliveries to `neighbour` wait for a re-drive, and since when (a re-drive in flight,
-    for the moment it takes, is not counted: it is `redriven` until it fails and waits again)."""
+    """How many deliveries to `neighbour` wait for a re-drive, and since when (a re-drive in flight
+    is counted: its row waits until the re-drive delivers)."""
     count, oldest = session.execute(
         select(func.count(), func.min(FailedDelivery.waiting_since)).where(
             FailedDelivery.status == DeliveryStatus.WAITING,
@@ -70,11 +75,13 @@ def page(
 
 
 def redrive_one(session: Session, app: Celery, delivery_id: int) -> FailedDelivery:
-    """Send the delivery's task again with its recorded payload (same idempotency key) and mark it
-    re-driven.
+    """Send the delivery's task again with its recorded payload (same idempotency key), with a
+    fresh re-drive window; its row waits for that re-drive's outcome
+    (`ragcore.deliveries.redriver`).
 
-    Raises DeliveryNotFound, NotRedrivable, pydantic's ValidationError for a payload no contract
-    accepts, and dispatch.PublishFailed with nothing marked.
+    Raises DeliveryNotFound, NotRedrivable (resolved, of a task no contract defines, or a re-drive
+    of it still on its way), pydantic's ValidationError for a payload its contract refuses, and
+    dispatch.PublishFailed, each with nothing marked.
     """
     # Locked, so two operators re-driving at once send it once.
     row = session.scalar(
@@ -85,14 +92,21 @@ def redrive_one(session: Session, app: Celery, delivery_id: int) -> FailedDelive
     if row.status not in UNRESOLVED:
         raise NotRedrivable(
             f"delivery {delivery_id} was already re-driven as task {row.redrive_task_id}"
+            if row.status == DeliveryStatus.REDRIVEN
+            else f"delivery {delivery_id} is {row.status}"
         )
-    task = contracts.BY_NAME.get(row.task_name)
-    if task is None:
+    if in_flight(session, [row]).get(row.redrive_task_id or "") in UNFINISHED:
         raise NotRedrivable(
-            f"delivery {delivery_id} is of task {row.task_name!r}, which no contract defines"
+            f"delivery {delivery_id} is being re-driven as task {row.redrive_task_id}, "
+            "which has not finished"
         )
-    task_id = dispatch.send(app, task, task.validate(row.payload))
-    row.status, row.redriven_at, row.redrive_task_id = DeliveryStatus.REDRIVEN, utcnow(), task_id
+    settings, now = get_settings(), utcnow()
+    try:
+        publish(app, row, settings, now, str(uuid.uuid4()))
+    except Unsendable as exc:
+        raise NotRedrivable(f"delivery {delivery_id} cannot be re-driven: {exc}") from None
+    # an operator's re-drive starts a fresh window, as a bulk one does
+    row.waiting_since, row.next_attempt_at = now, next_attempt(settings, now, now)
     return row
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 from celery import Task
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ragcore import tracing
 from ragcore.clients.transport import is_retryable
@@ -86,6 +86,26 @@ def record(
     return waits
 
 
+def delivered(task: Task, delivery_id: int, sessions: Sessions = session_scope) -> None:
+    """A re-drive delivered: its row is resolved (`redriven`), whichever of its re-drives it was.
+
+    If the database cannot take it, the row comes due again and the re-driver reads the task's
+    SUCCESS in the ledger instead."""
+    with sessions() as session:
+        session.execute(
+            update(FailedDelivery)
+            .where(
+                FailedDelivery.id == delivery_id, FailedDelivery.status == DeliveryStatus.WAITING
+            )
+            .values(
+                status=DeliveryStatus.REDRIVEN,
+                redrive_task_id=task.request.id,
+                next_attempt_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+
 def reschedule(
     task: Task, delivery_id: int, exc: BaseException, sessions: Sessions = session_scope
 ) -> bool:
@@ -96,7 +116,7 @@ def reschedule(
         row = session.get(FailedDelivery, delivery_id, with_for_update=True)
         if (
             row is None
-            or row.status != DeliveryStatus.REDRIVEN
+            or row.status != DeliveryStatus.WAITING
             or row.redrive_task_id != task.request.id
         ):
             return is_retryable(exc)  # an operator discarded or re-drove it meanwhile

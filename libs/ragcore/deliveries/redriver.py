@@ -6,30 +6,40 @@ while its breaker is closed, every waiting delivery whose `next_attempt_at` has 
 while it is open, only one, the probe, once the probe interval has passed. A probe that succeeds
 closes the breaker and makes every waiting delivery of the neighbour due (`release_waiting`), so
 they go out on the next round.
-Rows are locked while published and marked `redriven` with the task id, so two Beats send each
-once; the re-driven task carries the row id (`REDRIVE_HEADER`) and puts the row back to waiting if
-it fails again. Users de-duplicates by the idempotency key, which the recorded payload pins.
+Rows are locked while published, so two Beats send each once. A re-drive resolves its row by its
+outcome, not by its publish: the row keeps waiting, with the task id (`redrive_task_id`) and its
+next attempt one backoff away. The re-driven task carries the row id (`REDRIVE_HEADER`): it marks
+the row `redriven` when it delivers, or reschedules it when it fails. When the row comes due again
+the ledger tells its re-drive's outcome: SUCCESS resolves it (the task's own mark was lost),
+unfinished leaves it waiting one more backoff (the reconciler re-publishes a task the broker lost),
+anything else (FAILURE, REVOKED, no row) sends it again. A row the re-driver cannot send (its task
+has no contract, its payload no longer validates) is set aside as `failed` with the reason, and the
+others go. Users de-duplicates by the idempotency key, which the recorded payload pins.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 
 import redis
 from celery import Celery
+from pydantic import ValidationError
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from ragcore import tracing
 from ragcore.background import PeriodicThread
 from ragcore.clients.breaker import CLOSED, breaker
 from ragcore.db import Sessions, rows_affected, session_scope, utcnow
-from ragcore.db.models import FailedDelivery
-from ragcore.deliveries.policy import window_start
+from ragcore.db.models import FailedDelivery, TaskRecord
+from ragcore.deliveries.policy import next_attempt, window_start
 from ragcore.deliveries.status import DeliveryStatus
 from ragcore.settings import Settings
 from ragcore.tasks import contracts, dispatch, ledger
+from ragcore.tasks.states import UNFINISHED, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,69 @@ def release_waiting(neighbour: str, sessions: Sessions = session_scope) -> int:
             .values(next_attempt_at=utcnow())
             .execution_options(synchronize_session=False),
         )
+
+
+class Unsendable(Exception):
+    """A delivery's row cannot be sent again: its task has no contract or its payload no longer
+    validates."""
+
+
+def publish(
+    app: Celery, row: FailedDelivery, settings: Settings, now: datetime, task_id: str
+) -> None:
+    """Send `row`'s task again as `task_id` and leave the row waiting for that outcome.
+
+    Raises Unsendable (no contract), pydantic's ValidationError (a payload the contract refuses)
+    and dispatch.PublishFailed, each with nothing sent and nothing marked.
+    """
+    contract = contracts.BY_NAME.get(row.task_name)
+    if contract is None:
+        raise Unsendable(f"task {row.task_name!r} has no contract (renamed or removed)")
+    headers: dict[str, object] = {REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True}
+    if row.traceparent:  # the re-drive's task span links to the first attempt's
+        headers[tracing.LINK_HEADER] = row.traceparent
+    with tracing.span("delivery.redrive", links=(row.traceparent,), delivery_id=row.id):
+        dispatch.send(app, contract, row.payload, task_id=task_id, headers=headers)
+    since = row.waiting_since or now
+    row.waiting_since, row.redriven_at, row.redrive_task_id = since, now, task_id
+    row.status, row.next_attempt_at = DeliveryStatus.WAITING, next_attempt(settings, since, now)
+
+
+def in_flight(session: Session, rows: Sequence[FailedDelivery]) -> dict[str, TaskState]:
+    """The ledger's state of each row's latest re-drive (absent: never re-driven, or its task
+    vanished)."""
+    ids = [row.redrive_task_id for row in rows if row.redrive_task_id]
+    if not ids:
+        return {}
+    found = session.execute(
+        select(TaskRecord.task_id, TaskRecord.state).where(TaskRecord.task_id.in_(ids))
+    )
+    return {task_id: TaskState(state) for task_id, state in found}
+
+
+def set_aside(row: FailedDelivery, reason: str) -> None:
+    """A row that cannot be sent again waits for an operator, with the reason, instead of stopping
+    every round."""
+    row.status, row.next_attempt_at = DeliveryStatus.FAILED, None
+    row.error = f"not re-driven: {reason}"
+    log.error("delivery %s set aside for an operator: %s", row.id, reason)
+
+
+def _set_aside_unknown(sessions: Sessions) -> None:
+    """Waiting rows of a task no delivery contract names (renamed, removed) are never selected by a
+    neighbour's round: they are set aside instead of waiting unseen."""
+    known = [name for n in contracts.neighbours() for name in contracts.deliveries_to(n)]
+    with sessions() as session:
+        rows = session.scalars(
+            select(FailedDelivery)
+            .where(
+                FailedDelivery.status == DeliveryStatus.WAITING,
+                FailedDelivery.task_name.not_in(known),
+            )
+            .with_for_update(skip_locked=True)
+        ).all()
+        for row in rows:
+            set_aside(row, f"task {row.task_name!r} has no delivery contract (renamed or removed)")
 
 
 def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
@@ -78,6 +151,7 @@ def redrive_due(
 ) -> int:
     """Publish the deliveries that are due (see the module docstring); returns how many."""
     now = utcnow()
+    _set_aside_unknown(sessions)
     _expire(settings, sessions, now)
     sent = 0
     for neighbour in contracts.neighbours():
@@ -108,33 +182,31 @@ def redrive_due(
                 if closed
                 else query.limit(1)
             )
-            for row in session.scalars(query):
+            rows = session.scalars(query).all()
+            outcomes = in_flight(session, rows)
+            for row in rows:
+                outcome = outcomes.get(row.redrive_task_id or "")
+                if outcome == TaskState.SUCCESS:  # delivered; the task could not mark it itself
+                    row.status, row.next_attempt_at = DeliveryStatus.REDRIVEN, None
+                    continue
+                if outcome in UNFINISHED:  # still on its way: one more backoff before another
+                    row.next_attempt_at = next_attempt(settings, row.waiting_since or now, now)
+                    continue
                 task_id = str(uuid.uuid4())
                 if not closed and not gate.claim_probe(task_id):
                     break  # another process sent a probe just now
-                headers: dict[str, object] = {REDRIVE_HEADER: row.id, ledger.RECORDED_HEADER: True}
-                if row.traceparent:  # the re-drive's task span links to the first attempt's
-                    headers[tracing.LINK_HEADER] = row.traceparent
                 try:
-                    with tracing.span(
-                        "delivery.redrive", links=(row.traceparent,), delivery_id=row.id
-                    ):
-                        dispatch.send(
-                            app,
-                            contracts.contract(row.task_name),
-                            row.payload,
-                            task_id=task_id,
-                            headers=headers,
-                        )
+                    publish(app, row, settings, now, task_id)
+                except Unsendable as exc:
+                    set_aside(row, str(exc))
+                    continue
+                except ValidationError as exc:
+                    set_aside(row, f"its payload no longer validates for {row.task_name}: {exc}")
+                    continue
                 # the broker is down: the rest wait for the next round
                 except dispatch.PublishFailed as exc:
                     log.warning("re-drive of delivery %s failed, will retry: %s", row.id, exc)
                     break
-                row.status, row.redriven_at, row.redrive_task_id = (
-                    DeliveryStatus.REDRIVEN,
-                    now,
-                    task_id,
-                )
                 sent += 1
     if sent:
         log.info("re-drove %d waiting deliveries", sent)

@@ -13,7 +13,7 @@ from celery import Task
 from ragcore.clients.breaker import Breaker, BreakerOpen, breaker
 from ragcore.db import Sessions, session_scope
 from ragcore.db.outage import DATABASE_ERRORS
-from ragcore.deliveries.recording import describe, record, reschedule
+from ragcore.deliveries.recording import delivered, describe, record, reschedule
 from ragcore.deliveries.redriver import REDRIVE_HEADER, release_waiting
 from ragcore.settings import get_settings
 from ragcore.tasks.app import PermanentTaskError, will_retry
@@ -62,6 +62,11 @@ def deliver(
         if redrive is not None:  # its row is final: no quick retries for a re-drive
             raise PermanentTaskError(describe(exc)) from exc
         raise
+    if redrive is not None:
+        try:
+            delivered(task, redrive, sessions)
+        except DATABASE_ERRORS as exc:  # the row comes due again; the ledger's SUCCESS resolves it
+            log.warning("could not mark delivery %s delivered: %s", redrive, exc)
     if closed_it:
         log.info("%s answers again: releasing its waiting deliveries", gate.neighbour)
         try:

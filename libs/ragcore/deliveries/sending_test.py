@@ -121,6 +121,7 @@ def test_an_open_breaker_makes_a_delivery_wait_at_once_without_quick_retries(ses
 
 
 def _redriven(sessions, waited: timedelta) -> FailedDelivery:  # type: ignore[no-untyped-def]
+    """A row re-driven as t-2, waiting for that re-drive's outcome."""
     now = utcnow()
     with sessions() as session:
         row = FailedDelivery(
@@ -129,7 +130,7 @@ def _redriven(sessions, waited: timedelta) -> FailedDelivery:  # type: ignore[no
             payload={},
             error="x",
             attempts=4,
-            status="redriven",
+            status="waiting",
             redrive_task_id="t-2",
             waiting_since=now - waited,
             created_at=now - waited,
@@ -180,6 +181,13 @@ def test_a_redrive_refused_or_out_of_its_window_fails_for_an_operator(sessions) 
         ("failed", None),
         ("failed", None),
     ]
+
+
+def test_a_redrive_that_delivers_resolves_its_row(sessions) -> None:  # type: ignore[no-untyped-def]
+    row = _redriven(sessions, timedelta(minutes=1))
+    redrive = task(0, "t-2", **{REDRIVE_HEADER: row.id})
+    deliver(redrive, SEND_QUERY_RESULT, {}, lambda: 201, sessions)
+    assert [(r.status, r.next_attempt_at) for r in recorded(sessions)] == [("redriven", None)]
 
 
 def test_a_success_returns_the_senders_value(sessions) -> None:  # type: ignore[no-untyped-def]

@@ -6,11 +6,12 @@ from enum import StrEnum
 
 
 class DeliveryStatus(StrEnum):
-    #: failed on a retryable error; Beat's re-driver sends it again on its backoff
+    #: failed on a retryable error; Beat's re-driver sends it again on its backoff. A re-drive in
+    #: flight (`redrive_task_id`) keeps it waiting until its outcome is known.
     WAITING = "waiting"
     #: refused (a 4xx) or out of re-drive time: an operator's call
     FAILED = "failed"
-    #: sent again (by the re-driver or an operator) as `redrive_task_id`
+    #: sent again (by the re-driver or an operator) as `redrive_task_id`, which delivered it
     REDRIVEN = "redriven"
     #: an operator chose never to send it; kept for the record
     DISCARDED = "discarded"

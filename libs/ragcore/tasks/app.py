@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from celery import Celery, Task, current_app
+from celery import Celery, Task, current_app, signals
 from celery.exceptions import Ignore, Reject
 from celery.signals import setup_logging
 from kombu.entity import Queue as KombuQueue
@@ -126,6 +126,19 @@ def _dead_letter(
     )
 
 
+def _announce_revoked(task: Task, contract: TaskContract) -> None:
+    """A revocation the ledger kept and the worker forgot (Celery remembers a revoked id for
+    `REVOKE_EXPIRES`, 3 h): tell it as Celery tells one it remembered, so the result backend says
+    REVOKED rather than STARTED, and the ledger's receiver learns the name and queue of an id
+    revoked before any worker saw it."""
+    task.backend.mark_as_revoked(
+        task.request.id, "revoked", request=task.request, store_result=contract.store_result
+    )
+    signals.task_revoked.send(
+        sender=task, request=task.request, terminated=False, signum=None, expired=False
+    )
+
+
 def define_task(
     app: Celery, contract: TaskContract, **options: Any
 ) -> Callable[[Callable[..., Any]], Task]:
@@ -144,6 +157,7 @@ def define_task(
                 log.info(
                     "%s %s was revoked before it started: not run", contract.name, self.request.id
                 )
+                _announce_revoked(self, contract)
                 raise Ignore()
             try:
                 if positional:
