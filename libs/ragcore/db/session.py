@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -128,11 +129,11 @@ class KeptConnection:
     """One connection of this process's engine kept open in autocommit, for single statements on a
     task's path (the ledger's synchronous updates).
 
-    A statement through `session_scope` costs five round trips to PostgreSQL (the pool's ping, BEGIN,
-    the statement, COMMIT, the pool's reset ROLLBACK) and the session's bookkeeping; here it is one
-    round trip, its own transaction. Only for one statement that must be atomic alone. A connection
-    the database dropped is replaced and the statement tried once more, as the pool's ping would;
-    a database that is down raises what it raises. A forked child opens its own.
+    A statement through `session_scope` costs five round trips to PostgreSQL (the pool's ping,
+    BEGIN, the statement, COMMIT, the pool's reset ROLLBACK) and the session's bookkeeping; here it
+    is one round trip, its own transaction. Only for one statement that must be atomic alone. A
+    connection the database dropped is replaced and the statement tried once more, as the pool's
+    ping would; a database that is down raises what it raises. A forked child opens its own.
     """
 
     def __init__(self, url: str | None = None) -> None:
@@ -158,8 +159,8 @@ class KeptConnection:
     def _open(self) -> Connection:
         if self._connection is None or self._pid != os.getpid():
             # an inherited connection is never used (see _never_across_processes): a new one
-            self._connection = get_engine(self._url).connect().execution_options(
-                isolation_level="AUTOCOMMIT"
+            self._connection = (
+                get_engine(self._url).connect().execution_options(isolation_level="AUTOCOMMIT")
             )
             self._pid = os.getpid()
         return self._connection
@@ -171,10 +172,8 @@ class KeptConnection:
     def _close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            try:
+            with contextlib.suppress(exc.DBAPIError):  # already broken: the pool discards it
                 connection.close()
-            except exc.DBAPIError:
-                pass  # already broken: the pool discards it
 
 
 def rows_affected(session: Session, statement: Executable) -> int:
