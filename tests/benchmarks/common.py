@@ -59,5 +59,5 @@ def timed_drain(producer: Celery, phase: Phase, done: Callable[[Phase, str], boo
 def start_idle_worker(stack: Stack, module: str, hostname: str, queue: str, *args: str) -> None:
     """Start a worker process (`--concurrency=1`); its consumer waits cancelled for a drain."""
     worker = stack.start(module, f"--hostname={hostname}", "--concurrency=1", *args)
-    stack.wait_consuming(hostname, worker)
+    stack.wait_consuming(hostname, worker, timeout=240)  # a loaded machine starts slowly
     stack.producer.control.cancel_consumer(queue, destination=[hostname], reply=True)

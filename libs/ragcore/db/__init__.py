@@ -3,6 +3,7 @@
 from ragcore.db.models import Base, utcnow
 from ragcore.db.schema import create_schema
 from ragcore.db.session import (
+    KeptConnection,
     Sessions,
     get_engine,
     insert_for,
@@ -13,6 +14,7 @@ from ragcore.db.session import (
 
 __all__ = [
     "Base",
+    "KeptConnection",
     "Sessions",
     "create_schema",
     "get_engine",

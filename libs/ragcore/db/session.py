@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import sqlalchemy
-from sqlalchemy import CursorResult, Engine, Executable, event, exc
+from sqlalchemy import Connection, CursorResult, Engine, Executable, event, exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -18,6 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from ragcore.settings import get_settings
 
 _engines: dict[str, Engine] = {}
+_T = TypeVar("_T")
+#: Every KeptConnection, closed with the engines.
+_kept: weakref.WeakSet[KeptConnection] = weakref.WeakSet()
 
 #: What opens a session: `session_scope` in deployables, one on a test database in unit tests.
 Sessions = Callable[[], AbstractContextManager[Session]]
@@ -97,6 +103,8 @@ def _sessionmaker(url: str) -> sessionmaker[Session]:
 
 def reset_engines() -> None:
     """Dispose of every engine (a test switching databases or settings)."""
+    for kept in list(_kept):
+        kept.close()
     for engine in list(_engines.values()):
         engine.dispose()
     _engines.clear()
@@ -115,6 +123,57 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+class KeptConnection:
+    """One connection of this process's engine kept open in autocommit, for single statements on a
+    task's path (the ledger's synchronous updates).
+
+    A statement through `session_scope` costs five round trips to PostgreSQL (the pool's ping,
+    BEGIN, the statement, COMMIT, the pool's reset ROLLBACK) and the session's bookkeeping; here it
+    is one round trip, its own transaction. Only for one statement that must be atomic alone. A
+    connection the database dropped is replaced and the statement tried once more, as the pool's
+    ping would; a database that is down raises what it raises. A forked child opens its own.
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self._url = url
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+        self._pid: int | None = None
+        _kept.add(self)
+
+    def run(self, work: Callable[[Connection], _T]) -> _T:
+        with self._lock:
+            for attempt in (1, 2):
+                connection = self._open()
+                try:
+                    return work(connection)
+                except exc.DBAPIError as error:
+                    if not error.connection_invalidated or attempt == 2:
+                        self._close()
+                        raise
+                    self._close()
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _open(self) -> Connection:
+        if self._connection is None or self._pid != os.getpid():
+            # an inherited connection is never used (see _never_across_processes): a new one
+            self._connection = (
+                get_engine(self._url).connect().execution_options(isolation_level="AUTOCOMMIT")
+            )
+            self._pid = os.getpid()
+        return self._connection
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            with contextlib.suppress(exc.DBAPIError):  # already broken: the pool discards it
+                connection.close()
 
 
 def rows_affected(session: Session, statement: Executable) -> int:

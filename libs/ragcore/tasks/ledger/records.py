@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any
 
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ragcore.broker import depths
-from ragcore.db import insert_for, session_scope
+from ragcore.db import KeptConnection
 from ragcore.db.models import TaskRecord
 from ragcore.db.outage import DATABASE_ERRORS
 from ragcore.tasks import contracts
@@ -43,9 +45,13 @@ def record_sent(
 
 def insert_new(session: Session, rows: list[dict[str, Any]]) -> None:
     """Insert ledger rows; an id already recorded is kept as it is."""
-    session.execute(
-        insert_for(session)(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"]), rows
-    )
+    session.execute(_insert_new(session.get_bind().dialect.name), rows)
+
+
+@lru_cache(maxsize=2)
+def _insert_new(dialect: str) -> Any:
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return insert(TaskRecord).on_conflict_do_nothing(index_elements=["task_id"])
 
 
 def record_sent_many(
@@ -104,9 +110,12 @@ def record_received(request: Any) -> None:
         **identity(request.name, request.delivery_info),
     }
     try:
-        with session_scope() as session:
-            insert_new(session, [row])
+        _connection.run(lambda conn: conn.execute(_insert_new(conn.dialect.name), [row]))
     except DATABASE_ERRORS as exc:  # the database is down: a line, not a traceback per task
         log.warning("task ledger insert of %s failed: %s", request.id, type(exc).__name__)
     except Exception:  # the ledger must never keep a task from running
         log.exception("task ledger insert failed", extra={"ledger_task_id": request.id})
+
+
+#: The connection a worker's main process records other clients' tasks on, one round trip each.
+_connection = KeptConnection()

@@ -7,12 +7,13 @@ import logging
 import os
 import queue
 import threading
+from functools import lru_cache
 from typing import Any, cast
 
 from celery import Task
-from sqlalchemy import Table, bindparam, func, or_, update
+from sqlalchemy import Table, Update, bindparam, func, or_, update
 
-from ragcore.db import session_scope
+from ragcore.db import KeptConnection, session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.tasks import contracts
@@ -123,35 +124,46 @@ class Writer:
 _IDENTITY = frozenset(("name", "queue"))
 
 
-def write(updates: list[tuple[str, dict[str, Any]]]) -> None:
-    """Write `updates` (merged per task) in one transaction; raises what the database raises."""
+@lru_cache(maxsize=64)
+def _statement(columns: tuple[str, ...]) -> Update:
+    """The UPDATE of one set of columns, built once per process: building and hashing a new
+    statement per update cost more CPU than running it."""
+    table = cast(Table, TaskRecord.__table__)  # declared on the model, so a Table
+    # Name and queue only fill what is unknown (an id revoked before any worker received it).
+    values = {
+        c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c)
+        for c in columns
+    }
+    statement = update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
+    if "state" in columns:  # a task revoked while it waited stays REVOKED
+        statement = statement.where(
+            or_(
+                table.c.state != TaskState.REVOKED.value,
+                bindparam("state") == TaskState.REVOKED.value,
+            )
+        )
+    return statement
+
+
+def _by_shape(updates: list[tuple[str, dict[str, Any]]]) -> dict[tuple[str, ...], list[Any]]:
     merged: dict[str, dict[str, Any]] = {}
     for task_id, values in updates:
         merged.setdefault(task_id, {}).update(values)
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for task_id, values in merged.items():
         shapes.setdefault(tuple(sorted(values)), []).append({"_task_id": task_id, **values})
-    table = cast(Table, TaskRecord.__table__)  # declared on the model, so a Table
+    return shapes
+
+
+def write(updates: list[tuple[str, dict[str, Any]]]) -> None:
+    """Write `updates` (merged per task) in one transaction; raises what the database raises."""
     with session_scope() as session:
-        for columns, rows in shapes.items():  # one executemany per set of columns
-            # Name and queue only fill what is unknown (an id revoked before any worker received
-            # it).
-            values = {
-                c: func.coalesce(table.c[c], bindparam(c)) if c in _IDENTITY else bindparam(c)
-                for c in columns
-            }
-            statement = update(table).where(table.c.task_id == bindparam("_task_id")).values(values)
-            if "state" in columns:  # a task revoked while it waited stays REVOKED
-                statement = statement.where(
-                    or_(
-                        table.c.state != TaskState.REVOKED.value,
-                        bindparam("state") == TaskState.REVOKED.value,
-                    )
-                )
-            session.execute(statement, rows)
+        for columns, rows in _by_shape(updates).items():  # one executemany per set of columns
+            session.execute(_statement(columns), rows)
 
 
 _writer = Writer()
+_connection = KeptConnection()
 
 
 def write_now(task_id: str, values: dict[str, Any]) -> None:
@@ -159,7 +171,9 @@ def write_now(task_id: str, values: dict[str, Any]) -> None:
     in order instead."""
     if not _writer.backlogged:
         try:
-            write([(task_id, values)])
+            ((columns, rows),) = _by_shape([(task_id, values)]).items()
+            statement = _statement(columns)
+            _connection.run(lambda conn: conn.execute(statement, rows))
             return
         except DATABASE_ERRORS:
             pass  # the writer keeps it, and says once that the database is down
