@@ -42,7 +42,11 @@ from tests.support.stack import QUERY_KEY, Stack, running_stack
 MODES = ("absent", "off", "on")
 BASELINE = "absent"
 #: The module each mode's API runs.
-MODULES = {"absent": "tests.benchmarks.api_without_opentelemetry", "off": "api.main", "on": "api.main"}
+MODULES = {
+    "absent": "tests.benchmarks.api_without_opentelemetry",
+    "off": "api.main",
+    "on": "api.main",
+}
 #: Run in a child process with a mode's environment: the OpenTelemetry modules loaded once the app
 #: is built (what its start-up imports, the Redis client's included).
 LOADED = """
@@ -181,7 +185,8 @@ def run(stack: Stack, args: argparse.Namespace, collector: str) -> None:
         p50 = percentile(s, 0.5)
         print(
             f"  tracing {mode:>6}: p50 {p50:6.2f} ms  p95 {percentile(s, 0.95):6.2f} ms  "
-            f"mean {statistics.fmean(s):6.2f} ms  p50/{BASELINE} {p50 / percentile(base, 0.5):.3f}  "
+            f"mean {statistics.fmean(s):6.2f} ms  "
+            f"p50/{BASELINE} {p50 / percentile(base, 0.5):.3f}  "
             f"median per-round p50 ratio {paired:.3f}"
         )
     print(f"spans exported by the traced API: {spans}")
