@@ -63,16 +63,16 @@ def _plan(engine: Engine, read: Any) -> str:
 
 
 @pytest.mark.parametrize(
-    ("filters", "index"),
+    ("queue", "worker", "index"),
     [
-        ({"queue": "cleanup"}, "ix_task_ledger_queue_sent_at"),
-        ({"worker": "nobody@nowhere"}, "ix_task_ledger_worker_sent_at"),
+        ("cleanup", None, "ix_task_ledger_queue_sent_at"),
+        (None, "nobody@nowhere", "ix_task_ledger_worker_sent_at"),
     ],
 )
 def test_history_by_queue_or_worker_reads_its_index_in_page_order(
-    engine: Engine, filters: dict[str, str], index: str
+    engine: Engine, queue: str | None, worker: str | None, index: str
 ) -> None:
-    plan = _plan(engine, lambda session: ledger.history(session, **filters))
+    plan = _plan(engine, lambda session: ledger.history(session, queue=queue, worker=worker))
     assert f"Index Scan Backward using {index}" in plan, plan
     assert "Sort" not in plan, plan
 
