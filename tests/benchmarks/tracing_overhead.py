@@ -66,7 +66,8 @@ def main() -> None:
     )
     parser.add_argument("--documents", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=9)  # a multiple of 3: each mode in each position as often
+    # A multiple of 3: each mode in each position of a round as often.
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--block-size", type=int, default=40)
     args = parser.parse_args()
 
