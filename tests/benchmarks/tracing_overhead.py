@@ -1,20 +1,32 @@
-"""Benchmark: query latency through the real API with tracing off vs on, same run, same data.
+"""Benchmark: query latency through the real API built without OpenTelemetry, with tracing off, and
+with it on; same run, same data.
 
-    PYTHONPATH=libs:. python -m tests.benchmarks.tracing_overhead [--rounds 10 --block-size 40]
+    PYTHONPATH=libs:. python -m tests.benchmarks.tracing_overhead [--rounds 9 --block-size 40]
 
-Two API processes (`python -m api.main`, as the image runs it) share PostgreSQL, a private Redis
-and the Qdrant stand-in (a separate process); Beat's relay publishes the reports in the background,
-as deployed. One API has tracing off (no OTEL_* set: the SDK is never imported); the other exports
-every span with OTLP/HTTP to a collector stand-in (a separate process), through the batch span
-processor, sampling everything. Every query is new (a cache miss: embed, search, generate, one
-transaction). Blocks alternate between the two APIs, in an order that alternates per round, so
-drift in the machine's load falls on both; the first round warms both up and is not kept.
+Three API processes share PostgreSQL, a private Redis and the Qdrant stand-in (a separate process);
+Beat's relay publishes the reports in the background, as deployed:
+
+- `absent`, the baseline: `api.main` in a process that can import no OpenTelemetry package but
+  `opentelemetry-api`, which FastAPI itself requires: the build without our tracing requirements
+  (`tests.benchmarks.api_without_opentelemetry`);
+- `off`: `python -m api.main` as the image runs it, no OTEL_* set (our code imports no
+  OpenTelemetry module; redis-py imports its metrics SDK because it is installed);
+- `on`: the same, exporting every span with OTLP/HTTP to a collector stand-in (a separate process),
+  through the batch span processor, sampling everything.
+
+Every query is new (a cache miss: embed, search, generate, one transaction). Blocks rotate over the
+three APIs, the order shifting per round, so drift in the machine's load falls on all; the first
+round warms them up and is not kept. Printed: each mode's p50, p95 and mean, its p50 over the
+baseline's and the median of its per-round p50 ratios; how many OpenTelemetry modules each kind of
+process has loaded once the app is built.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -27,7 +39,25 @@ from ragcore_dev.standins.ingest import Corpus, Document
 from tests.benchmarks.common import load_corpus, percentile
 from tests.support.stack import QUERY_KEY, Stack, running_stack
 
-MODES = ("off", "on")
+MODES = ("absent", "off", "on")
+BASELINE = "absent"
+#: The module each mode's API runs.
+MODULES = {
+    "absent": "tests.benchmarks.api_without_opentelemetry",
+    "off": "api.main",
+    "on": "api.main",
+}
+#: Run in a child process with a mode's environment: the OpenTelemetry modules loaded once the app
+#: is built (what its start-up imports, the Redis client's included).
+LOADED = """
+import sys
+from tests.benchmarks import api_without_opentelemetry
+if sys.argv[1] == "absent":
+    api_without_opentelemetry.leave_out()
+from api.main import create_app
+create_app()
+print(sum(1 for m in sys.modules if m.partition(".")[0] == "opentelemetry"))
+"""
 
 
 def main() -> None:
@@ -36,7 +66,8 @@ def main() -> None:
     )
     parser.add_argument("--documents", type=int, default=200)
     parser.add_argument("--chunks", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=10)
+    # A multiple of 3: each mode in each position of a round as often.
+    parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--block-size", type=int, default=40)
     args = parser.parse_args()
 
@@ -68,9 +99,9 @@ def main() -> None:
         qdrant.stop()
 
 
-def start_api(stack: Stack, **otel: str) -> str:
+def start_api(stack: Stack, mode: str, **otel: str) -> str:
     port = free_port()
-    api = Deployable("api.main", {**stack.env(api_port=str(port)), **otel})
+    api = Deployable(MODULES[mode], {**stack.env(api_port=str(port)), **otel})
     stack.deployables.append(api.start())
     url = f"http://127.0.0.1:{port}"
     wait_http_ok(f"{url}/healthz", 60, api)
@@ -118,14 +149,25 @@ def run(stack: Stack, args: argparse.Namespace, collector: str) -> None:
     store.close()
     stack.start("services.beat.main")  # the report relay, as deployed
     urls = {
-        "off": start_api(stack),
+        "absent": start_api(stack, "absent"),
+        "off": start_api(stack, "off"),
         "on": start_api(
             stack,
+            "on",
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_ENDPOINT=collector,
             OTEL_SERVICE_NAME="ragcore-api-bench",
         ),
     }
+    for mode in ("absent", "off"):
+        loaded = subprocess.run(
+            [sys.executable, "-c", LOADED, mode],
+            env=stack.env(),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        print(f"  {mode}: {loaded} OpenTelemetry modules loaded once the app is built")
     apis = {
         mode: httpx.Client(base_url=url, headers={"X-API-Key": QUERY_KEY}, timeout=30)
         for mode, url in urls.items()
@@ -134,17 +176,18 @@ def run(stack: Stack, args: argparse.Namespace, collector: str) -> None:
         args.rounds, args.block_size
     )
     spans = len(httpx.get(f"{collector}/_control/spans", timeout=30).json()["spans"])
-    base = [t for b in blocks["off"] for t in b]
+    base = [t for b in blocks[BASELINE] for t in b]
     for mode, mode_blocks in blocks.items():
         s = [t for b in mode_blocks for t in b]
         paired = statistics.median(
             percentile(b, 0.5) / percentile(o, 0.5)
-            for b, o in zip(mode_blocks, blocks["off"], strict=True)
+            for b, o in zip(mode_blocks, blocks[BASELINE], strict=True)
         )
         p50 = percentile(s, 0.5)
         print(
-            f"  tracing {mode:>3}: p50 {p50:6.2f} ms  p95 {percentile(s, 0.95):6.2f} ms  "
-            f"mean {statistics.fmean(s):6.2f} ms  p50/off {p50 / percentile(base, 0.5):.3f}  "
+            f"  tracing {mode:>6}: p50 {p50:6.2f} ms  p95 {percentile(s, 0.95):6.2f} ms  "
+            f"mean {statistics.fmean(s):6.2f} ms  "
+            f"p50/{BASELINE} {p50 / percentile(base, 0.5):.3f}  "
             f"median per-round p50 ratio {paired:.3f}"
         )
     print(f"spans exported by the traced API: {spans}")

@@ -253,12 +253,21 @@ class TaskRecord(Base):
     lifecycle."""
 
     __tablename__ = "task_ledger"
-    # History pages are newest first, filtered by name or state: each filter has an index in page
-    # order. /metrics reads the window of recent tasks from the sent_at index alone (PostgreSQL:
-    # the columns it needs are INCLUDEd). Measured in docs/benchmarks.md (task API at scale).
+    # History pages are newest first, filtered by name, state, queue or worker: each filter has an
+    # index in page order. /metrics reads the window of recent tasks from the sent_at index alone,
+    # the console's queues picture from the queue index (PostgreSQL: the columns each needs are
+    # INCLUDEd). Measured in docs/benchmarks.md (task API at scale, console pages).
     __table_args__ = (
         Index("ix_task_ledger_name_sent_at", "name", "sent_at", "task_id"),
         Index("ix_task_ledger_state_sent_at", "state", "sent_at", "task_id"),
+        Index(
+            "ix_task_ledger_queue_sent_at",
+            "queue",
+            "sent_at",
+            "task_id",
+            postgresql_include=["started_at", "finished_at"],
+        ),
+        Index("ix_task_ledger_worker_sent_at", "worker", "sent_at", "task_id"),
         Index(
             "ix_task_ledger_sent_at_task_id",
             "sent_at",

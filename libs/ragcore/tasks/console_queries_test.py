@@ -95,7 +95,10 @@ def test_each_queues_last_hour_counts_waiting_at_each_step_and_finished_within_i
     _task(session, "b", 40, state="PENDING")
     _task(session, "c", 41, state="FAILURE", finished_at=T0 + timedelta(minutes=42))
     _task(session, "old", -5)  # sent before the window: not counted
-    activity = queue_activity(session, now, timedelta(hours=1), 12)["cleanup"]
+    _task(session, "elsewhere", 30, queue="user")  # a queue not asked for
+    found = queue_activity(session, ["cleanup", "sync"], now, timedelta(hours=1), 12)
+    assert set(found) == {"cleanup"}  # a queue with no task in the window has no activity
+    activity = found["cleanup"]
     assert activity.ends[0] == T0 + timedelta(minutes=5) and activity.ends[-1] == now
     assert activity.waiting == [1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
     assert activity.finished == [0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]

@@ -45,9 +45,8 @@ def history(
 ) -> tuple[list[TaskRecord], str | None]:
     """Tasks newest first, filtered; the cursor of the next page, or None on the last one.
 
-    Name and state have an index in page order, an id prefix the primary key; queue and worker
-    filter the rows the sent_at index yields (the console's filters, measured in
-    docs/benchmarks.md).
+    Name, state, queue and worker each have an index in page order, an id prefix the primary key
+    (the console's filters, measured in docs/benchmarks.md).
     """
     query = select(TaskRecord)
     if name is not None:
