@@ -28,7 +28,8 @@ class KeptEntry(RedBeatSchedulerEntry):  # type: ignore[misc]  # redbeat has no 
         if self.enabled and self.last_run_at is None:
             log.warning("beat: the last run of %s was lost; it runs at its next time", self.name)
             self.reschedule(self.default_now())
-        return super().is_due()
+        due: schedstate = super().is_due()
+        return due
 
 
 class OutageTolerantScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbeat has no type hints
@@ -74,7 +75,9 @@ class OutageTolerantScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbea
             log.info("beat: %s published (task %s)", entry.name, task_id)
         # Published: should recording the run fail with Redis, the recovery must not send it again.
         self._last_runs[entry.name] = self.app.now()
-        return self.reserve(entry) if advance else result
+        if advance:
+            self.reserve(entry)
+        return result
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         try:

@@ -223,8 +223,8 @@ class _Writes:
             def write(tag: int) -> None:
                 if fresh:
                     self._store.upsert(fresh, True, tag)
-                # what a newer event wrote stays, in the generation a full sync keeps
-                self._store.set_generation(kept, tag)
+                if kept:  # what a newer event wrote stays, in the generation a full sync keeps
+                    self._store.set_generation(kept, tag)
 
             write_in_generation(
                 self._generation, write, lambda tag: self._store.set_generation(ids, tag)
