@@ -215,8 +215,9 @@ class _Writes:
 
     def _write(self, chunks: list[Chunk]) -> int:
         ids = [point_id(c.id) for c in chunks]
-        with self._guard(chunks) as (fresh, superseded), tracing.span(
-            "sync.upsert_page", chunks=len(fresh)
+        with (
+            self._guard(chunks) as (fresh, superseded),
+            tracing.span("sync.upsert_page", chunks=len(fresh)),
         ):
             kept = [point_id(c.id) for c in superseded]
 

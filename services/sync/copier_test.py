@@ -158,7 +158,9 @@ def test_a_failed_fetch_is_raised() -> None:
     store = RecordingStore(delay=0.05)
     applied: list[str | None] = []
     with pytest.raises(ConnectionError, match="ingest went away"):
-        copy_pages(pages(), as_store(store), on_applied=lambda page, _: applied.append(page.next_cursor))
+        copy_pages(
+            pages(), as_store(store), on_applied=lambda page, _: applied.append(page.next_cursor)
+        )
     # the pages fetched before it are written and checkpointed first: a retry does not fetch them
     assert len(store.calls) == 3 and applied == ["cursor-0", "cursor-1", None]
 
