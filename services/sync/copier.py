@@ -19,6 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -51,6 +52,17 @@ class CopyReport:
                 self.latest, self.latest_ids = chunk.updated_at, {chunk.id}
             elif chunk.updated_at == self.latest:
                 self.latest_ids.add(chunk.id)
+
+
+#: Given a page's chunks, holds what keeps them consistent with document events while they are
+#: written, and yields (chunks to write, chunks only to re-tag): `documents.fresh_chunks`.
+Guard = Callable[[list[Chunk]], AbstractContextManager[tuple[list[Chunk], list[Chunk]]]]
+
+
+@contextmanager
+def unguarded(chunks: list[Chunk]) -> Iterator[tuple[list[Chunk], list[Chunk]]]:
+    """Write every chunk: for a store nothing else writes to (tests, benchmarks)."""
+    yield chunks, []
 
 
 def write_in_generation(
@@ -126,8 +138,10 @@ def copy_pages(
     on_applied: Callable[[Page, CopyReport], None] = lambda _, __: None,
     halt: threading.Event | None = None,
     generation: Callable[[], int] = lambda: 0,
+    guard: Guard = unguarded,
 ) -> CopyReport:
-    """Upsert every chunk of `pages` not `skip`ped, in the sync `generation` current at each write.
+    """Upsert every chunk of `pages` not `skip`ped, in the sync `generation` current at each write,
+    each page's write inside its `guard`.
 
     `on_applied` hears of each page, in feed order, once Qdrant applied all its writes (a
     checkpoint).
@@ -135,9 +149,10 @@ def copy_pages(
     Returns once every write is applied; the first failed write (or fetch) is raised.
     """
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="qdrant-writer") as pool:
-        copy = _Writes(pool, writers, store, generation, on_applied)
+        copy = _Writes(pool, writers, store, generation, on_applied, guard)
         try:
-            for page in prefetch(pages, halt=halt):
+            fetched = prefetch(pages, halt=halt)
+            while (page := _next_or_apply(fetched, copy)) is not None:
                 copy.submit(page, [c for c in page.items if not skip(c)])
                 copy.report.note_page(page)
                 on_page(copy.report)
@@ -145,6 +160,16 @@ def copy_pages(
         finally:
             copy.cancel()  # after a failure: send nothing more; the pool waits for the rest
     return copy.report
+
+
+def _next_or_apply(pages: Iterator[Page], copy: _Writes) -> Page | None:
+    """The next page, None at the end; a failed fetch first lets the writes in flight finish, so
+    the pages fetched before it are checkpoints and a retry does not fetch them again."""
+    try:
+        return next(pages, None)
+    except Exception:
+        copy.apply_all()
+        raise
 
 
 class _Writes:
@@ -157,9 +182,10 @@ class _Writes:
         store: VectorStore,
         generation: Callable[[], int],
         on_applied: Callable[[Page, CopyReport], None],
+        guard: Guard,
     ) -> None:
         self._pool, self._writers, self._store = pool, writers, store
-        self._generation, self._on_applied = generation, on_applied
+        self._generation, self._on_applied, self._guard = generation, on_applied, guard
         self._in_flight: deque[tuple[Future[int], set[str], Page]] = deque()
         self.report = CopyReport()
 
@@ -189,11 +215,20 @@ class _Writes:
 
     def _write(self, chunks: list[Chunk]) -> int:
         ids = [point_id(c.id) for c in chunks]
-        with tracing.span("sync.upsert_page", chunks=len(chunks)):
+        with (
+            self._guard(chunks) as (fresh, superseded),
+            tracing.span("sync.upsert_page", chunks=len(fresh)),
+        ):
+            kept = [point_id(c.id) for c in superseded]
+
+            def write(tag: int) -> None:
+                if fresh:
+                    self._store.upsert(fresh, True, tag)
+                if kept:  # what a newer event wrote stays, in the generation a full sync keeps
+                    self._store.set_generation(kept, tag)
+
             write_in_generation(
-                self._generation,
-                lambda tag: self._store.upsert(chunks, True, tag),
-                lambda tag: self._store.set_generation(ids, tag),
+                self._generation, write, lambda tag: self._store.set_generation(ids, tag)
             )
         return len(chunks)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
@@ -154,10 +155,28 @@ def test_a_failed_fetch_is_raised() -> None:
         yield from feed(3)
         raise ConnectionError("ingest went away")
 
-    store = RecordingStore()
+    store = RecordingStore(delay=0.05)
+    applied: list[str | None] = []
     with pytest.raises(ConnectionError, match="ingest went away"):
-        copy_pages(pages(), as_store(store))
-    assert len(store.calls) <= 3
+        copy_pages(
+            pages(), as_store(store), on_applied=lambda page, _: applied.append(page.next_cursor)
+        )
+    # the pages fetched before it are written and checkpointed first: a retry does not fetch them
+    assert len(store.calls) == 3 and applied == ["cursor-0", "cursor-1", None]
+
+
+def test_a_guard_keeps_superseded_chunks_out_of_the_write_and_only_retags_them() -> None:
+    @contextmanager
+    def guard(chunks: list[Chunk]) -> Iterator[tuple[list[Chunk], list[Chunk]]]:
+        newer = [c for c in chunks if c.document_id == "doc-1"]  # an event applied after its page
+        yield [c for c in chunks if c.document_id != "doc-1"], newer
+
+    store = RecordingStore()
+    report = copy_pages(iter(feed(3)), as_store(store), guard=guard, generation=lambda: 7)
+    written = {chunk for ids, _ in store.calls for chunk in ids}
+    assert written == {f"p{p}-c{i}" for p in (0, 2) for i in range(3)}
+    assert store.retagged == [([point_id(f"p1-c{i}") for i in range(3)], 7)]
+    assert report.copied == 9  # every chunk of the feed is accounted for
 
 
 def test_pages_are_fetched_while_a_write_is_in_flight() -> None:

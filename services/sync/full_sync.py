@@ -32,6 +32,7 @@ from ragcore.tasks.app import will_retry
 from ragcore.tasks.arguments import NoArgs
 from ragcore.tasks.states import TaskState
 from services.sync.copier import CopyReport, copy_pages
+from services.sync.documents import fresh_chunks
 from services.sync.generations import begin_generation, current_generation, save_mark
 from services.sync.neighbours import ingest, store, writes_qdrant
 
@@ -152,6 +153,7 @@ class FullSyncRun:
                 on_applied=self.on_applied,
                 halt=self.halt,
                 generation=current_generation,
+                guard=fresh_chunks,
             )
         except Exception as exc:
             if not will_retry(self.task, contracts.TRIGGER_FULL_SYNC, exc):

@@ -17,8 +17,8 @@ from ragcore.query.cache import bump_data_version
 from ragcore.tasks import contracts
 from ragcore.tasks.app import define_task
 from ragcore.tasks.arguments import DocumentArgs, NoArgs, SyncEmbeddingsArgs
-from ragcore.tasks.locks import lock_client, periodic_lock
 from services.sync.copier import copy_pages, write_in_generation
+from services.sync.documents import document_lock, fresh_chunks
 from services.sync.drain import DocumentBusy, check_not_stale, drain, record_applied
 from services.sync.full_sync import trigger_full_sync
 from services.sync.generations import INCREMENTAL, bump_for_page, current_generation, save_mark
@@ -49,6 +49,7 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
             skip=lambda c: c.updated_at == mark and c.id in skip_ids,
             generation=current_generation,
             on_applied=bump_for_page,
+            guard=fresh_chunks,
         )
     save_mark(report, changed=report.copied > 0)
     return {
@@ -62,9 +63,7 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
 def _apply_document(document_id: str, action: str, occurred_at: datetime) -> None:
     """Make Qdrant hold exactly Ingest's current chunks of one document, unless a newer event was
     applied."""
-    # On the broker's Redis, which never evicts: a lock an evicting cache dropped would let two runs
-    # in.
-    with periodic_lock(lock_client(), f"sync-document:{document_id}", ttl=300) as acquired:
+    with document_lock(document_id) as acquired:
         if not acquired:
             raise DocumentBusy(document_id)
         with session_scope() as session:

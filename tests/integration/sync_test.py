@@ -11,16 +11,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 
 from ragcore.clients.ingest import Chunk
 from ragcore.clients.vectorstore import VectorStore, point_id
 from ragcore.db import session_scope
-from ragcore.db.models import SyncEvent, TaskRecord
+from ragcore.db.models import SyncDocument, SyncEvent, TaskRecord
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts, dispatch
 from ragcore.tasks.contracts import Queue
 from ragcore_dev.processes import Deployable, wait_until
-from ragcore_dev.standins.ingest import BASE_TIME, IngestApp, start_ingest
+from ragcore_dev.standins.ingest import BASE_TIME, Corpus, IngestApp, start_ingest
 from ragcore_dev.standins.qdrant import QdrantApp, start_qdrant
 from ragcore_dev.standins.server import Running
 from tests.support.stack import ADMIN_KEY, SYNC_KEY, Stack, running_stack
@@ -53,6 +54,14 @@ class SyncRig:
 
     def qdrant_point_ids(self) -> set[str]:
         return set(self.store.iter_point_ids())
+
+
+def _new_corpus(corpus: Corpus, documents: int, chunks: int) -> None:
+    """Ingest starts afresh, its documents stamped at BASE_TIME: forget the events applied to the
+    same ids before (newer than those stamps, they would keep the new chunks out of a sync)."""
+    corpus.reset(documents=documents, chunks=chunks)
+    with session_scope() as session:
+        session.execute(delete(SyncDocument))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +144,7 @@ def test_full_sync_progress_is_visible_in_task_status(rig: SyncRig) -> None:
 
 def test_worker_killed_mid_full_sync_finishes_on_restart_with_exact_count(rig: SyncRig) -> None:
     corpus = rig.ingest.app.corpus
-    corpus.reset(documents=60, chunks=10)  # 600 chunks, 3 pages of 256
+    _new_corpus(corpus, documents=60, chunks=10)  # 600 chunks, 3 pages of 256
     rig.ingest.app.faults.set_delay(1.0)  # each page takes a second: room to kill mid-sync
     task_id = dispatch.send(rig.stack.producer, contracts.TRIGGER_FULL_SYNC)
     wait_until(
@@ -289,7 +298,7 @@ def test_a_worker_lost_mid_full_sync_is_replaced_under_another_name_and_the_sync
     rig: SyncRig,
 ) -> None:
     corpus = rig.ingest.app.corpus
-    corpus.reset(documents=60, chunks=10)  # 600 chunks, 3 pages of 256
+    _new_corpus(corpus, documents=60, chunks=10)  # 600 chunks, 3 pages of 256
     rig.ingest.app.faults.set_delay(1.0)
     task_id = dispatch.send(rig.stack.producer, contracts.TRIGGER_FULL_SYNC)
     wait_until(
@@ -334,7 +343,7 @@ def test_sigterm_mid_full_sync_hands_it_back_at_a_page_boundary_and_another_work
     rig: SyncRig,
 ) -> None:
     corpus = rig.ingest.app.corpus
-    corpus.reset(documents=60, chunks=10)  # 600 chunks, 12 pages of 50
+    _new_corpus(corpus, documents=60, chunks=10)  # 600 chunks, 12 pages of 50
     # a point Ingest does not have: the resumed run removes it
     stale = rig.store.point_id("gone/chunk-000")
     rig.store.upsert(
@@ -394,7 +403,7 @@ def test_full_sync_removes_by_generation_what_nobody_rewrote_and_keeps_an_events
     rig: SyncRig,
 ) -> None:
     corpus = rig.ingest.app.corpus
-    corpus.reset(documents=100, chunks=10)  # 1000 chunks, 4 pages of 256
+    _new_corpus(corpus, documents=100, chunks=10)  # 1000 chunks, 4 pages of 256
     vector = [0.1] * get_settings().vector_size
     gone = Chunk("gone/chunk-000", "gone", "t", vector, {}, BASE_TIME)
     rig.store.upsert([gone], generation=0)  # as written before any full sync

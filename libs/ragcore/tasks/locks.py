@@ -45,3 +45,33 @@ def periodic_lock(client: redis.Redis, name: str, ttl: int) -> Iterator[bool]:
 def lock_client(settings: Settings | None = None) -> redis.Redis:
     """The Redis that holds locks: the broker's, which must never evict keys (a cache Redis may)."""
     return redis_client((settings or get_settings()).broker)
+
+
+# Take every key or none (atomic): a holder of some waiting for the rest could deadlock another.
+_ACQUIRE_ALL = """
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then return 0 end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, ARGV[1], 'EX', ARGV[2])
+end
+return 1
+"""
+_RELEASE_ALL = """
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+end
+return 0
+"""
+
+
+@contextmanager
+def all_locks(client: redis.Redis, names: list[str], ttl: int) -> Iterator[bool]:
+    """`periodic_lock` over several names at once: all of them taken, or none (False)."""
+    keys, token = [lock_key(name) for name in names], uuid.uuid4().hex
+    acquired = not keys or bool(client.eval(_ACQUIRE_ALL, len(keys), *keys, token, ttl))
+    try:
+        yield acquired
+    finally:
+        if acquired and keys:
+            client.eval(_RELEASE_ALL, len(keys), *keys, token)

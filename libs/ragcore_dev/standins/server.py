@@ -75,6 +75,8 @@ class Fault:
     remaining: int
     status: int | None = None
     hang: bool = False
+    #: answered, but only once released: a page served now that arrives late
+    hold: bool = False
     after: bool = False
     path: str | None = None
     skip: int = 0  # matching requests that pass untouched before the fault starts
@@ -84,6 +86,7 @@ class Fault:
             "remaining": self.remaining,
             "status": self.status,
             "hang": self.hang,
+            "hold": self.hold,
             "after": self.after,
             "path": self.path,
             "skip": self.skip,
@@ -103,6 +106,8 @@ class Faults:
         self._generation = 0
         self._stopping = stopping
         self.delay_seconds = 0.0
+        #: Requests answered and held back now (`hold`).
+        self.holding = 0
         self._outage: tuple[int, float] | None = None  # (status, monotonic deadline)
 
     def fail(
@@ -127,6 +132,12 @@ class Faults:
         """The next `times` requests (under `path`) never get an answer until released."""
         with self._lock:
             self._pending.append(Fault(times, hang=True, after=after, path=path))
+
+    def hold(self, times: int = 1, path: str | None = None, skip: int = 0) -> None:
+        """The next `times` requests (under `path`), after `skip` that pass, are answered as of
+        now, but the answer goes out only when released (`clear()`): a delayed page."""
+        with self._lock:
+            self._pending.append(Fault(times, hold=True, after=True, path=path, skip=skip))
 
     def set_delay(self, seconds: float) -> None:
         """Delay every request by `seconds`."""
@@ -162,6 +173,14 @@ class Faults:
         with self._lock:
             generation = self._generation
             self._lock.wait_for(lambda: self._generation != generation or self._stopping.is_set())
+
+    def wait_held(self) -> None:
+        """Block a held answer until `clear()` or server stop, counted in `holding`."""
+        with self._lock:
+            self.holding += 1
+            generation = self._generation
+            self._lock.wait_for(lambda: self._generation != generation or self._stopping.is_set())
+            self.holding -= 1
 
     def wake_all(self) -> None:
         with self._lock:
@@ -261,6 +280,10 @@ class App:
                 self.log.record(request, None)
                 self.faults.wait_released()
                 return None
+            if fault.hold:
+                self.faults.wait_held()
+                self.log.record(request, response.status)
+                return response
             assert fault.status is not None
             response = self.error(fault.status, "injected fault")
         self.log.record(request, response.status)
