@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import httpx
 import redis
@@ -50,20 +51,30 @@ class Stack:
         return deployable_env(**{**self.settings, **extra})
 
     def start_worker(
-        self, queue: Queue, *args: str, name: str | None = None, **settings: str
+        self,
+        queue: Queue,
+        *args: str,
+        name: str | None = None,
+        fault: Path | None = None,
+        **settings: str,
     ) -> Deployable:
-        """Start `services.<queue>.worker` and wait until it consumes its queue."""
+        """Start `services.<queue>.worker` and wait until it consumes its queue.
+
+        `fault`: a folder put first on the worker's import path, whose `sitecustomize.py` Python
+        runs at start-up: a fault injected into that one process (a skewed clock, a wedged loop).
+        """
         hostname = f"{name or queue.value}@test"
+        env = self.env(**settings)
+        if fault is not None:
+            env["PYTHONPATH"] = os.pathsep.join((str(fault), env["PYTHONPATH"]))
         worker = Deployable(
-            f"services.{queue.value}.worker",
-            self.env(**settings),
-            (f"--hostname={hostname}", *args),
+            f"services.{queue.value}.worker", env, (f"--hostname={hostname}", *args)
         )
         self.deployables.append(worker.start())
         self.wait_consuming(hostname, worker)
         return worker
 
-    def wait_consuming(self, hostname: str, worker: Deployable, timeout: float = 60) -> None:
+    def wait_consuming(self, hostname: str, worker: Deployable, timeout: float = 120) -> None:
         def ready() -> bool:
             if not worker.running:
                 raise RuntimeError(f"worker {hostname} exited:\n{worker.logs()[-4000:]}")
