@@ -1,5 +1,5 @@
-"""Nothing a lost worker held waits for the visibility timeout (issue 25, point 4), and a live worker
-is never taken for lost: real worker processes started from their entrypoints, a real Redis, with
+"""Nothing a lost worker held waits for the visibility timeout (issue 25, point 4), and a live
+worker is never taken for lost: real worker processes started from their entrypoints, a real Redis, with
 faults injected into one worker process through its `sitecustomize` (a wedged consumer loop, a
 lagging clock).
 

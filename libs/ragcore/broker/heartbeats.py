@@ -32,7 +32,7 @@ def heartbeat_ttl(interval_seconds: float) -> float:
 def server_time(client: redis.Redis) -> float:
     """The Redis server's clock, in seconds: the one clock every heartbeat is stamped and judged
     on."""
-    seconds, microseconds = client.time()  # type: ignore[misc]  # redis-py types it as Awaitable too
+    seconds, microseconds = client.time()
     return float(seconds) + float(microseconds) / 1_000_000
 
 
