@@ -14,10 +14,10 @@ every live worker of its queue looks, at each heartbeat, for lost workers of tha
 heartbeat stopped (`worker_lost_after_seconds`, on the Redis server's clock). One Lua script claims
 a lost worker atomically, only while its heartbeat is still older than the cut-off and nobody
 else's claim holds, so however many live workers notice together, one re-queues its tasks, once,
-and never those of a worker that beats again. The claim is a key that lapses like a heartbeat: the heartbeat
-and the reserved note stay until the re-queue is done, so if the claimer fails half-way (a Redis or
-database blip, its own death) the next live worker claims again, and re-queues what the claim record
-says is left.
+and never those of a worker that beats again. The claim is a key that lapses like a heartbeat: the
+heartbeat and the reserved note stay until the re-queue is done, so if the claimer fails half-way
+(a Redis or database blip, its own death) the next live worker claims again, and re-queues what the
+claim record says is left.
 """
 
 from __future__ import annotations
