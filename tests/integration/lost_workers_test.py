@@ -87,7 +87,7 @@ def test_a_worker_whose_consumer_loop_is_wedged_is_claimed_and_its_tasks_run_els
     stack: Stack, tmp_path: Path
 ) -> None:
     canary = CANARIES[Queue.CLEANUP]
-    wedged = stack.start_worker(Queue.CLEANUP, name="wedged", fault=_fault(tmp_path, WEDGE))
+    wedged = stack.start_faulty_worker(Queue.CLEANUP, _fault(tmp_path, WEDGE), name="wedged")
     task_id = dispatch.send(stack.producer, canary, {"echo": "held"}, countdown=10)
     _held_by(stack, "wedged@test", task_id)
     dispatch.send(stack.producer, canary, {"echo": "wedge"})
@@ -118,9 +118,7 @@ LAG = """
 def test_a_worker_whose_clock_lags_its_peers_is_never_taken_for_lost(
     stack: Stack, tmp_path: Path
 ) -> None:
-    lagging = stack.start_worker(
-        Queue.NOTIFICATIONS, name="lagging", fault=_fault(tmp_path, LAG)
-    )
+    lagging = stack.start_faulty_worker(Queue.NOTIFICATIONS, _fault(tmp_path, LAG), name="lagging")
     # Held in the lagging worker's timer the whole time the peer beats and looks for lost workers
     # (its ETA fires late there: the lagging clock).
     task_id = dispatch.send(

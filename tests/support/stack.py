@@ -51,22 +51,25 @@ class Stack:
         return deployable_env(**{**self.settings, **extra})
 
     def start_worker(
-        self,
-        queue: Queue,
-        *args: str,
-        name: str | None = None,
-        fault: Path | None = None,
-        **settings: str,
+        self, queue: Queue, *args: str, name: str | None = None, **settings: str
     ) -> Deployable:
-        """Start `services.<queue>.worker` and wait until it consumes its queue.
+        """Start `services.<queue>.worker` and wait until it consumes its queue."""
+        return self._start_worker(queue, args, name, self.env(**settings))
 
-        `fault`: a folder put first on the worker's import path, whose `sitecustomize.py` Python
-        runs at start-up: a fault injected into that one process (a skewed clock, a wedged loop).
-        """
-        hostname = f"{name or queue.value}@test"
+    def start_faulty_worker(
+        self, queue: Queue, fault: Path, *args: str, name: str | None = None, **settings: str
+    ) -> Deployable:
+        """`start_worker`, with `fault` first on the worker's import path: a folder whose
+        `sitecustomize.py` Python runs at start-up, a fault injected into that one process (a
+        skewed clock, a wedged loop)."""
         env = self.env(**settings)
-        if fault is not None:
-            env["PYTHONPATH"] = os.pathsep.join((str(fault), env["PYTHONPATH"]))
+        env["PYTHONPATH"] = os.pathsep.join((str(fault), env["PYTHONPATH"]))
+        return self._start_worker(queue, args, name, env)
+
+    def _start_worker(
+        self, queue: Queue, args: tuple[str, ...], name: str | None, env: dict[str, str]
+    ) -> Deployable:
+        hostname = f"{name or queue.value}@test"
         worker = Deployable(
             f"services.{queue.value}.worker", env, (f"--hostname={hostname}", *args)
         )

@@ -129,14 +129,13 @@ return redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) and 1 or false
 #: failures, and a worker that came back (it beats again) does not keep a stale record for good.
 _RECORD_CLAIMS = 10
 
-# KEYS: the claim record, the reserved note. ARGV: the record's lifetime (ms), then the ids the
-# ledger says were STARTED there. Made once: a later claim re-queues what the record still lists,
-# never the note again.
+# KEYS: the claim record, the reserved note. ARGV: the record's lifetime (ms), the completeness
+# marker, then the ids the ledger says were STARTED there. Made once: a later claim re-queues what
+# the record still lists, never the note again.
 _RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 0 then
   local held = cjson.decode(redis.call('GET', KEYS[2]) or '[]')
   for i = 2, #ARGV do table.insert(held, ARGV[i]) end
-  table.insert(held, '""" + _COMPLETE + """')
   redis.call('SADD', KEYS[1], unpack(held))
   redis.call('PEXPIRE', KEYS[1], ARGV[1])
 end
@@ -180,6 +179,7 @@ def claim_record(client: Any, hostname: str, started: set[str], lifetime: float)
         _RECORD_KEY.format(hostname=hostname),
         broker_held.reserved_note_key(hostname),
         max(1, int(lifetime * 1000 * _RECORD_CLAIMS)),
+        _COMPLETE,
         *sorted(started),
     )
     return {i.decode() if isinstance(i, bytes) else i for i in ids} - {_COMPLETE}
