@@ -127,6 +127,8 @@ class _Monitor:
         self._app = consumer.app
         self._timer = consumer.timer
         self._tasks_on_loop = type(pool).__module__ == "celery.concurrency.solo"
+        # counted from here, not from the app's making: a slow start-up is no stalled loop
+        self._loop_ran_at = time.monotonic()
         # The consumer's event loop fires its timer's entries between polls: this one proves the
         # loop runs, and the heartbeat thread beats only while it does (a wedged loop that would
         # consume nothing must not look alive to the peers that re-queue a lost worker's tasks).
