@@ -6,6 +6,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 import httpx
 import redis
@@ -53,17 +54,30 @@ class Stack:
         self, queue: Queue, *args: str, name: str | None = None, **settings: str
     ) -> Deployable:
         """Start `services.<queue>.worker` and wait until it consumes its queue."""
+        return self._start_worker(queue, args, name, self.env(**settings))
+
+    def start_faulty_worker(
+        self, queue: Queue, fault: Path, *args: str, name: str | None = None, **settings: str
+    ) -> Deployable:
+        """`start_worker`, with `fault` first on the worker's import path: a folder whose
+        `sitecustomize.py` Python runs at start-up, a fault injected into that one process (a
+        skewed clock, a wedged loop)."""
+        env = self.env(**settings)
+        env["PYTHONPATH"] = os.pathsep.join((str(fault), env["PYTHONPATH"]))
+        return self._start_worker(queue, args, name, env)
+
+    def _start_worker(
+        self, queue: Queue, args: tuple[str, ...], name: str | None, env: dict[str, str]
+    ) -> Deployable:
         hostname = f"{name or queue.value}@test"
         worker = Deployable(
-            f"services.{queue.value}.worker",
-            self.env(**settings),
-            (f"--hostname={hostname}", *args),
+            f"services.{queue.value}.worker", env, (f"--hostname={hostname}", *args)
         )
         self.deployables.append(worker.start())
         self.wait_consuming(hostname, worker)
         return worker
 
-    def wait_consuming(self, hostname: str, worker: Deployable, timeout: float = 60) -> None:
+    def wait_consuming(self, hostname: str, worker: Deployable, timeout: float = 120) -> None:
         def ready() -> bool:
             if not worker.running:
                 raise RuntimeError(f"worker {hostname} exited:\n{worker.logs()[-4000:]}")

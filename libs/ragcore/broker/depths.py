@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from ragcore.broker.heartbeats import BEATS_KEY, CONSUMERS_KEY
+from ragcore.broker.heartbeats import BEATS_KEY, CONSUMERS_KEY, server_time
 from ragcore.broker.in_flight import HELD_KEY, IN_FLIGHT_KEY
 from ragcore.tasks.contracts import Queue
 
@@ -68,7 +68,8 @@ class QueueStats:
 def queue_stats(
     client: redis.Redis, queue: str, heartbeat_ttl: float, now: float | None = None
 ) -> QueueStats:
-    now = time.time() if now is None else now
+    # heartbeats are stamped on the Redis server's clock (ragcore.broker.heartbeats)
+    now = server_time(client) if now is None else now
     pipe = client.pipeline(transaction=False)
     for name in list_names(queue):
         pipe.llen(name)
@@ -93,5 +94,5 @@ def queue_stats(
 
 
 def all_queue_stats(client: redis.Redis, heartbeat_ttl: float) -> list[QueueStats]:
-    now = time.time()
+    now = server_time(client)
     return [queue_stats(client, q.value, heartbeat_ttl, now) for q in Queue]

@@ -1,10 +1,14 @@
 """Workers' heartbeats: each worker's record, its place among each queue's consumers, and its last
-beat per queue, by which a worker whose heartbeat stopped is known as lost."""
+beat per queue, by which a worker whose heartbeat stopped is known as lost.
+
+Every beat is stamped, and every lapse judged, on the Redis server's clock (`TIME`), never a
+worker's own: a worker whose clock lags a peer's by a minute would otherwise look lost at every
+beat, and one whose clock runs ahead would see every peer lost.
+"""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +29,13 @@ def heartbeat_ttl(interval_seconds: float) -> float:
     return max(3 * interval_seconds, 15.0)
 
 
+def server_time(client: redis.Redis) -> float:
+    """The Redis server's clock, in seconds: the one clock every heartbeat is stamped and judged
+    on."""
+    seconds, microseconds = client.time()
+    return float(seconds) + float(microseconds) / 1_000_000
+
+
 def record_worker(
     client: redis.Redis,
     hostname: str,
@@ -34,7 +45,7 @@ def record_worker(
     now: float | None = None,
 ) -> None:
     """A worker's heartbeat: its record (with a TTL) and its place among each queue's consumers."""
-    now = time.time() if now is None else now
+    now = server_time(client) if now is None else now
     key = WORKER_KEY.format(hostname=hostname)
     pipe = client.pipeline(transaction=False)
     pipe.hset(
@@ -71,7 +82,7 @@ def worker_record(client: redis.Redis, hostname: str) -> dict[str, Any] | None:
 
 def live_workers(client: redis.Redis, heartbeat_ttl: float) -> set[str]:
     """Hostnames of every worker whose heartbeat is current, on any queue."""
-    now = time.time()
+    now = server_time(client)
     pipe = client.pipeline(transaction=False)
     for q in Queue:
         pipe.zrangebyscore(CONSUMERS_KEY.format(queue=q.value), now - heartbeat_ttl, "+inf")

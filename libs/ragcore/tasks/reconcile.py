@@ -117,7 +117,8 @@ def reconcile_round(
     else:
         client.set(_CURSOR_KEY, f"{rows[-1].sent_at.isoformat()}|{rows[-1].task_id}")
     result = RoundResult(checked=len(rows))
-    view = _BrokerView(app, client, settings, rows, now)
+    # a lapse is judged on the clock heartbeats are stamped on
+    view = _BrokerView(app, client, settings, rows, heartbeats.server_time(client))
     for row in rows:
         # Published again within the grace period: its message may still be on its way.
         recent = row.reconciled_at is not None and row.reconciled_at >= cutoff

@@ -11,13 +11,18 @@ hours later, and the deliveries a notifications worker had reserved go out at on
 
 A worker replaced under another name (a pod replacement, a node loss) never comes back: instead
 every live worker of its queue looks, at each heartbeat, for lost workers of that queue: their
-heartbeat stopped (`worker_lost_after_seconds`). One Lua script claims a lost worker atomically,
-only while its heartbeat is still older than the cut-off, so however many live workers notice
-together, one re-queues its tasks, once, and never those of a worker that beats again.
+heartbeat stopped (`worker_lost_after_seconds`, on the Redis server's clock). One Lua script claims
+a lost worker atomically, only while its heartbeat is still older than the cut-off and nobody
+else's claim holds, so however many live workers notice together, one re-queues its tasks, once,
+and never those of a worker that beats again. The claim is a key that lapses like a heartbeat: the
+heartbeat and the reserved note stay until the re-queue is done, so if the claimer fails half-way
+(a Redis or database blip, its own death) the next live worker claims again, and re-queues what the
+claim record says is left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -59,63 +64,168 @@ def reserved_by(client: Any, hostname: str) -> set[str]:
     return set(orjson.loads(raw)) if raw else set()
 
 
-def restore(channel: Any, task_ids: set[str]) -> list[str]:
-    """Move the unacked messages of `task_ids` back to their queues; returns the ids restored."""
-    qos = channel.qos
+def restore(channel: Any, task_ids: set[str], record: str | None = None) -> list[str]:
+    """Move the unacked messages of `task_ids` back to their queues; returns the ids restored.
+
+    With `record` (a lost worker's claim record, a set of ids still to re-queue), an id moves back
+    only while the record lists it, and leaves the record in the same transaction: a claimer that
+    dies half-way leaves exactly what it did not re-queue, and whoever claims again never takes back
+    a message that a live worker received since.
+    """
     restored: list[str] = []
-    for tag, raw in channel.client.hscan_iter(qos.unacked_key):
+    for tag, raw in channel.client.hscan_iter(channel.qos.unacked_key):
         message, _, routing_key = orjson.loads(raw)
         task_id = message.get("headers", {}).get("id")
-        if task_id in task_ids:
-            # back in its queue without a publish: waiting again (ragcore.broker.held)
-            broker_held.mark_published(channel.client, routing_key, [task_id])
-            qos.restore_by_tag(
-                tag.decode() if isinstance(tag, bytes) else tag, client=channel.client
-            )
+        if task_id in task_ids and _move_back(
+            channel, tag.decode() if isinstance(tag, bytes) else tag, task_id, routing_key, record
+        ):
             restored.append(task_id)
     return restored
 
 
-# KEYS: the queue's heartbeats, the lost worker's reserved note. ARGV: its hostname, the cut-off.
-# Removing the heartbeat entry is the claim; the reserved note goes with it, read and deleted.
+def _move_back(channel: Any, tag: str, task_id: str, routing_key: str, record: str | None) -> bool:
+    """kombu's `QoS.restore_by_tag` (the same steps, through the same channel methods), with the
+    claim record's check and update and the waiting mark in its transaction."""
+    qos = channel.qos
+    moved = False
+
+    def transaction(pipe: Any) -> None:
+        nonlocal moved
+        raw = pipe.hget(qos.unacked_key, tag)
+        if raw is None or (record is not None and not pipe.sismember(record, task_id)):
+            moved = False  # acknowledged meanwhile, or re-queued by an earlier claim
+            return
+        pipe.multi()
+        if record is not None:
+            pipe.srem(record, task_id)
+        # back in its queue without a publish: waiting again (ragcore.broker.held)
+        broker_held.mark_published(pipe, routing_key, [task_id])
+        qos._remove_from_indices(tag, pipe)
+        message, exchange, key = orjson.loads(raw)
+        channel._do_restore_message(message, exchange, key, pipe)
+        moved = True
+
+    watched = (qos.unacked_key, record) if record is not None else (qos.unacked_key,)
+    channel.client.transaction(transaction, *watched)
+    return moved
+
+
+_CLAIM_KEY = "ragcore:claim:{hostname}"
+#: The ids a claimed worker held that are still to re-queue, and a marker that the set is complete.
+_RECORD_KEY = "ragcore:claimed:{hostname}"
+_COMPLETE = "-"
+
+# KEYS: the queue's heartbeats, the claim. ARGV: the lost worker, the cut-off, the claimer, the
+# claim's lifetime (ms). A claim holds while its claimer works; one that outlives it (its claimer
+# died or failed) lapses, and the next live worker to notice claims again. The heartbeat entry and
+# the reserved note stay until the re-queue is done.
 _CLAIM = """
 local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not beat or tonumber(beat) > tonumber(ARGV[2]) then return false end
-redis.call('ZREM', KEYS[1], ARGV[1])
-local reserved = redis.call('GET', KEYS[2]) or '[]'
-redis.call('DEL', KEYS[2])
-return reserved
+return redis.call('SET', KEYS[2], ARGV[3], 'NX', 'PX', ARGV[4]) and 1 or false
+"""
+
+#: How many claim lifetimes a claim record outlives its first claim: room for claims again after
+#: failures, and a worker that came back (it beats again) does not keep a stale record for good.
+_RECORD_CLAIMS = 10
+
+# KEYS: the claim record, the reserved note. ARGV: the record's lifetime (ms), the completeness
+# marker, then the ids the ledger says were STARTED there. Made once: a later claim re-queues what
+# the record still lists, never the note again.
+_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  local held = cjson.decode(redis.call('GET', KEYS[2]) or '[]')
+  for i = 2, #ARGV do table.insert(held, ARGV[i]) end
+  redis.call('SADD', KEYS[1], unpack(held))
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return redis.call('SMEMBERS', KEYS[1])
+"""
+
+# KEYS: the queue's heartbeats, the reserved note, the claim record, the claim. ARGV: the lost
+# worker, the cut-off. The heartbeat goes unless it beat again meanwhile.
+_DONE = """
+local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if beat and tonumber(beat) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 """
 
 
-def claim_lost(client: Any, queue: str, hostname: str, cutoff: float) -> set[str] | None:
-    """The task ids `hostname` held if this caller is the one to re-queue them; None if it is
-    not."""
-    reserved = client.eval(
-        _CLAIM,
-        2,
-        heartbeats.BEATS_KEY.format(queue=queue),
-        broker_held.reserved_note_key(hostname),
-        hostname,
-        cutoff,
+def claim_lost(
+    client: Any, queue: str, hostname: str, cutoff: float, claimer: str, lifetime: float
+) -> bool:
+    """Whether this caller is the one to re-queue what `hostname` held (its heartbeat is older than
+    `cutoff`, and nobody else's claim holds); the claim lapses after `lifetime` seconds."""
+    return bool(
+        client.eval(
+            _CLAIM,
+            2,
+            heartbeats.BEATS_KEY.format(queue=queue),
+            _CLAIM_KEY.format(hostname=hostname),
+            hostname,
+            cutoff,
+            claimer,
+            max(1, int(lifetime * 1000)),
+        )
     )
-    return None if reserved is None else set(orjson.loads(reserved))
+
+
+def claim_record(client: Any, hostname: str, started: set[str], lifetime: float) -> set[str]:
+    """What the claim of `hostname` still has to re-queue: its reserved note and `started`, noted
+    by the first claim, what later claims found left (`lifetime`: the claim's)."""
+    ids = client.eval(
+        _RECORD,
+        2,
+        _RECORD_KEY.format(hostname=hostname),
+        broker_held.reserved_note_key(hostname),
+        max(1, int(lifetime * 1000 * _RECORD_CLAIMS)),
+        _COMPLETE,
+        *sorted(started),
+    )
+    return {i.decode() if isinstance(i, bytes) else i for i in ids} - {_COMPLETE}
+
+
+def release_claim(client: Any, hostname: str, claimer: str) -> None:
+    """A claimer that failed lets the next beat claim again at once (otherwise the claim lapses)."""
+    key = _CLAIM_KEY.format(hostname=hostname)
+    if client.get(key) == claimer.encode():
+        client.delete(key)
 
 
 def requeue_lost(
-    app: Any, client: Any, queue: str, lost_after: float, now: float
+    app: Any, client: Any, queue: str, lost_after: float, claimer: str
 ) -> dict[str, list[str]]:
     """Re-queue what the lost workers of `queue` held; returns the ids restored per worker
-    claimed."""
+    claimed. A failure leaves the worker lost and its claim record as it is, to be claimed again."""
+    now = heartbeats.server_time(client)
+    cutoff = now - lost_after
     restored: dict[str, list[str]] = {}
-    for hostname, last in heartbeats.lost_workers(client, queue, now - lost_after):
-        held = claim_lost(client, queue, hostname, now - lost_after)
-        if held is None:
-            continue  # another live worker claimed it first, or it beats again
-        held |= started_task_ids(hostname)
-        with app.connection_for_write() as conn:
-            restored[hostname] = restore(conn.default_channel, held) if held else []
-        in_flight.note_in_flight(client, queue, hostname, [])
+    for hostname, last in heartbeats.lost_workers(client, queue, cutoff):
+        if not claim_lost(client, queue, hostname, cutoff, claimer, lost_after):
+            continue  # another live worker is on it, or it beats again
+        record = _RECORD_KEY.format(hostname=hostname)
+        try:
+            # The ledger is read by the first claim only: once a record exists, it is the list.
+            started = set() if client.exists(record) else started_task_ids(hostname)
+            held = claim_record(client, hostname, started, lost_after)
+            with app.connection_for_write() as conn:
+                restored[hostname] = restore(conn.default_channel, held, record) if held else []
+            in_flight.note_in_flight(client, queue, hostname, [])
+            client.eval(
+                _DONE,
+                4,
+                heartbeats.BEATS_KEY.format(queue=queue),
+                broker_held.reserved_note_key(hostname),
+                record,
+                _CLAIM_KEY.format(hostname=hostname),
+                hostname,
+                cutoff,
+            )
+        except Exception:
+            log.exception("re-queueing what lost worker %s held failed: claimed again", hostname)
+            with contextlib.suppress(Exception):
+                release_claim(client, hostname, claimer)
+            continue
         log.warning(
             "worker %s lost (last heartbeat %.0fs ago): re-queued %d task(s): %s",
             hostname,

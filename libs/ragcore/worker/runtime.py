@@ -102,6 +102,12 @@ class _Monitor:
         self._app: Celery | None = None
         self._timer: Any = None
         self._stopping_noted = False
+        #: When the consumer's event loop last ran a timer of ours (time.monotonic()).
+        self._loop_ran_at = time.monotonic()
+        self._loop_stalled = False
+        #: Whether tasks run on the consumer's own thread (the solo pool): then a running task
+        #: holds the loop, and is no stall.
+        self._tasks_on_loop = False
         #: Ids received since the last tick: they no longer wait in the queue (ragcore.broker.held).
         self._received: list[str] = []
 
@@ -120,6 +126,15 @@ class _Monitor:
         self._hostname = consumer.hostname
         self._app = consumer.app
         self._timer = consumer.timer
+        self._tasks_on_loop = type(pool).__module__ == "celery.concurrency.solo"
+        # counted from here, not from the app's making: a slow start-up is no stalled loop
+        self._loop_ran_at = time.monotonic()
+        # The consumer's event loop fires its timer's entries between polls: this one proves the
+        # loop runs, and the heartbeat thread beats only while it does (a wedged loop that would
+        # consume nothing must not look alive to the peers that re-queue a lost worker's tasks).
+        consumer.timer.call_repeatedly(
+            min(1.0, get_settings().worker_heartbeat_seconds), self._loop_ran
+        )
         self._static = {
             "queue": self.queue.value,
             "pid": os.getpid(),
@@ -155,25 +170,46 @@ class _Monitor:
     def _client(self) -> Any:
         return broker_client(get_settings().broker)
 
+    def _loop_ran(self) -> None:
+        self._loop_ran_at = time.monotonic()
+
+    def loop_runs(self, interval: float) -> bool:
+        """Whether the consumer's loop ran within three heartbeat intervals (or runs a task)."""
+        stalled = time.monotonic() - self._loop_ran_at
+        if stalled <= 3 * interval or (self._tasks_on_loop and worker_state.active_requests):
+            if self._loop_stalled:
+                log.warning("the consumer's loop runs again: heartbeat resumed")
+            self._loop_stalled = False
+            return True
+        if not self._loop_stalled:
+            log.error(
+                "the consumer's loop has not run for %.0fs: no heartbeat, so a live worker of the "
+                "queue re-queues what this one holds",
+                stalled,
+            )
+        self._loop_stalled = True
+        return False
+
     def beat(self) -> None:
         settings = get_settings()
+        if not self.loop_runs(settings.worker_heartbeat_seconds):
+            return
         client = self._client()
         fields = {
             **self._static,
             "active": len(worker_state.active_requests),
             "last_dequeue": self.last_dequeue,
         }
-        now = time.time()
+        # stamped on the Redis server's clock (ragcore.broker.heartbeats)
         heartbeats.record_worker(
             client,
             self._hostname,
             [self.queue.value],
             fields,
             heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
-            now,
         )
         recovery.requeue_lost(
-            self._app, client, self.queue.value, settings.worker_lost_after_seconds, now
+            self._app, client, self.queue.value, settings.worker_lost_after_seconds, self._hostname
         )
         ids, self._revocations_since = revocation_feed.revocations_since(
             client, self._revocations_since
