@@ -238,6 +238,8 @@ class _BrokerView:
         if not raw:
             return None
         meta: dict[str, Any] = backend.decode_result(raw)
+        if meta.get("status") == TaskState.REVOKED and not row.revoked:
+            return None  # Celery's cancel of a task on a lost connection (ledger.INTERRUPTED)
         return meta if meta.get("status") in FINISHED else None
 
 

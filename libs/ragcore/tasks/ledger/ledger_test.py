@@ -5,8 +5,10 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from celery.worker import state as worker_state
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
@@ -14,6 +16,7 @@ from ragcore.db import create_schema, reset_engines, session_scope
 from ragcore.db.models import Base, TaskRecord
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger
+from ragcore.tasks.ledger import receivers
 from ragcore.tasks.states import TaskState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -272,6 +275,32 @@ def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_on
         with session_scope() as s:
             rows = {r.task_id: (r.name, r.queue, r.state) for r in s.query(TaskRecord)}
         assert rows == {"unseen": ("other", "sync", "REVOKED"), "known": ("n", "user", "REVOKED")}
+    finally:
+        get_settings.cache_clear()
+        reset_engines()
+
+
+def test_a_task_celery_cancelled_on_a_lost_connection_waits_again_but_a_revoked_one_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Celery announces a request its pool accepted but had not started as revoked (terminated)
+    # when the broker connection drops; only an id somebody revoked may end REVOKED.
+    monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    get_settings.cache_clear()
+    try:
+        create_schema()
+        with session_scope() as s:
+            for task_id in ("cancelled", "revoked"):
+                s.add(TaskRecord(task_id=task_id, name="cleanup_old_cache", queue="cleanup",
+                                 state="PENDING", kwargs={}))
+        sender = SimpleNamespace(name="cleanup_old_cache")
+        monkeypatch.setattr(worker_state, "revoked", {"revoked"})
+        for task_id in ("cancelled", "revoked"):
+            request = SimpleNamespace(id=task_id, delivery_info={"routing_key": "cleanup"})
+            receivers._revoked(sender, request, terminated=True, signum=15, expired=False)
+        with session_scope() as s:
+            rows = {r.task_id: (r.state, r.revoked) for r in s.query(TaskRecord)}
+        assert rows == {"cancelled": ("RETRY", False), "revoked": ("REVOKED", True)}
     finally:
         get_settings.cache_clear()
         reset_engines()

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from celery import signals
+from celery.worker import state as worker_state
 
 from ragcore.broker import depths, held
 from ragcore.db import session_scope, utcnow
@@ -92,7 +93,21 @@ def _received(request: Any, **_: Any) -> None:
     record_received(request)
 
 
-def _revoked(sender: Any, request: Any, **_: Any) -> None:
+#: Why a task Celery calls revoked nobody revoked (see `_revoked`).
+INTERRUPTED = (
+    "interrupted before it ran: its worker lost the broker connection and Celery cancelled it; "
+    "the reconciler publishes it again"
+)
+
+
+def _revoked(sender: Any, request: Any, terminated: bool = False, **_: Any) -> None:
+    if terminated and request.id not in worker_state.revoked:
+        # Nobody revoked it: on a lost broker connection (`worker_cancel_long_running_tasks_on_
+        # connection_loss`) Celery terminates the requests its pool accepted, and one that had not
+        # started yet is announced revoked and its message acknowledged (celery.worker.request
+        # on_failure). It never ran: left waiting, the reconciler publishes it again.
+        update_task(sender, request.id, state=TaskState.RETRY, error=INTERRUPTED)
+        return
     # Celery discards a revoked task before `task_received`: an id revoked unseen learns its name
     # here.
     update_task(
