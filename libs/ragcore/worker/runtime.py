@@ -226,7 +226,13 @@ class _Monitor:
     def note_received(self) -> None:
         """Take the ids received since the last tick off their queue's waiting set, in one call."""
         ids, self._received = self._received, []
-        broker_held.mark_received(self._client(), self.queue.value, ids)
+        try:
+            broker_held.mark_received(self._client(), self.queue.value, ids)
+        except Exception:
+            # kept for the next tick: an id left in the waiting set reads "the broker holds it",
+            # and the reconciler would never publish it again (a failover mid-tick)
+            self._received[:0] = ids
+            raise
 
     def held(self) -> list[str]:
         """Every task this worker holds: running, reserved ahead, and waiting on a countdown or ETA
