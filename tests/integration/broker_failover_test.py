@@ -170,10 +170,10 @@ def stack(ingest: Running[IngestApp], users: Running[UsersApp]) -> Iterator[Stac
 
 
 # Known open (issue 25, point 5), seen in about one run in four: a report whose message the old
-# primary handed out (BRPOP) but whose `unacked` entry never reached the replica is in neither, while
-# the waiting set still names it, so the reconciler takes it as held; and `unacked` entries of a
-# connection the failover closed wait for kombu's visibility timeout. Reported, not hidden: XFAIL
-# or XPASS in the output, the figures printed either way.
+# primary handed out (BRPOP) but whose `unacked` entry never reached the replica is in neither,
+# while the waiting set still names it, so the reconciler takes it as held; and `unacked` entries
+# of a connection the failover closed wait for kombu's visibility timeout. Reported, not hidden:
+# XFAIL or XPASS in the output, the figures printed either way.
 @pytest.mark.xfail(
     strict=False, reason="issue 25.5: a failover can strand a report until the visibility timeout"
 )
