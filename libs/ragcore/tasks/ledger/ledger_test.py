@@ -291,8 +291,15 @@ def test_a_task_celery_cancelled_on_a_lost_connection_waits_again_but_a_revoked_
         create_schema()
         with session_scope() as s:
             for task_id in ("cancelled", "revoked"):
-                s.add(TaskRecord(task_id=task_id, name="cleanup_old_cache", queue="cleanup",
-                                 state="PENDING", kwargs={}))
+                s.add(
+                    TaskRecord(
+                        task_id=task_id,
+                        name="cleanup_old_cache",
+                        queue="cleanup",
+                        state="PENDING",
+                        kwargs={},
+                    )
+                )
         sender = SimpleNamespace(name="cleanup_old_cache")
         monkeypatch.setattr(worker_state, "revoked", {"revoked"})
         for task_id in ("cancelled", "revoked"):
