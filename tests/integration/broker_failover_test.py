@@ -171,7 +171,7 @@ def stack(ingest: Running[IngestApp], users: Running[UsersApp]) -> Iterator[Stac
         yield running
 
 
-# Known open (issue 25, point 5), seen once in ten runs: `unacked` entries of a connection the
+# Known open (issue 25, point 5), seen once in eight runs: `unacked` entries of a connection the
 # failover closed, of a worker that was restarted under its own name, wait for kombu's visibility
 # timeout (the reconciler takes them as held). Reported, not hidden: XFAIL or XPASS in the output,
 # the figures printed either way.
