@@ -24,8 +24,10 @@ from ragcore.db import session_scope
 from ragcore.db.models import SyncDocument
 from ragcore.tasks.locks import all_locks, lock_client, periodic_lock
 
-#: A crashed holder's document lock frees itself after this.
-LOCK_SECONDS = 300
+#: A crashed holder's document lock frees itself after this. An event or a page's write holds it
+#: for one Qdrant write (well under a second to a few seconds); a SIGKILLed worker's locks must not
+#: hold its replacement's resumed sync for minutes.
+LOCK_SECONDS = 15
 #: A page waits this long for an event applying one of its documents (events take milliseconds
 #: to a few seconds), then its task retries.
 PAGE_WAIT_SECONDS = 120.0
