@@ -31,6 +31,19 @@ def session() -> Iterator[Session]:
     engine.dispose()
 
 
+@pytest.fixture()
+def ledger_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's own sessions (`session_scope`) on a fresh SQLite ledger."""
+    monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
+    get_settings.cache_clear()
+    try:
+        create_schema()
+        yield
+    finally:
+        get_settings.cache_clear()
+        reset_engines()
+
+
 def _task(
     session: Session,
     n: int,
@@ -188,52 +201,41 @@ def test_counts_and_durations_cover_the_window(session: Session) -> None:
     assert d.total_seconds == pytest.approx(24.3, abs=0.01)
 
 
-def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
-    get_settings.cache_clear()
-    try:
-        create_schema()
-        with session_scope() as s:
-            s.add_all(
-                TaskRecord(task_id=f"t{i}", name="n", queue="user", state="PENDING", kwargs={})
-                for i in range(3)
-            )
-        writer = ledger.Writer()
-        writer.put("t0", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
-        writer.put("t1", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
-        writer.put("t0", {"progress": {"done": 1, "total": 2}})
-        writer.put(
-            "t0",
-            {
-                "state": "SUCCESS",
-                "finished_at": T0 + timedelta(seconds=2),
-                "result": {"ok": True},
-                "error": None,
-            },
+def test_worker_updates_are_written_in_order_merged_per_task_once_flushed(ledger_db: None) -> None:
+    with session_scope() as s:
+        s.add_all(
+            TaskRecord(task_id=f"t{i}", name="n", queue="user", state="PENDING", kwargs={})
+            for i in range(3)
         )
-        writer.put("t1", {"state": "RETRY", "retries": 1, "error": "boom"})
-        writer.flush()
-        with session_scope() as s:
-            rows = {r.task_id: r for r in s.query(TaskRecord)}
-        assert (rows["t0"].state, rows["t0"].worker, rows["t0"].result, rows["t0"].progress) == (
-            "SUCCESS",
-            "w@h",
-            {"ok": True},
-            {"done": 1, "total": 2},
-        )
-        started, finished = rows["t0"].started_at, rows["t0"].finished_at
-        assert (
-            started is not None
-            and finished is not None
-            and finished - started == timedelta(seconds=2)
-        )
-        assert (rows["t1"].state, rows["t1"].retries, rows["t1"].error) == ("RETRY", 1, "boom")
-        assert rows["t2"].state == "PENDING"
-    finally:
-        get_settings.cache_clear()
-        reset_engines()
+    writer = ledger.Writer()
+    writer.put("t0", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
+    writer.put("t1", {"state": "STARTED", "started_at": T0, "worker": "w@h"})
+    writer.put("t0", {"progress": {"done": 1, "total": 2}})
+    writer.put(
+        "t0",
+        {
+            "state": "SUCCESS",
+            "finished_at": T0 + timedelta(seconds=2),
+            "result": {"ok": True},
+            "error": None,
+        },
+    )
+    writer.put("t1", {"state": "RETRY", "retries": 1, "error": "boom"})
+    writer.flush()
+    with session_scope() as s:
+        rows = {r.task_id: r for r in s.query(TaskRecord)}
+    assert (rows["t0"].state, rows["t0"].worker, rows["t0"].result, rows["t0"].progress) == (
+        "SUCCESS",
+        "w@h",
+        {"ok": True},
+        {"done": 1, "total": 2},
+    )
+    started, finished = rows["t0"].started_at, rows["t0"].finished_at
+    assert (
+        started is not None and finished is not None and finished - started == timedelta(seconds=2)
+    )
+    assert (rows["t1"].state, rows["t1"].retries, rows["t1"].error) == ("RETRY", 1, "boom")
+    assert rows["t2"].state == "PENDING"
 
 
 def test_an_id_revoked_unseen_is_one_row_kept_for_workers_and_left_out_of_metrics(
@@ -256,58 +258,44 @@ def test_an_id_revoked_unseen_is_one_row_kept_for_workers_and_left_out_of_metric
 
 
 def test_a_worker_fills_in_the_name_and_queue_of_an_unseen_id_and_keeps_known_ones(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ledger_db: None,
 ) -> None:
-    monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
-    get_settings.cache_clear()
-    try:
-        create_schema()
-        with session_scope() as s:
-            ledger.record_revoked_unseen(s, "unseen")
-            s.add(TaskRecord(task_id="known", name="n", queue="user", state="PENDING", kwargs={}))
-        identity = {"name": "other", "queue": "sync"}
-        ledger.write(
-            [
-                ("unseen", {"state": "REVOKED", **identity}),
-                ("known", {"state": "REVOKED", **identity}),
-            ]
-        )
-        with session_scope() as s:
-            rows = {r.task_id: (r.name, r.queue, r.state) for r in s.query(TaskRecord)}
-        assert rows == {"unseen": ("other", "sync", "REVOKED"), "known": ("n", "user", "REVOKED")}
-    finally:
-        get_settings.cache_clear()
-        reset_engines()
+    with session_scope() as s:
+        ledger.record_revoked_unseen(s, "unseen")
+        s.add(TaskRecord(task_id="known", name="n", queue="user", state="PENDING", kwargs={}))
+    identity = {"name": "other", "queue": "sync"}
+    ledger.write(
+        [
+            ("unseen", {"state": "REVOKED", **identity}),
+            ("known", {"state": "REVOKED", **identity}),
+        ]
+    )
+    with session_scope() as s:
+        rows = {r.task_id: (r.name, r.queue, r.state) for r in s.query(TaskRecord)}
+    assert rows == {"unseen": ("other", "sync", "REVOKED"), "known": ("n", "user", "REVOKED")}
 
 
 def test_a_task_celery_cancelled_on_a_lost_connection_waits_again_but_a_revoked_one_ends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ledger_db: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Celery announces a request its pool accepted but had not started as revoked (terminated)
     # when the broker connection drops; only an id somebody revoked may end REVOKED.
-    monkeypatch.setenv("RAGCORE_DATABASE_URL", f"sqlite:///{tmp_path}/ledger.db")
-    get_settings.cache_clear()
-    try:
-        create_schema()
-        with session_scope() as s:
-            for task_id in ("cancelled", "revoked"):
-                s.add(
-                    TaskRecord(
-                        task_id=task_id,
-                        name="cleanup_old_cache",
-                        queue="cleanup",
-                        state="PENDING",
-                        kwargs={},
-                    )
-                )
-        sender = SimpleNamespace(name="cleanup_old_cache")
-        monkeypatch.setattr(worker_state, "revoked", {"revoked"})
+    with session_scope() as s:
         for task_id in ("cancelled", "revoked"):
-            request = SimpleNamespace(id=task_id, delivery_info={"routing_key": "cleanup"})
-            receivers._revoked(sender, request, terminated=True, signum=15, expired=False)
-        with session_scope() as s:
-            rows = {r.task_id: (r.state, r.revoked) for r in s.query(TaskRecord)}
-        assert rows == {"cancelled": ("RETRY", False), "revoked": ("REVOKED", True)}
-    finally:
-        get_settings.cache_clear()
-        reset_engines()
+            s.add(
+                TaskRecord(
+                    task_id=task_id,
+                    name="cleanup_old_cache",
+                    queue="cleanup",
+                    state="PENDING",
+                    kwargs={},
+                )
+            )
+    sender = SimpleNamespace(name="cleanup_old_cache")
+    monkeypatch.setattr(worker_state, "revoked", {"revoked"})
+    for task_id in ("cancelled", "revoked"):
+        request = SimpleNamespace(id=task_id, delivery_info={"routing_key": "cleanup"})
+        receivers._revoked(sender, request, terminated=True, signum=15, expired=False)
+    with session_scope() as s:
+        rows = {r.task_id: (r.state, r.revoked) for r in s.query(TaskRecord)}
+    assert rows == {"cancelled": ("RETRY", False), "revoked": ("REVOKED", True)}
