@@ -89,8 +89,10 @@ def _histogram(durations: Durations) -> str:
     return _bars(counts, max(1, *counts), what) + ticks
 
 
-def durations_picture(durations: Sequence[Durations]) -> str:
-    """One histogram per task name: how many runs ended within each of /metrics' buckets."""
+def durations_picture(durations: Sequence[Durations], window_seconds: float) -> str:
+    """One histogram per task name: how many runs ended within each of /metrics' buckets, over
+    /metrics' window (`window_seconds`)."""
+    window = "hour" if window_seconds == 3600 else _seconds(window_seconds)
     cell_w, cell_h = _W + 2 * _GAP, _H + 2 * _PAD + _GAP
     cells = []
     for i, d in enumerate(durations):
@@ -103,13 +105,13 @@ def durations_picture(durations: Sequence[Durations]) -> str:
         )
     if not cells:
         cells.append(
-            f'<text class="name" x="0" y="{_PAD}">No task finished in the last hour.</text>'
+            f'<text class="name" x="0" y="{_PAD}">No task finished in the last {window}.</text>'
         )
     rows = max(1, -(-len(durations) // _COLUMNS))
     return _document(
         _COLUMNS * cell_w,
         rows * cell_h,
-        "task durations per name (tasks sent in the last hour)",
+        f"task durations per name (tasks sent in the last {window})",
         "".join(cells),
     )
 

@@ -1,60 +1,27 @@
 """What the overview page shows, read from the broker, the breakers and the ledger; and its
-pictures, which read the ledger's last hour and load as images of their own."""
+pictures, which load as images of their own, from Beat's snapshot of the ledger's last hour
+(ragcore.tasks.ledger.snapshot; aggregated for the request when there is none recent)."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import redis
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from api.console import charts, deadletters
-from api.routers.metrics import DURATION_BOUNDS
 from ragcore.broker import broker_client, depths, heartbeats
 from ragcore.clients.breaker import breaker
 from ragcore.db import utcnow
 from ragcore.db.models import FailedDelivery
 from ragcore.deliveries import DeliveryStatus
 from ragcore.settings import Settings
-from ragcore.tasks import contracts, ledger
-from ragcore.tasks.activity import failed_since, queue_activity
-
-#: The pictures' window and its steps (5 minutes each); "failed in the last hour" too.
-WINDOW = timedelta(hours=1)
-STEPS = 12
-#: How long a drawn picture is shown again. Drawing reads every task of the window from an index
-#: (as long as /metrics takes at 83,000 tasks an hour: docs/benchmarks.md), so each API process
-#: draws each picture at most this often, however many operators look.
-PICTURE_SECONDS = 10.0
-
-
-class Recent:
-    """The last drawing of each picture, reused while it is younger than PICTURE_SECONDS; one
-    drawing at a time (a second request waits for it instead of reading the ledger again)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._drawn: dict[tuple[str, ...], tuple[float, str]] = {}
-
-    def get(self, key: tuple[str, ...], draw: Callable[[], str]) -> str:
-        with self._lock:
-            at, picture = self._drawn.get(key, (0.0, ""))
-            if time.monotonic() - at >= PICTURE_SECONDS:
-                picture = draw()
-                self._drawn[key] = (time.monotonic(), picture)
-            return picture
-
-    def clear(self) -> None:
-        with self._lock:
-            self._drawn.clear()
-
-
-recent = Recent()
+from ragcore.tasks import contracts
+from ragcore.tasks.activity import WINDOW, failed_since
+from ragcore.tasks.ledger import snapshot
 
 
 @dataclass(frozen=True)
@@ -113,17 +80,14 @@ def read(settings: Settings, session: Session) -> Overview:
 
 
 def queues_picture(settings: Settings, session: Session) -> str:
-    def draw() -> str:
-        _, stats = _queues(settings)
-        activity = queue_activity(session, [s.name for s in stats], utcnow(), WINDOW, STEPS)
-        return charts.queues_picture(activity, {s.name: s.depth for s in stats})
-
-    return recent.get(("queues", settings.database_url, settings.broker), draw)
+    _, stats = _queues(settings)
+    activity, _ = snapshot.recent_activity(session, settings.metrics_snapshot_seconds, utcnow())
+    return charts.queues_picture(activity, {s.name: s.depth for s in stats})
 
 
 def durations_picture(settings: Settings, session: Session) -> str:
-    def draw() -> str:
-        window = ledger.window(session, utcnow() - WINDOW, DURATION_BOUNDS)
-        return charts.durations_picture(sorted(window.durations, key=lambda d: d.name))
-
-    return recent.get(("durations", settings.database_url), draw)
+    window, _ = snapshot.recent_window(
+        session, settings.metrics_window_seconds, settings.metrics_snapshot_seconds, utcnow()
+    )
+    durations = sorted(window.durations, key=lambda d: d.name)
+    return charts.durations_picture(durations, settings.metrics_window_seconds)

@@ -38,21 +38,20 @@ def overview_page(
     return page(request, "overview.html", operator, view=overview.read(settings, db))
 
 
-_SVG = "image/svg+xml"
-# Drawn at most every PICTURE_SECONDS by each API process (see overview.Recent).
-_PICTURE_HEADERS = {"Cache-Control": f"private, max-age={overview.PICTURE_SECONDS:g}"}
+def _picture(svg: str, refresh_seconds: float) -> Response:
+    # Drawn from Beat's snapshot, refreshed this often: the browser need not ask sooner.
+    cache = f"private, max-age={refresh_seconds:g}"
+    return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": cache})
 
 
 @router.get("/charts/queues.svg")
 def queues_picture(_: ConsoleSession, settings: SettingsDep, db: SessionDep) -> Response:
-    svg = overview.queues_picture(settings, db)
-    return Response(svg, media_type=_SVG, headers=_PICTURE_HEADERS)
+    return _picture(overview.queues_picture(settings, db), settings.metrics_snapshot_seconds)
 
 
 @router.get("/charts/durations.svg")
 def durations_picture(_: ConsoleSession, settings: SettingsDep, db: SessionDep) -> Response:
-    svg = overview.durations_picture(settings, db)
-    return Response(svg, media_type=_SVG, headers=_PICTURE_HEADERS)
+    return _picture(overview.durations_picture(settings, db), settings.metrics_snapshot_seconds)
 
 
 def _moment(value: str | None, field: str) -> datetime | None:

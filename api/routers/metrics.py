@@ -7,7 +7,10 @@ the last retention run and each sync task's last success from the ledger; dead l
 and reason from dead_letters; this API process's queries (outcome, latency) and responses (status
 class) from its own counters (api.request_metrics); task counts and durations from the ledger,
 over the tasks sent within `metrics_window_seconds` — so they are gauges (and a gauge histogram):
-`histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window.
+`histogram_quantile(0.95, ragcore_task_duration_seconds_bucket)` is the p95 of that window. Those
+two are read from Beat's snapshot of the window (`ragcore.tasks.ledger.snapshot`: at most three
+`metrics_snapshot_seconds` old, its age in `ragcore_ledger_window_age_seconds`), or aggregated for
+the scrape when there is none recent.
 
 Access: an admin key (X-API-Key, or a bearer token), unless `metrics_public` is set for scrapers
 that can send neither (then keep the port private to the cluster).
@@ -18,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated
 
 import redis
@@ -45,11 +48,9 @@ from ragcore.query import reports
 from ragcore.settings import Settings
 from ragcore.tasks import contracts, ledger, reconcile
 from ragcore.tasks.contracts import APPLY_RETENTION
+from ragcore.tasks.ledger import snapshot
 
 log = logging.getLogger(__name__)
-
-#: Upper bounds (seconds) of the task duration buckets: sub-second notifications to hour-long syncs.
-DURATION_BOUNDS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
 
 _key = APIKeyHeader(name="X-API-Key", auto_error=False)
 _bearer = HTTPBearer(auto_error=False)
@@ -131,14 +132,18 @@ def _reconcile_families(client: redis.Redis) -> list[Metric]:
 
 
 def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
-    since = datetime.now(UTC) - timedelta(seconds=settings.metrics_window_seconds)
+    window, age = snapshot.recent_window(
+        session,
+        settings.metrics_window_seconds,
+        settings.metrics_snapshot_seconds,
+        datetime.now(UTC),
+    )
     tasks = GaugeMetricFamily(
         "ragcore_tasks",
         f"Tasks sent in the last {settings.metrics_window_seconds}s, by name "
         "and current state (from the task ledger)",
         labels=["name", "state"],
     )
-    window = ledger.window(session, since, DURATION_BOUNDS)
     for name, state, count in window.counts:
         tasks.add_metric([name, state], count)
     duration = GaugeHistogramMetricFamily(
@@ -149,7 +154,13 @@ def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
     for d in window.durations:
         buckets = [(str(bound), count) for bound, count in d.buckets] + [("+Inf", d.count)]
         duration.add_metric([d.name], buckets, gsum_value=d.total_seconds)
-    return [tasks, duration]
+    stale = GaugeMetricFamily(
+        "ragcore_ledger_window_age_seconds",
+        "Age of the figures in ragcore_tasks and ragcore_task_duration_seconds: of Beat's snapshot "
+        "of the window, 0 when this scrape aggregated them",
+    )
+    stale.add_metric([], age)
+    return [tasks, duration, stale]
 
 
 def _report_families(session: Session) -> list[Metric]:

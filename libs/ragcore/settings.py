@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     metrics_public: bool = False
     # Task counts and durations in /metrics cover the tasks sent within this window.
     metrics_window_seconds: int = Field(3600, gt=0)
+    # Beat recomputes those counts and durations (and the console's queues picture) this often;
+    # the API shows them up to 3 intervals old, and aggregates the window itself when they are
+    # older or missing (ragcore.tasks.ledger.snapshot).
+    metrics_snapshot_seconds: float = Field(10.0, gt=0, le=300)
     # The operator console at /console (admin key sign-in); false: every /console URL is a 404.
     console: bool = True
     # How long a console session lasts after sign-in (the signed cookie's age and Max-Age).

@@ -6,12 +6,13 @@ started by mistake waits for the lock instead of doubling the schedule, and a re
 from the stored last runs instead of re-firing or skipping what was due. A broker outage pauses
 Beat, it does not end it (`services.beat.scheduler`).
 
-Beat also runs three threads, started by the entrypoint only: the report relay
+Beat also runs four threads, started by the entrypoint only: the report relay
 (`ragcore.query.reports`), the one publisher of the query reports, in the one process that
 publishes on a timer anyway, and off the API's cores; and the delivery re-driver
 (`ragcore.deliveries.redriver`), which re-drives the waiting deliveries that are due, at the same
-interval; and the reconciler (`ragcore.tasks.reconciler`), which publishes again what the broker
-lost.
+interval; the reconciler (`ragcore.tasks.reconciler`), which publishes again what the broker
+lost; and the ledger's snapshot (`ragcore.tasks.ledger.snapshot`), which recomputes the recent
+window that /metrics and the console's pictures show.
 """
 
 import logging
@@ -27,6 +28,7 @@ from ragcore.query.reports import ReportRelay
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger
 from ragcore.tasks.app import create_app
+from ragcore.tasks.ledger.snapshot import Snapshotter
 from ragcore.tasks.reconciler import Reconciler
 from services.beat import schedule
 from services.beat.scheduler import OutageTolerantScheduler
@@ -74,6 +76,7 @@ def main() -> None:
         ReportRelay(app, settings.report_relay_seconds),
         Redriver(app, settings, settings.report_relay_seconds),
         Reconciler(app, settings),
+        Snapshotter(settings),
     ]
     for thread in threads:
         thread.start()

@@ -309,6 +309,19 @@ class TaskRecord(Base):
     reconcile_reason: Mapped[str | None] = mapped_column(String(32))
 
 
+class LedgerSnapshot(Base):
+    """The ledger's recent aggregates as Beat last computed them (ragcore.tasks.ledger.snapshot):
+    one row per aggregate, read by the API instead of aggregating the window per request."""
+
+    __tablename__ = "ledger_snapshots"
+    #: Which aggregate: "window" (/metrics' counts and durations) or "activity" (the queues picture).
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    #: The `now` it was computed for (Beat's clock): its age is how stale the figures are.
+    computed_at: Mapped[datetime]
+    #: The figures, with the parameters they were computed for (window, bounds, steps).
+    body: Mapped[dict[str, Any]]
+
+
 class DeadLetter(Base):
     """A message no worker could run (poison), taken off its queue and kept for an operator: one
     row per distinct message (queue, reason, task name and body), counted each time it comes."""

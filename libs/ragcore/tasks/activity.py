@@ -13,6 +13,10 @@ from sqlalchemy.orm import Session
 from ragcore.db.models import TaskRecord
 from ragcore.tasks.states import TaskState
 
+#: The console's queues picture: the last hour, in steps of 5 minutes.
+WINDOW = timedelta(hours=1)
+STEPS = 12
+
 
 @dataclass(frozen=True)
 class QueueActivity:

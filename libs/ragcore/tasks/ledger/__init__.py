@@ -8,6 +8,7 @@ told apart from pending ones.
 - `revocation`: revocations recorded, and the ids a starting worker loads
 - `history`: history pages and their cursors
 - `window`: the aggregates behind /metrics
+- `snapshot`: those aggregates (and the console's queues picture) as Beat last computed them
 """
 
 from ragcore.tasks.ledger.history import CURSOR_PATTERN, decode_cursor, encode_cursor, history
@@ -26,7 +27,13 @@ from ragcore.tasks.ledger.revocation import (
     revoke,
     revoked_ids,
 )
-from ragcore.tasks.ledger.window import Durations, Window, last_success, window
+from ragcore.tasks.ledger.window import (
+    DURATION_BOUNDS,
+    Durations,
+    Window,
+    last_success,
+    window,
+)
 from ragcore.tasks.ledger.writer import (
     Writer,
     flush,
@@ -38,6 +45,7 @@ from ragcore.tasks.ledger.writer import (
 
 __all__ = [
     "CURSOR_PATTERN",
+    "DURATION_BOUNDS",
     "MAX_REVOKED_IDS",
     "claim_start",
     "revoke",

@@ -13,6 +13,9 @@ from sqlalchemy.orm import Session
 from ragcore.db.models import TaskRecord
 from ragcore.tasks.states import TaskState
 
+#: Upper bounds (seconds) of the task duration buckets: sub-second notifications to hour-long syncs.
+DURATION_BOUNDS = (0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0)
+
 
 def last_success(session: Session, name: str) -> TaskRecord | None:
     """The most recently sent run of task `name` that succeeded (its result, when it finished)."""
