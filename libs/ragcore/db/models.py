@@ -314,7 +314,7 @@ class LedgerSnapshot(Base):
     one row per aggregate, read by the API instead of aggregating the window per request."""
 
     __tablename__ = "ledger_snapshots"
-    #: Which aggregate: "window" (/metrics' counts and durations) or "activity" (the queues picture).
+    #: Which aggregate: "window" (/metrics' counts and durations), "activity" (the queues picture).
     name: Mapped[str] = mapped_column(String(32), primary_key=True)
     #: The `now` it was computed for (Beat's clock): its age is how stale the figures are.
     computed_at: Mapped[datetime]

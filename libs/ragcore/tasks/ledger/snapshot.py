@@ -78,8 +78,11 @@ def refresh(session: Session, window_seconds: int, now: datetime) -> None:
     _store(session, WINDOW, now, _window_params(window_seconds), dataclasses.asdict(counts))
     figures = {
         "queues": {
-            name: {"ends": [e.isoformat() for e in a.ends], "waiting": a.waiting,
-                   "finished": a.finished}
+            name: {
+                "ends": [e.isoformat() for e in a.ends],
+                "waiting": a.waiting,
+                "finished": a.finished,
+            }
             for name, a in queues.items()
         }
     }
