@@ -7,13 +7,15 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import delete
 
 from api.conftest import ADMIN, QUERY
 from api.main import create_app
-from ragcore.db import session_scope
-from ragcore.db.models import DeadLetter, TaskRecord
+from ragcore.db import session_scope, utcnow
+from ragcore.db.models import DeadLetter, LedgerSnapshot, TaskRecord
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts, dispatch
+from ragcore.tasks.ledger import snapshot
 from ragcore_dev.processes import wait_until
 
 PAGES = (
@@ -214,6 +216,28 @@ def test_the_pictures_draw_each_queue_and_each_finished_tasks_durations(
     durations = signed_in.get("/console/charts/durations.svg").text
     assert ">cleanup_old_cache</text>" in durations and "1 runs, mean 0.30s" in durations
     assert "1 took up to 0.5s" in durations
+
+
+def test_the_pictures_are_drawn_from_beats_snapshot_while_it_is_recent(
+    signed_in: TestClient,
+) -> None:
+    settings = get_settings()
+    with session_scope() as session:
+        snapshot.refresh(session, settings.metrics_window_seconds, utcnow())  # Beat's round
+    task_id = dispatch.send(signed_in.app.state.celery, contracts.CLEANUP_OLD_CACHE)  # type: ignore[attr-defined]
+    with session_scope() as session:
+        record = session.get(TaskRecord, task_id)
+        assert record is not None
+        record.state, record.run_seconds = "SUCCESS", 0.3
+        record.started_at = record.finished_at = record.sent_at
+    durations = signed_in.get("/console/charts/durations.svg")
+    assert "No task finished in the last hour." in durations.text  # as the snapshot saw it
+    assert durations.headers["cache-control"] == "private, max-age=10"
+    assert "no task sent in the last hour" in signed_in.get("/console/charts/queues.svg").text
+    with session_scope() as session:
+        session.execute(delete(LedgerSnapshot))  # no Beat: aggregated for the request
+    assert "1 runs, mean 0.30s" in signed_in.get("/console/charts/durations.svg").text
+    assert "1 finished" in signed_in.get("/console/charts/queues.svg").text
 
 
 def test_a_dead_letter_is_listed_counted_and_discarded_after_a_confirmation(

@@ -50,6 +50,8 @@ def test_a_sent_task_counts_in_its_queue_and_in_the_ledger_window(client: TestCl
     assert samples[("ragcore_queue_consumers", (("queue", "cleanup"),))] == 0
     name = contracts.CLEANUP_OLD_CACHE.name
     assert samples[("ragcore_tasks", (("name", name), ("state", "PENDING")))] == 1
+    # no Beat here: the window aggregated for this scrape, so current
+    assert samples[("ragcore_ledger_window_age_seconds", ())] == 0
 
 
 def test_a_waiting_delivery_counts_with_its_age_per_neighbour(client: TestClient) -> None:
