@@ -29,7 +29,7 @@ def test_prod_refuses_a_placeholder_key_naming_it_and_the_recipe(entry: str) -> 
 
 def test_prod_accepts_hashed_and_long_plain_keys() -> None:
     settings = Settings(environment="prod", api_keys={REAL_HASH: "admin", "p" * 32: "query"})
-    assert set(settings.api_keys) == {REAL_HASH, "p" * 32}
+    assert set(settings.api.keys) == {REAL_HASH, "p" * 32}
 
 
 def test_dev_keeps_its_short_development_keys() -> None:
@@ -50,9 +50,9 @@ def test_with_sentinels_each_redis_url_names_every_sentinel_keeping_db_and_passw
         cache_url="redis://ignored/3",
         redis_sentinels="s1:26379, s2:26380",
     )
-    assert settings.broker == "sentinel://:s%40cret@s1:26379/0;sentinel://:s%40cret@s2:26380/0"
-    assert settings.cache == "sentinel://s1:26379/3;sentinel://s2:26380/3"
-    assert settings.sentinel_nodes == [("s1", 26379), ("s2", 26380)]
+    assert settings.redis.broker == "sentinel://:s%40cret@s1:26379/0;sentinel://:s%40cret@s2:26380/0"
+    assert settings.redis.cache == "sentinel://s1:26379/3;sentinel://s2:26380/3"
+    assert settings.redis.sentinel_nodes == [("s1", 26379), ("s2", 26380)]
     assert Settings(redis_sentinels="").broker == Settings().broker == Settings().redis_url
 
 

@@ -20,7 +20,7 @@ from ragcore.db import session_scope, utcnow
 from ragcore.deliveries import deliver
 from ragcore.settings import get_settings
 from ragcore.tasks import contracts
-from ragcore.tasks.app import PermanentTaskError, define_task
+from ragcore.tasks.app import PermanentTaskError, app_settings, define_task
 from ragcore.tasks.arguments import QueryResultArgs, SystemNotificationArgs, UsageStatisticsArgs
 from ragcore.tasks.locks import lock_client, periodic_lock
 from services.notifications import usage
@@ -28,12 +28,12 @@ from services.notifications import usage
 
 def http_client() -> httpx.Client:
     """The process's client (one per prefork child); benchmarks swap this for their baseline."""
-    return shared_http_client(get_settings())
+    return shared_http_client(get_settings().neighbours)
 
 
 def users() -> UsersClient:
     settings = get_settings()
-    return UsersClient(http_client(), settings.users_url, settings.users_token)
+    return UsersClient(http_client(), settings.neighbours.users_url, settings.neighbours.users_token)
 
 
 def send_query_result_to_users(self: Task, args: QueryResultArgs) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def send_usage_statistics(self: Task, args: UsageStatisticsArgs) -> dict[str, An
     them from the record.
     """
     latest = usage.latest_reportable_hour(
-        utcnow(), timedelta(seconds=get_settings().usage_report_lag_seconds)
+        utcnow(), timedelta(seconds=app_settings(self.app).neighbours.usage_report_lag_seconds)
     )
     if args.period_start is None:
         with session_scope() as session:
@@ -83,7 +83,9 @@ def _report_hour(self: Task, start: datetime, again: bool) -> dict[str, Any] | N
     task = contracts.SEND_USAGE_STATISTICS
     pinned = {"period_start": start.isoformat()}  # what a re-drive of this hour sends
     with periodic_lock(
-        lock_client(), f"{task.name}:{start.isoformat()}", ttl=task.time_limit
+        lock_client(app_settings(self.app).redis),
+        f"{task.name}:{start.isoformat()}",
+        ttl=task.time_limit,
     ) as acquired:
         if not acquired:
             return None

@@ -42,7 +42,7 @@ def document_lock(document_id: str) -> AbstractContextManager[bool]:
     """The lock an event holds while it applies one document; False: someone else holds it."""
     # On the broker's Redis, which never evicts: a lock an evicting cache dropped would let two
     # runs in.
-    return periodic_lock(lock_client(), lock_name(document_id), ttl=LOCK_SECONDS)
+    return periodic_lock(lock_client(get_settings().redis), lock_name(document_id), ttl=LOCK_SECONDS)
 
 
 class DocumentsBusy(RetryLater):
@@ -56,7 +56,7 @@ def fresh_chunks(chunks: list[Chunk]) -> Iterator[tuple[list[Chunk], list[Chunk]
     a full sync's removal keeps what the event wrote."""
     documents = sorted({c.document_id for c in chunks})
     deadline = time.monotonic() + PAGE_WAIT_SECONDS
-    client = lock_client()
+    client = lock_client(get_settings().redis)
     while True:
         with all_locks(client, [lock_name(d) for d in documents], ttl=LOCK_SECONDS) as acquired:
             if acquired:

@@ -26,9 +26,8 @@ from ragcore.clients.ingest import Page
 from ragcore.db import session_scope
 from ragcore.db.models import FullSyncPage
 from ragcore.query.cache import bump_data_version
-from ragcore.settings import get_settings
 from ragcore.tasks import contracts, ledger
-from ragcore.tasks.app import will_retry
+from ragcore.tasks.app import app_settings, will_retry
 from ragcore.tasks.arguments import NoArgs
 from ragcore.tasks.states import TaskState
 from services.sync.copier import CopyReport, copy_pages
@@ -95,6 +94,7 @@ class FullSyncRun:
 
     def __init__(self, task: Task) -> None:
         self.task = task
+        self.settings = app_settings(task.app)
         self.task_id: str = task.request.id
         self.resumed = load_checkpoint(self.task_id)
         self.generation = self.resumed.generation if self.resumed.pages else begin_generation()
@@ -106,7 +106,7 @@ class FullSyncRun:
         self.cursor = self.resumed.cursor
         #: Set when the worker stops: fetch no more, write what is fetched, hand back.
         self.halt = threading.Event()
-        self._broker = broker_client(get_settings().broker)
+        self._broker = broker_client(self.settings.redis)
         self._reported = -PROGRESS_SECONDS
 
     def run(self) -> dict[str, Any]:
@@ -143,7 +143,9 @@ class FullSyncRun:
         pages = (
             iter(())
             if self.resumed.finished_copy
-            else ingest().iter_pages(limit=get_settings().sync_batch_size, cursor=self.cursor)
+            else ingest().iter_pages(
+                limit=self.settings.neighbours.sync_batch_size, cursor=self.cursor
+            )
         )
         try:
             return copy_pages(
@@ -203,7 +205,7 @@ class FullSyncRun:
         self.task.update_state(state=TaskState.PENDING, meta=waiting)
         # Back in its queue without a publish: waiting again, so no reconciler sends it twice.
         held.mark_published(
-            broker_client(get_settings().broker),
+            broker_client(self.settings.redis),
             contracts.TRIGGER_FULL_SYNC.queue.value,
             [self.task_id],
         )

@@ -31,9 +31,9 @@ def store() -> VectorStore:
 def ingest() -> IngestClient:
     settings = get_settings()
     return IngestClient(
-        shared_http_client(settings),
-        settings.ingest_url,
-        settings.ingest_token,
+        shared_http_client(settings.neighbours),
+        settings.neighbours.ingest_url,
+        settings.neighbours.ingest_token,
         breaker(contracts.INGEST, settings),
     )
 

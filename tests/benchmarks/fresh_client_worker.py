@@ -21,7 +21,7 @@ def fresh_client() -> httpx.Client:
     """A new client per call, the previous one closed (else its sockets would pile up)."""
     while _previous:
         _previous.pop().close()
-    client = make_http_client(get_settings())
+    client = make_http_client(get_settings().neighbours)
     _previous.append(client)
     return client
 

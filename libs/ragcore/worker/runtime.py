@@ -133,7 +133,7 @@ class _Monitor:
         # loop runs, and the heartbeat thread beats only while it does (a wedged loop that would
         # consume nothing must not look alive to the peers that re-queue a lost worker's tasks).
         consumer.timer.call_repeatedly(
-            min(1.0, get_settings().worker_heartbeat_seconds), self._loop_ran
+            min(1.0, get_settings().workers.heartbeat_seconds), self._loop_ran
         )
         self._static = {
             "queue": self.queue.value,
@@ -168,7 +168,7 @@ class _Monitor:
                 log.warning("could not remove this worker's heartbeat", exc_info=True)
 
     def _client(self) -> Any:
-        return broker_client(get_settings().broker)
+        return broker_client(get_settings().redis)
 
     def _loop_ran(self) -> None:
         self._loop_ran_at = time.monotonic()
@@ -192,7 +192,7 @@ class _Monitor:
 
     def beat(self) -> None:
         settings = get_settings()
-        if not self.loop_runs(settings.worker_heartbeat_seconds):
+        if not self.loop_runs(settings.workers.heartbeat_seconds):
             return
         client = self._client()
         fields = {
@@ -206,10 +206,10 @@ class _Monitor:
             self._hostname,
             [self.queue.value],
             fields,
-            heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
+            heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds),
         )
         recovery.requeue_lost(
-            self._app, client, self.queue.value, settings.worker_lost_after_seconds, self._hostname
+            self._app, client, self.queue.value, settings.workers.lost_after_seconds, self._hostname
         )
         ids, self._revocations_since = revocation_feed.revocations_since(
             client, self._revocations_since
@@ -253,7 +253,7 @@ class _Monitor:
             return
         if held != self._noted or again:
             recovery.note_reserved(
-                self._client(), self._hostname, held, get_settings().visibility_timeout_seconds
+                self._client(), self._hostname, held, get_settings().redis.visibility_timeout_seconds
             )
             in_flight.note_in_flight(self._client(), self.queue.value, self._hostname, held)
             self._noted = held
@@ -275,7 +275,7 @@ class _Monitor:
             log.info("shutting down: running tasks that can hand themselves back do so")
 
     def _run(self) -> None:
-        interval = get_settings().worker_heartbeat_seconds
+        interval = get_settings().workers.heartbeat_seconds
         next_beat = 0.0
         while True:
             try:
@@ -343,7 +343,7 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     if "--healthcheck" in argv:
         sys.exit(healthcheck(app, queue, argv))
     try:
-        invariants.check(settings, broker_client(settings.broker), service=f"worker {queue.value}")
+        invariants.check(settings, broker_client(settings.redis), service=f"worker {queue.value}")
     except invariants.InvariantError as exc:
         log.critical("%s", exc)
         sys.exit(str(exc))
@@ -353,8 +353,8 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
             "worker",
             f"--queues={queue.value}",
             f"--hostname={queue.value}@%h",
-            f"--concurrency={settings.worker_concurrency.get(queue.value, 1)}",
-            f"--prefetch-multiplier={settings.worker_prefetch.get(queue.value, 1)}",
+            f"--concurrency={settings.workers.concurrency.get(queue.value, 1)}",
+            f"--prefetch-multiplier={settings.workers.prefetch.get(queue.value, 1)}",
             f"--loglevel={settings.log_level}",
             *argv,
         ]
