@@ -55,7 +55,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         concurrent_large=settings.api.max_concurrent_large_bodies,
     )
     # Added before the request-id middleware, so it runs inside it: a 413 carries X-Request-ID too.
-    app.add_middleware(BodyLimit, default=settings.api.max_body_bytes, limits=settings.api.body_limits)
+    app.add_middleware(
+        BodyLimit, default=settings.api.max_body_bytes, limits=settings.api.body_limits
+    )
 
     @app.middleware("http")
     async def request_id(

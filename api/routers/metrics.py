@@ -143,7 +143,8 @@ def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
         tasks.add_metric([name, state], count)
     duration = GaugeHistogramMetricFamily(
         "ragcore_task_duration_seconds",
-        f"Run time of the tasks sent in the last {settings.api.metrics_window_seconds}s that finished",
+        f"Run time of the tasks sent in the last {settings.api.metrics_window_seconds}s "
+        "that finished",
         labels=["name"],
     )
     for d in window.durations:

@@ -157,8 +157,14 @@ def test_a_master_name_the_sentinels_do_not_know_is_refused_naming_the_setting(
 ) -> None:
     settings = _through(sentinels, "mistyped")
     with pytest.raises(invariants.InvariantError, match="RAGCORE_REDIS_SENTINEL_MASTER"):
-        invariants.check(settings, redis_client(settings.redis, settings.redis.broker, read_timeout=1), service="api")
+        invariants.check(
+            settings,
+            redis_client(settings.redis, settings.redis.broker, read_timeout=1),
+            service="api",
+        )
 
 
 def test_sentinels_that_do_not_answer_are_not_judged() -> None:
-    assert invariants.sentinel_problems(Settings(redis=RedisSettings(sentinels="127.0.0.1:1"))) == []
+    assert (
+        invariants.sentinel_problems(Settings(redis=RedisSettings(sentinels="127.0.0.1:1"))) == []
+    )

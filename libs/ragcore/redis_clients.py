@@ -148,7 +148,9 @@ def sentinel_view(redis_settings: RedisSettings) -> tuple[set[str], list[redis.R
     of ours (the brokers a failover may promote). None when none answers, or without Sentinel."""
     if not redis_settings.sentinels:
         return None
-    sentinel = Sentinel(redis_settings.sentinel_nodes, sentinel_kwargs=sentinel_kwargs(redis_settings))
+    sentinel = Sentinel(
+        redis_settings.sentinel_nodes, sentinel_kwargs=sentinel_kwargs(redis_settings)
+    )
     for node in sentinel.sentinels:
         try:
             masters = {str(name) for name in node.sentinel_masters()}

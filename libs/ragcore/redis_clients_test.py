@@ -38,8 +38,12 @@ def test_a_redis_that_accepts_but_never_answers_fails_within_the_read_timeout(
 def test_one_client_per_url_and_timeout_and_every_client_checks_idle_connections(
     silent_server: str,
 ) -> None:
-    assert redis_client(RedisSettings(), silent_server) is redis_client(RedisSettings(), silent_server)
-    assert redis_client(RedisSettings(), silent_server, read_timeout=0.3) is not redis_client(RedisSettings(), silent_server)
+    assert redis_client(RedisSettings(), silent_server) is redis_client(
+        RedisSettings(), silent_server
+    )
+    assert redis_client(RedisSettings(), silent_server, read_timeout=0.3) is not redis_client(
+        RedisSettings(), silent_server
+    )
     options = redis_client(RedisSettings(), silent_server).connection_pool.connection_kwargs
     assert (
         options["socket_timeout"]

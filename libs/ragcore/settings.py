@@ -2,9 +2,14 @@
 
 `Settings` holds one model per concern (`settings.redis`, `settings.workers`, ...), each a
 `BaseSettings` of its own with the `env_prefix` most of its fields share, so every variable keeps
-its flat name (`RAGCORE_REDIS_URL` is `settings.redis.url`); a field outside its model's prefix names
-its variable in `validation_alias`. Functions take the model they use; only the entrypoints call
-`get_settings()` (its docstring lists them).
+its flat name (`RAGCORE_REDIS_URL` is `settings.redis.url`); a field outside its model's prefix
+names its variable in `validation_alias`. Functions take the model they use; only the entrypoints
+call `get_settings()` (its docstring lists them).
+
+Each model's config: no nested delimiter (it would rename the variables `RAGCORE_REDIS__URL`);
+populate_by_name, so that code and tests build a model by field name; extra="forbid", so that a
+keyword of no field (a flat name from before the grouping, `Settings(redis_url=...)`) is refused,
+not ignored.
 """
 
 from __future__ import annotations
@@ -36,18 +41,12 @@ MAKE_KEY = (
 )
 
 
-def _env(prefix: str) -> SettingsConfigDict:
-    # populate_by_name: code and tests build a model by field name; the variables stay flat (no
-    # nested delimiter, which would rename them `RAGCORE_REDIS__URL`). forbid: a keyword of no
-    # field (a flat name from before the grouping, `Settings(redis_url=...)`) is refused, not
-    # ignored.
-    return SettingsConfigDict(env_prefix=prefix, extra="forbid", populate_by_name=True)
-
-
 class RedisSettings(BaseSettings):
     """Broker, result backend and cache: separate databases or servers, or all `url`."""
 
-    model_config = _env("RAGCORE_REDIS_")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_REDIS_", extra="forbid", populate_by_name=True
+    )
 
     url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = Field(None, validation_alias="RAGCORE_BROKER_URL")
@@ -121,7 +120,9 @@ class RedisSettings(BaseSettings):
 class QdrantSettings(BaseSettings):
     """The collection: a server URL (production, or the local stand-in), else a local folder."""
 
-    model_config = _env("RAGCORE_QDRANT_")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_QDRANT_", extra="forbid", populate_by_name=True
+    )
 
     url: str | None = None
     api_key: str | None = None
@@ -136,7 +137,7 @@ class QdrantSettings(BaseSettings):
 class NeighbourSettings(BaseSettings):
     """Ingest and Users (SPEC §5): where, with which token, and how patiently."""
 
-    model_config = _env("RAGCORE_")
+    model_config = SettingsConfigDict(env_prefix="RAGCORE_", extra="forbid", populate_by_name=True)
 
     ingest_url: str = "http://127.0.0.1:7101"
     ingest_token: str | None = None
@@ -161,7 +162,9 @@ class DeliverySettings(BaseSettings):
     waits in failed_deliveries and is re-driven after base * 2^n seconds (capped), for up to the
     window; then it stays failed for an operator."""
 
-    model_config = _env("RAGCORE_DELIVERY_REDRIVE_")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_DELIVERY_REDRIVE_", extra="forbid", populate_by_name=True
+    )
 
     base_seconds: float = Field(30.0, gt=0)
     max_backoff_seconds: float = Field(1800.0, gt=0)
@@ -172,7 +175,7 @@ class ModelSettings(BaseSettings):
     """Query embedding and answer generation: OpenAI-compatible endpoints when set, local
     otherwise."""
 
-    model_config = _env("RAGCORE_")
+    model_config = SettingsConfigDict(env_prefix="RAGCORE_", extra="forbid", populate_by_name=True)
 
     embedding_url: str | None = None
     embedding_model: str = "ragcore-hash-384"
@@ -183,9 +186,12 @@ class ModelSettings(BaseSettings):
 
 
 class TierSettings(BaseSettings):
-    """Per-user limits: tier -> daily query limit, and the 30-day query count that reaches a tier."""
+    """Per-user limits: tier -> daily query limit, and the 30-day query count that reaches a
+    tier."""
 
-    model_config = _env("RAGCORE_TIER_")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_TIER_", extra="forbid", populate_by_name=True
+    )
 
     daily_limits: dict[str, int] = Field(
         default_factory=lambda: {"free": 100, "pro": 1000, "enterprise": 10000}
@@ -207,7 +213,9 @@ class TierSettings(BaseSettings):
 class ApiSettings(BaseSettings):
     """The API process: where it listens, its keys, request bodies, /metrics and the console."""
 
-    model_config = _env("RAGCORE_API_")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_API_", extra="forbid", populate_by_name=True
+    )
 
     host: str = "127.0.0.1"
     port: int = 7001
@@ -250,7 +258,9 @@ class ApiSettings(BaseSettings):
 class WorkerSettings(BaseSettings):
     """Worker processes: how many, how far ahead they reserve, and how they are seen alive."""
 
-    model_config = _env("RAGCORE_WORKER_")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_WORKER_", extra="forbid", populate_by_name=True
+    )
 
     # Worker processes per queue (prefork); each queue's image scales on its own.
     concurrency: dict[str, int] = Field(
@@ -290,7 +300,9 @@ class WorkerSettings(BaseSettings):
 class BeatSettings(BaseSettings):
     """What Beat fires and how often its report relay and re-driver run."""
 
-    model_config = _env("RAGCORE_BEAT_")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_BEAT_", extra="forbid", populate_by_name=True
+    )
 
     # Task name -> when it runs: a 5-field crontab ("0 2 * * *") or an interval in seconds.
     schedule: dict[str, str] = Field(
@@ -314,9 +326,13 @@ class ReconcileSettings(BaseSettings):
     """Reconciliation (Beat): this often, the ledger's unfinished tasks that the broker no longer
     holds are published again (ragcore.tasks.reconcile)."""
 
-    model_config = _env("RAGCORE_RECONCILE_")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_RECONCILE_", extra="forbid", populate_by_name=True
+    )
 
-    interval_seconds: float = Field(60.0, gt=0, le=3600, validation_alias="RAGCORE_RECONCILE_SECONDS")
+    interval_seconds: float = Field(
+        60.0, gt=0, le=3600, validation_alias="RAGCORE_RECONCILE_SECONDS"
+    )
     # A task is left alone this long after it was sent (or last reconciled): its publish is still
     # in flight, or a worker just took it. Above a heartbeat's lapse, so a worker that was just
     # handed a task has noted it.
@@ -331,7 +347,9 @@ class RetentionSettings(BaseSettings):
     change again go; unfinished tasks, unresolved deliveries and events still to apply stay however
     old they are."""
 
-    model_config = _env("RAGCORE_RETENTION_")
+    model_config = SettingsConfigDict(
+        env_prefix="RAGCORE_RETENTION_", extra="forbid", populate_by_name=True
+    )
 
     # Finished tasks: status and history of the last month (incident reviews span weeks); at a
     # million queries a day (two rows each) that bounds the ledger near 60M rows instead of growing.

@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
-
 from pydantic_settings import BaseSettings
 
 from ragcore.settings import ApiSettings, RedisSettings, Settings

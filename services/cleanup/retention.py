@@ -114,18 +114,14 @@ def apply_retention(sessions: Sessions, now: datetime, keep: RetentionSettings) 
     """Every table's retention (`settings.retention`): rows deleted per table."""
     batch = keep.batch_size
     deleted = {
-        "task_ledger": delete_finished_tasks(
-            sessions, now, keep.task_ledger_days, batch
-        ),
+        "task_ledger": delete_finished_tasks(sessions, now, keep.task_ledger_days, batch),
         "failed_deliveries": delete_resolved_deliveries(
             sessions, now, keep.failed_deliveries_days, batch
         ),
-        "sync_events": delete_done_sync_events(
-            sessions, now, keep.sync_events_days, batch
-        ),
-        "query_cache": delete_old_query_cache(
-            sessions, now, keep.query_cache_days, batch
-        )["deleted"],
+        "sync_events": delete_done_sync_events(sessions, now, keep.sync_events_days, batch),
+        "query_cache": delete_old_query_cache(sessions, now, keep.query_cache_days, batch)[
+            "deleted"
+        ],
     }
     return {"deleted": deleted}
 

@@ -33,7 +33,9 @@ def http_client() -> httpx.Client:
 
 def users() -> UsersClient:
     settings = get_settings()
-    return UsersClient(http_client(), settings.neighbours.users_url, settings.neighbours.users_token)
+    return UsersClient(
+        http_client(), settings.neighbours.users_url, settings.neighbours.users_token
+    )
 
 
 def send_query_result_to_users(self: Task, args: QueryResultArgs) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from ragcore.clients.ingest import Chunk
 from ragcore.clients.transport import RetryLater
 from ragcore.db import session_scope
 from ragcore.db.models import SyncDocument
+from ragcore.settings import get_settings
 from ragcore.tasks.locks import all_locks, lock_client, periodic_lock
 
 #: A crashed holder's document lock frees itself after this. An event or a page's write holds it
@@ -42,7 +43,9 @@ def document_lock(document_id: str) -> AbstractContextManager[bool]:
     """The lock an event holds while it applies one document; False: someone else holds it."""
     # On the broker's Redis, which never evicts: a lock an evicting cache dropped would let two
     # runs in.
-    return periodic_lock(lock_client(get_settings().redis), lock_name(document_id), ttl=LOCK_SECONDS)
+    return periodic_lock(
+        lock_client(get_settings().redis), lock_name(document_id), ttl=LOCK_SECONDS
+    )
 
 
 class DocumentsBusy(RetryLater):

@@ -33,7 +33,9 @@ def update_user_statistics(self: Task, args: UserArgs) -> dict[str, Any]:
     with session_scope() as session:
         result = stats.count_new(session, args.user_id)
         # The tier follows the 30-day count, which just changed: keep it current as queries come in.
-        result["tier"] = tiers.apply_tier(session, args.user_id, app_settings(self.app).tiers, utcnow())["tier"]
+        result["tier"] = tiers.apply_tier(
+            session, args.user_id, app_settings(self.app).tiers, utcnow()
+        )["tier"]
     return result
 
 

@@ -28,7 +28,9 @@ def tier_for(queries: int, thresholds: dict[str, int]) -> str:
     return max(reached)[2]
 
 
-def apply_tier(session: Session, user_id: str, tiers: TierSettings, now: datetime) -> dict[str, Any]:
+def apply_tier(
+    session: Session, user_id: str, tiers: TierSettings, now: datetime
+) -> dict[str, Any]:
     """Count the user's queries of the last 30 days, store the tier they reach and its daily
     limit."""
     queries = (

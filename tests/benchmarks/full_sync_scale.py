@@ -130,7 +130,8 @@ def main() -> None:
             log_level="WARNING",
         ) as stack:
             print(
-                f"{os.cpu_count()} CPUs, shared; batch size {get_settings().neighbours.sync_batch_size}; "
+                f"{os.cpu_count()} CPUs, shared; "
+                f"batch size {get_settings().neighbours.sync_batch_size}; "
                 f"{args.chunks} chunks per document; {args.stale:,} stale points per run"
             )
             for n in args.sizes:

@@ -193,7 +193,10 @@ def test_the_primary_killed_under_queries_fails_over_and_every_answered_report_a
         stack.wait_consuming(f"{queue.value}@test", worker)
     sync = dispatch.send(stack.producer, contracts.SYNC_EMBEDDINGS)
     assert ledger_record(sync, "SUCCESS", "FAILURE", timeout=120).state == "SUCCESS"
-    assert redis_client(get_settings().redis, get_settings().redis.broker).info("server")["tcp_port"] == cluster.primary.port
+    assert (
+        redis_client(get_settings().redis, get_settings().redis.broker).info("server")["tcp_port"]
+        == cluster.primary.port
+    )
 
     queries = [doc.query(k) for doc in ingest.app.corpus.documents().values() for k in range(4)]
     load = Load(api_url, queries)

@@ -224,7 +224,7 @@ def test_cleanup_failed_tasks_removes_failed_results_only_and_the_ledger_keeps_t
 def test_a_periodic_cleanup_skips_while_another_run_holds_its_lock(
     stack: Stack, worker: None, task: TaskContract
 ) -> None:
-    with periodic_lock(lock_client(), task.name, ttl=60) as held:
+    with periodic_lock(lock_client(get_settings().redis), task.name, ttl=60) as held:
         assert held
         assert _run(stack, task) == {"skipped": "already running"}
     assert "skipped" not in _run(stack, task)  # the lock is free again once its holder ends

@@ -32,9 +32,7 @@ COLLECTION = "dependency_errors"
 def qdrant() -> Iterator[Running[QdrantApp]]:
     """A Qdrant holding one chunk, so a query reaches the chat service."""
     with start_qdrant(tempfile.mkdtemp(prefix="qdrant-")) as running:
-        store = VectorStore(
-            Settings(qdrant=QdrantSettings(url=running.url, collection=COLLECTION))
-        )
+        store = VectorStore(Settings(qdrant=QdrantSettings(url=running.url, collection=COLLECTION)))
         store.ensure_collection()
         store.upsert(
             [

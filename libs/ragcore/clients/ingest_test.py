@@ -187,7 +187,10 @@ def test_shared_http_client_is_reused_in_a_process_and_rebuilt_after_fork() -> N
 def test_behind_its_open_breaker_ingest_gets_no_request_and_the_failure_is_retryable(
     ingest: Running[IngestApp],
 ) -> None:
-    with redis_server() as server, make_http_client(NeighbourSettings(http_timeout_seconds=2)) as http:
+    with (
+        redis_server() as server,
+        make_http_client(NeighbourSettings(http_timeout_seconds=2)) as http,
+    ):
         settings = NeighbourSettings(breaker_fail_max=2, breaker_probe_seconds=60)
         client = IngestClient(
             http, ingest.url, TOKEN, Breaker("ingest", redis.Redis.from_url(server.url), settings)

@@ -83,7 +83,9 @@ def test_a_collection_of_another_vector_size_is_refused_clearly(
     store: VectorStore, settings: Settings
 ) -> None:
     other = VectorStore(
-        settings.model_copy(update={"qdrant": settings.qdrant.model_copy(update={"vector_size": 8})}),
+        settings.model_copy(
+            update={"qdrant": settings.qdrant.model_copy(update={"vector_size": 8})}
+        ),
         client=store.client,
     )
     with pytest.raises(

@@ -62,7 +62,9 @@ def record(
                 error=describe(exc),
                 attempts=attempts,
                 status=DeliveryStatus.WAITING if waits else DeliveryStatus.FAILED,
-                next_attempt_at=next_attempt(app_settings(task.app).deliveries, now, now) if waits else None,
+                next_attempt_at=next_attempt(app_settings(task.app).deliveries, now, now)
+                if waits
+                else None,
                 waiting_since=now if waits else None,
                 traceparent=tracing.current_traceparent(),  # each re-drive's span links to it
             )

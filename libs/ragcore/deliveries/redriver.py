@@ -190,7 +190,9 @@ def redrive_due(
                     row.status, row.next_attempt_at = DeliveryStatus.REDRIVEN, None
                     continue
                 if outcome in UNFINISHED:  # still on its way: one more backoff before another
-                    row.next_attempt_at = next_attempt(settings.deliveries, row.waiting_since or now, now)
+                    row.next_attempt_at = next_attempt(
+                        settings.deliveries, row.waiting_since or now, now
+                    )
                     continue
                 task_id = str(uuid.uuid4())
                 if not closed and not gate.claim_probe(task_id):

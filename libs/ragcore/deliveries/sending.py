@@ -45,7 +45,9 @@ def deliver(
     DeliveryDeferred.
     `payload` is what a re-drive sends: the task's arguments with every idempotency input pinned.
     """
-    gate = gate or (breaker(contract.neighbour, app_settings(task.app)) if contract.neighbour else None)
+    gate = gate or (
+        breaker(contract.neighbour, app_settings(task.app)) if contract.neighbour else None
+    )
     # Celery hands custom message headers to the task as request attributes.
     redrive: int | None = getattr(task.request, REDRIVE_HEADER, None)
     try:

@@ -41,8 +41,12 @@ def make_generator(settings: Settings) -> Generator:
 
 
 def build_service(settings: Settings) -> QueryService:
-    client = redis_client(settings.redis, settings.redis.cache, read_timeout=HOT_CACHE_TIMEOUT_SECONDS)
-    hot = TolerantHotCache(HotCache(client, settings.redis.cache_prefix, settings.redis.cache_ttl_seconds))
+    client = redis_client(
+        settings.redis, settings.redis.cache, read_timeout=HOT_CACHE_TIMEOUT_SECONDS
+    )
+    hot = TolerantHotCache(
+        HotCache(client, settings.redis.cache_prefix, settings.redis.cache_ttl_seconds)
+    )
     return QueryService(
         settings, VectorStore(settings), make_embedder(settings), make_generator(settings), hot
     )

@@ -54,7 +54,9 @@ def usage(session: Session, user_id: str, settings: Settings, now: datetime) -> 
     user = session.get(User, user_id)
     if user is None:
         return Usage(
-            settings.tiers.daily_limits[settings.tiers.default], 0, next_reset(now, settings.timezone)
+            settings.tiers.daily_limits[settings.tiers.default],
+            0,
+            next_reset(now, settings.timezone),
         )
     if user.limit_reset_at is None or user.limit_reset_at <= now:
         return Usage(user.daily_limit, 0, next_reset(now, settings.timezone))

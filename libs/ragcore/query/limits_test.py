@@ -20,7 +20,9 @@ def _user(session: Session, user_id: str) -> User:
 
 
 def settings() -> Settings:
-    return Settings(tiers=TierSettings(daily_limits={"free": 2, "pro": 5}, thresholds={"free": 0, "pro": 10}))
+    return Settings(
+        tiers=TierSettings(daily_limits={"free": 2, "pro": 5}, thresholds={"free": 0, "pro": 10})
+    )
 
 
 def test_next_reset_is_the_next_midnight_in_the_configured_zone() -> None:

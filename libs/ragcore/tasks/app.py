@@ -185,7 +185,9 @@ def define_task(
                 raise PermanentTaskError(f"invalid arguments for {contract.name}: {exc}") from None
             if not contract.exclusive:
                 return attempt(self, args)
-            with periodic_lock(lock_client(app_settings(app).redis), contract.name, ttl=contract.time_limit) as acquired:
+            with periodic_lock(
+                lock_client(app_settings(app).redis), contract.name, ttl=contract.time_limit
+            ) as acquired:
                 return attempt(self, args) if acquired else dict(contracts.SKIPPED)
 
         def attempt(self: Task, args: Any) -> Any:

@@ -253,7 +253,10 @@ class _Monitor:
             return
         if held != self._noted or again:
             recovery.note_reserved(
-                self._client(), self._hostname, held, get_settings().redis.visibility_timeout_seconds
+                self._client(),
+                self._hostname,
+                held,
+                get_settings().redis.visibility_timeout_seconds,
             )
             in_flight.note_in_flight(self._client(), self.queue.value, self._hostname, held)
             self._noted = held
