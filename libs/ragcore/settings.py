@@ -454,5 +454,7 @@ def get_settings() -> Settings:
     `ragcore.worker.runtime.run`), Beat (`services/beat/main.py`), the API's `main` and
     `create_app` (routes read `app.state.settings` through `api.deps`), `ragcore.db.migrate`'s CLI
     and Alembic's env, and the Celery app factory (`ragcore.tasks.app`), whose tasks read the
-    settings their app was made with (`app_settings`)."""
+    settings their app was made with (`app_settings`). Two more read it where no app reaches: the
+    default database of `ragcore.db.session` and the broker of the publish hook in
+    `ragcore.broker.held` (a Celery signal, sent without its app)."""
     return Settings()

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn
 
 from celery import Task
@@ -98,7 +99,7 @@ class FullSyncRun:
         self.task_id: str = task.request.id
         self.resumed = load_checkpoint(self.task_id)
         self.generation = self.resumed.generation if self.resumed.pages else begin_generation()
-        self.store = store()
+        self.store = store(task.app)
         self.before = self.store.count()
         #: Pages Qdrant applied so far (this run's and the ones it resumed after), and the cursor
         #: after the last of them.
@@ -143,7 +144,7 @@ class FullSyncRun:
         pages = (
             iter(())
             if self.resumed.finished_copy
-            else ingest().iter_pages(
+            else ingest(self.settings).iter_pages(
                 limit=self.settings.neighbours.sync_batch_size, cursor=self.cursor
             )
         )
@@ -155,7 +156,7 @@ class FullSyncRun:
                 on_applied=self.on_applied,
                 halt=self.halt,
                 generation=current_generation,
-                guard=fresh_chunks,
+                guard=partial(fresh_chunks, self.settings.redis),
             )
         except Exception as exc:
             if not will_retry(self.task, contracts.TRIGGER_FULL_SYNC, exc):

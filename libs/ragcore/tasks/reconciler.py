@@ -1,4 +1,5 @@
-"""The reconciler's loop: a round of `ragcore.tasks.reconcile` every `reconcile_seconds`, in Beat.
+"""The reconciler's loop: a round of `ragcore.tasks.reconcile` every `RAGCORE_RECONCILE_SECONDS`,
+in Beat.
 
 In Beat rather than as a periodic task on a worker: the reconciler exists for the moments the
 broker lost its messages, and a Beat-sent task is a message like the others (lost with them, and
