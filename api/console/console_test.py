@@ -157,7 +157,7 @@ def test_sign_out_ends_the_session(signed_in: TestClient) -> None:
 def test_removing_the_admin_key_ends_its_sessions_at_once(signed_in: TestClient) -> None:
     assert signed_in.get("/console").status_code == 200
     settings = signed_in.app.state.settings  # type: ignore[attr-defined]
-    settings.api_keys = {k: v for k, v in settings.api_keys.items() if v != "admin"}
+    settings.api.keys = {k: v for k, v in settings.api.keys.items() if v != "admin"}
     assert signed_in.get("/console", follow_redirects=False).status_code == 303
 
 
@@ -223,7 +223,7 @@ def test_the_pictures_are_drawn_from_beats_snapshot_while_it_is_recent(
 ) -> None:
     settings = get_settings()
     with session_scope() as session:
-        snapshot.refresh(session, settings.metrics_window_seconds, utcnow())  # Beat's round
+        snapshot.refresh(session, settings.api.metrics_window_seconds, utcnow())  # Beat's round
     task_id = dispatch.send(signed_in.app.state.celery, contracts.CLEANUP_OLD_CACHE)  # type: ignore[attr-defined]
     with session_scope() as session:
         record = session.get(TaskRecord, task_id)

@@ -42,8 +42,8 @@ class Overview:
 
 
 def _queues(settings: Settings) -> tuple[redis.Redis, list[depths.QueueStats]]:
-    client = broker_client(settings.broker)
-    ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+    client = broker_client(settings.redis)
+    ttl = heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds)
     return client, depths.all_queue_stats(client, ttl)
 
 
@@ -81,13 +81,16 @@ def read(settings: Settings, session: Session) -> Overview:
 
 def queues_picture(settings: Settings, session: Session) -> str:
     _, stats = _queues(settings)
-    activity, _ = snapshot.recent_activity(session, settings.metrics_snapshot_seconds, utcnow())
+    activity, _ = snapshot.recent_activity(session, settings.api.metrics_snapshot_seconds, utcnow())
     return charts.queues_picture(activity, {s.name: s.depth for s in stats})
 
 
 def durations_picture(settings: Settings, session: Session) -> str:
     window, _ = snapshot.recent_window(
-        session, settings.metrics_window_seconds, settings.metrics_snapshot_seconds, utcnow()
+        session,
+        settings.api.metrics_window_seconds,
+        settings.api.metrics_snapshot_seconds,
+        utcnow(),
     )
     durations = sorted(window.durations, key=lambda d: d.name)
-    return charts.durations_picture(durations, settings.metrics_window_seconds)
+    return charts.durations_picture(durations, settings.api.metrics_window_seconds)

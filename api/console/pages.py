@@ -46,12 +46,12 @@ def _picture(svg: str, refresh_seconds: float) -> Response:
 
 @router.get("/charts/queues.svg")
 def queues_picture(_: ConsoleSession, settings: SettingsDep, db: SessionDep) -> Response:
-    return _picture(overview.queues_picture(settings, db), settings.metrics_snapshot_seconds)
+    return _picture(overview.queues_picture(settings, db), settings.api.metrics_snapshot_seconds)
 
 
 @router.get("/charts/durations.svg")
 def durations_picture(_: ConsoleSession, settings: SettingsDep, db: SessionDep) -> Response:
-    return _picture(overview.durations_picture(settings, db), settings.metrics_snapshot_seconds)
+    return _picture(overview.durations_picture(settings, db), settings.api.metrics_snapshot_seconds)
 
 
 def _moment(value: str | None, field: str) -> datetime | None:

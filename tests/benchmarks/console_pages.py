@@ -114,7 +114,7 @@ def snapshot_state(label: str) -> float | None:
             session.execute(delete(LedgerSnapshot))
             return None
         started = time.perf_counter()
-        snapshot.refresh(session, get_settings().metrics_window_seconds, utcnow())
+        snapshot.refresh(session, get_settings().api.metrics_window_seconds, utcnow())
     return (time.perf_counter() - started) * 1000
 
 

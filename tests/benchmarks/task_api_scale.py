@@ -353,7 +353,7 @@ def refresh_snapshot() -> float:
     """One round of Beat's snapshot thread, timed (seconds)."""
     started = time.monotonic()
     with session_scope() as session:
-        snapshot.refresh(session, get_settings().metrics_window_seconds, utcnow())
+        snapshot.refresh(session, get_settings().api.metrics_window_seconds, utcnow())
     return time.monotonic() - started
 
 

@@ -33,7 +33,7 @@ from ragcore.background import PeriodicThread
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import LedgerSnapshot
 from ragcore.db.outage import Outage
-from ragcore.settings import Settings
+from ragcore.settings import ApiSettings, RedisSettings
 from ragcore.tasks import activity
 from ragcore.tasks.activity import QueueActivity, queue_activity
 from ragcore.tasks.contracts import Queue
@@ -139,19 +139,20 @@ class Snapshotter(PeriodicThread):
 
     A database outage is told by PeriodicThread; a broker outage (the lock's Redis) here."""
 
-    def __init__(self, settings: Settings) -> None:
-        super().__init__("ledger-snapshot", settings.metrics_snapshot_seconds, self.round)
-        self._settings = settings
+    def __init__(self, metrics: ApiSettings, redis_settings: RedisSettings) -> None:
+        super().__init__("ledger-snapshot", metrics.metrics_snapshot_seconds, self.round)
+        self._metrics = metrics
+        self._redis = redis_settings
         self._broker = Outage("ledger-snapshot", "the broker")
 
     def round(self) -> None:
         # The lock frees itself if Beat dies mid-round; a round takes well under a minute.
-        ttl = int(max(60.0, 2 * self._settings.metrics_snapshot_seconds))
+        ttl = int(max(60.0, 2 * self._metrics.metrics_snapshot_seconds))
         try:
-            with periodic_lock(lock_client(self._settings), LOCK, ttl=ttl) as acquired:
+            with periodic_lock(lock_client(self._redis), LOCK, ttl=ttl) as acquired:
                 if acquired:
                     with session_scope() as session:
-                        refresh(session, self._settings.metrics_window_seconds, utcnow())
+                        refresh(session, self._metrics.metrics_window_seconds, utcnow())
         except redis.RedisError as exc:
             self._broker.failed(exc)
             return
