@@ -199,15 +199,19 @@ def test_a_bulk_action_counts_before_it_confirms_and_needs_a_criterion(
     assert refused.status_code == 422 and "give at least one of" in refused.text
 
 
-def test_the_pictures_draw_each_queue_and_each_finished_tasks_durations(
-    signed_in: TestClient,
-) -> None:
-    task_id = dispatch.send(signed_in.app.state.celery, contracts.CLEANUP_OLD_CACHE)  # type: ignore[attr-defined]
+def _a_cleanup_task_ran_for_0_3_seconds(client: TestClient) -> None:
+    task_id = dispatch.send(client.app.state.celery, contracts.CLEANUP_OLD_CACHE)  # type: ignore[attr-defined]
     with session_scope() as session:
         record = session.get(TaskRecord, task_id)
         assert record is not None
         record.state, record.run_seconds = "SUCCESS", 0.3
         record.started_at = record.finished_at = record.sent_at
+
+
+def test_the_pictures_draw_each_queue_and_each_finished_tasks_durations(
+    signed_in: TestClient,
+) -> None:
+    _a_cleanup_task_ran_for_0_3_seconds(signed_in)
     queues = signed_in.get("/console/charts/queues.svg")
     assert queues.headers["content-type"] == "image/svg+xml"
     for queue in contracts.Queue:
@@ -224,12 +228,7 @@ def test_the_pictures_are_drawn_from_beats_snapshot_while_it_is_recent(
     settings = get_settings()
     with session_scope() as session:
         snapshot.refresh(session, settings.api.metrics_window_seconds, utcnow())  # Beat's round
-    task_id = dispatch.send(signed_in.app.state.celery, contracts.CLEANUP_OLD_CACHE)  # type: ignore[attr-defined]
-    with session_scope() as session:
-        record = session.get(TaskRecord, task_id)
-        assert record is not None
-        record.state, record.run_seconds = "SUCCESS", 0.3
-        record.started_at = record.finished_at = record.sent_at
+    _a_cleanup_task_ran_for_0_3_seconds(signed_in)
     durations = signed_in.get("/console/charts/durations.svg")
     assert "No task finished in the last hour." in durations.text  # as the snapshot saw it
     assert durations.headers["cache-control"] == "private, max-age=10"
