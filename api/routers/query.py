@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import State  # pants: no-infer-dep (with fastapi)
 
 from api.auth import QueryKey
@@ -75,7 +75,7 @@ _RESPONSES: Responses = {
 @router.post("", response_model=QueryAnswer, include_in_schema=False)
 def answer_query(
     body: QueryRequest, _: QueryKey, service: ServiceDep
-) -> QueryAnswer | JSONResponse:
+) -> Response:
     """Answer a question from the synced documents; its reports to Users follow in the
     background."""
     with observe_query() as timer:
@@ -103,4 +103,6 @@ def answer_query(
                 status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc.what} is unavailable; try again"
             ) from None
         timer.outcome = Outcome.CACHED if answer.cached else Outcome.ANSWERED
-        return answer
+        # Serialized here, in the pool thread: a returned model would be validated again against
+        # `response_model` (the same model) and serialized on the event loop.
+        return Response(answer.model_dump_json(), media_type="application/json")
