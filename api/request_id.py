@@ -27,9 +27,10 @@ class RequestId:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), ""
-        ) or uuid.uuid4().hex
+        rid = (
+            next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+            or uuid.uuid4().hex
+        )
         # The catch-all error handler runs after this has exited: the id travels on request.state.
         scope.setdefault("state", {})["request_id"] = rid
         status = 500  # what the generic handler answers, outside this, if the app raises

@@ -73,9 +73,7 @@ _RESPONSES: Responses = {
 
 @router.post("/", response_model=QueryAnswer, responses=_RESPONSES)
 @router.post("", response_model=QueryAnswer, include_in_schema=False)
-def answer_query(
-    body: QueryRequest, _: QueryKey, service: ServiceDep
-) -> Response:
+def answer_query(body: QueryRequest, _: QueryKey, service: ServiceDep) -> Response:
     """Answer a question from the synced documents; its reports to Users follow in the
     background."""
     with observe_query() as timer:

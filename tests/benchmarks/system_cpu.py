@@ -6,10 +6,10 @@
 Starts the embedded default stack (`deploy/local/up` on ports of its own, a temporary state folder:
 SQLite, the stack's Redis, the Qdrant stand-in), syncs `--documents` × `--chunks` chunks, then loads
 it as tests.benchmarks.load does (locust, `--users` closed-loop clients, nearly every query a cache
-miss). Each part's CPU time (user + system, its process and its children: a worker's pool) is read
-before the load and again once every report was delivered, so the deliveries the load caused are
-counted; the idle cost of each part over the same window (measured just before the load) is shown
-beside it.
+miss). Each part's CPU time (user + system of its process and its children, a worker's pool, from
+/proc/<pid>/stat) is read before the load and again once every report was delivered, so the
+deliveries the load caused are counted; each part's idle CPU, read over 5 s just before the load, is
+shown beside it.
 
 Prints per part: CPU ms per answered query, idle CPU ms per second; the total; q/s, p50, p99; and
 whether Users received each query's report once and the user worker counted every message in the
@@ -24,6 +24,7 @@ read that run's table as indicative only.
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import subprocess
 import tempfile
@@ -33,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import psutil
 
 from ragcore_dev.processes import wait_until
 from tests.benchmarks.load import (
@@ -51,25 +51,38 @@ from tests.benchmarks.load import (
 #: Idle CPU is read over this long before the load.
 IDLE_SECONDS = 5.0
 STATISTICS_TIMEOUT = 120
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid` and its live descendants, plus what its reaped children used."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command (which may hold spaces), or None."""
     try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone
+        return None
+    return text[text.rindex(")") + 2 :].split()
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            tree.setdefault(int(fields[1]), []).append(int(entry.name))  # fields[1]: ppid
+    return tree
+
+
+def cpu_seconds(pid: int, tree: dict[int, list[int]]) -> float:
+    """User + system CPU of `pid` and its live descendants, plus what their reaped children used."""
+    ticks = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        fields = _stat(current)
+        if fields is None:
             continue
-        total += times.user + times.system
-        if process is root:
-            total += times.children_user + times.children_system
-    return total
+        ticks += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+        todo += tree.get(current, [])
+    return ticks / CLOCK_TICKS
 
 
 def parts(state: Path) -> dict[str, int]:
@@ -82,7 +95,8 @@ def parts(state: Path) -> dict[str, int]:
 
 
 def snapshot(pids: dict[str, int]) -> dict[str, float]:
-    return {name: cpu_seconds(pid) for name, pid in pids.items()}
+    tree = _children()
+    return {name: cpu_seconds(pid, tree) for name, pid in pids.items()}
 
 
 def uncounted_messages(database: Path, run: str) -> int:
@@ -124,8 +138,9 @@ def table(result: Result) -> str:
         )
     lines.append(f"{'total':<22} {sum(result.busy.values()) * 1000 / n:>12.2f}")
     lines.append(
-        f"answered {result.answered} (errors {result.failures}) in a {result.window_s:.1f} s window;"
-        f" {result.rps:.1f} q/s, p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms"
+        f"answered {result.answered} (errors {result.failures})"
+        f" in a {result.window_s:.1f} s window; {result.rps:.1f} q/s,"
+        f" p50 {result.p50_ms:.0f} ms, p99 {result.p99_ms:.0f} ms"
         f" (p99/p50 {result.p99_ms / max(result.p50_ms, 1e-9):.1f})"
     )
     lines.append(
@@ -151,7 +166,7 @@ def top_functions(raw: Path, count: int = 25) -> str:
         for frame in set(frames):
             inclusive[frame] += n
     total = max(total, 1)
-    lines = [f"py-spy: {total} samples of the API (all threads, idle excluded)", "inclusive:"]
+    lines = [f"py-spy --gil: {total} samples of the API", "inclusive:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(count)]
     lines.append("own:")
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(count)]
@@ -194,6 +209,7 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
                     "100",
                     "--format",
                     "raw",
+                    "--gil",  # the thread holding the GIL: where the Python CPU goes
                     "--output",
                     args.profile_api,
                 ],

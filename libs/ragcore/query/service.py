@@ -235,10 +235,10 @@ class QueryService:
     ) -> None:
         limits.consume(session, request.user_id, self._settings, now, lookup.user_known)
         _open_conversation(session, request, answer, now)
-        # Core INSERTs of the tables (here and below): the ORM's unit of work and bulk paths cost
-        # more CPU than the statements themselves, and nothing reads these rows back.
-        session.execute(
-            insert(Message.__table__).values(
+        # INSERTs on the session's connection (here and below): the ORM's unit of work and bulk
+        # paths cost more CPU than the statements themselves, and nothing reads these rows back.
+        session.connection().execute(
+            insert(Message).values(
                 id=answer.message_id,
                 conversation_id=answer.conversation_id,
                 user_id=request.user_id,
@@ -260,8 +260,8 @@ def _open_conversation(
 ) -> None:
     """Start the answer's conversation, or mark the open one it continues as updated."""
     if request.conversation_id is None:
-        session.execute(
-            insert(Conversation.__table__).values(
+        session.connection().execute(
+            insert(Conversation).values(
                 id=answer.conversation_id,
                 user_id=request.user_id,
                 created_at=now,
@@ -303,8 +303,8 @@ def _cache_answer(
             .execution_options(synchronize_session=False)
         )
         return
-    session.execute(
-        insert_for(session)(QueryCacheEntry.__table__)
+    session.connection().execute(
+        insert_for(session)(QueryCacheEntry)
         .values(
             cache_key=lookup.key,
             data_version=lookup.version,
