@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ragcore.db import insert_for, rows_affected
 from ragcore.db.models import User
-from ragcore.settings import Settings
+from ragcore.settings import Settings, TierSettings
 
 
 class LimitExceeded(Exception):
@@ -57,7 +57,9 @@ def usage(session: Session, user_id: str, settings: Settings, now: datetime) -> 
 def _usage_of(user: User | None, settings: Settings, now: datetime) -> Usage:
     if user is None:
         return Usage(
-            settings.tier_daily_limits[settings.default_tier], 0, next_reset(now, settings.timezone)
+            settings.tiers.daily_limits[settings.tiers.default],
+            0,
+            next_reset(now, settings.timezone),
         )
     if user.limit_reset_at is None or user.limit_reset_at <= now:
         return Usage(user.daily_limit, 0, next_reset(now, settings.timezone))
@@ -74,16 +76,16 @@ def check(session: Session, user_id: str, settings: Settings, now: datetime) -> 
     return user is not None
 
 
-def ensure_user(session: Session, user_id: str, settings: Settings) -> None:
+def ensure_user(session: Session, user_id: str, tiers: TierSettings) -> None:
     """Create the user in the default tier with that tier's limit, unless it exists."""
     insert = insert_for(session)
-    tier = settings.default_tier
+    tier = tiers.default
     session.execute(
         insert(User)
         .values(
             user_id=user_id,
             tier=tier,
-            daily_limit=settings.tier_daily_limits[tier],
+            daily_limit=tiers.daily_limits[tier],
             queries_today=0,
         )
         .on_conflict_do_nothing(index_elements=["user_id"])
@@ -99,7 +101,7 @@ def consume(
     One conditional UPDATE, so concurrent queries of one user can never overshoot the limit.
     """
     if not known:
-        ensure_user(session, user_id, settings)
+        ensure_user(session, user_id, settings.tiers)
     expired = _expired(now)
     # On the session's connection, past the ORM's bulk UPDATE path (nothing to synchronize: no
     # loaded User is written back), which cost more CPU than the statement.
