@@ -149,9 +149,7 @@ def test_reserved_messages_whose_note_was_lost_run_when_their_worker_returns_und
         one_process = {"users_url": users.url, "worker_concurrency": '{"notifications": 1}'}
         worker = stack.start_worker(Queue.NOTIFICATIONS, name="orphans", **one_process)
         # One task runs; the reports wait behind it, reserved (prefetch 4), in `unacked`.
-        running = dispatch.send(
-            stack.producer, CANARIES[Queue.NOTIFICATIONS], {"sleep_seconds": 8}
-        )
+        running = dispatch.send(stack.producer, CANARIES[Queue.NOTIFICATIONS], {"sleep_seconds": 8})
         message_ids = [f"msg-{uuid.uuid4()}" for _ in range(3)]
         reports = [
             dispatch.send(stack.producer, contracts.SEND_QUERY_RESULT, _query_result(message_id))
@@ -184,7 +182,7 @@ def test_reserved_messages_whose_note_was_lost_run_when_their_worker_returns_und
             "orphaned_unacked"
         }
         assert "orphaned_unacked" in beat.logs()
-        print(f"reports a killed worker had reserved, its note lost, arrived {healed:.1f}s after the kill")
+        print(f"reserved reports whose note was lost arrived {healed:.1f}s after the kill")
         beat.stop()
 
 

@@ -173,7 +173,10 @@ def move_back(
 def forget_delivery(client: redis.Redis, tag: str) -> None:
     """Remove the `unacked` entry `tag` without re-queueing it (as kombu's ack does): for a message
     whose task ended, or was retried, and whose acknowledgement never reached this Redis."""
-    client.pipeline().zrem(Channel.unacked_index_key, tag).hdel(Channel.unacked_key, tag).execute()
+    pipe = client.pipeline()
+    pipe.zrem(Channel.unacked_index_key, tag)
+    pipe.hdel(Channel.unacked_key, tag)
+    pipe.execute()
 
 
 def reserved_note_key(hostname: str) -> str:

@@ -175,7 +175,9 @@ def _restore_orphans(
     if not old:
         return Counter()
     noted = held.held_by(client, heartbeats.beating_since(client, older_than))
-    orphans = [d for d in held.deliveries(client, [tag for tag, _ in old]) if d.task_id not in noted]
+    orphans = [
+        d for d in held.deliveries(client, [tag for tag, _ in old]) if d.task_id not in noted
+    ]
     if not orphans:
         return Counter()
     with sessions() as session:
