@@ -10,9 +10,9 @@ until it is acknowledged. The set lives in the broker's Redis: a Redis that lose
 set with the messages, so the two stay in agreement; the id is added before the push, so a replica
 that has the message has its id too.
 
-A message can also return to its queue without a publish: a warm shutdown or a lapsed worker's
-claim hands reserved messages back. Both mark their ids published again, and so does the
-reconciler when it moves back an `unacked` entry nobody holds (`move_back`).
+A message can also return to its queue without a publish: a warm shutdown, a lapsed worker's
+claim, a worker's hand-back once it reconnects, and the reconciler taking back an `unacked` entry
+nobody holds. Each marks its ids published again (the last three in `move_back`'s transaction).
 """
 
 from __future__ import annotations
@@ -138,9 +138,7 @@ def deliveries(client: redis.Redis, tags: list[str]) -> list[Delivery]:
     return out
 
 
-def move_back(
-    channel: Any, tag: str, task_id: str, routing_key: str, record: str | None = None
-) -> bool:
+def move_back(channel: Any, tag: str, task_id: str, record: str | None = None) -> bool:
     """Move the `unacked` entry `tag` back to its queue, unless it went meanwhile: kombu's
     `QoS.restore_by_tag` (the same steps, through the same channel methods) with the waiting mark
     in its transaction, watching `unacked`, so that of two callers racing one moves it, once. With
@@ -155,14 +153,14 @@ def move_back(
         if raw is None or (record is not None and not pipe.sismember(record, task_id)):
             moved = False  # acknowledged meanwhile, or re-queued by an earlier claim
             return
+        message, exchange, routing_key = orjson.loads(raw)
         pipe.multi()
         if record is not None:
             pipe.srem(record, task_id)
         # back in its queue without a publish: waiting again
         mark_published(pipe, routing_key, [task_id])
         qos._remove_from_indices(tag, pipe)
-        message, exchange, key = orjson.loads(raw)
-        channel._do_restore_message(message, exchange, key, pipe)
+        channel._do_restore_message(message, exchange, routing_key, pipe)
         moved = True
 
     watched = (qos.unacked_key, record) if record is not None else (qos.unacked_key,)

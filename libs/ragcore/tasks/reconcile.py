@@ -198,7 +198,7 @@ def _restore_orphans(
             if state in FINISHED or retries > delivery.retries:
                 held.forget_delivery(client, delivery.tag)
                 forgotten += 1
-            elif held.move_back(channel, delivery.tag, delivery.task_id, delivery.queue):
+            elif held.move_back(channel, delivery.tag, delivery.task_id):
                 restored.append(delivery)
     if forgotten:
         log.info("removed %d `unacked` entries of tasks ended or retried since", forgotten)

@@ -74,10 +74,10 @@ def restore(channel: Any, task_ids: set[str], record: str | None = None) -> list
     """
     restored: list[str] = []
     for tag, raw in channel.client.hscan_iter(channel.qos.unacked_key):
-        message, _, routing_key = orjson.loads(raw)
+        message, _, _ = orjson.loads(raw)
         task_id = message.get("headers", {}).get("id")
         if task_id in task_ids and broker_held.move_back(
-            channel, tag.decode() if isinstance(tag, bytes) else tag, task_id, routing_key, record
+            channel, tag.decode() if isinstance(tag, bytes) else tag, task_id, record
         ):
             restored.append(task_id)
     return restored
