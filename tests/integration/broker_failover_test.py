@@ -179,13 +179,6 @@ def stack(ingest: Running[IngestApp], users: Running[UsersApp]) -> Iterator[Stac
         yield running
 
 
-# Known open (issue 25, point 5), seen once in eight runs: `unacked` entries of a connection the
-# failover closed, of a worker that was restarted under its own name, wait for kombu's visibility
-# timeout (the reconciler takes them as held). Reported, not hidden: XFAIL or XPASS in the output,
-# the figures printed either way.
-@pytest.mark.xfail(
-    strict=False, reason="issue 25.5: a failover can strand a report until the visibility timeout"
-)
 def test_the_primary_killed_under_queries_fails_over_and_every_answered_report_arrives_once(
     stack: Stack, ingest: Running[IngestApp], users: Running[UsersApp]
 ) -> None:
