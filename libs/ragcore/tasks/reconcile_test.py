@@ -22,7 +22,7 @@ from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings, get_settings
 from ragcore.tasks import contracts
 from ragcore.tasks.app import create_app
-from ragcore.tasks.reconcile import Reason, counts, reconcile_round
+from ragcore.tasks.reconcile import Reason, RoundResult, counts, reconcile_round
 from ragcore.worker import recovery
 from ragcore_dev.servers import redis_server
 
@@ -61,18 +61,25 @@ def _published(client: redis.Redis) -> list[str]:
     return [orjson.loads(raw)["headers"]["id"] for raw in client.lrange("notifications", 0, -1)]
 
 
-def test_a_lost_task_is_published_again_once_when_two_reconcilers_race(
-    broker: tuple[redis.Redis, Celery, Settings], sessions: Sessions
-) -> None:
-    client, app, settings = broker
-    _sent_an_hour_ago(sessions, "lost-1")
+def _racing_rounds(
+    client: redis.Redis, app: Celery, settings: Settings, sessions: Sessions
+) -> list[RoundResult]:
+    """Two reconcilers' rounds at once."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        rounds = list(
+        return list(
             pool.map(
                 lambda _: reconcile_round(app, settings, client=client, sessions=sessions),
                 range(2),
             )
         )
+
+
+def test_a_lost_task_is_published_again_once_when_two_reconcilers_race(
+    broker: tuple[redis.Redis, Celery, Settings], sessions: Sessions
+) -> None:
+    client, app, settings = broker
+    _sent_an_hour_ago(sessions, "lost-1")
+    rounds = _racing_rounds(client, app, settings, sessions)
     assert _published(client) == ["lost-1"]
     assert sum(sum(r.acted.values()) for r in rounds) == 1
     with sessions() as session:
@@ -155,13 +162,7 @@ def test_unacked_entries_nobody_holds_go_back_once_and_held_or_young_ones_stay(
     _received(app, ["young"])  # its worker may not have noted it yet
     heartbeats.record_worker(client, "w@a", ["notifications"], {}, 15, now=time.time())
     recovery.note_reserved(client, "w@a", ["noted"], 3600)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        rounds = list(
-            pool.map(
-                lambda _: reconcile_round(app, settings, client=client, sessions=sessions),
-                range(2),
-            )
-        )
+    rounds = _racing_rounds(client, app, settings, sessions)
     assert _published(client) == ["orphan"]
     # an ended task's entry is a lost acknowledgement, a retried one's a superseded message
     assert _unacked(client) == {"noted", "young"}
