@@ -103,8 +103,8 @@ class RoundResult:
 
 def settle_seconds(settings: Settings) -> float:
     """How long a Redis that lost its data is left for live workers to beat and note again."""
-    return heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds) + (
-        settings.worker_heartbeat_seconds
+    return heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds) + (
+        settings.workers.heartbeat_seconds
     )
 
 
@@ -116,21 +116,27 @@ def reconcile_round(
     sessions: Sessions = session_scope,
 ) -> RoundResult:
     """One round (see the module docstring)."""
-    client = client or broker_client(settings.broker)
+    client = client or broker_client(settings.redis)
     now = time.time()
     client.set(_SINCE_KEY, now, nx=True)
     if now - float(client.get(_SINCE_KEY) or now) < settle_seconds(settings):
         return RoundResult(settling=True)
     for q in contracts.Queue:
-        held.forget_drained(client, q.value, now - settings.reconcile_grace_seconds)
+        held.forget_drained(client, q.value, now - settings.reconcile.grace_seconds)
     # a lapse is judged on the clock heartbeats are stamped on
     server_now = heartbeats.server_time(client)
     # First: what it moves back waits in its queue again, and the view below sees it there.
-    orphans = _restore_orphans(app, client, settings, sessions, server_now)
-    cutoff = utcnow() - timedelta(seconds=settings.reconcile_grace_seconds)
+    orphans = _restore_orphans(
+        app,
+        client,
+        sessions,
+        server_now - settings.workers.lost_after_seconds,
+        settings.reconcile.batch_size,
+    )
+    cutoff = utcnow() - timedelta(seconds=settings.reconcile.grace_seconds)
     with sessions() as session:
-        rows = _candidates(session, cutoff, _cursor(client), settings.reconcile_batch_size)
-    if len(rows) < settings.reconcile_batch_size:
+        rows = _candidates(session, cutoff, _cursor(client), settings.reconcile.batch_size)
+    if len(rows) < settings.reconcile.batch_size:
         client.delete(_CURSOR_KEY)  # the end of the list: the next round starts again
     else:
         client.set(_CURSOR_KEY, f"{rows[-1].sent_at.isoformat()}|{rows[-1].task_id}")
@@ -159,16 +165,16 @@ def reconcile_round(
 
 
 def _restore_orphans(
-    app: Celery, client: redis.Redis, settings: Settings, sessions: Sessions, now: float
+    app: Celery, client: redis.Redis, sessions: Sessions, older_than: float, batch_size: int
 ) -> Counter[tuple[str, Reason]]:
-    """Move back to their queues the `unacked` entries nobody holds (see the module docstring):
-    up to a batch per round, a cursor walking the index by delivery time (wrapping at the end),
-    so that entries held for long (a long task, a countdown) never hide those behind them."""
-    older_than = now - settings.worker_lost_after_seconds
+    """Move back to their queues the `unacked` entries nobody holds (see the module docstring),
+    delivered before `older_than` (the lost-worker cut-off): up to `batch_size` per round, a cursor
+    walking the index by delivery time (wrapping at the end), so that entries held for long (a
+    long task, a countdown) never hide those behind them."""
     raw = client.get(_UNACKED_CURSOR_KEY)
     after = float(raw) if raw else None
-    old = held.delivered_before(client, older_than, after, settings.reconcile_batch_size)
-    if len(old) < settings.reconcile_batch_size:
+    old = held.delivered_before(client, older_than, after, batch_size)
+    if len(old) < batch_size:
         client.delete(_UNACKED_CURSOR_KEY)
     else:
         client.set(_UNACKED_CURSOR_KEY, repr(old[-1][1]))
@@ -270,7 +276,7 @@ class _BrokerView:
         self._app = app
         self._client = client
         self._now = now
-        self._lost_after = settings.worker_lost_after_seconds
+        self._lost_after = settings.workers.lost_after_seconds
         by_queue: dict[str, list[str]] = {}
         for row in rows:
             by_queue.setdefault(row.queue or "", []).append(row.task_id)
@@ -281,7 +287,7 @@ class _BrokerView:
             for task_id in held.waiting(client, queue, ids)
         }
         self._unacked = held.unacked(client) if rows else set()
-        ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+        ttl = heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds)
         self._live = heartbeats.live_workers(client, ttl) if rows else set()
         self._noted = held.held_by(client, self._live)
         self._finals: dict[str, dict[str, Any]] = {}

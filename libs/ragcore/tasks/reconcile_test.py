@@ -180,7 +180,8 @@ def test_entries_held_for_long_never_hide_an_orphan_behind_them(
     broker: tuple[redis.Redis, Celery, Settings], sessions: Sessions
 ) -> None:
     client, app, settings = broker
-    settings = settings.model_copy(update={"reconcile_batch_size": 2})
+    small_batches = settings.reconcile.model_copy(update={"batch_size": 2})
+    settings = settings.model_copy(update={"reconcile": small_batches})
     held = [f"long-{n}" for n in range(3)]
     for task_id in [*held, "orphan"]:
         _sent_an_hour_ago(sessions, task_id)
