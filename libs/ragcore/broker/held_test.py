@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
 import redis
 from celery import Celery
 
 from ragcore.broker import held
-from ragcore_dev.servers import redis_server
-
-
-@pytest.fixture()
-def broker() -> Iterator[tuple[Celery, redis.Redis]]:
-    with redis_server() as server:
-        app = Celery("held-test", broker=server.url)
-        yield app, redis.Redis.from_url(server.url)
-        app.close()
 
 
 def test_a_moved_back_entry_waits_in_its_queue_again_and_moves_once_when_callers_race(
-    broker: tuple[Celery, redis.Redis],
+    celery_on_redis: tuple[Celery, redis.Redis],
 ) -> None:
-    app, client = broker
+    app, client = celery_on_redis
     app.send_task("ragcore.canary.sync", task_id="t1", queue="sync")
     with app.connection_for_write() as conn:
         channel = conn.default_channel

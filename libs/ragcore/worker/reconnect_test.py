@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 
-import pytest
 import redis
 from celery import Celery, signals
 
 from ragcore.broker import held
 from ragcore.worker import reconnect
-from ragcore_dev.servers import redis_server
-
-
-@pytest.fixture()
-def broker() -> Iterator[tuple[Celery, redis.Redis]]:
-    with redis_server() as server:
-        app = Celery("reconnect-test", broker=server.url)
-        yield app, redis.Redis.from_url(server.url)
-        app.close()
 
 
 def test_a_request_dropped_on_a_broken_connection_is_handed_back_and_waits_again(
-    broker: tuple[Celery, redis.Redis],
+    celery_on_redis: tuple[Celery, redis.Redis],
 ) -> None:
-    app, client = broker
+    app, client = celery_on_redis
     reconnect.connect(app)
     (step,) = (s for s in app.steps["consumer"] if s.__name__ == "RequeueOnReconnect")
     app.send_task("ragcore.canary.sync", task_id="t1", queue="sync")
