@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from ragcore.settings import Settings
+from ragcore.settings import BeatSettings
 from ragcore.tasks.contracts import Queue
 from ragcore_dev.processes import die_with_parent, signal_group
 
@@ -246,7 +246,7 @@ def child_env(root: Path, trace: bool = False) -> dict[str, str]:
     if "RAGCORE_BEAT_SCHEDULE" not in env:
         # Beat drains Ingest's pushed change events every 30 s here instead of every 5 minutes, so
         # a developer who pushes one sees it applied while watching; the rest of the schedule stays.
-        schedule = Settings.model_fields["beat_schedule"].get_default(call_default_factory=True)
+        schedule = BeatSettings().schedule  # the default: RAGCORE_BEAT_SCHEDULE is not set
         env["RAGCORE_BEAT_SCHEDULE"] = json.dumps(
             {**schedule, "process_sync_queue": str(LOCAL_SYNC_QUEUE_SECONDS)}
         )
