@@ -38,7 +38,7 @@ def scope_of(key: str, configured: Mapping[str, ApiScope]) -> ApiScope | None:
 def require(*allowed: Scope):  # type: ignore[no-untyped-def]
     """A dependency admitting keys whose scope is one of `allowed` (admin is always admitted)."""
 
-    def check(settings: SettingsDep, key: Annotated[str | None, Security(_header)]) -> str:
+    async def check(settings: SettingsDep, key: Annotated[str | None, Security(_header)]) -> str:
         if not key:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, MISSING_KEY)
         scope = scope_of(key, settings.api.keys)

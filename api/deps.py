@@ -20,12 +20,14 @@ log = logging.getLogger(__name__)
 NOT_STORED = "the database did not confirm the write, nothing was stored; send the request again"
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies that do not block are coroutines: FastAPI runs a plain function in its thread
+# pool, a round trip per dependency per request.
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 

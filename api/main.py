@@ -4,25 +4,23 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import uvicorn
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
-from api import console, errors, request_metrics
+from api import console, errors
 from api.body_limit import BodyLimit
 from api.key_gate import KeyGate
+from api.request_id import RequestId
 from api.routers import deadletters, deliveries, health, metrics, notifications, query, sync, tasks
 from ragcore import invariants, tracing
 from ragcore.broker import broker_client
-from ragcore.logs import configure_logging, request_id_var
+from ragcore.logs import configure_logging
 from ragcore.settings import Settings, get_settings
 from ragcore.tasks.app import create_app as create_celery_app
 
-access_log = logging.getLogger("ragcore.access")
 log = logging.getLogger(__name__)
 
 
@@ -58,37 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(
         BodyLimit, default=settings.api.max_body_bytes, limits=settings.api.body_limits
     )
-
-    @app.middleware("http")
-    async def request_id(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        token = request_id_var.set(rid)
-        request.state.request_id = rid
-        started = time.perf_counter()
-        try:
-            try:
-                response = await call_next(request)
-            except Exception:  # the generic handler answers 500 outside this middleware
-                request_metrics.count_response(500)
-                raise
-            request_metrics.count_response(response.status_code)
-            # One access line per request, inside the request's context (uvicorn's own is off).
-            access_log.info(
-                "%s %s %d",
-                request.method,
-                request.url.path,
-                response.status_code,
-                extra={
-                    "status": response.status_code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
-        finally:
-            request_id_var.reset(token)
-        response.headers["X-Request-ID"] = rid
-        return response
+    app.add_middleware(RequestId)
 
     for router in (
         health.router,

@@ -57,7 +57,7 @@ _bearer = HTTPBearer(auto_error=False)
 _admin = require("admin")
 
 
-def metrics_access(
+async def metrics_access(
     settings: SettingsDep,
     key: Annotated[str | None, Security(_key)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
@@ -65,7 +65,7 @@ def metrics_access(
     """Admin key required unless metrics are public: as X-API-Key, or as a bearer token, which is
     what a Prometheus Operator ServiceMonitor can send (deploy/k8s/monitoring.yaml)."""
     if not settings.api.metrics_public:
-        _admin(settings, key or (bearer.credentials if bearer else None))
+        await _admin(settings, key or (bearer.credentials if bearer else None))
 
 
 router = APIRouter(

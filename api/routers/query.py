@@ -7,7 +7,9 @@ import threading
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import State  # pants: no-infer-dep (with fastapi)
 
 from api.auth import QueryKey
 from api.errors import ERROR_RESPONSES, ErrorBody, Responses, UnavailableBody
@@ -29,15 +31,22 @@ router = APIRouter(prefix="/api/v1/query", tags=["query"], responses=ERROR_RESPO
 _build_lock = threading.Lock()
 
 
-def get_service(request: Request) -> QueryService:
-    """The process's query service, built on first use (its Qdrant client, embedder, hot cache)."""
-    state = request.app.state
-    service = getattr(state, "query_service", None)
+async def get_service(request: Request) -> QueryService:
+    """The process's query service, built on first use (its Qdrant client, embedder, hot cache).
+
+    A coroutine: once built it is an attribute read, not worth a thread pool round trip per query;
+    the build (a local Qdrant opens its folder) runs in the pool."""
+    service: QueryService | None = getattr(request.app.state, "query_service", None)
     if service is None:
-        with _build_lock:
-            service = getattr(state, "query_service", None)
-            if service is None:
-                service = state.query_service = build_service(state.settings)
+        service = await run_in_threadpool(_build_once, request.app.state)
+    return service
+
+
+def _build_once(state: State) -> QueryService:
+    with _build_lock:
+        service: QueryService | None = getattr(state, "query_service", None)
+        if service is None:
+            service = state.query_service = build_service(state.settings)
     return service
 
 
@@ -64,9 +73,7 @@ _RESPONSES: Responses = {
 
 @router.post("/", response_model=QueryAnswer, responses=_RESPONSES)
 @router.post("", response_model=QueryAnswer, include_in_schema=False)
-def answer_query(
-    body: QueryRequest, _: QueryKey, service: ServiceDep
-) -> QueryAnswer | JSONResponse:
+def answer_query(body: QueryRequest, _: QueryKey, service: ServiceDep) -> Response:
     """Answer a question from the synced documents; its reports to Users follow in the
     background."""
     with observe_query() as timer:
@@ -94,4 +101,6 @@ def answer_query(
                 status.HTTP_503_SERVICE_UNAVAILABLE, f"{exc.what} is unavailable; try again"
             ) from None
         timer.outcome = Outcome.CACHED if answer.cached else Outcome.ANSWERED
-        return answer
+        # Serialized here, in the pool thread: a returned model would be validated again against
+        # `response_model` (the same model) and serialized on the event loop.
+        return Response(answer.model_dump_json(), media_type="application/json")

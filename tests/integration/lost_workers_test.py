@@ -1,7 +1,8 @@
 """Nothing a lost worker held waits for the visibility timeout (issue 25, point 4), and a live
 worker is never taken for lost: real worker processes started from their entrypoints, a real
 Redis, with faults injected into one worker process through its `sitecustomize` (a wedged consumer
-loop, a lagging clock).
+loop, a lagging clock). Nor does what a worker back under its own name no longer holds (issue 25,
+point 5: Beat's reconciler takes it back).
 
 Heartbeats here come every second and a worker is lost after 6 s without one; the visibility
 timeout stays at its default (2 h), so anything that waited for it would fail these tests.
@@ -12,15 +13,19 @@ from __future__ import annotations
 import signal
 import textwrap
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ragcore.tasks import dispatch
+from ragcore.broker import held
+from ragcore.tasks import contracts, dispatch
 from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore.worker import recovery
 from ragcore_dev.processes import wait_until
+from ragcore_dev.standins.users import start_users
 from tests.support.stack import Stack, ledger_record, running_stack
 
 LOST_AFTER = 6
@@ -134,3 +139,61 @@ def test_a_worker_whose_clock_lags_its_peers_is_never_taken_for_lost(
     assert lagging.running
     lagging.stop()
     peer.stop()
+
+
+def test_reserved_messages_whose_note_was_lost_run_when_their_worker_returns_under_its_name(
+    stack: Stack,
+) -> None:
+    with start_users() as users:
+        beat = stack.start("services.beat.main", beat_schedule="{}", reconcile_seconds="1")
+        one_process = {"users_url": users.url, "worker_concurrency": '{"notifications": 1}'}
+        worker = stack.start_worker(Queue.NOTIFICATIONS, name="orphans", **one_process)
+        # One task runs; the reports wait behind it, reserved (prefetch 4), in `unacked`.
+        running = dispatch.send(stack.producer, CANARIES[Queue.NOTIFICATIONS], {"sleep_seconds": 8})
+        message_ids = [f"msg-{uuid.uuid4()}" for _ in range(3)]
+        reports = [
+            dispatch.send(stack.producer, contracts.SEND_QUERY_RESULT, _query_result(message_id))
+            for message_id in message_ids
+        ]
+        for task_id in [running, *reports]:
+            _held_by(stack, "orphans@test", task_id)
+        worker.signal(signal.SIGKILL)
+        worker.kill()
+        killed = time.monotonic()
+        # The fault a failover makes: the note of what it held is gone (written to the primary
+        # that died, never to the replica), the `unacked` entries are not. Its next life, under
+        # the same name, re-queues what the ledger says it had started, and only that.
+        stack.redis_client().delete(held.reserved_note_key("orphans@test"))
+        stack.start_worker(
+            Queue.NOTIFICATIONS,
+            name="orphans",
+            users_url=users.url,
+            worker_concurrency='{"notifications": 2}',  # the canary runs again beside the reports
+        )
+
+        def delivered() -> Counter[str]:
+            return Counter(d["idempotency_key"] for d in users.app.deliveries("query-results"))
+
+        # kombu's visibility timeout (2 h) would be the bound without the reconciler
+        wait_until(lambda: all(delivered()[m] for m in message_ids), 60, "the reports")
+        healed = time.monotonic() - killed
+        assert [delivered()[m] for m in message_ids] == [1, 1, 1]
+        assert {ledger_record(r, "SUCCESS").reconcile_reason for r in reports} == {
+            "orphaned_unacked"
+        }
+        assert "orphaned_unacked" in beat.logs()
+        print(f"reserved reports whose note was lost arrived {healed:.1f}s after the kill")
+        beat.stop()
+
+
+def _query_result(message_id: str) -> dict[str, object]:
+    return {
+        "user_id": "user-1",
+        "conversation_id": "conv-1",
+        "message_id": message_id,
+        "query": "q",
+        "answer": "a",
+        "sources": [],
+        "tokens_used": 1,
+        "processing_time_ms": 1.0,
+    }

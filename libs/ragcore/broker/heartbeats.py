@@ -89,6 +89,15 @@ def live_workers(client: redis.Redis, heartbeat_ttl: float) -> set[str]:
     return {h.decode() for hosts in pipe.execute() for h in hosts}
 
 
+def beating_since(client: redis.Redis, since: float) -> set[str]:
+    """Hostnames of every worker that beat at or after `since` on any queue: with `since` the
+    lost-worker cut-off, every worker not lost (live, or lapsing and not lost yet)."""
+    pipe = client.pipeline(transaction=False)
+    for q in Queue:
+        pipe.zrangebyscore(BEATS_KEY.format(queue=q.value), since, "+inf")
+    return {h.decode() for hosts in pipe.execute() for h in hosts}
+
+
 def lost_workers(client: redis.Redis, queue: str, older_than: float) -> list[tuple[str, float]]:
     """Lost workers of `queue`: last heartbeat before `older_than`, and tasks nobody re-queued
     yet."""

@@ -10,8 +10,9 @@ until it is acknowledged. The set lives in the broker's Redis: a Redis that lose
 set with the messages, so the two stay in agreement; the id is added before the push, so a replica
 that has the message has its id too.
 
-A message can also return to its queue without a publish: a warm shutdown or a lapsed worker's
-claim hands reserved messages back. Both mark their ids published again.
+A message can also return to its queue without a publish: a warm shutdown, a lapsed worker's
+claim, a worker's hand-back once it reconnects, and the reconciler taking back an `unacked` entry
+nobody holds. Each marks its ids published again (the last three in `move_back`'s transaction).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -85,6 +87,94 @@ def unacked(client: redis.Redis) -> set[str]:
         if isinstance(task_id, str):
             held.add(task_id)
     return held
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An `unacked` entry: a message delivered to a worker and not acknowledged."""
+
+    tag: str
+    task_id: str
+    #: Its queue (the routing key it is restored by).
+    queue: str
+    #: The `retries` of its message: a retry published since supersedes it.
+    retries: int
+
+
+def delivered_before(
+    client: redis.Redis, older_than: float, after: float | None, limit: int
+) -> list[tuple[str, float]]:
+    """(delivery tag, delivered at) of up to `limit` `unacked` entries delivered after `after` and
+    before `older_than`, oldest first: one ZRANGE of the transport's index (its score is the
+    receiving worker's clock at the delivery), whatever `unacked` holds."""
+    low = "-inf" if after is None else f"({after!r}"
+    rows: list[tuple[bytes, float]] = client.zrange(
+        Channel.unacked_index_key,
+        low,
+        older_than,
+        byscore=True,
+        offset=0,
+        num=limit,
+        withscores=True,
+    )  # type: ignore[assignment]  # bytes: no decode_responses
+    return [(tag.decode(), float(at)) for tag, at in rows]
+
+
+def deliveries(client: redis.Redis, tags: list[str]) -> list[Delivery]:
+    """The Celery messages of `tags` still in `unacked` (one HMGET)."""
+    if not tags:
+        return []
+    raws: list[bytes | None] = client.hmget(Channel.unacked_key, tags)  # type: ignore[assignment]  # bytes: no decode_responses
+    out: list[Delivery] = []
+    for tag, raw in zip(tags, raws, strict=True):
+        if raw is None:
+            continue  # acknowledged meanwhile
+        try:
+            message, _, routing_key = orjson.loads(raw)
+            headers = message["headers"]
+            out.append(Delivery(tag, headers["id"], routing_key, int(headers.get("retries") or 0)))
+        except (orjson.JSONDecodeError, LookupError, TypeError, ValueError):
+            continue  # not a Celery message: nothing of the ledger's
+    return out
+
+
+def move_back(channel: Any, tag: str, task_id: str, record: str | None = None) -> bool:
+    """Move the `unacked` entry `tag` back to its queue, unless it went meanwhile: kombu's
+    `QoS.restore_by_tag` (the same steps, through the same channel methods) with the waiting mark
+    in its transaction, watching `unacked`, so that of two callers racing one moves it, once. With
+    `record` (a lost worker's claim record, ragcore.worker.recovery), only while the record lists
+    `task_id`, which leaves the record in the same transaction."""
+    qos = channel.qos
+    moved = False
+
+    def transaction(pipe: Any) -> None:
+        nonlocal moved
+        raw = pipe.hget(qos.unacked_key, tag)
+        if raw is None or (record is not None and not pipe.sismember(record, task_id)):
+            moved = False  # acknowledged meanwhile, or re-queued by an earlier claim
+            return
+        message, exchange, routing_key = orjson.loads(raw)
+        pipe.multi()
+        if record is not None:
+            pipe.srem(record, task_id)
+        # back in its queue without a publish: waiting again
+        mark_published(pipe, routing_key, [task_id])
+        qos._remove_from_indices(tag, pipe)
+        channel._do_restore_message(message, exchange, routing_key, pipe)
+        moved = True
+
+    watched = (qos.unacked_key, record) if record is not None else (qos.unacked_key,)
+    channel.client.transaction(transaction, *watched)
+    return moved
+
+
+def forget_delivery(client: redis.Redis, tag: str) -> None:
+    """Remove the `unacked` entry `tag` without re-queueing it (as kombu's ack does): for a message
+    whose task ended, or was retried, and whose acknowledgement never reached this Redis."""
+    pipe = client.pipeline()
+    pipe.zrem(Channel.unacked_index_key, tag)
+    pipe.hdel(Channel.unacked_key, tag)
+    pipe.execute()
 
 
 def reserved_note_key(hostname: str) -> str:

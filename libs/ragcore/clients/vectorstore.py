@@ -8,6 +8,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+import orjson
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
@@ -35,6 +37,16 @@ class Hit:
     score: float
     text: str
     metadata: dict[str, Any]
+
+
+def _hit(payload: dict[str, Any], score: float) -> Hit:
+    return Hit(
+        document_id=payload.get("document_id", ""),
+        chunk_id=payload.get("chunk_id", ""),
+        score=score,
+        text=payload.get("text", ""),
+        metadata=payload.get("metadata") or {},
+    )
 
 
 def point_id(chunk_id: str) -> str:
@@ -76,6 +88,9 @@ class VectorStore:
         self.vector_size = settings.qdrant.vector_size
         self.distance = models.Distance(settings.qdrant.distance)
         self._owns_client = client is None
+        #: The query path's search straight to the REST endpoint: qdrant-client builds and parses
+        #: its pydantic models per call, the largest CPU cost of a query after the database's.
+        self._rest: httpx.Client | None = None
         if client is not None:
             self.client = client
         elif settings.qdrant.url:
@@ -89,6 +104,12 @@ class VectorStore:
                 check_compatibility=False,
                 limits=POOL_LIMITS,
             )
+            self._rest = httpx.Client(
+                base_url=settings.qdrant.url.rstrip("/"),
+                headers={"api-key": settings.qdrant.api_key} if settings.qdrant.api_key else {},
+                timeout=settings.neighbours.http_timeout_seconds,
+                limits=POOL_LIMITS,
+            )
         else:
             self.client = QdrantClient(path=settings.qdrant.path)
         self._ready = False
@@ -99,6 +120,8 @@ class VectorStore:
         """Close the client if this store built it (local mode holds a lock on its folder)."""
         if self._owns_client:
             self.client.close()
+        if self._rest is not None:
+            self._rest.close()
 
     def ensure_collection(self) -> None:
         """Create the collection and its `document_id` index if missing; refuse one of another
@@ -230,6 +253,8 @@ class VectorStore:
         """Nearest chunks; `filters` maps a metadata field (or `document_id`) to the exact value it
         must hold."""
         self._check_vector(vector, "the query vector")
+        if self._rest is not None:
+            return self._search_rest(vector, top_k, filters)
         response = self.client.query_points(
             self.collection,
             query=vector,
@@ -237,19 +262,23 @@ class VectorStore:
             query_filter=_filter(filters),
             with_payload=True,
         )
-        hits = []
-        for point in response.points:
-            payload = point.payload or {}
-            hits.append(
-                Hit(
-                    document_id=payload.get("document_id", ""),
-                    chunk_id=payload.get("chunk_id", ""),
-                    score=point.score,
-                    text=payload.get("text", ""),
-                    metadata=payload.get("metadata") or {},
-                )
-            )
-        return hits
+        return [_hit(point.payload or {}, point.score) for point in response.points]
+
+    def _search_rest(
+        self, vector: list[float], top_k: int, filters: dict[str, Any] | None
+    ) -> list[Hit]:
+        assert self._rest is not None
+        body: dict[str, Any] = {"query": vector, "limit": top_k, "with_payload": True}
+        if (query_filter := _filter(filters)) is not None:
+            body["filter"] = query_filter.model_dump(mode="json", by_alias=True, exclude_none=True)
+        response = self._rest.post(
+            f"/collections/{self.collection}/points/query",
+            content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+            headers={"content-type": "application/json"},
+        )
+        response.raise_for_status()
+        points = orjson.loads(response.content)["result"]["points"]
+        return [_hit(point.get("payload") or {}, point["score"]) for point in points]
 
     def count(self) -> int:
         """Exact number of points."""

@@ -51,7 +51,10 @@ def _expired(now: datetime) -> ColumnElement[bool]:
 
 def usage(session: Session, user_id: str, settings: Settings, now: datetime) -> Usage:
     """The user's standing in the current window (a user never seen has used nothing)."""
-    user = session.get(User, user_id)
+    return _usage_of(session.get(User, user_id), settings, now)
+
+
+def _usage_of(user: User | None, settings: Settings, now: datetime) -> Usage:
     if user is None:
         return Usage(
             settings.tiers.daily_limits[settings.tiers.default],
@@ -63,11 +66,14 @@ def usage(session: Session, user_id: str, settings: Settings, now: datetime) -> 
     return Usage(user.daily_limit, user.queries_today, user.limit_reset_at)
 
 
-def check(session: Session, user_id: str, settings: Settings, now: datetime) -> None:
-    """Refuse early, before any work, a user with no query left (`consume` is the atomic check)."""
-    current = usage(session, user_id, settings, now)
+def check(session: Session, user_id: str, settings: Settings, now: datetime) -> bool:
+    """Refuse early, before any work, a user with no query left (`consume` is the atomic check).
+    True if the user exists: users are never deleted, so `consume` need not create it."""
+    user = session.get(User, user_id)
+    current = _usage_of(user, settings, now)
     if current.queries_today >= current.daily_limit:
         raise LimitExceeded(user_id, current.daily_limit, current.resets_at)
+    return user is not None
 
 
 def ensure_user(session: Session, user_id: str, tiers: TierSettings) -> None:
@@ -86,24 +92,32 @@ def ensure_user(session: Session, user_id: str, tiers: TierSettings) -> None:
     )
 
 
-def consume(session: Session, user_id: str, settings: Settings, now: datetime) -> None:
-    """Count one query in the caller's transaction, or raise LimitExceeded.
+def consume(
+    session: Session, user_id: str, settings: Settings, now: datetime, known: bool = False
+) -> None:
+    """Count one query in the caller's transaction, or raise LimitExceeded; `known`: the user
+    exists already (`check` said so), no INSERT is needed.
 
     One conditional UPDATE, so concurrent queries of one user can never overshoot the limit.
     """
-    ensure_user(session, user_id, settings.tiers)
+    if not known:
+        ensure_user(session, user_id, settings.tiers)
     expired = _expired(now)
-    counted = rows_affected(
-        session,
-        update(User)
-        .where(User.user_id == user_id, or_(expired, User.queries_today < User.daily_limit))
-        .values(
-            queries_today=case((expired, 1), else_=User.queries_today + 1),
-            limit_reset_at=case(
-                (expired, next_reset(now, settings.timezone)), else_=User.limit_reset_at
-            ),
+    # On the session's connection, past the ORM's bulk UPDATE path (nothing to synchronize: no
+    # loaded User is written back), which cost more CPU than the statement.
+    counted = (
+        session.connection()
+        .execute(
+            update(User)
+            .where(User.user_id == user_id, or_(expired, User.queries_today < User.daily_limit))
+            .values(
+                queries_today=case((expired, 1), else_=User.queries_today + 1),
+                limit_reset_at=case(
+                    (expired, next_reset(now, settings.timezone)), else_=User.limit_reset_at
+                ),
+            )
         )
-        .execution_options(synchronize_session=False),
+        .rowcount
     )
     if counted == 0:
         limit, resets_at = session.execute(

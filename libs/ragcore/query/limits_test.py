@@ -52,6 +52,27 @@ def test_consume_refuses_past_the_limit_and_says_when_it_resets(sessions: Sessio
         limits.check(session, "u1", settings(), NOW)
 
 
+def test_check_says_whether_the_user_exists_and_consume_counts_a_known_user_without_insert(
+    sessions: Sessions, tmp_path: Path
+) -> None:
+    with sessions() as session:
+        assert limits.check(session, "u1", settings(), NOW) is False
+        limits.consume(session, "u1", settings(), NOW)
+    statements: list[str] = []
+    engine = get_engine(f"sqlite:///{tmp_path}/unit.db")  # the database of the `sessions` fixture
+    listener = lambda conn, cursor, statement, *rest: statements.append(statement)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        with sessions() as session:
+            assert limits.check(session, "u1", settings(), NOW) is True
+            limits.consume(session, "u1", settings(), NOW, known=True)
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert [s.split()[0] for s in statements] == ["SELECT", "UPDATE"]
+    with sessions() as session:
+        assert _user(session, "u1").queries_today == 2
+
+
 def test_an_expired_window_resets_lazily_without_beat(sessions: Sessions) -> None:
     for _ in range(2):
         with sessions() as session:

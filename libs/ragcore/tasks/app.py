@@ -85,7 +85,10 @@ def create_app(
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_track_started=True,
-        task_send_sent_event=True,
+        # Workers' task events are what Flower shows (received, started, succeeded...). No
+        # `task-sent` event per publish: it cost each publisher (the report relay: two per query) a
+        # second Redis PUBLISH, and Flower one more event to digest, for a state, PENDING, that the
+        # ledger and the status API already tell.
         worker_send_task_events=True,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,

@@ -13,6 +13,7 @@ import orjson
 import pytest
 import redis
 from celery import Celery
+from kombu.transport import redis as kombu_redis
 from sqlalchemy.orm import Session
 
 from ragcore.broker import heartbeats
@@ -21,7 +22,7 @@ from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings, get_settings
 from ragcore.tasks import contracts
 from ragcore.tasks.app import create_app
-from ragcore.tasks.reconcile import reconcile_round
+from ragcore.tasks.reconcile import Reason, RoundResult, counts, reconcile_round
 from ragcore.worker import recovery
 from ragcore_dev.servers import redis_server
 
@@ -60,18 +61,25 @@ def _published(client: redis.Redis) -> list[str]:
     return [orjson.loads(raw)["headers"]["id"] for raw in client.lrange("notifications", 0, -1)]
 
 
-def test_a_lost_task_is_published_again_once_when_two_reconcilers_race(
-    broker: tuple[redis.Redis, Celery, Settings], sessions: Sessions
-) -> None:
-    client, app, settings = broker
-    _sent_an_hour_ago(sessions, "lost-1")
+def _racing_rounds(
+    client: redis.Redis, app: Celery, settings: Settings, sessions: Sessions
+) -> list[RoundResult]:
+    """Two reconcilers' rounds at once."""
     with ThreadPoolExecutor(max_workers=2) as pool:
-        rounds = list(
+        return list(
             pool.map(
                 lambda _: reconcile_round(app, settings, client=client, sessions=sessions),
                 range(2),
             )
         )
+
+
+def test_a_lost_task_is_published_again_once_when_two_reconcilers_race(
+    broker: tuple[redis.Redis, Celery, Settings], sessions: Sessions
+) -> None:
+    client, app, settings = broker
+    _sent_an_hour_ago(sessions, "lost-1")
+    rounds = _racing_rounds(client, app, settings, sessions)
     assert _published(client) == ["lost-1"]
     assert sum(sum(r.acted.values()) for r in rounds) == 1
     with sessions() as session:
@@ -120,3 +128,68 @@ def test_a_redis_that_just_came_back_empty_settles_before_anything_is_decided(
     _sent_an_hour_ago(sessions, "lost-2")
     assert reconcile_round(app, settings, client=client, sessions=sessions).settling
     assert _published(client) == []
+
+
+def _received(app: Celery, task_ids: list[str], ago: float = 0) -> None:
+    """Publish `task_ids` and take them off `notifications` unacknowledged, `ago` seconds ago, as a
+    worker whose life or connection then ended does."""
+    with app.connection_for_write() as conn, pytest.MonkeyPatch.context() as patch:
+        # kombu stamps a delivery in `unacked_index` with this clock
+        patch.setattr(kombu_redis, "time", lambda: time.time() - ago)
+        channel = conn.default_channel
+        channel.qos.restore_at_shutdown = False  # nothing handed back
+        for task_id in task_ids:
+            app.send_task(
+                contracts.SEND_SYSTEM_NOTIFICATION.name, task_id=task_id, queue="notifications"
+            )
+            message = channel.basic_get("notifications", no_ack=False)
+            assert message is not None and message.headers["id"] == task_id
+
+
+def _unacked(client: redis.Redis) -> set[str]:
+    return {orjson.loads(raw)[0]["headers"]["id"] for raw in client.hvals("unacked")}
+
+
+def test_unacked_entries_nobody_holds_go_back_once_and_held_or_young_ones_stay(
+    broker: tuple[redis.Redis, Celery, Settings], sessions: Sessions
+) -> None:
+    client, app, settings = broker
+    for task_id in ("orphan", "noted", "young"):
+        _sent_an_hour_ago(sessions, task_id)
+    _sent_an_hour_ago(sessions, "ended", state="SUCCESS")
+    _sent_an_hour_ago(sessions, "retried", state="RETRY", retries=1)
+    _received(app, ["orphan", "noted", "ended", "retried"], ago=3600)
+    _received(app, ["young"])  # its worker may not have noted it yet
+    heartbeats.record_worker(client, "w@a", ["notifications"], {}, 15, now=time.time())
+    recovery.note_reserved(client, "w@a", ["noted"], 3600)
+    rounds = _racing_rounds(client, app, settings, sessions)
+    assert _published(client) == ["orphan"]
+    # an ended task's entry is a lost acknowledgement, a retried one's a superseded message
+    assert _unacked(client) == {"noted", "young"}
+    assert sum(r.acted[("notifications", Reason.ORPHANED_UNACKED)] for r in rounds) == 1
+    assert sum(sum(r.acted.values()) for r in rounds) == 1
+    assert counts(client) == {("notifications", "orphaned_unacked"): 1}
+    with sessions() as session:
+        row = session.get(TaskRecord, "orphan")
+        assert row is not None and row.reconcile_reason == "orphaned_unacked"
+    # waiting in its queue again: the next round publishes nothing
+    assert sum(reconcile_round(app, settings, client=client, sessions=sessions).acted.values()) == 0
+
+
+def test_entries_held_for_long_never_hide_an_orphan_behind_them(
+    broker: tuple[redis.Redis, Celery, Settings], sessions: Sessions
+) -> None:
+    client, app, settings = broker
+    small_batches = settings.reconcile.model_copy(update={"batch_size": 2})
+    settings = settings.model_copy(update={"reconcile": small_batches})
+    held = [f"long-{n}" for n in range(3)]
+    for task_id in [*held, "orphan"]:
+        _sent_an_hour_ago(sessions, task_id)
+    _received(app, held, ago=7200)  # a long task, countdowns: delivered first, held all along
+    _received(app, ["orphan"], ago=3600)
+    heartbeats.record_worker(client, "w@a", ["notifications"], {}, 15, now=time.time())
+    recovery.note_reserved(client, "w@a", held, 3600)
+    for _ in range(2):  # one batch of held entries, then the rest
+        reconcile_round(app, settings, client=client, sessions=sessions)
+    assert _published(client) == ["orphan"]
+    assert _unacked(client) == set(held)

@@ -56,7 +56,8 @@ class TaskStatus(BaseModel):
     worker_lost: bool = False
     worker_lost_since: datetime | None = None
     #: The broker had lost it: the reconciler published it again from the ledger, or ended it
-    #: (`reconcile_reason`: lost, worker_gone, finished, contract_gone, invalid_arguments, revoked).
+    #: (`reconcile_reason`: lost, worker_gone, finished, contract_gone, invalid_arguments, revoked);
+    #: or kept it unacknowledged for a worker gone: moved back to its queue (orphaned_unacked).
     reconciled: bool = False
     reconciled_at: datetime | None = None
     reconcile_reason: str | None = None

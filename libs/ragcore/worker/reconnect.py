@@ -21,6 +21,8 @@ from celery import Celery, bootsteps, signals
 from celery.worker import state as worker_state
 from celery.worker.request import Request
 
+from ragcore.broker import held as broker_held
+
 log = logging.getLogger(__name__)
 
 
@@ -85,9 +87,10 @@ def connect(app: Celery) -> None:
             try:
                 with c.app.connection_for_write() as conn:
                     channel = conn.default_channel
-                    for tag in dropped.values():
-                        # moves the message from `unacked` to its queue, if `unacked` still has it
-                        channel.qos.restore_by_tag(tag, client=channel.client)
+                    for task_id, tag in dropped.items():
+                        # from `unacked` to its queue, if `unacked` still has it, marked waiting
+                        # (else a reconciler would find it nowhere and publish it again)
+                        broker_held.move_back(channel, tag, task_id)
             except Exception:  # best effort: the reconciler and the visibility timeout remain
                 log.exception("re-queueing the tasks held before the connection loss failed")
                 return

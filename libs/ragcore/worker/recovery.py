@@ -74,40 +74,13 @@ def restore(channel: Any, task_ids: set[str], record: str | None = None) -> list
     """
     restored: list[str] = []
     for tag, raw in channel.client.hscan_iter(channel.qos.unacked_key):
-        message, _, routing_key = orjson.loads(raw)
+        message, _, _ = orjson.loads(raw)
         task_id = message.get("headers", {}).get("id")
-        if task_id in task_ids and _move_back(
-            channel, tag.decode() if isinstance(tag, bytes) else tag, task_id, routing_key, record
+        if task_id in task_ids and broker_held.move_back(
+            channel, tag.decode() if isinstance(tag, bytes) else tag, task_id, record
         ):
             restored.append(task_id)
     return restored
-
-
-def _move_back(channel: Any, tag: str, task_id: str, routing_key: str, record: str | None) -> bool:
-    """kombu's `QoS.restore_by_tag` (the same steps, through the same channel methods), with the
-    claim record's check and update and the waiting mark in its transaction."""
-    qos = channel.qos
-    moved = False
-
-    def transaction(pipe: Any) -> None:
-        nonlocal moved
-        raw = pipe.hget(qos.unacked_key, tag)
-        if raw is None or (record is not None and not pipe.sismember(record, task_id)):
-            moved = False  # acknowledged meanwhile, or re-queued by an earlier claim
-            return
-        pipe.multi()
-        if record is not None:
-            pipe.srem(record, task_id)
-        # back in its queue without a publish: waiting again (ragcore.broker.held)
-        broker_held.mark_published(pipe, routing_key, [task_id])
-        qos._remove_from_indices(tag, pipe)
-        message, exchange, key = orjson.loads(raw)
-        channel._do_restore_message(message, exchange, key, pipe)
-        moved = True
-
-    watched = (qos.unacked_key, record) if record is not None else (qos.unacked_key,)
-    channel.client.transaction(transaction, *watched)
-    return moved
 
 
 _CLAIM_KEY = "ragcore:claim:{hostname}"

@@ -15,6 +15,7 @@ import redis
 from celery import Celery
 
 from ragcore.broker import depths, heartbeats, in_flight
+from ragcore.broker import held as held_module
 from ragcore.db import create_schema, reset_engines
 from ragcore.settings import get_settings
 from ragcore.worker import recovery
@@ -166,7 +167,7 @@ def test_a_claimer_that_dies_half_way_leaves_the_rest_to_the_next_and_nothing_tw
 ) -> None:
     held = broker.receive(3)
     _lose(broker, held)
-    real = recovery._move_back
+    real = held_module.move_back
     moved: list[str] = []
 
     def die_after_one(channel: Any, tag: str, task_id: str, *rest: Any) -> bool:
@@ -175,10 +176,10 @@ def test_a_claimer_that_dies_half_way_leaves_the_rest_to_the_next_and_nothing_tw
         moved.append(task_id)
         return real(channel, tag, task_id, *rest)
 
-    monkeypatch.setattr(recovery, "_move_back", die_after_one)
+    monkeypatch.setattr(held_module, "move_back", die_after_one)
     with pytest.raises(KeyboardInterrupt):
         recovery.requeue_lost(broker.app, broker.client, "sync", 1, "first@a")
-    monkeypatch.setattr(recovery, "_move_back", real)
+    monkeypatch.setattr(held_module, "move_back", real)
     # A live worker receives the message re-queued before the death: it holds it now.
     assert broker.receive(1) == moved
 

@@ -33,7 +33,8 @@ from ragcore.worker import health, reconnect, recovery
 
 log = logging.getLogger(__name__)
 
-#: How often the monitor notes the tasks this worker holds, for recovery after a hard kill.
+#: How often the monitor notes the tasks this worker holds, for recovery after a hard kill and for
+#: the reconciler, which takes back `unacked` entries no note lists (far below any lapse).
 RESERVED_NOTE_SECONDS = 0.5
 #: How long the "this worker stops" note lives: longer than any grace period
 #: (deploy/k8s/workers.yaml).
@@ -282,16 +283,24 @@ class _Monitor:
         interval = self._settings.workers.heartbeat_seconds
         next_beat = 0.0
         while True:
+            beat = time.monotonic() >= next_beat
             try:
                 self.note_stopping()
-                beat = time.monotonic() >= next_beat
                 if beat:
                     self.beat()
                     next_beat = time.monotonic() + interval
-                self.note_received()
-                self.note_reserved(again=beat)
             except Exception:
                 log.warning("heartbeat failed", exc_info=True)
+            # Whatever the beat's fate, each tick notes what this worker holds: the reconciler
+            # moves back `unacked` entries older than a lapse that no beating worker's note lists.
+            try:
+                self.note_received()
+            except Exception:
+                log.warning("noting the tasks received failed", exc_info=True)
+            try:
+                self.note_reserved(again=beat)
+            except Exception:
+                log.warning("noting the tasks held failed", exc_info=True)
             if self._stop.wait(min(interval, RESERVED_NOTE_SECONDS)):
                 return
 

@@ -38,3 +38,22 @@ def test_received_ids_survive_a_failed_tick_and_leave_the_waiting_set_at_the_nex
     monitor.received("c")  # received meanwhile
     monitor.note_received()
     assert sorted(client.removed) == ["a", "b", "c"]
+
+
+def test_what_a_worker_holds_is_noted_at_every_tick_even_when_its_beat_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monitor = runtime._Monitor(Queue.NOTIFICATIONS, Settings())
+
+    def failing_beat() -> None:
+        raise ValueError("a revocation the feed cannot parse")  # after the heartbeat was written
+
+    noted: list[bool] = []
+    monkeypatch.setattr(monitor, "beat", failing_beat)
+    monkeypatch.setattr(monitor, "note_received", lambda: None)
+    monkeypatch.setattr(monitor, "note_reserved", lambda again=False: noted.append(again))
+    monitor._stop.set()  # one tick
+    monitor._run()
+    # A beating worker whose note lags would have its old `unacked` entries taken back
+    # (ragcore.tasks.reconcile).
+    assert noted == [True]
