@@ -7,7 +7,7 @@ import redis
 
 from ragcore.settings import Settings
 from ragcore.tasks.contracts import Queue
-from ragcore.worker import runtime
+from ragcore.worker.monitor import Monitor
 
 
 class _FailingOnce:
@@ -28,7 +28,7 @@ class _FailingOnce:
 def test_received_ids_survive_a_failed_tick_and_leave_the_waiting_set_at_the_next(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monitor = runtime._Monitor(Queue.NOTIFICATIONS, Settings())
+    monitor = Monitor(Queue.NOTIFICATIONS, Settings())
     client = _FailingOnce()
     monkeypatch.setattr(monitor, "_client", lambda: client)
     monitor.received("a")
@@ -43,7 +43,7 @@ def test_received_ids_survive_a_failed_tick_and_leave_the_waiting_set_at_the_nex
 def test_what_a_worker_holds_is_noted_at_every_tick_even_when_its_beat_fails(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monitor = runtime._Monitor(Queue.NOTIFICATIONS, Settings())
+    monitor = Monitor(Queue.NOTIFICATIONS, Settings())
 
     def failing_beat() -> None:
         raise ValueError("a revocation the feed cannot parse")  # after the heartbeat was written
