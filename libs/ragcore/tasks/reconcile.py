@@ -11,13 +11,8 @@ again from the ledger (same id, same arguments, its contract's queue), or ended 
 cannot run again (its contract is gone, its arguments no longer validate, it was revoked), or
 completed from the result backend when it ended there and the ledger missed the end.
 
-Each round also moves back to their queues the `unacked` entries nobody holds any more: delivered
-more than a lost-worker lapse ago and listed in no note of a worker that is not lost (a worker notes
-what it holds within a tick of receiving it, and again at every heartbeat, so an older entry that
-no such note lists is nobody's). The lost-worker recovery does not reach them: their worker lives
-on under its own name (restarted, or reconnected after a failover, its note of them lost) and
-kombu would redeliver them only after the visibility timeout. An entry whose task the ledger shows
-ended, or retried since, is only removed: its acknowledgement is what got lost.
+Each round also moves back to their queues the `unacked` entries nobody holds any more
+(ragcore.tasks.orphans).
 
 Two reconcilers never act on one task twice: each act is a conditional update of the row (its state
 and last reconciliation as read), or for an `unacked` entry a transaction watching `unacked`, and
@@ -46,7 +41,7 @@ from ragcore.broker.client import broker_client
 from ragcore.db import Sessions, rows_affected, session_scope, utcnow
 from ragcore.db.models import TaskRecord
 from ragcore.settings import Settings
-from ragcore.tasks import contracts, dispatch
+from ragcore.tasks import contracts, dispatch, orphans
 from ragcore.tasks.states import FINISHED, UNFINISHED, TaskState
 
 log = logging.getLogger(__name__)
@@ -54,8 +49,6 @@ log = logging.getLogger(__name__)
 #: Re-publishes and ends per "queue|reason", for /metrics (a counter: it restarts with Redis).
 COUNTS_KEY = "ragcore:reconciled"
 _CURSOR_KEY = "ragcore:reconcile:cursor"
-#: Where the walk through `unacked_index` (by delivery time) goes on from.
-_UNACKED_CURSOR_KEY = "ragcore:reconcile:unacked-cursor"
 #: When this Redis was first seen by a reconciler: missing after Redis lost its data.
 _SINCE_KEY = "ragcore:reconcile:since"
 
@@ -126,13 +119,15 @@ def reconcile_round(
     # a lapse is judged on the clock heartbeats are stamped on
     server_now = heartbeats.server_time(client)
     # First: what it moves back waits in its queue again, and the view below sees it there.
-    orphans = _restore_orphans(
+    restored = orphans.restore(
         app,
         client,
         sessions,
         server_now - settings.workers.lost_after_seconds,
         settings.reconcile.batch_size,
+        reason=Reason.ORPHANED_UNACKED.value,
     )
+    orphaned = Counter((queue, Reason.ORPHANED_UNACKED) for queue in restored)
     cutoff = utcnow() - timedelta(seconds=settings.reconcile.grace_seconds)
     with sessions() as session:
         rows = _candidates(session, cutoff, _cursor(client), settings.reconcile.batch_size)
@@ -140,7 +135,7 @@ def reconcile_round(
         client.delete(_CURSOR_KEY)  # the end of the list: the next round starts again
     else:
         client.set(_CURSOR_KEY, f"{rows[-1].sent_at.isoformat()}|{rows[-1].task_id}")
-    result = RoundResult(checked=len(rows), acted=orphans)
+    result = RoundResult(checked=len(rows), acted=orphaned)
     view = _BrokerView(app, client, settings, rows, server_now)
     for row in rows:
         # Published again within the grace period: its message may still be on its way.
@@ -162,64 +157,6 @@ def reconcile_round(
             {f"{q}/{r.value}": n for (q, r), n in sorted(result.acted.items())},
         )
     return result
-
-
-def _restore_orphans(
-    app: Celery, client: redis.Redis, sessions: Sessions, older_than: float, batch_size: int
-) -> Counter[tuple[str, Reason]]:
-    """Move back to their queues the `unacked` entries nobody holds (see the module docstring),
-    delivered before `older_than` (the lost-worker cut-off): up to `batch_size` per round, a cursor
-    walking the index by delivery time (wrapping at the end), so that entries held for long (a
-    long task, a countdown) never hide those behind them."""
-    raw = client.get(_UNACKED_CURSOR_KEY)
-    after = float(raw) if raw else None
-    old = held.delivered_before(client, older_than, after, batch_size)
-    if len(old) < batch_size:
-        client.delete(_UNACKED_CURSOR_KEY)
-    else:
-        client.set(_UNACKED_CURSOR_KEY, repr(old[-1][1]))
-    if not old:
-        return Counter()
-    noted = held.held_by(client, heartbeats.beating_since(client, older_than))
-    orphans = [
-        d for d in held.deliveries(client, [tag for tag, _ in old]) if d.task_id not in noted
-    ]
-    if not orphans:
-        return Counter()
-    with sessions() as session:
-        ledger = {
-            task_id: (state, retries)
-            for task_id, state, retries in session.execute(
-                select(TaskRecord.task_id, TaskRecord.state, TaskRecord.retries).where(
-                    TaskRecord.task_id.in_({d.task_id for d in orphans})
-                )
-            )
-        }
-    restored: list[held.Delivery] = []
-    forgotten = 0
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for delivery in orphans:
-            state, retries = ledger.get(delivery.task_id, (None, 0))
-            if state in FINISHED or retries > delivery.retries:
-                held.forget_delivery(client, delivery.tag)
-                forgotten += 1
-            elif held.move_back(channel, delivery.tag, delivery.task_id):
-                restored.append(delivery)
-    if forgotten:
-        log.info("removed %d `unacked` entries of tasks ended or retried since", forgotten)
-    if restored:
-        with sessions() as session:
-            session.execute(
-                update(TaskRecord)
-                .where(
-                    TaskRecord.task_id.in_({d.task_id for d in restored}),
-                    TaskRecord.state.in_(sorted(UNFINISHED)),
-                )
-                .values(reconciled_at=utcnow(), reconcile_reason=Reason.ORPHANED_UNACKED.value)
-                .execution_options(synchronize_session=False)
-            )
-    return Counter((d.queue, Reason.ORPHANED_UNACKED) for d in restored)
 
 
 def counts(client: redis.Redis) -> dict[tuple[str, str], int]:
