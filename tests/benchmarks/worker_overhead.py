@@ -9,7 +9,9 @@ prefetch as shipped) and the bare app (tests.benchmarks.bare_worker) once per pr
 workers use. Each shipped worker runs its canary `ragcore.canary.<queue>`, sent as the API sends
 tasks (`ragcore.tasks.dispatch`: recorded in the ledger, then published): a trivial task that keeps
 its result, so it pays what every such task pays (argument validation, two synchronous ledger
-updates, the STARTED and SUCCESS results). The bare app runs a no-op task that keeps its result.
+updates, the STARTED and SUCCESS results). The bare app runs a no-op task that keeps its result. The user canary also runs as another client
+sends it (`OTHER_CLIENT`: a plain Celery app's `send_task` in a process that never imports ragcore,
+so no ledger row and no stamp): its worker records it at receive.
 
 All workers run throughout with their consumer cancelled; a measurement queues its tasks, re-adds
 one worker's consumer and times until the last task's result is stored (one process consumes FIFO),
@@ -22,7 +24,10 @@ without task events and `track_started` (tests.benchmarks.lean_worker).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 
 from ragcore.settings import get_settings
 from ragcore.tasks import dispatch
@@ -32,6 +37,18 @@ from tests.benchmarks.common import Phase, start_idle_worker, timed_drain
 from tests.support.stack import running_stack
 
 TARGET = 0.9
+
+#: Another client publishing: a plain Celery app in a process that never imports ragcore (whose
+#: publish hooks would stamp its messages); prints the last id.
+OTHER_CLIENT = (
+    "import json, sys\n"
+    "from celery import Celery\n"
+    "o = json.loads(sys.argv[1])\n"
+    "app = Celery(broker=o['broker'])\n"
+    "for i in range(o['n']):\n"
+    "    last = app.send_task(o['name'], kwargs={'echo': str(i)}, queue=o['queue']).id\n"
+    "print(last)\n"
+)
 
 
 def main() -> None:
@@ -69,6 +86,34 @@ def main() -> None:
                 f"bare, prefetch {multiplier}", hostname, bare_worker.QUEUE, args.tasks, publish
             )
 
+        def other_client(queue: Queue) -> Phase:
+            def publish_batch(n: int) -> str:
+                options = {
+                    "broker": stack.redis.url,
+                    "name": CANARIES[queue].name,
+                    "queue": queue.value,
+                    "n": n,
+                }
+                done = subprocess.run(
+                    [sys.executable, "-c", OTHER_CLIENT, json.dumps(options)],
+                    env=stack.env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=True,
+                )
+                return done.stdout.strip().splitlines()[-1]
+
+            plain = canary(queue)
+            return Phase(
+                f"{queue.value} canary, another client's",
+                plain.hostname,
+                plain.queue,
+                args.tasks,
+                plain.publish,
+                publish_batch,
+            )
+
         phases: list[Phase] = []
         baseline: dict[str, str] = {}  # a shipped phase -> the bare phase with its prefetch
         for multiplier in sorted({prefetch.get(q.value, 1) for q in Queue}):
@@ -86,6 +131,9 @@ def main() -> None:
             start_idle_worker(stack, f"services.{queue.value}.worker", phase.hostname, phase.queue)
             phases.append(phase)
             baseline[phase.name] = bare(prefetch.get(queue.value, 1)).name
+        foreign = other_client(Queue.USER)
+        phases.append(foreign)
+        baseline[foreign.name] = bare(prefetch.get(Queue.USER.value, 1)).name
         if args.diagnose:
             notifications = canary(Queue.NOTIFICATIONS)
             for name, hostname, extra in (
@@ -109,9 +157,10 @@ def main() -> None:
             return ready
 
         for phase in phases:  # warm up: the pool process's imports, connections, pools
-            timed_drain(
-                producer, Phase("warm-up", phase.hostname, phase.queue, 50, phase.publish), done
+            warm_up = Phase(
+                "warm-up", phase.hostname, phase.queue, 50, phase.publish, phase.publish_batch
             )
+            timed_drain(producer, warm_up, done)
         rates: dict[str, list[float]] = {p.name: [] for p in phases}
         for r in range(args.rounds):
             for i in range(len(phases)):

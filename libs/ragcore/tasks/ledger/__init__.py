@@ -21,7 +21,6 @@ from ragcore.tasks.ledger.records import (
 )
 from ragcore.tasks.ledger.revocation import (
     MAX_REVOKED_IDS,
-    claim_start,
     record_revoked_unseen,
     revoke,
     revoked_ids,
@@ -29,6 +28,7 @@ from ragcore.tasks.ledger.revocation import (
 from ragcore.tasks.ledger.window import Durations, Window, last_success, window
 from ragcore.tasks.ledger.writer import (
     Writer,
+    claim_start,
     flush,
     handed_back,
     report_progress,
