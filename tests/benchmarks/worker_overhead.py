@@ -32,8 +32,9 @@ import sys
 from ragcore.settings import get_settings
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import CANARIES, Queue
+from ragcore_dev.processes import Deployable
 from tests.benchmarks import bare_worker
-from tests.benchmarks.common import Phase, start_idle_worker, timed_drain
+from tests.benchmarks.common import Phase, group_cpu_seconds, start_idle_worker, timed_drain
 from tests.support.stack import running_stack
 
 TARGET = 0.9
@@ -115,10 +116,11 @@ def main() -> None:
             )
 
         phases: list[Phase] = []
+        workers: dict[str, Deployable] = {}  # by hostname
         baseline: dict[str, str] = {}  # a shipped phase -> the bare phase with its prefetch
         for multiplier in sorted({prefetch.get(q.value, 1) for q in Queue}):
             phase = bare(multiplier)
-            start_idle_worker(
+            workers[phase.hostname] = start_idle_worker(
                 stack,
                 "tests.benchmarks.bare_worker",
                 phase.hostname,
@@ -128,7 +130,9 @@ def main() -> None:
             phases.append(phase)
         for queue in Queue:
             phase = canary(queue)
-            start_idle_worker(stack, f"services.{queue.value}.worker", phase.hostname, phase.queue)
+            workers[phase.hostname] = start_idle_worker(
+                stack, f"services.{queue.value}.worker", phase.hostname, phase.queue
+            )
             phases.append(phase)
             baseline[phase.name] = bare(prefetch.get(queue.value, 1)).name
         foreign = other_client(Queue.USER)
@@ -144,7 +148,7 @@ def main() -> None:
                     ("--no-events",),
                 ),
             ):
-                start_idle_worker(
+                workers[hostname] = start_idle_worker(
                     stack, "tests.benchmarks.lean_worker", hostname, notifications.queue, *extra
                 )
                 phases.append(
@@ -162,10 +166,14 @@ def main() -> None:
             )
             timed_drain(producer, warm_up, done)
         rates: dict[str, list[float]] = {p.name: [] for p in phases}
+        cpu: dict[str, list[float]] = {p.name: [] for p in phases}  # ms per task, main + pool
         for r in range(args.rounds):
             for i in range(len(phases)):
                 phase = phases[(r + i) % len(phases)]
+                before = group_cpu_seconds(workers[phase.hostname])
                 rates[phase.name].append(timed_drain(producer, phase, done))
+                spent = group_cpu_seconds(workers[phase.hostname]) - before
+                cpu[phase.name].append(spent * 1000 / phase.tasks)
 
         width = max(len(name) for name in rates)
         for name, values in rates.items():
@@ -177,7 +185,8 @@ def main() -> None:
                 )
                 verdict = "met" if ratio >= TARGET else "NOT met"
                 line += f"   / {baseline[name]}: {ratio:.2f} (target >= {TARGET}: {verdict})"
-            print(f"{line}   runs {' '.join(f'{v:.0f}' for v in values)}", flush=True)
+            line += f"   runs {' '.join(f'{v:.0f}' for v in values)}"
+            print(f"{line}   CPU {statistics.median(cpu[name]):.2f} ms/task", flush=True)
 
 
 if __name__ == "__main__":
