@@ -8,10 +8,12 @@ started from their entrypoints: each shipped worker (`python -m services.<queue>
 prefetch as shipped) and the bare app (tests.benchmarks.bare_worker) once per prefetch the shipped
 workers use. Each shipped worker runs its canary `ragcore.canary.<queue>`, sent as the API sends
 tasks (`ragcore.tasks.dispatch`: recorded in the ledger, then published): a trivial task that keeps
-its result, so it pays what every such task pays (argument validation, two synchronous ledger
-updates, the STARTED and SUCCESS results). The bare app runs a no-op task that keeps its result. The user canary also runs as another client
-sends it (`OTHER_CLIENT`: a plain Celery app's `send_task` in a process that never imports ragcore,
-so no ledger row and no stamp): its worker records it at receive.
+its result, so it pays what every such task pays (argument validation, its start and end written to
+the ledger, the STARTED and SUCCESS results). The bare app runs a no-op task that keeps its result.
+The user canary also runs as another client sends it (`OTHER_CLIENT`: a plain Celery app's
+`send_task` in a process that never imports ragcore, so no ledger row and no stamp). Beside each
+rate: the CPU time per task of the worker's processes (main and pool), less moved by the machine's
+load than a rate.
 
 All workers run throughout with their consumer cancelled; a measurement queues its tasks, re-adds
 one worker's consumer and times until the last task's result is stored (one process consumes FIFO),

@@ -1,7 +1,7 @@
 """Nothing a lost worker held waits for the visibility timeout (issue 25, point 4), another
-client's task neither, and a live worker is never taken for lost: real worker processes started from their entrypoints, a real
-Redis, with faults injected into one worker process through its `sitecustomize` (a wedged consumer
-loop, a lagging clock).
+client's task neither, and a live worker is never taken for lost: real worker processes started
+from their entrypoints, a real Redis, with faults injected into one worker process through its
+`sitecustomize` (a wedged consumer loop, a lagging clock).
 
 Heartbeats here come every second and a worker is lost after 6 s without one; the visibility
 timeout stays at its default (2 h), so anything that waited for it would fail these tests.

@@ -23,6 +23,7 @@ from tests.support.stack import ADMIN_KEY, Stack, ledger_record, send_from_anoth
 
 CANARY = CANARIES[Queue.USER].name
 
+
 @pytest.fixture(scope="module")
 def api(stack: Stack) -> Iterator[httpx.Client]:
     stack.start_api()

@@ -18,8 +18,9 @@ MAX_REVOKED_IDS = 50_000
 
 def revoke(session: Session, task_id: str) -> TaskState | None:
     """Revoke a recorded task by one conditional UPDATE, atomic with its worker's start
-    (`ledger.claim_start`): the state it leaves is the answer. REVOKED: it was waiting, and it will not
-    run; STARTED: it was running (terminate applies); None: it already ran to its end, or no row.
+    (`ledger.claim_start`): the state it leaves is the answer. REVOKED: it was waiting, and it will
+    not run; STARTED: it was running (terminate applies); None: it already ran to its end, or no
+    row.
     """
     now = utcnow()
     waiting = TaskRecord.state.in_(list(WAITING))

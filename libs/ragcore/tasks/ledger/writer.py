@@ -42,9 +42,10 @@ class Writer:
     Such a task (a delivery, sent per query) is short and frequent: its bookkeeping must not cost it
     database round trips. The signal receivers queue the update and return; the thread writes what
     queued within `linger` seconds of the first update, merged per task (a start the database could
-    not take and the task's end become one row update), in one transaction. One queue and one thread keep each task's updates in order.
-    A process flushes before it exits; a SIGKILL loses at most the last `linger` seconds of updates
-    (the worker's next life still re-queues what it was running: see ragcore.worker.recovery).
+    not take and the task's end become one row update), in one transaction. One queue and one
+    thread keep each task's updates in order. A process flushes before it exits; a SIGKILL loses at
+    most the last `linger` seconds of updates (the worker's next life still re-queues what it was
+    running: see ragcore.worker.recovery).
 
     While the database is down the updates wait in a bounded backlog (ragcore.tasks.backlog), tried
     again every `RETRY_SECONDS`, and the outage is logged once as it begins and once as it ends.
@@ -53,7 +54,7 @@ class Writer:
     """
 
     def __init__(self, linger: float = 0.2, write_batch: Batch | None = None) -> None:
-        """`write_batch`: how a batch is written (by default as updates of existing rows: `write`)."""
+        """`write_batch`: how a batch is written (by default as updates of rows: `write`)."""
         self._linger = linger
         self._write_batch = write_batch
         self._hurry = threading.Event()  # set by flush(): write without lingering
