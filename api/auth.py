@@ -41,7 +41,7 @@ def require(*allowed: Scope):  # type: ignore[no-untyped-def]
     def check(settings: SettingsDep, key: Annotated[str | None, Security(_header)]) -> str:
         if not key:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, MISSING_KEY)
-        scope = scope_of(key, settings.api_keys)
+        scope = scope_of(key, settings.api.keys)
         if scope is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, UNKNOWN_KEY)
         if scope != "admin" and scope not in allowed:

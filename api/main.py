@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def refuse_unsafe_start(settings: Settings) -> None:
     """The API's start-up invariants (ragcore.invariants): a broken one stops the start, logged."""
     try:
-        invariants.check(settings, broker_client(settings.broker), service="api", api=True)
+        invariants.check(settings, broker_client(settings.redis), service="api", api=True)
     except invariants.InvariantError as exc:
         log.critical("%s", exc)
         raise
@@ -50,12 +50,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside BodyLimit (a declared oversize body is a 413 first) and before the app reads a body.
     app.add_middleware(
         KeyGate,
-        keys=settings.api_keys,
-        large_bytes=settings.max_body_bytes,
-        concurrent_large=settings.max_concurrent_large_bodies,
+        keys=settings.api.keys,
+        large_bytes=settings.api.max_body_bytes,
+        concurrent_large=settings.api.max_concurrent_large_bodies,
     )
     # Added before the request-id middleware, so it runs inside it: a 413 carries X-Request-ID too.
-    app.add_middleware(BodyLimit, default=settings.max_body_bytes, limits=settings.body_limits)
+    app.add_middleware(
+        BodyLimit, default=settings.api.max_body_bytes, limits=settings.api.body_limits
+    )
 
     @app.middleware("http")
     async def request_id(
@@ -120,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     tracing.configure("api", settings.trace_file)
     uvicorn.run(
         create_app(settings),
-        host=settings.api_host,
-        port=settings.api_port,
+        host=settings.api.host,
+        port=settings.api.port,
         log_config=None,
         access_log=False,
     )

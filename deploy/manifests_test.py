@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from api.auth import scope_of
 from deploy.monitoring import prometheus_rule
-from ragcore.settings import ApiScope, Settings
+from ragcore.settings import ApiScope, ApiSettings, RedisSettings, Settings
 
 DEPLOY = Path(__file__).parent
 
@@ -33,7 +33,7 @@ def test_no_shipped_key_entry_admits_a_key_or_starts_prod(where: str) -> None:
         assert scope_of(entry, keys) is None, entry
         assert scope_of(entry.removeprefix("sha256:"), keys) is None, entry
     with pytest.raises(ValidationError, match="placeholder"):
-        Settings(environment="prod", api_keys=keys)
+        Settings(environment="prod", api=ApiSettings(keys=keys))
 
 
 def test_compose_flower_cannot_start_without_basic_auth() -> None:
@@ -80,5 +80,5 @@ def test_the_sentinel_overlays_name_sentinels_ragcore_accepts() -> None:
     local = re.search(r"RAGCORE_REDIS_SENTINELS: (\S+)", compose)
     assert k8s and local
     for sentinels in (k8s[1], local[1]):
-        settings = Settings(redis_sentinels=sentinels, redis_sentinel_master="ragcore")
+        settings = RedisSettings(sentinels=sentinels, sentinel_master="ragcore")
         assert settings.broker.count("sentinel://") == len(settings.sentinel_nodes) == 3

@@ -19,7 +19,7 @@ from ragcore.settings import Settings
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Serve the console from `app`, unless the settings turn it off."""
-    if not settings.console:
+    if not settings.api.console:
         return
     app.state.console_secret = secret_of(settings)
     app.include_router(actions.router)

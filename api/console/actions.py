@@ -119,7 +119,7 @@ def revoke(
     terminate: Annotated[bool, Form()] = False,
 ) -> Response:
     try:
-        revocation = revoking.revoke(db, celery, broker_client(settings.broker), task_id, terminate)
+        revocation = revoking.revoke(db, celery, broker_client(settings.redis), task_id, terminate)
     except (revoking.AlreadyFinished, revoking.CannotTerminate) as exc:
         return error(request, operator, 409, str(exc))
     notice = Notice.TERMINATED if revocation.terminated else Notice.REVOKED

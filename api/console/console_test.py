@@ -155,7 +155,7 @@ def test_sign_out_ends_the_session(signed_in: TestClient) -> None:
 def test_removing_the_admin_key_ends_its_sessions_at_once(signed_in: TestClient) -> None:
     assert signed_in.get("/console").status_code == 200
     settings = signed_in.app.state.settings  # type: ignore[attr-defined]
-    settings.api_keys = {k: v for k, v in settings.api_keys.items() if v != "admin"}
+    settings.api.keys = {k: v for k, v in settings.api.keys.items() if v != "admin"}
     assert signed_in.get("/console", follow_redirects=False).status_code == 303
 
 

@@ -75,8 +75,8 @@ class Overview:
 
 
 def _queues(settings: Settings) -> tuple[redis.Redis, list[depths.QueueStats]]:
-    client = broker_client(settings.broker)
-    ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+    client = broker_client(settings.redis)
+    ttl = heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds)
     return client, depths.all_queue_stats(client, ttl)
 
 
@@ -118,7 +118,7 @@ def queues_picture(settings: Settings, session: Session) -> str:
         activity = queue_activity(session, [s.name for s in stats], utcnow(), WINDOW, STEPS)
         return charts.queues_picture(activity, {s.name: s.depth for s in stats})
 
-    return recent.get(("queues", settings.database_url, settings.broker), draw)
+    return recent.get(("queues", settings.database_url, settings.redis.broker), draw)
 
 
 def durations_picture(settings: Settings, session: Session) -> str:

@@ -53,8 +53,8 @@ class Operator:
 
 def secret_of(settings: Settings) -> str:
     """The configured secret, or one drawn for this process (see `console_secret`)."""
-    if settings.console_secret is not None:
-        return settings.console_secret.get_secret_value()
+    if settings.api.console_secret is not None:
+        return settings.api.console_secret.get_secret_value()
     return secrets.token_urlsafe(32)
 
 
@@ -72,7 +72,7 @@ def _admin_fingerprints(request: Request, settings: Settings) -> list[str]:
         entry.removeprefix("sha256:")
         if entry.startswith("sha256:")
         else hashlib.sha256(entry.encode()).hexdigest()
-        for entry, scope in settings.api_keys.items()
+        for entry, scope in settings.api.keys.items()
         if scope == "admin"
     ]
     return [_fingerprint(request, d) for d in digests]
@@ -103,7 +103,7 @@ def _write(request: Request, response: Response, data: dict[str, str], max_age: 
 
 def current(request: Request, settings: SettingsDep) -> Operator:
     """The signed-in session; SignInRequired when there is none or its key is gone."""
-    data = _read(request, settings.console_session_seconds)
+    data = _read(request, settings.api.console_session_seconds)
     if not data or "fp" not in data or "csrf" not in data:
         raise SignInRequired
     # Compared with every admin key's fingerprint, so timing does not tell which matched.
@@ -133,7 +133,7 @@ def check_form_token(request: Request, token: str) -> None:
 
 def sign_in(request: Request, response: Response, settings: Settings, key: str) -> None:
     """Start a session for `key` if it is an admin key; KeyRefused says why not."""
-    scope = scope_of(key, settings.api_keys) if key else None
+    scope = scope_of(key, settings.api.keys) if key else None
     if scope is None:
         raise KeyRefused(
             "this key is not configured (RAGCORE_API_KEYS); check it and try again", 401
@@ -142,7 +142,7 @@ def sign_in(request: Request, response: Response, settings: Settings, key: str) 
         raise KeyRefused(f"this key's scope is {scope!r}: the console takes an admin key", 403)
     digest = hashlib.sha256(key.encode()).hexdigest()
     data = {"fp": _fingerprint(request, digest), "csrf": secrets.token_urlsafe(24)}
-    _write(request, response, data, settings.console_session_seconds)
+    _write(request, response, data, settings.api.console_session_seconds)
 
 
 def sign_out(response: Response) -> None:

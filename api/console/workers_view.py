@@ -36,8 +36,8 @@ def _age(record: dict[str, object], key: str, now: float) -> float | None:
 
 
 def live(settings: Settings, session: Session) -> list[WorkerRow]:
-    client = broker_client(settings.broker)
-    ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+    client = broker_client(settings.redis)
+    ttl = heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds)
     hosts = sorted(heartbeats.live_workers(client, ttl))
     running = session.execute(
         select(TaskRecord.worker, TaskRecord.task_id, TaskRecord.name)
@@ -66,9 +66,9 @@ def live(settings: Settings, session: Session) -> list[WorkerRow]:
 def lost(settings: Settings) -> dict[str, list[tuple[str, datetime]]]:
     """Per queue, the workers whose heartbeat lapsed holding tasks not re-queued yet, and since
     when."""
-    client = broker_client(settings.broker)
+    client = broker_client(settings.redis)
     stats = depths.all_queue_stats(
-        client, heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+        client, heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds)
     )
     return {
         s.name: [(host, datetime.fromtimestamp(at, UTC)) for host, at in s.lost]

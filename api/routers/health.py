@@ -29,7 +29,7 @@ def readyz(settings: SettingsDep) -> JSONResponse:
     """Redis and the database answer; 503 naming what failed (and the request id) otherwise."""
     checks: dict[str, str] = {}
     try:
-        redis_client(settings.broker, read_timeout=2).ping()
+        redis_client(settings.redis, settings.redis.broker, read_timeout=2).ping()
         checks["redis"] = "ok"
     except Exception as exc:  # what it said is logged under the request id, never answered
         log.warning("readiness: redis unreachable: %s", exc)

@@ -63,7 +63,7 @@ def metrics_access(
 ) -> None:
     """Admin key required unless metrics are public: as X-API-Key, or as a bearer token, which is
     what a Prometheus Operator ServiceMonitor can send (deploy/k8s/monitoring.yaml)."""
-    if not settings.metrics_public:
+    if not settings.api.metrics_public:
         _admin(settings, key or (bearer.credentials if bearer else None))
 
 
@@ -131,10 +131,10 @@ def _reconcile_families(client: redis.Redis) -> list[Metric]:
 
 
 def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
-    since = datetime.now(UTC) - timedelta(seconds=settings.metrics_window_seconds)
+    since = datetime.now(UTC) - timedelta(seconds=settings.api.metrics_window_seconds)
     tasks = GaugeMetricFamily(
         "ragcore_tasks",
-        f"Tasks sent in the last {settings.metrics_window_seconds}s, by name "
+        f"Tasks sent in the last {settings.api.metrics_window_seconds}s, by name "
         "and current state (from the task ledger)",
         labels=["name", "state"],
     )
@@ -143,7 +143,8 @@ def _ledger_families(settings: Settings, session: Session) -> list[Metric]:
         tasks.add_metric([name, state], count)
     duration = GaugeHistogramMetricFamily(
         "ragcore_task_duration_seconds",
-        f"Run time of the tasks sent in the last {settings.metrics_window_seconds}s that finished",
+        f"Run time of the tasks sent in the last {settings.api.metrics_window_seconds}s "
+        "that finished",
         labels=["name"],
     )
     for d in window.durations:
@@ -280,9 +281,9 @@ def metrics(settings: SettingsDep, session: SessionDep) -> Response:
     """Queue and task metrics in the Prometheus text format."""
     started = time.monotonic()
     try:
-        client = broker_client(settings.broker)
+        client = broker_client(settings.redis)
         stats = depths.all_queue_stats(
-            client, heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+            client, heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds)
         )
         reconciled = _reconcile_families(client)
         # breaker states live in the broker's Redis

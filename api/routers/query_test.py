@@ -12,10 +12,13 @@ from ragcore_dev.processes import free_port
 QUESTION = {"user_id": "alice", "query": "bronze harbor safety", "top_k": 2}
 
 
-def _configure(client: TestClient, **changes: Any) -> None:
-    """Settings for this test's query service, which the app builds on the first query."""
+def _configure(client: TestClient, group: str, **changes: Any) -> None:
+    """Settings (of `group`, e.g. "tiers") for this test's query service, which the app builds on
+    the first query."""
     app: Any = client.app
-    app.state.settings = app.state.settings.model_copy(update=changes)
+    settings = app.state.settings
+    changed = getattr(settings, group).model_copy(update=changes)
+    app.state.settings = settings.model_copy(update={group: changed})
 
 
 def test_a_question_is_answered_in_a_new_conversation_that_it_can_continue(
@@ -59,7 +62,7 @@ def test_a_sync_key_may_not_query(client: TestClient) -> None:
 
 
 def test_past_the_daily_limit_it_is_429_saying_when_it_resets(client: TestClient) -> None:
-    _configure(client, tier_daily_limits={"free": 1, "pro": 1000, "enterprise": 10000})
+    _configure(client, "tiers", daily_limits={"free": 1, "pro": 1000, "enterprise": 10000})
     assert client.post("/api/v1/query/", headers=as_key(QUERY), json=QUESTION).status_code == 200
     response = client.post("/api/v1/query/", headers=as_key(QUERY), json=QUESTION)
     assert response.status_code == 429
@@ -70,7 +73,7 @@ def test_past_the_daily_limit_it_is_429_saying_when_it_resets(client: TestClient
 
 def test_an_unreachable_embedding_service_is_503_without_its_address(client: TestClient) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1/embeddings"
-    _configure(client, embedding_url=url)
+    _configure(client, "models", embedding_url=url)
     response = client.post("/api/v1/query/", headers=as_key(QUERY), json=QUESTION)
     assert response.status_code == 503
     assert response.json()["detail"] == "the embedding service is unavailable; try again"

@@ -62,7 +62,7 @@ def task_status(
     state = live_state(live)
     # Read after the live state: the ledger then holds at least what the worker wrote before it.
     record = ledger.get(session, task_id)
-    client = broker_client(settings.broker)
+    client = broker_client(settings.redis)
     lost_since = workers.lost_since(client, record) if record is not None else None
     view = merge(task_id, state, live, record, lost_since)
     if view is None:
@@ -151,7 +151,7 @@ def list_tasks(_: AdminKey, celery: CeleryDep, settings: SettingsDep) -> TaskLis
         ],
         reserved=[_summary(w, t) for w, tasks in reserved.items() for t in tasks],
         workers=sorted({*active, *scheduled, *reserved}),
-        timeout_seconds=settings.inspect_timeout_seconds,
+        timeout_seconds=settings.workers.inspect_timeout_seconds,
     )
 
 
@@ -180,8 +180,8 @@ def list_workers(_: AdminKey, celery: CeleryDep, settings: SettingsDep) -> Worke
 def list_queues(_: AdminKey, settings: SettingsDep) -> QueuesResponse:
     """Depth, oldest waiting task and consumers of each of the four queues, from the broker."""
     stats = depths.all_queue_stats(
-        broker_client(settings.broker),
-        heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
+        broker_client(settings.redis),
+        heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds),
     )
     return QueuesResponse(queues=[_queue_info(s) for s in stats])
 
@@ -244,7 +244,7 @@ def revoke_task(
     worker started later skips it too."""
     try:
         revocation = revoking.revoke(
-            session, celery, broker_client(settings.broker), task_id, terminate
+            session, celery, broker_client(settings.redis), task_id, terminate
         )
     except (revoking.AlreadyFinished, revoking.CannotTerminate) as exc:
         raise HTTPException(409, str(exc)) from None

@@ -23,9 +23,9 @@ class InvariantError(RuntimeError):
 
 def visibility_timeout_problem(settings: Settings) -> str | None:
     longest = contracts.longest_time_limit()
-    if settings.visibility_timeout_seconds <= longest:
+    if settings.redis.visibility_timeout_seconds <= longest:
         return (
-            f"the visibility timeout ({settings.visibility_timeout_seconds}s) "
+            f"the visibility timeout ({settings.redis.visibility_timeout_seconds}s) "
             f"must exceed the longest task time limit ({longest}s), "
             "or Redis redelivers tasks that are still running"
         )
@@ -67,16 +67,16 @@ def sentinel_problems(settings: Settings) -> list[str]:
     """With Sentinel: the sentinels must know our master (a mistyped name would look like a broker
     outage for ever), and no replica they may promote may evict keys. Sentinels that do not answer
     cannot be judged: logged, as a broker outage is."""
-    if not settings.redis_sentinels:
+    if not settings.redis.sentinels:
         return []
-    view = redis_clients.sentinel_view(settings)
+    view = redis_clients.sentinel_view(settings.redis)
     if view is None:
         log.warning("no sentinel of RAGCORE_REDIS_SENTINELS answers at start-up; unchecked")
         return []
     masters, replicas = view
-    if settings.redis_sentinel_master not in masters:
+    if settings.redis.sentinel_master not in masters:
         return [
-            f"the sentinels know no master named {settings.redis_sentinel_master!r} "
+            f"the sentinels know no master named {settings.redis.sentinel_master!r} "
             f"(they know {sorted(masters)}): set RAGCORE_REDIS_SENTINEL_MASTER"
         ]
     which = "a replica that Sentinel may promote to broker ({}:{})"

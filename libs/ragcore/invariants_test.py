@@ -9,7 +9,7 @@ import redis
 from ragcore import invariants
 from ragcore.db import create_schema, migrate, schema
 from ragcore.redis_clients import redbeat_options, redis_client
-from ragcore.settings import Settings
+from ragcore.settings import RedisSettings, Settings
 from ragcore.tasks import contracts
 from ragcore_dev.servers import SentinelCluster, redis_server, sentinel_cluster
 
@@ -17,7 +17,7 @@ from ragcore_dev.servers import SentinelCluster, redis_server, sentinel_cluster
 @pytest.fixture(scope="module")
 def client() -> Iterator[redis.Redis]:
     with redis_server() as server:
-        yield redis_client(server.url)
+        yield redis_client(RedisSettings(), server.url)
 
 
 @pytest.fixture
@@ -61,9 +61,7 @@ def test_a_broker_that_never_evicts_passes(client: redis.Redis, migrated: Settin
 
 
 def test_sqlite_in_prod_is_refused_naming_the_setting() -> None:
-    prod = Settings.model_construct(
-        environment="prod", database_url="sqlite:///./ragcore.db", visibility_timeout_seconds=7200
-    )
+    prod = Settings.model_construct(environment="prod", database_url="sqlite:///./ragcore.db")
     problem = invariants.sqlite_in_prod_problem(prod) or ""
     assert "RAGCORE_DATABASE_URL is SQLite with RAGCORE_ENVIRONMENT=prod" in problem
     assert "PostgreSQL" in problem
@@ -88,7 +86,7 @@ def test_a_redis_client_without_timeouts_is_refused_by_name(
 
 
 def test_beats_redbeat_client_has_the_timeouts() -> None:
-    url, options = redbeat_options(Settings(redis_read_timeout_seconds=7))
+    url, options = redbeat_options(RedisSettings(read_timeout_seconds=7))
     redbeat = redis.Redis.from_url(url, **options)
     assert redbeat.connection_pool.connection_kwargs["socket_timeout"] == 7
     assert invariants.timeout_problems({"RedBeat's": redbeat}) == []
@@ -114,7 +112,9 @@ def test_an_unreachable_broker_is_not_judged() -> None:
 
 
 def test_a_visibility_timeout_not_above_the_longest_time_limit_is_refused() -> None:
-    settings = Settings(visibility_timeout_seconds=contracts.longest_time_limit())
+    settings = Settings(
+        redis=RedisSettings(visibility_timeout_seconds=contracts.longest_time_limit())
+    )
     assert "must exceed the longest task time limit" in (
         invariants.visibility_timeout_problem(settings) or ""
     )
@@ -132,14 +132,14 @@ def sentinels() -> Iterator[SentinelCluster]:
 
 
 def _through(cluster: SentinelCluster, master: str) -> Settings:
-    return Settings(redis_sentinels=cluster.nodes, redis_sentinel_master=master)
+    return Settings(redis=RedisSettings(sentinels=cluster.nodes, sentinel_master=master))
 
 
 def test_through_sentinel_a_replica_that_evicts_is_refused_as_the_broker_it_may_become(
     sentinels: SentinelCluster,
 ) -> None:
     settings = _through(sentinels, sentinels.master)
-    master = redis_client(settings.broker)
+    master = redis_client(settings.redis, settings.redis.broker)
     assert master.info("server")["tcp_port"] == sentinels.primary.port
     # database=False: the schema's own invariant has its test; this one is about the replica.
     invariants.check(settings, master, service="api", api=True, database=False)
@@ -157,8 +157,14 @@ def test_a_master_name_the_sentinels_do_not_know_is_refused_naming_the_setting(
 ) -> None:
     settings = _through(sentinels, "mistyped")
     with pytest.raises(invariants.InvariantError, match="RAGCORE_REDIS_SENTINEL_MASTER"):
-        invariants.check(settings, redis_client(settings.broker, read_timeout=1), service="api")
+        invariants.check(
+            settings,
+            redis_client(settings.redis, settings.redis.broker, read_timeout=1),
+            service="api",
+        )
 
 
 def test_sentinels_that_do_not_answer_are_not_judged() -> None:
-    assert invariants.sentinel_problems(Settings(redis_sentinels="127.0.0.1:1")) == []
+    assert (
+        invariants.sentinel_problems(Settings(redis=RedisSettings(sentinels="127.0.0.1:1"))) == []
+    )

@@ -19,25 +19,27 @@ from urllib.parse import unquote, urlsplit
 import redis
 from redis.sentinel import Sentinel
 
-from ragcore.settings import Settings, get_settings
+from ragcore.settings import RedisSettings
 
 SENTINEL_SCHEME = "sentinel"
 
 
-def redis_client(url: str, read_timeout: float | None = None) -> redis.Redis:
-    """One client (and connection pool) per URL and read timeout per process.
+def redis_client(
+    redis_settings: RedisSettings, url: str, read_timeout: float | None = None
+) -> redis.Redis:
+    """One client (and connection pool) per URL and read timeout per process, with the timeouts
+    and sentinels of `redis_settings`.
 
     `read_timeout` overrides the configured one for a caller with its own budget (the hot query
     cache).
     """
-    settings = get_settings()
     return _client(
         url,
-        settings.redis_connect_timeout_seconds,
-        read_timeout if read_timeout is not None else settings.redis_read_timeout_seconds,
-        settings.redis_health_check_seconds,
-        settings.redis_sentinel_master,
-        settings.redis_sentinel_password,
+        redis_settings.connect_timeout_seconds,
+        read_timeout if read_timeout is not None else redis_settings.read_timeout_seconds,
+        redis_settings.health_check_seconds,
+        redis_settings.sentinel_master,
+        redis_settings.sentinel_password,
     )
 
 
@@ -90,69 +92,71 @@ def _sentinel_url(url: str) -> tuple[list[tuple[str, int]], int, str | None, str
     return nodes, db, user, password
 
 
-def _timeouts(settings: Settings) -> dict[str, float]:
+def _timeouts(redis_settings: RedisSettings) -> dict[str, float]:
     return {
-        "socket_timeout": settings.redis_read_timeout_seconds,
-        "socket_connect_timeout": settings.redis_connect_timeout_seconds,
+        "socket_timeout": redis_settings.read_timeout_seconds,
+        "socket_connect_timeout": redis_settings.connect_timeout_seconds,
     }
 
 
-def sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+def sentinel_kwargs(redis_settings: RedisSettings) -> dict[str, Any]:
     """How to talk to the sentinels themselves: the same timeouts, their own password."""
-    options: dict[str, Any] = _timeouts(settings)
-    if settings.redis_sentinel_password:
-        options["password"] = settings.redis_sentinel_password
+    options: dict[str, Any] = _timeouts(redis_settings)
+    if redis_settings.sentinel_password:
+        options["password"] = redis_settings.sentinel_password
     return options
 
 
-def transport_options(settings: Settings) -> dict[str, Any]:
+def transport_options(redis_settings: RedisSettings) -> dict[str, Any]:
     """What kombu's Redis transport and Celery's result backend take besides their URL: the
     timeouts, and with Sentinel the master's name and the sentinels' options."""
-    options: dict[str, Any] = _timeouts(settings)
-    if settings.redis_sentinels:
+    options: dict[str, Any] = _timeouts(redis_settings)
+    if redis_settings.sentinels:
         options |= {
-            "master_name": settings.redis_sentinel_master,
-            "sentinel_kwargs": sentinel_kwargs(settings),
+            "master_name": redis_settings.sentinel_master,
+            "sentinel_kwargs": sentinel_kwargs(redis_settings),
         }
     return options
 
 
-def redbeat_options(settings: Settings) -> tuple[str, dict[str, Any]]:
+def redbeat_options(redis_settings: RedisSettings) -> tuple[str, dict[str, Any]]:
     """RedBeat's URL and `redbeat_redis_options`: it opens its own client, from these.
 
     RedBeat takes sentinels as a `redis-sentinel://` URL and options (its `Sentinel(...)` gives the
     master connection its `socket_timeout`, which redis-py also uses for connecting).
     """
-    timeouts = _timeouts(settings)
-    if not settings.redis_sentinels:
-        return settings.broker, {
+    timeouts = _timeouts(redis_settings)
+    if not redis_settings.sentinels:
+        return redis_settings.broker, {
             **timeouts,
-            "health_check_interval": settings.redis_health_check_seconds,
+            "health_check_interval": redis_settings.health_check_seconds,
         }
-    _, db, username, password = _sentinel_url(settings.broker)
+    _, db, username, password = _sentinel_url(redis_settings.broker)
     return "redis-sentinel://", {
-        "sentinels": settings.sentinel_nodes,
-        "service_name": settings.redis_sentinel_master,
+        "sentinels": redis_settings.sentinel_nodes,
+        "service_name": redis_settings.sentinel_master,
         "db": db,
         "username": username,
         "password": password,
         "socket_timeout": timeouts["socket_timeout"],
-        "sentinel_kwargs": sentinel_kwargs(settings),
+        "sentinel_kwargs": sentinel_kwargs(redis_settings),
     }
 
 
-def sentinel_view(settings: Settings) -> tuple[set[str], list[redis.Redis]] | None:
+def sentinel_view(redis_settings: RedisSettings) -> tuple[set[str], list[redis.Redis]] | None:
     """What the first sentinel to answer says: the masters it knows, and a client of each replica
     of ours (the brokers a failover may promote). None when none answers, or without Sentinel."""
-    if not settings.redis_sentinels:
+    if not redis_settings.sentinels:
         return None
-    sentinel = Sentinel(settings.sentinel_nodes, sentinel_kwargs=sentinel_kwargs(settings))
+    sentinel = Sentinel(
+        redis_settings.sentinel_nodes, sentinel_kwargs=sentinel_kwargs(redis_settings)
+    )
     for node in sentinel.sentinels:
         try:
             masters = {str(name) for name in node.sentinel_masters()}
         except redis.RedisError:
             continue  # another sentinel may answer
-        _, db, username, password = _sentinel_url(settings.broker)
+        _, db, username, password = _sentinel_url(redis_settings.broker)
         replicas = [
             redis.Redis(
                 host,
@@ -160,10 +164,10 @@ def sentinel_view(settings: Settings) -> tuple[set[str], list[redis.Redis]] | No
                 db,
                 username=username,
                 password=password,
-                socket_timeout=settings.redis_read_timeout_seconds,
-                socket_connect_timeout=settings.redis_connect_timeout_seconds,
+                socket_timeout=redis_settings.read_timeout_seconds,
+                socket_connect_timeout=redis_settings.connect_timeout_seconds,
             )
-            for host, port in sentinel.discover_slaves(settings.redis_sentinel_master)
+            for host, port in sentinel.discover_slaves(redis_settings.sentinel_master)
         ]
         return masters, replicas
     return None

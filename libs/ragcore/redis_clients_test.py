@@ -10,7 +10,7 @@ import redis
 
 from ragcore import redis_clients
 from ragcore.redis_clients import redis_client
-from ragcore.settings import Settings, get_settings
+from ragcore.settings import RedisSettings, get_settings
 from ragcore_dev.processes import wait_until
 from ragcore_dev.servers import SentinelCluster, sentinel_cluster
 
@@ -28,7 +28,7 @@ def silent_server() -> Iterator[str]:
 def test_a_redis_that_accepts_but_never_answers_fails_within_the_read_timeout(
     silent_server: str,
 ) -> None:
-    client = redis_client(silent_server, read_timeout=0.3)
+    client = redis_client(RedisSettings(), silent_server, read_timeout=0.3)
     started = time.monotonic()
     with pytest.raises(redis.TimeoutError):
         client.ping()
@@ -38,9 +38,13 @@ def test_a_redis_that_accepts_but_never_answers_fails_within_the_read_timeout(
 def test_one_client_per_url_and_timeout_and_every_client_checks_idle_connections(
     silent_server: str,
 ) -> None:
-    assert redis_client(silent_server) is redis_client(silent_server)
-    assert redis_client(silent_server, read_timeout=0.3) is not redis_client(silent_server)
-    options = redis_client(silent_server).connection_pool.connection_kwargs
+    assert redis_client(RedisSettings(), silent_server) is redis_client(
+        RedisSettings(), silent_server
+    )
+    assert redis_client(RedisSettings(), silent_server, read_timeout=0.3) is not redis_client(
+        RedisSettings(), silent_server
+    )
+    options = redis_client(RedisSettings(), silent_server).connection_pool.connection_kwargs
     assert (
         options["socket_timeout"]
         and options["socket_connect_timeout"]
@@ -61,7 +65,7 @@ def sentinels(monkeypatch: pytest.MonkeyPatch) -> Iterator[SentinelCluster]:
 def test_through_sentinel_a_client_reaches_the_promoted_replica_after_the_primary_dies(
     sentinels: SentinelCluster,
 ) -> None:
-    client = redis_client(get_settings().broker)
+    client = redis_client(get_settings().redis, get_settings().redis.broker)
     client.set("before", 1)
     assert client.info("server")["tcp_port"] == sentinels.primary.port
     options = client.connection_pool.connection_kwargs
@@ -82,21 +86,21 @@ def test_through_sentinel_a_client_reaches_the_promoted_replica_after_the_primar
 def test_kombu_celery_and_redbeat_get_the_timeouts_and_with_sentinel_the_master_and_sentinels() -> (
     None
 ):
-    plain = Settings()
+    plain = RedisSettings()
     assert redis_clients.transport_options(plain) == {
-        "socket_timeout": plain.redis_read_timeout_seconds,
-        "socket_connect_timeout": plain.redis_connect_timeout_seconds,
+        "socket_timeout": plain.read_timeout_seconds,
+        "socket_connect_timeout": plain.connect_timeout_seconds,
     }
     assert redis_clients.redbeat_options(plain)[0] == plain.broker
-    guarded = Settings(
-        redis_url="redis://:pw@x/2",
-        redis_sentinels="s1:1,s2:2",
-        redis_sentinel_master="m",
-        redis_sentinel_password="sp",
+    guarded = RedisSettings(
+        url="redis://:pw@x/2",
+        sentinels="s1:1,s2:2",
+        sentinel_master="m",
+        sentinel_password="sp",
     )
     options = redis_clients.transport_options(guarded)
     assert options["master_name"] == "m" and options["sentinel_kwargs"]["password"] == "sp"
-    assert options["sentinel_kwargs"]["socket_timeout"] == guarded.redis_read_timeout_seconds
+    assert options["sentinel_kwargs"]["socket_timeout"] == guarded.read_timeout_seconds
     url, beat = redis_clients.redbeat_options(guarded)
     assert url == "redis-sentinel://"
     assert (beat["sentinels"], beat["service_name"], beat["db"], beat["password"]) == (

@@ -33,7 +33,7 @@ from services.beat.scheduler import OutageTolerantScheduler
 
 log = logging.getLogger(__name__)
 settings = get_settings()
-redbeat_url, redbeat_options = redis_clients.redbeat_options(settings)
+redbeat_url, redbeat_options = redis_clients.redbeat_options(settings.redis)
 app = create_app("beat")
 app.conf.update(
     beat_schedule=schedule.build(settings),
@@ -63,7 +63,7 @@ def main() -> None:
     try:
         invariants.check(
             settings,
-            broker_client(settings.broker),
+            broker_client(settings.redis),
             service="beat",
             redis_clients={"RedBeat's Redis client (redbeat_redis_options)": get_redis(app)},
         )
@@ -71,8 +71,8 @@ def main() -> None:
         log.critical("%s", exc)
         sys.exit(str(exc))
     threads = [
-        ReportRelay(app, settings.report_relay_seconds),
-        Redriver(app, settings, settings.report_relay_seconds),
+        ReportRelay(app, settings.beat.report_relay_seconds),
+        Redriver(app, settings, settings.beat.report_relay_seconds),
         Reconciler(app, settings),
     ]
     for thread in threads:

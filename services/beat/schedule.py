@@ -49,7 +49,7 @@ def _expires(when: crontab | schedule) -> float:
 
 def build(settings: Settings) -> dict[str, dict[str, Any]]:
     entries: dict[str, dict[str, Any]] = {}
-    for name, spec in settings.beat_schedule.items():
+    for name, spec in settings.beat.schedule.items():
         task = contract(name)
         when = parse(spec)
         entries[name] = {

@@ -3,7 +3,7 @@ times."""
 
 from celery.schedules import crontab
 
-from ragcore.settings import Settings
+from ragcore.settings import BeatSettings, Settings
 from services.beat.schedule import build, period_seconds
 
 
@@ -32,5 +32,5 @@ def test_every_entry_expires_before_its_next_run() -> None:
 
 
 def test_interval_schedules_are_seconds() -> None:
-    entries = build(Settings(beat_schedule={"process_sync_queue": "2"}))
+    entries = build(Settings(beat=BeatSettings(schedule={"process_sync_queue": "2"})))
     assert period_seconds(entries["process_sync_queue"]["schedule"]) == 2

@@ -25,7 +25,7 @@ from ragcore.db.models import (
     SyncEvent,
     TaskRecord,
 )
-from ragcore.settings import Settings
+from ragcore.settings import RetentionSettings
 from ragcore.sync_events import SyncEventStatus
 from ragcore.tasks.states import FINISHED
 
@@ -110,22 +110,18 @@ def delete_done_sync_events(
     return _delete_in_batches(sessions, SyncEvent.id, old, batch_size)
 
 
-def apply_retention(sessions: Sessions, now: datetime, settings: Settings) -> dict[str, Any]:
-    """Every table's retention (settings `retention_*`): rows deleted per table."""
-    batch = settings.retention_batch_size
+def apply_retention(sessions: Sessions, now: datetime, keep: RetentionSettings) -> dict[str, Any]:
+    """Every table's retention (`settings.retention`): rows deleted per table."""
+    batch = keep.batch_size
     deleted = {
-        "task_ledger": delete_finished_tasks(
-            sessions, now, settings.retention_task_ledger_days, batch
-        ),
+        "task_ledger": delete_finished_tasks(sessions, now, keep.task_ledger_days, batch),
         "failed_deliveries": delete_resolved_deliveries(
-            sessions, now, settings.retention_failed_deliveries_days, batch
+            sessions, now, keep.failed_deliveries_days, batch
         ),
-        "sync_events": delete_done_sync_events(
-            sessions, now, settings.retention_sync_events_days, batch
-        ),
-        "query_cache": delete_old_query_cache(
-            sessions, now, settings.retention_query_cache_days, batch
-        )["deleted"],
+        "sync_events": delete_done_sync_events(sessions, now, keep.sync_events_days, batch),
+        "query_cache": delete_old_query_cache(sessions, now, keep.query_cache_days, batch)[
+            "deleted"
+        ],
     }
     return {"deleted": deleted}
 

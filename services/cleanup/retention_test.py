@@ -17,7 +17,7 @@ from ragcore.db.models import (
     SyncEvent,
     TaskRecord,
 )
-from ragcore.settings import Settings
+from ragcore.settings import RetentionSettings
 from services.cleanup.retention import (
     Sessions,
     apply_retention,
@@ -219,15 +219,15 @@ def test_retention_deletes_exactly_the_rows_past_their_age_and_nothing_unfinishe
                     created_at=_days_ago(age),
                 )
             )
-    settings = Settings(
-        retention_task_ledger_days=30,
-        retention_failed_deliveries_days=90,
-        retention_sync_events_days=7,
-        retention_query_cache_days=30,
-        retention_batch_size=2,
+    keep = RetentionSettings(
+        task_ledger_days=30,
+        failed_deliveries_days=90,
+        sync_events_days=7,
+        query_cache_days=30,
+        batch_size=2,
     )
 
-    result = apply_retention(sessions, NOW, settings)
+    result = apply_retention(sessions, NOW, keep)
 
     assert result == {
         "deleted": {"task_ledger": 4, "failed_deliveries": 2, "sync_events": 2, "query_cache": 1}
@@ -241,6 +241,6 @@ def test_retention_deletes_exactly_the_rows_past_their_age_and_nothing_unfinishe
         }
         assert set(s.scalars(select(SyncEvent.id))) == {k for k, v in EVENTS.items() if not v[-1]}
         assert set(s.scalars(select(QueryCacheEntry.cache_key))) == {"k1"}
-    assert apply_retention(sessions, NOW, settings) == {
+    assert apply_retention(sessions, NOW, keep) == {
         "deleted": {"task_ledger": 0, "failed_deliveries": 0, "sync_events": 0, "query_cache": 0}
     }

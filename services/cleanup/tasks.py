@@ -10,16 +10,16 @@ from celery import Celery, Task
 from ragcore.db import session_scope, utcnow
 from ragcore.query.cache import HotCache, data_version
 from ragcore.redis_clients import redis_client
-from ragcore.settings import get_settings
+from ragcore.settings import RedisSettings
 from ragcore.tasks import contracts
-from ragcore.tasks.app import define_task
+from ragcore.tasks.app import app_settings, define_task
 from ragcore.tasks.arguments import CleanupConversationsArgs, CleanupQueryCacheArgs, NoArgs
 from services.cleanup import redis_purge, retention
 
 
-def _redis(url: str) -> redis.Redis:
+def _redis(redis_settings: RedisSettings, url: str) -> redis.Redis:
     # A SCAN batch over a large keyspace may take a while: a longer read budget than the default.
-    return redis_client(url, read_timeout=30)
+    return redis_client(redis_settings, url, read_timeout=30)
 
 
 def register(app: Celery) -> None:
@@ -29,10 +29,11 @@ def register(app: Celery) -> None:
     def cleanup_old_cache(self: Task, args: NoArgs) -> dict[str, Any]:
         """Remove hot query-cache entries of older data versions from Redis: they can never be
         served."""
-        settings = get_settings()
+        settings = app_settings(self.app).redis
         with session_scope() as session:
             version = data_version(session)
-        cache = HotCache(_redis(settings.cache), settings.cache_prefix, settings.cache_ttl_seconds)
+        client = _redis(settings, settings.cache)
+        cache = HotCache(client, settings.cache_prefix, settings.cache_ttl_seconds)
         return redis_purge.purge_stale_cache(cache, version)
 
     @define_task(app, contracts.CLEANUP_QUERY_CACHE)
@@ -48,10 +49,11 @@ def register(app: Celery) -> None:
     @define_task(app, contracts.APPLY_RETENTION)
     def apply_retention(self: Task, args: NoArgs) -> dict[str, Any]:
         """Delete what each table keeps no longer (settings `retention_*`), in bounded batches."""
-        return retention.apply_retention(session_scope, utcnow(), get_settings())
+        return retention.apply_retention(session_scope, utcnow(), app_settings(self.app).retention)
 
     @define_task(app, contracts.CLEANUP_FAILED_TASKS)
     def cleanup_failed_tasks(self: Task, args: NoArgs) -> dict[str, Any]:
         """Remove results of failed tasks from the result backend; the task ledger keeps the
         failures."""
-        return redis_purge.purge_failed_results(_redis(get_settings().result_backend))
+        settings = app_settings(self.app).redis
+        return redis_purge.purge_failed_results(_redis(settings, settings.result_backend))

@@ -18,29 +18,30 @@ from ragcore.clients.transport import is_retryable, shared_http_client
 from ragcore.clients.users import UsersClient, content_digest
 from ragcore.db import session_scope, utcnow
 from ragcore.deliveries import deliver
-from ragcore.settings import get_settings
+from ragcore.settings import NeighbourSettings
 from ragcore.tasks import contracts
-from ragcore.tasks.app import PermanentTaskError, define_task
+from ragcore.tasks.app import PermanentTaskError, app_settings, define_task
 from ragcore.tasks.arguments import QueryResultArgs, SystemNotificationArgs, UsageStatisticsArgs
 from ragcore.tasks.locks import lock_client, periodic_lock
 from services.notifications import usage
 
 
-def http_client() -> httpx.Client:
+def http_client(neighbours: NeighbourSettings) -> httpx.Client:
     """The process's client (one per prefork child); benchmarks swap this for their baseline."""
-    return shared_http_client(get_settings())
+    return shared_http_client(neighbours)
 
 
-def users() -> UsersClient:
-    settings = get_settings()
-    return UsersClient(http_client(), settings.users_url, settings.users_token)
+def users(task: Task) -> UsersClient:
+    """Users, as the settings of `task`'s app say."""
+    neighbours = app_settings(task.app).neighbours
+    return UsersClient(http_client(neighbours), neighbours.users_url, neighbours.users_token)
 
 
 def send_query_result_to_users(self: Task, args: QueryResultArgs) -> dict[str, Any]:
     """Report one answered query; the message id is the idempotency key."""
     payload = args.model_dump(mode="json")
     code = deliver(
-        self, contracts.SEND_QUERY_RESULT, payload, lambda: users().send_query_result(payload)
+        self, contracts.SEND_QUERY_RESULT, payload, lambda: users(self).send_query_result(payload)
     )
     return {"message_id": args.message_id, "status_code": code}
 
@@ -55,7 +56,7 @@ def send_usage_statistics(self: Task, args: UsageStatisticsArgs) -> dict[str, An
     them from the record.
     """
     latest = usage.latest_reportable_hour(
-        utcnow(), timedelta(seconds=get_settings().usage_report_lag_seconds)
+        utcnow(), timedelta(seconds=app_settings(self.app).neighbours.usage_report_lag_seconds)
     )
     if args.period_start is None:
         with session_scope() as session:
@@ -83,7 +84,9 @@ def _report_hour(self: Task, start: datetime, again: bool) -> dict[str, Any] | N
     task = contracts.SEND_USAGE_STATISTICS
     pinned = {"period_start": start.isoformat()}  # what a re-drive of this hour sends
     with periodic_lock(
-        lock_client(), f"{task.name}:{start.isoformat()}", ttl=task.time_limit
+        lock_client(app_settings(self.app).redis),
+        f"{task.name}:{start.isoformat()}",
+        ttl=task.time_limit,
     ) as acquired:
         if not acquired:
             return None
@@ -96,7 +99,7 @@ def _report_hour(self: Task, start: datetime, again: bool) -> dict[str, Any] | N
             revision = usage.revision_for(session, start, digest)
         try:
             code = deliver(
-                self, task, pinned, lambda: users().send_usage_statistics(report, revision)
+                self, task, pinned, lambda: users(self).send_usage_statistics(report, revision)
             )
         except Exception as exc:
             # refused for good (a failed delivery to re-drive): later hours go on
@@ -128,7 +131,7 @@ def send_system_notification(self: Task, args: SystemNotificationArgs) -> dict[s
         self,
         contracts.SEND_SYSTEM_NOTIFICATION,
         pinned,
-        lambda: users().send_notification(body, key),
+        lambda: users(self).send_notification(body, key),
     )
     return {"idempotency_key": key, "recipients": len(args.user_ids), "status_code": code}
 

@@ -22,6 +22,7 @@ from ragcore.clients.ingest import Chunk
 from ragcore.clients.transport import RetryLater
 from ragcore.db import session_scope
 from ragcore.db.models import SyncDocument
+from ragcore.settings import RedisSettings
 from ragcore.tasks.locks import all_locks, lock_client, periodic_lock
 
 #: A crashed holder's document lock frees itself after this. An event or a page's write holds it
@@ -38,11 +39,11 @@ def lock_name(document_id: str) -> str:
     return f"sync-document:{document_id}"
 
 
-def document_lock(document_id: str) -> AbstractContextManager[bool]:
+def document_lock(redis_settings: RedisSettings, document_id: str) -> AbstractContextManager[bool]:
     """The lock an event holds while it applies one document; False: someone else holds it."""
     # On the broker's Redis, which never evicts: a lock an evicting cache dropped would let two
     # runs in.
-    return periodic_lock(lock_client(), lock_name(document_id), ttl=LOCK_SECONDS)
+    return periodic_lock(lock_client(redis_settings), lock_name(document_id), ttl=LOCK_SECONDS)
 
 
 class DocumentsBusy(RetryLater):
@@ -50,13 +51,15 @@ class DocumentsBusy(RetryLater):
 
 
 @contextmanager
-def fresh_chunks(chunks: list[Chunk]) -> Iterator[tuple[list[Chunk], list[Chunk]]]:
+def fresh_chunks(
+    redis_settings: RedisSettings, chunks: list[Chunk]
+) -> Iterator[tuple[list[Chunk], list[Chunk]]]:
     """Hold the locks of the chunks' documents; yields (chunks to write, chunks an applied event
     superseded). The caller writes inside the block; the superseded ones it only re-tags, so that
     a full sync's removal keeps what the event wrote."""
     documents = sorted({c.document_id for c in chunks})
     deadline = time.monotonic() + PAGE_WAIT_SECONDS
-    client = lock_client()
+    client = lock_client(redis_settings)
     while True:
         with all_locks(client, [lock_name(d) for d in documents], ttl=LOCK_SECONDS) as acquired:
             if acquired:

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn
 
 from celery import Task
@@ -26,9 +27,8 @@ from ragcore.clients.ingest import Page
 from ragcore.db import session_scope
 from ragcore.db.models import FullSyncPage
 from ragcore.query.cache import bump_data_version
-from ragcore.settings import get_settings
 from ragcore.tasks import contracts, ledger
-from ragcore.tasks.app import will_retry
+from ragcore.tasks.app import app_settings, will_retry
 from ragcore.tasks.arguments import NoArgs
 from ragcore.tasks.states import TaskState
 from services.sync.copier import CopyReport, copy_pages
@@ -95,10 +95,11 @@ class FullSyncRun:
 
     def __init__(self, task: Task) -> None:
         self.task = task
+        self.settings = app_settings(task.app)
         self.task_id: str = task.request.id
         self.resumed = load_checkpoint(self.task_id)
         self.generation = self.resumed.generation if self.resumed.pages else begin_generation()
-        self.store = store()
+        self.store = store(task.app)
         self.before = self.store.count()
         #: Pages Qdrant applied so far (this run's and the ones it resumed after), and the cursor
         #: after the last of them.
@@ -106,7 +107,7 @@ class FullSyncRun:
         self.cursor = self.resumed.cursor
         #: Set when the worker stops: fetch no more, write what is fetched, hand back.
         self.halt = threading.Event()
-        self._broker = broker_client(get_settings().broker)
+        self._broker = broker_client(self.settings.redis)
         self._reported = -PROGRESS_SECONDS
 
     def run(self) -> dict[str, Any]:
@@ -143,7 +144,9 @@ class FullSyncRun:
         pages = (
             iter(())
             if self.resumed.finished_copy
-            else ingest().iter_pages(limit=get_settings().sync_batch_size, cursor=self.cursor)
+            else ingest(self.settings).iter_pages(
+                limit=self.settings.neighbours.sync_batch_size, cursor=self.cursor
+            )
         )
         try:
             return copy_pages(
@@ -153,7 +156,7 @@ class FullSyncRun:
                 on_applied=self.on_applied,
                 halt=self.halt,
                 generation=current_generation,
-                guard=fresh_chunks,
+                guard=partial(fresh_chunks, self.settings.redis),
             )
         except Exception as exc:
             if not will_retry(self.task, contracts.TRIGGER_FULL_SYNC, exc):
@@ -203,7 +206,7 @@ class FullSyncRun:
         self.task.update_state(state=TaskState.PENDING, meta=waiting)
         # Back in its queue without a publish: waiting again, so no reconciler sends it twice.
         held.mark_published(
-            broker_client(get_settings().broker),
+            broker_client(self.settings.redis),
             contracts.TRIGGER_FULL_SYNC.queue.value,
             [self.task_id],
         )

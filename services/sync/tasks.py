@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from celery import Celery, Task
@@ -15,7 +16,7 @@ from ragcore.db import session_scope
 from ragcore.db.models import SyncState
 from ragcore.query.cache import bump_data_version
 from ragcore.tasks import contracts
-from ragcore.tasks.app import define_task
+from ragcore.tasks.app import app_settings, define_task
 from ragcore.tasks.arguments import DocumentArgs, NoArgs, SyncEmbeddingsArgs
 from services.sync.copier import copy_pages, write_in_generation
 from services.sync.documents import document_lock, fresh_chunks
@@ -41,15 +42,16 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
     since = args.since or mark
     # `since` is inclusive: chunks at exactly the mark were copied last time, skip them.
     skip_ids = mark_ids if args.since is None else set()
-    vectors = store()
+    settings = app_settings(self.app)
+    vectors = store(self.app)
     with writes_qdrant():
         report = copy_pages(
-            ingest().iter_pages(since=since, limit=args.batch_size),
+            ingest(settings).iter_pages(since=since, limit=args.batch_size),
             vectors,
             skip=lambda c: c.updated_at == mark and c.id in skip_ids,
             generation=current_generation,
             on_applied=bump_for_page,
-            guard=fresh_chunks,
+            guard=partial(fresh_chunks, settings.redis),
         )
     save_mark(report, changed=report.copied > 0)
     return {
@@ -60,20 +62,21 @@ def sync_embeddings(self: Task, args: SyncEmbeddingsArgs) -> dict[str, Any]:
     }
 
 
-def _apply_document(document_id: str, action: str, occurred_at: datetime) -> None:
+def _apply_document(app: Celery, document_id: str, action: str, occurred_at: datetime) -> None:
     """Make Qdrant hold exactly Ingest's current chunks of one document, unless a newer event was
     applied."""
-    with document_lock(document_id) as acquired:
+    settings = app_settings(app)
+    with document_lock(settings.redis, document_id) as acquired:
         if not acquired:
             raise DocumentBusy(document_id)
         with session_scope() as session:
             # A delete that failed and came due after a newer upsert would wipe a live document.
             check_not_stale(session, document_id, occurred_at)
-        vectors = store()
+        vectors = store(app)
         chunks = []
         if action == "upsert":
             try:
-                chunks = ingest().document_embeddings(document_id)
+                chunks = ingest(settings).document_embeddings(document_id)
             except DocumentNotFound:
                 chunks = []  # deleted in Ingest since the event: converge on its current state
         ids = [point_id(c.id) for c in chunks]
@@ -91,7 +94,7 @@ def _apply_document(document_id: str, action: str, occurred_at: datetime) -> Non
 def delete_document_embeddings(self: Task, args: DocumentArgs) -> dict[str, Any]:
     """Remove every point of one document; deleting twice is not an error."""
     with writes_qdrant():
-        store().delete_document(args.document_id)
+        store(self.app).delete_document(args.document_id)
     with session_scope() as session:
         bump_data_version(session)
     return {"document_id": args.document_id, "deleted": True}
@@ -102,7 +105,8 @@ def process_sync_queue(self: Task, args: NoArgs) -> dict[str, Any]:
     # A message may carry its own limits (hard, soft); the worker applies the task's otherwise.
     _, soft = self.request.timelimit or (None, None)
     soft_limit = soft or contracts.PROCESS_SYNC_QUEUE.soft_time_limit
-    report = drain(_apply_document, claim_until=time.monotonic() + CLAIM_FRACTION * soft_limit)
+    apply = partial(_apply_document, self.app)
+    report = drain(apply, claim_until=time.monotonic() + CLAIM_FRACTION * soft_limit)
     return {
         "claimed": report.claimed,
         "documents": report.documents,

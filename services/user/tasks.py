@@ -8,9 +8,8 @@ from celery import Celery, Task
 
 from ragcore.db import session_scope, utcnow
 from ragcore.query import limits
-from ragcore.settings import get_settings
 from ragcore.tasks import contracts
-from ragcore.tasks.app import define_task
+from ragcore.tasks.app import app_settings, define_task
 from ragcore.tasks.arguments import NoArgs, UserArgs
 from services.user import stats, tiers
 
@@ -18,14 +17,14 @@ from services.user import stats, tiers
 def reset_user_daily_limit(self: Task, args: UserArgs) -> dict[str, Any]:
     """Give one user a fresh daily window."""
     with session_scope() as session:
-        reset = limits.reset_user(session, args.user_id, get_settings(), utcnow())
+        reset = limits.reset_user(session, args.user_id, app_settings(self.app), utcnow())
     return {"user_id": args.user_id, "reset": reset}
 
 
 def reset_all_daily_limits(self: Task, args: NoArgs) -> dict[str, Any]:
     """Give every user a fresh daily window: one set-based UPDATE."""
     with session_scope() as session:
-        return {"reset": limits.reset_all(session, get_settings(), utcnow())}
+        return {"reset": limits.reset_all(session, app_settings(self.app), utcnow())}
 
 
 def update_user_statistics(self: Task, args: UserArgs) -> dict[str, Any]:
@@ -34,14 +33,16 @@ def update_user_statistics(self: Task, args: UserArgs) -> dict[str, Any]:
     with session_scope() as session:
         result = stats.count_new(session, args.user_id)
         # The tier follows the 30-day count, which just changed: keep it current as queries come in.
-        result["tier"] = tiers.apply_tier(session, args.user_id, get_settings(), utcnow())["tier"]
+        result["tier"] = tiers.apply_tier(
+            session, args.user_id, app_settings(self.app).tiers, utcnow()
+        )["tier"]
     return result
 
 
 def calculate_user_tier(self: Task, args: UserArgs) -> dict[str, Any]:
     """Compute the user's tier from the settings' thresholds and store it with its daily limit."""
     with session_scope() as session:
-        return tiers.apply_tier(session, args.user_id, get_settings(), utcnow())
+        return tiers.apply_tier(session, args.user_id, app_settings(self.app).tiers, utcnow())
 
 
 def register(app: Celery) -> None:

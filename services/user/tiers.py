@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ragcore.db.models import Message, User
 from ragcore.query.limits import ensure_user
-from ragcore.settings import Settings
+from ragcore.settings import TierSettings
 
 WINDOW = timedelta(days=30)
 
@@ -28,7 +28,9 @@ def tier_for(queries: int, thresholds: dict[str, int]) -> str:
     return max(reached)[2]
 
 
-def apply_tier(session: Session, user_id: str, settings: Settings, now: datetime) -> dict[str, Any]:
+def apply_tier(
+    session: Session, user_id: str, tiers: TierSettings, now: datetime
+) -> dict[str, Any]:
     """Count the user's queries of the last 30 days, store the tier they reach and its daily
     limit."""
     queries = (
@@ -39,12 +41,12 @@ def apply_tier(session: Session, user_id: str, settings: Settings, now: datetime
         )
         or 0
     )
-    tier = tier_for(queries, settings.tier_thresholds)
-    ensure_user(session, user_id, settings)
+    tier = tier_for(queries, tiers.thresholds)
+    ensure_user(session, user_id, tiers)
     user = session.get(User, user_id, with_for_update=True)
     assert user is not None
     previous = user.tier
-    user.tier, user.daily_limit = tier, settings.tier_daily_limits[tier]
+    user.tier, user.daily_limit = tier, tiers.daily_limits[tier]
     return {
         "user_id": user_id,
         "queries_30d": queries,

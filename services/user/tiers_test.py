@@ -2,13 +2,15 @@ from datetime import UTC, datetime, timedelta
 
 from ragcore.db import Sessions
 from ragcore.db.models import Conversation, Message, User, UserStatistics
-from ragcore.settings import Settings
+from ragcore.settings import Settings, TierSettings
 from services.user import stats, tiers
 
 NOW = datetime(2024, 5, 10, 12, tzinfo=UTC)
 SETTINGS = Settings(
-    tier_daily_limits={"free": 10, "pro": 100, "enterprise": 1000},
-    tier_thresholds={"free": 0, "pro": 2, "enterprise": 50},
+    tiers=TierSettings(
+        daily_limits={"free": 10, "pro": 100, "enterprise": 1000},
+        thresholds={"free": 0, "pro": 2, "enterprise": 50},
+    )
 )
 
 
@@ -33,7 +35,7 @@ def add_messages(sessions: Sessions, user: str, *ages: timedelta) -> None:
 
 
 def test_tier_for_picks_the_highest_threshold_reached() -> None:
-    thresholds = SETTINGS.tier_thresholds
+    thresholds = SETTINGS.tiers.thresholds
     assert [tiers.tier_for(n, thresholds) for n in (0, 1, 2, 49, 50, 10**6)] == [
         "free",
         "free",
@@ -48,10 +50,10 @@ def test_crossing_a_threshold_changes_the_tier_and_its_daily_limit(sessions: Ses
     # the old one is outside the window
     add_messages(sessions, "u", timedelta(days=1), timedelta(days=31))
     with sessions() as session:
-        assert tiers.apply_tier(session, "u", SETTINGS, NOW)["tier"] == "free"
+        assert tiers.apply_tier(session, "u", SETTINGS.tiers, NOW)["tier"] == "free"
     add_messages(sessions, "u", timedelta(hours=1))
     with sessions() as session:
-        result = tiers.apply_tier(session, "u", SETTINGS, NOW)
+        result = tiers.apply_tier(session, "u", SETTINGS.tiers, NOW)
     assert (
         result["tier"],
         result["previous_tier"],

@@ -26,9 +26,9 @@ TASK = "bench.bare_noop"
 _settings = get_settings()
 app = Celery("bare", set_as_current=True)
 app.conf.update(
-    broker_url=_settings.broker,
-    result_backend=_settings.result_backend,
-    broker_transport_options={"visibility_timeout": _settings.visibility_timeout_seconds},
+    broker_url=_settings.redis.broker,
+    result_backend=_settings.redis.result_backend,
+    broker_transport_options={"visibility_timeout": _settings.redis.visibility_timeout_seconds},
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],

@@ -11,17 +11,17 @@ from __future__ import annotations
 import httpx
 
 from ragcore.clients.transport import make_http_client
-from ragcore.settings import get_settings
+from ragcore.settings import NeighbourSettings
 from services.notifications import tasks, worker
 
 _previous: list[httpx.Client] = []
 
 
-def fresh_client() -> httpx.Client:
+def fresh_client(neighbours: NeighbourSettings) -> httpx.Client:
     """A new client per call, the previous one closed (else its sockets would pile up)."""
     while _previous:
         _previous.pop().close()
-    client = make_http_client(get_settings())
+    client = make_http_client(neighbours)
     _previous.append(client)
     return client
 

@@ -91,7 +91,11 @@ class Meter:
 
 
 def fresh_store(settings: Settings, collection: str) -> VectorStore:
-    store = VectorStore(settings.model_copy(update={"qdrant_collection": collection}))
+    store = VectorStore(
+        settings.model_copy(
+            update={"qdrant": settings.qdrant.model_copy(update={"collection": collection})}
+        )
+    )
     store.client.delete_collection(collection)
     store.ensure_collection()
     return store
@@ -109,9 +113,9 @@ def run_round(
 ) -> dict[str, Any]:
     """Fetch alone (its pages feed the upserts), then the other three in an order that rotates by
     `turn`."""
-    batch = settings.sync_batch_size
-    http = make_http_client(settings)
-    ingest = IngestClient(http, settings.ingest_url, settings.ingest_token)
+    batch = settings.neighbours.sync_batch_size
+    http = make_http_client(settings.neighbours)
+    ingest = IngestClient(http, settings.neighbours.ingest_url, settings.neighbours.ingest_token)
     figures: dict[str, Any] = {}
 
     pages, seconds, cpu = meter.run(lambda: list(ingest.iter_pages(limit=batch)))
@@ -141,8 +145,8 @@ def run_round(
 
     def full() -> None:
         # The worker's collection, emptied (and seeded); the worker's store object stays valid.
-        store = fresh_store(settings, settings.qdrant_collection)
-        store.upsert(stale_chunks(args.stale, settings.vector_size))
+        store = fresh_store(settings, settings.qdrant.collection)
+        store.upsert(stale_chunks(args.stale, settings.qdrant.vector_size))
         if args.resync:
             for page in pages:
                 store.upsert(page.items)
@@ -255,8 +259,8 @@ def main() -> None:
             stack.producer.AsyncResult(warm).get(timeout=120)
             meter = Meter({"ingest": ingest, "qdrant": qdrant, "worker": worker})
             print(
-                f"corpus: {n:,} chunks of {settings.vector_size} dims; "
-                f"batch size {settings.sync_batch_size}; "
+                f"corpus: {n:,} chunks of {settings.qdrant.vector_size} dims; "
+                f"batch size {settings.neighbours.sync_batch_size}; "
                 f"{args.stale:,} stale points{'; a re-sync' if args.resync else ''}; "
                 f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
             )

@@ -59,8 +59,8 @@ def measure(stack: Stack, ingest_url: str, n: int, args: argparse.Namespace) -> 
     corpus = httpx.post(f"{ingest_url}/_control/reset", json=spec, timeout=600).json()
     assert corpus["chunks"] == n, corpus
     settings = get_settings()
-    store = fresh_store(settings, settings.qdrant_collection)
-    store.upsert(stale_chunks(args.stale, settings.vector_size))
+    store = fresh_store(settings, settings.qdrant.collection)
+    store.upsert(stale_chunks(args.stale, settings.qdrant.vector_size))
     worker = stack.start_worker(Queue.SYNC, "--concurrency=1", name=f"scale-{n}")
     nothing = {"since": "2999-01-01T00:00:00Z"}
     warm = dispatch.send(stack.producer, contracts.SYNC_EMBEDDINGS, nothing)
@@ -130,7 +130,8 @@ def main() -> None:
             log_level="WARNING",
         ) as stack:
             print(
-                f"{os.cpu_count()} CPUs, shared; batch size {get_settings().sync_batch_size}; "
+                f"{os.cpu_count()} CPUs, shared; "
+                f"batch size {get_settings().neighbours.sync_batch_size}; "
                 f"{args.chunks} chunks per document; {args.stale:,} stale points per run"
             )
             for n in args.sizes:

@@ -146,12 +146,12 @@ def summarize(blocks: dict[str, list[list[float]]], cpu: dict[str, float]) -> No
 
 def run(stack: Stack, args: argparse.Namespace) -> None:
     settings = get_settings()
-    corpus = Corpus(args.documents, args.chunks, dim=settings.vector_size)
+    corpus = Corpus(args.documents, args.chunks, dim=settings.qdrant.vector_size)
     store = VectorStore(settings)
     print(
         f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; "
         f"{args.rounds} rounds of {args.block_size} queries per mode; "
-        f"relay every {settings.report_relay_seconds} s"
+        f"relay every {settings.beat.report_relay_seconds} s"
     )
     store.close()
     stack.start("services.beat.main")  # the report relay, as deployed
@@ -159,7 +159,7 @@ def run(stack: Stack, args: argparse.Namespace) -> None:
         build_service(settings),
         list(corpus.documents().values()),
         args,
-        redis.Redis.from_url(settings.broker),
+        redis.Redis.from_url(settings.redis.broker),
     )
     blocks = bench.rounds()
     print(

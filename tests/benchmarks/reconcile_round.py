@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     options = parser.parse_args()
     results = {size: measure(size, options.rounds) for size in options.sizes}
-    batch = get_settings().reconcile_batch_size
+    batch = get_settings().reconcile.batch_size
     print(f"\nreconcile round (batch {batch} rows), median of {options.rounds}:")
     for size, (round_s, naive, republished) in results.items():
         print(

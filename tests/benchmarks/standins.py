@@ -27,7 +27,7 @@ import qdrant_edge as qe
 from ragcore.clients.embedder import HashingEmbedder
 from ragcore.clients.ingest import Chunk, IngestClient
 from ragcore.clients.vectorstore import VectorStore, point_id
-from ragcore.settings import Settings
+from ragcore.settings import QdrantSettings, Settings
 from ragcore_dev.processes import deployable_env, free_port, wait_until_up
 from ragcore_dev.standins.ingest import Corpus, aspect, items_json
 
@@ -161,7 +161,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="qdrant-") as data,
         standin("qdrant", "--data", data) as qdrant_url,
     ):
-        store = VectorStore(Settings(qdrant_url=qdrant_url, qdrant_collection="bench"))
+        store = VectorStore(Settings(qdrant=QdrantSettings(url=qdrant_url, collection="bench")))
         store.ensure_collection()
         started = time.perf_counter()
         for start in range(0, total, BATCH):

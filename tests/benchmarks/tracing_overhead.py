@@ -140,7 +140,7 @@ class Bench:
 
 def run(stack: Stack, args: argparse.Namespace, collector: str) -> None:
     settings = get_settings()
-    corpus = Corpus(args.documents, args.chunks, dim=settings.vector_size)
+    corpus = Corpus(args.documents, args.chunks, dim=settings.qdrant.vector_size)
     store = VectorStore(settings)
     print(
         f"corpus: {load_corpus(store, corpus)} chunks in Qdrant; "

@@ -64,7 +64,7 @@ def main() -> None:
         "--diagnose", action="store_true", help="also the worker without the ledger, events"
     )
     args = parser.parse_args()
-    prefetch = get_settings().worker_prefetch
+    prefetch = get_settings().workers.prefetch
 
     with running_stack() as stack:
         producer = stack.producer

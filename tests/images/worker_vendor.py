@@ -10,7 +10,7 @@ import celery
 from celery import Celery
 from pytest_celery import CeleryTestSetup, CeleryTestWorker, CeleryWorkerContainer
 
-from ragcore.settings import Settings
+from ragcore.settings import RedisSettings, Settings
 from ragcore.tasks.app import create_app
 from ragcore.tasks.contracts import Queue
 from tests.images.host_network import HostNetworkContainer
@@ -111,7 +111,9 @@ class RagcoreTestSetup(CeleryTestSetup):  # type: ignore[misc]  # pytest-celery:
         """The tests talk to the workers through the app every deployable uses (routes by task
         name, JSON, result_extended), on the setup's Redis."""
         settings = Settings(
-            redis_url=celery_setup_config["broker_url"],
-            result_backend_url=celery_setup_config["result_backend"],
+            redis=RedisSettings(
+                url=celery_setup_config["broker_url"],
+                result_backend_url=celery_setup_config["result_backend"],
+            )
         )
         return create_app(celery_setup_app_name, settings)

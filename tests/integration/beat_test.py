@@ -192,7 +192,7 @@ def test_a_restarted_beat_neither_repeats_nor_drops_a_due_entry() -> None:
 def test_a_stale_beat_run_is_discarded_by_the_worker_and_a_fresh_one_runs() -> None:
     with running_stack(beat_schedule=json.dumps({"cleanup_old_cache": "2"})) as stack:
         settings = get_settings()
-        cache = HotCache(stack.redis_client(), settings.cache_prefix, 3600)
+        cache = HotCache(stack.redis_client(), settings.redis.cache_prefix, 3600)
         with session_scope() as session:
             bump_data_version(session)
         # any run of the task removes it

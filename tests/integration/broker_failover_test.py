@@ -118,7 +118,7 @@ class RestartPolicy:
 def where(message_ids: list[str]) -> dict[str, int]:
     """Where the delivery tasks of `message_ids` are: their ledger state, and whether the broker
     (the promoted replica) holds them waiting or unacknowledged."""
-    broker = redis_client(get_settings().broker)
+    broker = redis_client(get_settings().redis, get_settings().redis.broker)
     waiting = {
         json.loads(raw)["headers"]["id"] for raw in broker.lrange(Queue.NOTIFICATIONS.value, 0, -1)
     }
@@ -193,7 +193,10 @@ def test_the_primary_killed_under_queries_fails_over_and_every_answered_report_a
         stack.wait_consuming(f"{queue.value}@test", worker)
     sync = dispatch.send(stack.producer, contracts.SYNC_EMBEDDINGS)
     assert ledger_record(sync, "SUCCESS", "FAILURE", timeout=120).state == "SUCCESS"
-    assert redis_client(get_settings().broker).info("server")["tcp_port"] == cluster.primary.port
+    assert (
+        redis_client(get_settings().redis, get_settings().redis.broker).info("server")["tcp_port"]
+        == cluster.primary.port
+    )
 
     queries = [doc.query(k) for doc in ingest.app.corpus.documents().values() for k in range(4)]
     load = Load(api_url, queries)

@@ -50,19 +50,19 @@ def test_cleanup_old_cache_removes_entries_of_older_data_versions_and_no_other_k
 ) -> None:
     settings = get_settings()
     r = stack.redis_client()
-    cache = HotCache(r, settings.cache_prefix, 3600)
+    cache = HotCache(r, settings.redis.cache_prefix, 3600)
     with session_scope() as session:
         for _ in range(3):
             bump_data_version(session)  # the data version is now 3
     for version, count in ((1, 700), (2, 40), (3, 25)):  # 740 stale keys: several SCAN batches
         with r.pipeline() as pipe:
             for n in range(count):
-                pipe.set(f"{settings.cache_prefix}v{version}:{n:064x}", b"{}", ex=3600)
+                pipe.set(f"{settings.redis.cache_prefix}v{version}:{n:064x}", b"{}", ex=3600)
             pipe.execute()
     lookalikes = [
-        f"{settings.cache_prefix}stats",  # under our prefix but not a versioned entry
-        settings.cache_prefix.rstrip(":") + "-archive:v1:abc",
-        f"other:{settings.cache_prefix}v1:abc",
+        f"{settings.redis.cache_prefix}stats",  # under our prefix but not a versioned entry
+        settings.redis.cache_prefix.rstrip(":") + "-archive:v1:abc",
+        f"other:{settings.redis.cache_prefix}v1:abc",
     ]
     for key in lookalikes:
         r.set(key, "keep")
@@ -88,7 +88,7 @@ def test_cleanup_old_cache_removes_entries_of_older_data_versions_and_no_other_k
     )
     assert r.llen(Queue.USER.value) == 1 and stack.producer.AsyncResult(pending).state == "PENDING"
     # current entries keep their TTL
-    assert 0 < r.ttl(f"{settings.cache_prefix}v3:{0:064x}") <= 3600
+    assert 0 < r.ttl(f"{settings.redis.cache_prefix}v3:{0:064x}") <= 3600
 
 
 def test_cleanup_query_cache_deletes_only_rows_older_than_days(stack: Stack, worker: None) -> None:
@@ -224,7 +224,7 @@ def test_cleanup_failed_tasks_removes_failed_results_only_and_the_ledger_keeps_t
 def test_a_periodic_cleanup_skips_while_another_run_holds_its_lock(
     stack: Stack, worker: None, task: TaskContract
 ) -> None:
-    with periodic_lock(lock_client(), task.name, ttl=60) as held:
+    with periodic_lock(lock_client(get_settings().redis), task.name, ttl=60) as held:
         assert held
         assert _run(stack, task) == {"skipped": "already running"}
     assert "skipped" not in _run(stack, task)  # the lock is free again once its holder ends

@@ -18,7 +18,7 @@ from ragcore.clients.ingest import Chunk
 from ragcore.clients.vectorstore import VectorStore
 from ragcore.db import create_schema, session_scope
 from ragcore.db.models import FailedDelivery, TaskRecord
-from ragcore.settings import Settings
+from ragcore.settings import QdrantSettings, Settings
 from ragcore_dev.processes import Deployable, free_port
 from ragcore_dev.servers import postgres_database
 from ragcore_dev.standins.qdrant import QdrantApp, start_qdrant
@@ -32,7 +32,7 @@ COLLECTION = "dependency_errors"
 def qdrant() -> Iterator[Running[QdrantApp]]:
     """A Qdrant holding one chunk, so a query reaches the chat service."""
     with start_qdrant(tempfile.mkdtemp(prefix="qdrant-")) as running:
-        store = VectorStore(Settings(qdrant_url=running.url, qdrant_collection=COLLECTION))
+        store = VectorStore(Settings(qdrant=QdrantSettings(url=running.url, collection=COLLECTION)))
         store.ensure_collection()
         store.upsert(
             [

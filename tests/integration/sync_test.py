@@ -352,7 +352,7 @@ def test_sigterm_mid_full_sync_hands_it_back_at_a_page_boundary_and_another_work
                 "gone/chunk-000",
                 "gone",
                 "t",
-                [0.1] * get_settings().vector_size,
+                [0.1] * get_settings().qdrant.vector_size,
                 {},
                 datetime.now(UTC),
             )
@@ -404,7 +404,7 @@ def test_full_sync_removes_by_generation_what_nobody_rewrote_and_keeps_an_events
 ) -> None:
     corpus = rig.ingest.app.corpus
     _new_corpus(corpus, documents=100, chunks=10)  # 1000 chunks, 4 pages of 256
-    vector = [0.1] * get_settings().vector_size
+    vector = [0.1] * get_settings().qdrant.vector_size
     gone = Chunk("gone/chunk-000", "gone", "t", vector, {}, BASE_TIME)
     rig.store.upsert([gone], generation=0)  # as written before any full sync
     rig.qdrant.app.log.clear()

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from ragcore.db import session_scope, utcnow
 from ragcore.db.models import Conversation, Message, TaskRecord, User, UserStatistics
+from ragcore.settings import get_settings
 from ragcore.tasks import contracts, dispatch, ledger
 from ragcore.tasks.locks import lock_client, periodic_lock
 from ragcore_dev.processes import wait_until
@@ -140,7 +141,9 @@ def test_reset_all_daily_limits_resets_every_user(stack: Stack) -> None:
 
 def test_reset_all_daily_limits_skips_while_another_run_holds_its_lock(stack: Stack) -> None:
     add_user("locked-user", 3)
-    with periodic_lock(lock_client(), contracts.RESET_ALL_DAILY_LIMITS.name, ttl=60) as acquired:
+    with periodic_lock(
+        lock_client(get_settings().redis), contracts.RESET_ALL_DAILY_LIMITS.name, ttl=60
+    ) as acquired:
         assert acquired
         assert run(stack, contracts.RESET_ALL_DAILY_LIMITS) == {"skipped": "already running"}
     with session_scope() as session:

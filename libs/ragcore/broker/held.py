@@ -107,6 +107,6 @@ def note_publish(headers: dict[str, Any], routing_key: str | None) -> None:
     if not task_id or not routing_key:
         return
     try:
-        mark_published(broker_client(get_settings().broker), routing_key, [task_id])
+        mark_published(broker_client(get_settings().redis), routing_key, [task_id])
     except redis.RedisError as exc:
         log.warning("could not mark task %s published: %s", task_id, exc)

@@ -20,13 +20,13 @@ def ask(celery: Celery, settings: Settings, *methods: str) -> list[dict[str, Any
     """Ask every worker, all `methods` of Celery's inspect at once; one dict (worker -> reply) per
     method. Stops waiting once each worker with a current heartbeat answered, or at the timeout."""
     try:
-        client = broker_client(settings.broker)
-        ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+        client = broker_client(settings.redis)
+        ttl = heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds)
         expected = len(heartbeats.live_workers(client, ttl))
     except redis.RedisError:
         expected = 0  # the broadcast below says whether the broker is reachable
     inspect = celery.control.inspect(
-        timeout=settings.inspect_timeout_seconds, limit=expected or None
+        timeout=settings.workers.inspect_timeout_seconds, limit=expected or None
     )
     # In parallel: the wait for silent workers is paid once, not per method (kombu's reply queue
     # is per thread, so the answers do not mix).

@@ -10,7 +10,7 @@ import redis
 
 from ragcore.broker import heartbeats, workers
 from ragcore.db.models import TaskRecord
-from ragcore.settings import Settings
+from ragcore.settings import RedisSettings, Settings, WorkerSettings
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -39,7 +39,10 @@ class Celery:
 
 
 def _settings() -> Settings:
-    return Settings(redis_url="redis://127.0.0.1:1/0", inspect_timeout_seconds=0.5)
+    return Settings(
+        redis=RedisSettings(url="redis://127.0.0.1:1/0"),
+        workers=WorkerSettings(inspect_timeout_seconds=0.5),
+    )
 
 
 def test_each_method_answers_in_order_and_a_silent_one_is_empty(monkeypatch: Any) -> None:

@@ -19,7 +19,7 @@ import redis
 
 from ragcore.clients.transport import RetryLater, is_retryable
 from ragcore.redis_clients import redis_client
-from ragcore.settings import Settings
+from ragcore.settings import NeighbourSettings, Settings
 
 T = TypeVar("T")
 
@@ -46,17 +46,17 @@ class BreakerOpen(RetryLater):
 class Breaker:
     """One neighbour's breaker over the shared Redis state."""
 
-    def __init__(self, neighbour: str, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, neighbour: str, client: redis.Redis, neighbours: NeighbourSettings) -> None:
         self.neighbour = neighbour
         self._redis = client
         self._probe_key = f"{PREFIX}{neighbour}:probe"
         # A probe that never reports (its worker died) frees the lock after this long.
         self._probe_ttl = max(
-            1, int(settings.breaker_probe_seconds + settings.http_timeout_seconds)
+            1, int(neighbours.breaker_probe_seconds + neighbours.http_timeout_seconds)
         )
         self._cb = pybreaker.CircuitBreaker(
-            fail_max=settings.breaker_fail_max,
-            reset_timeout=settings.breaker_probe_seconds,
+            fail_max=neighbours.breaker_fail_max,
+            reset_timeout=neighbours.breaker_probe_seconds,
             # An answer the neighbour chose (a 4xx) shows it is up: only retryable failures count.
             exclude=[lambda exc: not is_retryable(exc)],
             state_storage=pybreaker.CircuitRedisStorage(
@@ -127,8 +127,9 @@ _breakers: dict[tuple[str, str], Breaker] = {}
 
 def breaker(neighbour: str, settings: Settings) -> Breaker:
     """This process's breaker of `neighbour` (its state lives in the broker's Redis)."""
-    key = (neighbour, settings.broker)
+    key = (neighbour, settings.redis.broker)
     if key not in _breakers:
         # A short read budget: the breaker is asked before every call to the neighbour.
-        _breakers[key] = Breaker(neighbour, redis_client(settings.broker, read_timeout=5), settings)
+        client = redis_client(settings.redis, settings.redis.broker, read_timeout=5)
+        _breakers[key] = Breaker(neighbour, client, settings.neighbours)
     return _breakers[key]

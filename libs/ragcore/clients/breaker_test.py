@@ -8,10 +8,10 @@ import pytest
 import redis
 
 from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerOpen
-from ragcore.settings import Settings
+from ragcore.settings import NeighbourSettings
 from ragcore_dev.servers import redis_server
 
-SETTINGS = Settings(breaker_fail_max=3, breaker_probe_seconds=1, http_timeout_seconds=1)
+SETTINGS = NeighbourSettings(breaker_fail_max=3, breaker_probe_seconds=1, http_timeout_seconds=1)
 
 
 @pytest.fixture

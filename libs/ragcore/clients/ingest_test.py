@@ -14,7 +14,7 @@ from ragcore.clients.breaker import Breaker, BreakerOpen
 from ragcore.clients.embedder import HashingEmbedder
 from ragcore.clients.ingest import DocumentNotFound, IngestClient, format_timestamp
 from ragcore.clients.transport import is_retryable, make_http_client, shared_http_client
-from ragcore.settings import Settings
+from ragcore.settings import NeighbourSettings
 from ragcore_dev.processes import free_port
 from ragcore_dev.servers import redis_server
 from ragcore_dev.standins.ingest import IngestApp, start_ingest
@@ -40,7 +40,7 @@ def fresh(ingest: Running[IngestApp]) -> Iterator[None]:
 
 @pytest.fixture
 def client(ingest: Running[IngestApp]) -> Iterator[IngestClient]:
-    with make_http_client(Settings(http_timeout_seconds=2)) as http:
+    with make_http_client(NeighbourSettings(http_timeout_seconds=2)) as http:
         yield IngestClient(http, ingest.url, TOKEN)
 
 
@@ -143,7 +143,7 @@ def test_a_500_mid_feed_is_retryable_and_a_retry_resumes(
 def test_a_timeout_is_retryable(ingest: Running[IngestApp]) -> None:
     ingest.app.faults.hang(times=1)
     with (
-        make_http_client(Settings(http_timeout_seconds=0.3)) as http,
+        make_http_client(NeighbourSettings(http_timeout_seconds=0.3)) as http,
         pytest.raises(httpx.ReadTimeout) as caught,
     ):
         next(IngestClient(http, ingest.url, TOKEN).iter_pages())
@@ -152,7 +152,7 @@ def test_a_timeout_is_retryable(ingest: Running[IngestApp]) -> None:
 
 def test_connection_refused_is_retryable() -> None:
     with (
-        make_http_client(Settings(http_timeout_seconds=1)) as http,
+        make_http_client(NeighbourSettings(http_timeout_seconds=1)) as http,
         pytest.raises(httpx.ConnectError) as caught,
     ):
         next(IngestClient(http, f"http://127.0.0.1:{free_port()}").iter_pages())
@@ -165,12 +165,12 @@ def test_non_http_errors_are_not_retryable() -> None:
 
 
 def test_http_client_has_the_configured_timeout() -> None:
-    with make_http_client(Settings(http_timeout_seconds=3.5)) as http:
+    with make_http_client(NeighbourSettings(http_timeout_seconds=3.5)) as http:
         assert http.timeout.read == http.timeout.connect == 3.5
 
 
 def test_shared_http_client_is_reused_in_a_process_and_rebuilt_after_fork() -> None:
-    settings = Settings()
+    settings = NeighbourSettings()
     parent = shared_http_client(settings)
     assert shared_http_client(settings) is parent
     read, write = os.pipe()
@@ -187,8 +187,11 @@ def test_shared_http_client_is_reused_in_a_process_and_rebuilt_after_fork() -> N
 def test_behind_its_open_breaker_ingest_gets_no_request_and_the_failure_is_retryable(
     ingest: Running[IngestApp],
 ) -> None:
-    with redis_server() as server, make_http_client(Settings(http_timeout_seconds=2)) as http:
-        settings = Settings(breaker_fail_max=2, breaker_probe_seconds=60)
+    with (
+        redis_server() as server,
+        make_http_client(NeighbourSettings(http_timeout_seconds=2)) as http,
+    ):
+        settings = NeighbourSettings(breaker_fail_max=2, breaker_probe_seconds=60)
         client = IngestClient(
             http, ingest.url, TOKEN, Breaker("ingest", redis.Redis.from_url(server.url), settings)
         )

@@ -6,7 +6,7 @@ import os
 
 import httpx
 
-from ragcore.settings import Settings
+from ragcore.settings import NeighbourSettings
 
 # One worker process talks to a handful of neighbours; a small pool is plenty and caps fan-out.
 POOL_LIMITS = httpx.Limits(max_connections=20, max_keepalive_connections=10, keepalive_expiry=30.0)
@@ -22,17 +22,17 @@ class RetryLater(Exception):
 RETRYABLE_4XX = frozenset({408, 429})
 
 
-def make_http_client(settings: Settings) -> httpx.Client:
+def make_http_client(neighbours: NeighbourSettings) -> httpx.Client:
     """Build a pooled HTTP/1.1 client with the configured timeout."""
     return httpx.Client(
-        timeout=httpx.Timeout(settings.http_timeout_seconds),
+        timeout=httpx.Timeout(neighbours.http_timeout_seconds),
         limits=POOL_LIMITS,
         http1=True,
         http2=False,
     )
 
 
-def shared_http_client(settings: Settings) -> httpx.Client:
+def shared_http_client(neighbours: NeighbourSettings) -> httpx.Client:
     """Return this process's client, building it on first use.
 
     Keyed by pid: a Celery prefork child must not reuse the sockets of the parent it was forked
@@ -41,7 +41,7 @@ def shared_http_client(settings: Settings) -> httpx.Client:
     global _process_client
     pid = os.getpid()
     if _process_client is None or _process_client[0] != pid:
-        _process_client = (pid, make_http_client(settings))
+        _process_client = (pid, make_http_client(neighbours))
     return _process_client[1]
 
 

@@ -72,25 +72,25 @@ class VectorStore:
     """One collection, sized and measured as the settings say."""
 
     def __init__(self, settings: Settings, client: QdrantClient | None = None) -> None:
-        self.collection = settings.qdrant_collection
-        self.vector_size = settings.vector_size
-        self.distance = models.Distance(settings.distance)
+        self.collection = settings.qdrant.collection
+        self.vector_size = settings.qdrant.vector_size
+        self.distance = models.Distance(settings.qdrant.distance)
         self._owns_client = client is None
         if client is not None:
             self.client = client
-        elif settings.qdrant_url:
+        elif settings.qdrant.url:
             # The server's version banner is not needed, and a stand-in need not serve the exact
             # version. Explicit limits: for a 127.0.0.1 URL the client would otherwise open a
             # connection per call.
             self.client = QdrantClient(
-                url=settings.qdrant_url,
-                api_key=settings.qdrant_api_key,
-                timeout=math.ceil(settings.http_timeout_seconds),
+                url=settings.qdrant.url,
+                api_key=settings.qdrant.api_key,
+                timeout=math.ceil(settings.neighbours.http_timeout_seconds),
                 check_compatibility=False,
                 limits=POOL_LIMITS,
             )
         else:
-            self.client = QdrantClient(path=settings.qdrant_path)
+            self.client = QdrantClient(path=settings.qdrant.path)
         self._ready = False
 
     point_id = staticmethod(point_id)

@@ -13,7 +13,7 @@ import pytest
 from ragcore.clients.embedder import HashingEmbedder
 from ragcore.clients.ingest import Chunk, IngestClient
 from ragcore.clients.vectorstore import CollectionMismatch, VectorStore, point_id
-from ragcore.settings import Settings
+from ragcore.settings import QdrantSettings, Settings
 from ragcore_dev.standins.ingest import Document, start_ingest
 from ragcore_dev.standins.qdrant import start_qdrant
 
@@ -40,9 +40,9 @@ def qdrant_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def settings(request: pytest.FixtureRequest, qdrant_url: str, tmp_path: Path) -> Settings:
     collection = f"chunks_{uuid.uuid4().hex[:8]}"
     if request.param == "standin":
-        return Settings(qdrant_url=qdrant_url, qdrant_collection=collection)
+        return Settings(qdrant=QdrantSettings(url=qdrant_url, collection=collection))
     return Settings(
-        qdrant_url=None, qdrant_path=str(tmp_path / "local"), qdrant_collection=collection
+        qdrant=QdrantSettings(url=None, path=str(tmp_path / "local"), collection=collection)
     )
 
 
@@ -74,7 +74,7 @@ def test_ensure_collection_twice_is_fine_and_a_server_indexes_document_id(
 ) -> None:
     again = VectorStore(settings, client=store.client)
     again.ensure_collection()
-    if settings.qdrant_url:
+    if settings.qdrant.url:
         schema = store.client.get_collection(store.collection).payload_schema
         assert schema["document_id"].data_type.value == "keyword"
 
@@ -82,7 +82,12 @@ def test_ensure_collection_twice_is_fine_and_a_server_indexes_document_id(
 def test_a_collection_of_another_vector_size_is_refused_clearly(
     store: VectorStore, settings: Settings
 ) -> None:
-    other = VectorStore(settings.model_copy(update={"vector_size": 8}), client=store.client)
+    other = VectorStore(
+        settings.model_copy(
+            update={"qdrant": settings.qdrant.model_copy(update={"vector_size": 8})}
+        ),
+        client=store.client,
+    )
     with pytest.raises(
         CollectionMismatch, match="holds 384-dim Cosine vectors, but the settings say 8-dim"
     ):

@@ -18,8 +18,8 @@ from ragcore.db.models import FailedDelivery
 from ragcore.deliveries.policy import next_attempt
 from ragcore.deliveries.redriver import Unsendable, in_flight, publish
 from ragcore.deliveries.status import UNRESOLVED, DeliveryStatus
-from ragcore.settings import get_settings
 from ragcore.tasks import contracts
+from ragcore.tasks.app import app_settings
 from ragcore.tasks.states import UNFINISHED
 
 log = logging.getLogger(__name__)
@@ -100,13 +100,13 @@ def redrive_one(session: Session, app: Celery, delivery_id: int) -> FailedDelive
             f"delivery {delivery_id} is being re-driven as task {row.redrive_task_id}, "
             "which has not finished"
         )
-    settings, now = get_settings(), utcnow()
+    policy, now = app_settings(app).deliveries, utcnow()
     try:
-        publish(app, row, settings, now, str(uuid.uuid4()))
+        publish(app, row, policy, now, str(uuid.uuid4()))
     except Unsendable as exc:
         raise NotRedrivable(f"delivery {delivery_id} cannot be re-driven: {exc}") from None
     # an operator's re-drive starts a fresh window, as a bulk one does
-    row.waiting_since, row.next_attempt_at = now, next_attempt(settings, now, now)
+    row.waiting_since, row.next_attempt_at = now, next_attempt(policy, now, now)
     return row
 
 

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from ragcore.settings import Settings
+from ragcore.settings import DeliverySettings
 
 
-def next_attempt(settings: Settings, waiting_since: datetime, now: datetime) -> datetime:
+def next_attempt(policy: DeliverySettings, waiting_since: datetime, now: datetime) -> datetime:
     """When a waiting delivery is tried again: after as long as it has waited so far (so the delay
     doubles with each failure), at least the base and at most the cap."""
     waited = (now - waiting_since).total_seconds()
     delay = min(
-        settings.delivery_redrive_max_backoff_seconds,
-        max(settings.delivery_redrive_base_seconds, waited),
+        policy.max_backoff_seconds,
+        max(policy.base_seconds, waited),
     )
     return now + timedelta(seconds=delay)
 
 
-def window_start(settings: Settings, now: datetime) -> datetime:
+def window_start(policy: DeliverySettings, now: datetime) -> datetime:
     """A delivery waiting since this moment or before is out of re-drive time."""
-    return now - timedelta(seconds=settings.delivery_redrive_window_seconds)
+    return now - timedelta(seconds=policy.window_seconds)
 
 
-def within_window(settings: Settings, waiting_since: datetime, now: datetime) -> bool:
-    return waiting_since > window_start(settings, now)
+def within_window(policy: DeliverySettings, waiting_since: datetime, now: datetime) -> bool:
+    return waiting_since > window_start(policy, now)

@@ -16,7 +16,7 @@ from ragcore.db import Sessions, session_scope, utcnow
 from ragcore.db.models import FailedDelivery
 from ragcore.deliveries.policy import next_attempt, within_window
 from ragcore.deliveries.status import DeliveryStatus
-from ragcore.settings import get_settings
+from ragcore.tasks.app import app_settings
 from ragcore.tasks.contracts import TaskContract
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ def record(
                 error=describe(exc),
                 attempts=attempts,
                 status=DeliveryStatus.WAITING if waits else DeliveryStatus.FAILED,
-                next_attempt_at=next_attempt(get_settings(), now, now) if waits else None,
+                next_attempt_at=next_attempt(app_settings(task.app).deliveries, now, now)
+                if waits
+                else None,
                 waiting_since=now if waits else None,
                 traceparent=tracing.current_traceparent(),  # each re-drive's span links to it
             )
@@ -111,7 +113,7 @@ def reschedule(
 ) -> bool:
     """A re-drive failed: its row waits again (backoff), or, refused or out of time, is failed for
     good."""
-    settings, now = get_settings(), utcnow()
+    policy, now = app_settings(task.app).deliveries, utcnow()
     with sessions() as session:
         row = session.get(FailedDelivery, delivery_id, with_for_update=True)
         if (
@@ -123,10 +125,10 @@ def reschedule(
         row.attempts += 1
         row.error = describe(exc)
         since = row.waiting_since or now
-        if is_retryable(exc) and within_window(settings, since, now):
+        if is_retryable(exc) and within_window(policy, since, now):
             row.status, row.next_attempt_at = (
                 DeliveryStatus.WAITING,
-                next_attempt(settings, since, now),
+                next_attempt(policy, since, now),
             )
             return True
         row.status, row.next_attempt_at = DeliveryStatus.FAILED, None

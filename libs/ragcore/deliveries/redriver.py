@@ -37,7 +37,7 @@ from ragcore.db import Sessions, rows_affected, session_scope, utcnow
 from ragcore.db.models import FailedDelivery, TaskRecord
 from ragcore.deliveries.policy import next_attempt, window_start
 from ragcore.deliveries.status import DeliveryStatus
-from ragcore.settings import Settings
+from ragcore.settings import DeliverySettings, Settings
 from ragcore.tasks import contracts, dispatch, ledger
 from ragcore.tasks.states import UNFINISHED, TaskState
 
@@ -68,7 +68,7 @@ class Unsendable(Exception):
 
 
 def publish(
-    app: Celery, row: FailedDelivery, settings: Settings, now: datetime, task_id: str
+    app: Celery, row: FailedDelivery, policy: DeliverySettings, now: datetime, task_id: str
 ) -> None:
     """Send `row`'s task again as `task_id` and leave the row waiting for that outcome.
 
@@ -85,7 +85,7 @@ def publish(
         dispatch.send(app, contract, row.payload, task_id=task_id, headers=headers)
     since = row.waiting_since or now
     row.waiting_since, row.redriven_at, row.redrive_task_id = since, now, task_id
-    row.status, row.next_attempt_at = DeliveryStatus.WAITING, next_attempt(settings, since, now)
+    row.status, row.next_attempt_at = DeliveryStatus.WAITING, next_attempt(policy, since, now)
 
 
 def in_flight(session: Session, rows: Sequence[FailedDelivery]) -> dict[str, TaskState]:
@@ -125,7 +125,7 @@ def _set_aside_unknown(sessions: Sessions) -> None:
             set_aside(row, f"task {row.task_name!r} has no delivery contract (renamed or removed)")
 
 
-def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
+def _expire(policy: DeliverySettings, sessions: Sessions, now: datetime) -> None:
     """Waiting deliveries older than the window stop being re-driven: an operator decides."""
     with sessions() as session:
         expired = rows_affected(
@@ -133,7 +133,7 @@ def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
             update(FailedDelivery)
             .where(
                 FailedDelivery.status == DeliveryStatus.WAITING,
-                FailedDelivery.waiting_since < window_start(settings, now),
+                FailedDelivery.waiting_since < window_start(policy, now),
             )
             .values(status=DeliveryStatus.FAILED, next_attempt_at=None)
             .execution_options(synchronize_session=False),
@@ -142,7 +142,7 @@ def _expire(settings: Settings, sessions: Sessions, now: datetime) -> None:
         log.error(
             "%d waiting deliveries gave up after %.0fs of re-drives; they wait for an operator",
             expired,
-            settings.delivery_redrive_window_seconds,
+            policy.window_seconds,
         )
 
 
@@ -152,7 +152,7 @@ def redrive_due(
     """Publish the deliveries that are due (see the module docstring); returns how many."""
     now = utcnow()
     _set_aside_unknown(sessions)
-    _expire(settings, sessions, now)
+    _expire(settings.deliveries, sessions, now)
     sent = 0
     for neighbour in contracts.neighbours():
         if not contracts.deliveries_to(neighbour):
@@ -190,13 +190,15 @@ def redrive_due(
                     row.status, row.next_attempt_at = DeliveryStatus.REDRIVEN, None
                     continue
                 if outcome in UNFINISHED:  # still on its way: one more backoff before another
-                    row.next_attempt_at = next_attempt(settings, row.waiting_since or now, now)
+                    row.next_attempt_at = next_attempt(
+                        settings.deliveries, row.waiting_since or now, now
+                    )
                     continue
                 task_id = str(uuid.uuid4())
                 if not closed and not gate.claim_probe(task_id):
                     break  # another process sent a probe just now
                 try:
-                    publish(app, row, settings, now, task_id)
+                    publish(app, row, settings.deliveries, now, task_id)
                 except Unsendable as exc:
                     set_aside(row, str(exc))
                     continue

@@ -15,8 +15,7 @@ from ragcore.db import Sessions, session_scope
 from ragcore.db.outage import DATABASE_ERRORS
 from ragcore.deliveries.recording import delivered, describe, record, reschedule
 from ragcore.deliveries.redriver import REDRIVE_HEADER, release_waiting
-from ragcore.settings import get_settings
-from ragcore.tasks.app import PermanentTaskError, will_retry
+from ragcore.tasks.app import PermanentTaskError, app_settings, will_retry
 from ragcore.tasks.contracts import TaskContract
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,9 @@ def deliver(
     DeliveryDeferred.
     `payload` is what a re-drive sends: the task's arguments with every idempotency input pinned.
     """
-    gate = gate or (breaker(contract.neighbour, get_settings()) if contract.neighbour else None)
+    gate = gate or (
+        breaker(contract.neighbour, app_settings(task.app)) if contract.neighbour else None
+    )
     # Celery hands custom message headers to the task as request attributes.
     redrive: int | None = getattr(task.request, REDRIVE_HEADER, None)
     try:

@@ -5,6 +5,7 @@ from typing import Any
 
 import httpx
 import pytest
+from celery import Celery
 from sqlalchemy import select
 
 from ragcore.clients.breaker import BreakerOpen
@@ -42,8 +43,12 @@ def deliver(
     return sending.deliver(t, contract, payload, send, sessions, gate or Gate())  # type: ignore[arg-type]
 
 
+APP = Celery("sending-test", set_as_current=False)
+
+
 def task(retries: int, task_id: str = "t-1", **headers: Any) -> SimpleNamespace:
-    return SimpleNamespace(request=SimpleNamespace(id=task_id, retries=retries, **headers))
+    # An app not made by create_app: the task reads the process's settings.
+    return SimpleNamespace(app=APP, request=SimpleNamespace(id=task_id, retries=retries, **headers))
 
 
 def answering(status: int):  # type: ignore[no-untyped-def]

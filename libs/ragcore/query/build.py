@@ -18,31 +18,35 @@ HOT_CACHE_TIMEOUT_SECONDS = 0.5
 def make_embedder(settings: Settings) -> Embedder:
     """The configured OpenAI-compatible endpoint, else the local embedder the Ingest stand-in
     uses."""
-    if settings.embedding_url:
+    if settings.models.embedding_url:
         return OpenAIEmbedder(
-            shared_http_client(settings),
-            settings.embedding_url,
-            settings.embedding_model,
-            settings.embedding_token,
+            shared_http_client(settings.neighbours),
+            settings.models.embedding_url,
+            settings.models.embedding_model,
+            settings.models.embedding_token,
         )
-    return HashingEmbedder(settings.vector_size)
+    return HashingEmbedder(settings.qdrant.vector_size)
 
 
 def make_generator(settings: Settings) -> Generator:
     """The configured chat endpoint, else the extractive answer that needs no model."""
-    if settings.chat_url:
+    if settings.models.chat_url:
         return ChatGenerator(
-            shared_http_client(settings),
-            settings.chat_url,
-            settings.chat_model,
-            settings.chat_token,
+            shared_http_client(settings.neighbours),
+            settings.models.chat_url,
+            settings.models.chat_model,
+            settings.models.chat_token,
         )
     return ExtractiveGenerator()
 
 
 def build_service(settings: Settings) -> QueryService:
-    client = redis_client(settings.cache, read_timeout=HOT_CACHE_TIMEOUT_SECONDS)
-    hot = TolerantHotCache(HotCache(client, settings.cache_prefix, settings.cache_ttl_seconds))
+    client = redis_client(
+        settings.redis, settings.redis.cache, read_timeout=HOT_CACHE_TIMEOUT_SECONDS
+    )
+    hot = TolerantHotCache(
+        HotCache(client, settings.redis.cache_prefix, settings.redis.cache_ttl_seconds)
+    )
     return QueryService(
         settings, VectorStore(settings), make_embedder(settings), make_generator(settings), hot
     )

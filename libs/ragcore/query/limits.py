@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from ragcore.db import insert_for, rows_affected
 from ragcore.db.models import User
-from ragcore.settings import Settings
+from ragcore.settings import Settings, TierSettings
 
 
 class LimitExceeded(Exception):
@@ -54,7 +54,9 @@ def usage(session: Session, user_id: str, settings: Settings, now: datetime) -> 
     user = session.get(User, user_id)
     if user is None:
         return Usage(
-            settings.tier_daily_limits[settings.default_tier], 0, next_reset(now, settings.timezone)
+            settings.tiers.daily_limits[settings.tiers.default],
+            0,
+            next_reset(now, settings.timezone),
         )
     if user.limit_reset_at is None or user.limit_reset_at <= now:
         return Usage(user.daily_limit, 0, next_reset(now, settings.timezone))
@@ -68,16 +70,16 @@ def check(session: Session, user_id: str, settings: Settings, now: datetime) -> 
         raise LimitExceeded(user_id, current.daily_limit, current.resets_at)
 
 
-def ensure_user(session: Session, user_id: str, settings: Settings) -> None:
+def ensure_user(session: Session, user_id: str, tiers: TierSettings) -> None:
     """Create the user in the default tier with that tier's limit, unless it exists."""
     insert = insert_for(session)
-    tier = settings.default_tier
+    tier = tiers.default
     session.execute(
         insert(User)
         .values(
             user_id=user_id,
             tier=tier,
-            daily_limit=settings.tier_daily_limits[tier],
+            daily_limit=tiers.daily_limits[tier],
             queries_today=0,
         )
         .on_conflict_do_nothing(index_elements=["user_id"])
@@ -89,7 +91,7 @@ def consume(session: Session, user_id: str, settings: Settings, now: datetime) -
 
     One conditional UPDATE, so concurrent queries of one user can never overshoot the limit.
     """
-    ensure_user(session, user_id, settings)
+    ensure_user(session, user_id, settings.tiers)
     expired = _expired(now)
     counted = rows_affected(
         session,

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 from ragcore.db import Sessions, get_engine
 from ragcore.db.models import User
 from ragcore.query import limits
-from ragcore.settings import Settings
+from ragcore.settings import Settings, TierSettings
 
 NOW = datetime(2024, 5, 10, 15, 30, tzinfo=UTC)
 
@@ -20,7 +20,9 @@ def _user(session: Session, user_id: str) -> User:
 
 
 def settings() -> Settings:
-    return Settings(tier_daily_limits={"free": 2, "pro": 5}, tier_thresholds={"free": 0, "pro": 10})
+    return Settings(
+        tiers=TierSettings(daily_limits={"free": 2, "pro": 5}, thresholds={"free": 0, "pro": 10})
+    )
 
 
 def test_next_reset_is_the_next_midnight_in_the_configured_zone() -> None:

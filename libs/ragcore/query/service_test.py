@@ -18,10 +18,11 @@ from ragcore.query import (
 )
 from ragcore.query.cache import HotCache, bump_data_version
 from ragcore.query.service import TolerantHotCache
-from ragcore.settings import Settings
+from ragcore.settings import QdrantSettings, Settings, TierSettings
 
 SETTINGS = Settings(
-    vector_size=64, tier_daily_limits={"free": 3}, tier_thresholds={"free": 0}, default_tier="free"
+    qdrant=QdrantSettings(vector_size=64),
+    tiers=TierSettings(daily_limits={"free": 3}, thresholds={"free": 0}, default="free"),
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,15 +33,23 @@ class PermanentTaskError(Exception):
     """A failure that retrying cannot fix (bad arguments, a 4xx from a neighbour)."""
 
 
+#: The settings each app was made with: Celery, not our code, calls the task bodies, so they read
+#: these (`app_settings(self.app)`) instead of the process's `get_settings()`.
+_MADE_WITH: weakref.WeakKeyDictionary[Celery, Settings] = weakref.WeakKeyDictionary()
+
+
 def create_app(
     service: str, settings: Settings | None = None, queues: tuple[Queue, ...] = ()
 ) -> Celery:
-    """A Celery app with our reliability defaults; a worker passes the queues it consumes."""
+    """A Celery app with our reliability defaults; a worker passes the queues it consumes.
+
+    An entrypoint: without `settings` it reads the process's (`celery -A services.<queue>.worker`
+    makes the app at import, with no entrypoint of ours before it)."""
     settings = settings or get_settings()
     longest = contracts.longest_time_limit()
-    if settings.visibility_timeout_seconds <= longest:
+    if settings.redis.visibility_timeout_seconds <= longest:
         raise RuntimeError(
-            f"visibility timeout ({settings.visibility_timeout_seconds}s) "
+            f"visibility timeout ({settings.redis.visibility_timeout_seconds}s) "
             f"must exceed the longest task time limit ({longest}s), "
             "or Redis redelivers tasks still running"
         )
@@ -48,21 +57,21 @@ def create_app(
     # Timeouts (and with Sentinel, the master's name and the sentinels) for the transport and the
     # backend alike: their connections are kombu's and Celery's, not ragcore.redis_clients'.
     transport = {
-        "visibility_timeout": settings.visibility_timeout_seconds,
-        **redis_clients.transport_options(settings),
+        "visibility_timeout": settings.redis.visibility_timeout_seconds,
+        **redis_clients.transport_options(settings.redis),
     }
     app.conf.update(
-        broker_url=settings.broker,
+        broker_url=settings.redis.broker,
         # kombu's Redis transport, except that poison is set aside, not fatal (ragcore.deadletters)
-        broker_transport=deadletters.transport_for(settings.broker),
-        result_backend=settings.result_backend,
+        broker_transport=deadletters.transport_for(settings.redis.broker),
+        result_backend=settings.redis.result_backend,
         broker_transport_options=transport,
         # The Redis backend subscribes to each sent task's result before publishing; its default
         # policy retries that 20 times, a second apart, when Redis is down. Bounded, a publisher
         # (the report relay, an API request) fails in well under a second and tries again later.
         result_backend_transport_options={**transport, "retry_policy": _FAIL_FAST},
-        redis_socket_timeout=settings.redis_read_timeout_seconds,
-        redis_socket_connect_timeout=settings.redis_connect_timeout_seconds,
+        redis_socket_timeout=settings.redis.read_timeout_seconds,
+        redis_socket_connect_timeout=settings.redis.connect_timeout_seconds,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2.0,
         task_publish_retry_policy=_FAIL_FAST,
@@ -70,7 +79,7 @@ def create_app(
         result_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
-        result_expires=settings.result_expires_seconds,
+        result_expires=settings.redis.result_expires_seconds,
         result_extended=True,  # status answers carry the task's name and queue
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -86,12 +95,20 @@ def create_app(
         task_queues=[KombuQueue(q.value, routing_key=q.value) for q in (queues or tuple(Queue))],
         task_default_queue=(queues[0] if queues else Queue.SYNC).value,
     )
+    _MADE_WITH[app] = settings
     return app
+
+
+def app_settings(app: Celery) -> Settings:
+    """The settings `app` was made with (`create_app`); an app made elsewhere (a test's
+    pytest-celery app) reads the process's."""
+    return _MADE_WITH.get(app) or get_settings()
 
 
 @setup_logging.connect
 def _json_logging(**_: Any) -> None:
-    # Celery calls this in every worker/beat process instead of installing its own handlers.
+    # Celery calls this in every worker/beat process instead of installing its own handlers: an
+    # entrypoint of Celery's, before any app of ours may be current.
     settings = get_settings()
     configure_logging(current_app.main or "celery", settings.log_level, settings.log_task_lifecycle)
 
@@ -173,7 +190,7 @@ def define_task(
                 result = attempt(self, args)
             else:
                 with periodic_lock(
-                    lock_client(), contract.name, ttl=contract.time_limit
+                    lock_client(app_settings(app).redis), contract.name, ttl=contract.time_limit
                 ) as acquired:
                     result = attempt(self, args) if acquired else dict(contracts.SKIPPED)
             ledger.begin_success(self, result)  # beside Celery's store of it in Redis

@@ -31,7 +31,7 @@ def _runs(app: Celery) -> tuple[Any, Any, list[bool]]:
 
     def body(self: Task, args: arguments.NoArgs) -> dict[str, str]:
         # While it runs, the lock is held exactly when the contract is exclusive.
-        seen.append(bool(lock_client().exists(lock_key(self.name))))
+        seen.append(bool(lock_client(get_settings().redis).exists(lock_key(self.name))))
         return {"ran": self.name}
 
     return define_task(app, EXCLUSIVE)(body), define_task(app, PLAIN)(body), seen
@@ -42,14 +42,14 @@ def test_an_exclusive_task_runs_under_its_lock_and_frees_it(app: Celery) -> None
     assert exclusive.apply().get() == {"ran": EXCLUSIVE.name}
     assert plain.apply().get() == {"ran": PLAIN.name}
     assert seen == [True, False]
-    assert not lock_client().exists(lock_key(EXCLUSIVE.name))
+    assert not lock_client(get_settings().redis).exists(lock_key(EXCLUSIVE.name))
 
 
 def test_an_exclusive_task_skips_while_another_run_holds_its_lock(app: Celery) -> None:
     exclusive, plain, seen = _runs(app)
     with (
-        periodic_lock(lock_client(), EXCLUSIVE.name, ttl=60) as held,
-        periodic_lock(lock_client(), PLAIN.name, ttl=60),
+        periodic_lock(lock_client(get_settings().redis), EXCLUSIVE.name, ttl=60) as held,
+        periodic_lock(lock_client(get_settings().redis), PLAIN.name, ttl=60),
     ):
         assert held
         assert exclusive.apply().get() == contracts.SKIPPED

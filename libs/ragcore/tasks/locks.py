@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import redis
 
 from ragcore.redis_clients import redis_client
-from ragcore.settings import Settings, get_settings
+from ragcore.settings import RedisSettings
 
 PREFIX = "ragcore:lock:"
 
@@ -42,9 +42,9 @@ def periodic_lock(client: redis.Redis, name: str, ttl: int) -> Iterator[bool]:
             client.eval(_RELEASE, 1, key, token)
 
 
-def lock_client(settings: Settings | None = None) -> redis.Redis:
+def lock_client(redis_settings: RedisSettings) -> redis.Redis:
     """The Redis that holds locks: the broker's, which must never evict keys (a cache Redis may)."""
-    return redis_client((settings or get_settings()).broker)
+    return redis_client(redis_settings, redis_settings.broker)
 
 
 # Take every key or none (atomic): a holder of some waiting for the rest could deadlock another.

@@ -89,8 +89,8 @@ class RoundResult:
 
 def settle_seconds(settings: Settings) -> float:
     """How long a Redis that lost its data is left for live workers to beat and note again."""
-    return heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds) + (
-        settings.worker_heartbeat_seconds
+    return heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds) + (
+        settings.workers.heartbeat_seconds
     )
 
 
@@ -102,17 +102,17 @@ def reconcile_round(
     sessions: Sessions = session_scope,
 ) -> RoundResult:
     """One round (see the module docstring)."""
-    client = client or broker_client(settings.broker)
+    client = client or broker_client(settings.redis)
     now = time.time()
     client.set(_SINCE_KEY, now, nx=True)
     if now - float(client.get(_SINCE_KEY) or now) < settle_seconds(settings):
         return RoundResult(settling=True)
     for q in contracts.Queue:
-        held.forget_drained(client, q.value, now - settings.reconcile_grace_seconds)
-    cutoff = utcnow() - timedelta(seconds=settings.reconcile_grace_seconds)
+        held.forget_drained(client, q.value, now - settings.reconcile.grace_seconds)
+    cutoff = utcnow() - timedelta(seconds=settings.reconcile.grace_seconds)
     with sessions() as session:
-        rows = _candidates(session, cutoff, _cursor(client), settings.reconcile_batch_size)
-    if len(rows) < settings.reconcile_batch_size:
+        rows = _candidates(session, cutoff, _cursor(client), settings.reconcile.batch_size)
+    if len(rows) < settings.reconcile.batch_size:
         client.delete(_CURSOR_KEY)  # the end of the list: the next round starts again
     else:
         client.set(_CURSOR_KEY, f"{rows[-1].sent_at.isoformat()}|{rows[-1].task_id}")
@@ -195,7 +195,7 @@ class _BrokerView:
         self._app = app
         self._client = client
         self._now = now
-        self._lost_after = settings.worker_lost_after_seconds
+        self._lost_after = settings.workers.lost_after_seconds
         by_queue: dict[str, list[str]] = {}
         for row in rows:
             by_queue.setdefault(row.queue or "", []).append(row.task_id)
@@ -206,7 +206,7 @@ class _BrokerView:
             for task_id in held.waiting(client, queue, ids)
         }
         self._unacked = held.unacked(client) if rows else set()
-        ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+        ttl = heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds)
         self._live = heartbeats.live_workers(client, ttl) if rows else set()
         self._noted = held.held_by(client, self._live)
         self._finals: dict[str, dict[str, Any]] = {}

@@ -1,4 +1,5 @@
-"""The reconciler's loop: a round of `ragcore.tasks.reconcile` every `reconcile_seconds`, in Beat.
+"""The reconciler's loop: a round of `ragcore.tasks.reconcile` every `RAGCORE_RECONCILE_SECONDS`,
+in Beat.
 
 In Beat rather than as a periodic task on a worker: the reconciler exists for the moments the
 broker lost its messages, and a Beat-sent task is a message like the others (lost with them, and
@@ -34,7 +35,7 @@ class Reconciler(PeriodicThread):
     """Beat's `reconciler` thread; it tells database outages itself (see `_database_returns`)."""
 
     def __init__(self, app: Celery, settings: Settings) -> None:
-        super().__init__("reconciler", settings.reconcile_seconds, self.round)
+        super().__init__("reconciler", settings.reconcile.interval_seconds, self.round)
         self._app = app
         self._settings = settings
         self._database = Outage("reconciler")
@@ -47,12 +48,12 @@ class Reconciler(PeriodicThread):
         if time.monotonic() < self._quiet_until:
             return
         # A round is bounded (a batch of rows): the lock outlives it, and frees itself if Beat dies.
-        ttl = int(max(60.0, 2 * self._settings.reconcile_seconds))
+        ttl = int(max(60.0, 2 * self._settings.reconcile.interval_seconds))
         try:
             if self._database.ongoing:
                 self._database_returns()
                 return
-            with periodic_lock(lock_client(self._settings), LOCK, ttl=ttl) as acquired:
+            with periodic_lock(lock_client(self._settings.redis), LOCK, ttl=ttl) as acquired:
                 if acquired:
                     reconcile_round(self._app, self._settings)
         except DATABASE_ERRORS as exc:

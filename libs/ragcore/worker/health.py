@@ -50,17 +50,17 @@ def evaluate(
 def check(app: Celery, settings: Settings, hostname: str, queue: str) -> Health:
     """Ping the worker, read its queue and its heartbeat, and judge."""
     replies = app.control.ping(
-        destination=[hostname], timeout=max(settings.inspect_timeout_seconds, 2.0)
+        destination=[hostname], timeout=max(settings.workers.inspect_timeout_seconds, 2.0)
     )
     answered = any(hostname in reply for reply in replies)
-    client = broker_client(settings.broker)
-    ttl = heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds)
+    client = broker_client(settings.redis)
+    ttl = heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds)
     depth = depths.queue_stats(client, queue, ttl).depth
     record = heartbeats.worker_record(client, hostname)
     return evaluate(
         answered_ping=answered,
         depth=depth,
         record=record,
-        window=settings.worker_dequeue_window_seconds,
+        window=settings.workers.dequeue_window_seconds,
         now=time.time(),
     )

@@ -24,9 +24,9 @@ from ragcore.broker import held as broker_held
 from ragcore.db import get_engine, session_scope
 from ragcore.deadletters import consumer as dead_letters
 from ragcore.logs import configure_logging
-from ragcore.settings import get_settings
+from ragcore.settings import Settings, get_settings
 from ragcore.tasks import ledger
-from ragcore.tasks.app import PermanentTaskError, create_app, define_task
+from ragcore.tasks.app import PermanentTaskError, app_settings, create_app, define_task
 from ragcore.tasks.arguments import CanaryArgs
 from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore.worker import health, reconnect, recovery
@@ -51,7 +51,7 @@ def create_worker_app(queue: Queue) -> Celery:
     ledger.connect_worker_signals()
     recovery.connect()
     reconnect.connect(app)
-    _connect_monitor(_Monitor(queue))
+    _connect_monitor(_Monitor(queue, app_settings(app)))
     define_canary(app, queue)
     return app
 
@@ -89,7 +89,7 @@ class _Monitor:
     two), then polls the revocation feed, so a revocation broadcast it missed still reaches it.
     """
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, settings: Settings) -> None:
         self.queue = queue
         self.started_at = time.time()
         self.last_dequeue: float | None = None
@@ -100,6 +100,7 @@ class _Monitor:
         self._static: dict[str, Any] = {}
         self._noted: list[str] = []
         self._app: Celery | None = None
+        self._settings = settings
         self._timer: Any = None
         self._stopping_noted = False
         #: When the consumer's event loop last ran a timer of ours (time.monotonic()).
@@ -133,7 +134,7 @@ class _Monitor:
         # loop runs, and the heartbeat thread beats only while it does (a wedged loop that would
         # consume nothing must not look alive to the peers that re-queue a lost worker's tasks).
         consumer.timer.call_repeatedly(
-            min(1.0, get_settings().worker_heartbeat_seconds), self._loop_ran
+            min(1.0, self._settings.workers.heartbeat_seconds), self._loop_ran
         )
         self._static = {
             "queue": self.queue.value,
@@ -168,7 +169,7 @@ class _Monitor:
                 log.warning("could not remove this worker's heartbeat", exc_info=True)
 
     def _client(self) -> Any:
-        return broker_client(get_settings().broker)
+        return broker_client(self._settings.redis)
 
     def _loop_ran(self) -> None:
         self._loop_ran_at = time.monotonic()
@@ -191,8 +192,8 @@ class _Monitor:
         return False
 
     def beat(self) -> None:
-        settings = get_settings()
-        if not self.loop_runs(settings.worker_heartbeat_seconds):
+        settings = self._settings
+        if not self.loop_runs(settings.workers.heartbeat_seconds):
             return
         client = self._client()
         fields = {
@@ -206,10 +207,10 @@ class _Monitor:
             self._hostname,
             [self.queue.value],
             fields,
-            heartbeats.heartbeat_ttl(settings.worker_heartbeat_seconds),
+            heartbeats.heartbeat_ttl(settings.workers.heartbeat_seconds),
         )
         recovery.requeue_lost(
-            self._app, client, self.queue.value, settings.worker_lost_after_seconds, self._hostname
+            self._app, client, self.queue.value, settings.workers.lost_after_seconds, self._hostname
         )
         ids, self._revocations_since = revocation_feed.revocations_since(
             client, self._revocations_since
@@ -253,7 +254,10 @@ class _Monitor:
             return
         if held != self._noted or again:
             recovery.note_reserved(
-                self._client(), self._hostname, held, get_settings().visibility_timeout_seconds
+                self._client(),
+                self._hostname,
+                held,
+                self._settings.redis.visibility_timeout_seconds,
             )
             in_flight.note_in_flight(self._client(), self.queue.value, self._hostname, held)
             self._noted = held
@@ -275,7 +279,7 @@ class _Monitor:
             log.info("shutting down: running tasks that can hand themselves back do so")
 
     def _run(self) -> None:
-        interval = get_settings().worker_heartbeat_seconds
+        interval = self._settings.workers.heartbeat_seconds
         next_beat = 0.0
         while True:
             try:
@@ -334,7 +338,7 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
         )
         app.worker_main(["worker", "--help"])
         return
-    settings = get_settings()
+    settings = get_settings()  # an entrypoint: each services/<queue>/worker.py's main
     configure_logging(f"worker-{queue.value}", settings.log_level, settings.log_task_lifecycle)
     if tracing.exporters():
         from ragcore.tracing import worker_signals
@@ -343,7 +347,7 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
     if "--healthcheck" in argv:
         sys.exit(healthcheck(app, queue, argv))
     try:
-        invariants.check(settings, broker_client(settings.broker), service=f"worker {queue.value}")
+        invariants.check(settings, broker_client(settings.redis), service=f"worker {queue.value}")
     except invariants.InvariantError as exc:
         log.critical("%s", exc)
         sys.exit(str(exc))
@@ -353,8 +357,8 @@ def run_worker(app: Celery, queue: Queue, argv: list[str]) -> None:
             "worker",
             f"--queues={queue.value}",
             f"--hostname={queue.value}@%h",
-            f"--concurrency={settings.worker_concurrency.get(queue.value, 1)}",
-            f"--prefetch-multiplier={settings.worker_prefetch.get(queue.value, 1)}",
+            f"--concurrency={settings.workers.concurrency.get(queue.value, 1)}",
+            f"--prefetch-multiplier={settings.workers.prefetch.get(queue.value, 1)}",
             f"--loglevel={settings.log_level}",
             *argv,
         ]
@@ -368,7 +372,7 @@ def healthcheck(app: Celery, queue: Queue, argv: list[str]) -> int:
     options, _ = parser.parse_known_args(argv)
     hostname = host_format(options.hostname)
     try:
-        verdict = health.check(app, get_settings(), hostname, queue.value)
+        verdict = health.check(app, app_settings(app), hostname, queue.value)
     except Exception as exc:  # the broker is unreachable: this worker cannot consume either
         verdict = health.Health(False, f"check failed: {type(exc).__name__}: {exc}")
     # A JSON line like every other line a deployable writes (the orchestrator keeps it with the

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
+from ragcore.settings import Settings
 from ragcore.tasks.contracts import Queue
 from ragcore.worker import runtime
 
@@ -27,7 +28,7 @@ class _FailingOnce:
 def test_received_ids_survive_a_failed_tick_and_leave_the_waiting_set_at_the_next(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monitor = runtime._Monitor(Queue.NOTIFICATIONS)
+    monitor = runtime._Monitor(Queue.NOTIFICATIONS, Settings())
     client = _FailingOnce()
     monkeypatch.setattr(monitor, "_client", lambda: client)
     monitor.received("a")
