@@ -187,14 +187,11 @@ def define_task(
                 _dead_letter(self, contract, positional, kwargs, exc)
                 raise PermanentTaskError(f"invalid arguments for {contract.name}: {exc}") from None
             if not contract.exclusive:
-                result = attempt(self, args)
-            else:
-                with periodic_lock(
-                    lock_client(app_settings(app).redis), contract.name, ttl=contract.time_limit
-                ) as acquired:
-                    result = attempt(self, args) if acquired else dict(contracts.SKIPPED)
-            ledger.begin_success(self, result)  # beside Celery's store of it in Redis
-            return result
+                return attempt(self, args)
+            with periodic_lock(
+                lock_client(app_settings(app).redis), contract.name, ttl=contract.time_limit
+            ) as acquired:
+                return attempt(self, args) if acquired else dict(contracts.SKIPPED)
 
         def attempt(self: Task, args: Any) -> Any:
             try:

@@ -11,11 +11,7 @@ told apart from pending ones.
 """
 
 from ragcore.tasks.ledger.history import CURSOR_PATTERN, decode_cursor, encode_cursor, history
-from ragcore.tasks.ledger.receivers import (
-    begin_success,
-    connect_publisher_signals,
-    connect_worker_signals,
-)
+from ragcore.tasks.ledger.receivers import connect_publisher_signals, connect_worker_signals
 from ragcore.tasks.ledger.records import (
     RECORDED_HEADER,
     get,
@@ -43,7 +39,6 @@ from ragcore.tasks.ledger.writer import (
 __all__ = [
     "CURSOR_PATTERN",
     "MAX_REVOKED_IDS",
-    "begin_success",
     "claim_start",
     "revoke",
     "RECORDED_HEADER",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future
 from typing import Any
 
 from celery import signals
@@ -22,7 +21,7 @@ from ragcore.tasks.ledger.records import (
     record_received,
     record_sent,
 )
-from ragcore.tasks.ledger.writer import begin_claim, begin_write, flush, update_task
+from ragcore.tasks.ledger.writer import flush, update_task
 from ragcore.tasks.states import TaskState
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,6 @@ def _stamp_sent_at(
 #: When each task running in this process started (perf_counter): its run time is written with
 #: its end, in the same update (prerun, success and failure signals run in the same process).
 _starts: dict[str, float] = {}
-#: The ends of tasks that keep a result, begun as their body returned (`begin_success`).
-_ends: dict[str, Future[None]] = {}
 
 
 def _run_seconds(task_id: str) -> dict[str, float]:
@@ -52,15 +49,10 @@ def _run_seconds(task_id: str) -> dict[str, float]:
     return {} if start is None else {"run_seconds": time.perf_counter() - start}
 
 
-def _started(task_id: str, task: Any, kwargs: dict[str, Any] | None = None, **_: Any) -> None:
+def _started(task_id: str, **_: Any) -> None:
+    # The row becomes STARTED in the task itself, decided against a revocation
+    # (`ledger.claim_start`, called by `define_task`): one write, not two.
     _starts[task_id] = time.perf_counter()
-    contract = contracts.BY_NAME.get(task.name)
-    if contract is not None:
-        # Decided in the task (`define_task` calls `ledger.claim_start` before its body); sent now,
-        # while Celery stores the STARTED result in Redis.
-        begin_claim(
-            task_id, task.request.hostname, contract.name, contract.queue.value, kwargs or {}
-        )
 
 
 def _retried(sender: Any, request: Any, reason: Any, **_: Any) -> None:
@@ -70,39 +62,21 @@ def _retried(sender: Any, request: Any, reason: Any, **_: Any) -> None:
     )
 
 
-def _success(task_id: str, result: Any) -> dict[str, Any]:
-    stored = result if isinstance(result, dict) else {"value": result}
-    return {
-        "state": TaskState.SUCCESS,
-        "finished_at": utcnow(),
-        "result": stored,
-        "error": None,
-        **_run_seconds(task_id),
-    }
-
-
-def begin_success(task: Any, result: Any) -> None:
-    """The body of `task` returned `result`: a task that keeps its result sends its SUCCESS to the
-    ledger now, while Celery stores it in Redis; the success signal waits for it (`_succeeded`), so
-    it is written before the message is acknowledged."""
-    contract = contracts.BY_NAME.get(task.name)
-    if contract is not None and contract.store_result and task.request.id:
-        _ends[task.request.id] = begin_write(task.request.id, _success(task.request.id, result))
-
-
 def _succeeded(sender: Any, result: Any, **_: Any) -> None:
+    stored = result if isinstance(result, dict) else {"value": result}
     task_id = sender.request.id
-    end = _ends.pop(task_id, None)
-    if end is not None:
-        end.result()
-    else:
-        update_task(sender, task_id, **_success(task_id, result))
+    update_task(
+        sender,
+        task_id,
+        state=TaskState.SUCCESS,
+        finished_at=utcnow(),
+        result=stored,
+        error=None,
+        **_run_seconds(task_id),
+    )
 
 
 def _failed(sender: Any, task_id: str, exception: BaseException, einfo: Any, **_: Any) -> None:
-    end = _ends.pop(task_id, None)  # its result could not be stored: it ends FAILURE after all
-    if end is not None:
-        end.result()
     update_task(
         sender,
         task_id,

@@ -10,9 +10,8 @@ import queue
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 from celery import Task
 from sqlalchemy import Connection, Table, Update, bindparam, func, or_, update
@@ -26,7 +25,6 @@ from ragcore.tasks.backlog import Backlog
 from ragcore.tasks.states import TaskState
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 #: How often a ledger writer tries a database that is down again.
 RETRY_SECONDS = 2.0
@@ -182,46 +180,9 @@ _writer = Writer()
 _connection = KeptConnection()
 
 
-class _Pipeline:
-    """This process's synchronous ledger statements, run in order by one thread on its kept
-    connection.
-
-    A task submits its start and its end and goes on with Celery's own round trips to Redis (the
-    STARTED and SUCCESS results are stored meanwhile); it waits for each where it must: its start
-    before its body runs, its end before Celery acknowledges its message. A forked child starts its
-    own thread (it inherits none).
-    """
-
-    def __init__(self) -> None:
-        self._executor: ThreadPoolExecutor | None = None
-        self._pid: int | None = None
-        self._lock = threading.Lock()
-
-    def submit(self, work: Callable[[], _T]) -> Future[_T]:
-        if self._pid != os.getpid():
-            with self._lock:
-                if self._pid != os.getpid():
-                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="ledger-now")
-                    self._pid = os.getpid()
-        assert self._executor is not None
-        return self._executor.submit(work)
-
-
-_pipeline = _Pipeline()
-
-
-def begin_write(task_id: str, values: dict[str, Any]) -> Future[None]:
-    """`write_now` begun: its future is done once the update is written (or kept by the writer)."""
-    return _pipeline.submit(lambda: _write_now(task_id, values))
-
-
 def write_now(task_id: str, values: dict[str, Any]) -> None:
     """Written at once; while the database is down (or older updates still wait) kept by the writer
     in order instead."""
-    begin_write(task_id, values).result()
-
-
-def _write_now(task_id: str, values: dict[str, Any]) -> None:
     if not _writer.backlogged:
         try:
             ((columns, rows),) = _by_shape([(task_id, values)]).items()
@@ -249,37 +210,16 @@ def _claim(dialect: str) -> Any:
     ).returning(TaskRecord.task_id)
 
 
-#: Starts begun as Celery prepares a task (`begin_claim`), decided in the task (`claim_start`).
-_claims: dict[str, Future[bool]] = {}
-
-
-def begin_claim(
-    task_id: str, worker: str | None, name: str, queue: str, kwargs: dict[str, Any]
-) -> None:
-    """Send the start of `task_id` now; `claim_start` in the task waits for its verdict."""
-    _claims[task_id] = _pipeline.submit(lambda: _claim_now(task_id, worker, name, queue, kwargs))
-
-
 def claim_start(
     task_id: str, worker: str | None, name: str, queue: str, kwargs: dict[str, Any]
 ) -> bool:
     """A worker's start, decided against `ledger.revoke` by one conditional statement and written
-    at once (one round trip on the kept connection, begun by `begin_claim` if it was): False when
-    the task was revoked while it waited (it must not run), True otherwise. A task nobody recorded
-    yet (another client's, whose receive-time row may still be on its way) is recorded here with
-    its name, queue and `kwargs`.
+    at once (one round trip on the kept connection): False when the task was revoked while it
+    waited (it must not run), True otherwise. A task nobody recorded yet (another client's, whose
+    receive-time row may still be on its way) is recorded here with its name, queue and `kwargs`.
 
     While the database is down (or older updates still wait) the start is kept by the writer and
     the task runs: Celery's own revoked ids still apply."""
-    future = _claims.pop(task_id, None)
-    if future is None:
-        future = _pipeline.submit(lambda: _claim_now(task_id, worker, name, queue, kwargs))
-    return future.result()
-
-
-def _claim_now(
-    task_id: str, worker: str | None, name: str, queue: str, kwargs: dict[str, Any]
-) -> bool:
     started = {"state": TaskState.STARTED, "started_at": utcnow(), "worker": worker}
     if not _writer.backlogged:
         row = {"task_id": task_id, "name": name, "queue": queue, "kwargs": kwargs, **started}
