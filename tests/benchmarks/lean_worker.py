@@ -3,8 +3,8 @@
     PYTHONPATH=libs:. python -m tests.benchmarks.lean_worker [--no-events] --concurrency=1
 
 Without the task ledger: no start claimed against a revocation, none of the ledger's signal
-receivers (so no end written); with `--no-events` also without task events and `task_track_started`. Shows what a
-task costs beside them.
+receivers (so no end written); with `--no-events` also without task events and
+`task_track_started`. Shows what a task costs beside them.
 """
 
 from __future__ import annotations
