@@ -8,8 +8,12 @@ started from their entrypoints: each shipped worker (`python -m services.<queue>
 prefetch as shipped) and the bare app (tests.benchmarks.bare_worker) once per prefetch the shipped
 workers use. Each shipped worker runs its canary `ragcore.canary.<queue>`, sent as the API sends
 tasks (`ragcore.tasks.dispatch`: recorded in the ledger, then published): a trivial task that keeps
-its result, so it pays what every such task pays (argument validation, two synchronous ledger
-updates, the STARTED and SUCCESS results). The bare app runs a no-op task that keeps its result.
+its result, so it pays what every such task pays (argument validation, its start and end written to
+the ledger, the STARTED and SUCCESS results). The bare app runs a no-op task that keeps its result.
+The user canary also runs as another client sends it (`OTHER_CLIENT`: a plain Celery app's
+`send_task` in a process that never imports ragcore, so no ledger row and no stamp). Beside each
+rate: the CPU time per task of the worker's processes (main and pool), less moved by the machine's
+load than a rate.
 
 All workers run throughout with their consumer cancelled; a measurement queues its tasks, re-adds
 one worker's consumer and times until the last task's result is stored (one process consumes FIFO),
@@ -22,16 +26,32 @@ without task events and `track_started` (tests.benchmarks.lean_worker).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 
 from ragcore.settings import get_settings
 from ragcore.tasks import dispatch
 from ragcore.tasks.contracts import CANARIES, Queue
+from ragcore_dev.processes import Deployable
 from tests.benchmarks import bare_worker
-from tests.benchmarks.common import Phase, start_idle_worker, timed_drain
+from tests.benchmarks.common import Phase, group_cpu_seconds, start_idle_worker, timed_drain
 from tests.support.stack import running_stack
 
 TARGET = 0.9
+
+#: Another client publishing: a plain Celery app in a process that never imports ragcore (whose
+#: publish hooks would stamp its messages); prints the last id.
+OTHER_CLIENT = (
+    "import json, sys\n"
+    "from celery import Celery\n"
+    "o = json.loads(sys.argv[1])\n"
+    "app = Celery(broker=o['broker'])\n"
+    "for i in range(o['n']):\n"
+    "    last = app.send_task(o['name'], kwargs={'echo': str(i)}, queue=o['queue']).id\n"
+    "print(last)\n"
+)
 
 
 def main() -> None:
@@ -69,11 +89,40 @@ def main() -> None:
                 f"bare, prefetch {multiplier}", hostname, bare_worker.QUEUE, args.tasks, publish
             )
 
+        def other_client(queue: Queue) -> Phase:
+            def publish_batch(n: int) -> str:
+                options = {
+                    "broker": stack.redis.url,
+                    "name": CANARIES[queue].name,
+                    "queue": queue.value,
+                    "n": n,
+                }
+                done = subprocess.run(
+                    [sys.executable, "-c", OTHER_CLIENT, json.dumps(options)],
+                    env=stack.env(),
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    check=True,
+                )
+                return done.stdout.strip().splitlines()[-1]
+
+            plain = canary(queue)
+            return Phase(
+                f"{queue.value} canary, another client's",
+                plain.hostname,
+                plain.queue,
+                args.tasks,
+                plain.publish,
+                publish_batch,
+            )
+
         phases: list[Phase] = []
+        workers: dict[str, Deployable] = {}  # by hostname
         baseline: dict[str, str] = {}  # a shipped phase -> the bare phase with its prefetch
         for multiplier in sorted({prefetch.get(q.value, 1) for q in Queue}):
             phase = bare(multiplier)
-            start_idle_worker(
+            workers[phase.hostname] = start_idle_worker(
                 stack,
                 "tests.benchmarks.bare_worker",
                 phase.hostname,
@@ -83,9 +132,14 @@ def main() -> None:
             phases.append(phase)
         for queue in Queue:
             phase = canary(queue)
-            start_idle_worker(stack, f"services.{queue.value}.worker", phase.hostname, phase.queue)
+            workers[phase.hostname] = start_idle_worker(
+                stack, f"services.{queue.value}.worker", phase.hostname, phase.queue
+            )
             phases.append(phase)
             baseline[phase.name] = bare(prefetch.get(queue.value, 1)).name
+        foreign = other_client(Queue.USER)
+        phases.append(foreign)
+        baseline[foreign.name] = bare(prefetch.get(Queue.USER.value, 1)).name
         if args.diagnose:
             notifications = canary(Queue.NOTIFICATIONS)
             for name, hostname, extra in (
@@ -96,7 +150,7 @@ def main() -> None:
                     ("--no-events",),
                 ),
             ):
-                start_idle_worker(
+                workers[hostname] = start_idle_worker(
                     stack, "tests.benchmarks.lean_worker", hostname, notifications.queue, *extra
                 )
                 phases.append(
@@ -109,14 +163,19 @@ def main() -> None:
             return ready
 
         for phase in phases:  # warm up: the pool process's imports, connections, pools
-            timed_drain(
-                producer, Phase("warm-up", phase.hostname, phase.queue, 50, phase.publish), done
+            warm_up = Phase(
+                "warm-up", phase.hostname, phase.queue, 50, phase.publish, phase.publish_batch
             )
+            timed_drain(producer, warm_up, done)
         rates: dict[str, list[float]] = {p.name: [] for p in phases}
+        cpu: dict[str, list[float]] = {p.name: [] for p in phases}  # ms per task, main + pool
         for r in range(args.rounds):
             for i in range(len(phases)):
                 phase = phases[(r + i) % len(phases)]
+                before = group_cpu_seconds(workers[phase.hostname])
                 rates[phase.name].append(timed_drain(producer, phase, done))
+                spent = group_cpu_seconds(workers[phase.hostname]) - before
+                cpu[phase.name].append(spent * 1000 / phase.tasks)
 
         width = max(len(name) for name in rates)
         for name, values in rates.items():
@@ -128,7 +187,8 @@ def main() -> None:
                 )
                 verdict = "met" if ratio >= TARGET else "NOT met"
                 line += f"   / {baseline[name]}: {ratio:.2f} (target >= {TARGET}: {verdict})"
-            print(f"{line}   runs {' '.join(f'{v:.0f}' for v in values)}", flush=True)
+            line += f"   runs {' '.join(f'{v:.0f}' for v in values)}"
+            print(f"{line}   CPU {statistics.median(cpu[name]):.2f} ms/task", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
-"""Nothing a lost worker held waits for the visibility timeout (issue 25, point 4), and a live
-worker is never taken for lost: real worker processes started from their entrypoints, a real
-Redis, with faults injected into one worker process through its `sitecustomize` (a wedged consumer
-loop, a lagging clock). Nor does what a worker back under its own name no longer holds (issue 25,
-point 5: Beat's reconciler takes it back).
+"""Nothing a lost worker held waits for the visibility timeout (issue 25, point 4), another
+client's task neither, and a live worker is never taken for lost: real worker processes started
+from their entrypoints, a real Redis, with faults injected into one worker process through its
+`sitecustomize` (a wedged consumer loop, a lagging clock). Nor does what a worker back under its own
+name no longer holds (issue 25, point 5: Beat's reconciler takes it back).
 
 Heartbeats here come every second and a worker is lost after 6 s without one; the visibility
 timeout stays at its default (2 h), so anything that waited for it would fail these tests.
@@ -26,7 +26,7 @@ from ragcore.tasks.contracts import CANARIES, Queue
 from ragcore.worker import recovery
 from ragcore_dev.processes import wait_until
 from ragcore_dev.standins.users import start_users
-from tests.support.stack import Stack, ledger_record, running_stack
+from tests.support.stack import Stack, ledger_record, running_stack, send_from_another_client
 
 LOST_AFTER = 6
 
@@ -69,6 +69,26 @@ def test_a_countdown_retry_held_by_a_killed_worker_runs_on_its_replacement_at_it
     assert ledger_record(task_id, "SUCCESS").worker == "scheduled-replacement@test"
     assert "worker scheduled@test lost" in replacement.logs()
     print(f"countdown retry of a killed worker ran {healed:.1f}s after the kill")
+    replacement.stop()
+
+
+def test_a_task_another_client_sent_running_on_a_killed_worker_runs_on_its_replacement(
+    stack: Stack,
+) -> None:
+    worker = stack.start_worker(Queue.USER, name="foreign")
+    task_id = str(uuid.uuid4())  # no ledger row, no stamp: its worker records it
+    canary = CANARIES[Queue.USER].name
+    send_from_another_client(
+        stack, canary, Queue.USER.value, task_id, echo="foreign", sleep_seconds=4
+    )
+    assert ledger_record(task_id, "STARTED", timeout=30).worker == "foreign@test"
+    worker.signal(signal.SIGKILL)  # mid-run, the whole process group
+    worker.kill()
+    replacement = stack.start_worker(Queue.USER, name="foreign-replacement")
+
+    assert stack.producer.AsyncResult(task_id).get(timeout=90)["echo"] == "foreign"
+    assert ledger_record(task_id, "SUCCESS").worker == "foreign-replacement@test"
+    assert "worker foreign@test lost" in replacement.logs()
     replacement.stop()
 
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
 from celery import Celery
 
+from ragcore.broker import held
 from ragcore.db import create_schema, reset_engines, session_scope
 from ragcore.db.models import TaskRecord
 from ragcore.settings import get_settings
@@ -105,6 +110,16 @@ class Stack:
             base_url=self.api_url, headers={"X-API-Key": key} if key else {}, timeout=30
         )
 
+    def wait_acknowledged(self, task_id: str, timeout: float = 30) -> None:
+        """Until the task's result is stored and its message acknowledged (delivered, so it was in
+        the transport's `unacked` hash; out of it now)."""
+
+        def acknowledged() -> bool:
+            ready = self.producer.AsyncResult(task_id).ready()
+            return ready and task_id not in held.unacked(self.redis_client())
+
+        wait_until(acknowledged, timeout, f"task {task_id} acknowledged", interval=0.005)
+
     def redis_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis.url)
 
@@ -156,6 +171,32 @@ def running_stack(*, sentinel: bool = False, **extra: str) -> Iterator[Stack]:
                 else:
                     os.environ[key] = value
             _reset_cached_settings()
+
+
+#: Another client: a plain Celery app on the broker, in a process that never imports ragcore (whose
+#: publish hooks would otherwise stamp its messages).
+_BARE_SEND = (
+    "import json, sys\n"
+    "from celery import Celery\n"
+    "options = json.loads(sys.argv[1])\n"
+    "print(Celery(broker=options.pop('broker')).send_task(**options).id)\n"
+)
+
+
+def send_from_another_client(
+    stack: Stack, name: str, queue: str, task_id: str, **kwargs: Any
+) -> None:
+    """`send_task` from a bare Celery app (as Flower or a script sends): no ledger row, no stamp."""
+    options = {"broker": stack.redis.url, "name": name, "queue": queue, "task_id": task_id}
+    done = subprocess.run(
+        [sys.executable, "-c", _BARE_SEND, json.dumps({**options, "kwargs": kwargs})],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == task_id
 
 
 def ledger_record(task_id: str, *states: str, timeout: float = 10) -> TaskRecord:

@@ -173,7 +173,10 @@ def define_task(
     def decorator(fn: Callable[..., Any]) -> Task:
         def run(self: Task, *positional: Any, **kwargs: Any) -> Any:
             # Atomic with a revocation (ledger.revoke): revoked while it waited, it never runs.
-            if not ledger.claim_start(self.request.id, self.request.hostname):
+            started = ledger.claim_start(
+                self.request.id, self.request.hostname, contract.name, contract.queue.value, kwargs
+            )
+            if not started:
                 log.info(
                     "%s %s was revoked before it started: not run", contract.name, self.request.id
                 )

@@ -22,7 +22,6 @@ from ragcore.tasks.ledger.records import (
 )
 from ragcore.tasks.ledger.revocation import (
     MAX_REVOKED_IDS,
-    claim_start,
     record_revoked_unseen,
     revoke,
     revoked_ids,
@@ -36,6 +35,7 @@ from ragcore.tasks.ledger.window import (
 )
 from ragcore.tasks.ledger.writer import (
     Writer,
+    claim_start,
     flush,
     handed_back,
     report_progress,

@@ -167,19 +167,51 @@ def test_revoke_and_a_workers_start_are_decided_one_against_the_other(configured
             TaskRecord(task_id=t, name="n", queue="user", state="PENDING", kwargs={})
             for t in ("revoked-first", "started-first")
         )
+
+    def claim(task_id: str) -> bool:
+        return ledger.claim_start(task_id, "w@h", "n", "user", {"echo": task_id})
+
     # revoked while it waited: the worker that takes it next must not run it ...
     with session_scope() as s:
         assert ledger.revoke(s, "revoked-first") == TaskState.REVOKED
-    assert ledger.claim_start("revoked-first", "w@h") is False
-    # ... and the worker's batched STARTED write (queued at prerun) does not undo the revocation
+    assert claim("revoked-first") is False
+    # ... and a start the writer kept (the database was down) does not undo the revocation
     ledger.write([("revoked-first", {"state": "STARTED", "started_at": T0, "worker": "w@h"})])
     # started first: the revocation sees it running, so terminate applies and the answer says so
-    assert ledger.claim_start("started-first", "w@h") is True
+    assert claim("started-first") is True
     with session_scope() as s:
         assert ledger.revoke(s, "started-first") == TaskState.STARTED
-        rows = {r.task_id: (r.state, r.revoked) for r in s.query(TaskRecord)}
-    assert rows == {"revoked-first": ("REVOKED", True), "started-first": ("STARTED", True)}
-    assert ledger.claim_start("never-recorded", "w@h") is True  # another client's, unrecorded
+        rows = {r.task_id: (r.state, r.revoked, r.kwargs) for r in s.query(TaskRecord)}
+    assert rows == {
+        "revoked-first": ("REVOKED", True, {}),
+        "started-first": ("STARTED", True, {}),  # the row's arguments are kept
+    }
+    # another client's, not recorded yet: it runs, and its start records it
+    assert claim("never-recorded") is True
+    with session_scope() as s:
+        record = s.get(TaskRecord, "never-recorded")
+        assert record is not None
+        assert (record.state, record.name, record.queue, record.worker, record.kwargs) == (
+            "STARTED",
+            "n",
+            "user",
+            "w@h",
+            {"echo": "never-recorded"},
+        )
+        assert record.started_at is not None and record.sent_at is not None
+    # ... and its receive-time row, landing after, keeps what it finds
+    request = SimpleNamespace(
+        id="never-recorded",
+        name="n",
+        kwargs={"echo": "never-recorded"},
+        request_dict={},
+        delivery_info={"routing_key": "user"},
+    )
+    ledger.record_received(request)
+    ledger.flush()
+    with session_scope() as s:
+        record = s.get(TaskRecord, "never-recorded")
+        assert record is not None and (record.state, record.worker) == ("STARTED", "w@h")
 
 
 def test_counts_and_durations_cover_the_window(session: Session) -> None:

@@ -49,11 +49,10 @@ def _run_seconds(task_id: str) -> dict[str, float]:
     return {} if start is None else {"run_seconds": time.perf_counter() - start}
 
 
-def _started(task_id: str, task: Any, **_: Any) -> None:
+def _started(task_id: str, **_: Any) -> None:
+    # The row becomes STARTED in the task itself, decided against a revocation
+    # (`ledger.claim_start`, called by `define_task`): one write, not two.
     _starts[task_id] = time.perf_counter()
-    update_task(
-        task, task_id, state=TaskState.STARTED, started_at=utcnow(), worker=task.request.hostname
-    )
 
 
 def _retried(sender: Any, request: Any, reason: Any, **_: Any) -> None:

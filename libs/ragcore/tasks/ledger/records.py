@@ -3,7 +3,6 @@ back by id."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
@@ -12,14 +11,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from ragcore.broker import depths
-from ragcore.db import KeptConnection
+from ragcore.db import session_scope
 from ragcore.db.models import TaskRecord
-from ragcore.db.outage import DATABASE_ERRORS
 from ragcore.tasks import contracts
 from ragcore.tasks.contracts import TaskContract
+from ragcore.tasks.ledger.writer import Writer
 from ragcore.tasks.states import TaskState
-
-log = logging.getLogger(__name__)
 
 #: A message header of publishers that recorded their tasks themselves (the publisher signal skips
 #: them).
@@ -96,8 +93,9 @@ def record_received(request: Any) -> None:
     receives it.
 
     Ragcore's publishers record their tasks when they send them and stamp the message; an unstamped
-    message is another client's. Its row is written at once rather than through the batched writer:
-    a pool process may start the task right after and must find the row to update.
+    message is another client's. Its row goes through the main process's batched writer (the
+    consumer's loop waits on no database): the pool process that starts the task may come first,
+    and records the row itself (`ledger.claim_start`), so this insert keeps whatever it finds.
     """
     stamped = request.request_dict.get(depths.SENT_AT_HEADER) is not None
     if stamped and not request.request_dict.get(UNRECORDED_HEADER):
@@ -109,13 +107,13 @@ def record_received(request: Any) -> None:
         "kwargs": kwargs,
         **identity(request.name, request.delivery_info),
     }
-    try:
-        _connection.run(lambda conn: conn.execute(_insert_new(conn.dialect.name), [row]))
-    except DATABASE_ERRORS as exc:  # the database is down: a line, not a traceback per task
-        log.warning("task ledger insert of %s failed: %s", request.id, type(exc).__name__)
-    except Exception:  # the ledger must never keep a task from running
-        log.exception("task ledger insert failed", extra={"ledger_task_id": request.id})
+    _received.put(request.id, row)
 
 
-#: The connection a worker's main process records other clients' tasks on, one round trip each.
-_connection = KeptConnection()
+def _insert_received(rows: list[tuple[str, dict[str, Any]]]) -> None:
+    with session_scope() as session:
+        insert_new(session, [{"task_id": task_id, **row} for task_id, row in rows])
+
+
+#: The rows of other clients' tasks a worker's main process received, written in batches.
+_received = Writer(write_batch=_insert_received)

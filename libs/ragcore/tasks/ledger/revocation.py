@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from sqlalchemy import case, select, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from ragcore.db import rows_affected, session_scope, utcnow
+from ragcore.db import utcnow
 from ragcore.db.models import TaskRecord
 from ragcore.tasks.ledger.records import insert_new
 from ragcore.tasks.states import RAN, WAITING, TaskState
-
-log = logging.getLogger(__name__)
 
 #: Celery keeps this many revoked ids in a worker's memory; a starting worker loads as many.
 MAX_REVOKED_IDS = 50_000
@@ -22,8 +18,9 @@ MAX_REVOKED_IDS = 50_000
 
 def revoke(session: Session, task_id: str) -> TaskState | None:
     """Revoke a recorded task by one conditional UPDATE, atomic with its worker's start
-    (`claim_start`): the state it leaves is the answer. REVOKED: it was waiting, and it will not
-    run; STARTED: it was running (terminate applies); None: it already ran to its end, or no row.
+    (`ledger.claim_start`): the state it leaves is the answer. REVOKED: it was waiting, and it will
+    not run; STARTED: it was running (terminate applies); None: it already ran to its end, or no
+    row.
     """
     now = utcnow()
     waiting = TaskRecord.state.in_(list(WAITING))
@@ -39,28 +36,6 @@ def revoke(session: Session, task_id: str) -> TaskState | None:
         .execution_options(synchronize_session=False)
     ).scalar_one_or_none()
     return TaskState(after) if after is not None else None
-
-
-def claim_start(task_id: str, worker: str | None) -> bool:
-    """A worker's start, decided against `revoke` by one conditional UPDATE: False when the task
-    was revoked while it waited (it must not run), True otherwise. A ledger that cannot be reached
-    never stops a task (logged): Celery's own revoked ids still apply."""
-    try:
-        with session_scope() as session:
-            started = rows_affected(
-                session,
-                update(TaskRecord)
-                .where(TaskRecord.task_id == task_id, TaskRecord.state != TaskState.REVOKED)
-                .values(state=TaskState.STARTED, started_at=utcnow(), worker=worker)
-                .execution_options(synchronize_session=False),
-            )
-            if started:
-                return True
-            # no row (a task no one recorded yet) runs; a REVOKED row does not
-            return session.get(TaskRecord, task_id) is None
-    except SQLAlchemyError as exc:
-        log.warning("task ledger unreachable at the start of %s: %s", task_id, exc)
-        return True
 
 
 def record_revoked_unseen(session: Session, task_id: str) -> None:

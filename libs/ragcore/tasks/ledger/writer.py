@@ -1,5 +1,6 @@
-"""The ledger's updates as workers make them: one thread per process writes them in batches for
-the tasks that keep no result in Redis, at once for the others; progress and hand-backs."""
+"""The ledger's updates as workers make them: a task's start, decided against a revocation, at once;
+its later updates batched by one thread per process for the tasks that keep no result in Redis, at
+once for the others; progress and hand-backs."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ import logging
 import os
 import queue
 import threading
+import weakref
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, cast
 
 from celery import Task
-from sqlalchemy import Table, Update, bindparam, func, or_, update
+from sqlalchemy import Connection, Table, Update, bindparam, func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
 
-from ragcore.db import KeptConnection, session_scope
+from ragcore.db import KeptConnection, session_scope, utcnow
 from ragcore.db.models import TaskRecord
 from ragcore.db.outage import DATABASE_ERRORS, Outage
 from ragcore.tasks import contracts
@@ -25,6 +29,9 @@ log = logging.getLogger(__name__)
 #: How often a ledger writer tries a database that is down again.
 RETRY_SECONDS = 2.0
 
+#: How a writer writes a batch of (task id, values): raises what the database raises.
+Batch = Callable[[list[tuple[str, dict[str, Any]]]], None]
+
 
 class Writer:
     """A worker process's ledger updates of the tasks that keep no result in Redis, written by one
@@ -32,10 +39,11 @@ class Writer:
 
     Such a task (a delivery, sent per query) is short and frequent: its bookkeeping must not cost it
     database round trips. The signal receivers queue the update and return; the thread writes what
-    queued within `linger` seconds of the first update, merged per task (STARTED and SUCCESS become
-    one row update), in one transaction. One queue and one thread keep each task's updates in order.
-    A process flushes before it exits; a SIGKILL loses at most the last `linger` seconds of updates
-    (the worker's next life still re-queues what it was running: see ragcore.worker.recovery).
+    queued within `linger` seconds of the first update, merged per task (a start the database could
+    not take and the task's end become one row update), in one transaction. One queue and one
+    thread keep each task's updates in order. A process flushes before it exits; a SIGKILL loses at
+    most the last `linger` seconds of updates (the worker's next life still re-queues what it was
+    running: see ragcore.worker.recovery).
 
     While the database is down the updates wait in a bounded backlog (ragcore.tasks.backlog), tried
     again every `RETRY_SECONDS`, and the outage is logged once as it begins and once as it ends.
@@ -43,8 +51,10 @@ class Writer:
     an older one.
     """
 
-    def __init__(self, linger: float = 0.2) -> None:
+    def __init__(self, linger: float = 0.2, write_batch: Batch | None = None) -> None:
+        """`write_batch`: how a batch is written (by default as updates of rows: `write`)."""
         self._linger = linger
+        self._write_batch = write_batch
         self._hurry = threading.Event()  # set by flush(): write without lingering
         self._pid: int | None = None
         self._lock = threading.Lock()
@@ -53,6 +63,7 @@ class Writer:
         )
         self._backlog = Backlog()
         self._outage = Outage("task ledger writer")
+        _writers.add(self)
 
     @property
     def backlogged(self) -> bool:
@@ -110,7 +121,7 @@ class Writer:
 
     def _write_backlog(self) -> None:
         try:
-            write(self._backlog.items())
+            (self._write_batch or write)(self._backlog.items())
         except DATABASE_ERRORS as exc:
             self._outage.failed(exc)
             return
@@ -120,6 +131,9 @@ class Writer:
         written, dropped = self._backlog.clear()
         self._outage.over(ledger_rows_written=written, updates_dropped=dropped)
 
+
+#: Every writer of this process, flushed before it exits.
+_writers: weakref.WeakSet[Writer] = weakref.WeakSet()
 
 _IDENTITY = frozenset(("name", "queue"))
 
@@ -183,6 +197,47 @@ def write_now(task_id: str, values: dict[str, Any]) -> None:
     _writer.put(task_id, values)
 
 
+@lru_cache(maxsize=2)
+def _claim(dialect: str) -> Any:
+    """A worker's start: the row made STARTED unless it is REVOKED, inserted if nobody recorded it
+    (another client's task), in one statement whose returned row is the verdict."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(TaskRecord)
+    return statement.on_conflict_do_update(
+        index_elements=["task_id"],
+        set_={c: statement.excluded[c] for c in ("state", "started_at", "worker")},
+        where=TaskRecord.state != TaskState.REVOKED.value,
+    ).returning(TaskRecord.task_id)
+
+
+def claim_start(
+    task_id: str, worker: str | None, name: str, queue: str, kwargs: dict[str, Any]
+) -> bool:
+    """A worker's start, decided against `ledger.revoke` by one conditional statement and written
+    at once (one round trip on the kept connection): False when the task was revoked while it
+    waited (it must not run), True otherwise. A task nobody recorded yet (another client's, whose
+    receive-time row may still be on its way) is recorded here with its name, queue and `kwargs`.
+
+    While the database is down (or older updates still wait) the start is kept by the writer and
+    the task runs: Celery's own revoked ids still apply."""
+    started = {"state": TaskState.STARTED, "started_at": utcnow(), "worker": worker}
+    if not _writer.backlogged:
+        row = {"task_id": task_id, "name": name, "queue": queue, "kwargs": kwargs, **started}
+
+        def claim(conn: Connection) -> bool:
+            return conn.execute(_claim(conn.dialect.name), row).first() is not None
+
+        try:
+            return _connection.run(claim)
+        except DATABASE_ERRORS as exc:
+            log.warning("task ledger unreachable at the start of %s: %s", task_id, exc)
+        except Exception:  # the ledger must never fail a task
+            log.exception("task ledger start failed", extra={"ledger_task_ids": [task_id]})
+            return True
+    _writer.put(task_id, started)
+    return True
+
+
 def update_task(task: Any, task_id: str | None, **values: Any) -> None:
     """Batched for tasks that keep no result in Redis; written at once for the others, so that what
     the result backend shows (STARTED, SUCCESS...) the ledger shows too (status reads both)."""
@@ -195,7 +250,8 @@ def update_task(task: Any, task_id: str | None, **values: Any) -> None:
 
 def flush() -> None:
     """Write this process's queued ledger updates now (before it exits)."""
-    _writer.flush()
+    for writer in list(_writers):
+        writer.flush()
 
 
 def set_progress(task_id: str, progress: dict[str, Any]) -> None:
