@@ -6,16 +6,17 @@ answers for a task long after its result is gone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel, model_validator
 
 from ragcore.db.models import TaskRecord
-from ragcore.tasks.states import TaskState
+from ragcore.tasks.states import FINISHED, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,10 @@ def merge(
 
 
 def _complete_from_live(view: TaskStatus, state: str, live: LiveResult) -> None:
+    if state in FINISHED and view.finished_at is None:
+        # Ended in Redis a moment before the ledger's write (the worker stores the result first):
+        # the end's time as the backend stamped it.
+        view.finished_at = _as_datetime(getattr(live, "date_done", None))
     if state == TaskState.PROGRESS and isinstance(live.info, dict):
         view.progress = live.info
     elif state == TaskState.SUCCESS:
@@ -178,3 +183,13 @@ def _complete_from_live(view: TaskStatus, state: str, live: LiveResult) -> None:
         view.traceback = live.traceback
     if view.name is None:
         view.name, view.queue = getattr(live, "name", None), getattr(live, "queue", None)
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    """Celery's `date_done`: a datetime, or its ISO text with an extended result."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -105,3 +105,14 @@ def test_a_lost_worker_marks_the_task_as_lost_since_its_last_beat() -> None:
     assert view is not None and (view.worker_lost, view.worker_lost_since) == (True, T0)
     beating = _merge(Live("STARTED"), _record("STARTED", worker="sync@a"))
     assert beating is not None and not beating.worker_lost
+
+
+def test_a_live_end_gives_its_time_before_the_ledger_catches_up() -> None:
+    # The worker stores its result in Redis first, then writes the ledger: between the two, status
+    # tells the end's time as the backend stamped it, never "SUCCESS" without `finished_at`.
+    ended = datetime(2026, 1, 1, 0, 0, 3)
+    view = _merge(Live("SUCCESS", 1, date_done=ended.isoformat()), _record("STARTED"))
+    assert view is not None and view.finished_at == ended.replace(tzinfo=UTC)
+    written = _record("SUCCESS", finished_at=T0)
+    view = _merge(Live("SUCCESS", 1, date_done=ended), written)
+    assert view is not None and view.finished_at == T0  # the ledger's, once written
