@@ -6,6 +6,9 @@ the worker ("Unrecoverable error: JSONDecodeError", exit status 0), the element 
 Redis. Celery's own hooks (`on_decode_error`, `on_unknown_task`, ...) only see messages that got
 past that point (see ragcore.deadletters.consumer). These channels decode the same way and hand
 what does not decode to `poison_received` instead, then go on with the next message.
+
+They also survive the close of a connection that Celery collected first (see `_connparams`), which
+otherwise stopped the worker as well.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from queue import Empty
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import redis
 from celery.utils.dispatch import Signal
 from kombu.transport import redis as kombu_redis  # pants: no-infer-dep (with celery)
 from kombu.utils.encoding import bytes_to_str  # pants: no-infer-dep (with celery)
@@ -39,6 +43,17 @@ class Channel(kombu_redis.Channel):
 
         def _flush_brpop_reauth(self) -> None:
             raise NotImplementedError
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        if self.connection.client is None:
+            # Celery 5.7's consumer collects a broken broker connection, which detaches the
+            # transport, then closes it: kombu's close hands the unacknowledged messages back
+            # through a new client of that transport, and reading the detached one's URL raised
+            # AttributeError, which nothing catches ("Unrecoverable error": the worker exited). A
+            # connection error is what the close ignores; the messages stay in `unacked` for the
+            # reconnect hand-back (ragcore.worker.reconnect) and the reconciler.
+            raise redis.exceptions.ConnectionError("the broker connection was already collected")
+        return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call,no-any-return]  # kombu is untyped
 
     def _envelope(self, raw: bytes, queue: str) -> dict[str, Any] | None:
         """The message envelope in `raw`, or None once poison was handed to `poison_received`."""

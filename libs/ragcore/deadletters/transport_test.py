@@ -74,3 +74,24 @@ def test_poison_ahead_of_a_message_is_handed_over_and_the_message_delivered(
     assert [p["body"] for p in poisoned] == POISON
     assert {p["queue"] for p in poisoned} == {name}
     assert all(p["detail"].startswith("not a message envelope: ") for p in poisoned)
+
+
+def test_a_collected_connection_closes_with_messages_unacknowledged(server: RedisServer) -> None:
+    # Celery 5.7's consumer, on a lost broker connection (on_connection_error_after_connected),
+    # collects the connection, then closes it. With a message delivered and not acknowledged,
+    # kombu's close hands it back through a transport the collect may have taken away; the
+    # AttributeError there was the worker's "Unrecoverable error": it exited.
+    queue = Queue("collected", Exchange("collected"), routing_key="collected")
+    connection = _connection(server)
+    channel = connection.default_channel
+    queue(channel).declare()
+    Producer(channel).publish({"n": 1}, exchange=queue.exchange, routing_key="collected")
+    held: list[Any] = []
+    with Consumer(channel, [queue], callbacks=[lambda _body, message: held.append(message)]):
+        connection.drain_events(timeout=5)
+    assert len(held) == 1 and not held[0].acknowledged
+    # The state a collect leaves when the broker is gone (kombu's `_do_close_transport`), seen in a
+    # notifications worker image whose Redis restarted while an acknowledgement was on its way.
+    connection.transport.client = None
+    connection.close()  # raised AttributeError: 'NoneType' object has no attribute 'hostname'
+    assert connection._closed
