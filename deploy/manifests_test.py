@@ -14,6 +14,13 @@ from deploy.monitoring import prometheus_rule
 from ragcore.settings import ApiScope, ApiSettings, RedisSettings, Settings
 
 DEPLOY = Path(__file__).parent
+#: Where a probe runs Python that reads the settings: each image's HEALTHCHECK, the k8s probes.
+PROBE_FILES = [
+    DEPLOY.parent / "api/Dockerfile",
+    DEPLOY.parent / "services/beat/Dockerfile",
+    DEPLOY.parent / "services/worker.Dockerfile",
+    *sorted((DEPLOY / "k8s").glob("*.yaml")),
+]
 
 
 def _shipped_key_sets() -> dict[str, dict[str, ApiScope]]:
@@ -82,3 +89,20 @@ def test_the_sentinel_overlays_name_sentinels_ragcore_accepts() -> None:
     for sentinels in (k8s[1], local[1]):
         settings = RedisSettings(sentinels=sentinels, sentinel_master="ragcore")
         assert settings.broker.count("sentinel://") == len(settings.sentinel_nodes) == 3
+
+
+def test_every_probe_reads_settings_that_exist() -> None:
+    # A probe's `python -c` is a string no type checker reads: when the settings were grouped,
+    # `get_settings().broker` and `.api_port` left Beat's and the API's HEALTHCHECK failing.
+    paths = [
+        (probe.name, path)
+        for probe in PROBE_FILES
+        for path in re.findall(r"get_settings\(\)((?:\.\w+)+)", probe.read_text())
+    ]
+    assert {name for name, _ in paths} >= {"Dockerfile", "beat.yaml"}
+    settings = Settings()
+    for name, path in paths:
+        value: object = settings
+        for attribute in path.strip(".").split("."):
+            assert hasattr(value, attribute), f"{name}: get_settings(){path} does not exist"
+            value = getattr(value, attribute)
