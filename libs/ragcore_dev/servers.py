@@ -200,9 +200,10 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh, empty database on the test PostgreSQL server, dropped afterwards."""
-    base = make_url(os.environ.get("RAGCORE_TEST_DATABASE_URL") or DEFAULT_DATABASE_URL)
+def postgres_database(server: str | None = None) -> Iterator[str]:
+    """A fresh, empty database on the PostgreSQL server at `server` (a URL naming any database
+    there; by default the test server), dropped afterwards."""
+    base = make_url(server or os.environ.get("RAGCORE_TEST_DATABASE_URL") or DEFAULT_DATABASE_URL)
     base = base.set(drivername="postgresql+psycopg")
     name = f"ragcore_test_{uuid.uuid4().hex[:12]}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})

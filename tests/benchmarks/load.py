@@ -92,10 +92,13 @@ def _free_offset() -> int:
 
 
 @contextlib.contextmanager
-def local_stack(root: Path) -> Iterator[Urls]:
-    """`deploy/local/up` on free ports with state in `root`; stopped (every part) on exit."""
+def local_stack(root: Path, database_url: str | None = None) -> Iterator[Urls]:
+    """`deploy/local/up` on free ports with state in `root` (and its database at `database_url`,
+    SQLite in `root` by default); stopped (every part) on exit."""
     offset = _free_offset()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if database_url:
+        env["RAGCORE_DATABASE_URL"] = database_url
     output = root / "stack.out"
     with output.open("wb") as out:
         # No initial sync: each phase sets the corpus it needs.

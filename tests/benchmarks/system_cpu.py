@@ -2,9 +2,11 @@
 
     nice -n -10 env PYTHONPATH=libs:. python -m tests.benchmarks.system_cpu \\
         [--users 8 --seconds 20 --documents 2000 --chunks 5] [--profile-api OUT --py-spy PATH]
+        [--database-url postgresql://postgres@127.0.0.1:5432/test] [--keep DIR]
 
 Starts the embedded default stack (`deploy/local/up` on ports of its own, a temporary state folder:
-SQLite, the stack's Redis, the Qdrant stand-in), syncs `--documents` × `--chunks` chunks, then loads
+SQLite, the stack's Redis, the Qdrant stand-in; with `--database-url`, a fresh database on that
+PostgreSQL server instead of SQLite, created for the run and dropped after it), syncs `--documents` × `--chunks` chunks, then loads
 it as tests.benchmarks.load does (locust, `--users` closed-loop clients, nearly every query a cache
 miss). Each part's CPU time (user + system of its process and its children, a worker's pool, from
 /proc/<pid>/stat) is read before the load and again once every report was delivered, so the
@@ -24,8 +26,8 @@ read that run's table as indicative only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import sqlite3
 import subprocess
 import tempfile
 import time
@@ -34,8 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import NullPool
 
 from ragcore_dev.processes import wait_until
+from ragcore_dev.servers import postgres_database
 from tests.benchmarks.load import (
     ADMIN_KEY,
     Urls,
@@ -99,14 +105,24 @@ def snapshot(pids: dict[str, int]) -> dict[str, float]:
     return {name: cpu_seconds(pid, tree) for name, pid in pids.items()}
 
 
-def uncounted_messages(database: Path, run: str) -> int:
+def uncounted_messages(database_url: str, run: str) -> int:
     """The run's messages the user worker has not added to their users' statistics yet."""
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as db:
-        (count,) = db.execute(
-            "SELECT count(*) FROM messages WHERE user_id LIKE ? AND stats_counted_at IS NULL",
-            (f"{run}-%",),
-        ).fetchone()
-    return int(count)
+    url = make_url(database_url)
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as db:
+            count = db.scalar(
+                text(
+                    "SELECT count(*) FROM messages"
+                    " WHERE user_id LIKE :run AND stats_counted_at IS NULL"
+                ),
+                {"run": f"{run}-%"},
+            )
+    finally:
+        engine.dispose()
+    return int(count or 0)
 
 
 @dataclass
@@ -173,7 +189,7 @@ def top_functions(raw: Path, count: int = 25) -> str:
     return "\n".join(lines)
 
 
-def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
+def run(urls: Urls, state: Path, database_url: str, args: argparse.Namespace) -> int:
     run_tag = f"cpu-{int(time.time())}"
     with (
         tempfile.TemporaryDirectory(prefix="ragcore-system-cpu-") as tmp,
@@ -218,9 +234,8 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
         print(f"\nload: {args.users} clients for {args.seconds} s", flush=True)
         stats, ok_ids = run_locust(urls, args.users, args.seconds, Path(tmp), run_tag)
         wait_reports(urls, len(ok_ids))
-        database = state / "ragcore.db"
         wait_until(
-            lambda: uncounted_messages(database, run_tag) == 0,
+            lambda: uncounted_messages(database_url, run_tag) == 0,
             STATISTICS_TIMEOUT,
             "the user statistics",
             interval=0.5,
@@ -239,7 +254,7 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
         reports=len(reported),
         missing=len(ok_ids - set(reported)),
         duplicates=duplicates + len(reported) - len(set(reported)),
-        uncounted=uncounted_messages(database, run_tag),
+        uncounted=uncounted_messages(database_url, run_tag),
         window_s=window,
         busy={k: after[k] - before[k] for k in pids},
         idle=idle,
@@ -262,12 +277,31 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=5, help="chunks per document")
     parser.add_argument("--profile-api", metavar="OUT", help="py-spy the API into OUT (raw)")
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy binary")
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="run the stack on a fresh database of this PostgreSQL server (default: SQLite)",
+    )
+    parser.add_argument(
+        "--keep", metavar="DIR", help="the stack's folder (state, logs), kept after the run"
+    )
     args = parser.parse_args()
-    with (
-        tempfile.TemporaryDirectory(prefix="ragcore-system-cpu-stack-") as root,
-        local_stack(Path(root)) as urls,
-    ):
-        code = run(urls, Path(root) / "state", args)
+    with contextlib.ExitStack() as scope:
+        root = (
+            Path(args.keep)
+            if args.keep
+            else Path(scope.enter_context(tempfile.TemporaryDirectory(prefix="ragcore-cpu-")))
+        )
+        root.mkdir(parents=True, exist_ok=True)
+        database_url = (
+            scope.enter_context(postgres_database(args.database_url))
+            if args.database_url
+            else f"sqlite:///{root / 'state' / 'ragcore.db'}"
+        )
+        print(f"database: {database_url}", flush=True)
+        # Entered after the database: the stack stops before its database is dropped.
+        urls = scope.enter_context(local_stack(root, args.database_url and database_url))
+        code = run(urls, root / "state", database_url, args)
     raise SystemExit(code)
 
 

@@ -25,7 +25,15 @@ from sqlalchemy.orm import Session
 from ragcore import tracing
 from ragcore.clients.embedder import Embedder
 from ragcore.clients.vectorstore import Hit
-from ragcore.db import Sessions, insert_for, rows_affected, session_scope, utcnow
+from ragcore.db import (
+    Sessions,
+    begin_immediate,
+    insert_for,
+    one_writer,
+    rows_affected,
+    session_scope,
+    utcnow,
+)
 from ragcore.db.models import Conversation, Message, QueryCacheEntry
 from ragcore.query import limits
 from ragcore.query.cache import HotCache, cache_key, data_version
@@ -145,8 +153,12 @@ class QueryService:
             processing_time_ms=round((time.perf_counter() - started) * 1000, 3),
             cached=cached,
         )
-        # The answer's one transaction.
-        with tracing.span("query.store", cached=cached), self._sessions() as session:
+        # The answer's one transaction; on SQLite the process's answers write in turn.
+        with (
+            tracing.span("query.store", cached=cached),
+            one_writer(self._settings.database_url),
+            self._sessions() as session,
+        ):
             self._store_answer(session, request, answer, lookup, result, now, reports, traceparent)
         if self._hot is not None and not lookup.from_hot:
             self._hot.put(lookup.key, result)
@@ -233,6 +245,7 @@ class QueryService:
         reports: bool,
         traceparent: str | None,
     ) -> None:
+        begin_immediate(session)  # SQLite: the write lock, polled for finely (ragcore.db)
         limits.consume(session, request.user_id, self._settings, now, lookup.user_known)
         _open_conversation(session, request, answer, now)
         # INSERTs on the session's connection (here and below): the ORM's unit of work and bulk
