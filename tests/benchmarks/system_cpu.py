@@ -6,12 +6,13 @@
 
 Starts the embedded default stack (`deploy/local/up` on ports of its own, a temporary state folder:
 SQLite, the stack's Redis, the Qdrant stand-in; with `--database-url`, a fresh database on that
-PostgreSQL server instead of SQLite, created for the run and dropped after it), syncs `--documents` × `--chunks` chunks, then loads
-it as tests.benchmarks.load does (locust, `--users` closed-loop clients, nearly every query a cache
-miss). Each part's CPU time (user + system of its process and its children, a worker's pool, from
-/proc/<pid>/stat) is read before the load and again once every report was delivered, so the
-deliveries the load caused are counted; each part's idle CPU, read over 5 s just before the load, is
-shown beside it.
+PostgreSQL server instead of SQLite, created for the run and dropped after it), syncs `--documents`
+× `--chunks` chunks, then loads it as tests.benchmarks.load does (locust, `--users` closed-loop
+clients, nearly every query a cache miss). Each part's CPU time (user + system of its process and
+its children, a worker's pool, from /proc/<pid>/stat) is read before the load and again once every
+report was delivered, so the deliveries the load caused are counted; each part's idle CPU, read
+over 5 s just before the load, is shown beside it. `--keep DIR` keeps the stack's folder (its
+logs) after the run.
 
 Prints per part: CPU ms per answered query, idle CPU ms per second; the total; q/s, p50, p99; and
 whether Users received each query's report once and the user worker counted every message in the

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ragcore.settings import get_settings
 
 _engines: dict[str, Engine] = {}
-#: How long SQLite waits for the write lock (ms), and how long per try while `begin_immediate` polls.
+#: How long SQLite waits for the write lock (ms); how long per try while `begin_immediate` polls.
 _BUSY_TIMEOUT_MS = 30000
 _POLL_MS = 1
 _T = TypeVar("_T")
@@ -105,51 +105,18 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
-#: One lock per SQLite database this process writes to (see `one_writer`).
-_writer_locks: dict[str, threading.Lock] = {}
-_writer_locks_lock = threading.Lock()
-
-
-def one_writer(url: str | None = None, timeout: float = 30.0) -> AbstractContextManager[object]:
-    """Around a write transaction on a busy path: on SQLite, this process's writers take turns.
-
-    SQLite has one writer at a time per file. A writer that finds the lock taken polls in its
-    busy handler, sleeping 1, 2, 5, ... up to 100 ms between tries, so one that has waited a while
-    keeps losing the lock to newcomers: under load a few waited seconds (issue 20: p99 1.2 s at a
-    p50 of 24 ms, the API's threads 72 % of their time waiting at the answer's first write). Queued
-    on a lock here, the process's threads wait in turn and only one of them polls against the
-    other processes. Waiting longer than `timeout` (SQLite's busy timeout) raises as SQLite would.
-    PostgreSQL locks rows, not the database: nothing to wait for.
-    """
-    url = url or get_settings().database_url
-    if make_url(url).get_backend_name() != "sqlite":
-        return contextlib.nullcontext()
-    with _writer_locks_lock:
-        lock = _writer_locks.setdefault(url, threading.Lock())
-    return _held(lock, timeout)
-
-
-@contextmanager
-def _held(lock: threading.Lock, timeout: float) -> Iterator[None]:
-    if not lock.acquire(timeout=timeout):
-        raise exc.OperationalError(
-            "one_writer", None, TimeoutError(f"no turn to write within {timeout:.0f}s")
-        )
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def begin_immediate(session: Session, timeout: float = 30.0) -> None:
     """Start the session's transaction as a writer now (SQLite's `BEGIN IMMEDIATE`), trying every
     millisecond while another process writes; nothing on PostgreSQL.
 
     SQLite's own wait (its busy handler) backs off to 100 ms between tries, so a writer that has
-    waited loses the lock to newcomers and the waits of a few reach seconds. Polled here every
-    millisecond (Rails' SQLite adapter does the same), the waiter takes the lock about when it
-    frees; the statements after it never wait. `one_writer` keeps it to one poller per process.
-    A transaction this session already began (a write ran) is left as it is.
+    waited loses the lock to newcomers and the waits of a few reach seconds (issue 20: the API's
+    threads spent 72 % of their time at the answer's first write; p99 0.9-1.2 s at a p50 of
+    22-24 ms). Polled here every millisecond -- Rails 8's SQLite adapter does the same with
+    sqlite3-ruby's `busy_handler_timeout` ("a fair retry interval", rails/rails#51958) -- the waiter
+    takes the lock about when it frees, and the statements after it never wait. A transaction this
+    session already began (a write ran) is left as it is. Past `timeout` it raises SQLAlchemy's
+    OperationalError, as SQLite's own busy timeout would.
     """
     if session.get_bind().dialect.name != "sqlite":
         return
@@ -166,7 +133,8 @@ def begin_immediate(session: Session, timeout: float = 30.0) -> None:
                 return
             except sqlite3.OperationalError as error:
                 if "locked" not in str(error) or time.monotonic() > deadline:
-                    raise
+                    # as SQLAlchemy raises it (the API answers 503)
+                    raise exc.OperationalError("BEGIN IMMEDIATE", None, error) from error
     finally:
         dbapi.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
 

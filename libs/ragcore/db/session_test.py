@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import exc, text
 from sqlalchemy.orm import sessionmaker
 
-from ragcore.db import begin_immediate, get_engine, one_writer, reset_engines
+from ragcore.db import begin_immediate, get_engine, reset_engines
 
 
 @pytest.fixture
@@ -48,54 +48,6 @@ def test_a_commit_survives_the_writer_process_being_killed(sqlite_url: str) -> N
         assert connection.execute(text("SELECT id FROM kept")).scalars().all() == [1]
 
 
-def test_one_writer_on_sqlite_lets_the_process_write_in_turn(sqlite_url: str) -> None:
-    inside: list[str] = []
-    first_in = threading.Event()
-
-    def first() -> None:
-        with one_writer(sqlite_url):
-            inside.append("first in")
-            first_in.set()
-            time.sleep(0.2)
-            inside.append("first out")
-
-    thread = threading.Thread(target=first)
-    thread.start()
-    first_in.wait(5)
-    with one_writer(sqlite_url):
-        inside.append("second in")
-    thread.join()
-    assert inside == ["first in", "first out", "second in"]
-
-
-def test_one_writer_waits_no_longer_than_its_timeout(sqlite_url: str) -> None:
-    held = threading.Event()
-    release = threading.Event()
-
-    def holder() -> None:
-        with one_writer(sqlite_url):
-            held.set()
-            release.wait(5)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    held.wait(5)
-    try:
-        started = time.monotonic()
-        with pytest.raises(exc.OperationalError), one_writer(sqlite_url, timeout=0.1):
-            pass
-        assert time.monotonic() - started < 2
-    finally:
-        release.set()
-        thread.join()
-
-
-def test_one_writer_does_not_serialize_postgresql_writers() -> None:
-    url = "postgresql://postgres@127.0.0.1:5432/test"  # not connected to: nothing to wait for
-    with one_writer(url), one_writer(url):
-        pass
-
-
 def test_begin_immediate_takes_the_write_lock_as_soon_as_another_process_frees_it(
     sqlite_url: str,
 ) -> None:
@@ -126,3 +78,15 @@ def test_begin_immediate_takes_the_write_lock_as_soon_as_another_process_frees_i
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000  # restored
         assert connection.execute(text("SELECT id FROM t")).scalars().all() == [1]
     other.close()
+
+
+def test_begin_immediate_gives_up_after_its_timeout_as_sqlalchemy_would(sqlite_url: str) -> None:
+    engine = get_engine(sqlite_url)
+    other = sqlite3.connect(sqlite_url.removeprefix("sqlite:///"), isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with sessionmaker(engine)() as session, pytest.raises(exc.OperationalError, match="locked"):
+            begin_immediate(session, timeout=0.05)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()

@@ -29,7 +29,6 @@ from ragcore.db import (
     Sessions,
     begin_immediate,
     insert_for,
-    one_writer,
     rows_affected,
     session_scope,
     utcnow,
@@ -153,12 +152,8 @@ class QueryService:
             processing_time_ms=round((time.perf_counter() - started) * 1000, 3),
             cached=cached,
         )
-        # The answer's one transaction; on SQLite the process's answers write in turn.
-        with (
-            tracing.span("query.store", cached=cached),
-            one_writer(self._settings.database_url),
-            self._sessions() as session,
-        ):
+        # The answer's one transaction.
+        with tracing.span("query.store", cached=cached), self._sessions() as session:
             self._store_answer(session, request, answer, lookup, result, now, reports, traceparent)
         if self._hot is not None and not lookup.from_hot:
             self._hot.put(lookup.key, result)
