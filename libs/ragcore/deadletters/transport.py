@@ -8,12 +8,15 @@ past that point (see ragcore.deadletters.consumer). These channels decode the sa
 what does not decode to `poison_received` instead, then go on with the next message.
 
 They also survive the close of a connection that Celery collected first (see `_connparams`), which
-otherwise stopped the worker as well.
+otherwise stopped the worker as well, and keep one Redis client object per connection pool instead
+of building one per command (see `conn_or_acquire`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from queue import Empty
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -54,6 +57,25 @@ class Channel(kombu_redis.Channel):
             # reconnect hand-back (ragcore.worker.reconnect) and the reconciler.
             raise redis.exceptions.ConnectionError("the broker connection was already collected")
         return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call,no-any-return]  # kombu is untyped
+
+    #: The client `conn_or_acquire` hands out, made for the pool it wraps.
+    _kept_client: Any = None
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        # Kombu builds a new `redis.Redis` here at every call, and a worker's main process calls
+        # it three times per task (the delivery's and the ack's `unacked` bookkeeping, each task
+        # event's PUBLISH): redis-py's constructor (its table of response callbacks) cost ~0.2 ms
+        # of CPU each, on the path of every task. A client holds no connection of its own (each
+        # command takes one from the pool, thread-safely), so one per pool serves every call; a
+        # new pool (kombu's reconnect) gets a new one.
+        if client:
+            yield client
+            return
+        kept = self._kept_client
+        if kept is None or kept.connection_pool is not self.pool:
+            kept = self._kept_client = self._create_client()
+        yield kept
 
     def _envelope(self, raw: bytes, queue: str) -> dict[str, Any] | None:
         """The message envelope in `raw`, or None once poison was handed to `poison_received`."""
