@@ -134,10 +134,18 @@ class KeptConnection:
     is one round trip, its own transaction. Only for one statement that must be atomic alone. A
     connection the database dropped is replaced and the statement tried once more, as the pool's
     ping would; a database that is down raises what it raises. A forked child opens its own.
+
+    `asynchronous_commit`: on PostgreSQL the connection's commits return before their WAL reaches
+    the disk (`synchronous_commit = off`): committed and visible to every other transaction at once,
+    made durable by the WAL writer within `wal_writer_delay` (200 ms by default) or by the next
+    synchronous commit of any connection, whichever comes first; a PostgreSQL crash (not a restart)
+    in between loses them. Such a connection is never handed back to the pool (the setting would
+    follow it into other sessions): closed, it is discarded.
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, asynchronous_commit: bool = False) -> None:
         self._url = url
+        self._asynchronous_commit = asynchronous_commit
         self._lock = threading.Lock()
         self._connection: Connection | None = None
         self._pid: int | None = None
@@ -159,9 +167,12 @@ class KeptConnection:
     def _open(self) -> Connection:
         if self._connection is None or self._pid != os.getpid():
             # an inherited connection is never used (see _never_across_processes): a new one
-            self._connection = (
+            connection = (
                 get_engine(self._url).connect().execution_options(isolation_level="AUTOCOMMIT")
             )
+            if self._asynchronous_commit and connection.dialect.name == "postgresql":
+                connection.exec_driver_sql("SET synchronous_commit = off")
+            self._connection = connection
             self._pid = os.getpid()
         return self._connection
 
@@ -173,6 +184,8 @@ class KeptConnection:
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(exc.DBAPIError):  # already broken: the pool discards it
+                if self._asynchronous_commit:
+                    connection.invalidate()  # its setting stays out of the pool
                 connection.close()
 
 
