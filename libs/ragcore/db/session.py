@@ -125,6 +125,13 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+#: Per connection: its commits stop waiting for the disk (see `KeptConnection`).
+_ASYNCHRONOUS_COMMIT = {
+    "postgresql": "SET synchronous_commit = off",
+    "sqlite": "PRAGMA synchronous = NORMAL",
+}
+
+
 class KeptConnection:
     """One connection of this process's engine kept open in autocommit, for single statements on a
     task's path (the ledger's synchronous updates).
@@ -135,12 +142,15 @@ class KeptConnection:
     connection the database dropped is replaced and the statement tried once more, as the pool's
     ping would; a database that is down raises what it raises. A forked child opens its own.
 
-    `asynchronous_commit`: on PostgreSQL the connection's commits return before their WAL reaches
-    the disk (`synchronous_commit = off`): committed and visible to every other transaction at once,
-    made durable by the WAL writer within `wal_writer_delay` (200 ms by default) or by the next
-    synchronous commit of any connection, whichever comes first; a PostgreSQL crash (not a restart)
-    in between loses them. Such a connection is never handed back to the pool (the setting would
-    follow it into other sessions): closed, it is discarded.
+    `asynchronous_commit`: the connection's commits return before their WAL reaches the disk,
+    committed and visible to every other transaction at once. On PostgreSQL
+    (`synchronous_commit = off`) the WAL writer makes them durable within `wal_writer_delay` (200 ms
+    by default), or the next synchronous commit of any connection does, whichever comes first; a
+    PostgreSQL crash (not a restart) in between loses them. On SQLite in WAL mode (`synchronous =
+    NORMAL`) a process crash loses nothing; the next synchronous commit of any connection (its
+    fsync of the WAL) or a checkpoint makes them durable against a power loss. Such a connection is
+    never handed back to the pool (the setting would follow it into other sessions): closed, it is
+    discarded.
     """
 
     def __init__(self, url: str | None = None, *, asynchronous_commit: bool = False) -> None:
@@ -170,8 +180,8 @@ class KeptConnection:
             connection = (
                 get_engine(self._url).connect().execution_options(isolation_level="AUTOCOMMIT")
             )
-            if self._asynchronous_commit and connection.dialect.name == "postgresql":
-                connection.exec_driver_sql("SET synchronous_commit = off")
+            if self._asynchronous_commit:
+                connection.exec_driver_sql(_ASYNCHRONOUS_COMMIT[connection.dialect.name])
             self._connection = connection
             self._pid = os.getpid()
         return self._connection

@@ -365,3 +365,21 @@ def test_on_postgresql_a_start_commits_without_waiting_for_the_disk_and_nothing_
         finally:
             reset_engines()
             get_settings.cache_clear()
+
+
+def test_on_sqlite_a_start_commits_without_syncing_the_wal_and_nothing_else_does(
+    configured: None,
+) -> None:
+    with session_scope() as s:
+        s.add(TaskRecord(task_id="t", name="n", queue="user", state="PENDING", kwargs={}))
+    assert ledger.claim_start("t", "w@h", "n", "user", {}) is True
+
+    def sync_mode(conn: Connection) -> object:
+        return conn.exec_driver_sql("PRAGMA synchronous").scalar()
+
+    assert writer._claims.run(sync_mode) == 1  # NORMAL: no fsync at its commits
+    assert writer._connection.run(sync_mode) == 2  # FULL, SQLite's default: the end's
+    writer._claims.close()
+    with ExitStack() as held:
+        pooled = [held.enter_context(get_engine().connect()) for _ in range(6)]
+        assert {sync_mode(conn) for conn in pooled} == {2}

@@ -224,15 +224,15 @@ def claim_start(
     While the database is down (or older updates still wait) the start is kept by the writer and
     the task runs: Celery's own revoked ids still apply.
 
-    On PostgreSQL the start commits asynchronously (`KeptConnection(asynchronous_commit=True)`):
-    committed, so visible at once to a revocation and to the recovery of a killed worker, but not
-    waiting for its WAL to reach the disk, which was half of a trivial task's time in the ledger
-    (~0.5 ms of fdatasync). It becomes durable before anything depends on its durability: the
-    revocation decided against it commits synchronously, and so does the task's end, before the
-    message is acknowledged, each flushing the WAL that precedes it; otherwise within the WAL
-    writer's delay. Only a PostgreSQL crash within that delay, with the task's end not written
-    after it, loses a start: the row reads as it did before it (waiting), and the broker still
-    holds the unacknowledged message."""
+    The start commits asynchronously (`KeptConnection(asynchronous_commit=True)`): committed, so
+    visible at once to a revocation and to the recovery of a killed worker, but not waiting for
+    its WAL to reach the disk, which was half of a trivial task's time in the ledger (~0.5 ms of
+    fdatasync here). It becomes durable before anything depends on its durability: the revocation
+    decided against it commits synchronously, and so does the task's end, before the message is
+    acknowledged, each flushing the WAL that precedes it; otherwise within PostgreSQL's WAL
+    writer's delay (SQLite: at its next checkpoint). Only a crash of the database's machine (of
+    PostgreSQL itself) in that window, with the task's end not written after it, loses a start: the
+    row reads as it did before (waiting), and the broker still holds the unacknowledged message."""
     started = {"state": TaskState.STARTED, "started_at": utcnow(), "worker": worker}
     if not _writer.backlogged:
         row = {"task_id": task_id, "name": name, "queue": queue, "kwargs": kwargs, **started}
