@@ -7,7 +7,8 @@ Consumes the `bare` queue of the same broker and result backend as ragcore's dep
 options `ragcore.tasks.app.create_app` sets that touch a task's path (acks_late, task events,
 track_started, extended results, JSON), and nothing of ragcore's: no ledger, no monitor thread, no
 recovery notes, no argument validation, no JSON logging. With `--ragcore-transport`, on ragcore's
-broker transport (ragcore.deadletters.transport) instead of kombu's: what the transport alone changes.
+broker transport (ragcore.deadletters.transport) instead of kombu's: what the transport alone
+changes.
 """
 
 from __future__ import annotations

@@ -69,12 +69,12 @@ def main() -> None:
     parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
     args = parser.parse_args()
     prefetch = get_settings().workers.prefetch
-    database = {}
+    database_url = None
     if args.database == "sqlite":
-        folder = tempfile.mkdtemp(prefix="ragcore-bench-")
-        database = {"database_url": f"sqlite:///{folder}/ragcore.db"}
+        database_url = f"sqlite:///{tempfile.mkdtemp(prefix='ragcore-bench-')}/ragcore.db"
 
-    with running_stack(**database) as stack:
+    stack_of_run = running_stack(database_url=database_url) if database_url else running_stack()
+    with stack_of_run as stack:
         producer = stack.producer
 
         def canary(queue: Queue) -> Phase:

@@ -18,8 +18,8 @@ from ragcore.db.models import Base, TaskRecord
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger
 from ragcore.tasks.ledger import receivers, writer
-from ragcore_dev.servers import postgres_database
 from ragcore.tasks.states import TaskState
+from ragcore_dev.servers import postgres_database
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
