@@ -87,3 +87,72 @@ def test_a_run_counts_only_the_messages_that_are_new(sessions: Sessions) -> None
         result = stats.count_new(session, "u")
     assert (result["counted"], result["total_queries"], result["total_tokens"]) == (1, 3, 15)
     assert result["last_query_at"] == (NOW - timedelta(minutes=30)).isoformat()
+
+
+def test_a_run_with_nothing_new_writes_nothing(sessions: Sessions) -> None:
+    add_messages(sessions, "u", timedelta(hours=1))
+    with sessions() as session:
+        assert stats.count_new(session, "u")["counted"] == 1
+    with sessions() as session:
+        before = session.get(UserStatistics, "u")
+        assert before is not None
+        updated_at = before.updated_at
+    with sessions() as session:
+        assert stats.count_new(session, "u") == {"user_id": "u", "counted": 0}
+    with sessions() as session:
+        after = session.get(UserStatistics, "u")
+        assert after is not None
+        assert (after.total_queries, after.updated_at) == (1, updated_at)
+
+
+def test_counts_add_up_across_runs_with_the_average_rounded(sessions: Sessions) -> None:
+    add_messages(sessions, "u", timedelta(hours=3), timedelta(hours=2))
+    with sessions() as session:
+        stats.count_new(session, "u")
+    with sessions() as session:
+        session.add(
+            Message(
+                id="u-late",
+                conversation_id="c-u",
+                user_id="u",
+                query="q",
+                answer="a",
+                sources=[],
+                tokens_used=7,
+                processing_time_ms=11.0,
+                # older than what was counted: the newest stays the last query
+                created_at=NOW - timedelta(hours=4),
+            )
+        )
+    with sessions() as session:
+        result = stats.count_new(session, "u")
+    assert (result["counted"], result["total_queries"], result["total_tokens"]) == (1, 3, 17)
+    assert result["avg_processing_time_ms"] == 10.333
+    assert result["last_query_at"] == (NOW - timedelta(hours=2)).isoformat()
+    with sessions() as session:
+        row = session.get(UserStatistics, "u")
+        assert row is not None
+        assert (row.total_processing_time_ms, row.avg_processing_time_ms) == (31.0, 10.333)
+        assert row.last_query_at == NOW - timedelta(hours=2)
+
+
+def test_set_tier_creates_the_user_then_changes_only_its_tier_and_limit(
+    sessions: Sessions,
+) -> None:
+    add_messages(sessions, "u", timedelta(hours=1))
+    with sessions() as session:
+        assert tiers.set_tier(session, "u", SETTINGS.tiers, NOW) == "free"
+    with sessions() as session:
+        user = session.get(User, "u")
+        assert user is not None
+        assert (user.tier, user.daily_limit, user.queries_today) == ("free", 10, 0)
+        user.queries_today = 3
+    add_messages(sessions, "u", timedelta(minutes=30))
+    with sessions() as session:
+        assert tiers.set_tier(session, "u", SETTINGS.tiers, NOW) == "pro"
+    with sessions() as session:
+        assert tiers.set_tier(session, "u", SETTINGS.tiers, NOW) == "pro"  # unchanged
+    with sessions() as session:
+        user = session.get(User, "u")
+        assert user is not None
+        assert (user.tier, user.daily_limit, user.queries_today) == ("pro", 100, 3)

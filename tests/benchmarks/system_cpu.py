@@ -1,7 +1,7 @@
 """Benchmark: CPU of every process of the local stack per answered query (issue 20, point 2).
 
     nice -n -10 env PYTHONPATH=libs:. python -m tests.benchmarks.system_cpu \\
-        [--users 8 --seconds 20 --documents 2000 --chunks 5] [--profile-api OUT --py-spy PATH]
+        [--users 8 --seconds 20 --documents 2000 --chunks 5] [--profile-api OUT] [--profile PART=OUT ...] [--py-spy PATH]
 
 Starts the embedded default stack (`deploy/local/up` on ports of its own, a temporary state folder:
 SQLite, the stack's Redis, the Qdrant stand-in), syncs `--documents` × `--chunks` chunks, then loads
@@ -16,7 +16,7 @@ whether Users received each query's report once and the user worker counted ever
 users' statistics. Exits non-zero if any query failed or a report or statistics update is missing.
 
 `--profile-api OUT` also samples the API process with py-spy during the load (a raw collapsed-stack
-file at OUT, its top functions printed); py-spy is not in the lockfile: pass its binary with
+file at OUT, its top functions printed; `--profile PART=OUT` any part, with its children); py-spy is not in the lockfile: pass its binary with
 `--py-spy` (e.g. from `pip install py-spy` in a virtualenv of its own). Sampling costs the API CPU:
 read that run's table as indicative only.
 """
@@ -150,7 +150,16 @@ def table(result: Result) -> str:
     return "\n".join(lines)
 
 
-def top_functions(raw: Path, count: int = 25) -> str:
+def profiles(args: argparse.Namespace) -> dict[str, str]:
+    """The parts to sample with py-spy and their output files: `--profile PART=OUT`,
+    `--profile-api OUT`."""
+    chosen = dict(spec.split("=", 1) for spec in args.profile)
+    if args.profile_api:
+        chosen["api"] = args.profile_api
+    return chosen
+
+
+def top_functions(raw: Path, part: str = "api", count: int = 25) -> str:
     """The hottest functions of a py-spy raw (collapsed) profile: own and inclusive share."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -166,7 +175,7 @@ def top_functions(raw: Path, count: int = 25) -> str:
         for frame in set(frames):
             inclusive[frame] += n
     total = max(total, 1)
-    lines = [f"py-spy --gil: {total} samples of the API", "inclusive:"]
+    lines = [f"py-spy: {total} samples of {part}", "inclusive:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(count)]
     lines.append("own:")
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(count)]
@@ -195,26 +204,29 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
         before = snapshot(pids)
         idle = {k: (before[k] - before_idle[k]) / IDLE_SECONDS for k in pids}
         started = time.monotonic()
-        spy = None
-        if args.profile_api:
-            spy = subprocess.Popen(
+        spies = [
+            subprocess.Popen(
                 [
                     args.py_spy,
                     "record",
                     "--pid",
-                    str(pids["api"]),
+                    str(pids[part]),
                     "--duration",
                     str(args.seconds),
                     "--rate",
                     "100",
                     "--format",
                     "raw",
-                    "--gil",  # the thread holding the GIL: where the Python CPU goes
+                    # The API: the thread holding the GIL (where the Python CPU goes); another
+                    # part: its active threads, and its children (a worker's pool).
+                    *(["--gil"] if part == "api" else ["--subprocesses"]),
                     "--output",
-                    args.profile_api,
+                    out,
                 ],
                 stdout=subprocess.DEVNULL,
             )
+            for part, out in profiles(args).items()
+        ]
         print(f"\nload: {args.users} clients for {args.seconds} s", flush=True)
         stats, ok_ids = run_locust(urls, args.users, args.seconds, Path(tmp), run_tag)
         wait_reports(urls, len(ok_ids))
@@ -228,7 +240,7 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
         after = snapshot(pids)
         window = time.monotonic() - started
         reported, duplicates = received_reports(urls)
-        if spy is not None:
+        for spy in spies:
             spy.wait()
     result = Result(
         answered=len(ok_ids),
@@ -245,8 +257,8 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
         idle=idle,
     )
     print("\n" + table(result), flush=True)
-    if args.profile_api:
-        print("\n" + top_functions(Path(args.profile_api)), flush=True)
+    for part, out in profiles(args).items():
+        print("\n" + top_functions(Path(out), part), flush=True)
     ok = result.failures == 0 and result.delivered
     print("errors 0, every report and statistics update delivered: " + ("yes" if ok else "NO"))
     return 0 if ok else 1
@@ -261,6 +273,13 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=2000, help="documents synced")
     parser.add_argument("--chunks", type=int, default=5, help="chunks per document")
     parser.add_argument("--profile-api", metavar="OUT", help="py-spy the API into OUT (raw)")
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="PART=OUT",
+        help="py-spy the part (as in the table, e.g. worker-user) into OUT (raw); repeatable",
+    )
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy binary")
     args = parser.parse_args()
     with (
