@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import redis
 
+from deploy.local.stack import PORTS
 from ragcore_dev.processes import wait_until
 from tests.benchmarks.load import (
     ADMIN_KEY,
@@ -97,6 +99,17 @@ def parts(state: Path) -> dict[str, int]:
 def snapshot(pids: dict[str, int]) -> dict[str, float]:
     tree = _children()
     return {name: cpu_seconds(pid, tree) for name, pid in pids.items()}
+
+
+def redis_commands(urls: Urls) -> Counter[str]:
+    """The stack's Redis: how many times it ran each command so far."""
+    port = int(urls.api.rsplit(":", 1)[1]) - PORTS["api"] + PORTS["redis"]
+    client = redis.Redis(port=port)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return Counter({k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()})
 
 
 def uncounted_messages(database: Path, run: str) -> int:
@@ -202,6 +215,7 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
         before_idle = snapshot(pids)
         time.sleep(IDLE_SECONDS)
         before = snapshot(pids)
+        commands_before = redis_commands(urls)
         idle = {k: (before[k] - before_idle[k]) / IDLE_SECONDS for k in pids}
         started = time.monotonic()
         spies = [
@@ -217,9 +231,9 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
                     "100",
                     "--format",
                     "raw",
-                    # The API: the thread holding the GIL (where the Python CPU goes); another
-                    # part: its active threads, and its children (a worker's pool).
-                    *(["--gil"] if part == "api" else ["--subprocesses"]),
+                    "--gil",  # the thread holding the GIL: where the Python CPU goes
+                    # and a part's children (a worker's pool)
+                    *([] if part == "api" else ["--subprocesses"]),
                     "--output",
                     out,
                 ],
@@ -238,6 +252,7 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
             interval=0.5,
         )
         after = snapshot(pids)
+        commands = redis_commands(urls) - commands_before
         window = time.monotonic() - started
         reported, duplicates = received_reports(urls)
         for spy in spies:
@@ -257,6 +272,14 @@ def run(urls: Urls, state: Path, args: argparse.Namespace) -> int:
         idle=idle,
     )
     print("\n" + table(result), flush=True)
+    per_query = ", ".join(
+        f"{name} {n / max(1, result.answered):.2f}" for name, n in commands.most_common(12)
+    )
+    print(
+        f"Redis commands per answered query: {commands.total() / max(1, result.answered):.1f}"
+        f" ({per_query})",
+        flush=True,
+    )
     for part, out in profiles(args).items():
         print("\n" + top_functions(Path(out), part), flush=True)
     ok = result.failures == 0 and result.delivered
