@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Numeric, case, cast, func, update
+from sqlalchemy import Numeric, case, cast, func, select, update
 from sqlalchemy.orm import Session
 
 from ragcore.db import insert_for, utcnow
@@ -17,17 +17,22 @@ def count_new(session: Session, user_id: str) -> dict[str, Any]:
     """Claim the user's uncounted messages and add them to the counters; returns the statistics,
     or only `counted` 0 when there was nothing new (archived messages count: they happened).
 
-    Two statements on the session's connection, past the ORM: the claim (one UPDATE: concurrent
-    runs claim disjoint rows, each counted once), then one upsert that adds the claimed messages
-    to the user's row in the database (atomic, whoever else adds) and returns it. A run that finds
-    nothing new writes nothing: the run that claimed those messages counted them.
+    On the session's connection, past the ORM: a read for anything new, the claim (one UPDATE:
+    concurrent runs claim disjoint rows, each counted once), then one upsert that adds the claimed
+    messages to the user's row in the database (atomic, whoever else adds) and returns it. A run
+    that finds nothing new writes nothing: the run that claimed those messages counted them.
     """
-    now = utcnow()
     connection = session.connection()
+    uncounted = (Message.user_id == user_id, Message.stats_counted_at.is_(None))
+    # Most runs find nothing new (one run counts all of a user's messages of a relay batch): a
+    # read says so without the UPDATE, which takes SQLite's one write lock even to change nothing.
+    if connection.scalar(select(Message.id).where(*uncounted).limit(1)) is None:
+        return {"user_id": user_id, "counted": 0}
+    now = utcnow()
     claimed = (
         connection.execute(
             update(Message)
-            .where(Message.user_id == user_id, Message.stats_counted_at.is_(None))
+            .where(*uncounted)
             .values(stats_counted_at=now)
             .returning(Message.tokens_used, Message.processing_time_ms, Message.created_at)
         )

@@ -32,7 +32,7 @@ def update_user_statistics(self: Task, args: UserArgs) -> dict[str, Any]:
     reach.
 
     One transaction. A run that finds nothing new (a run for another of the user's messages
-    counted this one too, and set the tier after it) stops there: one statement."""
+    counted this one too, and set the tier after it) stops there: one read, no write."""
     with session_scope() as session:
         result = stats.count_new(session, args.user_id)
         if result["counted"]:

@@ -1,5 +1,7 @@
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import event
+
 from ragcore.db import Sessions
 from ragcore.db.models import Conversation, Message, User, UserStatistics
 from ragcore.settings import Settings, TierSettings
@@ -97,8 +99,16 @@ def test_a_run_with_nothing_new_writes_nothing(sessions: Sessions) -> None:
         before = session.get(UserStatistics, "u")
         assert before is not None
         updated_at = before.updated_at
+    statements: list[str] = []
     with sessions() as session:
+        event.listen(
+            session.get_bind(),
+            "before_cursor_execute",
+            lambda _c, _k, statement, *_: statements.append(statement),
+        )
         assert stats.count_new(session, "u") == {"user_id": "u", "counted": 0}
+    # one read: no UPDATE, which on SQLite would take the write lock to change nothing
+    assert len(statements) == 1 and statements[0].lstrip().startswith("SELECT")
     with sessions() as session:
         after = session.get(UserStatistics, "u")
         assert after is not None
