@@ -1,7 +1,8 @@
 """Benchmark: CPU of every process of the local stack per answered query (issue 20, point 2).
 
     nice -n -10 env PYTHONPATH=libs:. python -m tests.benchmarks.system_cpu \\
-        [--users 8 --seconds 20 --documents 2000 --chunks 5] [--profile-api OUT] [--profile PART=OUT ...] [--py-spy PATH]
+        [--users 8 --seconds 20 --documents 2000 --chunks 5] \\
+        [--profile-api OUT] [--profile PART=OUT ...] [--py-spy PATH]
 
 Starts the embedded default stack (`deploy/local/up` on ports of its own, a temporary state folder:
 SQLite, the stack's Redis, the Qdrant stand-in), syncs `--documents` × `--chunks` chunks, then loads
@@ -16,9 +17,11 @@ whether Users received each query's report once and the user worker counted ever
 users' statistics. Exits non-zero if any query failed or a report or statistics update is missing.
 
 `--profile-api OUT` also samples the API process with py-spy during the load (a raw collapsed-stack
-file at OUT, its top functions printed; `--profile PART=OUT` any part, with its children); py-spy is not in the lockfile: pass its binary with
-`--py-spy` (e.g. from `pip install py-spy` in a virtualenv of its own). Sampling costs the API CPU:
-read that run's table as indicative only.
+file at OUT, its top functions printed); `--profile PART=OUT` any part (a name of the table), with
+its children (a worker's pool). py-spy is not in the lockfile: pass its binary with `--py-spy`
+(e.g. from `pip install py-spy` in a virtualenv of its own). Sampling costs the sampled part CPU:
+read that run's table as indicative only. It also prints the Redis commands per answered query
+(the stack's Redis, INFO commandstats over the load).
 """
 
 from __future__ import annotations

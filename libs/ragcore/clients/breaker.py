@@ -137,7 +137,6 @@ class Breaker:
             self._redis.eval(_RELEASE, 1, self._probe_key, token)
         return result, self.state == CLOSED
 
-
     def _closed_without_failures(self) -> bool:
         try:
             state, failures = self._redis.mget(self._quick_keys)

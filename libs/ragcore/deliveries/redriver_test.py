@@ -34,8 +34,12 @@ def test_a_round_with_nothing_waiting_is_one_select(
     with sessions() as session:  # resolved rows are not looked at again
         session.add(
             FailedDelivery(
-                task_name="renamed_task", task_id="t-0", payload={}, error="e",
-                attempts=1, status=DeliveryStatus.FAILED,
+                task_name="renamed_task",
+                task_id="t-0",
+                payload={},
+                error="e",
+                attempts=1,
+                status=DeliveryStatus.FAILED,
             )
         )
     statements.clear()
@@ -47,8 +51,14 @@ def test_a_waiting_row_gets_the_whole_round(sessions: Sessions, statements: list
     with sessions() as session:
         session.add(
             FailedDelivery(
-                task_name="renamed_task", task_id="t-1", payload={}, error="e", attempts=1,
-                status=DeliveryStatus.WAITING, next_attempt_at=utcnow(), waiting_since=utcnow(),
+                task_name="renamed_task",
+                task_id="t-1",
+                payload={},
+                error="e",
+                attempts=1,
+                status=DeliveryStatus.WAITING,
+                next_attempt_at=utcnow(),
+                waiting_since=utcnow(),
             )
         )
     # Its task has no delivery contract: the round sets it aside before any neighbour is asked.
