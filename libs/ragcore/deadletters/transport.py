@@ -63,11 +63,11 @@ class Channel(kombu_redis.Channel):
         worker's and of Beat's CPU. A client holds no connection of its own (each command takes
         one from the pool), so one per pool serves every thread; a new pool gets a new one."""
         if asynchronous:
-            return super()._create_client(asynchronous=True)
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]  # kombu is untyped
         pool = self.pool
         kept = self.__dict__.get("_kept_client")
         if kept is None or kept[0] is not pool:
-            kept = self._kept_client = (pool, super()._create_client())
+            kept = self._kept_client = (pool, super()._create_client())  # type: ignore[no-untyped-call]
         return kept[1]
 
     def _envelope(self, raw: bytes, queue: str) -> dict[str, Any] | None:
