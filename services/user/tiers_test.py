@@ -16,7 +16,9 @@ SETTINGS = Settings(
 )
 
 
-def add_messages(sessions: Sessions, user: str, *ages: timedelta) -> None:
+def add_messages(
+    sessions: Sessions, user: str, *ages: timedelta, tokens: int = 5, ms: float = 10.0
+) -> None:
     with sessions() as session:
         if session.get(Conversation, f"c-{user}") is None:
             session.add(Conversation(id=f"c-{user}", user_id=user))
@@ -29,8 +31,8 @@ def add_messages(sessions: Sessions, user: str, *ages: timedelta) -> None:
                     query="q",
                     answer="a",
                     sources=[],
-                    tokens_used=5,
-                    processing_time_ms=10.0,
+                    tokens_used=tokens,
+                    processing_time_ms=ms,
                     created_at=NOW - age,
                 )
             )
@@ -119,21 +121,8 @@ def test_counts_add_up_across_runs_with_the_average_rounded(sessions: Sessions) 
     add_messages(sessions, "u", timedelta(hours=3), timedelta(hours=2))
     with sessions() as session:
         stats.count_new(session, "u")
-    with sessions() as session:
-        session.add(
-            Message(
-                id="u-late",
-                conversation_id="c-u",
-                user_id="u",
-                query="q",
-                answer="a",
-                sources=[],
-                tokens_used=7,
-                processing_time_ms=11.0,
-                # older than what was counted: the newest stays the last query
-                created_at=NOW - timedelta(hours=4),
-            )
-        )
+    # older than what was counted: the newest stays the last query
+    add_messages(sessions, "u", timedelta(hours=4), tokens=7, ms=11.0)
     with sessions() as session:
         result = stats.count_new(session, "u")
     assert (result["counted"], result["total_queries"], result["total_tokens"]) == (1, 3, 17)

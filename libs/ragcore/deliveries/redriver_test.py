@@ -1,6 +1,7 @@
 """The re-driver's round: one statement when nothing waits, the whole round when something does."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -28,10 +29,9 @@ def statements(sessions: Sessions) -> Iterator[list[str]]:
     event.remove(engine, "before_cursor_execute", record)
 
 
-def test_a_round_with_nothing_waiting_is_one_select(
-    sessions: Sessions, statements: list[str]
-) -> None:
-    with sessions() as session:  # resolved rows are not looked at again
+def add(sessions: Sessions, status: DeliveryStatus, **fields: Any) -> None:
+    """A failed delivery of a task that no delivery contract names."""
+    with sessions() as session:
         session.add(
             FailedDelivery(
                 task_name="renamed_task",
@@ -39,28 +39,23 @@ def test_a_round_with_nothing_waiting_is_one_select(
                 payload={},
                 error="e",
                 attempts=1,
-                status=DeliveryStatus.FAILED,
+                status=status,
+                **fields,
             )
         )
+
+
+def test_a_round_with_nothing_waiting_is_one_select(
+    sessions: Sessions, statements: list[str]
+) -> None:
+    add(sessions, DeliveryStatus.FAILED)  # resolved: not looked at again
     statements.clear()
     assert redrive_due(Celery("redriver-test"), Settings(), sessions=sessions) == 0
     assert len(statements) == 1 and statements[0].lstrip().upper().startswith("SELECT")
 
 
 def test_a_waiting_row_gets_the_whole_round(sessions: Sessions, statements: list[str]) -> None:
-    with sessions() as session:
-        session.add(
-            FailedDelivery(
-                task_name="renamed_task",
-                task_id="t-1",
-                payload={},
-                error="e",
-                attempts=1,
-                status=DeliveryStatus.WAITING,
-                next_attempt_at=utcnow(),
-                waiting_since=utcnow(),
-            )
-        )
+    add(sessions, DeliveryStatus.WAITING, next_attempt_at=utcnow(), waiting_since=utcnow())
     # Its task has no delivery contract: the round sets it aside before any neighbour is asked.
     redrive_due(Celery("redriver-test"), Settings(), sessions=sessions)
     with sessions() as session:
