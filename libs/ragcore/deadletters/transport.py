@@ -8,15 +8,12 @@ past that point (see ragcore.deadletters.consumer). These channels decode the sa
 what does not decode to `poison_received` instead, then go on with the next message.
 
 They also survive the close of a connection that Celery collected first (see `_connparams`), which
-otherwise stopped the worker as well, and keep one Redis client object per connection pool instead
-of building one per command (see `conn_or_acquire`).
+otherwise stopped the worker as well, and keep one client per pool (see `_create_client`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from queue import Empty
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -58,24 +55,21 @@ class Channel(kombu_redis.Channel):
             raise redis.exceptions.ConnectionError("the broker connection was already collected")
         return super()._connparams(asynchronous=asynchronous)  # type: ignore[no-untyped-call,no-any-return]  # kombu is untyped
 
-    #: The client `conn_or_acquire` hands out, made for the pool it wraps.
-    _kept_client: Any = None
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """The channel's one client of its pool for the commands it sends outside the event loop.
 
-    @contextmanager
-    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        # Kombu builds a new `redis.Redis` here at every call, and a worker's main process calls
-        # it three times per task (the delivery's and the ack's `unacked` bookkeeping, each task
-        # event's PUBLISH): redis-py's constructor (its table of response callbacks) cost ~0.2 ms
-        # of CPU each, on the path of every task. A client holds no connection of its own (each
-        # command takes one from the pool, thread-safely), so one per pool serves every call; a
-        # new pool (kombu's reconnect) gets a new one.
-        if client:
-            yield client
-            return
-        kept = self._kept_client
-        if kept is None or kept.connection_pool is not self.pool:
-            kept = self._kept_client = self._create_client()  # type: ignore[no-untyped-call]  # kombu is untyped
-        yield kept
+        Kombu built a new `redis.Redis` for each (every publish, ack, requeue and event), and a
+        client's construction copies its ~200 response callbacks into a fresh dict: ~8 % of a
+        worker's and of Beat's Python time (py-spy). A client holds no connection of its own (each
+        command takes one from the pool), so one per pool serves every thread; a new pool gets a
+        new one."""
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[no-untyped-call]  # kombu is untyped
+        pool = self.pool
+        kept = self.__dict__.get("_kept_client")
+        if kept is None or kept[0] is not pool:
+            kept = self._kept_client = (pool, super()._create_client())  # type: ignore[no-untyped-call]
+        return kept[1]
 
     def _envelope(self, raw: bytes, queue: str) -> dict[str, Any] | None:
         """The message envelope in `raw`, or None once poison was handed to `poison_received`."""

@@ -97,24 +97,14 @@ def test_a_collected_connection_closes_with_messages_unacknowledged(server: Redi
     assert connection._closed
 
 
-def test_one_client_serves_every_command_of_a_pool_and_a_new_pool_gets_its_own(
-    server: RedisServer,
-) -> None:
-    # Kombu built a redis-py client (~0.2 ms of CPU) per command: three per task in a worker's
-    # main process (the delivery's and the ack's bookkeeping, each task event's PUBLISH).
-    queue = Queue("kept", Exchange("kept"), routing_key="kept")
+def test_a_channel_sends_through_one_client_per_pool(server: RedisServer) -> None:
     with _connection(server) as connection:
-        channel = connection.default_channel
-        queue(channel).declare()
+        channel = connection.channel()
         with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
-            assert first is second and first.connection_pool is channel.pool
-        Producer(channel).publish({"n": 1}, exchange=queue.exchange, routing_key="kept")
-        held: list[Any] = []
-        with Consumer(channel, [queue], callbacks=[lambda _body, message: held.append(message)]):
-            connection.drain_events(timeout=5)
-        held[0].ack()  # the ack's bookkeeping went through the kept client
-        assert not channel.client.hexists(channel.unacked_key, held[0].delivery_tag)
-        channel._pool = None  # what kombu's reconnect leaves: the next pool gets its own client
+            assert first is second
+            first.lpush("one-client", b"x")
+        assert channel.client is not first  # the event loop's own (asynchronous) client
+        channel._pool = None  # a new pool (kombu makes one after a disconnect): a new client
         with channel.conn_or_acquire() as third:
             assert third is not first and third.connection_pool is channel.pool
-            assert third.ping()
+            assert third.rpop("one-client") == b"x"
