@@ -27,7 +27,7 @@ from ragcore.logs import configure_logging
 from ragcore.query.reports import ReportRelay
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger
-from ragcore.tasks.app import create_app
+from ragcore.tasks.app import create_app, publish_only
 from ragcore.tasks.ledger.snapshot import Snapshotter
 from ragcore.tasks.reconciler import Reconciler
 from services.beat import schedule
@@ -72,6 +72,7 @@ def main() -> None:
     except invariants.InvariantError as exc:
         log.critical("%s", exc)
         sys.exit(str(exc))
+    publish_only()  # the relay, re-driver, reconciler and schedule publish; none waits on a result
     threads = [
         ReportRelay(app, settings.beat.report_relay_seconds),
         Redriver(app, settings, settings.beat.report_relay_seconds),

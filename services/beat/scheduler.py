@@ -43,8 +43,9 @@ class OutageTolerantScheduler(RedBeatScheduler):  # type: ignore[misc]  # redbea
 
     Celery records an entry's run before publishing it, and RedBeat logs a failed publish and
     goes on: the run is lost. Here an entry advances only once its run is published; one whose
-    publish failed (the broker or the result backend's Redis away) stays due, and each tick tries
-    it again under the same task id, so it goes out once when they return. An entry whose record
+    publish failed (the broker away; Beat publishes only, so the result backend's Redis is not on
+    its path) stays due, and each tick tries it again under the same task id, so it goes out once
+    when the broker returns. An entry whose record
     Redis lost is installed again at the next tick, from the last run this Beat knows.
     """
 

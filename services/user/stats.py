@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Numeric, case, cast, func, select, update
 from sqlalchemy.orm import Session
 
 from ragcore.db import insert_for, utcnow
@@ -14,52 +14,75 @@ from ragcore.db.models import Message, UserStatistics
 
 
 def count_new(session: Session, user_id: str) -> dict[str, Any]:
-    """Claim the user's uncounted messages (one UPDATE: concurrent runs claim disjoint rows, each
-    counted once), add them to the counters, and return the statistics (archived messages count:
-    they happened)."""
+    """Claim the user's uncounted messages and add them to the counters; returns the statistics,
+    or only `counted` 0 when there was nothing new (archived messages count: they happened).
+
+    On the session's connection, past the ORM: a read for anything new, the claim (one UPDATE:
+    concurrent runs claim disjoint rows, each counted once), then one upsert that adds the claimed
+    messages to the user's row in the database (atomic, whoever else adds) and returns it. A run
+    that finds nothing new writes nothing: the run that claimed those messages counted them.
+    """
+    connection = session.connection()
+    uncounted = (Message.user_id == user_id, Message.stats_counted_at.is_(None))
+    # Most runs find nothing new (one run counts all of a user's messages of a relay batch): a
+    # read says so without the UPDATE, which takes SQLite's one write lock even to change nothing.
+    if connection.scalar(select(Message.id).where(*uncounted).limit(1)) is None:
+        return {"user_id": user_id, "counted": 0}
     now = utcnow()
     claimed = (
-        session.execute(
+        connection.execute(
             update(Message)
-            .where(Message.user_id == user_id, Message.stats_counted_at.is_(None))
+            .where(*uncounted)
             .values(stats_counted_at=now)
             .returning(Message.tokens_used, Message.processing_time_ms, Message.created_at)
-            .execution_options(synchronize_session=False)
         )
         .tuples()
         .all()
     )
-    insert = insert_for(session)
-    session.execute(
-        insert(UserStatistics)
-        .values(user_id=user_id, total_queries=0, total_tokens=0, updated_at=now)
-        .on_conflict_do_nothing(index_elements=["user_id"])
+    if not claimed:
+        return {"user_id": user_id, "counted": 0}
+    queries = len(claimed)
+    milliseconds = sum(ms for _, ms, _ in claimed)
+    insert = insert_for(session)(UserStatistics).values(
+        user_id=user_id,
+        total_queries=queries,
+        total_tokens=sum(tokens for tokens, _, _ in claimed),
+        total_processing_time_ms=milliseconds,
+        avg_processing_time_ms=round(milliseconds / queries, 3),
+        last_query_at=max(created for _, _, created in claimed),
+        updated_at=now,
     )
-    statistics = session.scalars(
-        select(UserStatistics).where(UserStatistics.user_id == user_id).with_for_update()
+    new = insert.excluded
+    total_queries = UserStatistics.total_queries + new.total_queries
+    total_ms = UserStatistics.total_processing_time_ms + new.total_processing_time_ms
+    last = UserStatistics.last_query_at
+    row = connection.execute(
+        insert.on_conflict_do_update(
+            index_elements=["user_id"],
+            set_={
+                "total_queries": total_queries,
+                "total_tokens": UserStatistics.total_tokens + new.total_tokens,
+                "total_processing_time_ms": total_ms,
+                # NUMERIC: PostgreSQL rounds to digits only a numeric (SQLite takes any number).
+                "avg_processing_time_ms": func.round(cast(total_ms / total_queries, Numeric), 3),
+                "last_query_at": case(
+                    (last.is_(None) | (last < new.last_query_at), new.last_query_at), else_=last
+                ),
+                "updated_at": new.updated_at,
+            },
+        ).returning(
+            UserStatistics.total_queries,
+            UserStatistics.total_tokens,
+            UserStatistics.avg_processing_time_ms,
+            UserStatistics.last_query_at,
+        )
     ).one()
-    if claimed:
-        statistics.total_queries += len(claimed)
-        statistics.total_tokens += sum(tokens for tokens, _, _ in claimed)
-        statistics.total_processing_time_ms += sum(ms for _, ms, _ in claimed)
-        newest = max(created for _, _, created in claimed)
-        if statistics.last_query_at is None or newest > statistics.last_query_at:
-            statistics.last_query_at = newest
-    statistics.avg_processing_time_ms = round(
-        statistics.total_processing_time_ms / statistics.total_queries
-        if statistics.total_queries
-        else 0.0,
-        3,
-    )
-    statistics.updated_at = now
-    session.flush()
-    last = statistics.last_query_at
     return {
         "user_id": user_id,
-        "total_queries": statistics.total_queries,
-        "total_tokens": statistics.total_tokens,
-        "avg_processing_time_ms": statistics.avg_processing_time_ms,
-        "last_query_at": last.isoformat() if last else None,
+        "total_queries": row.total_queries,
+        "total_tokens": row.total_tokens,
+        "avg_processing_time_ms": float(row.avg_processing_time_ms),
+        "last_query_at": row.last_query_at.isoformat() if row.last_query_at else None,
         "updated_at": now.isoformat(),
-        "counted": len(claimed),
+        "counted": queries,
     }

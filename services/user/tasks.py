@@ -29,13 +29,17 @@ def reset_all_daily_limits(self: Task, args: NoArgs) -> dict[str, Any]:
 
 def update_user_statistics(self: Task, args: UserArgs) -> dict[str, Any]:
     """Add the user's new messages to their statistics (each counted once), and set the tier they
-    reach."""
+    reach.
+
+    One transaction. A run that finds nothing new (a run for another of the user's messages
+    counted this one too, and set the tier after it) stops there: one read, no write."""
     with session_scope() as session:
         result = stats.count_new(session, args.user_id)
-        # The tier follows the 30-day count, which just changed: keep it current as queries come in.
-        result["tier"] = tiers.apply_tier(
-            session, args.user_id, app_settings(self.app).tiers, utcnow()
-        )["tier"]
+        if result["counted"]:
+            # The tier follows the 30-day count, which just grew: kept current as queries come in.
+            result["tier"] = tiers.set_tier(
+                session, args.user_id, app_settings(self.app).tiers, utcnow()
+            )
     return result
 
 

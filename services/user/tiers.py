@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from ragcore.db import insert_for
 from ragcore.db.models import Message, User
 from ragcore.query.limits import ensure_user
 from ragcore.settings import TierSettings
@@ -28,19 +29,44 @@ def tier_for(queries: int, thresholds: dict[str, int]) -> str:
     return max(reached)[2]
 
 
-def apply_tier(
-    session: Session, user_id: str, tiers: TierSettings, now: datetime
-) -> dict[str, Any]:
-    """Count the user's queries of the last 30 days, store the tier they reach and its daily
-    limit."""
-    queries = (
-        session.scalar(
+def queries_30d(session: Session, user_id: str, now: datetime) -> int:
+    """The user's queries of the 30 days before `now` (the index on user and time)."""
+    return (
+        session.connection().scalar(
             select(func.count())
             .select_from(Message)
             .where(Message.user_id == user_id, Message.created_at >= now - WINDOW)
         )
         or 0
     )
+
+
+def set_tier(session: Session, user_id: str, tiers: TierSettings, now: datetime) -> str:
+    """Store the tier the user's last 30 days reach and its daily limit; returns the tier.
+
+    Two statements, past the ORM: the count, and one upsert that creates the user in that tier or
+    changes its row only if the tier or the limit differ (most runs write nothing)."""
+    tier = tier_for(queries_30d(session, user_id, now), tiers.thresholds)
+    insert = insert_for(session)(User).values(
+        user_id=user_id, tier=tier, daily_limit=tiers.daily_limits[tier], queries_today=0
+    )
+    new = insert.excluded
+    session.connection().execute(
+        insert.on_conflict_do_update(
+            index_elements=["user_id"],
+            set_={"tier": new.tier, "daily_limit": new.daily_limit},
+            where=(User.tier != new.tier) | (User.daily_limit != new.daily_limit),
+        )
+    )
+    return tier
+
+
+def apply_tier(
+    session: Session, user_id: str, tiers: TierSettings, now: datetime
+) -> dict[str, Any]:
+    """Count the user's queries of the last 30 days, store the tier they reach and its daily
+    limit; with the tier before."""
+    queries = queries_30d(session, user_id, now)
     tier = tier_for(queries, tiers.thresholds)
     ensure_user(session, user_id, tiers)
     user = session.get(User, user_id, with_for_update=True)

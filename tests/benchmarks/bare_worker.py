@@ -6,7 +6,9 @@
 Consumes the `bare` queue of the same broker and result backend as ragcore's deployables, with the
 options `ragcore.tasks.app.create_app` sets that touch a task's path (acks_late, task events,
 track_started, extended results, JSON), and nothing of ragcore's: no ledger, no monitor thread, no
-recovery notes, no argument validation, no JSON logging.
+recovery notes, no argument validation, no JSON logging. With `--ragcore-transport`, on ragcore's
+broker transport (ragcore.deadletters.transport) instead of kombu's: what the transport alone
+changes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from celery import Celery
 
+from ragcore.deadletters import transport_for
 from ragcore.settings import get_settings
 
 QUEUE = "bare"
@@ -45,6 +48,11 @@ app.conf.update(
 def bare_noop(echo: str = "") -> dict[str, Any]:
     """What the canary answers, without anything around it."""
     return {"echo": echo, "queue": QUEUE, "hostname": socket.gethostname(), "pid": os.getpid()}
+
+
+if "--ragcore-transport" in sys.argv:
+    sys.argv.remove("--ragcore-transport")
+    app.conf.broker_transport = transport_for(_settings.redis.broker)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """Benchmark: CPU of every process of the local stack per answered query (issue 20, point 2).
 
     nice -n -10 env PYTHONPATH=libs:. python -m tests.benchmarks.system_cpu \\
-        [--users 8 --seconds 20 --documents 2000 --chunks 5] [--profile-api OUT --py-spy PATH]
+        [--users 8 --seconds 20 --documents 2000 --chunks 5] \\
+        [--profile-api OUT] [--profile PART=OUT ...] [--py-spy PATH] \\
         [--database-url postgresql://postgres@127.0.0.1:5432/test] [--keep DIR]
 
 Starts the embedded default stack (`deploy/local/up` on ports of its own, a temporary state folder:
@@ -19,9 +20,11 @@ whether Users received each query's report once and the user worker counted ever
 users' statistics. Exits non-zero if any query failed or a report or statistics update is missing.
 
 `--profile-api OUT` also samples the API process with py-spy during the load (a raw collapsed-stack
-file at OUT, its top functions printed); py-spy is not in the lockfile: pass its binary with
-`--py-spy` (e.g. from `pip install py-spy` in a virtualenv of its own). Sampling costs the API CPU:
-read that run's table as indicative only.
+file at OUT, its top functions printed); `--profile PART=OUT` any part (a name of the table), with
+its children (a worker's pool). py-spy is not in the lockfile: pass its binary with `--py-spy`
+(e.g. from `pip install py-spy` in a virtualenv of its own). Sampling costs the sampled part CPU:
+read that run's table as indicative only. It also prints the Redis commands per answered query
+(the stack's Redis, INFO commandstats over the load).
 """
 
 from __future__ import annotations
@@ -37,10 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from deploy.local.stack import PORTS
 from ragcore_dev.processes import wait_until
 from ragcore_dev.servers import postgres_database
 from tests.benchmarks.load import (
@@ -106,6 +111,17 @@ def snapshot(pids: dict[str, int]) -> dict[str, float]:
     return {name: cpu_seconds(pid, tree) for name, pid in pids.items()}
 
 
+def redis_commands(urls: Urls) -> Counter[str]:
+    """The stack's Redis: how many times it ran each command so far."""
+    port = int(urls.api.rsplit(":", 1)[1]) - PORTS["api"] + PORTS["redis"]
+    client = redis.Redis(port=port)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return Counter({k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()})
+
+
 def uncounted_messages(database_url: str, run: str) -> int:
     """The run's messages the user worker has not added to their users' statistics yet."""
     url = make_url(database_url)
@@ -167,7 +183,16 @@ def table(result: Result) -> str:
     return "\n".join(lines)
 
 
-def top_functions(raw: Path, count: int = 25) -> str:
+def profiles(args: argparse.Namespace) -> dict[str, str]:
+    """The parts to sample with py-spy and their output files: `--profile PART=OUT`,
+    `--profile-api OUT`."""
+    chosen = dict(spec.split("=", 1) for spec in args.profile)
+    if args.profile_api:
+        chosen["api"] = args.profile_api
+    return chosen
+
+
+def top_functions(raw: Path, part: str = "api", count: int = 25) -> str:
     """The hottest functions of a py-spy raw (collapsed) profile: own and inclusive share."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
@@ -183,7 +208,7 @@ def top_functions(raw: Path, count: int = 25) -> str:
         for frame in set(frames):
             inclusive[frame] += n
     total = max(total, 1)
-    lines = [f"py-spy --gil: {total} samples of the API", "inclusive:"]
+    lines = [f"py-spy: {total} samples of {part}", "inclusive:"]
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in inclusive.most_common(count)]
     lines.append("own:")
     lines += [f"  {100 * n / total:5.1f}%  {f}" for f, n in own.most_common(count)]
@@ -210,16 +235,16 @@ def run(urls: Urls, state: Path, database_url: str, args: argparse.Namespace) ->
         before_idle = snapshot(pids)
         time.sleep(IDLE_SECONDS)
         before = snapshot(pids)
+        commands_before = redis_commands(urls)
         idle = {k: (before[k] - before_idle[k]) / IDLE_SECONDS for k in pids}
         started = time.monotonic()
-        spy = None
-        if args.profile_api:
-            spy = subprocess.Popen(
+        spies = [
+            subprocess.Popen(
                 [
                     args.py_spy,
                     "record",
                     "--pid",
-                    str(pids["api"]),
+                    str(pids[part]),
                     "--duration",
                     str(args.seconds),
                     "--rate",
@@ -227,11 +252,15 @@ def run(urls: Urls, state: Path, database_url: str, args: argparse.Namespace) ->
                     "--format",
                     "raw",
                     "--gil",  # the thread holding the GIL: where the Python CPU goes
+                    # and a part's children (a worker's pool)
+                    *([] if part == "api" else ["--subprocesses"]),
                     "--output",
-                    args.profile_api,
+                    out,
                 ],
                 stdout=subprocess.DEVNULL,
             )
+            for part, out in profiles(args).items()
+        ]
         print(f"\nload: {args.users} clients for {args.seconds} s", flush=True)
         stats, ok_ids = run_locust(urls, args.users, args.seconds, Path(tmp), run_tag)
         wait_reports(urls, len(ok_ids))
@@ -242,9 +271,10 @@ def run(urls: Urls, state: Path, database_url: str, args: argparse.Namespace) ->
             interval=0.5,
         )
         after = snapshot(pids)
+        commands = redis_commands(urls) - commands_before
         window = time.monotonic() - started
         reported, duplicates = received_reports(urls)
-        if spy is not None:
+        for spy in spies:
             spy.wait()
     result = Result(
         answered=len(ok_ids),
@@ -261,8 +291,16 @@ def run(urls: Urls, state: Path, database_url: str, args: argparse.Namespace) ->
         idle=idle,
     )
     print("\n" + table(result), flush=True)
-    if args.profile_api:
-        print("\n" + top_functions(Path(args.profile_api)), flush=True)
+    per_query = ", ".join(
+        f"{name} {n / max(1, result.answered):.2f}" for name, n in commands.most_common(12)
+    )
+    print(
+        f"Redis commands per answered query: {commands.total() / max(1, result.answered):.1f}"
+        f" ({per_query})",
+        flush=True,
+    )
+    for part, out in profiles(args).items():
+        print("\n" + top_functions(Path(out), part), flush=True)
     ok = result.failures == 0 and result.delivered
     print("errors 0, every report and statistics update delivered: " + ("yes" if ok else "NO"))
     return 0 if ok else 1
@@ -277,6 +315,13 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=2000, help="documents synced")
     parser.add_argument("--chunks", type=int, default=5, help="chunks per document")
     parser.add_argument("--profile-api", metavar="OUT", help="py-spy the API into OUT (raw)")
+    parser.add_argument(
+        "--profile",
+        action="append",
+        default=[],
+        metavar="PART=OUT",
+        help="py-spy the part (as in the table, e.g. worker-user) into OUT (raw); repeatable",
+    )
     parser.add_argument("--py-spy", default="py-spy", help="the py-spy binary")
     parser.add_argument(
         "--database-url",

@@ -76,7 +76,7 @@ def one_run(url: str, user: str, settings: Settings) -> float:
     started = time.perf_counter()
     with session_scope(url) as session:  # services.user.tasks.update_user_statistics
         stats.count_new(session, user)
-        tiers.apply_tier(session, user, settings.tiers, utcnow())
+        tiers.set_tier(session, user, settings.tiers, utcnow())
     return time.perf_counter() - started
 
 

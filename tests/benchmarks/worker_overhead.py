@@ -19,8 +19,10 @@ All workers run throughout with their consumer cancelled; a measurement queues i
 one worker's consumer and times until the last task's result is stored (one process consumes FIFO),
 then cancels the consumer again. Rounds rotate the order, so drift in the machine's load falls on
 all. Each shipped worker's ratio is to the bare app with its prefetch, median of per-round ratios.
-With `--diagnose`, also the notifications worker without the ledger's signal receivers, and also
-without task events and `track_started` (tests.benchmarks.lean_worker).
+With `--diagnose`, also the bare app on ragcore's broker transport (what the transport alone
+changes), the notifications worker without the ledger's signal receivers, and also without task
+events and `track_started` (tests.benchmarks.lean_worker). With `--database sqlite`, the ledger is a
+fresh SQLite file (WAL), the embedded default, instead of PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 
 from ragcore.settings import get_settings
 from ragcore.tasks import dispatch
@@ -63,10 +66,15 @@ def main() -> None:
     parser.add_argument(
         "--diagnose", action="store_true", help="also the worker without the ledger, events"
     )
+    parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
     args = parser.parse_args()
     prefetch = get_settings().workers.prefetch
+    database_url = None
+    if args.database == "sqlite":
+        database_url = f"sqlite:///{tempfile.mkdtemp(prefix='ragcore-bench-')}/ragcore.db"
 
-    with running_stack() as stack:
+    stack_of_run = running_stack(database_url=database_url) if database_url else running_stack()
+    with stack_of_run as stack:
         producer = stack.producer
 
         def canary(queue: Queue) -> Phase:
@@ -141,6 +149,17 @@ def main() -> None:
         phases.append(foreign)
         baseline[foreign.name] = bare(prefetch.get(Queue.USER.value, 1)).name
         if args.diagnose:
+            name, hostname = "bare, prefetch 1, ragcore's transport", "bare-ours@bench"
+            workers[hostname] = start_idle_worker(
+                stack,
+                "tests.benchmarks.bare_worker",
+                hostname,
+                bare_worker.QUEUE,
+                "--prefetch-multiplier=1",
+                "--ragcore-transport",
+            )
+            phases.append(Phase(name, hostname, bare_worker.QUEUE, args.tasks, bare(1).publish))
+            baseline[name] = bare(1).name
             notifications = canary(Queue.NOTIFICATIONS)
             for name, hostname, extra in (
                 ("notifications canary, no ledger", "lean@bench", ()),

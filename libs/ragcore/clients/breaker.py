@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import pybreaker
 import redis
@@ -54,14 +54,16 @@ class Breaker:
         self._probe_ttl = max(
             1, int(neighbours.breaker_probe_seconds + neighbours.http_timeout_seconds)
         )
+        storage = pybreaker.CircuitRedisStorage(CLOSED, client, namespace=f"{PREFIX}{neighbour}")
+        # What a call reads first, in one round trip: closed with no failure since the last success
+        # is the common case, and then the call needs nothing else from Redis.
+        self._quick_keys = (storage._namespace("state"), storage._namespace("fail_counter"))
         self._cb = pybreaker.CircuitBreaker(
             fail_max=neighbours.breaker_fail_max,
             reset_timeout=neighbours.breaker_probe_seconds,
             # An answer the neighbour chose (a 4xx) shows it is up: only retryable failures count.
             exclude=[lambda exc: not is_retryable(exc)],
-            state_storage=pybreaker.CircuitRedisStorage(
-                CLOSED, client, namespace=f"{PREFIX}{neighbour}"
-            ),
+            state_storage=storage,
             name=neighbour,
             # the caller records the neighbour's own error, not "tripped"
             throw_new_error_on_trip=False,
@@ -100,7 +102,21 @@ class Breaker:
 
         While open, only the holder of the probe lock calls (`token`: a re-drive's probe claim),
         once the probe interval has passed; every other call raises `BreakerOpen` at once.
+
+        Closed with no failure counted (one MGET says so), a call that succeeds costs no other
+        round trip: pybreaker would read the state again and reset the counter that is 0 already.
+        A call that fails goes through pybreaker (counted, opening the breaker at `fail_max`).
         """
+        if self._closed_without_failures():
+            try:
+                return send(), False
+            except BaseException as exc:  # pybreaker's bookkeeping of the failure, then raised
+                failure = exc
+            try:
+                self._cb.call(_raise, failure)
+            except pybreaker.CircuitBreakerError:
+                raise BreakerOpen(self.neighbour) from None
+            raise AssertionError("unreachable")  # _raise raised
         if self.state == CLOSED:
             try:
                 return self._cb.call(send), False
@@ -120,6 +136,17 @@ class Breaker:
         finally:
             self._redis.eval(_RELEASE, 1, self._probe_key, token)
         return result, self.state == CLOSED
+
+    def _closed_without_failures(self) -> bool:
+        try:
+            state, failures = self._redis.mget(self._quick_keys)
+        except redis.RedisError:  # pybreaker's storage decides, as it always did
+            return False
+        return state == CLOSED.encode() and failures in (b"0", b"")
+
+
+def _raise(exc: BaseException) -> NoReturn:
+    raise exc
 
 
 _breakers: dict[tuple[str, str], Breaker] = {}

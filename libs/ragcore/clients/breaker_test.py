@@ -7,7 +7,7 @@ import httpx
 import pytest
 import redis
 
-from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerOpen
+from ragcore.clients.breaker import CLOSED, HALF_OPEN, OPEN, PREFIX, Breaker, BreakerOpen
 from ragcore.settings import NeighbourSettings
 from ragcore_dev.servers import redis_server
 
@@ -104,3 +104,30 @@ def test_a_call_that_read_the_breaker_closed_just_before_another_process_opened_
     with pytest.raises(BreakerOpen):
         _ReadClosedJustBefore("users", client, patient).call(lambda: called.append(1))
     assert called == []
+
+
+def commands(client: redis.Redis) -> int:
+    """Commands the server has run, besides INFO (which reads this)."""
+    stats = client.info("commandstats")
+    return sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+
+
+def test_a_call_through_a_closed_breaker_with_no_failure_costs_one_round_trip(
+    client: redis.Redis,
+) -> None:
+    breaker = Breaker("users", client, SETTINGS)
+    failures = f"{PREFIX}users:pybreaker:fail_counter"
+    before = commands(client)
+    assert breaker.call(lambda: 201) == (201, False)
+    assert commands(client) - before == 1
+    # A failure is counted; the next success resets the count (failures in a row open it).
+    with pytest.raises(httpx.HTTPStatusError):
+        breaker.call(down)
+    assert client.get(failures) == b"1"
+    assert breaker.call(lambda: 201) == (201, False)
+    assert client.get(failures) == b"0"
+    with pytest.raises(httpx.HTTPStatusError):
+        breaker.call(refused)  # an answer: not counted
+    assert client.get(failures) == b"0"
+    trip(breaker)
+    assert breaker.state == OPEN

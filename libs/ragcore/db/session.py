@@ -172,6 +172,13 @@ def session_scope(url: str | None = None) -> Iterator[Session]:
         session.close()
 
 
+#: Per connection: its commits stop waiting for the disk (see `KeptConnection`).
+_ASYNCHRONOUS_COMMIT = {
+    "postgresql": "SET synchronous_commit = off",
+    "sqlite": "PRAGMA synchronous = NORMAL",
+}
+
+
 class KeptConnection:
     """One connection of this process's engine kept open in autocommit, for single statements on a
     task's path (the ledger's synchronous updates).
@@ -181,10 +188,21 @@ class KeptConnection:
     is one round trip, its own transaction. Only for one statement that must be atomic alone. A
     connection the database dropped is replaced and the statement tried once more, as the pool's
     ping would; a database that is down raises what it raises. A forked child opens its own.
+
+    `asynchronous_commit`: the connection's commits return before their WAL reaches the disk,
+    committed and visible to every other transaction at once. On PostgreSQL
+    (`synchronous_commit = off`) the WAL writer makes them durable within `wal_writer_delay` (200 ms
+    by default), or the next synchronous commit of any connection does, whichever comes first; a
+    PostgreSQL crash (not a restart) in between loses them. On SQLite every connection is so
+    already (`synchronous = NORMAL` under WAL, `_sqlite_pragmas`): a process crash loses nothing;
+    a checkpoint makes the commits durable against a power loss. Such a connection is
+    never handed back to the pool (the setting would follow it into other sessions): closed, it is
+    discarded.
     """
 
-    def __init__(self, url: str | None = None) -> None:
+    def __init__(self, url: str | None = None, *, asynchronous_commit: bool = False) -> None:
         self._url = url
+        self._asynchronous_commit = asynchronous_commit
         self._lock = threading.Lock()
         self._connection: Connection | None = None
         self._pid: int | None = None
@@ -206,9 +224,12 @@ class KeptConnection:
     def _open(self) -> Connection:
         if self._connection is None or self._pid != os.getpid():
             # an inherited connection is never used (see _never_across_processes): a new one
-            self._connection = (
+            connection = (
                 get_engine(self._url).connect().execution_options(isolation_level="AUTOCOMMIT")
             )
+            if self._asynchronous_commit:
+                connection.exec_driver_sql(_ASYNCHRONOUS_COMMIT[connection.dialect.name])
+            self._connection = connection
             self._pid = os.getpid()
         return self._connection
 
@@ -220,6 +241,8 @@ class KeptConnection:
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(exc.DBAPIError):  # already broken: the pool discards it
+                if self._asynchronous_commit:
+                    connection.invalidate()  # its setting stays out of the pool
                 connection.close()
 
 

@@ -95,3 +95,16 @@ def test_a_collected_connection_closes_with_messages_unacknowledged(server: Redi
     connection.transport.client = None
     connection.close()  # raised AttributeError: 'NoneType' object has no attribute 'hostname'
     assert connection._closed
+
+
+def test_a_channel_sends_through_one_client_per_pool(server: RedisServer) -> None:
+    with _connection(server) as connection:
+        channel = connection.channel()
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            first.lpush("one-client", b"x")
+        assert channel.client is not first  # the event loop's own (asynchronous) client
+        channel._pool = None  # a new pool (kombu makes one after a disconnect): a new client
+        with channel.conn_or_acquire() as third:
+            assert third is not first and third.connection_pool is channel.pool
+            assert third.rpop("one-client") == b"x"

@@ -55,6 +55,18 @@ class Report:
     #: The query's span context (tracing on): the report's publish and task continue its trace.
     traceparent: str | None = None
 
+    @property
+    def shown(self) -> str:
+        """The arguments as the message's `kwargsrepr` shows them (Flower, the workers' events):
+        the ids, not the answer. Celery's default repr of the whole arguments (a kilobyte: the
+        query, the answer, the sources) went into every message's headers and task-received
+        event, and Flower parsed it back (`ast.literal_eval`) on each of a task's three events."""
+        return repr({k: v for k, v in self.kwargs.items() if k in _SHOWN})
+
+
+#: The arguments a report's `kwargsrepr` keeps: what names the query it reports.
+_SHOWN = ("user_id", "conversation_id", "message_id")
+
 
 def _task_id(contract: TaskContract, message_id: str) -> str:
     return str(uuid.uuid5(_TASK_IDS, f"{contract.name}:{message_id}"))
@@ -144,6 +156,7 @@ def _publish(app: Celery, reports: list[Report]) -> set[str]:
                             queue=report.contract.queue.value,
                             task_id=report.task_id,
                             headers=_headers(report),
+                            kwargsrepr=report.shown,
                             producer=producer,
                         )
                     # the broker is down: these messages wait for the next round

@@ -1,12 +1,17 @@
 """The report relay publishes each unreported message's reports once, records them first, and keeps
 what the broker refused for the next round. (Integration: tests/integration/query_test.py.)"""
 
+import ast
+import base64
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
+import orjson
 import pytest
+import redis
+from celery import Celery
 from sqlalchemy import select
 
 from ragcore.db import Sessions, utcnow
@@ -33,12 +38,20 @@ class Broker:
         queue: str,
         task_id: str,
         headers: dict[str, Any],
+        kwargsrepr: str,
         producer: None,
     ) -> None:
         if self.fail_after is not None and len(self.sent) >= self.fail_after:
             raise ConnectionError("broker down")
         self.sent.append(
-            {"name": name, "kwargs": kwargs, "queue": queue, "task_id": task_id, "headers": headers}
+            {
+                "name": name,
+                "kwargs": kwargs,
+                "queue": queue,
+                "task_id": task_id,
+                "headers": headers,
+                "kwargsrepr": kwargsrepr,
+            }
         )
 
 
@@ -139,3 +152,21 @@ def test_what_the_broker_refused_is_published_in_a_later_round_with_the_same_tas
     with sessions() as session:
         # recorded once each, though sent in two rounds
         assert session.query(TaskRecord).count() == 6
+
+
+def test_a_report_message_shows_the_ids_of_its_query_not_its_answer(
+    sessions: Sessions, messages: list[str], celery_on_redis: tuple[Celery, redis.Redis]
+) -> None:
+    app, client = celery_on_redis
+    assert reports.publish_pending(app, sessions=sessions) == 3
+    sent = [orjson.loads(m) for m in client.lrange("notifications", 0, -1)]
+    assert len(sent) == 3
+    for message in sent:
+        shown = ast.literal_eval(message["headers"]["kwargsrepr"])
+        assert set(shown) == {"user_id", "conversation_id", "message_id"}
+        assert shown["message_id"] in messages
+        # the whole arguments are still the message's body
+        _, kwargs, _ = orjson.loads(base64.b64decode(message["body"]))
+        assert kwargs["message_id"] == shown["message_id"] and "answer" in kwargs
+    shown_users = [orjson.loads(m)["headers"]["kwargsrepr"] for m in client.lrange("user", 0, -1)]
+    assert sorted(shown_users) == sorted(repr({"user_id": u}) for u in ("alice", "bob", "alice"))

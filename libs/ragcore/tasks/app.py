@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from celery import Celery, Task, current_app, signals
+from celery._state import _set_task_join_will_block
 from celery.exceptions import Ignore, Reject
 from celery.signals import setup_logging
 from kombu.entity import Queue as KombuQueue
@@ -100,6 +101,18 @@ def create_app(
     )
     _MADE_WITH[app] = settings
     return app
+
+
+def publish_only() -> None:
+    """Say of this process that it publishes tasks and never waits for their results (Beat).
+
+    Celery's Redis result backend SUBSCRIBEs to each sent task's result channel, so that `get()`
+    could wait on it, and UNSUBSCRIBEs once the AsyncResult is collected: two round trips more per
+    publish (the report relay: four per query) for results nobody in the process reads. Celery
+    skips them where a wait would be refused anyway (inside a worker's tasks); this is that flag,
+    for the whole process. A `get()` here then raises instead of waiting.
+    """
+    _set_task_join_will_block(True)
 
 
 def app_settings(app: Celery) -> Settings:

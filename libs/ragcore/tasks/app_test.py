@@ -1,15 +1,18 @@
-"""define_task: an exclusive contract's runs never overlap; a run that finds the lock held skips."""
+"""define_task: an exclusive contract's runs never overlap; a run that finds the lock held skips;
+publish_only: a publish costs one round trip."""
 
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery, Task
+from celery._state import _set_task_join_will_block
 
 from ragcore.settings import get_settings
 from ragcore.tasks import arguments, contracts
-from ragcore.tasks.app import define_task
+from ragcore.tasks.app import define_task, publish_only
 from ragcore.tasks.locks import lock_client, lock_key, periodic_lock
 from ragcore_dev.servers import redis_server
 
@@ -56,3 +59,26 @@ def test_an_exclusive_task_skips_while_another_run_holds_its_lock(app: Celery) -
         # not exclusive: the lock is not its business
         assert plain.apply().get() == {"ran": PLAIN.name}
     assert seen == [True]
+
+
+def test_a_publish_only_process_sends_a_task_in_one_round_trip() -> None:
+    with redis_server() as server:
+        app = Celery("publish-only-test", broker=server.url, backend=server.url)
+        client = redis.Redis.from_url(server.url)
+
+        def commands() -> dict[str, int]:
+            client.config_resetstat()
+            with app.producer_or_acquire() as producer:
+                for _ in range(5):
+                    app.send_task("t", queue="q", producer=producer)
+            stats = client.info("commandstats")
+            return {k: v["calls"] for k, v in stats.items() if "resetstat" not in k}
+
+        app.send_task("t", queue="q")  # connected
+        assert commands()["cmdstat_subscribe"] == 5  # Celery's default: a result channel each
+        try:
+            publish_only()
+            assert commands() == {"cmdstat_lpush": 5}
+        finally:
+            _set_task_join_will_block(False)
+        app.close()

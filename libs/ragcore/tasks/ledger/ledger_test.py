@@ -3,21 +3,23 @@ here; PostgreSQL in the integration tests)."""
 
 import re
 from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from celery.worker import state as worker_state
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 from sqlalchemy.orm import Session
 
-from ragcore.db import create_schema, reset_engines, session_scope
+from ragcore.db import create_schema, get_engine, reset_engines, session_scope
 from ragcore.db.models import Base, TaskRecord
 from ragcore.settings import get_settings
 from ragcore.tasks import ledger
-from ragcore.tasks.ledger import receivers
+from ragcore.tasks.ledger import receivers, writer
 from ragcore.tasks.states import TaskState
+from ragcore_dev.servers import postgres_database
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -331,3 +333,53 @@ def test_a_task_celery_cancelled_on_a_lost_connection_waits_again_but_a_revoked_
     with session_scope() as s:
         rows = {r.task_id: (r.state, r.revoked) for r in s.query(TaskRecord)}
     assert rows == {"cancelled": ("RETRY", False), "revoked": ("REVOKED", True)}
+
+
+def test_on_postgresql_a_start_commits_without_waiting_for_the_disk_and_nothing_else_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The start's commit skips the WAL flush (half of a trivial task's ledger time); the task's end
+    # and every session keep synchronous commits, which also make the start durable.
+    with postgres_database() as url:
+        monkeypatch.setenv("RAGCORE_DATABASE_URL", url)
+        get_settings.cache_clear()
+        try:
+            create_schema()
+            with session_scope() as s:
+                s.add(TaskRecord(task_id="t", name="n", queue="user", state="PENDING", kwargs={}))
+            assert ledger.claim_start("t", "w@h", "n", "user", {}) is True
+            with session_scope() as s:  # committed: visible to another connection at once
+                record = s.get(TaskRecord, "t")
+                assert record is not None and record.state == "STARTED"
+
+            def commit_mode(conn: Connection) -> object:
+                return conn.exec_driver_sql("SHOW synchronous_commit").scalar()
+
+            assert writer._claims.run(commit_mode) == "off"
+            assert writer._connection.run(commit_mode) == "on"  # the end's, before the ack
+            # closed, the start's connection is discarded: none the pool hands out is asynchronous
+            writer._claims.close()
+            with ExitStack() as held:
+                pooled = [held.enter_context(get_engine().connect()) for _ in range(6)]
+                assert {commit_mode(conn) for conn in pooled} == {"on"}
+        finally:
+            reset_engines()
+            get_settings.cache_clear()
+
+
+def test_on_sqlite_a_start_commits_without_syncing_the_wal_and_nothing_else_does(
+    configured: None,
+) -> None:
+    with session_scope() as s:
+        s.add(TaskRecord(task_id="t", name="n", queue="user", state="PENDING", kwargs={}))
+    assert ledger.claim_start("t", "w@h", "n", "user", {}) is True
+
+    def sync_mode(conn: Connection) -> object:
+        return conn.exec_driver_sql("PRAGMA synchronous").scalar()
+
+    assert writer._claims.run(sync_mode) == 1  # NORMAL: no fsync at its commits
+    assert writer._connection.run(sync_mode) == 2  # FULL, SQLite's default: the end's
+    writer._claims.close()
+    with ExitStack() as held:
+        pooled = [held.enter_context(get_engine().connect()) for _ in range(6)]
+        assert {sync_mode(conn) for conn in pooled} == {2}
