@@ -193,9 +193,10 @@ class KeptConnection:
     committed and visible to every other transaction at once. On PostgreSQL
     (`synchronous_commit = off`) the WAL writer makes them durable within `wal_writer_delay` (200 ms
     by default), or the next synchronous commit of any connection does, whichever comes first; a
-    PostgreSQL crash (not a restart) in between loses them. On SQLite every connection is so
+    PostgreSQL crash (not a restart) in between loses them. On SQLite every pooled connection is so
     already (`synchronous = NORMAL` under WAL, `_sqlite_pragmas`): a process crash loses nothing;
-    a checkpoint makes the commits durable against a power loss. Such a connection is
+    a checkpoint makes the commits durable against a power loss; a kept connection without
+    `asynchronous_commit` is FULL there, its commits synced as they return. Such a connection is
     never handed back to the pool (the setting would follow it into other sessions): closed, it is
     discarded.
     """
@@ -229,6 +230,10 @@ class KeptConnection:
             )
             if self._asynchronous_commit:
                 connection.exec_driver_sql(_ASYNCHRONOUS_COMMIT[connection.dialect.name])
+            elif connection.dialect.name == "sqlite":
+                # The one synchronous writer on SQLite (every other connection is NORMAL): the
+                # ledger's updates before a message's ack reach the disk before the ack.
+                connection.exec_driver_sql("PRAGMA synchronous = FULL")
             self._connection = connection
             self._pid = os.getpid()
         return self._connection
@@ -241,7 +246,7 @@ class KeptConnection:
         connection, self._connection = self._connection, None
         if connection is not None:
             with contextlib.suppress(exc.DBAPIError):  # already broken: the pool discards it
-                if self._asynchronous_commit:
+                if self._asynchronous_commit or connection.dialect.name == "sqlite":
                     connection.invalidate()  # its setting stays out of the pool
                 connection.close()
 
