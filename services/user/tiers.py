@@ -11,7 +11,6 @@ from sqlalchemy.orm import Session
 
 from ragcore.db import insert_for
 from ragcore.db.models import Message, User
-from ragcore.query.limits import ensure_user
 from ragcore.settings import TierSettings
 
 WINDOW = timedelta(days=30)
@@ -42,11 +41,33 @@ def queries_30d(session: Session, user_id: str, now: datetime) -> int:
 
 
 def set_tier(session: Session, user_id: str, tiers: TierSettings, now: datetime) -> str:
-    """Store the tier the user's last 30 days reach and its daily limit; returns the tier.
-
-    Two statements, past the ORM: the count, and one upsert that creates the user in that tier or
-    changes its row only if the tier or the limit differ (most runs write nothing)."""
+    """Store the tier the user's last 30 days reach and its daily limit; returns the tier."""
     tier = tier_for(queries_30d(session, user_id, now), tiers.thresholds)
+    _store(session, user_id, tier, tiers)
+    return tier
+
+
+def apply_tier(
+    session: Session, user_id: str, tiers: TierSettings, now: datetime
+) -> dict[str, Any]:
+    """Count the user's queries of the last 30 days, store the tier they reach and its daily
+    limit; with the tier before (a user not yet known was in the default tier)."""
+    queries = queries_30d(session, user_id, now)
+    tier = tier_for(queries, tiers.thresholds)
+    previous = session.connection().scalar(select(User.tier).where(User.user_id == user_id))
+    _store(session, user_id, tier, tiers)
+    return {
+        "user_id": user_id,
+        "queries_30d": queries,
+        "tier": tier,
+        "previous_tier": previous or tiers.default,
+        "daily_limit": tiers.daily_limits[tier],
+    }
+
+
+def _store(session: Session, user_id: str, tier: str, tiers: TierSettings) -> None:
+    """One upsert, past the ORM: creates the user in `tier`, or changes its row only if the tier
+    or the limit differ (most runs write nothing)."""
     insert = insert_for(session)(User).values(
         user_id=user_id, tier=tier, daily_limit=tiers.daily_limits[tier], queries_today=0
     )
@@ -58,25 +79,3 @@ def set_tier(session: Session, user_id: str, tiers: TierSettings, now: datetime)
             where=(User.tier != new.tier) | (User.daily_limit != new.daily_limit),
         )
     )
-    return tier
-
-
-def apply_tier(
-    session: Session, user_id: str, tiers: TierSettings, now: datetime
-) -> dict[str, Any]:
-    """Count the user's queries of the last 30 days, store the tier they reach and its daily
-    limit; with the tier before."""
-    queries = queries_30d(session, user_id, now)
-    tier = tier_for(queries, tiers.thresholds)
-    ensure_user(session, user_id, tiers)
-    user = session.get(User, user_id, with_for_update=True)
-    assert user is not None
-    previous = user.tier
-    user.tier, user.daily_limit = tier, tiers.daily_limits[tier]
-    return {
-        "user_id": user_id,
-        "queries_30d": queries,
-        "tier": tier,
-        "previous_tier": previous,
-        "daily_limit": user.daily_limit,
-    }
